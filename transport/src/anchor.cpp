@@ -1,0 +1,1 @@
+void troupe_transport_anchor() {}
