@@ -1,0 +1,255 @@
+// Actors: stateful objects that live in the runtime (local mode: one
+// process, each actor on its own serial executor of a thread pool; cluster
+// mode: one actor host process per actor) and are driven by method calls
+// that return ObjectRefs at once.
+//
+//   class Counter { public: explicit Counter(int start); int add(int x); };
+//   TROUPE_ACTOR(Counter, (int), add);
+//
+//   auto counter = troupe::actor<Counter>({.name = "c", .max_concurrency = 1}, 5);
+//   troupe::ObjectRef<int> r = counter.call<&Counter::add>(3);   // returns at once
+//   auto s = counter.call<&Counter::add>(r);                    // r resolved first
+//   int v = s.get();
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "troupe/runtime/object_ref.hpp"
+#include "troupe/runtime/registry.hpp"
+
+namespace troupe {
+
+enum class ActorState { pending, alive, restarting, dead };
+std::string_view to_string(ActorState state) noexcept;
+
+// What one actor or one placement-group bundle needs. Names are Ray's:
+// "CPU", "GPU" (fractions allowed), "memory" (bytes) and any custom name.
+struct ResourceSpec {
+  std::map<std::string, double> amounts;
+  std::string gpu_type;       // "H100" matches "H100-80GB" and "NVIDIA H100 80GB HBM3"
+  std::uint64_t gpu_memory = 0;  // bytes of GPU memory the GPU must have
+};
+
+enum class PlacementStrategy { pack, spread, strict_pack, strict_spread };
+std::string_view to_string(PlacementStrategy strategy) noexcept;
+
+namespace detail {
+class GroupCore;
+class ActorCore;
+}  // namespace detail
+
+// A reservation of resource bundles across nodes (Ray's placement group).
+// Actors created with `placement_group` + `bundle_index` use the bundle's
+// reserved resources, so a pipeline's stages land exactly where planned.
+class PlacementGroup {
+ public:
+  PlacementGroup() = default;
+  explicit PlacementGroup(std::shared_ptr<detail::GroupCore> core) : core_(std::move(core)) {}
+  bool valid() const noexcept { return core_ != nullptr; }
+  // Completes once every bundle is reserved. While the group cannot be
+  // placed it stays pending and `pending_reason()` says why.
+  ObjectRef<void> ready() const;
+  std::string pending_reason() const;
+  std::size_t bundle_count() const;
+  std::string id() const;
+  const std::shared_ptr<detail::GroupCore>& core() const noexcept { return core_; }
+
+ private:
+  std::shared_ptr<detail::GroupCore> core_;
+};
+
+PlacementGroup placement_group(std::vector<ResourceSpec> bundles,
+                               PlacementStrategy strategy = PlacementStrategy::pack,
+                               std::string name = {});
+// Releases the reservation; actors placed in it are killed.
+void remove_placement_group(const PlacementGroup& group);
+
+struct ActorOptions {
+  std::string name;                         // unique among live actors; "" = anonymous
+  std::map<std::string, double> resources;  // e.g. {{"GPU", 1}}; default: none
+  std::string gpu_type;                     // implies GPU >= 1
+  std::uint64_t gpu_memory = 0;             // bytes; implies GPU >= 1
+  std::uint64_t memory = 0;                 // host bytes reserved
+  int max_restarts = 0;                     // -1: unlimited
+  int max_concurrency = 1;                  // calls that may run at once (>1: opt in, no order)
+  PlacementGroup placement_group;           // optional
+  int bundle_index = -1;                    // with placement_group; -1 = any bundle
+};
+
+namespace detail {
+
+struct ArgSlot {
+  ValuePtr value;  // set for plain values and for refs passed through unresolved
+  StatePtr ref;    // set for a ref to resolve before the call
+};
+
+struct CallSpec {
+  const MethodInfo* method = nullptr;
+  std::vector<ArgSlot> args;
+  StatePtr result;
+};
+
+// One actor as a backend sees it. Local mode implements it with an
+// in-process mailbox; cluster mode with a connection to the actor's host.
+class ActorCore {
+ public:
+  virtual ~ActorCore() = default;
+  virtual std::uint64_t id() const noexcept = 0;
+  virtual const std::string& name() const noexcept = 0;
+  virtual const ClassInfo& cls() const noexcept = 0;
+  virtual ActorState state() const = 0;
+  virtual std::string status_message() const = 0;
+  virtual int restarts() const = 0;
+  virtual std::vector<int> gpu_ids() const = 0;
+  // Never throws for a dead actor: the call's ref holds ActorDiedError.
+  virtual void submit(CallSpec call) = 0;
+  virtual void kill(bool no_restart) = 0;
+};
+
+std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
+                                        ActorOptions options);
+std::shared_ptr<ActorCore> find_actor(std::string_view name);
+std::shared_ptr<ActorCore> find_actor(std::uint64_t id);
+std::uint64_t current_caller() noexcept;
+
+template <class P, class Arg>
+ArgSlot make_arg(Arg&& arg) {
+  using D = stored_t<P>;
+  using A = std::decay_t<Arg>;
+  if constexpr (is_object_ref_v<D>) {
+    static_assert(std::is_same_v<A, D>,
+                  "troupe: this parameter is an ObjectRef; pass an ObjectRef of the same type");
+    if (!arg.valid()) throw_error(Errc::invalid_argument, "an empty ObjectRef was passed as an argument");
+    return {make_value<D>(std::forward<Arg>(arg)), nullptr};
+  } else if constexpr (is_object_ref_v<A>) {
+    static_assert(std::is_same_v<typename A::value_type, D>,
+                  "troupe: an ObjectRef<T> argument must hold exactly the parameter's type");
+    if (!arg.valid()) throw_error(Errc::invalid_argument, "an empty ObjectRef was passed as an argument");
+    if (arg.state()->is_ready() && !arg.state()->has_error()) return {arg.state()->value(), arg.state()};
+    return {nullptr, arg.state()};
+  } else {
+    static_assert(std::is_constructible_v<D, Arg&&>,
+                  "troupe: argument type does not convert to the method's parameter type");
+    return {make_value<D>(std::forward<Arg>(arg)), nullptr};
+  }
+}
+
+template <class Params, class... Args>
+std::vector<ArgSlot> make_args(Args&&... args) {
+  static_assert(std::tuple_size_v<Params> == sizeof...(Args),
+                "troupe: wrong number of arguments for this method or constructor");
+  std::vector<ArgSlot> slots;
+  slots.reserve(sizeof...(Args));
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (slots.push_back(make_arg<std::tuple_element_t<I, Params>>(std::forward<Args>(args))), ...);
+  }(std::index_sequence_for<Args...>{});
+  return slots;
+}
+
+[[noreturn]] void throw_not_registered(const char* what, const std::type_info& type);
+[[noreturn]] void throw_no_actor();
+
+}  // namespace detail
+
+// A handle to an actor of class A: cheap to copy, passable to other actors.
+template <class A>
+class ActorHandle {
+ public:
+  ActorHandle() = default;
+  explicit ActorHandle(std::shared_ptr<detail::ActorCore> core) : core_(std::move(core)) {}
+
+  // Calls a registered method; returns at once. Each argument may be a value
+  // or an ObjectRef<T> of the parameter's type, which is resolved before the
+  // method runs (a parameter declared ObjectRef<T> receives the ref itself).
+  // Calls from one caller run in the order they were made (max_concurrency 1).
+  template <auto Method, class... Args>
+  auto call(Args&&... args) const {
+    using Traits = detail::method_traits<decltype(Method)>;
+    static_assert(std::is_base_of_v<typename Traits::class_type, A>,
+                  "troupe: the method does not belong to this actor's class");
+    using Result = detail::method_result_t<typename Traits::return_type>;
+    const detail::MethodInfo* method = detail::MethodSlot<Method>::info;
+    if (method == nullptr) detail::throw_not_registered("method", typeid(A));
+    detail::CallSpec spec;
+    spec.method = method;
+    spec.args = detail::make_args<typename Traits::params>(std::forward<Args>(args)...);
+    spec.result = std::make_shared<detail::ObjectState>();
+    ObjectRef<Result> ref(spec.result);
+    checked().submit(std::move(spec));
+    return ref;
+  }
+
+  bool valid() const noexcept { return core_ != nullptr; }
+  std::uint64_t id() const { return checked().id(); }
+  const std::string& name() const { return checked().name(); }
+  ActorState state() const { return checked().state(); }
+  // Why a pending actor is not placed yet, or why a dead one died.
+  std::string status_message() const { return checked().status_message(); }
+  int restarts() const { return checked().restarts(); }
+  std::vector<int> gpu_ids() const { return checked().gpu_ids(); }
+  const std::shared_ptr<detail::ActorCore>& core() const noexcept { return core_; }
+
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(checked().id());
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    std::uint64_t actor_id = 0;
+    ar(actor_id);
+    core_ = detail::find_actor(actor_id);
+    if (!core_) throw_error(Errc::not_found, "no actor with id " + std::to_string(actor_id));
+  }
+
+ private:
+  detail::ActorCore& checked() const {
+    if (!core_) detail::throw_no_actor();
+    return *core_;
+  }
+  std::shared_ptr<detail::ActorCore> core_;
+};
+
+// Creates an actor: placement and construction happen asynchronously; calls
+// made meanwhile queue up. Constructor arguments may be ObjectRefs too.
+// Throws Error(invalid_argument) for a duplicate name or bad options.
+template <class A, class... Args>
+ActorHandle<A> actor(ActorOptions options, Args&&... args) {
+  const detail::ClassInfo* cls = detail::ClassSlot<A>::info;
+  if (cls == nullptr) detail::throw_not_registered("actor class", typeid(A));
+  auto slots = detail::make_args<typename actor_traits<A>::constructor_args>(std::forward<Args>(args)...);
+  return ActorHandle<A>(detail::create_actor(*cls, std::move(slots), std::move(options)));
+}
+template <class A, class... Args>
+ActorHandle<A> actor(Args&&... args) {
+  return actor<A>(ActorOptions{}, std::forward<Args>(args)...);
+}
+
+// Looks up a live named actor. Throws Error(not_found) when there is none,
+// Error(invalid_argument) when it is of another class.
+template <class A>
+ActorHandle<A> get_actor(std::string_view name) {
+  auto core = detail::find_actor(name);
+  if (!core) throw_error(Errc::not_found, "no live actor named '" + std::string(name) + "'");
+  if (core->cls().type != &typeid(A) && *core->cls().type != typeid(A)) {
+    throw_error(Errc::invalid_argument, "actor '" + std::string(name) + "' is a " + core->cls().name);
+  }
+  return ActorHandle<A>(std::move(core));
+}
+
+// Kills an actor: queued and running calls fail with ActorDiedError. With
+// no_restart = false an actor with restarts left is rebuilt from its
+// constructor arguments and serves later calls (Ray's ray.kill semantics).
+template <class A>
+void kill(const ActorHandle<A>& handle, bool no_restart = true) {
+  if (!handle.valid()) detail::throw_no_actor();
+  handle.core()->kill(no_restart);
+}
+
+}  // namespace troupe

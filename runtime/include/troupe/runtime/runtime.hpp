@@ -1,0 +1,51 @@
+// Starting and stopping the runtime in a process.
+//
+// init() with no address runs in local mode: actors are objects in this
+// process, each on its own serial executor of a thread pool. An address
+// (InitOptions::address or TROUPE_ADDRESS) selects a cluster; the calls a
+// program makes are the same in both modes.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace troupe {
+
+struct InitOptions {
+  std::string address;          // "" = TROUPE_ADDRESS, else local mode
+  std::string log_level;        // "" = TROUPE_LOG_LEVEL, else "warn"
+  int num_threads = 0;          // local mode pool size; 0 = max(2, hardware threads)
+  std::string gpus;             // declared GPUs for local mode, e.g. "H100-80GB:2" ("" = TROUPE_GPUS, else detect)
+  std::map<std::string, double> resources;  // extra custom resources of the local node
+};
+
+enum class Mode { none, local, cluster };
+
+// Starts the runtime. Throws Error(invalid_argument) on bad options and
+// Error(invalid_argument) if already initialised.
+void init(InitOptions options = {});
+// As init(), reading --troupe-address=, --troupe-log-level=, --troupe-gpus=
+// and --troupe-threads= from argv and removing them from it.
+void init(int& argc, char** argv);
+// Kills every actor (their pending calls fail with CancelledError) and stops
+// the pool. Refs stay valid. Safe to call twice.
+void shutdown();
+bool is_initialized() noexcept;
+Mode mode() noexcept;
+
+// Inside an actor method: the GPUs assigned to this actor (indices as the
+// process sees them). Elsewhere: empty.
+std::vector<int> get_gpu_ids();
+// The actor id of the method running on this thread, 0 outside actors.
+std::uint64_t current_actor_id() noexcept;
+
+// Resources of the cluster (local mode: this node) in total and free now.
+std::map<std::string, double> cluster_resources();
+std::map<std::string, double> available_resources();
+
+// Number of actors not yet dead.
+std::size_t live_actors();
+
+}  // namespace troupe

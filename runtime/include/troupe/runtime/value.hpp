@@ -1,0 +1,81 @@
+// Type-erased, immutable values held by objects and passed to actor methods.
+// In local mode a value stays a typed C++ object (no encoding, no copy of a
+// Tensor's storage); across processes it travels as the bytes `encode` gives
+// and is decoded on first typed access.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <typeindex>
+#include <typeinfo>
+#include <utility>
+
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/serialization.hpp"
+
+namespace troupe::detail {
+
+std::string type_name(const std::type_info& type);
+
+class Value {
+ public:
+  virtual ~Value() = default;
+  // typeid of the held C++ value, or typeid(void) for encoded bytes.
+  virtual const std::type_info& type() const noexcept = 0;
+  virtual std::string encode() const = 0;
+};
+
+template <class T>
+class TypedValue final : public Value {
+ public:
+  template <class... Args>
+  explicit TypedValue(std::in_place_t, Args&&... args) : value(std::forward<Args>(args)...) {}
+  const std::type_info& type() const noexcept override { return typeid(T); }
+  std::string encode() const override { return troupe::serialize(value); }
+  T value;
+};
+
+// Bytes received from another process; decoded lazily by value_as / take_value.
+class EncodedValue final : public Value {
+ public:
+  explicit EncodedValue(std::string bytes) : bytes(std::move(bytes)) {}
+  const std::type_info& type() const noexcept override { return typeid(void); }
+  std::string encode() const override { return bytes; }
+  std::string bytes;
+};
+
+using ValuePtr = std::shared_ptr<Value>;
+
+template <class T, class... Args>
+ValuePtr make_value(Args&&... args) {
+  return std::make_shared<TypedValue<T>>(std::in_place, std::forward<Args>(args)...);
+}
+
+[[noreturn]] void throw_type_mismatch(const std::type_info& expected, const std::type_info& got);
+
+// Produces a T from a value: moved out when `value` is the only reference
+// (an argument the call owns outright), copied when shared (an object other
+// refs can still read), decoded when it holds bytes.
+template <class T>
+T take_value(ValuePtr& value) {
+  if (!value) throw_error(Errc::internal, "missing value for " + type_name(typeid(T)));
+  if (value->type() == typeid(T)) {
+    auto* typed = static_cast<TypedValue<T>*>(value.get());
+    if (value.use_count() == 1) return std::move(typed->value);
+    return typed->value;
+  }
+  if (value->type() == typeid(void)) {
+    return troupe::deserialize<T>(static_cast<EncodedValue*>(value.get())->bytes);
+  }
+  throw_type_mismatch(typeid(T), value->type());
+}
+
+// Reads a T without taking it (copies; decodes bytes).
+template <class T>
+T read_value(const ValuePtr& value) {
+  ValuePtr shared = value;  // use_count > 1: never moves
+  return take_value<T>(shared);
+}
+
+}  // namespace troupe::detail

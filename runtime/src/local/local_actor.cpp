@@ -1,0 +1,415 @@
+#include "local_runtime.hpp"
+
+#include <algorithm>
+
+#include "troupe/runtime/logging.hpp"
+
+namespace troupe::detail {
+namespace {
+
+// How many calls one pool thread runs for an actor before it yields the
+// thread to other actors' work.
+constexpr int kBatch = 64;
+
+std::string actor_label(const ClassInfo& cls, const std::string& name, std::uint64_t id) {
+  std::string label = cls.name + "#" + std::to_string(id);
+  if (!name.empty()) label += " '" + name + "'";
+  return label;
+}
+
+struct ContextScope {
+  ContextScope(std::uint64_t actor_id, const std::vector<int>* gpus) : context{actor_id, gpus} {
+    previous = current_context();
+    current_context() = &context;
+  }
+  ~ContextScope() { current_context() = previous; }
+  ActorContext context;
+  ActorContext* previous;
+};
+
+}  // namespace
+
+ActorContext*& current_context() noexcept {
+  thread_local ActorContext* context = nullptr;
+  return context;
+}
+
+std::uint64_t current_caller() noexcept {
+  auto* context = current_context();
+  return context ? context->actor_id : 0;
+}
+
+LocalActor::LocalActor(std::shared_ptr<LocalRuntime> runtime, std::uint64_t id, const ClassInfo& cls,
+                       std::vector<ArgSlot> ctor_args, ActorOptions options)
+    : runtime_(std::move(runtime)),
+      id_(id),
+      cls_(cls),
+      options_(std::move(options)),
+      max_concurrency_(options_.max_concurrency),
+      ctor_args_(std::move(ctor_args)) {}
+
+LocalActor::~LocalActor() {
+  // The last handle is gone: nothing can call this actor any more. Whatever
+  // is still queued cannot be waited on by anyone but its own refs.
+  std::vector<TaskPtr> failed;
+  std::optional<Allocation> freed;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ != ActorState::dead) die_locked("all handles to the actor were dropped", failed, freed);
+  }
+  for (auto& task : failed)
+    task->spec.result->set_error(make_error(Errc::actor_died, status_));
+  if (freed && runtime_) runtime_->release(*freed);
+}
+
+ActorState LocalActor::state() const {
+  std::lock_guard lock(mutex_);
+  return state_;
+}
+
+std::string LocalActor::status_message() const {
+  std::lock_guard lock(mutex_);
+  return status_;
+}
+
+int LocalActor::restarts() const {
+  std::lock_guard lock(mutex_);
+  return restarts_;
+}
+
+std::vector<int> LocalActor::gpu_ids() const {
+  std::lock_guard lock(mutex_);
+  return gpus_;
+}
+
+void LocalActor::set_pending_reason(std::string reason) {
+  std::lock_guard lock(mutex_);
+  if (state_ == ActorState::pending) status_ = std::move(reason);
+}
+
+void LocalActor::placed(Allocation allocation) {
+  {
+    std::unique_lock lock(mutex_);
+    if (state_ == ActorState::dead) {
+      lock.unlock();
+      runtime_->release(allocation);  // killed while waiting: give it straight back
+      return;
+    }
+    gpus_ = allocation.decision.gpus;
+    allocation_ = std::move(allocation);
+    status_ = "constructing";
+  }
+  start_construction();
+}
+
+void LocalActor::start_construction() {
+  // Constructor arguments that are refs must resolve first.
+  auto self = shared_from_this();
+  auto unresolved = std::make_shared<std::atomic<int>>(1);
+  for (auto& slot : ctor_args_) {
+    if (!slot.value && slot.ref && !slot.ref->is_ready()) {
+      unresolved->fetch_add(1);
+      slot.ref->on_complete([self, unresolved] {
+        if (unresolved->fetch_sub(1) == 1) self->runtime_->pool().post([self] { self->construct(); });
+      });
+    }
+  }
+  if (unresolved->fetch_sub(1) == 1) runtime_->pool().post([self] { self->construct(); });
+}
+
+void LocalActor::construct() {
+  std::vector<int> gpus;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == ActorState::dead || constructing_) return;
+    constructing_ = true;
+    gpus = gpus_;
+  }
+  std::string failure;
+  std::shared_ptr<void> instance;
+  ArgValues values;
+  values.reserve(ctor_args_.size());
+  for (auto& slot : ctor_args_) {
+    if (slot.value) {
+      values.push_back(slot.value);  // shared with ctor_args_: copied, kept for restarts
+    } else if (slot.ref->has_error()) {
+      auto info = describe(slot.ref->error());
+      failure = "a constructor argument failed: " + info.type + ": " + info.message;
+      break;
+    } else {
+      values.push_back(slot.ref->value());
+    }
+  }
+  if (failure.empty()) {
+    ContextScope scope(id_, &gpus);
+    try {
+      instance = std::shared_ptr<void>(cls_.construct(values), cls_.destroy);
+    } catch (...) {
+      auto info = describe(std::current_exception());
+      failure = "constructor of " + cls_.name + " threw " + info.type + ": " + info.message;
+    }
+  }
+  std::vector<TaskPtr> failed;
+  std::optional<Allocation> freed;
+  {
+    std::lock_guard lock(mutex_);
+    constructing_ = false;
+    if (state_ == ActorState::dead) {
+      instance.reset();
+    } else if (!failure.empty()) {
+      die_locked(failure, failed, freed);
+    } else {
+      instance_ = std::move(instance);
+      state_ = ActorState::alive;
+      status_ = "alive";
+    }
+  }
+  if (!failure.empty()) {
+    TROUPE_LOG_WARN("actor {} died: {}", actor_label(cls_, options_.name, id_), failure);
+    finish_death(Errc::actor_died, failure, failed, freed);
+    return;
+  }
+  schedule();
+}
+
+void LocalActor::submit(CallSpec call) {
+  auto task = std::make_shared<Task>();
+  task->spec = std::move(call);
+  task->caller = current_caller();
+  int unresolved = 0;
+  for (const auto& slot : task->spec.args) {
+    if (!slot.value && slot.ref && !slot.ref->is_ready()) ++unresolved;
+  }
+  task->unresolved.store(unresolved + 1, std::memory_order_relaxed);  // +1: guard until registered
+  {
+    std::unique_lock lock(mutex_);
+    if (state_ == ActorState::dead || !runtime_->running()) {
+      std::string why = state_ == ActorState::dead ? status_ : "the runtime is shut down";
+      lock.unlock();
+      task->spec.result->set_error(
+          make_error(runtime_->running() ? Errc::actor_died : Errc::cancelled,
+                     actor_label(cls_, options_.name, id_) + " cannot take calls: " + why));
+      return;
+    }
+    task->seq = next_seq_++;
+    queues_[task->caller].push_back(task);
+  }
+  std::weak_ptr<LocalActor> weak_self = weak_from_this();
+  std::weak_ptr<Task> weak_task = task;
+  task->spec.result->set_canceller([weak_self, weak_task] {
+    auto self = weak_self.lock();
+    auto t = weak_task.lock();
+    return self && t && self->cancel(t);
+  });
+  if (unresolved > 0) {
+    auto self = shared_from_this();
+    for (const auto& slot : task->spec.args) {
+      if (!slot.value && slot.ref && !slot.ref->is_ready()) {
+        slot.ref->on_complete([self, task] {
+          if (task->unresolved.fetch_sub(1, std::memory_order_acq_rel) == 1) self->schedule();
+        });
+      }
+    }
+  }
+  if (task->unresolved.fetch_sub(1, std::memory_order_acq_rel) == 1) schedule();
+}
+
+LocalActor::TaskPtr LocalActor::pick_ready_locked() {
+  TaskPtr best;
+  std::deque<TaskPtr>* best_queue = nullptr;
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    auto& queue = it->second;
+    while (!queue.empty() && queue.front()->cancelled) queue.pop_front();
+    if (queue.empty()) {
+      it = queues_.erase(it);
+      continue;
+    }
+    const auto& head = queue.front();
+    if (head->unresolved.load(std::memory_order_acquire) == 0 && (!best || head->seq < best->seq)) {
+      best = head;
+      best_queue = &queue;
+    }
+    ++it;
+  }
+  if (best) best_queue->pop_front();
+  return best;
+}
+
+void LocalActor::schedule() {
+  std::vector<TaskPtr> to_start;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ != ActorState::alive) return;
+    while (static_cast<int>(running_.size()) < max_concurrency_) {
+      auto task = pick_ready_locked();
+      if (!task) break;
+      running_.push_back(task);
+      to_start.push_back(std::move(task));
+    }
+  }
+  if (to_start.empty()) return;
+  auto self = shared_from_this();
+  for (auto& task : to_start) runtime_->pool().post([self, task = std::move(task)]() mutable {
+    self->run_loop(std::move(task));
+  });
+}
+
+void LocalActor::run_loop(TaskPtr task) {
+  // Keep running this actor's ready calls on this thread: each call handed
+  // to another thread would cost a wake-up.
+  for (int i = 0; task; ++i) {
+    run(task);
+    std::lock_guard lock(mutex_);
+    running_.erase(std::find(running_.begin(), running_.end(), task));
+    task.reset();
+    if (state_ != ActorState::alive) break;
+    if (i + 1 >= kBatch) break;
+    task = pick_ready_locked();
+    if (task) running_.push_back(task);
+  }
+  schedule();
+}
+
+void LocalActor::run(const TaskPtr& task) {
+  auto& spec = task->spec;
+  if (spec.result->is_ready()) return;  // killed or cancelled meanwhile
+  ArgValues values;
+  values.reserve(spec.args.size());
+  for (auto& slot : spec.args) {
+    if (slot.value) {
+      values.push_back(std::move(slot.value));
+    } else if (slot.ref->has_error()) {
+      spec.result->set_error(slot.ref->error());  // a failed input fails the call, unchanged
+      spec.args.clear();
+      return;
+    } else {
+      values.push_back(slot.ref->value());
+    }
+  }
+  spec.args.clear();  // values now hold the only references a call owns
+  std::shared_ptr<void> instance;
+  std::vector<int> gpus;
+  {
+    std::lock_guard lock(mutex_);
+    instance = instance_;
+    gpus = gpus_;
+  }
+  if (!instance) {
+    spec.result->set_error(make_error(Errc::actor_died, "actor instance is gone"));
+    return;
+  }
+  InvokeResult result;
+  try {
+    ContextScope scope(id_, &gpus);
+    result = spec.method->invoke(instance.get(), values);
+  } catch (...) {
+    auto info = describe(std::current_exception());
+    spec.result->set_error(make_error(Errc::task_failed,
+                                      spec.method->qualified + " threw " + info.type + ": " + info.message,
+                                      info.type));
+    return;
+  }
+  values.clear();
+  if (result.pending) {
+    forward_state(result.pending, spec.result);
+  } else {
+    spec.result->set_value(std::move(result.value));
+  }
+}
+
+bool LocalActor::cancel(const TaskPtr& task) {
+  {
+    std::lock_guard lock(mutex_);
+    if (task->cancelled) return false;
+    if (std::find(running_.begin(), running_.end(), task) != running_.end()) return false;
+    auto queue = queues_.find(task->caller);
+    if (queue == queues_.end() ||
+        std::find(queue->second.begin(), queue->second.end(), task) == queue->second.end()) {
+      return false;
+    }
+    task->cancelled = true;
+  }
+  bool cancelled = task->spec.result->set_error(
+      make_error(Errc::cancelled, task->spec.method->qualified + " was cancelled before it started"));
+  schedule();  // the cancelled call may have been blocking its caller's queue
+  return cancelled;
+}
+
+void LocalActor::fail_queued_locked(std::vector<TaskPtr>& out) {
+  for (auto& [caller, queue] : queues_) {
+    for (auto& task : queue) out.push_back(task);
+  }
+  queues_.clear();
+  for (auto& task : running_) out.push_back(task);  // they finish, but their results are void
+}
+
+void LocalActor::release_resources_locked(std::optional<Allocation>& out) {
+  if (allocation_) {
+    out = std::move(allocation_);
+    allocation_.reset();
+  }
+}
+
+void LocalActor::die_locked(std::string reason, std::vector<TaskPtr>& failed,
+                            std::optional<Allocation>& freed) {
+  state_ = ActorState::dead;
+  status_ = std::move(reason);
+  instance_.reset();
+  fail_queued_locked(failed);
+  release_resources_locked(freed);
+}
+
+void LocalActor::finish_death(Errc code, const std::string& reason, std::vector<TaskPtr>& failed,
+                              std::optional<Allocation>& freed) {
+  const std::string message = actor_label(cls_, options_.name, id_) + " died: " + reason;
+  for (auto& task : failed) task->spec.result->set_error(make_error(code, message));
+  if (freed) runtime_->release(*freed);
+  runtime_->forget(*this);
+}
+
+void LocalActor::kill(bool no_restart) {
+  std::vector<TaskPtr> failed;
+  std::optional<Allocation> freed;
+  bool restart = false;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == ActorState::dead) return;
+    const bool can_restart = options_.max_restarts < 0 || restarts_ < options_.max_restarts;
+    if (!no_restart && can_restart && state_ != ActorState::pending) {
+      // Ray semantics: calls in flight when the actor dies fail; the rebuilt
+      // actor (from the same constructor arguments) serves later calls.
+      state_ = ActorState::restarting;
+      status_ = "restarting after kill";
+      ++restarts_;
+      instance_.reset();
+      fail_queued_locked(failed);
+      restart = true;
+    } else {
+      die_locked(no_restart ? "killed" : "killed, no restarts left", failed, freed);
+    }
+  }
+  const std::string message = actor_label(cls_, options_.name, id_) + " was killed";
+  for (auto& task : failed) task->spec.result->set_error(make_error(Errc::actor_died, message));
+  if (restart) {
+    auto self = shared_from_this();
+    runtime_->pool().post([self] { self->construct(); });
+  } else {
+    if (freed) runtime_->release(*freed);
+    runtime_->forget(*this);
+  }
+}
+
+void LocalActor::terminate(Errc code, const std::string& why) {
+  std::vector<TaskPtr> failed;
+  std::optional<Allocation> freed;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == ActorState::dead) return;
+    die_locked(why, failed, freed);
+  }
+  const std::string message = actor_label(cls_, options_.name, id_) + ": " + why;
+  for (auto& task : failed) task->spec.result->set_error(make_error(code, message));
+  if (freed && runtime_->running()) runtime_->release(*freed);
+}
+
+}  // namespace troupe::detail

@@ -1,0 +1,176 @@
+// Local mode: every actor is an object in this process. Each actor has a
+// mailbox served by the runtime's thread pool, at most max_concurrency calls
+// at a time, started in the order each caller made them. Placement uses the
+// same scheduler code as the head, over one node (this machine, with its
+// detected or declared GPUs).
+#pragma once
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "thread_pool.hpp"
+#include "troupe/runtime/actor.hpp"
+#include "troupe/runtime/runtime.hpp"
+#include "troupe/scheduler/placement.hpp"
+#include "troupe/scheduler/placement_group.hpp"
+#include "troupe/scheduler/resources.hpp"
+
+namespace troupe::detail {
+
+class LocalRuntime;
+
+// Thread-local "who is running here": set while an actor's constructor or
+// method runs, so nested calls know their caller and get_gpu_ids() works.
+struct ActorContext {
+  std::uint64_t actor_id = 0;
+  const std::vector<int>* gpus = nullptr;
+};
+ActorContext*& current_context() noexcept;
+
+// Where an actor's resources came from, so they can be given back.
+struct Allocation {
+  scheduler::PlacementDecision decision;  // node index 0, or the bundle's node
+  std::shared_ptr<GroupCore> group;       // set when taken from a bundle
+  int bundle = -1;
+};
+
+class GroupCore {
+ public:
+  GroupCore(std::uint64_t id, std::string name, std::vector<scheduler::Bundle> bundles,
+            scheduler::Strategy strategy);
+  std::uint64_t id;
+  std::string name;
+  std::vector<scheduler::Bundle> bundles;
+  scheduler::Strategy strategy;
+  Promise<void> ready_promise;
+  ObjectRef<void> ready_ref;
+
+  // Guarded by LocalRuntime::mutex_.
+  bool placed = false;
+  bool removed = false;
+  std::string reason;
+  scheduler::GroupPlacement placement;
+  std::vector<scheduler::NodeState> bundle_nodes;  // one per bundle, once placed
+};
+
+class LocalActor final : public ActorCore, public std::enable_shared_from_this<LocalActor> {
+ public:
+  LocalActor(std::shared_ptr<LocalRuntime> runtime, std::uint64_t id, const ClassInfo& cls,
+             std::vector<ArgSlot> ctor_args, ActorOptions options);
+  ~LocalActor() override;
+
+  std::uint64_t id() const noexcept override { return id_; }
+  const std::string& name() const noexcept override { return options_.name; }
+  const ClassInfo& cls() const noexcept override { return cls_; }
+  ActorState state() const override;
+  std::string status_message() const override;
+  int restarts() const override;
+  std::vector<int> gpu_ids() const override;
+  void submit(CallSpec call) override;
+  void kill(bool no_restart) override;
+
+  const ActorOptions& options() const noexcept { return options_; }
+  // Called by the runtime once resources are held (or with a reason while not).
+  void placed(Allocation allocation);
+  void set_pending_reason(std::string reason);
+  // Fails everything and drops the instance; used by shutdown and group removal.
+  void terminate(Errc code, const std::string& why);
+
+ private:
+  struct Task {
+    CallSpec spec;
+    std::uint64_t seq = 0;
+    std::uint64_t caller = 0;
+    std::atomic<int> unresolved{0};
+    bool cancelled = false;  // guarded by mutex_
+  };
+  using TaskPtr = std::shared_ptr<Task>;
+
+  void start_construction();
+  void construct();
+  void schedule();
+  TaskPtr pick_ready_locked();
+  void run_loop(TaskPtr task);
+  void run(const TaskPtr& task);
+  bool cancel(const TaskPtr& task);
+  void fail_queued_locked(std::vector<TaskPtr>& out);
+  void release_resources_locked(std::optional<Allocation>& out);
+  void die_locked(std::string reason, std::vector<TaskPtr>& failed, std::optional<Allocation>& freed);
+  void finish_death(Errc code, const std::string& reason, std::vector<TaskPtr>& failed,
+                    std::optional<Allocation>& freed);
+
+  std::shared_ptr<LocalRuntime> runtime_;
+  const std::uint64_t id_;
+  const ClassInfo& cls_;
+  const ActorOptions options_;
+  const int max_concurrency_;
+  std::vector<ArgSlot> ctor_args_;
+
+  mutable std::mutex mutex_;
+  ActorState state_ = ActorState::pending;
+  std::string status_ = "waiting for placement";
+  bool constructing_ = false;
+  std::shared_ptr<void> instance_;
+  std::optional<Allocation> allocation_;
+  std::vector<int> gpus_;
+  std::map<std::uint64_t, std::deque<TaskPtr>> queues_;  // per caller, in call order
+  std::vector<TaskPtr> running_;
+  std::uint64_t next_seq_ = 0;
+  int restarts_ = 0;
+};
+
+class LocalRuntime : public std::enable_shared_from_this<LocalRuntime> {
+ public:
+  explicit LocalRuntime(const InitOptions& options);
+  ~LocalRuntime();
+
+  ThreadPool& pool() noexcept { return pool_; }
+  bool running() const noexcept { return running_.load(std::memory_order_acquire); }
+
+  std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
+                                          ActorOptions options);
+  std::shared_ptr<ActorCore> find(std::string_view name);
+  std::shared_ptr<ActorCore> find(std::uint64_t id);
+  void forget(const LocalActor& actor);  // on death: drop name and index
+  void release(const Allocation& allocation);
+
+  PlacementGroup create_group(std::vector<ResourceSpec> bundles, PlacementStrategy strategy,
+                              std::string name);
+  void remove_group(const std::shared_ptr<GroupCore>& group);
+  std::string group_reason(const GroupCore& group);
+
+  std::map<std::string, double> total_resources();
+  std::map<std::string, double> free_resources();
+  std::size_t live_actor_count();
+  void shutdown();
+
+ private:
+  // Tries to place `actor`; returns false (with reason set) when it must wait.
+  bool try_place_locked(LocalActor& actor, Allocation& out, std::string& reason);
+  void retry_waiting();
+  void retry_groups_locked();
+
+  ThreadPool pool_;
+  std::atomic<bool> running_{true};
+  std::mutex mutex_;
+  std::vector<scheduler::NodeState> nodes_;  // exactly one: this machine
+  std::unordered_map<std::uint64_t, std::weak_ptr<LocalActor>> by_id_;
+  std::map<std::string, std::shared_ptr<LocalActor>, std::less<>> named_;
+  std::vector<std::weak_ptr<LocalActor>> waiting_;  // unplaced, in creation order
+  std::vector<std::shared_ptr<GroupCore>> groups_;
+  std::uint64_t next_actor_id_ = 1;
+  std::uint64_t next_group_id_ = 1;
+};
+
+// The runtime of this process, or null before init / after shutdown.
+std::shared_ptr<LocalRuntime> local_runtime() noexcept;
+
+scheduler::ResourceRequest to_request(const ResourceSpec& spec);
+
+}  // namespace troupe::detail

@@ -1,0 +1,153 @@
+#include "troupe/runtime/runtime.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "local/local_runtime.hpp"
+#include "troupe/runtime/actor.hpp"
+#include "troupe/runtime/logging.hpp"
+
+namespace troupe {
+namespace detail {
+void set_runtime(std::shared_ptr<LocalRuntime> runtime);
+}  // namespace detail
+
+namespace {
+std::mutex g_init_mutex;
+std::atomic<Mode> g_mode{Mode::none};
+
+std::shared_ptr<detail::LocalRuntime> require_runtime() {
+  auto runtime = detail::local_runtime();
+  if (!runtime) throw_error(Errc::invalid_argument, "troupe::init() has not been called");
+  return runtime;
+}
+}  // namespace
+
+std::string_view to_string(ActorState state) noexcept {
+  switch (state) {
+    case ActorState::pending: return "PENDING";
+    case ActorState::alive: return "ALIVE";
+    case ActorState::restarting: return "RESTARTING";
+    case ActorState::dead: return "DEAD";
+  }
+  return "UNKNOWN";
+}
+
+std::string_view to_string(PlacementStrategy strategy) noexcept {
+  switch (strategy) {
+    case PlacementStrategy::pack: return "PACK";
+    case PlacementStrategy::spread: return "SPREAD";
+    case PlacementStrategy::strict_pack: return "STRICT_PACK";
+    case PlacementStrategy::strict_spread: return "STRICT_SPREAD";
+  }
+  return "UNKNOWN";
+}
+
+void init(InitOptions options) {
+  std::lock_guard lock(g_init_mutex);
+  if (g_mode.load() != Mode::none) throw_error(Errc::invalid_argument, "troupe::init() called twice");
+  log::init_from_env(options.log_level);
+  if (!options.log_level.empty()) log::set_level(options.log_level);
+  if (options.address.empty()) {
+    if (const char* env = std::getenv("TROUPE_ADDRESS"); env && *env) options.address = env;
+  }
+  if (!options.address.empty() && options.address != "local") {
+    throw_error(Errc::unsupported, "cluster mode (address '" + options.address +
+                                       "') is not available in this build yet; unset TROUPE_ADDRESS "
+                                       "or pass no address to run in local mode");
+  }
+  if (options.num_threads < 0) throw_error(Errc::invalid_argument, "num_threads must not be negative");
+  auto runtime = std::make_shared<detail::LocalRuntime>(options);
+  detail::set_runtime(std::move(runtime));
+  g_mode.store(Mode::local);
+  TROUPE_LOG_INFO("troupe initialised in local mode");
+}
+
+void init(int& argc, char** argv) {
+  InitOptions options;
+  int out = 1;
+  auto value_of = [](const char* arg, const char* flag) -> const char* {
+    const std::size_t n = std::strlen(flag);
+    return std::strncmp(arg, flag, n) == 0 ? arg + n : nullptr;
+  };
+  for (int i = 1; i < argc; ++i) {
+    const char* arg = argv[i];
+    if (const char* v = value_of(arg, "--troupe-address=")) {
+      options.address = v;
+    } else if (const char* v = value_of(arg, "--troupe-log-level=")) {
+      options.log_level = v;
+    } else if (const char* v = value_of(arg, "--troupe-gpus=")) {
+      options.gpus = v;
+    } else if (const char* v = value_of(arg, "--troupe-threads=")) {
+      char* end = nullptr;
+      long n = std::strtol(v, &end, 10);
+      if (end == v || *end != '\0' || n < 0 || n > 4096)
+        throw_error(Errc::invalid_argument, std::string("bad --troupe-threads value '") + v + "'");
+      options.num_threads = static_cast<int>(n);
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  argc = out;
+  argv[argc] = nullptr;
+  init(std::move(options));
+}
+
+void shutdown() {
+  std::lock_guard lock(g_init_mutex);
+  auto runtime = detail::local_runtime();
+  if (!runtime) return;
+  runtime->shutdown();
+  detail::set_runtime(nullptr);
+  g_mode.store(Mode::none);
+}
+
+bool is_initialized() noexcept { return g_mode.load() != Mode::none; }
+Mode mode() noexcept { return g_mode.load(); }
+
+std::vector<int> get_gpu_ids() {
+  auto* context = detail::current_context();
+  if (!context || !context->gpus) return {};
+  return *context->gpus;
+}
+
+std::uint64_t current_actor_id() noexcept { return detail::current_caller(); }
+
+std::map<std::string, double> cluster_resources() { return require_runtime()->total_resources(); }
+std::map<std::string, double> available_resources() { return require_runtime()->free_resources(); }
+std::size_t live_actors() {
+  auto runtime = detail::local_runtime();
+  return runtime ? runtime->live_actor_count() : 0;
+}
+
+// ---- placement groups ---------------------------------------------------------
+
+PlacementGroup placement_group(std::vector<ResourceSpec> bundles, PlacementStrategy strategy, std::string name) {
+  return require_runtime()->create_group(std::move(bundles), strategy, std::move(name));
+}
+
+void remove_placement_group(const PlacementGroup& group) {
+  if (!group.valid()) throw_error(Errc::invalid_argument, "use of an empty PlacementGroup");
+  require_runtime()->remove_group(group.core());
+}
+
+ObjectRef<void> PlacementGroup::ready() const {
+  if (!core_) throw_error(Errc::invalid_argument, "use of an empty PlacementGroup");
+  return core_->ready_ref;
+}
+
+std::string PlacementGroup::pending_reason() const {
+  if (!core_) throw_error(Errc::invalid_argument, "use of an empty PlacementGroup");
+  auto runtime = detail::local_runtime();
+  return runtime ? runtime->group_reason(*core_) : "the runtime is shut down";
+}
+
+std::size_t PlacementGroup::bundle_count() const { return core_ ? core_->bundles.size() : 0; }
+
+std::string PlacementGroup::id() const {
+  if (!core_) return {};
+  return core_->name.empty() ? "pg-" + std::to_string(core_->id) : core_->name;
+}
+
+}  // namespace troupe

@@ -1,1 +1,0 @@
-void troupe_scheduler_anchor() {}

@@ -1,0 +1,460 @@
+#include "troupe/scheduler/placement_group.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <optional>
+#include <tuple>
+#include <utility>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "fit.hpp"
+#include "text.hpp"
+
+namespace troupe::scheduler {
+
+namespace {
+
+// Steps (candidate placements tried) one search may take. The greedy first
+// path of a 16-bundle group takes 16; backtracking that needs more than this
+// is a sign of a pathological group, which is then reported as insufficient
+// rather than proven infeasible.
+constexpr long kSearchBudget = 200'000;
+// GPU choices considered per bundle and node. Interchangeable GPUs are
+// collapsed first (see gpu_choices), so this only cuts nodes with many GPU
+// kinds; a cut makes a failure unproven, never wrong.
+constexpr std::size_t kChoiceLimit = 16;
+// Bundles a message lists before "... and N more".
+constexpr std::size_t kBundlesListed = 8;
+
+struct Solution {
+  bool found = false;
+  // When not found: whether the search was complete, so that the failure is
+  // a proof (no budget ran out, no choice list was cut).
+  bool proven = true;
+  std::vector<BundlePlacement> placements;  // parallel to the bundles
+};
+
+// Hardest bundles first: most whole GPUs, then a GPU type/memory constraint,
+// then the largest GPU share, CPU and memory. Placing them first leaves the
+// easy ones to fill gaps, which keeps greedy paths from dead-ending.
+std::vector<std::size_t> hardest_first(const std::vector<ResourceRequest>& requests) {
+  std::vector<std::size_t> order(requests.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  auto key = [&](std::size_t b) {
+    const ResourceRequest& r = requests[b];
+    const double gpus = detail::gpu_amount(r);
+    return std::make_tuple(detail::is_fractional(gpus) ? 0.0 : gpus,
+                           !r.gpu_type.empty() || r.gpu_memory_bytes > 0, gpus,
+                           r.amounts.get(kCpu), r.amounts.get(kMemory));
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return key(a) > key(b); });
+  return order;
+}
+
+// Depth-first search placing bundles in `order` onto working copies of the
+// nodes. Its first path is the greedy policy of `strategy` (see
+// placement_group.hpp); it backtracks on dead ends until `budget` runs out.
+class GroupSearch {
+ public:
+  GroupSearch(std::span<const NodeState> nodes, const std::vector<ResourceRequest>& requests,
+              const std::vector<std::size_t>& order, Strategy strategy, long budget)
+      : work_(nodes.begin(), nodes.end()),
+        requests_(requests),
+        order_(order),
+        strategy_(strategy),
+        budget_(budget),
+        on_node_(nodes.size(), 0),
+        placements_(requests.size()) {}
+
+  bool run() { return dfs(0); }
+  bool complete() const noexcept { return complete_; }
+  const std::vector<BundlePlacement>& placements() const noexcept { return placements_; }
+  const std::vector<NodeState>& work() const noexcept { return work_; }
+
+ private:
+  // Sorted lexicographically; lower is tried first.
+  using Key = std::tuple<int, int, detail::FitScore, std::size_t, std::size_t>;
+  struct Candidate {
+    Key key;
+    std::size_t node;
+    std::vector<int> gpus;
+  };
+
+  // Forward check: every bundle from `pos` on still fits on some node by
+  // itself. Cheap, and it cuts most dead branches early.
+  bool rest_can_fit(std::size_t pos) const {
+    for (std::size_t p = pos; p < order_.size(); ++p) {
+      const ResourceRequest& request = requests_[order_[p]];
+      if (std::none_of(work_.begin(), work_.end(),
+                       [&](const NodeState& node) { return detail::fits_now(node, request); })) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // How many bundles after `pos` would still fit, one at a time, on `node`
+  // once `request` takes `gpus` there: PACK opens the node with most room.
+  int room_after(std::size_t node, std::size_t pos, const ResourceRequest& request,
+                 const std::vector<int>& gpus) {
+    work_[node].allocate(request.amounts, gpus);
+    int room = 0;
+    for (std::size_t p = pos + 1; p < order_.size(); ++p) {
+      if (detail::fits_now(work_[node], requests_[order_[p]])) ++room;
+    }
+    work_[node].release(request.amounts, gpus);
+    return room;
+  }
+
+  std::vector<Candidate> candidates(std::size_t pos) {
+    const ResourceRequest& request = requests_[order_[pos]];
+    std::vector<Candidate> out;
+    for (std::size_t i = 0; i < work_.size(); ++i) {
+      const NodeState& node = work_[i];
+      if (!request.amounts.fits_in(node.available())) continue;
+      bool truncated = false;
+      std::vector<std::vector<int>> choices = detail::gpu_choices(node, request, kChoiceLimit, &truncated);
+      if (truncated) complete_ = false;
+      const bool unused = on_node_[i] == 0;
+      const int room = strategy_ == Strategy::PACK && unused && !choices.empty()
+                           ? room_after(i, pos, request, choices.front())
+                           : 0;
+      for (std::size_t rank = 0; rank < choices.size(); ++rank) {
+        const detail::FitScore fit = detail::score(node, request, choices[rank]);
+        Key key;
+        switch (strategy_) {
+          case Strategy::PACK: key = Key{unused ? 1 : 0, -room, fit, i, rank}; break;
+          case Strategy::SPREAD: key = Key{on_node_[i], 0, fit, i, rank}; break;
+          default: key = Key{0, 0, fit, i, rank}; break;
+        }
+        out.push_back({key, i, std::move(choices[rank])});
+      }
+    }
+    std::sort(out.begin(), out.end(),
+              [](const Candidate& a, const Candidate& b) { return a.key < b.key; });
+    return out;
+  }
+
+  bool dfs(std::size_t pos) {
+    if (pos == order_.size()) return true;
+    if (!rest_can_fit(pos)) return false;
+    const std::size_t bundle = order_[pos];
+    const ResourceRequest& request = requests_[bundle];
+    for (Candidate& candidate : candidates(pos)) {
+      if (--budget_ < 0) {
+        complete_ = false;
+        return false;
+      }
+      NodeState& node = work_[candidate.node];
+      node.allocate(request.amounts, candidate.gpus);
+      ++on_node_[candidate.node];
+      placements_[bundle] = {static_cast<int>(candidate.node), candidate.gpus, request.amounts};
+      if (dfs(pos + 1)) return true;
+      --on_node_[candidate.node];
+      node.release(request.amounts, candidate.gpus);
+      if (budget_ < 0) return false;
+    }
+    return false;
+  }
+
+  std::vector<NodeState> work_;
+  const std::vector<ResourceRequest>& requests_;
+  const std::vector<std::size_t>& order_;
+  Strategy strategy_;
+  long budget_;
+  bool complete_ = true;
+  std::vector<int> on_node_;  // bundles of this group per node
+  std::vector<BundlePlacement> placements_;
+};
+
+ResourceSet sum_of(const std::vector<ResourceRequest>& requests) {
+  ResourceSet sum;
+  for (const ResourceRequest& request : requests) sum.add(request.amounts);
+  return sum;
+}
+
+// All bundles on one node: each node is searched on its own; the node left
+// tightest wins (GPU nodes last for groups without GPUs, then least free
+// share of the requested resources, then lowest index).
+Solution strict_pack(std::span<const NodeState> nodes, const std::vector<ResourceRequest>& requests,
+                     const std::vector<std::size_t>& order) {
+  Solution solution;
+  const ResourceSet sum = sum_of(requests);
+  const bool wants_gpus = sum.get(kGpu) > kEpsilon;
+  const long budget = std::max(2'000L, kSearchBudget / static_cast<long>(std::max<std::size_t>(1, nodes.size())));
+  std::optional<std::tuple<int, double, std::size_t>> best;
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    if (!sum.fits_in(nodes[i].available())) continue;  // a proof: everything is taken from one node
+    GroupSearch search(nodes.subspan(i, 1), requests, order, Strategy::STRICT_PACK, budget);
+    if (!search.run()) {
+      if (!search.complete()) solution.proven = false;
+      continue;
+    }
+    const NodeState& after = search.work().front();
+    double left = 0;
+    for (const auto& [name, amount] : sum.amounts()) {
+      const double total = after.total().get(name);
+      if (amount > kEpsilon && total > kEpsilon) left += after.available().get(name) / total;
+    }
+    const auto key = std::make_tuple(!wants_gpus && !after.gpus().empty() ? 1 : 0,
+                                     std::round(left * 1e9) / 1e9, i);
+    if (!best || key < *best) {
+      best = key;
+      solution.placements = search.placements();
+      for (BundlePlacement& placement : solution.placements) placement.node = static_cast<int>(i);
+    }
+  }
+  solution.found = best.has_value();
+  return solution;
+}
+
+// One bundle per node: a bipartite matching (Kuhn's augmenting paths), each
+// bundle trying nodes in best-fit order. Exact: a node holds one bundle, so
+// its GPU choice never affects another bundle. `matched` receives the size of
+// a maximum matching.
+Solution strict_spread(std::span<const NodeState> nodes, const std::vector<ResourceRequest>& requests,
+                       const std::vector<std::size_t>& order, std::size_t* matched = nullptr) {
+  std::vector<std::vector<std::size_t>> edges(requests.size());
+  for (std::size_t b = 0; b < requests.size(); ++b) {
+    std::vector<std::pair<detail::FitScore, std::size_t>> fits;
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+      if (!requests[b].amounts.fits_in(nodes[i].available())) continue;
+      auto choices = detail::gpu_choices(nodes[i], requests[b], 1);
+      if (!choices.empty()) fits.emplace_back(detail::score(nodes[i], requests[b], choices.front()), i);
+    }
+    std::sort(fits.begin(), fits.end());
+    for (const auto& fit : fits) edges[b].push_back(fit.second);
+  }
+
+  std::vector<int> bundle_on(nodes.size(), -1);
+  std::vector<char> visited(nodes.size());
+  auto augment = [&](auto& self, std::size_t b) -> bool {
+    for (std::size_t i : edges[b]) {
+      if (visited[i]) continue;
+      visited[i] = 1;
+      if (bundle_on[i] < 0 || self(self, static_cast<std::size_t>(bundle_on[i]))) {
+        bundle_on[i] = static_cast<int>(b);
+        return true;
+      }
+    }
+    return false;
+  };
+  std::size_t count = 0;
+  for (std::size_t b : order) {
+    std::fill(visited.begin(), visited.end(), 0);
+    if (augment(augment, b)) ++count;
+  }
+  if (matched) *matched = count;
+
+  Solution solution;
+  solution.found = count == requests.size();
+  if (!solution.found) return solution;
+  solution.placements.resize(requests.size());
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    if (bundle_on[i] < 0) continue;
+    const auto b = static_cast<std::size_t>(bundle_on[i]);
+    solution.placements[b] = {static_cast<int>(i), detail::gpu_choices(nodes[i], requests[b], 1).front(),
+                              requests[b].amounts};
+  }
+  return solution;
+}
+
+Solution search_all(std::span<const NodeState> nodes, const std::vector<ResourceRequest>& requests,
+                    const std::vector<std::size_t>& order, Strategy strategy) {
+  GroupSearch search(nodes, requests, order, strategy, kSearchBudget);
+  Solution solution;
+  solution.found = search.run();
+  solution.proven = search.complete();
+  if (solution.found) solution.placements = search.placements();
+  return solution;
+}
+
+Solution solve(std::span<const NodeState> nodes, const std::vector<ResourceRequest>& requests,
+               Strategy strategy) {
+  const std::vector<std::size_t> order = hardest_first(requests);
+  switch (strategy) {
+    case Strategy::STRICT_PACK: return strict_pack(nodes, requests, order);
+    case Strategy::STRICT_SPREAD: return strict_spread(nodes, requests, order);
+    case Strategy::PACK: {
+      Solution packed = strict_pack(nodes, requests, order);
+      if (packed.found) return packed;
+      return search_all(nodes, requests, order, Strategy::PACK);
+    }
+    case Strategy::SPREAD: return search_all(nodes, requests, order, Strategy::SPREAD);
+  }
+  return {};
+}
+
+std::string list_bundles(const std::vector<ResourceRequest>& requests) {
+  std::string out;
+  for (std::size_t b = 0; b < requests.size() && b < kBundlesListed; ++b) {
+    if (!out.empty()) out += "; ";
+    out += fmt::format("{{{}}}", to_string(requests[b]));
+  }
+  if (requests.size() > kBundlesListed) {
+    out += fmt::format("; ... and {} more", requests.size() - kBundlesListed);
+  }
+  return out;
+}
+
+// What the whole group needs: the summed amounts, plus the GPU constraints.
+std::string group_need(const std::vector<ResourceRequest>& requests) {
+  std::string out = sum_of(requests).to_string();
+  std::vector<std::string> types;
+  for (const ResourceRequest& request : requests) {
+    if (!request.gpu_type.empty() &&
+        std::find(types.begin(), types.end(), request.gpu_type) == types.end()) {
+      types.push_back(request.gpu_type);
+    }
+  }
+  if (!types.empty()) out += fmt::format(", GPU types {}", fmt::join(types, "/"));
+  return out;
+}
+
+std::string explain_group_infeasible(std::span<const NodeState> idle,
+                                     const std::vector<ResourceRequest>& requests,
+                                     Strategy strategy) {
+  const std::size_t n = requests.size();
+  switch (strategy) {
+    case Strategy::STRICT_PACK:
+      return fmt::format("STRICT_PACK: no single node can hold all {} bundles together (they need {}; "
+                         "nodes have: {})",
+                         n, group_need(requests), detail::describe_free(idle, requests));
+    case Strategy::STRICT_SPREAD: {
+      std::size_t matched = 0;
+      strict_spread(idle, requests, hardest_first(requests), &matched);
+      return fmt::format("STRICT_SPREAD: {} bundles need {} distinct nodes, but at most {} of them can "
+                         "be placed on distinct nodes (nodes have: {})",
+                         n, n, matched, detail::describe_free(idle, requests));
+    }
+    default:
+      return fmt::format("{}: the {} bundles do not fit on the cluster even when it is idle (they need "
+                         "{}; nodes have: {})",
+                         to_string(strategy), n, group_need(requests),
+                         detail::describe_free(idle, requests));
+  }
+}
+
+template <bool kRelease>
+void apply_group(std::span<NodeState> nodes, const GroupPlacement& group) {
+  if (!group.placed()) {
+    throw AllocationError(fmt::format("cannot apply a placement group that is {}: {}",
+                                      to_string(group.status), group.reason));
+  }
+  // Work on copies of the touched nodes and install them only when every
+  // bundle succeeded: all or nothing.
+  std::vector<std::pair<std::size_t, NodeState>> staged;
+  for (std::size_t b = 0; b < group.bundles.size(); ++b) {
+    const BundlePlacement& bundle = group.bundles[b];
+    if (bundle.node < 0 || static_cast<std::size_t>(bundle.node) >= nodes.size()) {
+      throw AllocationError(fmt::format("bundle {} names node {} of {}", b, bundle.node, nodes.size()));
+    }
+    const auto index = static_cast<std::size_t>(bundle.node);
+    auto it = std::find_if(staged.begin(), staged.end(), [&](const auto& s) { return s.first == index; });
+    if (it == staged.end()) {
+      staged.emplace_back(index, nodes[index]);
+      it = std::prev(staged.end());
+    }
+    try {
+      if constexpr (kRelease) {
+        it->second.release(bundle.amounts, bundle.gpus);
+      } else {
+        it->second.allocate(bundle.amounts, bundle.gpus);
+      }
+    } catch (const AllocationError& e) {
+      throw AllocationError(fmt::format("bundle {}: {}", b, e.what()));
+    }
+  }
+  for (auto& [index, state] : staged) nodes[index] = std::move(state);
+}
+
+}  // namespace
+
+Strategy parse_strategy(std::string_view text) {
+  std::string folded = detail::to_lower(detail::trim(text));
+  std::replace(folded.begin(), folded.end(), '-', '_');
+  for (Strategy strategy :
+       {Strategy::PACK, Strategy::SPREAD, Strategy::STRICT_PACK, Strategy::STRICT_SPREAD}) {
+    if (detail::iequals(folded, to_string(strategy))) return strategy;
+  }
+  throw SpecError(fmt::format(
+      "unknown placement strategy \"{}\" (expected PACK, SPREAD, STRICT_PACK or STRICT_SPREAD)", text));
+}
+
+std::string_view to_string(Strategy strategy) noexcept {
+  switch (strategy) {
+    case Strategy::PACK: return "PACK";
+    case Strategy::SPREAD: return "SPREAD";
+    case Strategy::STRICT_PACK: return "STRICT_PACK";
+    case Strategy::STRICT_SPREAD: return "STRICT_SPREAD";
+  }
+  return "UNKNOWN";
+}
+
+GroupPlacement place_group(std::span<const NodeState> nodes, std::span<const Bundle> bundles,
+                           Strategy strategy) {
+  if (bundles.empty()) throw SpecError("a placement group needs at least one bundle");
+  std::vector<ResourceRequest> requests;
+  requests.reserve(bundles.size());
+  for (std::size_t b = 0; b < bundles.size(); ++b) {
+    try {
+      requests.push_back(normalize(bundles[b]));
+    } catch (const SpecError& e) {
+      throw SpecError(fmt::format("bundle {}: {}", b, e.what()));
+    }
+  }
+
+  GroupPlacement group;
+  Solution now = solve(nodes, requests, strategy);
+  if (now.found) {
+    group.status = PlacementStatus::placed;
+    group.bundles = std::move(now.placements);
+    return group;
+  }
+
+  const std::vector<NodeState> idle = detail::idle_copies(nodes);
+  auto infeasible = [&](std::string why) {
+    group.status = PlacementStatus::infeasible;
+    group.reason = "infeasible: " + std::move(why);
+    return group;
+  };
+  for (std::size_t b = 0; b < requests.size(); ++b) {
+    if (std::none_of(idle.begin(), idle.end(),
+                     [&](const NodeState& node) { return detail::fits_now(node, requests[b]); })) {
+      return infeasible(fmt::format("bundle {} ({}): {}", b, to_string(requests[b]),
+                                    detail::explain_infeasible(idle, requests[b])));
+    }
+  }
+  if (strategy == Strategy::STRICT_SPREAD && requests.size() > nodes.size()) {
+    return infeasible(fmt::format("STRICT_SPREAD needs {} distinct nodes for {} bundles, but the "
+                                  "cluster has {} node(s)",
+                                  requests.size(), requests.size(), nodes.size()));
+  }
+  const Solution when_idle = solve(idle, requests, strategy);
+  if (!when_idle.found && when_idle.proven) {
+    return infeasible(explain_group_infeasible(idle, requests, strategy));
+  }
+
+  group.status = PlacementStatus::insufficient;
+  group.reason = fmt::format("insufficient: waiting for resources ({} group of {} bundle(s): {}; free: {})",
+                             to_string(strategy), requests.size(), list_bundles(requests),
+                             detail::describe_free(nodes, requests));
+  if (!when_idle.found) {
+    group.reason += "; the search stopped at its step limit, so the group may never fit";
+  }
+  return group;
+}
+
+void allocate_group(std::span<NodeState> nodes, const GroupPlacement& group) {
+  apply_group<false>(nodes, group);
+}
+
+void release_group(std::span<NodeState> nodes, const GroupPlacement& group) {
+  apply_group<true>(nodes, group);
+}
+
+}  // namespace troupe::scheduler
