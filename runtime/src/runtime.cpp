@@ -9,16 +9,12 @@
 #include "troupe/runtime/logging.hpp"
 
 namespace troupe {
-namespace detail {
-void set_runtime(std::shared_ptr<LocalRuntime> runtime);
-}  // namespace detail
-
 namespace {
 std::mutex g_init_mutex;
 std::atomic<Mode> g_mode{Mode::none};
 
-std::shared_ptr<detail::LocalRuntime> require_runtime() {
-  auto runtime = detail::local_runtime();
+std::shared_ptr<detail::Backend> require_runtime() {
+  auto runtime = detail::backend();
   if (!runtime) throw_error(Errc::invalid_argument, "troupe::init() has not been called");
   return runtime;
 }
@@ -59,7 +55,7 @@ void init(InitOptions options) {
   }
   if (options.num_threads < 0) throw_error(Errc::invalid_argument, "num_threads must not be negative");
   auto runtime = std::make_shared<detail::LocalRuntime>(options);
-  detail::set_runtime(std::move(runtime));
+  detail::set_backend(std::move(runtime));
   g_mode.store(Mode::local);
   TROUPE_LOG_INFO("troupe initialised in local mode");
 }
@@ -96,10 +92,10 @@ void init(int& argc, char** argv) {
 
 void shutdown() {
   std::lock_guard lock(g_init_mutex);
-  auto runtime = detail::local_runtime();
+  auto runtime = detail::backend();
   if (!runtime) return;
   runtime->shutdown();
-  detail::set_runtime(nullptr);
+  detail::set_backend(nullptr);
   g_mode.store(Mode::none);
 }
 
@@ -117,7 +113,7 @@ std::uint64_t current_actor_id() noexcept { return detail::current_caller(); }
 std::map<std::string, double> cluster_resources() { return require_runtime()->total_resources(); }
 std::map<std::string, double> available_resources() { return require_runtime()->free_resources(); }
 std::size_t live_actors() {
-  auto runtime = detail::local_runtime();
+  auto runtime = detail::backend();
   return runtime ? runtime->live_actor_count() : 0;
 }
 
@@ -139,7 +135,7 @@ ObjectRef<void> PlacementGroup::ready() const {
 
 std::string PlacementGroup::pending_reason() const {
   if (!core_) throw_error(Errc::invalid_argument, "use of an empty PlacementGroup");
-  auto runtime = detail::local_runtime();
+  auto runtime = detail::backend();
   return runtime ? runtime->group_reason(*core_) : "the runtime is shut down";
 }
 

@@ -449,8 +449,9 @@ Tensor& Tensor::fill_(double value) {
   }
 #if TROUPE_HAVE_CUDA
   // One element from the host, then the filled prefix doubles by device-to-
-  // device copies: log2(numel) copies, no kernel needed.
-  // TODO(perf): a fill kernel saves the copies once .cu files build here.
+  // device copies on the legacy default stream: log2(numel) copies.
+  // TODO(perf): a fill kernel, once .cu files build (CMake 3.25 needs
+  // CMAKE_CUDA20_STANDARD_COMPILE_OPTION set for nvcc).
   const std::size_t size = element_size(dtype_);
   unsigned char element[8];
   switch (size) {

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <numeric>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <utility>
 
@@ -17,11 +20,14 @@ namespace troupe::scheduler {
 
 namespace {
 
-// Steps (candidate placements tried) one search may take. The greedy first
-// path of a 16-bundle group takes 16; backtracking that needs more than this
-// is a sign of a pathological group, which is then reported as insufficient
-// rather than proven infeasible.
-constexpr long kSearchBudget = 200'000;
+// Steps (candidate placements tried) a search may take: first in the
+// strategy's preference order, then in canonical order (see GroupSearch).
+// The greedy first path of a 16-bundle group takes 16 steps; a group that
+// needs more than this is reported as insufficient rather than proven
+// infeasible. A step costs 10-100 us (the bounds in may_fit dominate), so
+// this caps one search at a few hundred milliseconds.
+constexpr long kGreedyBudget = 2'000;
+constexpr long kSearchBudget = 10'000;
 // GPU choices considered per bundle and node. Interchangeable GPUs are
 // collapsed first (see gpu_choices), so this only cuts nodes with many GPU
 // kinds; a cut makes a failure unproven, never wrong.
@@ -39,7 +45,8 @@ struct Solution {
 
 // Hardest bundles first: most whole GPUs, then a GPU type/memory constraint,
 // then the largest GPU share, CPU and memory. Placing them first leaves the
-// easy ones to fill gaps, which keeps greedy paths from dead-ending.
+// easy ones to fill gaps, which keeps greedy paths from dead-ending. This
+// breaks ties of the fewest-nodes-first rule in GroupSearch.
 std::vector<std::size_t> hardest_first(const std::vector<ResourceRequest>& requests) {
   std::vector<std::size_t> order(requests.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
@@ -55,9 +62,44 @@ std::vector<std::size_t> hardest_first(const std::vector<ResourceRequest>& reque
   return order;
 }
 
-// Depth-first search placing bundles in `order` onto working copies of the
-// nodes. Its first path is the greedy policy of `strategy` (see
-// placement_group.hpp); it backtracks on dead ends until `budget` runs out.
+// How many copies of `request` fit on `node` one beside the other, counting
+// each resource and the matching GPUs separately: an upper bound, at most
+// `limit`.
+double copies_fit(const NodeState& node, const ResourceRequest& request, double limit) {
+  double copies = limit;
+  for (const auto& [name, amount] : request.amounts.amounts()) {
+    if (name == kGpu || amount <= kEpsilon) continue;
+    copies = std::min(copies, std::floor((node.available().get(name) + kEpsilon) / amount));
+  }
+  const double gpus = detail::gpu_amount(request);
+  if (gpus > kEpsilon) {
+    double gpu_copies = 0;
+    for (std::size_t slot = 0; slot < node.gpus().size(); ++slot) {
+      if (!gpu_satisfies(node.gpus()[slot], request)) continue;
+      if (detail::is_fractional(gpus)) {
+        gpu_copies += std::floor((node.gpu_free(slot) + kEpsilon) / gpus);
+      } else if (node.gpu_allocated(slot) <= kEpsilon) {
+        gpu_copies += 1;
+      }
+    }
+    if (!detail::is_fractional(gpus)) gpu_copies = std::floor(gpu_copies / std::round(gpus));
+    copies = std::min(copies, gpu_copies);
+  }
+  return copies;
+}
+
+// Depth-first search placing bundles onto working copies of the nodes. At
+// each step it places the remaining bundle that fits on the fewest nodes
+// (ties: the earlier in `order`, i.e. the harder), so conflicts surface
+// before the easy bundles are spread around. It runs in two phases:
+//  1. candidates in the strategy's preference order (see
+//     placement_group.hpp), so the first solution is the greedy policy's or a
+//     close neighbour; at most kGreedyBudget steps;
+//  2. only if phase 1 ran out of steps: the same search with equal bundles
+//     forced into ascending (node, GPU list) order, which removes the k!
+//     orderings of k equal bundles; at most `budget` steps.
+// Both prune with bounds that never cut a solution (see may_fit) and try
+// nodes in identical states only once (see interchangeable).
 class GroupSearch {
  public:
   GroupSearch(std::span<const NodeState> nodes, const std::vector<ResourceRequest>& requests,
@@ -66,12 +108,23 @@ class GroupSearch {
         requests_(requests),
         order_(order),
         strategy_(strategy),
-        budget_(budget),
+        full_budget_(budget),
         on_node_(nodes.size(), 0),
+        placed_(requests.size(), 0),
         placements_(requests.size()) {}
 
-  bool run() { return dfs(0); }
-  bool complete() const noexcept { return complete_; }
+  bool run() {
+    budget_ = kGreedyBudget;
+    if (dfs(0)) return true;
+    if (!out_of_steps_) return false;
+    out_of_steps_ = false;
+    complete_ = true;
+    canonical_ = true;
+    budget_ = full_budget_;
+    return dfs(0);
+  }
+  // After a failed run(): whether the failure is a proof.
+  bool complete() const noexcept { return complete_ && !out_of_steps_; }
   const std::vector<BundlePlacement>& placements() const noexcept { return placements_; }
   const std::vector<NodeState>& work() const noexcept { return work_; }
 
@@ -84,46 +137,194 @@ class GroupSearch {
     std::vector<int> gpus;
   };
 
-  // Forward check: every bundle from `pos` on still fits on some node by
-  // itself. Cheap, and it cuts most dead branches early.
-  bool rest_can_fit(std::size_t pos) const {
-    for (std::size_t p = pos; p < order_.size(); ++p) {
-      const ResourceRequest& request = requests_[order_[p]];
-      if (std::none_of(work_.begin(), work_.end(),
-                       [&](const NodeState& node) { return detail::fits_now(node, request); })) {
+  // Necessary conditions for placing every remaining bundle (never cuts a
+  // solution); on success `*next` is the remaining bundle that fits on the
+  // fewest nodes. Each bundle can only use the nodes where it fits alone, so
+  // for every such node set E the bundles confined to E must pass bounded()
+  // on E's nodes (a Hall-type check; E ranges over the bundles' own sets and
+  // their union).
+  bool may_fit(std::size_t* next) const {
+    std::vector<std::size_t> remaining;
+    for (std::size_t b : order_) {
+      if (!placed_[b]) remaining.push_back(b);
+    }
+    const std::size_t n = remaining.size();
+    std::vector<std::vector<char>> eligible(n, std::vector<char>(work_.size(), 0));
+    std::vector<char> any(work_.size(), 0);
+    std::size_t fewest = std::numeric_limits<std::size_t>::max();
+    for (std::size_t k = 0; k < n; ++k) {
+      const ResourceRequest& request = requests_[remaining[k]];
+      std::size_t count = 0;
+      for (std::size_t i = 0; i < work_.size(); ++i) {
+        if (copies_fit(work_[i], request, 1) >= 1) {
+          eligible[k][i] = 1;
+          any[i] = 1;
+          ++count;
+        }
+      }
+      if (count == 0) return false;
+      if (count < fewest) {
+        fewest = count;
+        *next = remaining[k];
+      }
+    }
+    auto within = [](const std::vector<char>& inner, const std::vector<char>& outer) {
+      for (std::size_t i = 0; i < inner.size(); ++i) {
+        if (inner[i] && !outer[i]) return false;
+      }
+      return true;
+    };
+    std::vector<const std::vector<char>*> sets{&any};
+    for (const std::vector<char>& set : eligible) {
+      if (std::none_of(sets.begin(), sets.end(), [&](const auto* s) { return *s == set; })) {
+        sets.push_back(&set);
+      }
+    }
+    std::vector<const ResourceRequest*> confined;
+    for (const std::vector<char>* set : sets) {
+      confined.clear();
+      for (std::size_t k = 0; k < n; ++k) {
+        if (within(eligible[k], *set)) confined.push_back(&requests_[remaining[k]]);
+      }
+      if (!bounded(confined, *set)) return false;
+    }
+    return true;
+  }
+
+  // The bounds for `bundles` on the nodes in `mask`: their summed amounts fit
+  // the summed free amounts; for each resource, the k bundles needing at
+  // least t of it find k t-sized slots (a node offers floor(free / t); for
+  // GPUs shares of t on single GPUs, or t whole free GPUs); and each class of
+  // equal bundles fits by count (copies_fit).
+  bool bounded(const std::vector<const ResourceRequest*>& bundles, const std::vector<char>& mask) const {
+    ResourceSet need;
+    ResourceSet free;
+    for (const ResourceRequest* bundle : bundles) need.add(bundle->amounts);
+    for (std::size_t i = 0; i < work_.size(); ++i) {
+      if (mask[i]) free.add(work_[i].available());
+    }
+    if (!need.fits_in(free)) return false;
+
+    std::vector<double> sizes;
+    for (const auto& [name, total] : need.amounts()) {
+      if (total <= kEpsilon) continue;
+      sizes.clear();
+      for (const ResourceRequest* bundle : bundles) {
+        const double amount = bundle->amounts.get(name);
+        if (amount > kEpsilon) sizes.push_back(amount);
+      }
+      std::sort(sizes.begin(), sizes.end(), std::greater<>());
+      for (std::size_t k = 1; k <= sizes.size(); ++k) {
+        if (k < sizes.size() && sizes[k] >= sizes[k - 1] - kEpsilon) continue;  // same size
+        const double size = sizes[k - 1];
+        double slots = 0;
+        for (std::size_t i = 0; i < work_.size() && slots < static_cast<double>(k); ++i) {
+          if (!mask[i]) continue;
+          slots += name == kGpu ? gpu_slots(work_[i], size)
+                                : std::floor((work_[i].available().get(name) + kEpsilon) / size);
+        }
+        if (slots < static_cast<double>(k)) return false;
+      }
+    }
+
+    std::vector<char> counted(bundles.size(), 0);
+    for (std::size_t a = 0; a < bundles.size(); ++a) {
+      if (counted[a]) continue;
+      double copies = 0;
+      for (std::size_t b = a; b < bundles.size(); ++b) {
+        if (!counted[b] && *bundles[b] == *bundles[a]) {
+          counted[b] = 1;
+          ++copies;
+        }
+      }
+      double room = 0;
+      for (std::size_t i = 0; i < work_.size() && room < copies; ++i) {
+        if (mask[i]) room += copies_fit(work_[i], *bundles[a], copies);
+      }
+      if (room < copies) return false;
+    }
+    return true;
+  }
+
+  static double gpu_slots(const NodeState& node, double size) {
+    double slots = 0;
+    for (std::size_t slot = 0; slot < node.gpus().size(); ++slot) {
+      if (detail::is_fractional(size)) {
+        slots += std::floor((node.gpu_free(slot) + kEpsilon) / size);
+      } else if (node.gpu_allocated(slot) <= kEpsilon) {
+        slots += 1;
+      }
+    }
+    return detail::is_fractional(size) ? slots : std::floor(slots / std::round(size));
+  }
+
+  // Nodes in the same state (same resources, GPUs and shares, and as many of
+  // this group's bundles) lead to mirror-image subtrees: only the first one is
+  // tried. Without this, k equal idle nodes multiply the search by k!.
+  bool interchangeable(std::size_t a, std::size_t b) const {
+    const NodeState& x = work_[a];
+    const NodeState& y = work_[b];
+    if (on_node_[a] != on_node_[b] || x.gpus().size() != y.gpus().size() ||
+        !(x.total() == y.total()) || !(x.available() == y.available())) {
+      return false;
+    }
+    for (std::size_t slot = 0; slot < x.gpus().size(); ++slot) {
+      if (x.gpus()[slot].model != y.gpus()[slot].model ||
+          x.gpus()[slot].memory_bytes != y.gpus()[slot].memory_bytes ||
+          std::fabs(x.gpu_allocated(slot) - y.gpu_allocated(slot)) > kEpsilon) {
         return false;
       }
     }
     return true;
   }
 
-  // How many bundles after `pos` would still fit, one at a time, on `node`
-  // once `request` takes `gpus` there: PACK opens the node with most room.
-  int room_after(std::size_t node, std::size_t pos, const ResourceRequest& request,
-                 const std::vector<int>& gpus) {
+  // How many other remaining bundles would still fit, one at a time, on
+  // `node` once `bundle` takes `gpus` there: PACK opens the node with most
+  // room.
+  int room_after(std::size_t node, std::size_t bundle, const std::vector<int>& gpus) {
+    const ResourceRequest& request = requests_[bundle];
     work_[node].allocate(request.amounts, gpus);
     int room = 0;
-    for (std::size_t p = pos + 1; p < order_.size(); ++p) {
-      if (detail::fits_now(work_[node], requests_[order_[p]])) ++room;
+    for (std::size_t b = 0; b < requests_.size(); ++b) {
+      if (b != bundle && !placed_[b] && detail::fits_now(work_[node], requests_[b])) ++room;
     }
     work_[node].release(request.amounts, gpus);
     return room;
   }
 
-  std::vector<Candidate> candidates(std::size_t pos) {
-    const ResourceRequest& request = requests_[order_[pos]];
+  std::vector<Candidate> candidates(std::size_t bundle) {
+    const ResourceRequest& request = requests_[bundle];
+    // Canonical order: equal bundles are placed in `order` (the fewest-nodes
+    // rule cannot tell them apart), and each may not come before the one
+    // placed last among them.
+    const BundlePlacement* previous = nullptr;
+    if (canonical_) {
+      for (auto it = stack_.rbegin(); it != stack_.rend(); ++it) {
+        if (requests_[*it] == request) {
+          previous = &placements_[*it];
+          break;
+        }
+      }
+    }
     std::vector<Candidate> out;
+    std::vector<std::size_t> representatives;  // nodes already offered, one per kind
     for (std::size_t i = 0; i < work_.size(); ++i) {
+      if (previous && static_cast<int>(i) < previous->node) continue;
       const NodeState& node = work_[i];
       if (!request.amounts.fits_in(node.available())) continue;
+      if (std::any_of(representatives.begin(), representatives.end(),
+                      [&](std::size_t r) { return interchangeable(r, i); })) {
+        continue;
+      }
+      representatives.push_back(i);
       bool truncated = false;
       std::vector<std::vector<int>> choices = detail::gpu_choices(node, request, kChoiceLimit, &truncated);
       if (truncated) complete_ = false;
       const bool unused = on_node_[i] == 0;
-      const int room = strategy_ == Strategy::PACK && unused && !choices.empty()
-                           ? room_after(i, pos, request, choices.front())
-                           : 0;
+      const int room =
+          strategy_ == Strategy::PACK && unused && !choices.empty() ? room_after(i, bundle, choices.front()) : 0;
       for (std::size_t rank = 0; rank < choices.size(); ++rank) {
+        if (previous && static_cast<int>(i) == previous->node && choices[rank] < previous->gpus) continue;
         const detail::FitScore fit = detail::score(node, request, choices[rank]);
         Key key;
         switch (strategy_) {
@@ -139,24 +340,28 @@ class GroupSearch {
     return out;
   }
 
-  bool dfs(std::size_t pos) {
-    if (pos == order_.size()) return true;
-    if (!rest_can_fit(pos)) return false;
-    const std::size_t bundle = order_[pos];
+  bool dfs(std::size_t placed) {
+    if (placed == requests_.size()) return true;
+    std::size_t bundle = 0;
+    if (!may_fit(&bundle)) return false;
     const ResourceRequest& request = requests_[bundle];
-    for (Candidate& candidate : candidates(pos)) {
+    for (Candidate& candidate : candidates(bundle)) {
       if (--budget_ < 0) {
-        complete_ = false;
+        out_of_steps_ = true;
         return false;
       }
       NodeState& node = work_[candidate.node];
       node.allocate(request.amounts, candidate.gpus);
       ++on_node_[candidate.node];
+      placed_[bundle] = 1;
+      stack_.push_back(bundle);
       placements_[bundle] = {static_cast<int>(candidate.node), candidate.gpus, request.amounts};
-      if (dfs(pos + 1)) return true;
+      if (dfs(placed + 1)) return true;
+      stack_.pop_back();
+      placed_[bundle] = 0;
       --on_node_[candidate.node];
       node.release(request.amounts, candidate.gpus);
-      if (budget_ < 0) return false;
+      if (out_of_steps_) return false;
     }
     return false;
   }
@@ -165,9 +370,14 @@ class GroupSearch {
   const std::vector<ResourceRequest>& requests_;
   const std::vector<std::size_t>& order_;
   Strategy strategy_;
-  long budget_;
-  bool complete_ = true;
-  std::vector<int> on_node_;  // bundles of this group per node
+  long full_budget_;
+  long budget_ = 0;
+  bool canonical_ = false;
+  bool out_of_steps_ = false;
+  bool complete_ = true;       // false once a choice list was cut
+  std::vector<int> on_node_;   // bundles of this group per node
+  std::vector<char> placed_;   // per bundle
+  std::vector<std::size_t> stack_;  // bundles in the order placed
   std::vector<BundlePlacement> placements_;
 };
 

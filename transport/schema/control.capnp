@@ -241,6 +241,51 @@ struct ClusterState {
 
 # --- envelope -----------------------------------------------------------------
 
+# A driver (the job's main process) announces itself; the head replies with
+# a RegisterDriverReply. Actors it creates belong to jobId and die with it.
+struct RegisterDriver {
+  protocolVersion @0 :UInt32;
+  workerId @1 :WorkerId;          # the driver's id; also its ZeroMQ identity at the head
+  jobId @2 :JobId;                # from TROUPE_JOB_ID when started by `troupe submit`, else zero (head assigns)
+  binaryHash @3 :Text;            # content hash of the driver's executable
+  pid @4 :UInt32;
+  hostname @5 :Text;
+}
+struct RegisterDriverReply {
+  jobId @0 :JobId;
+  needBinary @1 :Bool;            # the head lacks binaryHash: send UploadBinary
+  heartbeatIntervalMs @2 :UInt32; # drivers heartbeat too; a silent driver's actors are cleaned up
+  driverTimeoutMs @3 :UInt32;
+}
+struct UploadBinary {
+  binaryHash @0 :Text;
+  binary @1 :Data;
+}
+# Node manager -> head: fetch a job binary by hash (reply: binaryData).
+struct FetchBinary {
+  binaryHash @0 :Text;
+}
+struct BinaryData {
+  binaryHash @0 :Text;
+  binary @1 :Data;
+}
+# CLI -> head: read a job's combined stdout/stderr from byte `offset`.
+struct JobLogs {
+  jobId @0 :JobId;
+  offset @1 :UInt64;
+  maxBytes @2 :UInt32;
+}
+struct JobLogsReply {
+  data @0 :Data;
+  nextOffset @1 :UInt64;
+  job @2 :JobUpdate;              # current state; logs are complete once state is final
+}
+# Driver -> head, periodically.
+struct DriverHeartbeat {
+  workerId @0 :WorkerId;
+  seq @1 :UInt64;
+}
+
 struct ControlMessage {
   requestId @0 :UInt64;
   # A request carries a sender-chosen non-zero id; its reply (or error) carries
@@ -266,5 +311,13 @@ struct ControlMessage {
     clusterState @18 :ClusterState;
     ack @19 :Void;                # success reply with nothing to say
     error @20 :ErrorInfo;         # failure reply to any request
+    registerDriver @21 :RegisterDriver;
+    registerDriverReply @22 :RegisterDriverReply;
+    uploadBinary @23 :UploadBinary;
+    fetchBinary @24 :FetchBinary;
+    binaryData @25 :BinaryData;
+    jobLogs @26 :JobLogs;
+    jobLogsReply @27 :JobLogsReply;
+    driverHeartbeat @28 :DriverHeartbeat;
   }
 }

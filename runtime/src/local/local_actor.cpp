@@ -172,10 +172,12 @@ void LocalActor::construct() {
   schedule();
 }
 
-void LocalActor::submit(CallSpec call) {
+void LocalActor::submit(CallSpec call) { submit_from(std::move(call), current_caller()); }
+
+void LocalActor::submit_from(CallSpec call, std::uint64_t caller) {
   auto task = std::make_shared<Task>();
   task->spec = std::move(call);
-  task->caller = current_caller();
+  task->caller = caller;
   int unresolved = 0;
   for (const auto& slot : task->spec.args) {
     if (!slot.value && slot.ref && !slot.ref->is_ready()) ++unresolved;

@@ -15,8 +15,8 @@ namespace troupe::detail {
 namespace {
 
 std::mutex g_runtime_mutex;
-std::shared_ptr<LocalRuntime> g_runtime;  // guarded by g_runtime_mutex
-std::atomic<LocalRuntime*> g_runtime_fast{nullptr};
+std::shared_ptr<Backend> g_runtime;  // guarded by g_runtime_mutex
+std::atomic<Backend*> g_runtime_fast{nullptr};
 
 std::uint64_t physical_memory_bytes() {
   long pages = ::sysconf(_SC_PHYS_PAGES);
@@ -77,7 +77,7 @@ scheduler::ResourceRequest to_request(const ResourceSpec& spec) {
   }
 }
 
-std::shared_ptr<LocalRuntime> local_runtime() noexcept {
+std::shared_ptr<Backend> backend() noexcept {
   std::lock_guard lock(g_runtime_mutex);
   return g_runtime;
 }
@@ -399,7 +399,7 @@ void LocalRuntime::shutdown() {
 // ---- free functions the public API calls -----------------------------------
 
 void post_task(std::function<void()> fn) {
-  auto runtime = local_runtime();
+  auto runtime = backend();
   if (runtime && runtime->running()) {
     runtime->pool().post(std::move(fn));
   } else {
@@ -408,27 +408,27 @@ void post_task(std::function<void()> fn) {
 }
 
 BlockingRegion::BlockingRegion() {
-  LocalRuntime* runtime = g_runtime_fast.load(std::memory_order_acquire);
+  Backend* runtime = g_runtime_fast.load(std::memory_order_acquire);
   if (runtime == nullptr || !runtime->pool().on_pool_thread()) return;
-  if (auto shared = local_runtime()) token_ = shared->pool().add_temporary_thread();
+  if (auto shared = backend()) token_ = shared->pool().add_temporary_thread();
 }
 
 BlockingRegion::~BlockingRegion() = default;
 
 std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args, ActorOptions options) {
-  auto runtime = local_runtime();
+  auto runtime = backend();
   if (!runtime) throw_error(Errc::invalid_argument, "troupe::init() has not been called");
   return runtime->create_actor(cls, std::move(ctor_args), std::move(options));
 }
 
 std::shared_ptr<ActorCore> find_actor(std::string_view name) {
-  auto runtime = local_runtime();
+  auto runtime = backend();
   if (!runtime) throw_error(Errc::invalid_argument, "troupe::init() has not been called");
   return runtime->find(name);
 }
 
 std::shared_ptr<ActorCore> find_actor(std::uint64_t id) {
-  auto runtime = local_runtime();
+  auto runtime = backend();
   if (!runtime) throw_error(Errc::invalid_argument, "troupe::init() has not been called");
   return runtime->find(id);
 }
@@ -440,7 +440,7 @@ void throw_not_registered(const char* what, const std::type_info& type) {
 
 void throw_no_actor() { throw_error(Errc::invalid_argument, "use of an empty ActorHandle"); }
 
-void set_runtime(std::shared_ptr<LocalRuntime> runtime) {
+void set_backend(std::shared_ptr<Backend> runtime) {
   std::lock_guard lock(g_runtime_mutex);
   g_runtime = std::move(runtime);
   g_runtime_fast.store(g_runtime.get(), std::memory_order_release);

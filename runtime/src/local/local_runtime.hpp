@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backend.hpp"
 #include "thread_pool.hpp"
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/runtime.hpp"
@@ -73,6 +74,8 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   int restarts() const override;
   std::vector<int> gpu_ids() const override;
   void submit(CallSpec call) override;
+  // As submit(), for a call that arrived from `caller` over the wire.
+  void submit_from(CallSpec call, std::uint64_t caller);
   void kill(bool no_restart) override;
 
   const ActorOptions& options() const noexcept { return options_; }
@@ -125,30 +128,32 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   int restarts_ = 0;
 };
 
-class LocalRuntime : public std::enable_shared_from_this<LocalRuntime> {
+class LocalRuntime final : public Backend, public std::enable_shared_from_this<LocalRuntime> {
  public:
   explicit LocalRuntime(const InitOptions& options);
   ~LocalRuntime();
 
-  ThreadPool& pool() noexcept { return pool_; }
-  bool running() const noexcept { return running_.load(std::memory_order_acquire); }
+  ThreadPool& pool() noexcept override { return pool_; }
+  bool running() const noexcept override { return running_.load(std::memory_order_acquire); }
 
   std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
-                                          ActorOptions options);
-  std::shared_ptr<ActorCore> find(std::string_view name);
-  std::shared_ptr<ActorCore> find(std::uint64_t id);
+                                          ActorOptions options) override;
+  std::shared_ptr<ActorCore> find(std::string_view name) override;
+  std::shared_ptr<ActorCore> find(std::uint64_t id) override;
   void forget(const LocalActor& actor);  // on death: drop name and index
   void release(const Allocation& allocation);
 
   PlacementGroup create_group(std::vector<ResourceSpec> bundles, PlacementStrategy strategy,
-                              std::string name);
-  void remove_group(const std::shared_ptr<GroupCore>& group);
-  std::string group_reason(const GroupCore& group);
+                              std::string name) override;
+  void remove_group(const std::shared_ptr<GroupCore>& group) override;
+  std::string group_reason(const GroupCore& group) override;
 
-  std::map<std::string, double> total_resources();
-  std::map<std::string, double> free_resources();
-  std::size_t live_actor_count();
-  void shutdown();
+  std::map<std::string, double> total_resources() override;
+  std::map<std::string, double> free_resources() override;
+  std::size_t live_actor_count() override;
+  void shutdown() override;
+  // Cluster mode's actor host runs its one actor on a local runtime and
+  // feeds it calls from the wire, with the remote caller's id.
 
  private:
   // Tries to place `actor`; returns false (with reason set) when it must wait.
@@ -168,8 +173,6 @@ class LocalRuntime : public std::enable_shared_from_this<LocalRuntime> {
   std::uint64_t next_group_id_ = 1;
 };
 
-// The runtime of this process, or null before init / after shutdown.
-std::shared_ptr<LocalRuntime> local_runtime() noexcept;
 
 scheduler::ResourceRequest to_request(const ResourceSpec& spec);
 
