@@ -10,6 +10,7 @@ namespace {
 
 std::atomic<int64_t> g_live_objects{0};
 std::atomic<uint64_t> g_next_index{1};
+std::atomic<detail::ReleaseHook> g_release_hook{nullptr};
 
 uint64_t process_owner_id() {
   static const uint64_t id = [] {
@@ -41,7 +42,16 @@ ObjectState::ObjectState() : id_{process_owner_id(), g_next_index.fetch_add(1, s
   g_live_objects.fetch_add(1, std::memory_order_relaxed);
 }
 
-ObjectState::~ObjectState() { g_live_objects.fetch_sub(1, std::memory_order_relaxed); }
+ObjectState::ObjectState(ObjectId id) : id_(id) { g_live_objects.fetch_add(1, std::memory_order_relaxed); }
+
+ObjectState::~ObjectState() {
+  g_live_objects.fetch_sub(1, std::memory_order_relaxed);
+  if (!location_.empty()) {
+    if (auto hook = g_release_hook.load(std::memory_order_acquire)) hook(id_, location_);
+  }
+}
+
+void set_release_hook(ReleaseHook hook) noexcept { g_release_hook.store(hook, std::memory_order_release); }
 
 bool ObjectState::set_value(ValuePtr value) { return complete(kReady, std::move(value), nullptr); }
 

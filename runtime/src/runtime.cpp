@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "cluster/cluster_runtime.hpp"
 #include "local/local_runtime.hpp"
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/logging.hpp"
@@ -48,12 +49,48 @@ void init(InitOptions options) {
   if (options.address.empty()) {
     if (const char* env = std::getenv("TROUPE_ADDRESS"); env && *env) options.address = env;
   }
-  if (!options.address.empty() && options.address != "local") {
-    throw_error(Errc::unsupported, "cluster mode (address '" + options.address +
-                                       "') is not available in this build yet; unset TROUPE_ADDRESS "
-                                       "or pass no address to run in local mode");
-  }
   if (options.num_threads < 0) throw_error(Errc::invalid_argument, "num_threads must not be negative");
+  static std::once_flag at_exit;
+  // Stop threads and sockets before static destructors run.
+  std::call_once(at_exit, [] { std::atexit([] { troupe::shutdown(); }); });
+
+  // The job binary started by a node manager: become that actor's host.
+  if (const char* spec = std::getenv("TROUPE_ACTOR_SPEC"); spec && *spec) {
+    const char* head = std::getenv("TROUPE_HEAD_ADDRESS");
+    if (!head || !*head) throw_error(Errc::invalid_argument, "TROUPE_ACTOR_SPEC is set but TROUPE_HEAD_ADDRESS is not");
+    detail::ClusterRuntime::Config config;
+    config.head_address = head;
+    config.actor_host = true;
+    config.spec_path = spec;
+    auto runtime = std::make_shared<detail::ClusterRuntime>(config);
+    detail::set_backend(runtime);
+    g_mode.store(Mode::cluster);
+    try {
+      runtime->start();
+    } catch (const std::exception& e) {
+      TROUPE_LOG_ERROR("actor host failed: {}", e.what());
+      std::fflush(nullptr);
+      std::_Exit(3);
+    }
+    runtime->serve_forever();
+  }
+  if (!options.address.empty() && options.address != "local") {
+    detail::ClusterRuntime::Config config;
+    config.head_address = options.address;
+    config.num_threads = options.num_threads;
+    auto runtime = std::make_shared<detail::ClusterRuntime>(config);
+    detail::set_backend(runtime);
+    try {
+      runtime->start();
+    } catch (...) {
+      detail::set_backend(nullptr);
+      runtime->shutdown();
+      throw;
+    }
+    g_mode.store(Mode::cluster);
+    TROUPE_LOG_INFO("troupe initialised in cluster mode (head {})", options.address);
+    return;
+  }
   auto runtime = std::make_shared<detail::LocalRuntime>(options);
   detail::set_backend(std::move(runtime));
   g_mode.store(Mode::local);

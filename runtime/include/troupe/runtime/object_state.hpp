@@ -35,6 +35,8 @@ namespace detail {
 class ObjectState {
  public:
   ObjectState();
+  // An object whose id was chosen elsewhere (a caller in another process).
+  explicit ObjectState(ObjectId id);
   ~ObjectState();
   ObjectState(const ObjectState&) = delete;
   ObjectState& operator=(const ObjectState&) = delete;
@@ -72,6 +74,11 @@ class ObjectState {
   void set_canceller(std::function<bool()> canceller);
   bool cancel();
 
+  // Cluster mode: the call-plane address of the process that produces and
+  // holds this object ("" = this process). Set before the ref is shared.
+  void set_location(std::string address) { location_ = std::move(address); }
+  const std::string& location() const noexcept { return location_; }
+
  private:
   enum : int { kPending = 0, kReady = 1, kFailed = 2 };
   bool complete(int status, ValuePtr value, std::exception_ptr error);
@@ -85,7 +92,13 @@ class ObjectState {
   int waiters_ = 0;
   std::vector<std::function<void()>> callbacks_;
   std::function<bool()> canceller_;
+  std::string location_;
 };
+
+// Called when an object with a location is destroyed, so the runtime can
+// tell the holder to free it (Ray's ownership: the ref's creator owns it).
+using ReleaseHook = void (*)(const ObjectId& id, const std::string& location);
+void set_release_hook(ReleaseHook hook) noexcept;
 
 using StatePtr = std::shared_ptr<ObjectState>;
 

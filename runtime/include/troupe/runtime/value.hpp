@@ -24,6 +24,11 @@ class Value {
   // typeid of the held C++ value, or typeid(void) for encoded bytes.
   virtual const std::type_info& type() const noexcept = 0;
   virtual std::string encode() const = 0;
+  // Encoded form for values that are bytes (received from, or still held
+  // by, another process; may fetch). nullptr for typed in-process values.
+  virtual const std::string* bytes() const { return nullptr; }
+  // True for a value that still lives in another process.
+  virtual bool is_remote() const noexcept { return false; }
 };
 
 template <class T>
@@ -39,10 +44,11 @@ class TypedValue final : public Value {
 // Bytes received from another process; decoded lazily by value_as / take_value.
 class EncodedValue final : public Value {
  public:
-  explicit EncodedValue(std::string bytes) : bytes(std::move(bytes)) {}
+  explicit EncodedValue(std::string data) : data(std::move(data)) {}
   const std::type_info& type() const noexcept override { return typeid(void); }
-  std::string encode() const override { return bytes; }
-  std::string bytes;
+  std::string encode() const override { return data; }
+  const std::string* bytes() const override { return &data; }
+  std::string data;
 };
 
 using ValuePtr = std::shared_ptr<Value>;
@@ -65,9 +71,7 @@ T take_value(ValuePtr& value) {
     if (value.use_count() == 1) return std::move(typed->value);
     return typed->value;
   }
-  if (value->type() == typeid(void)) {
-    return troupe::deserialize<T>(static_cast<EncodedValue*>(value.get())->bytes);
-  }
+  if (const std::string* encoded = value->bytes()) return troupe::deserialize<T>(*encoded);
   throw_type_mismatch(typeid(T), value->type());
 }
 

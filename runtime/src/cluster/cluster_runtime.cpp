@@ -1,0 +1,878 @@
+#include "cluster_runtime.hpp"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <capnp/serialize.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "local/local_runtime.hpp"
+#include "troupe/runtime/logging.hpp"
+
+namespace troupe::detail {
+namespace {
+
+// Results up to this size travel inline in the reply to the caller; larger
+// ones stay at the producer until fetched (or pulled by the next stage).
+constexpr std::size_t kInlineLimit = 1 << 20;
+const char* const kFetchMethod = "__fetch";
+
+std::uint64_t random64() {
+  static thread_local std::mt19937_64 rng{std::random_device{}() ^
+                                          static_cast<std::uint64_t>(::getpid()) << 32 ^
+                                          static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count())};
+  return rng();
+}
+
+template <class Builder>
+void set_id(Builder builder, const Id128& id) {
+  builder.setHi(id.hi);
+  builder.setLo(id.lo);
+}
+template <class Reader>
+Id128 get_id(Reader reader) {
+  return Id128{reader.getHi(), reader.getLo()};
+}
+
+Id128 parse_hex_id(const std::string& hex) {
+  if (hex.size() != 32) throw_error(Errc::invalid_argument, "bad id '" + hex + "'");
+  Id128 id;
+  id.hi = std::stoull(hex.substr(0, 16), nullptr, 16);
+  id.lo = std::stoull(hex.substr(16), nullptr, 16);
+  return id;
+}
+
+ActorState from_wire(wire::ActorState state) {
+  switch (state) {
+    case wire::ActorState::PENDING: return ActorState::pending;
+    case wire::ActorState::ALIVE: return ActorState::alive;
+    case wire::ActorState::RESTARTING: return ActorState::restarting;
+    case wire::ActorState::DEAD: return ActorState::dead;
+  }
+  return ActorState::dead;
+}
+
+void fill_error(wire::ErrorInfo::Builder builder, const std::exception_ptr& error) {
+  auto info = describe(error);
+  builder.setCode(static_cast<std::uint16_t>(info.code));
+  builder.setRemoteType(info.type);
+  builder.setMessage(info.message);
+}
+
+std::exception_ptr to_exception(wire::ErrorInfo::Reader error) {
+  return make_error(static_cast<Errc>(error.getCode()), error.getMessage(), error.getRemoteType());
+}
+
+std::string hash_file(const std::string& path) {
+  // FNV-1a 64 over the file, twice with different offsets: a content hash
+  // for the binary cache, not a security boundary.
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_error(Errc::invalid_argument, "cannot read " + path);
+  std::uint64_t a = 1469598103934665603ull, b = 1099511628211ull * 31;
+  char buffer[1 << 16];
+  while (in) {
+    in.read(buffer, sizeof buffer);
+    for (std::streamsize i = 0; i < in.gcount(); ++i) {
+      a = (a ^ static_cast<unsigned char>(buffer[i])) * 1099511628211ull;
+      b = (b ^ static_cast<unsigned char>(buffer[i])) * 0x100000001b3ull + 7;
+    }
+  }
+  char out[33];
+  std::snprintf(out, sizeof out, "%016llx%016llx", static_cast<unsigned long long>(a),
+                static_cast<unsigned long long>(b));
+  return out;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_error(Errc::invalid_argument, "cannot read " + path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return std::move(out).str();
+}
+
+std::string host_of(const std::string& address) {
+  auto colon = address.rfind(':');
+  std::string host = colon == std::string::npos ? address : address.substr(0, colon);
+  if (host.rfind("tcp://", 0) == 0) host = host.substr(6);
+  return host;
+}
+
+ClusterRuntime* g_cluster = nullptr;  // for the release hook; set while running
+
+void release_hook(const ObjectId& id, const std::string& location) {
+  if (auto* runtime = g_cluster) runtime->queue_release(id, location);
+}
+
+// A value that still lives in another process: fetched on first read.
+class RemoteValue final : public Value {
+ public:
+  RemoteValue(std::weak_ptr<ClusterRuntime> runtime, Id128 id, std::string location)
+      : runtime_(std::move(runtime)), id_(id), location_(std::move(location)) {}
+  const std::type_info& type() const noexcept override { return typeid(void); }
+  std::string encode() const override { return *bytes(); }
+  bool is_remote() const noexcept override { return true; }
+  const std::string* bytes() const override {
+    std::call_once(once_, [&] {
+      auto runtime = runtime_.lock();
+      if (!runtime) throw_error(Errc::object_lost, "the runtime is shut down");
+      data_ = runtime->fetch_bytes(id_, location_);
+    });
+    return &data_;
+  }
+
+ private:
+  std::weak_ptr<ClusterRuntime> runtime_;
+  Id128 id_;
+  std::string location_;
+  mutable std::once_flag once_;
+  mutable std::string data_;
+};
+
+}  // namespace
+
+std::string Id128::hex() const {
+  char out[33];
+  std::snprintf(out, sizeof out, "%016llx%016llx", static_cast<unsigned long long>(hi),
+                static_cast<unsigned long long>(lo));
+  return out;
+}
+
+// ---- RemoteActor ------------------------------------------------------------------
+
+RemoteActor::RemoteActor(ClusterRuntime& runtime, std::uint64_t id, const ClassInfo& cls, std::string name,
+                         bool owned)
+    : runtime_(runtime), id_(id), cls_(cls), name_(std::move(name)), owned_(owned) {}
+
+ActorState RemoteActor::state() const {
+  std::lock_guard lock(mutex_);
+  return state_;
+}
+
+std::string RemoteActor::status_message() const {
+  std::lock_guard lock(mutex_);
+  return status_;
+}
+
+int RemoteActor::restarts() const {
+  std::lock_guard lock(mutex_);
+  return restarts_;
+}
+
+void RemoteActor::submit(CallSpec call) {
+  std::vector<StatePtr> refs;
+  {
+    std::unique_lock lock(mutex_);
+    if (state_ == ActorState::dead || !runtime_.running()) {
+      std::string why = state_ == ActorState::dead ? status_ : "the runtime is shut down";
+      lock.unlock();
+      call.result->set_error(make_error(runtime_.running() ? Errc::actor_died : Errc::cancelled,
+                                        cls_.name + "#" + std::to_string(id_) + " cannot take calls: " + why));
+      return;
+    }
+    for (auto& slot : call.args)
+      if (!slot.value && slot.ref && !slot.ref->is_ready() && slot.ref->location().empty()) refs.push_back(slot.ref);
+    outbox_.push_back(Outgoing{std::move(call), next_seq_++});
+  }
+  // A ref produced in this process (a Promise, a then()) must be resolved
+  // here before the call can be sent; refs produced by actors travel as
+  // descriptors and resolve at the callee.
+  auto self = shared_from_this();
+  for (auto& ref : refs) ref->on_complete([self] { self->runtime_.pool().post([self] { self->pump(); }); });
+  pump();
+}
+
+bool RemoteActor::ready_to_send(const Outgoing& out) const {
+  for (const auto& slot : out.spec.args) {
+    if (!slot.value && slot.ref && !slot.ref->is_ready() && slot.ref->location().empty()) return false;
+  }
+  return true;
+}
+
+void RemoteActor::pump() {
+  std::unique_lock lock(mutex_);
+  while (state_ == ActorState::alive && !outbox_.empty() && ready_to_send(outbox_.front())) {
+    Outgoing out = std::move(outbox_.front());
+    outbox_.pop_front();
+    if (out.spec.result->is_ready()) continue;  // cancelled
+    try {
+      runtime_.send_call(id_, address_, incarnation_, out.seq, out.spec);
+    } catch (...) {
+      out.spec.result->set_error(std::current_exception());
+    }
+  }
+}
+
+void RemoteActor::fail_all_locked(std::vector<StatePtr>& failed) {
+  for (auto& out : outbox_) failed.push_back(out.spec.result);
+  outbox_.clear();
+}
+
+void RemoteActor::on_update(ActorState state, std::string address, std::uint32_t incarnation, std::string reason) {
+  std::vector<StatePtr> failed;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == ActorState::dead) return;
+    if (state == ActorState::restarting && state_ != ActorState::restarting) ++restarts_;
+    state_ = state;
+    if (!address.empty()) address_ = std::move(address);
+    incarnation_ = incarnation;
+    switch (state) {
+      case ActorState::alive: status_ = "alive"; break;
+      case ActorState::pending: status_ = reason.empty() ? "pending" : "pending: " + reason; break;
+      case ActorState::restarting: status_ = "restarting: " + reason; break;
+      case ActorState::dead:
+        status_ = reason.empty() ? "dead" : reason;
+        fail_all_locked(failed);
+        break;
+    }
+  }
+  if (state == ActorState::dead) {
+    auto error = make_error(Errc::actor_died, cls_.name + "#" + std::to_string(id_) + " died: " + reason);
+    for (auto& result : failed) result->set_error(error);
+  }
+  if (state == ActorState::alive) pump();
+}
+
+void RemoteActor::kill(bool no_restart) { runtime_.kill_actor(id_, no_restart); }
+
+// ---- ClusterRuntime ------------------------------------------------------------------
+
+static int pool_threads(int requested) {
+  return requested > 0 ? requested : std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+ClusterRuntime::ClusterRuntime(Config config) : config_(std::move(config)), pool_(pool_threads(config_.num_threads)) {
+  worker_id_ = Id128{random64(), random64()};
+  if (const char* ms = std::getenv("TROUPE_REQUEST_TIMEOUT_MS"); ms && *ms)
+    request_timeout_ = std::chrono::milliseconds(std::max(100L, std::atol(ms)));
+  if (const char* ms = std::getenv("TROUPE_FETCH_TIMEOUT_MS"); ms && *ms)
+    fetch_timeout_ = std::chrono::milliseconds(std::max(100L, std::atol(ms)));
+}
+
+ClusterRuntime::~ClusterRuntime() {
+  shutdown();
+}
+
+void ClusterRuntime::start() {
+  std::string bind_ip;
+  if (const char* ip = std::getenv("TROUPE_NODE_IP"); ip && *ip) bind_ip = ip;
+  else bind_ip = local_ip_for(host_of(config_.head_address));
+  calls_ = std::make_unique<CallPlane>(bind_ip, [this](transport::ReceivedMessage& m) { on_call_message(m); });
+  calls_->set_periodic(std::chrono::milliseconds(20), [this] { tick(); });
+  g_cluster = this;
+  set_release_hook(&release_hook);
+  if (config_.actor_host) {
+    start_host();
+  } else {
+    control_ = std::make_unique<ControlChannel>(config_.head_address, "drv-" + worker_id_.hex(),
+                                                [this](wire::ControlMessage::Reader m) { on_control_push(m); });
+    register_driver();
+  }
+}
+
+void ClusterRuntime::register_driver() {
+  std::string exe = "/proc/self/exe";
+  std::string hash = hash_file(exe);
+  capnp::MallocMessageBuilder message;
+  auto reg = message.initRoot<wire::ControlMessage>().initRegisterDriver();
+  reg.setProtocolVersion(wire::PROTOCOL_VERSION);
+  set_id(reg.initWorkerId(), worker_id_);
+  if (const char* job = std::getenv("TROUPE_JOB_ID"); job && *job) set_id(reg.initJobId(), parse_hex_id(job));
+  reg.setBinaryHash(hash);
+  reg.setPid(static_cast<std::uint32_t>(::getpid()));
+  char hostname[256] = {};
+  ::gethostname(hostname, sizeof hostname - 1);
+  reg.setHostname(hostname);
+  auto reply = control_->request(message, request_timeout_);
+  auto root = reply.root<wire::ControlMessage>();
+  if (!root.isRegisterDriverReply())
+    throw_error(Errc::protocol, "head answered registerDriver with an unexpected message");
+  auto body = root.getRegisterDriverReply();
+  job_id_ = get_id(body.getJobId());
+  const auto heartbeat = std::chrono::milliseconds(std::max<std::uint32_t>(50, body.getHeartbeatIntervalMs()));
+  if (body.getNeedBinary()) {
+    std::string bytes = read_file(exe);
+    capnp::MallocMessageBuilder upload;
+    auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
+    up.setBinaryHash(hash);
+    up.setBinary(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(bytes.data()), bytes.size()));
+    (void)control_->request(upload, std::chrono::milliseconds(std::max<long>(request_timeout_.count(), 60000)));
+  }
+  control_->set_periodic(heartbeat, [this] {
+    capnp::MallocMessageBuilder beat;
+    auto hb = beat.initRoot<wire::ControlMessage>().initDriverHeartbeat();
+    set_id(hb.initWorkerId(), worker_id_);
+    hb.setSeq(++heartbeat_seq_);
+    control_->send(beat);
+  });
+  TROUPE_LOG_INFO("driver {} registered with head {} as job {}", worker_id_.hex(), config_.head_address, job_id_.hex());
+}
+
+std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
+                                                        ActorOptions options) {
+  if (!running()) throw_error(Errc::cancelled, "the runtime is shut down");
+  if (options.max_concurrency < 1) throw_error(Errc::invalid_argument, "max_concurrency must be at least 1");
+  if (options.max_restarts < -1) throw_error(Errc::invalid_argument, "max_restarts must be -1 or more");
+  if (options.placement_group.valid())
+    throw_error(Errc::unsupported, "placement groups are not available in cluster mode yet");
+  (void)to_request(ResourceSpec{options.resources, options.gpu_type, options.gpu_memory});
+  std::vector<std::string> encoded;
+  for (auto& slot : ctor_args) {
+    if (slot.value) {
+      encoded.push_back(slot.value->encode());
+    } else {
+      slot.ref->wait();  // constructor arguments are resolved here, then shipped
+      slot.ref->rethrow_if_error();
+      encoded.push_back(slot.ref->value()->encode());
+    }
+  }
+  const std::uint64_t id = random64() >> 1 | 1;
+  capnp::MallocMessageBuilder message;
+  auto create = message.initRoot<wire::ControlMessage>().initCreateActor();
+  set_id(create.initActorId(), Id128{0, id});
+  set_id(create.initJobId(), job_id_);
+  set_id(create.initOwnerId(), worker_id_);
+  create.setClassName(cls.name);
+  create.setName(options.name);
+  std::string args = serialize(encoded);
+  create.setCtorArgs(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(args.data()), args.size()));
+  auto amounts = options.resources;
+  if (options.memory > 0) amounts["memory"] += static_cast<double>(options.memory);
+  auto resources = create.initResources(static_cast<unsigned>(amounts.size()));
+  unsigned i = 0;
+  for (const auto& [name, amount] : amounts) {
+    resources[i].setName(name);
+    resources[i].setAmount(amount);
+    ++i;
+  }
+  create.setGpuType(options.gpu_type);
+  create.setGpuMemoryBytes(options.gpu_memory);
+  create.setMaxRestarts(options.max_restarts);
+  create.setMaxConcurrency(static_cast<std::uint32_t>(options.max_concurrency));
+  create.setBundleIndex(-1);
+  auto actor = std::make_shared<RemoteActor>(*this, id, cls, options.name, true);
+  {
+    std::lock_guard lock(mutex_);
+    actors_[id] = actor;
+  }
+  try {
+    (void)control_->request(message, request_timeout_);
+  } catch (...) {
+    std::lock_guard lock(mutex_);
+    actors_.erase(id);
+    throw;
+  }
+  return actor;
+}
+
+std::shared_ptr<RemoteActor> ClusterRuntime::actor_for_update(std::uint64_t id) {
+  std::lock_guard lock(mutex_);
+  auto it = actors_.find(id);
+  return it == actors_.end() ? nullptr : it->second;
+}
+
+void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
+  if (message.isActorUpdate()) {
+    auto update = message.getActorUpdate();
+    auto actor = actor_for_update(get_id(update.getActorId()).lo);
+    if (!actor) return;
+    std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
+    auto state = from_wire(update.getState());
+    std::string address = update.getAddress();
+    auto incarnation = update.getIncarnation();
+    if (state == ActorState::dead) {
+      // Calls already sent to it will never be answered.
+      std::vector<StatePtr> failed;
+      {
+        std::lock_guard lock(mutex_);
+        for (auto it = inflight_.begin(); it != inflight_.end();) {
+          if (it->second.actor_id == actor->id()) {
+            failed.push_back(it->second.result);
+            it = inflight_.erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
+      auto error = make_error(Errc::actor_died, actor->cls().name + "#" + std::to_string(actor->id()) + " died: " + reason);
+      for (auto& result : failed) result->set_error(error);
+    }
+    pool_.post([actor, state, address = std::move(address), incarnation, reason = std::move(reason)]() mutable {
+      actor->on_update(state, std::move(address), incarnation, std::move(reason));
+    });
+  }
+}
+
+std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name) {
+  if (!control_) return nullptr;
+  capnp::MallocMessageBuilder message;
+  auto get = message.initRoot<wire::ControlMessage>().initGetActorByName();
+  set_id(get.initJobId(), job_id_);
+  get.setName(std::string(name));
+  try {
+    auto reply = control_->request(message, request_timeout_);
+    auto root = reply.root<wire::ControlMessage>();
+    if (!root.isActorUpdate()) return nullptr;
+    auto update = root.getActorUpdate();
+    const std::uint64_t id = get_id(update.getActorId()).lo;
+    if (auto existing = actor_for_update(id)) return existing;
+    const ClassInfo* cls = find_class(update.getClassName().cStr());
+    if (!cls) throw_error(Errc::not_registered, std::string("actor class ") + update.getClassName().cStr() + " is not registered in this binary");
+    auto actor = std::make_shared<RemoteActor>(*this, id, *cls, std::string(name), false);
+    {
+      std::lock_guard lock(mutex_);
+      actors_[id] = actor;
+    }
+    actor->on_update(from_wire(update.getState()), update.getAddress(), update.getIncarnation(),
+                     update.hasReason() ? std::string(update.getReason().getMessage()) : std::string());
+    return actor;
+  } catch (const Error& e) {
+    if (e.code() == Errc::not_found) return nullptr;
+    throw;
+  }
+}
+
+std::shared_ptr<ActorCore> ClusterRuntime::find(std::uint64_t id) { return actor_for_update(id); }
+
+PlacementGroup ClusterRuntime::create_group(std::vector<ResourceSpec>, PlacementStrategy, std::string) {
+  throw_error(Errc::unsupported, "placement groups are not available in cluster mode yet");
+}
+void ClusterRuntime::remove_group(const std::shared_ptr<GroupCore>&) {
+  throw_error(Errc::unsupported, "placement groups are not available in cluster mode yet");
+}
+std::string ClusterRuntime::group_reason(const GroupCore&) { return "unsupported in cluster mode"; }
+
+std::map<std::string, double> ClusterRuntime::total_resources() { return {}; }
+std::map<std::string, double> ClusterRuntime::free_resources() { return {}; }
+
+std::size_t ClusterRuntime::live_actor_count() {
+  std::lock_guard lock(mutex_);
+  std::size_t count = 0;
+  for (auto& [id, actor] : actors_)
+    if (actor->state() != ActorState::dead) ++count;
+  return count;
+}
+
+void ClusterRuntime::kill_actor(std::uint64_t actor_id, bool no_restart) {
+  if (!control_) throw_error(Errc::unsupported, "not connected to a head");
+  capnp::MallocMessageBuilder message;
+  auto kill = message.initRoot<wire::ControlMessage>().initKillActor();
+  set_id(kill.initActorId(), Id128{0, actor_id});
+  kill.setNoRestart(no_restart);
+  (void)control_->request(message, request_timeout_);
+}
+
+void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& address, std::uint32_t incarnation,
+                               std::uint64_t seq, CallSpec& spec) {
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<wire::CallMessage>().initRequest();
+  const std::uint64_t call_id = next_call_.fetch_add(1);
+  request.setCallId(call_id);
+  set_id(request.initActorId(), Id128{0, actor_id});
+  request.setActorIncarnation(incarnation);
+  set_id(request.initCallerId(), worker_id_);
+  request.setSeq(seq);
+  request.setMethod(spec.method->name);
+  request.setReturnTo(calls_->address());
+  const auto& result_id = spec.result->id();
+  set_id(request.initResultId(), Id128{result_id.owner, result_id.index});
+  auto args = request.initArgs(static_cast<unsigned>(spec.args.size()));
+  for (unsigned i = 0; i < spec.args.size(); ++i) {
+    auto& slot = spec.args[i];
+    const StatePtr& ref = slot.ref;
+    if (ref && ref->has_error()) std::rethrow_exception(ref->error());
+    bool by_descriptor = ref && !ref->location().empty() && (!ref->is_ready() || ref->value()->is_remote());
+    if (by_descriptor) {
+      auto descriptor = args[i].initRef();
+      set_id(descriptor.initId(), Id128{ref->id().owner, ref->id().index});
+      descriptor.setOwnerAddress(ref->location());
+      descriptor.setRemote();
+    } else {
+      const ValuePtr& value = slot.value ? slot.value : ref->value();
+      std::string bytes = value ? value->encode() : std::string();
+      args[i].setValue(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(bytes.data()), bytes.size()));
+    }
+  }
+  spec.result->set_location(address);  // the result lives at the callee
+  {
+    std::lock_guard lock(mutex_);
+    inflight_[call_id] = Inflight{spec.result, actor_id, std::chrono::steady_clock::time_point::max()};
+  }
+  try {
+    calls_->send(address, message);
+  } catch (...) {
+    std::lock_guard lock(mutex_);
+    inflight_.erase(call_id);
+    throw;
+  }
+}
+
+void ClusterRuntime::on_call_message(transport::ReceivedMessage& message) {
+  auto root = message.root<wire::CallMessage>();
+  switch (root.which()) {
+    case wire::CallMessage::REPLY: on_reply(root.getReply()); break;
+    case wire::CallMessage::REQUEST: {
+      auto request = root.getRequest();
+      if (request.getMethod() == kFetchMethod) serve_fetch(request);
+      else on_request(request);
+      break;
+    }
+    case wire::CallMessage::RELEASE: {
+      std::lock_guard lock(mutex_);
+      for (auto id : root.getRelease().getIds()) {
+        table_.erase(get_id(id));
+        wanted_.erase(get_id(id));
+      }
+      break;
+    }
+    case wire::CallMessage::CANCEL: break;  // TODO(perf): cancel on the host side
+  }
+}
+
+void ClusterRuntime::on_reply(wire::CallReply::Reader reply) {
+  StatePtr result;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = inflight_.find(reply.getCallId());
+    if (it == inflight_.end()) return;  // timed out or the actor was declared dead
+    result = std::move(it->second.result);
+    inflight_.erase(it);
+  }
+  switch (reply.which()) {
+    case wire::CallReply::VALUE: {
+      auto data = reply.getValue();
+      if (data.size() == 0) result->set_value(nullptr);
+      else result->set_value(std::make_shared<EncodedValue>(std::string(reinterpret_cast<const char*>(data.begin()), data.size())));
+      break;
+    }
+    case wire::CallReply::REF: {
+      auto descriptor = reply.getRef();
+      result->set_value(std::make_shared<RemoteValue>(weak_from_this(), get_id(descriptor.getId()),
+                                                      std::string(descriptor.getOwnerAddress())));
+      break;
+    }
+    case wire::CallReply::ERROR: result->set_error(to_exception(reply.getError())); break;
+  }
+}
+
+StatePtr ClusterRuntime::fetch_async(const Id128& id, const std::string& location) {
+  auto state = std::make_shared<ObjectState>();
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<wire::CallMessage>().initRequest();
+  const std::uint64_t call_id = next_call_.fetch_add(1);
+  request.setCallId(call_id);
+  set_id(request.initCallerId(), worker_id_);
+  request.setMethod(kFetchMethod);
+  request.setReturnTo(calls_->address());
+  auto descriptor = request.initArgs(1)[0].initRef();
+  set_id(descriptor.initId(), id);
+  descriptor.setOwnerAddress(location);
+  descriptor.setRemote();
+  {
+    std::lock_guard lock(mutex_);
+    inflight_[call_id] = Inflight{state, 0, std::chrono::steady_clock::now() + fetch_timeout_};
+  }
+  calls_->send(location, message);
+  return state;
+}
+
+std::string ClusterRuntime::fetch_bytes(const Id128& id, const std::string& location) {
+  auto state = fetch_async(id, location);
+  state->wait();  // bounded: the tick fails fetches past their deadline
+  state->rethrow_if_error();
+  const auto& value = state->value();
+  return value ? value->encode() : std::string();
+}
+
+void ClusterRuntime::serve_fetch(wire::CallRequest::Reader request) {
+  const std::uint64_t call_id = request.getCallId();
+  std::string return_to = request.getReturnTo();
+  if (request.getArgs().size() != 1 || !request.getArgs()[0].isRef()) return;
+  const Id128 id = get_id(request.getArgs()[0].getRef().getId());
+  StatePtr state;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = table_.find(id);
+    if (it != table_.end()) {
+      state = it->second;
+    } else {
+      // The call producing it has not arrived yet (it comes on another
+      // connection): park the fetch until it does.
+      state = std::make_shared<ObjectState>(ObjectId{id.hi, id.lo});
+      wanted_[id].push_back(state);
+    }
+  }
+  auto self = shared_from_this();
+  std::weak_ptr<ObjectState> weak = state;
+  state->on_complete([self, weak, call_id, return_to] {
+    if (auto s = weak.lock()) self->reply_to(return_to, call_id, 0, s, /*allow_ref=*/false);
+  });
+}
+
+StatePtr ClusterRuntime::resolve_descriptor(wire::ObjectDescriptor::Reader descriptor) {
+  const Id128 id = get_id(descriptor.getId());
+  if (descriptor.isInlineData()) {
+    auto data = descriptor.getInlineData();
+    auto state = std::make_shared<ObjectState>();
+    state->set_value(std::make_shared<EncodedValue>(std::string(reinterpret_cast<const char*>(data.begin()), data.size())));
+    return state;
+  }
+  std::string owner = descriptor.getOwnerAddress();
+  if (owner == calls_->address()) {
+    std::lock_guard lock(mutex_);
+    auto it = table_.find(id);
+    if (it != table_.end()) return it->second;
+    auto state = std::make_shared<ObjectState>(ObjectId{id.hi, id.lo});
+    wanted_[id].push_back(state);
+    return state;
+  }
+  return fetch_async(id, owner);
+}
+
+void ClusterRuntime::on_request(wire::CallRequest::Reader request) {
+  const std::uint64_t call_id = request.getCallId();
+  std::string return_to = request.getReturnTo();
+  const Id128 result_id = get_id(request.getResultId());
+  auto result = std::make_shared<ObjectState>(ObjectId{result_id.hi, result_id.lo});
+  auto fail = [&](Errc code, std::string message) {
+    result->set_error(make_error(code, std::move(message)));
+    reply_to(return_to, call_id, 0, result, false);
+  };
+  if (!hosted_) return fail(Errc::not_found, "this process hosts no actor");
+  if (get_id(request.getActorId()).lo != hosted_id_.lo)
+    return fail(Errc::actor_died, "this host runs actor " + hosted_id_.hex() + ", not the one called");
+  const MethodInfo* method = hosted_->cls().find_method(request.getMethod().cStr());
+  if (!method) return fail(Errc::not_registered, hosted_->cls().name + " has no registered method '" +
+                                                     std::string(request.getMethod().cStr()) + "'");
+  if (method->arity != request.getArgs().size())
+    return fail(Errc::invalid_argument, method->qualified + " takes " + std::to_string(method->arity) + " arguments");
+  CallSpec spec;
+  spec.method = method;
+  spec.result = result;
+  for (auto arg : request.getArgs()) {
+    ArgSlot slot;
+    switch (arg.which()) {
+      case wire::Arg::VALUE: {
+        auto data = arg.getValue();
+        slot.value = std::make_shared<EncodedValue>(std::string(reinterpret_cast<const char*>(data.begin()), data.size()));
+        break;
+      }
+      case wire::Arg::REF: slot.ref = resolve_descriptor(arg.getRef()); break;
+      case wire::Arg::PASS_REF: return fail(Errc::unsupported, "ObjectRef parameters are not supported in cluster mode yet");
+    }
+    spec.args.push_back(std::move(slot));
+  }
+  std::vector<StatePtr> waiting;
+  {
+    std::lock_guard lock(mutex_);
+    table_[result_id] = result;
+    auto it = wanted_.find(result_id);
+    if (it != wanted_.end()) {
+      waiting = std::move(it->second);
+      wanted_.erase(it);
+    }
+  }
+  for (auto& parked : waiting) forward_state(result, parked);
+  auto self = shared_from_this();
+  std::weak_ptr<ObjectState> weak = result;
+  const std::uint64_t actor = hosted_id_.lo;
+  result->on_complete([self, weak, call_id, return_to, actor] {
+    if (auto s = weak.lock()) self->reply_to(return_to, call_id, actor, s, /*allow_ref=*/true);
+  });
+  hosted_->submit_from(std::move(spec), get_id(request.getCallerId()).lo);
+}
+
+void ClusterRuntime::reply_to(const std::string& address, std::uint64_t call_id, std::uint64_t actor_id,
+                              const StatePtr& result, bool allow_ref) {
+  capnp::MallocMessageBuilder message;
+  auto reply = message.initRoot<wire::CallMessage>().initReply();
+  reply.setCallId(call_id);
+  set_id(reply.initActorId(), Id128{0, actor_id});
+  if (result->has_error()) {
+    fill_error(reply.initError(), result->error());
+  } else {
+    std::string bytes;
+    try {
+      bytes = result->value() ? result->value()->encode() : std::string();
+    } catch (...) {
+      fill_error(reply.initError(), std::current_exception());
+      calls_->send(address, message);
+      return;
+    }
+    if (allow_ref && bytes.size() > kInlineLimit) {
+      auto descriptor = reply.initRef();
+      set_id(descriptor.initId(), Id128{result->id().owner, result->id().index});
+      descriptor.setOwnerAddress(calls_->address());
+      descriptor.setSizeBytes(bytes.size());
+      descriptor.setRemote();
+    } else {
+      reply.setValue(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(bytes.data()), bytes.size()));
+    }
+  }
+  try {
+    calls_->send(address, message);
+  } catch (const std::exception& e) {
+    TROUPE_LOG_WARN("could not reply to {}: {}", address, e.what());
+  }
+}
+
+void ClusterRuntime::queue_release(const ObjectId& id, const std::string& location) {
+  std::lock_guard lock(mutex_);
+  releases_[location].push_back(Id128{id.owner, id.index});
+}
+
+void ClusterRuntime::tick() {
+  std::map<std::string, std::vector<Id128>> releases;
+  std::vector<StatePtr> expired;
+  {
+    std::lock_guard lock(mutex_);
+    releases.swap(releases_);
+    const auto now = std::chrono::steady_clock::now();
+    for (auto it = inflight_.begin(); it != inflight_.end();) {
+      if (it->second.deadline <= now) {
+        expired.push_back(std::move(it->second.result));
+        it = inflight_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& state : expired)
+    state->set_error(make_error(Errc::object_lost, "the process holding the object did not answer within " +
+                                                       std::to_string(fetch_timeout_.count()) + " ms"));
+  for (auto& [location, ids] : releases) {
+    capnp::MallocMessageBuilder message;
+    auto release = message.initRoot<wire::CallMessage>().initRelease();
+    set_id(release.initHolderId(), worker_id_);
+    auto list = release.initIds(static_cast<unsigned>(ids.size()));
+    for (unsigned i = 0; i < ids.size(); ++i) set_id(list[i], ids[i]);
+    try {
+      calls_->send(location, message);
+    } catch (...) {
+    }
+  }
+}
+
+void ClusterRuntime::start_host() {
+  // Die with the node manager that started us.
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  std::string bytes = read_file(config_.spec_path);
+  auto message = transport::ReceivedMessage::copy_of(bytes.data(), bytes.size());
+  auto start = message.root<wire::StartActor>();
+  auto spec = start.getSpec();
+  hosted_id_ = get_id(spec.getActorId());
+  incarnation_ = start.getIncarnation();
+  job_id_ = get_id(spec.getJobId());
+  if (const char* node = std::getenv("TROUPE_NODE_ID"); node && *node) {
+    try {
+      node_id_ = parse_hex_id(node);
+    } catch (...) {
+    }
+  }
+  control_ = std::make_unique<ControlChannel>(config_.head_address, "act-" + hosted_id_.hex(),
+                                              [this](wire::ControlMessage::Reader m) { on_control_push(m); });
+  std::string failure;
+  const ClassInfo* cls = find_class(spec.getClassName().cStr());
+  if (!cls) {
+    failure = std::string("actor class '") + spec.getClassName().cStr() + "' is not registered in this binary";
+  } else {
+    InitOptions local;
+    local.num_threads = std::max<int>(2, static_cast<int>(spec.getMaxConcurrency()) + 1);
+    const auto gpus = start.getGpuIndices().size();
+    if (gpus > 0) local.gpus = "visible:" + std::to_string(gpus);
+    host_runtime_ = std::make_shared<LocalRuntime>(local);
+    std::vector<ArgSlot> slots;
+    try {
+      auto args = deserialize<std::vector<std::string>>(
+          std::string_view(reinterpret_cast<const char*>(spec.getCtorArgs().begin()), spec.getCtorArgs().size()));
+      for (auto& arg : args) slots.push_back(ArgSlot{std::make_shared<EncodedValue>(std::move(arg)), nullptr});
+      ActorOptions options;
+      options.max_concurrency = static_cast<int>(std::max<std::uint32_t>(1, spec.getMaxConcurrency()));
+      if (gpus > 0) options.resources = {{"GPU", static_cast<double>(gpus)}};
+      hosted_ = std::static_pointer_cast<LocalActor>(host_runtime_->create_actor(*cls, std::move(slots), options));
+      while (hosted_->state() == ActorState::pending) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (hosted_->state() == ActorState::dead) failure = hosted_->status_message();
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  }
+  capnp::MallocMessageBuilder update;
+  auto body = update.initRoot<wire::ControlMessage>().initActorUpdate();
+  set_id(body.initActorId(), hosted_id_);
+  set_id(body.initNodeId(), node_id_);
+  body.setIncarnation(incarnation_);
+  body.setClassName(spec.getClassName());
+  body.setName(spec.getName());
+  if (failure.empty()) {
+    body.setState(wire::ActorState::ALIVE);
+    body.setAddress(calls_->address());
+  } else {
+    body.setState(wire::ActorState::DEAD);
+    auto reason = body.initReason();
+    reason.setCode(static_cast<std::uint16_t>(Errc::actor_died));
+    reason.setMessage(failure);
+  }
+  (void)control_->request(update, request_timeout_);
+  if (!failure.empty()) {
+    TROUPE_LOG_ERROR("actor host failed to start: {}", failure);
+    std::fflush(nullptr);
+    std::_Exit(3);
+  }
+  TROUPE_LOG_INFO("actor host for {} serving at {}", hosted_id_.hex(), calls_->address());
+}
+
+void ClusterRuntime::serve_forever() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  int signal = 0;
+  sigwait(&signals, &signal);
+  TROUPE_LOG_INFO("actor host exiting on signal {}", signal);
+  std::fflush(nullptr);
+  std::_Exit(0);
+}
+
+void ClusterRuntime::shutdown() {
+  if (!running_.exchange(false)) return;
+  std::vector<std::shared_ptr<RemoteActor>> owned;
+  std::vector<StatePtr> pending;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, actor] : actors_)
+      if (actor->owned() && actor->state() != ActorState::dead) owned.push_back(actor);
+    for (auto& [id, flight] : inflight_) pending.push_back(flight.result);
+    inflight_.clear();
+  }
+  // A driver's actors end with it (Ray's non-detached actors).
+  for (auto& actor : owned) {
+    try {
+      kill_actor(actor->id(), true);
+    } catch (const std::exception& e) {
+      TROUPE_LOG_WARN("could not kill actor {} at shutdown: {}", actor->id(), e.what());
+    }
+    actor->on_update(ActorState::dead, {}, 0, "the driver shut down");
+  }
+  auto error = make_error(Errc::cancelled, "the runtime shut down");
+  for (auto& state : pending) state->set_error(error);
+  set_release_hook(nullptr);
+  g_cluster = nullptr;
+  if (control_) control_->stop();
+  if (calls_) calls_->stop();
+  if (host_runtime_) host_runtime_->shutdown();
+  pool_.stop();
+  std::lock_guard lock(mutex_);
+  actors_.clear();
+  table_.clear();
+  wanted_.clear();
+}
+
+}  // namespace troupe::detail

@@ -1,0 +1,162 @@
+// Cluster mode. A driver (TROUPE_ADDRESS set) creates actors through the
+// head and calls them directly over the call plane; an actor host (the same
+// binary started by a node manager with TROUPE_ACTOR_SPEC) runs one actor
+// and serves calls. Both are a ClusterRuntime; a host also holds its actor.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "backend.hpp"
+#include "net.hpp"
+
+namespace troupe::detail {
+
+class LocalRuntime;
+class LocalActor;
+class ClusterRuntime;
+
+struct Id128 {
+  std::uint64_t hi = 0, lo = 0;
+  std::string hex() const;
+  friend bool operator==(const Id128&, const Id128&) = default;
+  friend bool operator<(const Id128& a, const Id128& b) { return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo; }
+};
+
+class RemoteActor final : public ActorCore, public std::enable_shared_from_this<RemoteActor> {
+ public:
+  RemoteActor(ClusterRuntime& runtime, std::uint64_t id, const ClassInfo& cls, std::string name, bool owned);
+  std::uint64_t id() const noexcept override { return id_; }
+  const std::string& name() const noexcept override { return name_; }
+  const ClassInfo& cls() const noexcept override { return cls_; }
+  ActorState state() const override;
+  std::string status_message() const override;
+  int restarts() const override;
+  std::vector<int> gpu_ids() const override { return {}; }
+  void submit(CallSpec call) override;
+  void kill(bool no_restart) override;
+
+  // From the head (control thread).
+  void on_update(ActorState state, std::string address, std::uint32_t incarnation, std::string reason);
+  bool owned() const noexcept { return owned_; }
+
+ private:
+  struct Outgoing {
+    CallSpec spec;
+    std::uint64_t seq = 0;
+  };
+  void pump();
+  bool ready_to_send(const Outgoing& out) const;
+  void fail_all_locked(std::vector<StatePtr>& failed);
+
+  ClusterRuntime& runtime_;
+  const std::uint64_t id_;
+  const ClassInfo& cls_;
+  const std::string name_;
+  const bool owned_;
+  mutable std::mutex mutex_;
+  ActorState state_ = ActorState::pending;
+  std::string status_ = "pending";
+  std::string address_;
+  std::uint32_t incarnation_ = 0;
+  int restarts_ = 0;
+  std::deque<Outgoing> outbox_;
+  std::uint64_t next_seq_ = 0;
+};
+
+class ClusterRuntime final : public Backend, public std::enable_shared_from_this<ClusterRuntime> {
+ public:
+  struct Config {
+    std::string head_address;   // IP:PORT
+    bool actor_host = false;
+    std::string spec_path;      // actor host: TROUPE_ACTOR_SPEC
+    int num_threads = 0;
+  };
+  explicit ClusterRuntime(Config config);
+  ~ClusterRuntime() override;
+
+  // Connects, registers (driver) and, for an actor host, constructs the actor
+  // and reports it. Throws Error on failure.
+  void start();
+  // Actor host: serves calls until SIGTERM/SIGINT or parent death; never returns.
+  [[noreturn]] void serve_forever();
+
+  ThreadPool& pool() noexcept override { return pool_; }
+  bool running() const noexcept override { return running_.load(); }
+  std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
+                                          ActorOptions options) override;
+  std::shared_ptr<ActorCore> find(std::string_view name) override;
+  std::shared_ptr<ActorCore> find(std::uint64_t id) override;
+  PlacementGroup create_group(std::vector<ResourceSpec> bundles, PlacementStrategy strategy,
+                              std::string name) override;
+  void remove_group(const std::shared_ptr<GroupCore>& group) override;
+  std::string group_reason(const GroupCore& group) override;
+  std::map<std::string, double> total_resources() override;
+  std::map<std::string, double> free_resources() override;
+  std::size_t live_actor_count() override;
+  void shutdown() override;
+
+  // Used by RemoteActor.
+  void send_call(std::uint64_t actor_id, const std::string& address, std::uint32_t incarnation,
+                 std::uint64_t seq, CallSpec& spec);
+  void kill_actor(std::uint64_t actor_id, bool no_restart);
+  const std::string& call_address() const noexcept { return calls_->address(); }
+  // Fetches an object held by another process (blocking, bounded).
+  std::string fetch_bytes(const Id128& id, const std::string& location);
+  void queue_release(const ObjectId& id, const std::string& location);
+
+ private:
+  struct Inflight {
+    StatePtr result;
+    std::uint64_t actor_id = 0;  // 0 for fetches
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  };
+
+  void on_control_push(wire::ControlMessage::Reader message);
+  void on_call_message(transport::ReceivedMessage& message);
+  void on_reply(wire::CallReply::Reader reply);
+  void on_request(wire::CallRequest::Reader request);
+  void serve_fetch(wire::CallRequest::Reader request);
+  void reply_to(const std::string& address, std::uint64_t call_id, std::uint64_t actor_id, const StatePtr& result,
+                bool allow_ref);
+  StatePtr resolve_descriptor(wire::ObjectDescriptor::Reader descriptor);
+  StatePtr fetch_async(const Id128& id, const std::string& location);
+  void tick();
+  void register_driver();
+  void start_host();
+  std::shared_ptr<RemoteActor> actor_for_update(std::uint64_t id);
+
+  Config config_;
+  ThreadPool pool_;
+  std::atomic<bool> running_{true};
+  Id128 worker_id_;
+  Id128 job_id_;
+  Id128 node_id_;
+  std::unique_ptr<ControlChannel> control_;
+  std::unique_ptr<CallPlane> calls_;
+  std::chrono::milliseconds request_timeout_{10000};
+  std::chrono::milliseconds fetch_timeout_{120000};
+
+  std::mutex mutex_;
+  std::unordered_map<std::uint64_t, Inflight> inflight_;
+  std::atomic<std::uint64_t> next_call_{1};
+  std::map<std::uint64_t, std::shared_ptr<RemoteActor>> actors_;
+  std::map<std::string, std::vector<Id128>> releases_;
+  std::uint64_t heartbeat_seq_ = 0;
+
+  // Actor host only.
+  std::shared_ptr<LocalRuntime> host_runtime_;
+  std::shared_ptr<LocalActor> hosted_;
+  Id128 hosted_id_;
+  std::uint32_t incarnation_ = 0;
+  std::map<Id128, StatePtr> table_;                        // results held here, by id
+  std::map<Id128, std::vector<StatePtr>> wanted_;          // fetched before produced
+};
+
+}  // namespace troupe::detail

@@ -1,0 +1,298 @@
+#include "net.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <capnp/serialize.h>
+
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/logging.hpp"
+
+namespace troupe::detail {
+namespace {
+
+void wake(int fd) {
+  std::uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(fd, &one, sizeof one);
+}
+
+void drain(int fd) {
+  std::uint64_t value = 0;
+  [[maybe_unused]] auto n = ::read(fd, &value, sizeof value);
+}
+
+zmq::message_t to_frame(kj::Array<capnp::word>& words) {
+  auto bytes = words.asBytes();
+  return zmq::message_t(bytes.begin(), bytes.size());
+}
+
+}  // namespace
+
+zmq::context_t& zmq_context() {
+  static zmq::context_t context(1);
+  return context;
+}
+
+std::string to_endpoint(const std::string& address) {
+  if (address.rfind("tcp://", 0) == 0 || address.rfind("ipc://", 0) == 0 || address.rfind("inproc://", 0) == 0)
+    return address;
+  return "tcp://" + address;
+}
+
+std::string local_ip_for(const std::string& host) {
+  int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  if (fd < 0) return "127.0.0.1";
+  sockaddr_in peer{};
+  peer.sin_family = AF_INET;
+  peer.sin_port = htons(9);
+  std::string result = "127.0.0.1";
+  if (::inet_pton(AF_INET, host.c_str(), &peer.sin_addr) == 1 &&
+      ::connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof peer) == 0) {
+    sockaddr_in local{};
+    socklen_t len = sizeof local;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+      char buffer[INET_ADDRSTRLEN];
+      if (::inet_ntop(AF_INET, &local.sin_addr, buffer, sizeof buffer)) result = buffer;
+    }
+  }
+  ::close(fd);
+  return result;
+}
+
+// ---- ControlChannel -----------------------------------------------------------
+
+ControlChannel::ControlChannel(std::string head_address, std::string identity, PushHandler on_push)
+    : head_endpoint_(to_endpoint(head_address)), identity_(std::move(identity)), on_push_(std::move(on_push)) {
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw_error(Errc::transport, "eventfd failed");
+  thread_ = std::thread([this] { loop(); });
+}
+
+ControlChannel::~ControlChannel() {
+  stop();
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void ControlChannel::stop() {
+  if (stop_.exchange(true)) return;
+  wake(wake_fd_);
+  if (thread_.joinable()) thread_.join();
+}
+
+void ControlChannel::set_periodic(std::chrono::milliseconds period, std::function<void()> tick) {
+  std::lock_guard lock(mutex_);
+  period_ = period;
+  tick_ = std::move(tick);
+  wake(wake_fd_);
+}
+
+void ControlChannel::enqueue(kj::Array<capnp::word> words) {
+  {
+    std::lock_guard lock(mutex_);
+    outbox_.push_back(std::move(words));
+  }
+  wake(wake_fd_);
+}
+
+void ControlChannel::send(capnp::MallocMessageBuilder& message) {
+  if (stop_.load()) throw_error(Errc::cancelled, "control channel is closed");
+  enqueue(capnp::messageToFlatArray(message));
+}
+
+transport::ReceivedMessage ControlChannel::request(capnp::MallocMessageBuilder& message,
+                                                   std::chrono::milliseconds timeout) {
+  if (stop_.load()) throw_error(Errc::cancelled, "control channel is closed");
+  const std::uint64_t id = next_request_.fetch_add(1);
+  message.getRoot<wire::ControlMessage>().setRequestId(id);
+  auto pending = std::make_shared<Pending>();
+  auto future = pending->reply.get_future();
+  {
+    std::lock_guard lock(mutex_);
+    pending_[id] = pending;
+  }
+  enqueue(capnp::messageToFlatArray(message));
+  if (future.wait_for(timeout) != std::future_status::ready) {
+    std::lock_guard lock(mutex_);
+    pending_.erase(id);
+    throw_error(Errc::timeout, "no reply from the head at " + head_endpoint_ + " within " +
+                                   std::to_string(timeout.count()) + " ms");
+  }
+  auto reply = future.get();
+  auto root = reply.root<wire::ControlMessage>();
+  if (root.isError()) {
+    auto error = root.getError();
+    throw_error(static_cast<Errc>(error.getCode()), error.getMessage(), error.getRemoteType());
+  }
+  return reply;
+}
+
+void ControlChannel::loop() {
+  zmq::socket_t socket(zmq_context(), zmq::socket_type::dealer);
+  socket.set(zmq::sockopt::routing_id, identity_);
+  socket.set(zmq::sockopt::linger, 0);
+  transport::FramingLimits limits;
+  transport::apply_socket_limits(socket, limits);
+  socket.connect(head_endpoint_);
+  auto next_tick = std::chrono::steady_clock::now();
+  while (!stop_.load()) {
+    std::function<void()> tick;
+    std::chrono::milliseconds period;
+    {
+      std::lock_guard lock(mutex_);
+      period = period_;
+      tick = tick_;
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (tick && period.count() > 0 && now >= next_tick) {
+      try {
+        tick();
+      } catch (const std::exception& e) {
+        TROUPE_LOG_WARN("control tick failed: {}", e.what());
+      }
+      next_tick = now + period;
+    }
+    long wait_ms = 100;
+    if (tick && period.count() > 0)
+      wait_ms = std::max<long>(1, std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - now).count());
+    zmq::pollitem_t items[] = {{socket.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
+    try {
+      zmq::poll(items, 2, std::chrono::milliseconds(wait_ms));
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) continue;
+      TROUPE_LOG_ERROR("control poll failed: {}", e.what());
+      break;
+    }
+    if (items[1].revents & ZMQ_POLLIN) drain(wake_fd_);
+    std::deque<kj::Array<capnp::word>> outgoing;
+    {
+      std::lock_guard lock(mutex_);
+      outgoing.swap(outbox_);
+    }
+    for (auto& words : outgoing) {
+      try {
+        auto frame = to_frame(words);
+        socket.send(frame, zmq::send_flags::dontwait);
+      } catch (const zmq::error_t& e) {
+        TROUPE_LOG_WARN("control send failed: {}", e.what());
+      }
+    }
+    // ZMQ_EVENTS is edge-triggered: read until nothing is left.
+    while (socket.get(zmq::sockopt::events) & ZMQ_POLLIN) {
+      zmq::message_t frame;
+      if (!socket.recv(frame, zmq::recv_flags::dontwait)) break;
+      try {
+        transport::ReceivedMessage message(std::move(frame), limits);
+        auto root = message.root<wire::ControlMessage>();
+        const std::uint64_t id = root.getRequestId();
+        std::shared_ptr<Pending> pending;
+        if (id != 0) {
+          std::lock_guard lock(mutex_);
+          auto it = pending_.find(id);
+          if (it != pending_.end()) {
+            pending = std::move(it->second);
+            pending_.erase(it);
+          }
+        }
+        if (pending) {
+          pending->reply.set_value(std::move(message));
+        } else if (on_push_) {
+          on_push_(root);
+        }
+      } catch (const std::exception& e) {
+        TROUPE_LOG_WARN("dropping a bad control message: {}", e.what());
+      }
+    }
+  }
+}
+
+// ---- CallPlane ------------------------------------------------------------------
+
+CallPlane::CallPlane(const std::string& bind_ip, Handler on_message)
+    : inbound_(zmq_context(), zmq::socket_type::router), on_message_(std::move(on_message)) {
+  inbound_.set(zmq::sockopt::linger, 0);
+  transport::apply_socket_limits(inbound_, transport::FramingLimits{});
+  inbound_.bind("tcp://" + bind_ip + ":*");
+  address_ = inbound_.get(zmq::sockopt::last_endpoint);
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw_error(Errc::transport, "eventfd failed");
+  thread_ = std::thread([this] { loop(); });
+}
+
+CallPlane::~CallPlane() {
+  stop();
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void CallPlane::stop() {
+  if (stop_.exchange(true)) return;
+  wake(wake_fd_);
+  if (thread_.joinable()) thread_.join();
+  std::lock_guard lock(out_mutex_);
+  outbound_.clear();
+}
+
+void CallPlane::set_periodic(std::chrono::milliseconds period, std::function<void()> tick) {
+  std::lock_guard lock(out_mutex_);
+  period_ = period;
+  tick_ = std::move(tick);
+}
+
+void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& message) {
+  std::lock_guard lock(out_mutex_);
+  if (stop_.load()) throw_error(Errc::cancelled, "call plane is closed");
+  auto it = outbound_.find(address);
+  if (it == outbound_.end()) {
+    zmq::socket_t socket(zmq_context(), zmq::socket_type::dealer);
+    socket.set(zmq::sockopt::linger, 0);
+    socket.set(zmq::sockopt::sndhwm, 0);
+    socket.connect(address);
+    it = outbound_.emplace(address, std::move(socket)).first;
+  }
+  try {
+    transport::send_message(it->second, message);
+  } catch (const std::exception& e) {
+    throw_error(Errc::transport, std::string("send to ") + address + " failed: " + e.what());
+  }
+}
+
+void CallPlane::loop() {
+  transport::FramingLimits limits;
+  while (!stop_.load()) {
+    zmq::pollitem_t items[] = {{inbound_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
+    std::chrono::milliseconds period;
+    std::function<void()> tick;
+    {
+      std::lock_guard lock(out_mutex_);
+      period = period_;
+      tick = tick_;
+    }
+    try {
+      zmq::poll(items, 2, period);
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) continue;
+      TROUPE_LOG_ERROR("call plane poll failed: {}", e.what());
+      break;
+    }
+    if (items[1].revents & ZMQ_POLLIN) drain(wake_fd_);
+    while (!stop_.load() && (inbound_.get(zmq::sockopt::events) & ZMQ_POLLIN)) {
+      try {
+        auto routed = transport::recv_routed(inbound_, std::chrono::milliseconds(0), limits);
+        if (!routed) break;
+        on_message_(routed->message);
+      } catch (const std::exception& e) {
+        TROUPE_LOG_WARN("dropping a bad call-plane message: {}", e.what());
+      }
+    }
+    if (tick) {
+      try {
+        tick();
+      } catch (const std::exception& e) {
+        TROUPE_LOG_WARN("call plane tick failed: {}", e.what());
+      }
+    }
+  }
+}
+
+}  // namespace troupe::detail
