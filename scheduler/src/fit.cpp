@@ -29,18 +29,18 @@ struct GpuClass {
   std::vector<int> slots;  // positions in node.gpus(), in index order
 };
 
-std::string with_more(std::vector<std::string> parts, std::size_t shown_total) {
+std::string with_more(std::vector<std::string> parts, std::size_t total) {
   std::string out;
   for (const std::string& part : parts) {
     if (!out.empty()) out += ", ";
     out += part;
   }
-  if (shown_total > parts.size()) out += fmt::format(", ... and {} more", shown_total - parts.size());
+  if (total > parts.size()) out += fmt::format(", ... and {} more", total - parts.size());
   return out;
 }
 
 std::string gpu_phrase(const ResourceRequest& request, bool plural) {
-  std::string out = plural ? "GPUs" : "a GPU";
+  std::string out = plural ? "GPUs" : "GPU";
   if (!request.gpu_type.empty()) out += fmt::format(" of type {}", request.gpu_type);
   if (request.gpu_memory_bytes > 0) {
     out += fmt::format(" with at least {} of memory",
@@ -280,7 +280,7 @@ std::string explain_infeasible(std::span<const NodeState> idle_nodes,
         return fmt::format("no node has a GPU of type {} (cluster has: {})", request.gpu_type,
                            gpu_inventory(idle_nodes, false));
       }
-      return fmt::format("no node has {} (cluster has: {})", gpu_phrase(request, false),
+      return fmt::format("no node has a {} (cluster has: {})", gpu_phrase(request, false),
                          gpu_inventory(idle_nodes, request.gpu_memory_bytes > 0));
     }
     if (!is_fractional(gpus) && most < std::llround(gpus)) {

@@ -62,6 +62,23 @@ std::vector<std::size_t> hardest_first(const std::vector<ResourceRequest>& reque
   return order;
 }
 
+// Whether two nodes are alike for placement: same totals, same free amounts,
+// and GPUs of the same models, memory and allocated shares in the same slots.
+bool same_state(const NodeState& x, const NodeState& y) {
+  if (x.gpus().size() != y.gpus().size() || !(x.total() == y.total()) ||
+      !(x.available() == y.available())) {
+    return false;
+  }
+  for (std::size_t slot = 0; slot < x.gpus().size(); ++slot) {
+    if (x.gpus()[slot].model != y.gpus()[slot].model ||
+        x.gpus()[slot].memory_bytes != y.gpus()[slot].memory_bytes ||
+        std::fabs(x.gpu_allocated(slot) - y.gpu_allocated(slot)) > kEpsilon) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // How many copies of `request` fit on `node` one beside the other, counting
 // each resource and the matching GPUs separately: an upper bound, at most
 // `limit`.
@@ -94,27 +111,29 @@ double copies_fit(const NodeState& node, const ResourceRequest& request, double 
 // before the easy bundles are spread around. It runs in two phases:
 //  1. candidates in the strategy's preference order (see
 //     placement_group.hpp), so the first solution is the greedy policy's or a
-//     close neighbour; at most kGreedyBudget steps;
+//     close neighbour; at most `greedy_budget` steps;
 //  2. only if phase 1 ran out of steps: the same search with equal bundles
 //     forced into ascending (node, GPU list) order, which removes the k!
-//     orderings of k equal bundles; at most `budget` steps.
+//     orderings of k equal bundles; at most `full_budget` steps.
 // Both prune with bounds that never cut a solution (see may_fit) and try
 // nodes in identical states only once (see interchangeable).
 class GroupSearch {
  public:
   GroupSearch(std::span<const NodeState> nodes, const std::vector<ResourceRequest>& requests,
-              const std::vector<std::size_t>& order, Strategy strategy, long budget)
+              const std::vector<std::size_t>& order, Strategy strategy, long greedy_budget,
+              long full_budget)
       : work_(nodes.begin(), nodes.end()),
         requests_(requests),
         order_(order),
         strategy_(strategy),
-        full_budget_(budget),
+        greedy_budget_(greedy_budget),
+        full_budget_(full_budget),
         on_node_(nodes.size(), 0),
         placed_(requests.size(), 0),
         placements_(requests.size()) {}
 
   bool run() {
-    budget_ = kGreedyBudget;
+    budget_ = greedy_budget_;
     if (dfs(0)) return true;
     if (!out_of_steps_) return false;
     out_of_steps_ = false;
@@ -258,24 +277,11 @@ class GroupSearch {
     return detail::is_fractional(size) ? slots : std::floor(slots / std::round(size));
   }
 
-  // Nodes in the same state (same resources, GPUs and shares, and as many of
-  // this group's bundles) lead to mirror-image subtrees: only the first one is
-  // tried. Without this, k equal idle nodes multiply the search by k!.
+  // Nodes in the same state holding as many of this group's bundles lead to
+  // mirror-image subtrees: only the first one is tried. Without this, k equal
+  // idle nodes multiply the search by k!.
   bool interchangeable(std::size_t a, std::size_t b) const {
-    const NodeState& x = work_[a];
-    const NodeState& y = work_[b];
-    if (on_node_[a] != on_node_[b] || x.gpus().size() != y.gpus().size() ||
-        !(x.total() == y.total()) || !(x.available() == y.available())) {
-      return false;
-    }
-    for (std::size_t slot = 0; slot < x.gpus().size(); ++slot) {
-      if (x.gpus()[slot].model != y.gpus()[slot].model ||
-          x.gpus()[slot].memory_bytes != y.gpus()[slot].memory_bytes ||
-          std::fabs(x.gpu_allocated(slot) - y.gpu_allocated(slot)) > kEpsilon) {
-        return false;
-      }
-    }
-    return true;
+    return on_node_[a] == on_node_[b] && same_state(work_[a], work_[b]);
   }
 
   // How many other remaining bundles would still fit, one at a time, on
@@ -370,6 +376,7 @@ class GroupSearch {
   const std::vector<ResourceRequest>& requests_;
   const std::vector<std::size_t>& order_;
   Strategy strategy_;
+  long greedy_budget_;
   long full_budget_;
   long budget_ = 0;
   bool canonical_ = false;
@@ -387,19 +394,28 @@ ResourceSet sum_of(const std::vector<ResourceRequest>& requests) {
   return sum;
 }
 
-// All bundles on one node: each node is searched on its own; the node left
-// tightest wins (GPU nodes last for groups without GPUs, then least free
-// share of the requested resources, then lowest index).
+// All bundles on one node: each node is searched on its own (a node in the
+// same state as one already searched is skipped: same outcome, higher
+// index); the node left tightest wins (GPU nodes last for groups without
+// GPUs, then least free share of the requested resources, then lowest
+// index).
 Solution strict_pack(std::span<const NodeState> nodes, const std::vector<ResourceRequest>& requests,
                      const std::vector<std::size_t>& order) {
   Solution solution;
   const ResourceSet sum = sum_of(requests);
   const bool wants_gpus = sum.get(kGpu) > kEpsilon;
-  const long budget = std::max(2'000L, kSearchBudget / static_cast<long>(std::max<std::size_t>(1, nodes.size())));
+  // Single-node searches are cheap per step; the budget is shared.
+  const long per_node = std::max(500L, kSearchBudget / static_cast<long>(std::max<std::size_t>(1, nodes.size())));
   std::optional<std::tuple<int, double, std::size_t>> best;
+  std::vector<std::size_t> searched;
   for (std::size_t i = 0; i < nodes.size(); ++i) {
     if (!sum.fits_in(nodes[i].available())) continue;  // a proof: everything is taken from one node
-    GroupSearch search(nodes.subspan(i, 1), requests, order, Strategy::STRICT_PACK, budget);
+    if (std::any_of(searched.begin(), searched.end(),
+                    [&](std::size_t j) { return same_state(nodes[j], nodes[i]); })) {
+      continue;
+    }
+    searched.push_back(i);
+    GroupSearch search(nodes.subspan(i, 1), requests, order, Strategy::STRICT_PACK, per_node, per_node);
     if (!search.run()) {
       if (!search.complete()) solution.proven = false;
       continue;
@@ -475,7 +491,7 @@ Solution strict_spread(std::span<const NodeState> nodes, const std::vector<Resou
 
 Solution search_all(std::span<const NodeState> nodes, const std::vector<ResourceRequest>& requests,
                     const std::vector<std::size_t>& order, Strategy strategy) {
-  GroupSearch search(nodes, requests, order, strategy, kSearchBudget);
+  GroupSearch search(nodes, requests, order, strategy, kGreedyBudget, kSearchBudget);
   Solution solution;
   solution.found = search.run();
   solution.proven = search.complete();

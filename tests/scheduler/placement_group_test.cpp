@@ -240,6 +240,50 @@ TEST(PlaceGroup, SpreadRespectsGpuTypes) {
   EXPECT_EQ(nodes_of(g), (std::vector<int>{kNodeA, kNodeA}));  // only a has H100s
 }
 
+// --- scale ---------------------------------------------------------------------
+
+std::vector<NodeState> sixty_four_nodes() {
+  std::vector<NodeState> nodes;
+  for (int i = 0; i < 64; ++i) {
+    const char* spec = i % 3 == 0 ? "H100-80GB:8" : i % 3 == 1 ? "A100-40GB:4,T4-16GB:4" : "L4:2";
+    nodes.push_back(make_node("n" + std::to_string(i), 32, 256, spec));
+  }
+  return nodes;
+}
+
+TEST(PlaceGroup, SixteenBundlesOnSixtyFourNodesArePlacedUnderEveryStrategy) {
+  const auto nodes = sixty_four_nodes();
+  std::vector<Bundle> bundles;
+  for (int b = 0; b < 16; ++b) {
+    bundles.push_back(b % 4 == 0 ? bundle({{"CPU", 2}, {"GPU", 2}}, "H100")
+                                 : b % 4 == 1 ? bundle({{"CPU", 1}, {"GPU", 0.5}}, "T4")
+                                              : bundle({{"CPU", 4}, {"GPU", 1}}));
+  }
+  for (Strategy s : {Strategy::PACK, Strategy::SPREAD, Strategy::STRICT_SPREAD}) {
+    const GroupPlacement g = place_group(nodes, bundles, s);
+    ASSERT_TRUE(g.placed()) << to_string(s) << ": " << g.reason;
+    if (s != Strategy::PACK) {
+      EXPECT_EQ(distinct_nodes(g), 16u) << to_string(s);
+    }
+  }
+  // 8 H100 + 2 T4 shares + 8 other GPUs do not fit on one 8-GPU node.
+  EXPECT_EQ(place_group(nodes, bundles, Strategy::STRICT_PACK).status, PlacementStatus::infeasible);
+}
+
+TEST(PlaceGroup, PackingInfeasibilityIsProvenNotTimedOut) {
+  // 16 bundles of 3 CPUs on 15 nodes of 4: the sums fit (48 <= 60) but each
+  // node holds one bundle. Mirror-image nodes and bundles must not make the
+  // search give up.
+  std::vector<NodeState> nodes;
+  for (int i = 0; i < 15; ++i) nodes.push_back(make_node("n" + std::to_string(i), 4, 8, ""));
+  const std::vector<Bundle> bundles(16, bundle({{"CPU", 3}}));
+  for (Strategy s : {Strategy::PACK, Strategy::SPREAD}) {
+    const GroupPlacement g = place_group(nodes, bundles, s);
+    EXPECT_EQ(g.status, PlacementStatus::infeasible) << g.reason;
+    EXPECT_CONTAINS(g.reason, "do not fit on the cluster even when it is idle");
+  }
+}
+
 // --- reasons and errors ----------------------------------------------------------
 
 TEST(PlaceGroup, ABundleThatFitsNowhereIsNamedInTheReason) {

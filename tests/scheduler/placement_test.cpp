@@ -239,7 +239,7 @@ TEST(Place, ConstraintsMetOnlyOnDifferentNodesAreInfeasible) {
   const PlacementDecision d = place(nodes, request({{"CPU", 20}}, "T4"));
   EXPECT_EQ(d.status, PlacementStatus::infeasible);
   EXPECT_CONTAINS(d.reason, "no single node has everything requested");
-  EXPECT_CONTAINS(d.reason, "\"a\": no a GPU of type T4");
+  EXPECT_CONTAINS(d.reason, "\"a\": no GPU of type T4");
   EXPECT_CONTAINS(d.reason, "\"b\": CPU=16 < 20");
 }
 
