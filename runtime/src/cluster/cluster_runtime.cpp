@@ -484,6 +484,7 @@ void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& addres
   const auto& result_id = spec.result->id();
   set_id(request.initResultId(), Id128{result_id.owner, result_id.index});
   auto args = request.initArgs(static_cast<unsigned>(spec.args.size()));
+  std::vector<StatePtr> borrowed;
   for (unsigned i = 0; i < spec.args.size(); ++i) {
     auto& slot = spec.args[i];
     const StatePtr& ref = slot.ref;
@@ -494,6 +495,7 @@ void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& addres
       set_id(descriptor.initId(), Id128{ref->id().owner, ref->id().index});
       descriptor.setOwnerAddress(ref->location());
       descriptor.setRemote();
+      borrowed.push_back(ref);
     } else {
       const ValuePtr& value = slot.value ? slot.value : ref->value();
       std::string bytes = value ? value->encode() : std::string();
@@ -503,7 +505,7 @@ void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& addres
   spec.result->set_location(address);  // the result lives at the callee
   {
     std::lock_guard lock(mutex_);
-    inflight_[call_id] = Inflight{spec.result, actor_id, std::chrono::steady_clock::time_point::max()};
+    inflight_[call_id] = Inflight{spec.result, std::move(borrowed), actor_id, std::chrono::steady_clock::time_point::max()};
   }
   try {
     calls_->send(address, message);
@@ -538,11 +540,13 @@ void ClusterRuntime::on_call_message(transport::ReceivedMessage& message) {
 
 void ClusterRuntime::on_reply(wire::CallReply::Reader reply) {
   StatePtr result;
+  std::vector<StatePtr> borrowed;  // released when this returns
   {
     std::lock_guard lock(mutex_);
     auto it = inflight_.find(reply.getCallId());
     if (it == inflight_.end()) return;  // timed out or the actor was declared dead
     result = std::move(it->second.result);
+    borrowed = std::move(it->second.borrowed);
     inflight_.erase(it);
   }
   switch (reply.which()) {
@@ -577,7 +581,7 @@ StatePtr ClusterRuntime::fetch_async(const Id128& id, const std::string& locatio
   descriptor.setRemote();
   {
     std::lock_guard lock(mutex_);
-    inflight_[call_id] = Inflight{state, 0, std::chrono::steady_clock::now() + fetch_timeout_};
+    inflight_[call_id] = Inflight{state, {}, 0, std::chrono::steady_clock::now() + fetch_timeout_};
   }
   calls_->send(location, message);
   return state;

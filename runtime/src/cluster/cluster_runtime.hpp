@@ -114,6 +114,9 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
  private:
   struct Inflight {
     StatePtr result;
+    // Objects passed by descriptor: kept (not released) until the callee
+    // has answered, since it fetches them before it runs.
+    std::vector<StatePtr> borrowed;
     std::uint64_t actor_id = 0;  // 0 for fetches
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   };

@@ -7,6 +7,9 @@
 
 #include <capnp/serialize.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/logging.hpp"
 
@@ -173,7 +176,8 @@ void ControlChannel::loop() {
     for (auto& words : outgoing) {
       try {
         auto frame = to_frame(words);
-        socket.send(frame, zmq::send_flags::dontwait);
+        if (!socket.send(frame, zmq::send_flags::dontwait))
+          TROUPE_LOG_WARN("control: the head's queue is full; dropped a message");
       } catch (const zmq::error_t& e) {
         TROUPE_LOG_WARN("control send failed: {}", e.what());
       }

@@ -1,0 +1,308 @@
+// `troupe start --head ...` / `troupe start --address HOST:PORT ...`: starts
+// the head or a worker daemon, in the background (a re-exec of this binary as
+// the hidden `troupe __daemon --config FILE`, in its own session, output to
+// logs/<name>.log) or in the foreground with --block.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "cli_error.hpp"
+#include "cluster_commands.hpp"
+#include "control_client.hpp"
+#include "daemon.hpp"
+#include "machine.hpp"
+#include "process.hpp"
+#include "session.hpp"
+#include "troupe/scheduler/gpu_spec.hpp"
+#include "troupe/scheduler/resources.hpp"
+#include "troupe/transport/schema/control.capnp.h"
+
+namespace troupe::cli {
+namespace {
+
+struct StartOptions {
+  bool head = false;
+  std::string address;
+  int port = 6380;
+  std::string node_ip = "127.0.0.1";
+  int num_cpus = -1;
+  std::string gpus;
+  bool gpus_given = false;
+  std::string resources;
+  std::string temp_dir;
+  int heartbeat_ms = 500;
+  int heartbeat_misses = 6;
+  bool block = false;
+  double wait_s = 15;
+};
+
+std::uint64_t machine_memory_bytes() {
+  long pages = ::sysconf(_SC_PHYS_PAGES);
+  long page_size = ::sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return 0;
+  return static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page_size);
+}
+
+// The last lines of a daemon's log, for an error message.
+std::string log_tail(const fs::path& log, std::size_t lines = 5) {
+  auto text = read_file(log).value_or("");
+  std::vector<std::string> all;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    auto end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    if (end > start) all.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  std::string tail;
+  for (std::size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) {
+    tail += "\n  " + all[i];
+  }
+  return tail;
+}
+
+// Whether the head at `address` lists node `node` as alive; nullopt when the
+// head does not answer.
+std::optional<bool> head_lists_node(const std::string& address, const Id128& node) {
+  try {
+    ControlClient client(address, std::chrono::milliseconds(500));
+    capnp::MallocMessageBuilder message;
+    message.initRoot<wire::ControlMessage>().initGetClusterState();
+    auto reply = client.request(message);
+    for (auto info : reply.root<wire::ControlMessage>().getClusterState().getNodes()) {
+      if (id_of(info.getNode().getNodeId()) == node && info.getState() == wire::NodeState::ALIVE) return true;
+    }
+    return false;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// Fails early, before a session is created, when the head's port is taken.
+void check_port_free(const std::string& ip, int port) {
+  if (port == 0) return;
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return;
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  if (::inet_pton(AF_INET, ip.c_str(), &addr.sin_addr) != 1) {
+    ::close(fd);
+    throw UsageError("--node-ip must be an IPv4 address, got \"" + ip + "\"");
+  }
+  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  int error = errno;
+  ::close(fd);
+  if (rc != 0 && error == EADDRINUSE) {
+    throw CliError("port " + std::to_string(port) + " on " + ip +
+                   " is already in use (another head running? try `troupe stop` or --port)");
+  }
+  if (rc != 0) throw CliError("cannot listen on " + ip + ":" + std::to_string(port) + ": " + std::strerror(error));
+}
+
+DaemonConfig build_config(const StartOptions& options) {
+  if (options.head == !options.address.empty()) {
+    throw UsageError("give exactly one of --head (start a head) or --address HOST:PORT (join one as a worker)");
+  }
+  if (options.port < 0 || options.port > 65535) throw UsageError("--port must be in 0..65535");
+  if (options.heartbeat_ms < 10) throw UsageError("--heartbeat-ms must be at least 10");
+  if (options.heartbeat_misses < 1) throw UsageError("--heartbeat-misses must be at least 1");
+  if (!options.address.empty() && options.address.find(':') == std::string::npos) {
+    throw UsageError("--address must be HOST:PORT, got \"" + options.address + "\"");
+  }
+  DaemonConfig config;
+  config.head = options.head;
+  config.node_ip = options.node_ip;
+  config.port = options.port;
+  config.heartbeat_ms = static_cast<std::uint32_t>(options.heartbeat_ms);
+  config.heartbeat_misses = static_cast<std::uint32_t>(options.heartbeat_misses);
+  config.head_address = options.address;
+  config.node_id = Id128::random();
+  config.num_cpus = options.num_cpus >= 0 ? static_cast<std::uint32_t>(options.num_cpus)
+                                          : std::max(1u, std::thread::hardware_concurrency());
+  config.memory_bytes = machine_memory_bytes();
+  if (options.gpus_given) {
+    try {
+      config.gpus = scheduler::parse_gpu_spec(options.gpus);
+    } catch (const scheduler::SpecError& error) {
+      throw UsageError(std::string("--gpus: ") + error.what());
+    }
+  } else {
+    config.gpus = local_gpus().gpus;
+  }
+  if (!options.resources.empty()) {
+    nlohmann::json parsed;
+    try {
+      parsed = nlohmann::json::parse(options.resources);
+    } catch (const nlohmann::json::parse_error& error) {
+      throw UsageError("--resources is not valid JSON (want e.g. '{\"TPU\": 2}'): " + std::string(error.what()));
+    }
+    scheduler::ResourceSet resources;
+    try {
+      if (!parsed.is_object()) throw scheduler::SpecError("want a JSON object of numbers, e.g. {\"TPU\": 2}");
+      resources = parsed.get<scheduler::ResourceSet>();
+    } catch (const scheduler::SpecError& error) {
+      throw UsageError(std::string("--resources: ") + error.what());
+    } catch (const nlohmann::json::exception& error) {
+      throw UsageError(std::string("--resources: ") + error.what());
+    }
+    for (const auto& [name, amount] : resources.amounts()) {
+      if (name == scheduler::kGpu || name.rfind("GPU:", 0) == 0) {
+        throw UsageError("--resources: declare GPUs with --gpus, not \"" + name + "\"");
+      }
+      if (name == scheduler::kCpu) {
+        config.num_cpus = static_cast<std::uint32_t>(amount);
+      } else if (name == scheduler::kMemory) {
+        config.memory_bytes = static_cast<std::uint64_t>(amount);
+      } else {
+        config.resources.set(name, amount);
+      }
+    }
+  }
+  return config;
+}
+
+int start(const StartOptions& options) {
+  DaemonConfig config = build_config(options);
+  const fs::path root = temp_root(options.temp_dir);
+  std::optional<fs::path> previous_session = latest_session(root);
+  if (config.head) {
+    check_port_free(config.node_ip, config.port);
+    config.session_dir = create_session(root);
+  } else {
+    auto latest = latest_session(root);
+    config.session_dir = latest ? *latest : create_session(root);
+    if (!fs::exists(config.session_dir / "head_address")) {
+      write_file_atomic(config.session_dir / "head_address", config.head_address + "\n");
+    }
+  }
+  const fs::path config_path = config.session_dir / (config.name() + ".json");
+  write_file_atomic(config_path, nlohmann::json(config).dump(2) + "\n");
+
+  if (options.block) return run_daemon(config, /*foreground=*/true);
+
+  const fs::path log = config.session_dir / "logs" / (config.name() + ".log");
+  SpawnOptions spawn;
+  spawn.program = self_executable();
+  spawn.argv = {"troupe", "__daemon", "--config", config_path.string()};
+  spawn.env = current_environment();
+  spawn.output_path = log.string();
+  spawn.new_session = true;
+  pid_t pid = spawn_process(spawn);
+  // A head that fails leaves session_latest where it was.
+  auto restore_latest = [&] {
+    if (config.head && previous_session) point_latest(root, *previous_session);
+  };
+
+  // Ready when the head lists this daemon's node as alive.
+  auto deadline = std::chrono::steady_clock::now() +
+                  std::chrono::milliseconds(static_cast<long>(options.wait_s * 1000));
+  std::string address = config.head_address;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (auto status = try_reap(pid)) {
+      restore_latest();
+      throw CliError(std::string(config.head ? "the head" : "the worker") + " failed to start (" +
+                     describe_wait_status(*status) + "); its log " + log.string() + " ends:" + log_tail(log));
+    }
+    if (config.head && address.empty()) {
+      if (auto text = read_file(config.session_dir / "head_address")) {
+        address = text->substr(0, text->find('\n'));
+      }
+    }
+    if (!address.empty() && head_lists_node(address, config.node_id).value_or(false)) {
+      if (config.head) {
+        std::cout << head_banner(address, config.session_dir);
+      } else {
+        std::cout << "troupe worker " << config.node_id.short_hex() << " joined the cluster at " << address
+                  << "\n  " << config.num_cpus << " CPUs, GPUs: "
+                  << (config.gpus.empty() ? std::string("none") : scheduler::format_gpu_spec(config.gpus))
+                  << "\n  log: " << log.string() << "\n";
+      }
+      return kExitOk;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(pid, SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  if (!try_reap(pid)) ::kill(pid, SIGKILL);
+  restore_latest();
+  if (config.head) {
+    throw CliError("the head did not become ready within " + std::to_string(static_cast<int>(options.wait_s)) +
+                   " s; its log " + log.string() + " ends:" + log_tail(log));
+  }
+  throw CliError("no answer from the head at " + config.head_address + " within " +
+                 std::to_string(static_cast<int>(options.wait_s)) +
+                 " s (is the address right and the head running?); worker not started");
+}
+
+}  // namespace
+
+void add_start_command(CLI::App& app) {
+  auto options = std::make_shared<StartOptions>();
+  auto* command = app.add_subcommand(
+      "start", "Start the head daemon (--head) or a worker daemon joining a head (--address HOST:PORT)");
+  command->add_flag("--head", options->head, "Start the head (it also runs a node manager for this machine)");
+  command->add_option("--address", options->address, "Head to join as a worker, HOST:PORT");
+  command->add_option("--port", options->port, "Head: port to listen on")->capture_default_str();
+  command->add_option("--node-ip", options->node_ip, "IP address of this node, reachable by the others")
+      ->capture_default_str();
+  command->add_option("--num-cpus", options->num_cpus, "CPUs to offer (default: all cores)");
+  auto* gpus = command->add_option(
+      "--gpus", options->gpus, "Declare GPUs instead of detecting them, e.g. \"H100-80GB:2,T4-16GB:1\" (\"\" = none)");
+  command->add_option("--resources", options->resources, "Custom resources as JSON, e.g. '{\"TPU\": 2}'");
+  command->add_option("--temp-dir", options->temp_dir, "Root of session directories (default $TROUPE_TEMP_DIR or /tmp/troupe)");
+  command->add_option("--heartbeat-ms", options->heartbeat_ms, "Head: heartbeat period of nodes and drivers")
+      ->capture_default_str();
+  command->add_option("--heartbeat-misses", options->heartbeat_misses,
+                      "Head: missed heartbeats after which a node is declared dead")
+      ->capture_default_str();
+  command->add_flag("--block", options->block, "Run in the foreground until SIGINT/SIGTERM");
+  command->add_option("--wait", options->wait_s, "Seconds to wait for the daemon to be ready")->capture_default_str();
+  set_action(*command, [options, gpus] {
+    options->gpus_given = gpus->count() > 0;
+    return start(*options);
+  });
+}
+
+void add_daemon_command(CLI::App& app) {
+  auto config_path = std::make_shared<std::string>();
+  auto* command = app.add_subcommand("__daemon", "Run a daemon (internal: started by `troupe start`)");
+  command->group("");  // hidden from --help
+  command->add_option("--config", *config_path, "Daemon config (JSON) written by `troupe start`")->required();
+  set_action(*command, [config_path] {
+    auto text = read_file(*config_path);
+    if (!text) throw CliError("cannot read " + *config_path);
+    DaemonConfig config = nlohmann::json::parse(*text).get<DaemonConfig>();
+    return run_daemon(config, /*foreground=*/false);
+  });
+}
+
+void add_head_options(CLI::App& command, HeadOptions& options) {
+  command.add_option("--address", options.address,
+                     "Head address IP:PORT (default: the latest session's head on this machine)");
+  command.add_option("--temp-dir", options.temp_dir,
+                     "Root of session directories (default $TROUPE_TEMP_DIR or /tmp/troupe)");
+  command.add_option("--timeout", options.timeout_s, "Seconds to wait for each answer from the head")
+      ->capture_default_str();
+}
+
+std::chrono::milliseconds request_timeout(const HeadOptions& options) {
+  return std::chrono::milliseconds(static_cast<long>(std::max(0.1, options.timeout_s) * 1000));
+}
+
+}  // namespace troupe::cli

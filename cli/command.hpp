@@ -1,0 +1,50 @@
+// The `troupe` command line: what every subcommand shares.
+//
+// Each subcommand lives in its own file (info.cpp, gpus.cpp; later start,
+// stop, status, list, submit, job) and exposes one function
+// `void add_<name>_command(CLI::App& app)` that adds the subcommand, its
+// options and its action to the top-level app. main.cpp lists those functions
+// in one table and owns parsing, exit codes and error printing, so a
+// subcommand only parses its options and does its work.
+//
+// Conventions, after ray's CLI: data goes to stdout (`--json` where a script
+// may read it), errors to stderr as "Error: ...". Exit codes: 0 success,
+// 1 the command failed, 2 the command line or an input given on it is wrong.
+#pragma once
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+// The project version; the build may pass the one from project() instead.
+#ifndef TROUPE_VERSION
+#define TROUPE_VERSION "0.1.0"
+#endif
+
+namespace troupe::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+
+// Bad input on the command line that the parser could not catch (a malformed
+// GPU spec, an unknown name): main prints "Error: <message>" with the
+// subcommand's usage and exits with kExitUsage.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Makes `action` what runs when `command` is chosen; its result is the
+// process's exit code. The action runs after the whole command line parsed
+// cleanly. It may throw UsageError, troupe::Error or any std::exception;
+// main turns each into a message and an exit code.
+void set_action(CLI::App& command, std::function<int()> action);
+
+// One per subcommand, each in its own file.
+void add_info_command(CLI::App& app);
+void add_gpus_command(CLI::App& app);
+
+}  // namespace troupe::cli

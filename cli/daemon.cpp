@@ -1,0 +1,151 @@
+#include "daemon.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "cli_error.hpp"
+#include "head.hpp"
+#include "node_manager.hpp"
+#include "session.hpp"
+#include "troupe/runtime/logging.hpp"
+
+namespace troupe::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void on_stop_signal(int) { g_stop.store(true); }
+
+void install_signal_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  ::sigaction(SIGTERM, &action, nullptr);
+  ::sigaction(SIGINT, &action, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  ::signal(SIGHUP, SIG_IGN);
+}
+
+}  // namespace
+
+std::string DaemonConfig::name() const { return head ? "head" : "worker-" + node_id.short_hex(); }
+
+void to_json(nlohmann::json& j, const DaemonConfig& c) {
+  j = nlohmann::json{{"head", c.head},
+                     {"session_dir", c.session_dir.string()},
+                     {"node_ip", c.node_ip},
+                     {"port", c.port},
+                     {"heartbeat_ms", c.heartbeat_ms},
+                     {"heartbeat_misses", c.heartbeat_misses},
+                     {"head_address", c.head_address},
+                     {"node_id", c.node_id.hex()},
+                     {"num_cpus", c.num_cpus},
+                     {"memory_bytes", c.memory_bytes},
+                     {"gpus", c.gpus},
+                     {"resources", c.resources}};
+}
+
+void from_json(const nlohmann::json& j, DaemonConfig& c) {
+  c.head = j.at("head").get<bool>();
+  c.session_dir = j.at("session_dir").get<std::string>();
+  c.node_ip = j.at("node_ip").get<std::string>();
+  c.port = j.at("port").get<int>();
+  c.heartbeat_ms = j.at("heartbeat_ms").get<std::uint32_t>();
+  c.heartbeat_misses = j.at("heartbeat_misses").get<std::uint32_t>();
+  c.head_address = j.at("head_address").get<std::string>();
+  auto id = Id128::parse(j.at("node_id").get<std::string>());
+  if (!id) throw std::invalid_argument("bad node_id in daemon config");
+  c.node_id = *id;
+  c.num_cpus = j.at("num_cpus").get<std::uint32_t>();
+  c.memory_bytes = j.at("memory_bytes").get<std::uint64_t>();
+  c.gpus = j.at("gpus").get<std::vector<scheduler::GpuInfo>>();
+  c.resources = j.at("resources").get<scheduler::ResourceSet>();
+}
+
+std::string head_banner(const std::string& address, const std::filesystem::path& session) {
+  std::string text;
+  text += "troupe head is running at " + address + "\n";
+  text += "  session: " + session.string() + "\n\n";
+  text += "To add a worker on another machine, run there:\n";
+  text += "    troupe start --address " + address + " [--gpus H100-80GB:2]\n\n";
+  text += "To submit a job:\n";
+  text += "    troupe submit -- ./my_job [ARGS...]\n\n";
+  text += "To see the cluster: troupe status    To stop it: troupe stop\n";
+  return text;
+}
+
+int run_daemon(const DaemonConfig& config, bool foreground) {
+  install_signal_handlers();
+  troupe::log::init_from_env("info");
+  ensure_session_layout(config.session_dir);
+  const auto pid_file = config.session_dir / "pids" / (config.name() + ".pid");
+  write_file_atomic(pid_file, std::to_string(::getpid()) + "\n");
+
+  NodeManagerConfig node;
+  node.node_ip = config.node_ip;
+  node.node_id = config.node_id;
+  node.num_cpus = config.num_cpus;
+  node.memory_bytes = config.memory_bytes;
+  node.gpus = config.gpus;
+  node.resources = config.resources;
+  node.session_dir = config.session_dir;
+
+  int exit_code = 0;
+  if (config.head) {
+    HeadConfig head_config;
+    head_config.node_ip = config.node_ip;
+    head_config.port = config.port;
+    head_config.heartbeat_ms = config.heartbeat_ms;
+    head_config.heartbeat_misses = config.heartbeat_misses;
+    head_config.session_dir = config.session_dir;
+    head_config.head_node_id = config.node_id;
+    Head head(head_config);
+    try {
+      head.bind();
+    } catch (const CliError& error) {
+      std::fprintf(stderr, "troupe head: %s\n", error.what());
+      std::error_code ignored;
+      std::filesystem::remove(pid_file, ignored);
+      return kExitFailure;
+    }
+    write_file_atomic(config.session_dir / "head_address", head.address() + "\n");
+    TROUPE_LOG_INFO("head: listening on {} (session {})", head.address(), config.session_dir.string());
+    if (foreground) std::cout << head_banner(head.address(), config.session_dir) << std::flush;
+    node.head_address = head.address();
+    std::thread node_thread([&] { run_node_manager(node, g_stop); });
+    try {
+      head.run(g_stop);
+    } catch (const std::exception& error) {
+      TROUPE_LOG_ERROR("head: stopped by an error: {}", error.what());
+      exit_code = 1;
+      g_stop.store(true);
+    }
+    g_stop.store(true);
+    node_thread.join();
+    std::error_code ignored;
+    std::filesystem::remove(config.session_dir / "head_address", ignored);
+  } else {
+    node.head_address = config.head_address;
+    if (foreground) {
+      std::cout << "troupe worker " << config.node_id.hex() << " started; head at "
+                << config.head_address << "\n" << std::flush;
+    }
+    try {
+      run_node_manager(node, g_stop);
+    } catch (const std::exception& error) {
+      TROUPE_LOG_ERROR("node: stopped by an error: {}", error.what());
+      exit_code = 1;
+    }
+  }
+  TROUPE_LOG_INFO("{}: stopped", config.name());
+  std::error_code ignored;
+  std::filesystem::remove(pid_file, ignored);
+  return exit_code;
+}
+
+}  // namespace troupe::cli

@@ -1,0 +1,48 @@
+// Running a daemon (head or worker) in this process: the hidden
+// `troupe __daemon --config FILE` subcommand that `troupe start` re-executes
+// in the background, and `troupe start --block` in the foreground.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ids.hpp"
+#include "troupe/scheduler/resources.hpp"
+
+namespace troupe::cli {
+
+struct DaemonConfig {
+  bool head = false;                      // head (with its own node manager) or worker
+  std::filesystem::path session_dir;
+  std::string node_ip = "127.0.0.1";
+  int port = 6380;                        // head
+  std::uint32_t heartbeat_ms = 500;       // head
+  std::uint32_t heartbeat_misses = 6;     // head
+  std::string head_address;               // worker
+  Id128 node_id;
+  std::uint32_t num_cpus = 1;
+  std::uint64_t memory_bytes = 0;
+  std::vector<scheduler::GpuInfo> gpus;
+  scheduler::ResourceSet resources;       // custom resources
+
+  // "head" or "worker-<node id, 12 hex digits>": names its pid and log files.
+  std::string name() const;
+};
+
+void to_json(nlohmann::json& j, const DaemonConfig& config);
+void from_json(const nlohmann::json& j, DaemonConfig& config);
+
+// Runs the daemon until SIGTERM/SIGINT. Writes pids/<name>.pid (and, for the
+// head, head_address once bound); removes them on a clean stop. Returns the
+// process exit code; failures (port in use) are printed to stderr.
+// `foreground` prints the head's banner once it is ready.
+int run_daemon(const DaemonConfig& config, bool foreground);
+
+// What `troupe start --head` prints once the head answers.
+std::string head_banner(const std::string& address, const std::filesystem::path& session);
+
+}  // namespace troupe::cli

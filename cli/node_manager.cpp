@@ -1,0 +1,432 @@
+#include "node_manager.hpp"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <zmq.hpp>
+
+#include "content_hash.hpp"
+#include "control_client.hpp"
+#include "process.hpp"
+#include "session.hpp"
+#include "troupe/runtime/logging.hpp"
+#include "troupe/transport/framing.hpp"
+#include "troupe/transport/schema/control.capnp.h"
+
+namespace troupe::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using wire::ControlMessage;
+
+constexpr std::uint16_t kActorDied = 2;
+constexpr std::uint16_t kNotFound = 8;
+constexpr std::uint16_t kInvalidArgument = 7;
+constexpr auto kMaxBackoff = std::chrono::milliseconds(2000);
+constexpr auto kFetchTimeout = std::chrono::seconds(60);
+
+struct ActorHost {
+  Id128 actor;
+  std::uint32_t incarnation = 0;
+  pid_t pid = 0;
+};
+
+struct PendingFetch {
+  std::string hash;
+  Clock::time_point deadline;
+  std::vector<std::unique_ptr<capnp::MallocMessageBuilder>> starts;  // StartActor roots
+};
+
+class NodeManager {
+ public:
+  explicit NodeManager(const NodeManagerConfig& config) : config_(config) {
+    identity_ = "node-" + config_.node_id.hex();
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.set(zmq::sockopt::routing_id, identity_);
+    socket_.set(zmq::sockopt::immediate, 1);  // drop, not queue, while the head is away
+    transport::apply_socket_limits(socket_, {});
+    socket_.connect(tcp_endpoint(config_.head_address));
+  }
+
+  void run(const std::atomic<bool>& stop) {
+    TROUPE_LOG_INFO("node {}: connecting to the head at {}", config_.node_id.short_hex(), config_.head_address);
+    while (!stop.load()) {
+      std::optional<transport::ReceivedMessage> message;
+      try {
+        message = transport::recv_message(socket_, std::chrono::milliseconds(20));
+      } catch (const transport::TransportError& error) {
+        TROUPE_LOG_WARN("node: dropped a malformed message: {}", error.what());
+      }
+      if (message) {
+        try {
+          dispatch(*message);
+        } catch (const std::exception& error) {
+          TROUPE_LOG_ERROR("node: handling a message: {}", error.what());
+        }
+      }
+      timers();
+      reap();
+    }
+    shutdown();
+  }
+
+ private:
+  // --- sending --------------------------------------------------------------------
+
+  bool send(capnp::MallocMessageBuilder& message) {
+    try {
+      transport::send_message(socket_, message, zmq::send_flags::dontwait);
+      return true;
+    } catch (const transport::TransportError&) {
+      return false;  // not connected (ZMQ_IMMEDIATE): the head is away
+    }
+  }
+
+  void reply_ack(std::uint64_t request_id) {
+    if (request_id == 0) return;
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    root.setRequestId(request_id);
+    root.setAck();
+    send(message);
+  }
+
+  void reply_error(std::uint64_t request_id, std::uint16_t code, const std::string& text) {
+    if (request_id == 0) return;
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    root.setRequestId(request_id);
+    auto error = root.initError();
+    error.setCode(code);
+    error.setMessage(text);
+    send(message);
+  }
+
+  void send_register() {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    register_request_ = next_request_id_++;
+    root.setRequestId(register_request_);
+    auto reg = root.initRegisterNode();
+    reg.setProtocolVersion(wire::PROTOCOL_VERSION);
+    set_id(reg.initNodeId(), config_.node_id);
+    reg.setAddress(config_.node_ip);
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    reg.setHostname(host);
+    reg.setNumCpus(config_.num_cpus);
+    reg.setMemoryBytes(config_.memory_bytes);
+    auto gpus = reg.initGpus(static_cast<unsigned>(config_.gpus.size()));
+    for (unsigned i = 0; i < config_.gpus.size(); ++i) {
+      const auto& gpu = config_.gpus[i];
+      gpus[i].setIndex(static_cast<std::uint32_t>(gpu.index));
+      gpus[i].setModel(gpu.model);
+      gpus[i].setMemoryBytes(gpu.memory_bytes);
+      gpus[i].setSmCount(static_cast<std::uint32_t>(gpu.sm_count));
+      gpus[i].setCcMajor(static_cast<std::uint16_t>(gpu.cc_major));
+      gpus[i].setCcMinor(static_cast<std::uint16_t>(gpu.cc_minor));
+      gpus[i].setDeclared(gpu.declared);
+      auto peers = gpus[i].initPeers(static_cast<unsigned>(gpu.peers.size()));
+      for (unsigned p = 0; p < gpu.peers.size(); ++p) peers.set(p, static_cast<std::uint32_t>(gpu.peers[p]));
+    }
+    const auto& custom = config_.resources.amounts();
+    auto resources = reg.initResources(static_cast<unsigned>(custom.size()));
+    unsigned i = 0;
+    for (const auto& [name, amount] : custom) {
+      resources[i].setName(name);
+      resources[i].setAmount(amount);
+      ++i;
+    }
+    auto transports = reg.initTransports(1);
+    transports.set(0, "tcp");
+    send(message);
+  }
+
+  void send_heartbeat() {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    root.setRequestId(next_request_id_++);
+    auto heartbeat = root.initHeartbeat();
+    set_id(heartbeat.initNodeId(), config_.node_id);
+    heartbeat.setSeq(++heartbeat_seq_);
+    auto actors = heartbeat.initActors(static_cast<unsigned>(hosts_.size()));
+    for (unsigned i = 0; i < hosts_.size(); ++i) {
+      set_id(actors[i].initActorId(), hosts_[i].actor);
+      actors[i].setState(wire::ActorState::ALIVE);
+      actors[i].setIncarnation(hosts_[i].incarnation);
+      actors[i].setPid(static_cast<std::uint32_t>(hosts_[i].pid));
+    }
+    send(message);
+  }
+
+  void send_actor_update(const Id128& actor, std::uint32_t incarnation, std::uint16_t code,
+                         const std::string& reason) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    root.setRequestId(next_request_id_++);
+    auto update = root.initActorUpdate();
+    set_id(update.initActorId(), actor);
+    update.setState(wire::ActorState::DEAD);
+    set_id(update.initNodeId(), config_.node_id);
+    update.setIncarnation(incarnation);
+    auto error = update.initReason();
+    error.setCode(code);
+    error.setMessage(reason);
+    send(message);
+  }
+
+  // --- receiving ------------------------------------------------------------------
+
+  void dispatch(transport::ReceivedMessage& received) {
+    auto reader = received.root<ControlMessage>();
+    std::uint64_t request_id = reader.getRequestId();
+    switch (reader.which()) {
+      case ControlMessage::REGISTER_NODE_REPLY: {
+        if (request_id != register_request_) break;
+        auto reply = reader.getRegisterNodeReply();
+        heartbeat_interval_ = std::chrono::milliseconds(std::max<std::uint32_t>(10, reply.getHeartbeatIntervalMs()));
+        node_timeout_ = std::chrono::milliseconds(std::max<std::uint32_t>(50, reply.getNodeTimeoutMs()));
+        registered_ = true;
+        backoff_ = std::chrono::milliseconds(100);
+        last_ack_ = Clock::now();
+        next_heartbeat_ = Clock::now();
+        TROUPE_LOG_INFO("node {}: registered with the head at {}", config_.node_id.short_hex(), config_.head_address);
+        break;
+      }
+      case ControlMessage::HEARTBEAT_ACK: {
+        last_ack_ = Clock::now();
+        if (reader.getHeartbeatAck().getReregister() && registered_) {
+          TROUPE_LOG_WARN("node {}: the head does not know this node (it restarted?): registering again",
+                          config_.node_id.short_hex());
+          registered_ = false;
+          next_register_ = Clock::now();
+        }
+        break;
+      }
+      case ControlMessage::START_ACTOR:
+        on_start_actor(request_id, reader.getStartActor());
+        break;
+      case ControlMessage::KILL_ACTOR:
+        on_kill_actor(request_id, reader.getKillActor());
+        break;
+      case ControlMessage::BINARY_DATA:
+        on_binary(request_id, reader.getBinaryData());
+        break;
+      case ControlMessage::ERROR: {
+        if (request_id == register_request_) {
+          TROUPE_LOG_ERROR("node: the head refused registration: {}", reader.getError().getMessage().cStr());
+        } else if (auto it = fetches_.find(request_id); it != fetches_.end()) {
+          fail_fetch(it->second, reader.getError().getMessage().cStr());
+          fetches_.erase(it);
+        }
+        break;
+      }
+      default:
+        break;  // acks of our actor updates
+    }
+  }
+
+  void on_start_actor(std::uint64_t request_id, wire::StartActor::Reader start) {
+    std::string hash = start.getJobBinaryHash().cStr();
+    if (!valid_hash_name(hash)) {
+      reply_error(request_id, kInvalidArgument, "startActor with a bad jobBinaryHash \"" + hash + "\"");
+      return;
+    }
+    reply_ack(request_id);
+    auto copy = std::make_unique<capnp::MallocMessageBuilder>();
+    copy->setRoot(start);
+    if (std::filesystem::exists(binary_path(hash))) {
+      spawn_host(copy->getRoot<wire::StartActor>());
+      return;
+    }
+    for (auto& [id, fetch] : fetches_) {
+      if (fetch.hash == hash) {
+        fetch.starts.push_back(std::move(copy));
+        return;
+      }
+    }
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    std::uint64_t fetch_id = next_request_id_++;
+    root.setRequestId(fetch_id);
+    root.initFetchBinary().setBinaryHash(hash);
+    PendingFetch fetch;
+    fetch.hash = hash;
+    fetch.deadline = Clock::now() + kFetchTimeout;
+    fetch.starts.push_back(std::move(copy));
+    fetches_.emplace(fetch_id, std::move(fetch));
+    send(message);
+  }
+
+  void on_binary(std::uint64_t request_id, wire::BinaryData::Reader data) {
+    auto it = fetches_.find(request_id);
+    if (it == fetches_.end()) return;
+    PendingFetch fetch = std::move(it->second);
+    fetches_.erase(it);
+    try {
+      auto bytes = data.getBinary();
+      auto path = binary_path(fetch.hash);
+      if (!std::filesystem::exists(path)) {
+        write_file_atomic(path, std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size()), 0755);
+      }
+    } catch (const std::exception& error) {
+      fail_fetch(fetch, std::string("cannot store the job binary: ") + error.what());
+      return;
+    }
+    for (auto& start : fetch.starts) spawn_host(start->getRoot<wire::StartActor>());
+  }
+
+  void fail_fetch(PendingFetch& fetch, const std::string& why) {
+    for (auto& start : fetch.starts) {
+      auto reader = start->getRoot<wire::StartActor>();
+      send_actor_update(id_of(reader.getSpec().getActorId()), reader.getIncarnation(), kActorDied,
+                        "cannot fetch job binary " + fetch.hash + ": " + why);
+    }
+  }
+
+  void on_kill_actor(std::uint64_t request_id, wire::KillActor::Reader kill) {
+    Id128 actor = id_of(kill.getActorId());
+    bool found = false;
+    for (auto& host : hosts_) {
+      if (host.actor == actor) {
+        ::kill(host.pid, SIGKILL);
+        found = true;
+      }
+    }
+    if (found) reply_ack(request_id);
+    else reply_error(request_id, kNotFound, "no actor host for " + actor.hex() + " on this node");
+  }
+
+  // --- actor hosts ------------------------------------------------------------------
+
+  std::filesystem::path binary_path(const std::string& hash) const {
+    return config_.session_dir / "binaries" / hash;
+  }
+
+  void spawn_host(wire::StartActor::Reader start) {
+    Id128 actor = id_of(start.getSpec().getActorId());
+    std::uint32_t incarnation = start.getIncarnation();
+    for (auto& host : hosts_) {
+      if (host.actor == actor) ::kill(host.pid, SIGKILL);  // an older incarnation still running
+    }
+    try {
+      capnp::MallocMessageBuilder spec;
+      spec.setRoot(start);
+      auto words = capnp::messageToFlatArray(spec);
+      auto bytes = words.asBytes();
+      auto spec_path = config_.session_dir / "actors" / (actor.hex() + ".spec");
+      write_file_atomic(spec_path, std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size()));
+
+      SpawnOptions options;
+      options.program = binary_path(start.getJobBinaryHash().cStr()).string();
+      options.argv = {options.program};
+      options.env = current_environment();
+      options.env.erase("TROUPE_ADDRESS");
+      options.env.erase("TROUPE_JOB_ID");
+      options.env["TROUPE_ACTOR_SPEC"] = spec_path.string();
+      options.env["TROUPE_HEAD_ADDRESS"] = config_.head_address;
+      options.env["TROUPE_NODE_ID"] = config_.node_id.hex();
+      options.env["TROUPE_NODE_IP"] = config_.node_ip;
+      std::string devices;
+      for (auto index : start.getGpuIndices()) {
+        if (!devices.empty()) devices += ",";
+        devices += std::to_string(index);
+      }
+      options.env["CUDA_VISIBLE_DEVICES"] = devices;
+      options.output_path = (config_.session_dir / "logs" / ("actor-" + actor.hex() + ".log")).string();
+      options.new_process_group = true;
+      pid_t pid = spawn_process(options);
+      hosts_.push_back({actor, incarnation, pid});
+      TROUPE_LOG_INFO("node {}: started actor {} ({}) incarnation {} as pid {} (CUDA_VISIBLE_DEVICES={})",
+                      config_.node_id.short_hex(), actor.short_hex(),
+                      start.getSpec().getClassName().cStr(), incarnation, pid, devices);
+    } catch (const std::exception& error) {
+      send_actor_update(actor, incarnation, kActorDied, std::string("cannot start the actor host: ") + error.what());
+    }
+  }
+
+  void reap() {
+    for (auto it = hosts_.begin(); it != hosts_.end();) {
+      auto status = try_reap(it->pid);
+      if (!status) {
+        ++it;
+        continue;
+      }
+      std::string reason = "actor host " + describe_wait_status(*status);
+      TROUPE_LOG_INFO("node {}: actor {} {}", config_.node_id.short_hex(), it->actor.short_hex(), reason);
+      send_actor_update(it->actor, it->incarnation, kActorDied, reason);
+      it = hosts_.erase(it);
+    }
+  }
+
+  void timers() {
+    auto now = Clock::now();
+    if (!registered_) {
+      if (now >= next_register_) {
+        send_register();
+        next_register_ = now + backoff_;
+        backoff_ = std::min(kMaxBackoff, backoff_ * 2);
+      }
+    } else {
+      if (now >= next_heartbeat_) {
+        send_heartbeat();
+        next_heartbeat_ = now + heartbeat_interval_;
+      }
+      if (now - last_ack_ > node_timeout_) {
+        TROUPE_LOG_WARN("node {}: no answer from the head at {} for {} ms; retrying",
+                        config_.node_id.short_hex(), config_.head_address, node_timeout_.count());
+        registered_ = false;
+        next_register_ = now;
+        backoff_ = std::chrono::milliseconds(100);
+      }
+    }
+    for (auto it = fetches_.begin(); it != fetches_.end();) {
+      if (now >= it->second.deadline) {
+        fail_fetch(it->second, "no answer from the head");
+        it = fetches_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void shutdown() {
+    for (auto& host : hosts_) ::kill(host.pid, SIGKILL);
+    for (auto& host : hosts_) ::waitpid(host.pid, nullptr, 0);
+    hosts_.clear();
+  }
+
+  NodeManagerConfig config_;
+  std::string identity_;
+  zmq::socket_t socket_{zmq_context(), zmq::socket_type::dealer};
+  std::uint64_t next_request_id_ = 1;
+  std::uint64_t register_request_ = 0;
+  bool registered_ = false;
+  Clock::time_point next_register_ = Clock::now();
+  std::chrono::milliseconds backoff_{100};
+  Clock::time_point next_heartbeat_ = Clock::now();
+  Clock::time_point last_ack_ = Clock::now();
+  std::chrono::milliseconds heartbeat_interval_{500};
+  std::chrono::milliseconds node_timeout_{3000};
+  std::uint64_t heartbeat_seq_ = 0;
+  std::vector<ActorHost> hosts_;
+  std::map<std::uint64_t, PendingFetch> fetches_;
+};
+
+}  // namespace
+
+void run_node_manager(const NodeManagerConfig& config, const std::atomic<bool>& stop) {
+  NodeManager manager(config);
+  manager.run(stop);
+}
+
+}  // namespace troupe::cli

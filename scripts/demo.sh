@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Builds troupe and runs its demonstration job.
+#
+#   scripts/demo.sh                  # dependencies, build, run the demo
+#   scripts/demo.sh --skip-deps      # do not run scripts/install-deps.sh
+#   scripts/demo.sh -- ARGS...       # ARGS go to the demo program
+#
+# DEMO_MODE picks how the job runs:
+#   local    (default) the example runs in one process, actors in local mode.
+#   cluster  starts a local head and worker, submits the example as a job,
+#            stops the cluster again (needs `troupe start/submit/stop`).
+# DEMO_EXAMPLE names the example (examples/NAME.cpp); by default the first of
+# PREFERRED_EXAMPLES that exists, else the first examples/*.cpp.
+# BUILD_DIR, BUILD_TYPE, TROUPE_CUDA, JOBS as in scripts/configure-build.sh.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${BUILD_DIR:-build}"
+[[ $BUILD_DIR == /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
+export BUILD_DIR
+DEMO_MODE="${DEMO_MODE:-local}"
+PREFERRED_EXAMPLES=(pipeline_local)
+
+build_args=()
+demo_args=()
+while (($#)); do
+  case "$1" in
+    --skip-deps) build_args+=(--skip-deps) ;;
+    --) shift; demo_args=("$@"); break ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "demo.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+pick_example() {
+  local name src
+  if [[ -n ${DEMO_EXAMPLE:-} ]]; then
+    [[ -f $ROOT/examples/$DEMO_EXAMPLE.cpp ]] || {
+      echo "demo.sh: no examples/$DEMO_EXAMPLE.cpp" >&2; return 1; }
+    echo "$DEMO_EXAMPLE"; return
+  fi
+  for name in "${PREFERRED_EXAMPLES[@]}"; do
+    if [[ -f $ROOT/examples/$name.cpp ]]; then echo "$name"; return; fi
+  done
+  for src in "$ROOT"/examples/*.cpp; do
+    [[ -f $src ]] || continue
+    src=$(basename "$src"); echo "${src%.cpp}"; return
+  done
+  echo "demo.sh: no examples/*.cpp to run" >&2
+  return 1
+}
+
+run_local() {
+  local exe=$1
+  shift
+  echo "demo.sh: running ${exe#"$ROOT"/} (local mode)"
+  "$exe" "$@"
+}
+
+run_cluster() {
+  local exe=$1
+  shift
+  local troupe="$BUILD_DIR/cli/troupe"
+  if ! "$troupe" start --help > /dev/null 2>&1; then
+    echo "demo.sh: this troupe has no 'start' command yet; use DEMO_MODE=local" >&2
+    return 2
+  fi
+  echo "demo.sh: starting a local cluster"
+  "$troupe" start --head
+  trap '"$troupe" stop || true' EXIT
+  "$troupe" start --address 127.0.0.1
+  echo "demo.sh: submitting ${exe#"$ROOT"/}"
+  "$troupe" submit -- "$exe" "$@"
+}
+
+example=$(pick_example)
+targets=(--target "example_$example")
+[[ $DEMO_MODE == cluster ]] && targets+=(--target troupe_cli)
+"$ROOT/scripts/configure-build.sh" "${build_args[@]}" "${targets[@]}"
+
+exe="$BUILD_DIR/examples/$example"
+start=$SECONDS
+set +e
+case "$DEMO_MODE" in
+  local) run_local "$exe" "${demo_args[@]}" ;;
+  cluster) run_cluster "$exe" "${demo_args[@]}" ;;
+  *) echo "demo.sh: DEMO_MODE must be local or cluster, not '$DEMO_MODE'" >&2; exit 2 ;;
+esac
+status=$?
+set -e
+if ((status == 0)); then
+  echo "demo.sh: PASS ($example, $DEMO_MODE mode, $((SECONDS - start)) s)"
+else
+  echo "demo.sh: FAIL ($example, $DEMO_MODE mode, exit $status)"
+fi
+exit "$status"
