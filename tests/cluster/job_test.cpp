@@ -1,0 +1,85 @@
+// Real jobs on a real local cluster: `troupe submit` ships a troupe binary,
+// the head places its actors by GPU type on separate worker daemons, calls
+// chain across nodes host to host, and a killed worker gives ActorDiedError
+// instead of a hang.
+// TROUPE_TEST_LABELS: cluster slow
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <regex>
+#include <thread>
+
+#include "cluster/cluster_harness.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using troupe::testing::TestCluster;
+
+// "PLACED a <node id> [gpus] pid N" -> node id, for actor label `label`.
+std::string node_of(const std::string& output, const std::string& label) {
+  std::smatch match;
+  std::regex pattern("PLACED " + label + " ([0-9a-f]+) \\[([0-9]*)\\]");
+  if (std::regex_search(output, match, pattern)) return match[1];
+  return "";
+}
+
+TEST(ClusterJob, SubmittedJobPlacesActorsByGpuTypeChainsCallsAcrossNodesAndExitsZero) {
+  TestCluster cluster;
+  ASSERT_EQ(cluster.start_head({"--gpus", "H100-80GB:1"}).exit_code, 0);
+  const std::string head = cluster.node_ids().at(0);
+  const std::string t4 = cluster.add_worker("T4-16GB:1");
+  const std::string a100 = cluster.add_worker("A100-40GB:1");
+  ASSERT_FALSE(t4.empty());
+  ASSERT_FALSE(a100.empty());
+
+  auto result = cluster.troupe({"submit", "--name", "placement", "--", TROUPE_CLUSTER_JOB, "placement"}, 120s);
+  ASSERT_EQ(result.exit_code, 0) << result.all();
+  EXPECT_NE(result.out.find("JOB OK"), std::string::npos) << result.all();
+  EXPECT_NE(result.out.find("CHAIN 200 ok"), std::string::npos);
+  EXPECT_NE(result.out.find("TENSOR 4MiB ok"), std::string::npos);
+  // The scheduler must put the T4 actor on the T4 worker and the H100 actor
+  // on the head's node; each gets GPU 0 of its node.
+  EXPECT_EQ(node_of(result.out, "a"), t4) << result.out;
+  EXPECT_EQ(node_of(result.out, "b"), head) << result.out;
+  EXPECT_NE(result.out.find("PLACED a " + t4 + " [0]"), std::string::npos);
+
+  auto jobs = cluster.list("jobs");
+  ASSERT_FALSE(jobs.empty());
+  bool succeeded = false;
+  for (const auto& job : jobs) succeeded = succeeded || job.dump().find("SUCCEEDED") != std::string::npos;
+  EXPECT_TRUE(succeeded) << jobs.dump();
+}
+
+TEST(ClusterJob, KilledWorkerFailsTheCallWithActorDiedInsteadOfHanging) {
+  TestCluster cluster(100, 5);
+  ASSERT_EQ(cluster.start_head().exit_code, 0);
+  const std::string a100 = cluster.add_worker("A100-40GB:1");
+  ASSERT_FALSE(a100.empty());
+
+  troupe::testing::RunResult result;
+  std::thread submit([&] {
+    result = cluster.troupe({"submit", "--", TROUPE_CLUSTER_JOB, "wait-for-death"}, 120s);
+  });
+  // Wait until the victim actor is alive on the A100 worker, then kill the worker.
+  bool alive = troupe::testing::eventually(
+      [&] {
+        for (const auto& actor : cluster.list("actors"))
+          if (actor.dump().find("victim") != std::string::npos && actor.dump().find("ALIVE") != std::string::npos)
+            return true;
+        return false;
+      },
+      60s);
+  EXPECT_TRUE(alive);
+  std::this_thread::sleep_for(300ms);  // the driver is now inside the long call
+  ::kill(cluster.pid_of(TestCluster::worker_name(a100)), SIGKILL);
+  const auto killed_at = std::chrono::steady_clock::now();
+  submit.join();
+  const auto took = std::chrono::steady_clock::now() - killed_at;
+  EXPECT_EQ(result.exit_code, 0) << result.all();
+  EXPECT_NE(result.out.find("ACTOR DIED"), std::string::npos) << result.all();
+  EXPECT_LT(took, 20s);  // well inside the call's own 30 s timeout
+}
+
+}  // namespace
