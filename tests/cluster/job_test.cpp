@@ -52,6 +52,21 @@ TEST(ClusterJob, SubmittedJobPlacesActorsByGpuTypeChainsCallsAcrossNodesAndExits
   EXPECT_TRUE(succeeded) << jobs.dump();
 }
 
+TEST(ClusterJob, PlacementGroupsFromTheDriverReserveBundlesOnTheRightNodes) {
+  TestCluster cluster;
+  ASSERT_EQ(cluster.start_head({"--gpus", "H100-80GB:1"}).exit_code, 0);
+  const std::string t4 = cluster.add_worker("T4-16GB:1");
+  ASSERT_FALSE(t4.empty());
+  auto result = cluster.troupe({"submit", "--", TROUPE_CLUSTER_JOB, "groups"}, 120s);
+  ASSERT_EQ(result.exit_code, 0) << result.all();
+  const std::string first = node_of(result.out, "spread0");
+  const std::string second = node_of(result.out, "spread1");
+  EXPECT_FALSE(first.empty());
+  EXPECT_NE(first, second) << "STRICT_SPREAD bundles must be on distinct nodes\n" << result.out;
+  EXPECT_EQ(node_of(result.out, "packed"), t4) << result.out;
+  EXPECT_NE(result.out.find("PENDING GROUP"), std::string::npos) << result.out;
+}
+
 TEST(ClusterJob, KilledWorkerFailsTheCallWithActorDiedInsteadOfHanging) {
   TestCluster cluster(100, 5);
   ASSERT_EQ(cluster.start_head().exit_code, 0);

@@ -320,8 +320,15 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
   if (!running()) throw_error(Errc::cancelled, "the runtime is shut down");
   if (options.max_concurrency < 1) throw_error(Errc::invalid_argument, "max_concurrency must be at least 1");
   if (options.max_restarts < -1) throw_error(Errc::invalid_argument, "max_restarts must be -1 or more");
-  if (options.placement_group.valid())
-    throw_error(Errc::unsupported, "placement groups are not available in cluster mode yet");
+  if (options.placement_group.valid()) {
+    const auto& group = *options.placement_group.core();
+    if (options.bundle_index < -1 || options.bundle_index >= static_cast<int>(group.bundles.size()))
+      throw_error(Errc::invalid_argument, "bundle_index " + std::to_string(options.bundle_index) +
+                                              " is out of range for a group of " +
+                                              std::to_string(group.bundles.size()) + " bundles");
+  } else if (options.bundle_index != -1) {
+    throw_error(Errc::invalid_argument, "bundle_index given without a placement_group");
+  }
   (void)to_request(ResourceSpec{options.resources, options.gpu_type, options.gpu_memory});
   std::vector<std::string> encoded;
   for (auto& slot : ctor_args) {
@@ -356,7 +363,8 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
   create.setGpuMemoryBytes(options.gpu_memory);
   create.setMaxRestarts(options.max_restarts);
   create.setMaxConcurrency(static_cast<std::uint32_t>(options.max_concurrency));
-  create.setBundleIndex(-1);
+  create.setBundleIndex(options.bundle_index);
+  if (options.placement_group.valid()) set_id(create.initPlacementGroupId(), Id128{0, options.placement_group.core()->id});
   auto actor = std::make_shared<RemoteActor>(*this, id, cls, options.name, true);
   {
     std::lock_guard lock(mutex_);
@@ -379,6 +387,27 @@ std::shared_ptr<RemoteActor> ClusterRuntime::actor_for_update(std::uint64_t id) 
 }
 
 void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
+  if (message.isPlacementGroupUpdate()) {
+    auto update = message.getPlacementGroupUpdate();
+    std::shared_ptr<GroupCore> group;
+    bool ready = false, failed = false;
+    std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
+    {
+      std::lock_guard lock(mutex_);
+      auto it = groups_.find(get_id(update.getPlacementGroupId()).lo);
+      if (it == groups_.end()) return;
+      group = it->second;
+      switch (update.getState()) {
+        case wire::PlacementGroupState::CREATED: group->placed = true; ready = true; break;
+        case wire::PlacementGroupState::PENDING: group->reason = reason.empty() ? "pending" : reason; break;
+        case wire::PlacementGroupState::INFEASIBLE: group->reason = "infeasible: " + reason; break;
+        case wire::PlacementGroupState::REMOVED: group->removed = true; failed = true; break;
+      }
+    }
+    if (ready) group->ready_promise.set_value();
+    if (failed) group->ready_promise.set_error(make_error(Errc::cancelled, "placement group removed: " + reason));
+    return;
+  }
   if (message.isActorUpdate()) {
     auto update = message.getActorUpdate();
     auto actor = actor_for_update(get_id(update.getActorId()).lo);
@@ -441,13 +470,83 @@ std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name) {
 
 std::shared_ptr<ActorCore> ClusterRuntime::find(std::uint64_t id) { return actor_for_update(id); }
 
-PlacementGroup ClusterRuntime::create_group(std::vector<ResourceSpec>, PlacementStrategy, std::string) {
-  throw_error(Errc::unsupported, "placement groups are not available in cluster mode yet");
+PlacementGroup ClusterRuntime::create_group(std::vector<ResourceSpec> specs, PlacementStrategy strategy,
+                                            std::string name) {
+  if (!running()) throw_error(Errc::cancelled, "the runtime is shut down");
+  if (specs.empty()) throw_error(Errc::invalid_argument, "a placement group needs at least one bundle");
+  std::vector<scheduler::Bundle> bundles;
+  for (const auto& spec : specs) bundles.push_back(to_request(spec));
+  scheduler::Strategy scheduler_strategy = scheduler::Strategy::PACK;
+  wire::PlacementStrategy wire_strategy = wire::PlacementStrategy::PACK;
+  switch (strategy) {
+    case PlacementStrategy::pack: break;
+    case PlacementStrategy::spread:
+      scheduler_strategy = scheduler::Strategy::SPREAD;
+      wire_strategy = wire::PlacementStrategy::SPREAD;
+      break;
+    case PlacementStrategy::strict_pack:
+      scheduler_strategy = scheduler::Strategy::STRICT_PACK;
+      wire_strategy = wire::PlacementStrategy::STRICT_PACK;
+      break;
+    case PlacementStrategy::strict_spread:
+      scheduler_strategy = scheduler::Strategy::STRICT_SPREAD;
+      wire_strategy = wire::PlacementStrategy::STRICT_SPREAD;
+      break;
+  }
+  const std::uint64_t id = random64() >> 1 | 1;
+  auto group = std::make_shared<GroupCore>(id, name, bundles, scheduler_strategy);
+  capnp::MallocMessageBuilder message;
+  auto create = message.initRoot<wire::ControlMessage>().initCreatePlacementGroup();
+  set_id(create.initPlacementGroupId(), Id128{0, id});
+  set_id(create.initJobId(), job_id_);
+  create.setName(name);
+  create.setStrategy(wire_strategy);
+  auto list = create.initBundles(static_cast<unsigned>(specs.size()));
+  for (unsigned i = 0; i < specs.size(); ++i) {
+    // The GPU type travels as Ray's "GPU:<type>" resource.
+    auto amounts = bundles[i].amounts.amounts();
+    std::vector<std::pair<std::string, double>> items(amounts.begin(), amounts.end());
+    if (!bundles[i].gpu_type.empty())
+      items.emplace_back("GPU:" + bundles[i].gpu_type, bundles[i].amounts.get(scheduler::kGpu));
+    auto resources = list[i].initResources(static_cast<unsigned>(items.size()));
+    for (unsigned j = 0; j < items.size(); ++j) {
+      resources[j].setName(items[j].first);
+      resources[j].setAmount(items[j].second);
+    }
+  }
+  {
+    std::lock_guard lock(mutex_);
+    group->reason = "waiting for the head";
+    groups_[id] = group;
+  }
+  try {
+    (void)control_->request(message, request_timeout_);
+  } catch (...) {
+    std::lock_guard lock(mutex_);
+    groups_.erase(id);
+    throw;
+  }
+  return PlacementGroup(group);
 }
-void ClusterRuntime::remove_group(const std::shared_ptr<GroupCore>&) {
-  throw_error(Errc::unsupported, "placement groups are not available in cluster mode yet");
+
+void ClusterRuntime::remove_group(const std::shared_ptr<GroupCore>& group) {
+  capnp::MallocMessageBuilder message;
+  auto remove = message.initRoot<wire::ControlMessage>().initRemovePlacementGroup();
+  set_id(remove.initPlacementGroupId(), Id128{0, group->id});
+  (void)control_->request(message, request_timeout_);
+  {
+    std::lock_guard lock(mutex_);
+    group->removed = true;
+    groups_.erase(group->id);
+  }
+  group->ready_promise.set_error(make_error(Errc::cancelled, "placement group removed"));
 }
-std::string ClusterRuntime::group_reason(const GroupCore&) { return "unsupported in cluster mode"; }
+
+std::string ClusterRuntime::group_reason(const GroupCore& group) {
+  std::lock_guard lock(mutex_);
+  if (group.removed) return "removed";
+  return group.placed ? std::string() : group.reason;
+}
 
 std::map<std::string, double> ClusterRuntime::total_resources() { return {}; }
 std::map<std::string, double> ClusterRuntime::free_resources() { return {}; }

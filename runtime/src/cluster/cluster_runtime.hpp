@@ -151,6 +151,7 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
   std::atomic<std::uint64_t> next_call_{1};
   std::map<std::uint64_t, std::shared_ptr<RemoteActor>> actors_;
   std::map<std::string, std::vector<Id128>> releases_;
+  std::map<std::uint64_t, std::shared_ptr<GroupCore>> groups_;
   std::uint64_t heartbeat_seq_ = 0;
 
   // Actor host only.
