@@ -483,11 +483,22 @@ TEST(LocalModeLifecycle, ShutdownCancelsPendingCallsAndInitCanRunAgain) {
   troupe::shutdown();  // twice is fine
 }
 
-TEST(LocalModeLifecycle, ClusterAddressIsRejectedClearlyUntilClusterModeExists) {
+TEST(ClusterModeLifecycle, UnreachableHeadGivesATimeoutErrorNotAHang) {
+  ::setenv("TROUPE_REQUEST_TIMEOUT_MS", "300", 1);
   troupe::InitOptions options;
-  options.address = "127.0.0.1:6380";
-  EXPECT_THROW(troupe::init(options), troupe::Error);
+  options.address = "127.0.0.1:9";  // nothing listens on the discard port
+  auto start = std::chrono::steady_clock::now();
+  try {
+    troupe::init(options);
+    FAIL() << "init() should fail without a head";
+  } catch (const troupe::Error& e) {
+    EXPECT_EQ(e.code(), troupe::Errc::timeout) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
   EXPECT_FALSE(troupe::is_initialized());
+  ::unsetenv("TROUPE_REQUEST_TIMEOUT_MS");
+  troupe::init();  // local mode still works afterwards
+  troupe::shutdown();
 }
 
 }  // namespace
