@@ -77,6 +77,24 @@ scheduler::ResourceRequest to_request(const ResourceSpec& spec) {
   }
 }
 
+void validate_actor_options(const ActorOptions& options) {
+  if (options.max_concurrency < 1) throw_error(Errc::invalid_argument, "max_concurrency must be at least 1");
+  if (options.max_restarts < -1) throw_error(Errc::invalid_argument, "max_restarts must be -1 or more");
+  if (options.placement_group.valid()) {
+    const auto& group = *options.placement_group.core();
+    if (options.bundle_index < -1 || options.bundle_index >= static_cast<int>(group.bundles.size())) {
+      throw_error(Errc::invalid_argument, "bundle_index " + std::to_string(options.bundle_index) +
+                                              " is out of range for a group of " +
+                                              std::to_string(group.bundles.size()) + " bundles");
+    }
+  } else if (options.bundle_index != -1) {
+    throw_error(Errc::invalid_argument, "bundle_index given without a placement_group");
+  }
+  // Validate the request now so bad input is an error at the call, not a
+  // forever-pending actor.
+  (void)to_request(ResourceSpec{options.resources, options.gpu_type, options.gpu_memory});
+}
+
 std::shared_ptr<Backend> backend() noexcept {
   std::lock_guard lock(g_runtime_mutex);
   return g_runtime;
@@ -118,22 +136,7 @@ LocalRuntime::~LocalRuntime() { pool_.stop(); }
 std::shared_ptr<ActorCore> LocalRuntime::create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                                       ActorOptions options) {
   if (!running()) throw_error(Errc::cancelled, "the runtime is shut down");
-  if (options.max_concurrency < 1)
-    throw_error(Errc::invalid_argument, "max_concurrency must be at least 1");
-  if (options.max_restarts < -1) throw_error(Errc::invalid_argument, "max_restarts must be -1 or more");
-  if (options.placement_group.valid()) {
-    auto& group = *options.placement_group.core();
-    if (options.bundle_index < -1 || options.bundle_index >= static_cast<int>(group.bundles.size())) {
-      throw_error(Errc::invalid_argument, "bundle_index " + std::to_string(options.bundle_index) +
-                                              " is out of range for a group of " +
-                                              std::to_string(group.bundles.size()) + " bundles");
-    }
-  } else if (options.bundle_index != -1) {
-    throw_error(Errc::invalid_argument, "bundle_index given without a placement_group");
-  }
-  // Validate the request now so bad input is an error at the call, not a
-  // forever-pending actor.
-  (void)to_request(ResourceSpec{options.resources, options.gpu_type, options.gpu_memory});
+  validate_actor_options(options);
 
   std::shared_ptr<LocalActor> actor;
   {

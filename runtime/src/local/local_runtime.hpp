@@ -175,5 +175,7 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
 
 
 scheduler::ResourceRequest to_request(const ResourceSpec& spec);
+// Throws Error(invalid_argument) for options no backend can honour.
+void validate_actor_options(const ActorOptions& options);
 
 }  // namespace troupe::detail
