@@ -243,8 +243,9 @@ int run(const Flags& flags) {
   std::printf("  batch %d = %lld micro-batches of <= %lld rows, %d steps, seed %llu\n", flags.batch,
               static_cast<long long>(microbatches), static_cast<long long>(rows_per_microbatch), flags.steps,
               static_cast<unsigned long long>(flags.seed));
-  std::printf("  local mode: CPU=%g, GPU=%g; stage math runs on the CPU\n\n", resources.at("CPU"),
-              resources.count("GPU") ? resources.at("GPU") : 0.0);
+  std::printf("  %s mode: CPU=%g, GPU=%g; stage math runs on the CPU\n\n",
+              troupe::mode() == troupe::Mode::cluster ? "cluster" : "local",
+              resources.count("CPU") ? resources.at("CPU") : 0.0, resources.count("GPU") ? resources.at("GPU") : 0.0);
   std::printf("  step   pipeline   samples/s   GFLOP/s    1-thread    max rel err\n");
 
   constexpr double kTolerance = 1e-5;

@@ -6,9 +6,12 @@
 #   scripts/demo.sh -- ARGS...       # ARGS go to the demo program
 #
 # DEMO_MODE picks how the job runs:
-#   local    (default) the example runs in one process, actors in local mode.
-#   cluster  starts a local head and worker, submits the example as a job,
-#            stops the cluster again (needs `troupe start/submit/stop`).
+#   cluster  (default) starts a local cluster (a head and one worker daemon,
+#            with declared GPUs), submits the example with `troupe submit`
+#            (each pipeline stage is an actor host process), shows
+#            `troupe status`, and stops the cluster again.
+#   local    the example runs in one process, actors in local mode.
+# DEMO_PORT is the head's port (default 6390).
 # DEMO_EXAMPLE names the example (examples/NAME.cpp); by default the first of
 # PREFERRED_EXAMPLES that exists, else the first examples/*.cpp.
 # BUILD_DIR, BUILD_TYPE, TROUPE_CUDA, JOBS as in scripts/configure-build.sh.
@@ -18,7 +21,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-build}"
 [[ $BUILD_DIR == /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
 export BUILD_DIR
-DEMO_MODE="${DEMO_MODE:-local}"
+DEMO_MODE="${DEMO_MODE:-cluster}"
 PREFERRED_EXAMPLES=(pipeline_local)
 
 build_args=()
@@ -61,17 +64,21 @@ run_local() {
 run_cluster() {
   local exe=$1
   shift
-  local troupe="$BUILD_DIR/cli/troupe"
-  if ! "$troupe" start --help > /dev/null 2>&1; then
-    echo "demo.sh: this troupe has no 'start' command yet; use DEMO_MODE=local" >&2
-    return 2
-  fi
-  echo "demo.sh: starting a local cluster"
-  "$troupe" start --head
-  trap '"$troupe" stop || true' EXIT
-  "$troupe" start --address 127.0.0.1
+  TROUPE_BIN="$BUILD_DIR/cli/troupe"
+  local troupe="$TROUPE_BIN"
+  local port="${DEMO_PORT:-6390}"
+  DEMO_SESSION=$(mktemp -d /tmp/troupe-demo-XXXXXX)
+  local session="$DEMO_SESSION"
+  export TROUPE_TEMP_DIR="$session"
+  trap '"$TROUPE_BIN" stop --force > /dev/null 2>&1 || true; rm -rf "$DEMO_SESSION"' EXIT
+  echo "demo.sh: starting a local cluster (session under $session)"
+  "$troupe" start --head --port "$port" --gpus "H100-80GB:2" || return
+  "$troupe" start --address "127.0.0.1:$port" --gpus "T4-16GB:2" || return
   echo "demo.sh: submitting ${exe#"$ROOT"/}"
-  "$troupe" submit -- "$exe" "$@"
+  local status=0
+  "$troupe" submit --name demo -- "$exe" "$@" || status=$?
+  "$troupe" status || true
+  return "$status"
 }
 
 example=$(pick_example)

@@ -332,7 +332,7 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
   const std::uint64_t id = random64() >> 1 | 1;
   capnp::MallocMessageBuilder message;
   auto create = message.initRoot<wire::ControlMessage>().initCreateActor();
-  set_id(create.initActorId(), Id128{0, id});
+  set_id(create.initActorId(), Id128{id, id});
   set_id(create.initJobId(), job_id_);
   set_id(create.initOwnerId(), worker_id_);
   create.setClassName(cls.name);
@@ -353,7 +353,7 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
   create.setMaxRestarts(options.max_restarts);
   create.setMaxConcurrency(static_cast<std::uint32_t>(options.max_concurrency));
   create.setBundleIndex(options.bundle_index);
-  if (options.placement_group.valid()) set_id(create.initPlacementGroupId(), Id128{0, options.placement_group.core()->id});
+  if (options.placement_group.valid()) set_id(create.initPlacementGroupId(), Id128{options.placement_group.core()->id, options.placement_group.core()->id});
   auto actor = std::make_shared<RemoteActor>(*this, id, cls, options.name, true);
   {
     std::lock_guard lock(mutex_);
@@ -486,7 +486,7 @@ PlacementGroup ClusterRuntime::create_group(std::vector<ResourceSpec> specs, Pla
   auto group = std::make_shared<GroupCore>(id, name, bundles, scheduler_strategy);
   capnp::MallocMessageBuilder message;
   auto create = message.initRoot<wire::ControlMessage>().initCreatePlacementGroup();
-  set_id(create.initPlacementGroupId(), Id128{0, id});
+  set_id(create.initPlacementGroupId(), Id128{id, id});
   set_id(create.initJobId(), job_id_);
   create.setName(name);
   create.setStrategy(wire_strategy);
@@ -521,7 +521,7 @@ PlacementGroup ClusterRuntime::create_group(std::vector<ResourceSpec> specs, Pla
 void ClusterRuntime::remove_group(const std::shared_ptr<GroupCore>& group) {
   capnp::MallocMessageBuilder message;
   auto remove = message.initRoot<wire::ControlMessage>().initRemovePlacementGroup();
-  set_id(remove.initPlacementGroupId(), Id128{0, group->id});
+  set_id(remove.initPlacementGroupId(), Id128{group->id, group->id});
   (void)control_->request(message, request_timeout_);
   {
     std::lock_guard lock(mutex_);
@@ -537,8 +537,31 @@ std::string ClusterRuntime::group_reason(const GroupCore& group) {
   return group.placed ? std::string() : group.reason;
 }
 
-std::map<std::string, double> ClusterRuntime::total_resources() { return {}; }
-std::map<std::string, double> ClusterRuntime::free_resources() { return {}; }
+std::map<std::string, double> ClusterRuntime::cluster_totals(bool available) {
+  if (!control_) return {};
+  capnp::MallocMessageBuilder message;
+  message.initRoot<wire::ControlMessage>().initGetClusterState().setIncludeDead(false);
+  auto reply = control_->request(message, request_timeout_);
+  auto root = reply.root<wire::ControlMessage>();
+  if (!root.isClusterState()) throw_error(Errc::protocol, "head answered getClusterState with an unexpected message");
+  std::map<std::string, double> sum;
+  for (auto node : root.getClusterState().getNodes()) {
+    if (node.getState() != wire::NodeState::ALIVE) continue;
+    if (available) {
+      for (auto r : node.getAvailable()) sum[r.getName()] += r.getAmount();
+    } else {
+      auto info = node.getNode();
+      sum["CPU"] += info.getNumCpus();
+      sum["GPU"] += info.getGpus().size();
+      sum["memory"] += static_cast<double>(info.getMemoryBytes());
+      for (auto r : info.getResources()) sum[r.getName()] += r.getAmount();
+    }
+  }
+  return sum;
+}
+
+std::map<std::string, double> ClusterRuntime::total_resources() { return cluster_totals(false); }
+std::map<std::string, double> ClusterRuntime::free_resources() { return cluster_totals(true); }
 
 std::size_t ClusterRuntime::live_actor_count() {
   std::lock_guard lock(mutex_);
@@ -552,7 +575,7 @@ void ClusterRuntime::kill_actor(std::uint64_t actor_id, bool no_restart) {
   if (!control_) throw_error(Errc::unsupported, "not connected to a head");
   capnp::MallocMessageBuilder message;
   auto kill = message.initRoot<wire::ControlMessage>().initKillActor();
-  set_id(kill.initActorId(), Id128{0, actor_id});
+  set_id(kill.initActorId(), Id128{actor_id, actor_id});
   kill.setNoRestart(no_restart);
   (void)control_->request(message, request_timeout_);
 }
@@ -563,7 +586,7 @@ void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& addres
   auto request = message.initRoot<wire::CallMessage>().initRequest();
   const std::uint64_t call_id = next_call_.fetch_add(1);
   request.setCallId(call_id);
-  set_id(request.initActorId(), Id128{0, actor_id});
+  set_id(request.initActorId(), Id128{actor_id, actor_id});
   request.setActorIncarnation(incarnation);
   set_id(request.initCallerId(), worker_id_);
   request.setSeq(seq);
@@ -786,7 +809,7 @@ void ClusterRuntime::reply_to(const std::string& address, std::uint64_t call_id,
   capnp::MallocMessageBuilder message;
   auto reply = message.initRoot<wire::CallMessage>().initReply();
   reply.setCallId(call_id);
-  set_id(reply.initActorId(), Id128{0, actor_id});
+  set_id(reply.initActorId(), Id128{actor_id, actor_id});
   if (result->has_error()) {
     fill_error(reply.initError(), result->error());
   } else {

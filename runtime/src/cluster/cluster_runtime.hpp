@@ -131,6 +131,7 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
   StatePtr resolve_descriptor(wire::ObjectDescriptor::Reader descriptor);
   StatePtr fetch_async(const Id128& id, const std::string& location);
   void tick();
+  std::map<std::string, double> cluster_totals(bool available);
   void register_driver();
   void start_host();
   std::shared_ptr<RemoteActor> actor_for_update(std::uint64_t id);
