@@ -14,6 +14,7 @@
 # DEMO_PORT is the head's port (default 6390).
 # DEMO_EXAMPLE names the example (examples/NAME.cpp); by default the first of
 # PREFERRED_EXAMPLES that exists, else the first examples/*.cpp.
+# DEMO_TIMEOUT (seconds, default 900) stops a demo that hangs (exit 124).
 # BUILD_DIR, BUILD_TYPE, TROUPE_CUDA, JOBS as in scripts/configure-build.sh.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ BUILD_DIR="${BUILD_DIR:-build}"
 [[ $BUILD_DIR == /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
 export BUILD_DIR
 DEMO_MODE="${DEMO_MODE:-cluster}"
+DEMO_TIMEOUT="${DEMO_TIMEOUT:-900}"
 PREFERRED_EXAMPLES=(pipeline_local)
 
 build_args=()
@@ -58,7 +60,7 @@ run_local() {
   local exe=$1
   shift
   echo "demo.sh: running ${exe#"$ROOT"/} (local mode)"
-  "$exe" "$@"
+  timeout --foreground -k 10 "$DEMO_TIMEOUT" "$exe" "$@"
 }
 
 run_cluster() {
@@ -76,7 +78,7 @@ run_cluster() {
   "$troupe" start --address "127.0.0.1:$port" --gpus "T4-16GB:2" || return
   echo "demo.sh: submitting ${exe#"$ROOT"/}"
   local status=0
-  "$troupe" submit --name demo -- "$exe" "$@" || status=$?
+  timeout --foreground -k 10 "$DEMO_TIMEOUT" "$troupe" submit --name demo -- "$exe" "$@" || status=$?
   "$troupe" status || true
   return "$status"
 }
@@ -99,6 +101,8 @@ set -e
 if ((status == 0)); then
   echo "demo.sh: PASS ($example, $DEMO_MODE mode, $((SECONDS - start)) s)"
 else
-  echo "demo.sh: FAIL ($example, $DEMO_MODE mode, exit $status)"
+  why="exit $status"
+  ((status == 124)) && why="no result after ${DEMO_TIMEOUT} s"
+  echo "demo.sh: FAIL ($example, $DEMO_MODE mode, $why)"
 fi
 exit "$status"

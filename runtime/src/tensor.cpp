@@ -448,27 +448,13 @@ Tensor& Tensor::fill_(double value) {
     return *this;
   }
 #if TROUPE_HAVE_CUDA
-  // One element from the host, then the filled prefix doubles by device-to-
-  // device copies on the legacy default stream: log2(numel) copies.
-  // TODO(perf): a fill kernel, once .cu files build (CMake 3.25 needs
-  // CMAKE_CUDA20_STANDARD_COMPILE_OPTION set for nvcc).
-  const std::size_t size = element_size(dtype_);
-  unsigned char element[8];
-  switch (size) {
-    case 1: store_word<std::uint8_t>(element, bits); break;
-    case 2: store_word<std::uint16_t>(element, bits); break;
-    case 4: store_word<std::uint32_t>(element, bits); break;
-    default: store_word<std::uint64_t>(element, bits); break;
-  }
-  auto* dst = static_cast<std::byte*>(raw_data());
+  // A grid-stride fill kernel; synchronised so the tensor is filled when
+  // fill_ returns, like the host path.
   const std::string what = " (fill " + to_string() + ")";
   cuda::DeviceGuard guard(device().index);
-  cuda::check(cudaMemcpy(dst, element, size, cudaMemcpyHostToDevice), "cudaMemcpy" + what);
-  for (std::size_t filled = size, total = nbytes(); filled < total;) {
-    const std::size_t n = std::min(filled, total - filled);
-    cuda::check(cudaMemcpy(dst + filled, dst, n, cudaMemcpyDeviceToDevice), "cudaMemcpy" + what);
-    filled += n;
-  }
+  cuda::check(cuda::detail::launch_fill(raw_data(), static_cast<std::uint64_t>(numel_), bits, element_size(dtype_)),
+              "fill kernel launch" + what);
+  cuda::check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize" + what);
 #else
   TROUPE_CHECK(false, "a CUDA tensor exists in a build without CUDA");
 #endif

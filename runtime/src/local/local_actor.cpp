@@ -178,11 +178,13 @@ void LocalActor::submit_from(CallSpec call, std::uint64_t caller) {
   auto task = std::make_shared<Task>();
   task->spec = std::move(call);
   task->caller = caller;
-  int unresolved = 0;
+  // The arguments still pending now; exactly these get a callback below
+  // (one that completes in between runs its callback at registration).
+  std::vector<StatePtr> pending;
   for (const auto& slot : task->spec.args) {
-    if (!slot.value && slot.ref && !slot.ref->is_ready()) ++unresolved;
+    if (!slot.value && slot.ref && !slot.ref->is_ready()) pending.push_back(slot.ref);
   }
-  task->unresolved.store(unresolved + 1, std::memory_order_relaxed);  // +1: guard until registered
+  task->unresolved.store(static_cast<int>(pending.size()) + 1, std::memory_order_relaxed);  // +1: guard
   {
     std::unique_lock lock(mutex_);
     if (state_ == ActorState::dead || !runtime_->running()) {
@@ -203,14 +205,12 @@ void LocalActor::submit_from(CallSpec call, std::uint64_t caller) {
     auto t = weak_task.lock();
     return self && t && self->cancel(t);
   });
-  if (unresolved > 0) {
+  if (!pending.empty()) {
     auto self = shared_from_this();
-    for (const auto& slot : task->spec.args) {
-      if (!slot.value && slot.ref && !slot.ref->is_ready()) {
-        slot.ref->on_complete([self, task] {
-          if (task->unresolved.fetch_sub(1, std::memory_order_acq_rel) == 1) self->schedule();
-        });
-      }
+    for (const auto& ref : pending) {
+      ref->on_complete([self, task] {
+        if (task->unresolved.fetch_sub(1, std::memory_order_acq_rel) == 1) self->schedule();
+      });
     }
   }
   if (task->unresolved.fetch_sub(1, std::memory_order_acq_rel) == 1) schedule();

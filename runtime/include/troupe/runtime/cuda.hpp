@@ -89,6 +89,13 @@ inline void check(cudaError_t status, std::string_view call) {
   }
 }
 
+namespace detail {
+// Fills `count` elements of `element_size` (1, 2, 4 or 8) bytes at device
+// pointer `dst` with the low bytes of `pattern`, on the legacy default
+// stream (runtime/src/cuda_kernels.cu). Returns the launch status.
+cudaError_t launch_fill(void* dst, std::uint64_t count, std::uint64_t pattern, std::size_t element_size) noexcept;
+}  // namespace detail
+
 #endif  // TROUPE_HAVE_CUDA
 
 }  // namespace troupe::cuda
