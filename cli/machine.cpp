@@ -1,5 +1,7 @@
 #include "machine.hpp"
 
+#include "troupe/runtime/gpus.hpp"
+
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -27,17 +29,7 @@ LocalGpus local_gpus() {
     out.source = "declared";
     return out;
   }
-  for (const auto& device : cuda::devices()) {
-    scheduler::GpuInfo gpu;
-    gpu.index = device.index;
-    gpu.model = device.name;
-    gpu.memory_bytes = device.total_memory;
-    gpu.sm_count = device.sm_count;
-    gpu.cc_major = device.cc_major;
-    gpu.cc_minor = device.cc_minor;
-    gpu.peers = device.peers;
-    out.gpus.push_back(std::move(gpu));
-  }
+  out.gpus = detected_gpus();
   out.source = out.gpus.empty() ? "none" : "detected";
   if (out.gpus.empty()) out.unavailable_reason = cuda::unavailable_reason();
   return out;

@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <thread>
 
-#include "troupe/runtime/cuda.hpp"
+#include "troupe/runtime/gpus.hpp"
 #include "troupe/runtime/logging.hpp"
 #include "troupe/scheduler/error.hpp"
 #include "troupe/scheduler/gpu_spec.hpp"
@@ -32,19 +32,7 @@ std::vector<scheduler::GpuInfo> local_gpus(const std::string& declared) {
       throw_error(Errc::invalid_argument, std::string("bad GPU spec: ") + e.what());
     }
   }
-  std::vector<scheduler::GpuInfo> gpus;
-  for (const auto& device : cuda::devices()) {
-    scheduler::GpuInfo gpu;
-    gpu.index = device.index;
-    gpu.model = device.name;
-    gpu.memory_bytes = device.total_memory;
-    gpu.sm_count = device.sm_count;
-    gpu.cc_major = device.cc_major;
-    gpu.cc_minor = device.cc_minor;
-    gpu.peers = device.peers;
-    gpus.push_back(std::move(gpu));
-  }
-  return gpus;
+  return detected_gpus();
 }
 
 std::map<std::string, double> to_map(const scheduler::ResourceSet& set) {
