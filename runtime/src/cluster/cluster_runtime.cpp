@@ -22,6 +22,9 @@ namespace {
 // ones stay at the producer until fetched (or pulled by the next stage).
 constexpr std::size_t kInlineLimit = 1 << 20;
 const char* const kFetchMethod = "__fetch";
+// A call message is a few hundred bytes: start small instead of capnp's
+// default 8 KiB first segment (calloc'd per message); it grows as needed.
+constexpr unsigned kFirstSegmentWords = 128;
 
 std::uint64_t random64() {
   static thread_local std::mt19937_64 rng{std::random_device{}() ^
@@ -582,7 +585,7 @@ void ClusterRuntime::kill_actor(std::uint64_t actor_id, bool no_restart) {
 
 void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& address, std::uint32_t incarnation,
                                std::uint64_t seq, CallSpec& spec) {
-  capnp::MallocMessageBuilder message;
+  capnp::MallocMessageBuilder message(kFirstSegmentWords);
   auto request = message.initRoot<wire::CallMessage>().initRequest();
   const std::uint64_t call_id = next_call_.fetch_add(1);
   request.setCallId(call_id);
@@ -658,6 +661,7 @@ void ClusterRuntime::on_reply(wire::CallReply::Reader reply) {
     if (it == inflight_.end()) return;  // timed out or the actor was declared dead
     result = std::move(it->second.result);
     borrowed = std::move(it->second.borrowed);
+    if (it->second.actor_id == 0 && fetches_in_flight_ > 0) --fetches_in_flight_;
     inflight_.erase(it);
   }
   switch (reply.which()) {
@@ -693,6 +697,7 @@ StatePtr ClusterRuntime::fetch_async(const Id128& id, const std::string& locatio
   {
     std::lock_guard lock(mutex_);
     inflight_[call_id] = Inflight{state, {}, 0, std::chrono::steady_clock::now() + fetch_timeout_};
+    ++fetches_in_flight_;
   }
   calls_->send(location, message);
   return state;
@@ -806,7 +811,7 @@ void ClusterRuntime::on_request(wire::CallRequest::Reader request) {
 
 void ClusterRuntime::reply_to(const std::string& address, std::uint64_t call_id, std::uint64_t actor_id,
                               const StatePtr& result, bool allow_ref) {
-  capnp::MallocMessageBuilder message;
+  capnp::MallocMessageBuilder message(kFirstSegmentWords);
   auto reply = message.initRoot<wire::CallMessage>().initReply();
   reply.setCallId(call_id);
   set_id(reply.initActorId(), Id128{actor_id, actor_id});
@@ -850,9 +855,11 @@ void ClusterRuntime::tick() {
     std::lock_guard lock(mutex_);
     releases.swap(releases_);
     const auto now = std::chrono::steady_clock::now();
-    for (auto it = inflight_.begin(); it != inflight_.end();) {
+    // Only fetches have deadlines; calls may run as long as they like.
+    for (auto it = inflight_.begin(); fetches_in_flight_ > 0 && it != inflight_.end();) {
       if (it->second.deadline <= now) {
         expired.push_back(std::move(it->second.result));
+        --fetches_in_flight_;
         it = inflight_.erase(it);
       } else {
         ++it;
@@ -966,6 +973,7 @@ void ClusterRuntime::shutdown() {
       if (actor->owned() && actor->state() != ActorState::dead) owned.push_back(actor);
     for (auto& [id, flight] : inflight_) pending.push_back(flight.result);
     inflight_.clear();
+    fetches_in_flight_ = 0;
   }
   // A driver's actors end with it (Ray's non-detached actors).
   for (auto& actor : owned) {

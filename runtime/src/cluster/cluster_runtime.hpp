@@ -149,6 +149,7 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
 
   std::mutex mutex_;
   std::unordered_map<std::uint64_t, Inflight> inflight_;
+  std::size_t fetches_in_flight_ = 0;  // entries of inflight_ with a deadline
   std::atomic<std::uint64_t> next_call_{1};
   std::map<std::uint64_t, std::shared_ptr<RemoteActor>> actors_;
   std::map<std::string, std::vector<Id128>> releases_;
