@@ -123,6 +123,7 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
 
   void on_control_push(wire::ControlMessage::Reader message);
   void on_call_message(transport::ReceivedMessage& message);
+  void dispatch_call_message(wire::CallMessage::Reader message);
   void on_reply(wire::CallReply::Reader reply);
   void on_request(wire::CallRequest::Reader request);
   void serve_fetch(wire::CallRequest::Reader request);
