@@ -226,4 +226,10 @@ void Reporter::print_table() const {
   std::fflush(stdout);
 }
 
+double median(const std::vector<double>& values) {
+  Samples samples;
+  for (double v : values) samples.add(v);
+  return samples.median();
+}
+
 }  // namespace troupe::bench

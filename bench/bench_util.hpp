@@ -13,6 +13,8 @@
 // median over repeats (`median_of`).
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -20,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace troupe::bench {
@@ -136,5 +139,30 @@ template <class T>
 inline void do_not_optimize(const T& value) {
   asm volatile("" : : "r,m"(value) : "memory");
 }
+
+// Throughput (calls/s) of `callers` threads started together, each running
+// per_caller(index, n / callers).
+template <class PerCaller>
+double measure_parallel(int callers, int n, PerCaller&& per_caller) {
+  const int per_thread = std::max(1, n / callers);
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < callers; ++c) {
+    threads.emplace_back([&, c] {
+      ready.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      per_caller(c, per_thread);
+    });
+  }
+  while (ready.load() < callers) std::this_thread::yield();
+  const auto start = Clock::now();
+  go.store(true, std::memory_order_release);
+  for (auto& thread : threads) thread.join();
+  return per_thread * callers / seconds_since(start);
+}
+
+// Median of a list of figures.
+double median(const std::vector<double>& values);
 
 }  // namespace troupe::bench

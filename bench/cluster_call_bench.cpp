@@ -74,6 +74,8 @@ using namespace std::chrono_literals;
 using troupe::bench::Better;
 using troupe::bench::Clock;
 using troupe::bench::Samples;
+using troupe::bench::measure_parallel;
+using troupe::bench::median;
 using Noop = bench_actors::ClusterNoop;
 
 // ---- the cluster this bench starts and stops ---------------------------------------
@@ -327,31 +329,6 @@ Latency measure_latency(int iterations, RoundTrip&& round_trip) {
 
 // `callers` threads run `per_caller(index, n / callers)` together; calls/s
 // over the window from their common start to the last one's end.
-template <class PerCaller>
-double measure_parallel(int callers, int n, PerCaller&& per_caller) {
-  const int per_thread = std::max(1, n / callers);
-  std::atomic<int> ready{0};
-  std::atomic<bool> go{false};
-  std::vector<std::thread> threads;
-  for (int c = 0; c < callers; ++c) {
-    threads.emplace_back([&, c] {
-      ready.fetch_add(1);
-      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
-      per_caller(c, per_thread);
-    });
-  }
-  while (ready.load() < callers) std::this_thread::yield();
-  const auto start = Clock::now();
-  go.store(true, std::memory_order_release);
-  for (auto& thread : threads) thread.join();
-  return per_thread * callers / troupe::bench::seconds_since(start);
-}
-
-double median(const std::vector<double>& values) {
-  Samples samples;
-  for (double v : values) samples.add(v);
-  return samples.median();
-}
 
 std::optional<double> median_or_none(const std::vector<double>& values) {
   if (values.empty()) return std::nullopt;

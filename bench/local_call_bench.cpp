@@ -41,6 +41,8 @@ namespace {
 using troupe::bench::Better;
 using troupe::bench::Clock;
 using troupe::bench::Samples;
+using troupe::bench::measure_parallel;
+using troupe::bench::median;
 using Noop = bench_actors::Noop;
 
 // The baseline's completion: a heap-allocated state per call, set by the
@@ -138,31 +140,6 @@ double measure_throughput(Issue&& issue, WaitAll&& wait_all, int n) {
 // C caller threads, each issuing n/C calls and waiting for them; released
 // together so the timed window covers only the calls. `per_caller(index, n)`
 // does one caller's issue + wait.
-template <class PerCaller>
-double measure_parallel_throughput(int callers, int n, PerCaller&& per_caller) {
-  const int per_thread = std::max(1, n / callers);
-  std::atomic<int> ready{0};
-  std::atomic<bool> go{false};
-  std::vector<std::thread> threads;
-  for (int c = 0; c < callers; ++c) {
-    threads.emplace_back([&, c] {
-      ready.fetch_add(1);
-      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
-      per_caller(c, per_thread);
-    });
-  }
-  while (ready.load() < callers) std::this_thread::yield();
-  const auto start = Clock::now();
-  go.store(true, std::memory_order_release);
-  for (auto& thread : threads) thread.join();
-  return per_thread * callers / troupe::bench::seconds_since(start);
-}
-
-double median(const std::vector<double>& values) {
-  Samples samples;
-  for (double v : values) samples.add(v);
-  return samples.median();
-}
 
 }  // namespace
 
@@ -252,7 +229,7 @@ int main(int argc, char** argv) {
 
   // ---- throughput, several callers (1:1 caller:actor) ---------------------------
   auto troupe_parallel = [&] {
-    return measure_parallel_throughput(callers, throughput_calls, [&](int c, int n) {
+    return measure_parallel(callers, throughput_calls, [&](int c, int n) {
       std::vector<troupe::ObjectRef<void>> mine;
       mine.reserve(static_cast<std::size_t>(n));
       for (int i = 0; i < n; ++i) mine.push_back(caller_actors[static_cast<std::size_t>(c)].call<&Noop::noop>());
@@ -260,7 +237,7 @@ int main(int argc, char** argv) {
     });
   };
   auto baseline_parallel = [&] {
-    return measure_parallel_throughput(callers, throughput_calls, [&](int, int n) {
+    return measure_parallel(callers, throughput_calls, [&](int, int n) {
       std::vector<std::shared_ptr<Completion>> mine;
       mine.reserve(static_cast<std::size_t>(n));
       for (int i = 0; i < n; ++i) mine.push_back(pool.call(noop_function));
