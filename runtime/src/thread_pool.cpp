@@ -4,7 +4,42 @@
 
 namespace troupe::detail {
 namespace {
-thread_local const ThreadPool* t_pool = nullptr;
+thread_local ThreadPool* t_pool = nullptr;
+thread_local DeferScope* t_defer = nullptr;
+}
+
+ThreadPool* ThreadPool::current() noexcept { return t_pool; }
+
+void ThreadPool::post_or_defer(std::function<void()> fn) {
+  DeferScope* scope = t_defer;
+  if (scope && !scope->deferred_) {  // the scope's thread runs it, whichever pool posts
+    scope->deferred_ = std::move(fn);
+    return;
+  }
+  post(std::move(fn));
+}
+
+DeferScope::DeferScope(ThreadPool& pool) : pool_(pool) {
+  if (t_defer == nullptr) {
+    t_defer = this;
+    active_ = true;
+  }
+}
+
+DeferScope::~DeferScope() {
+  if (active_) t_defer = nullptr;
+  if (deferred_) pool_.post(std::move(deferred_));
+}
+
+void DeferScope::run() {
+  if (active_) {
+    t_defer = nullptr;
+    active_ = false;
+  }
+  if (!deferred_) return;
+  auto fn = std::move(deferred_);
+  deferred_ = nullptr;
+  fn();
 }
 
 ThreadPool::ThreadPool(int threads) : guard_(boost::asio::make_work_guard(context_)) {

@@ -26,6 +26,15 @@ class ThreadPool {
   void post(F&& fn) {
     boost::asio::post(context_, std::forward<F>(fn));
   }
+  // Like post(), except inside a DeferScope on this thread (opened for any
+  // pool) whose slot is free: then `fn` runs on this thread when the scope
+  // ends, saving the wake-up of another thread (the call plane uses this to
+  // run a call on the thread that received it). At most one function is
+  // deferred per scope, so work that may run concurrently still spreads.
+  void post_or_defer(std::function<void()> fn);
+  boost::asio::io_context& context() noexcept { return context_; }
+  // The pool whose thread (fixed or temporary) calls this, or nullptr.
+  static ThreadPool* current() noexcept;
   // Stops taking work, drops what is queued and joins every thread.
   void stop();
   bool on_pool_thread() const noexcept;
@@ -48,6 +57,25 @@ class ThreadPool {
   std::mutex temporaries_mutex_;
   std::list<Temporary> temporaries_;
   std::atomic<bool> stopped_{false};
+};
+
+// Collects the one function post_or_defer() defers on this thread and runs
+// it in run() (or, if run() is never reached, posts it from the destructor
+// so that nothing is lost). Scopes do not nest: an inner scope is inert.
+class DeferScope {
+ public:
+  explicit DeferScope(ThreadPool& pool);
+  ~DeferScope();
+  DeferScope(const DeferScope&) = delete;
+  DeferScope& operator=(const DeferScope&) = delete;
+  // Closes the scope and runs the deferred function, if any, here.
+  void run();
+
+ private:
+  friend class ThreadPool;
+  ThreadPool& pool_;
+  bool active_ = false;
+  std::function<void()> deferred_;
 };
 
 }  // namespace troupe::detail

@@ -269,8 +269,9 @@ void ClusterRuntime::start() {
   std::string bind_ip;
   if (const char* ip = std::getenv("TROUPE_NODE_IP"); ip && *ip) bind_ip = ip;
   else bind_ip = local_ip_for(host_of(config_.head_address));
-  calls_ = std::make_unique<CallPlane>(bind_ip, [this](transport::ReceivedMessage& m) { on_call_message(m); });
+  calls_ = std::make_unique<CallPlane>(bind_ip, pool_, [this](transport::ReceivedMessage& m) { on_call_message(m); });
   calls_->set_periodic(std::chrono::milliseconds(20), [this] { tick(); });
+  calls_->start();
   g_cluster = this;
   set_release_hook(&release_hook);
   if (config_.actor_host) {

@@ -213,39 +213,168 @@ void ControlChannel::loop() {
 
 // ---- CallPlane ------------------------------------------------------------------
 
-CallPlane::CallPlane(const std::string& bind_ip, Handler on_message)
-    : inbound_(zmq_context(), zmq::socket_type::router), on_message_(std::move(on_message)) {
-  inbound_.set(zmq::sockopt::linger, 0);
-  transport::apply_socket_limits(inbound_, transport::FramingLimits{});
-  inbound_.bind("tcp://" + bind_ip + ":*");
-  address_ = inbound_.get(zmq::sockopt::last_endpoint);
-  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0) throw_error(Errc::transport, "eventfd failed");
-  thread_ = std::thread([this] { loop(); });
+// What the pool's handlers touch; they hold it by shared_ptr, so it
+// outlives a handler still queued when the CallPlane goes away.
+struct CallPlane::Core {
+  Core(ThreadPool& pool, Handler on_message)
+      : pool(pool),
+        inbound(zmq_context(), zmq::socket_type::router),
+        readable(pool.context()),
+        timer(pool.context()),
+        on_message(std::move(on_message)) {}
+
+  ThreadPool& pool;
+  zmq::socket_t inbound;
+  // A duplicate of the socket's ZMQ_FD: readable when the socket's
+  // events may have changed (edge-like: only a drain re-arms it).
+  boost::asio::posix::stream_descriptor readable;
+  boost::asio::steady_timer timer;
+  Handler on_message;
+  std::chrono::milliseconds period{20};
+  std::function<void()> tick;
+  // Held while a handler uses `inbound` or checks `stopped`; stop() takes
+  // it to wait out a running drain.
+  std::mutex mutex;
+  bool stopped = false;
+  bool wait_pending = false;  // an async_wait on `readable` is outstanding
+  bool post_pending = false;  // a posted on_readable is outstanding
+  transport::FramingLimits limits;
+
+  // Watches the fd again (at most one wait outstanding), then looks at the
+  // socket once more: an edge that came between the last look and the
+  // registration is not reported by Asio's edge-triggered reactor, so a
+  // message it announced is drained by a posted handler instead (at most
+  // one outstanding too). Called with `mutex` held.
+  void arm_locked(const std::shared_ptr<Core>& self) {
+    if (!wait_pending) {
+      wait_pending = true;
+      readable.async_wait(boost::asio::posix::descriptor_base::wait_read,
+                          [self](const boost::system::error_code& error) {
+                            {
+                              std::lock_guard lock(self->mutex);
+                              self->wait_pending = false;
+                            }
+                            if (!error) self->on_readable(self);
+                          });
+    }
+    if (!post_pending && (inbound.get(zmq::sockopt::events) & ZMQ_POLLIN)) post_locked(self);
+  }
+
+  void post_locked(const std::shared_ptr<Core>& self) {
+    post_pending = true;
+    boost::asio::post(pool.context(), [self] {
+      {
+        std::lock_guard lock(self->mutex);
+        self->post_pending = false;
+      }
+      self->on_readable(self);
+    });
+  }
+
+  void arm_timer(const std::shared_ptr<Core>& self) {
+    timer.expires_after(period);
+    timer.async_wait([self](const boost::system::error_code& error) {
+      if (error) return;
+      std::function<void()> fn;
+      {
+        std::lock_guard lock(self->mutex);
+        if (self->stopped) return;
+        fn = self->tick;
+      }
+      if (fn) {
+        try {
+          fn();
+        } catch (const std::exception& e) {
+          TROUPE_LOG_WARN("call plane tick failed: {}", e.what());
+        }
+      }
+      std::lock_guard lock(self->mutex);
+      if (!self->stopped) self->arm_timer(self);
+    });
+  }
+
+  void on_readable(const std::shared_ptr<Core>& self) {
+    // Calls handed to an idle actor while dispatching run here afterwards,
+    // once another thread can take the socket.
+    DeferScope defer(pool);
+    {
+      std::lock_guard lock(mutex);
+      if (stopped) return;
+      // Bounded, so that one busy peer cannot hold this thread forever; a
+      // socket with more to read is handed back to the pool directly (its
+      // fd would not signal again).
+      constexpr int kBatch = 256;
+      bool more = false;
+      for (int n = 0;; ++n) {
+        try {
+          if (!(inbound.get(zmq::sockopt::events) & ZMQ_POLLIN)) break;
+          if (n == kBatch) {
+            more = true;
+            break;
+          }
+          auto routed = transport::recv_routed(inbound, std::chrono::milliseconds(0), limits);
+          if (!routed) break;
+          on_message(routed->message);
+        } catch (const std::exception& e) {
+          TROUPE_LOG_WARN("dropping a bad call-plane message: {}", e.what());
+        }
+      }
+      if (more) {
+        if (!post_pending) post_locked(self);
+      } else {
+        arm_locked(self);
+      }
+    }
+    defer.run();
+  }
+};
+
+CallPlane::CallPlane(const std::string& bind_ip, ThreadPool& pool, Handler on_message)
+    : core_(std::make_shared<Core>(pool, std::move(on_message))) {
+  auto& inbound = core_->inbound;
+  inbound.set(zmq::sockopt::linger, 0);
+  transport::apply_socket_limits(inbound, transport::FramingLimits{});
+  inbound.bind("tcp://" + bind_ip + ":*");
+  address_ = inbound.get(zmq::sockopt::last_endpoint);
+  const int fd = ::dup(inbound.get(zmq::sockopt::fd));
+  if (fd < 0) throw_error(Errc::transport, "dup of the call plane's ZMQ_FD failed");
+  core_->readable.assign(fd);
 }
 
-CallPlane::~CallPlane() {
-  stop();
-  if (wake_fd_ >= 0) ::close(wake_fd_);
+CallPlane::~CallPlane() { stop(); }
+
+void CallPlane::start() {
+  std::lock_guard lock(core_->mutex);
+  if (core_->stopped) return;
+  // Messages may already be queued, and the fd only signals changes.
+  core_->arm_locked(core_);
+  core_->arm_timer(core_);
 }
 
 void CallPlane::stop() {
-  if (stop_.exchange(true)) return;
-  wake(wake_fd_);
-  if (thread_.joinable()) thread_.join();
+  if (stopped_.exchange(true)) return;
+  {
+    std::lock_guard lock(core_->mutex);
+    core_->stopped = true;
+    boost::system::error_code ignored;
+    core_->readable.cancel(ignored);
+    core_->timer.cancel();
+    core_->readable.close(ignored);  // the duplicate; zmq keeps its own fd
+    core_->inbound.close();
+  }
   std::lock_guard lock(out_mutex_);
   outbound_.clear();
 }
 
 void CallPlane::set_periodic(std::chrono::milliseconds period, std::function<void()> tick) {
-  std::lock_guard lock(out_mutex_);
-  period_ = period;
-  tick_ = std::move(tick);
+  std::lock_guard lock(core_->mutex);
+  core_->period = period;
+  core_->tick = std::move(tick);
 }
 
 void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& message) {
   std::lock_guard lock(out_mutex_);
-  if (stop_.load()) throw_error(Errc::cancelled, "call plane is closed");
+  if (stopped_.load()) throw_error(Errc::cancelled, "call plane is closed");
   auto it = outbound_.find(address);
   if (it == outbound_.end()) {
     zmq::socket_t socket(zmq_context(), zmq::socket_type::dealer);
@@ -258,44 +387,6 @@ void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& me
     transport::send_message(it->second, message);
   } catch (const std::exception& e) {
     throw_error(Errc::transport, std::string("send to ") + address + " failed: " + e.what());
-  }
-}
-
-void CallPlane::loop() {
-  transport::FramingLimits limits;
-  while (!stop_.load()) {
-    zmq::pollitem_t items[] = {{inbound_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
-    std::chrono::milliseconds period;
-    std::function<void()> tick;
-    {
-      std::lock_guard lock(out_mutex_);
-      period = period_;
-      tick = tick_;
-    }
-    try {
-      zmq::poll(items, 2, period);
-    } catch (const zmq::error_t& e) {
-      if (e.num() == EINTR) continue;
-      TROUPE_LOG_ERROR("call plane poll failed: {}", e.what());
-      break;
-    }
-    if (items[1].revents & ZMQ_POLLIN) drain(wake_fd_);
-    while (!stop_.load() && (inbound_.get(zmq::sockopt::events) & ZMQ_POLLIN)) {
-      try {
-        auto routed = transport::recv_routed(inbound_, std::chrono::milliseconds(0), limits);
-        if (!routed) break;
-        on_message_(routed->message);
-      } catch (const std::exception& e) {
-        TROUPE_LOG_WARN("dropping a bad call-plane message: {}", e.what());
-      }
-    }
-    if (tick) {
-      try {
-        tick();
-      } catch (const std::exception& e) {
-        TROUPE_LOG_WARN("call plane tick failed: {}", e.what());
-      }
-    }
   }
 }
 

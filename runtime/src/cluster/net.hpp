@@ -4,8 +4,8 @@
 // may be called from any thread and waits (bounded) for the reply; pushed
 // messages go to a handler on that thread.
 //
-// CallPlane: this process's inbound ROUTER for the call plane, polled by
-// one I/O thread that hands each message to a handler; outbound DEALERs,
+// CallPlane: this process's inbound ROUTER for the call plane, watched from
+// the runtime's thread pool (no I/O thread of its own); outbound DEALERs,
 // one per peer address, used directly by the sending thread under a mutex
 // (no hand-off to another thread on the send path).
 #pragma once
@@ -28,6 +28,7 @@
 #include <capnp/message.h>
 #include <zmq.hpp>
 
+#include "../thread_pool.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/call.capnp.h"
 #include "troupe/transport/schema/control.capnp.h"
@@ -80,30 +81,33 @@ class ControlChannel {
 class CallPlane {
  public:
   using Handler = std::function<void(transport::ReceivedMessage&)>;
-  // Binds tcp://bind_ip:* and starts the I/O thread.
-  CallPlane(const std::string& bind_ip, Handler on_message);
+  // Binds tcp://bind_ip:* . Nothing is received until start().
+  CallPlane(const std::string& bind_ip, ThreadPool& pool, Handler on_message);
   ~CallPlane();
 
   const std::string& address() const noexcept { return address_; }  // tcp://ip:port
-  // Sends to the inbound socket of the process at `address`.
+  // Starts receiving: the inbound socket is watched from the pool's
+  // io_context, and `on_message` runs on a pool thread inside a DeferScope,
+  // so that a call it hands to an idle actor runs on that same thread once
+  // the batch is dispatched (one wake-up fewer per call than a separate I/O
+  // thread). One thread at a time receives; messages are dispatched in
+  // arrival order.
+  void start();
+  // Sends to the inbound socket of the process at `address`. Any thread.
   void send(const std::string& address, capnp::MallocMessageBuilder& message);
-  // Runs `tick` on the I/O thread about every `period` (batched releases).
+  // Runs `tick` on a pool thread about every `period` (batched releases,
+  // deadlines). Set before start().
   void set_periodic(std::chrono::milliseconds period, std::function<void()> tick);
+  // Stops receiving; on return no handler runs `on_message` or `tick` again.
   void stop();
 
  private:
-  void loop();
-
-  zmq::socket_t inbound_;
+  struct Core;
+  std::shared_ptr<Core> core_;
   std::string address_;
-  Handler on_message_;
-  int wake_fd_ = -1;
   std::mutex out_mutex_;
   std::map<std::string, zmq::socket_t> outbound_;
-  std::chrono::milliseconds period_{20};
-  std::function<void()> tick_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
+  std::atomic<bool> stopped_{false};
 };
 
 }  // namespace troupe::detail

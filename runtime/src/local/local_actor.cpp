@@ -251,9 +251,11 @@ void LocalActor::schedule() {
   }
   if (to_start.empty()) return;
   auto self = shared_from_this();
-  for (auto& task : to_start) runtime_->pool().post([self, task = std::move(task)]() mutable {
-    self->run_loop(std::move(task));
-  });
+  // post_or_defer: a call that arrived on the call plane may run on the
+  // thread that received it (see CallPlane), saving a wake-up.
+  auto& pool = runtime_->pool();
+  for (auto& task : to_start)
+    pool.post_or_defer([self, task = std::move(task)]() mutable { self->run_loop(std::move(task)); });
 }
 
 void LocalActor::run_loop(TaskPtr task) {

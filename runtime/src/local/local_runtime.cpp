@@ -399,9 +399,9 @@ void post_task(std::function<void()> fn) {
 }
 
 BlockingRegion::BlockingRegion() {
-  Backend* runtime = g_runtime_fast.load(std::memory_order_acquire);
-  if (runtime == nullptr || !runtime->pool().on_pool_thread()) return;
-  if (auto shared = backend()) token_ = shared->pool().add_temporary_thread();
+  // The pool of this thread (the runtime's, or an actor host's local one)
+  // gets a stand-in for as long as this thread waits.
+  if (ThreadPool* pool = ThreadPool::current()) token_ = pool->add_temporary_thread();
 }
 
 BlockingRegion::~BlockingRegion() = default;
