@@ -1,1 +1,0 @@
-void troupe_actors_anchor() {}
