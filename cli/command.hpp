@@ -46,5 +46,6 @@ void set_action(CLI::App& command, std::function<int()> action);
 // One per subcommand, each in its own file.
 void add_info_command(CLI::App& app);
 void add_gpus_command(CLI::App& app);
+void add_plan_command(CLI::App& app);  // cmd_plan.cpp
 
 }  // namespace troupe::cli

@@ -31,6 +31,7 @@ constexpr AddCommand kCommands[] = {
     add_job_command,
     add_info_command,
     add_gpus_command,
+    add_plan_command,
     add_daemon_command,  // hidden
 };
 
