@@ -1,0 +1,509 @@
+// TROUPE_TEST_LABELS: fast
+// The UCX data plane: contexts and transports, fetch / push / publish between
+// two workers in this process and between this process and a holder process
+// (this binary re-executed), as a matrix of transport x size x memory type.
+#include "troupe/transport/ucx.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "troupe/transport/error.hpp"
+
+extern char** environ;
+
+namespace troupe::transport {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr std::size_t KiB = 1024, MiB = 1024 * 1024;
+
+struct Tls {
+  const char* name;
+  const char* tls;
+};
+constexpr Tls kShm{"shm", "posix,sysv,cma,self"};
+constexpr Tls kTcp{"tcp", "tcp,self"};
+
+// Deterministic, position- and seed-dependent bytes, so a shifted or mixed-up
+// copy never compares equal.
+ObjectBuffer pattern(std::size_t size, std::uint64_t seed) {
+  ObjectBuffer buffer = ObjectBuffer::allocate_host(size);
+  auto* bytes = static_cast<unsigned char*>(buffer.data);
+  std::uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+  std::size_t i = 0;
+  for (; i + 8 <= size; i += 8) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    std::memcpy(bytes + i, &x, 8);
+  }
+  for (; i < size; ++i) bytes[i] = static_cast<unsigned char>(seed + i);
+  return buffer;
+}
+
+bool same_bytes(const ObjectBuffer& a, const ObjectBuffer& b) {
+  return a.size == b.size && a.memory == MemoryType::host && b.memory == MemoryType::host &&
+         (a.size == 0 || std::memcmp(a.data, b.data, a.size) == 0);
+}
+
+TransportErrc error_code(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const TransportError& e) {
+    return e.code();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not a TransportError: " << e.what();
+  }
+  return TransportErrc::transport;
+}
+
+template <class Future>
+TransportErrc error_of(Future&& future) {
+  try {
+    future.get();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "  (error: %s)\n", e.what());
+    return error_code(std::current_exception());
+  }
+  ADD_FAILURE() << "expected an error";
+  return TransportErrc::transport;
+}
+
+// One process's data-plane stack.
+struct Node {
+  explicit Node(const Tls& tls, DataPlaneOptions options = {}) {
+    UcxOptions ucx;
+    ucx.tls = tls.tls;
+    context = UcxContext::create(ucx);
+    worker = UcxWorker::create(context);
+    plane = std::make_unique<DataPlane>(worker, std::move(options));
+  }
+  std::shared_ptr<UcxContext> context;
+  std::shared_ptr<UcxWorker> worker;
+  std::unique_ptr<DataPlane> plane;
+};
+
+// --- a holder in another process ---------------------------------------------------
+//
+// This binary re-executed with TROUPE_UCX_TEST_HOLDER=<UCX_TLS>: it publishes
+// holder_object(i) for i in [0, 4), writes its worker address on fd 3, and
+// exits when fd 4 reaches EOF (or it is killed). No UCX state crosses a fork.
+
+constexpr std::size_t kHolderSizes[] = {0, 1, 8 * KiB, 1 * MiB};
+ObjectKey holder_key(int i) { return ObjectKey{0x40, static_cast<std::uint64_t>(i)}; }
+
+[[noreturn]] void run_holder(const char* tls) {
+  int code = 0;
+  try {
+    Node node(Tls{"holder", tls});
+    for (int i = 0; i < 4; ++i) node.plane->publish(holder_key(i), pattern(kHolderSizes[i], 100 + i));
+    const std::string& address = node.plane->address();
+    const std::uint32_t length = static_cast<std::uint32_t>(address.size());
+    if (::write(3, &length, sizeof length) != sizeof length ||
+        ::write(3, address.data(), address.size()) != static_cast<ssize_t>(address.size()))
+      code = 2;
+    char byte;
+    while (code == 0 && ::read(4, &byte, 1) != 0) {
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ucx test holder: %s\n", e.what());
+    code = 1;
+  }
+  ::_exit(code);
+}
+
+// Runs before gtest's main when this process is a holder.
+[[maybe_unused]] const bool kHolderRole = [] {
+  if (const char* tls = std::getenv("TROUPE_UCX_TEST_HOLDER")) run_holder(tls);
+  return false;
+}();
+
+class HolderProcess {
+ public:
+  explicit HolderProcess(const char* tls) {
+    int to_parent[2], to_child[2];
+    if (::pipe2(to_parent, O_CLOEXEC) != 0 || ::pipe2(to_child, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, to_parent[1], 3);
+    posix_spawn_file_actions_adddup2(&actions, to_child[0], 4);
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e != nullptr; ++e)
+      if (std::strncmp(*e, "TROUPE_UCX_TEST_HOLDER=", 23) != 0) env_strings.emplace_back(*e);
+    env_strings.push_back(std::string("TROUPE_UCX_TEST_HOLDER=") + tls);
+    std::vector<char*> env;
+    for (auto& s : env_strings) env.push_back(s.data());
+    env.push_back(nullptr);
+    char exe[] = "/proc/self/exe";
+    char* argv[] = {exe, nullptr};
+    const int rc = ::posix_spawn(&pid_, "/proc/self/exe", &actions, nullptr, argv, env.data());
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(to_parent[1]);
+    ::close(to_child[0]);
+    control_ = to_child[1];
+    if (rc != 0) throw std::runtime_error("posix_spawn failed");
+    std::uint32_t length = 0;
+    if (::read(to_parent[0], &length, sizeof length) != sizeof length || length > 4096) {
+      ::close(to_parent[0]);
+      throw std::runtime_error("the holder process did not start");
+    }
+    address_.resize(length);
+    std::size_t got = 0;
+    while (got < length) {
+      const ssize_t n = ::read(to_parent[0], address_.data() + got, length - got);
+      if (n <= 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    ::close(to_parent[0]);
+  }
+  ~HolderProcess() {
+    if (control_ >= 0) ::close(control_);
+    if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
+  }
+  const std::string& address() const { return address_; }
+  void kill() {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int control_ = -1;
+  std::string address_;
+};
+
+// --- contexts and transports -------------------------------------------------------
+
+TEST(UcxContext, ReportsTheTransportsItWasAskedFor) {
+  UcxOptions options;
+  options.tls = kShm.tls;
+  auto shm = UcxContext::create(options);
+  EXPECT_NE(shm->transports().find("posix"), std::string::npos) << shm->transports();
+  EXPECT_EQ(shm->transports().find("tcp"), std::string::npos) << shm->transports();
+  EXPECT_EQ(shm->transports().find("self"), std::string::npos) << shm->transports();
+  EXPECT_NE(shm->describe().find("cuda_native"), std::string::npos);
+
+  options.tls = "tcp";
+  options.net_devices = "lo";
+  auto tcp = UcxContext::create(options);
+  EXPECT_EQ(tcp->transports(), "tcp");
+  EXPECT_FALSE(tcp->cuda_native());  // Debian's UCX has no CUDA transport
+}
+
+TEST(UcxContext, AnUnknownTransportIsUnsupported) {
+  UcxOptions options;
+  options.tls = "no_such_transport";
+  try {
+    UcxContext::create(options);
+    FAIL() << "expected an error";
+  } catch (const TransportError& error) {
+    EXPECT_EQ(error.code(), TransportErrc::unsupported) << error.what();
+  }
+}
+
+TEST(UcxContext, EveryUcsStatusBecomesATypedError) {
+  EXPECT_EQ(error_from_ucs(-25 /*UCS_ERR_CONNECTION_RESET*/, "x").code(), TransportErrc::object_lost);
+  EXPECT_EQ(error_from_ucs(-80 /*UCS_ERR_ENDPOINT_TIMEOUT*/, "x").code(), TransportErrc::object_lost);
+  EXPECT_EQ(error_from_ucs(-20 /*UCS_ERR_TIMED_OUT*/, "x").code(), TransportErrc::timeout);
+  EXPECT_EQ(error_from_ucs(-16 /*UCS_ERR_CANCELED*/, "x").code(), TransportErrc::cancelled);
+  EXPECT_EQ(error_from_ucs(-5 /*UCS_ERR_INVALID_PARAM*/, "x").code(), TransportErrc::invalid_argument);
+  EXPECT_EQ(error_from_ucs(-14 /*UCS_ERR_NO_ELEM*/, "x").code(), TransportErrc::unsupported);
+  EXPECT_EQ(error_from_ucs(-6 /*UCS_ERR_UNREACHABLE*/, "x").code(), TransportErrc::object_lost);
+  EXPECT_EQ(error_from_ucs(-4 /*UCS_ERR_NO_MEMORY*/, "x").code(), TransportErrc::transport);
+  EXPECT_EQ(error_from_ucs(-6, "connecting").message(), "connecting: Destination is unreachable");
+}
+
+TEST(UcxWorker, RunsPostedTasksInOrderOnItsProgressThread) {
+  UcxOptions options;
+  options.tls = kShm.tls;
+  auto worker = UcxWorker::create(UcxContext::create(options));
+  EXPECT_FALSE(worker->address().empty());
+  std::vector<int> order;
+  std::promise<bool> done;
+  for (int i = 0; i < 100; ++i) worker->post([&, i] { order.push_back(i); });
+  worker->post([&] { done.set_value(worker->on_progress_thread()); });
+  EXPECT_TRUE(done.get_future().get());
+  ASSERT_EQ(order.size(), 100u);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
+}
+
+// --- the matrix: transport x size, host memory, two workers in this process ---------
+
+struct MatrixCase {
+  Tls tls;
+  std::size_t size;
+};
+std::string case_name(const testing::TestParamInfo<MatrixCase>& info) {
+  return std::string(info.param.tls.name) + "_" + std::to_string(info.param.size) + "B";
+}
+
+class UcxTransfer : public testing::TestWithParam<MatrixCase> {};
+
+TEST_P(UcxTransfer, FetchDeliversTheExactBytes) {
+  Node holder(GetParam().tls), consumer(GetParam().tls);
+  const auto original = pattern(GetParam().size, 7);
+  holder.plane->publish({1, 2}, original);
+  auto fetched = consumer.plane->fetch(holder.plane->address(), {1, 2}).get();
+  EXPECT_EQ(fetched.memory, MemoryType::host);
+  EXPECT_TRUE(same_bytes(fetched, original));
+  // Fetching again works (the endpoint is cached) and gives a separate copy.
+  auto again = consumer.plane->fetch(holder.plane->address(), {1, 2}).get();
+  EXPECT_TRUE(same_bytes(again, original));
+  if (GetParam().size > 0) {
+    EXPECT_NE(again.data, fetched.data);
+  }
+}
+
+TEST_P(UcxTransfer, PushThenFetchNeedsNoRoundTrip) {
+  Node holder(GetParam().tls), consumer(GetParam().tls);
+  const auto original = pattern(GetParam().size, 9);
+  holder.plane->publish({3, 4}, original);
+  holder.plane->push(consumer.plane->address(), {3, 4}, original).get();
+  // The push completed on the sender; wait until the consumer holds it.
+  for (int i = 0; i < 2000 && consumer.plane->stats().get().inbox_objects == 0; ++i) std::this_thread::sleep_for(1ms);
+  ASSERT_EQ(consumer.plane->stats().get().inbox_objects, 1u);
+  auto fetched = consumer.plane->fetch(holder.plane->address(), {3, 4}).get();
+  EXPECT_TRUE(same_bytes(fetched, original));
+  const auto stats = consumer.plane->stats().get();
+  EXPECT_EQ(stats.fetches_from_inbox, 1u);
+  EXPECT_EQ(stats.inbox_objects, 0u);  // a pushed object is handed to one fetch
+  EXPECT_EQ(holder.plane->stats().get().fetches_served, 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Matrix, UcxTransfer,
+    testing::Values(MatrixCase{kShm, 0}, MatrixCase{kShm, 1}, MatrixCase{kShm, 8 * KiB}, MatrixCase{kShm, 1 * MiB},
+                    MatrixCase{kShm, 64 * MiB}, MatrixCase{kTcp, 0}, MatrixCase{kTcp, 1}, MatrixCase{kTcp, 8 * KiB},
+                    MatrixCase{kTcp, 1 * MiB}, MatrixCase{kTcp, 64 * MiB}),
+    case_name);
+
+// --- errors and the rest of the contract (shm) --------------------------------------
+
+TEST(UcxDataPlane, AnUnpublishedIdIsNotFound) {
+  Node holder(kShm), consumer(kShm);
+  EXPECT_EQ(error_of(consumer.plane->fetch(holder.plane->address(), {9, 9})), TransportErrc::not_found);
+  holder.plane->publish({9, 9}, pattern(10, 1));
+  EXPECT_TRUE(holder.plane->unpublish({9, 9}));
+  EXPECT_FALSE(holder.plane->unpublish({9, 9}));
+  EXPECT_EQ(error_of(consumer.plane->fetch(holder.plane->address(), {9, 9})), TransportErrc::not_found);
+}
+
+TEST(UcxDataPlane, AFetchThatGetsNoAnswerTimesOut) {
+  Node holder(kShm), consumer(kShm);
+  const auto start = std::chrono::steady_clock::now();
+  FetchOptions options;
+  options.timeout = 200ms;
+  options.wait_for_publish = true;  // the holder parks the request: no answer comes
+  EXPECT_EQ(error_of(consumer.plane->fetch(holder.plane->address(), {5, 5}, options)), TransportErrc::timeout);
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(took, 190ms);
+  EXPECT_LT(took, 2s);
+}
+
+TEST(UcxDataPlane, AParkedFetchCompletesWhenTheObjectIsPublished) {
+  Node holder(kShm), consumer(kShm);
+  FetchOptions options;
+  options.wait_for_publish = true;
+  auto pending = consumer.plane->fetch(holder.plane->address(), {6, 6}, options);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(pending.wait_for(0s), std::future_status::timeout);
+  const auto original = pattern(300 * KiB, 6);
+  holder.plane->publish({6, 6}, original);
+  EXPECT_TRUE(same_bytes(pending.get(), original));
+}
+
+TEST(UcxDataPlane, ManyConcurrentFetchesAllComplete) {
+  Node holder(kShm), consumer(kShm);
+  constexpr int kObjects = 64;
+  std::vector<ObjectBuffer> originals;
+  for (int i = 0; i < kObjects; ++i) {
+    originals.push_back(pattern(i % 4 == 0 ? 512 * KiB : 3 * KiB + i, 1000 + i));
+    holder.plane->publish({7, static_cast<std::uint64_t>(i)}, originals.back());
+  }
+  // Several threads, several fetches of every object each.
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      std::vector<std::future<ObjectBuffer>> futures;
+      for (int i = 0; i < kObjects; ++i)
+        futures.push_back(consumer.plane->fetch(holder.plane->address(), {7, static_cast<std::uint64_t>(i)}));
+      for (int i = 0; i < kObjects; ++i)
+        if (same_bytes(futures[i].get(), originals[i])) ++good;
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(good.load(), 4 * kObjects);
+}
+
+TEST(UcxDataPlane, CallbacksRunOnTheProgressThread) {
+  Node holder(kShm), consumer(kShm);
+  holder.plane->publish({8, 1}, pattern(100, 1));
+  std::promise<bool> on_thread;
+  consumer.plane->fetch(holder.plane->address(), {8, 1}, {}, [&](ObjectBuffer, std::exception_ptr error) {
+    on_thread.set_value(!error && consumer.worker->on_progress_thread());
+  });
+  EXPECT_TRUE(on_thread.get_future().get());
+}
+
+TEST(UcxDataPlane, AFullInboxRefusesAPushAndTheFetchGoesToTheHolder) {
+  DataPlaneOptions small_inbox;
+  small_inbox.inbox_max_bytes = 1 * MiB;
+  Node holder(kShm), consumer(kShm, small_inbox);
+  const auto big = pattern(2 * MiB, 3);  // rendezvous-sized: the pusher learns of the refusal
+  holder.plane->publish({10, 1}, big);
+  EXPECT_EQ(error_of(holder.plane->push(consumer.plane->address(), {10, 1}, big)), TransportErrc::transport);
+  EXPECT_EQ(consumer.plane->stats().get().pushes_refused, 1u);
+  EXPECT_TRUE(same_bytes(consumer.plane->fetch(holder.plane->address(), {10, 1}).get(), big));
+  EXPECT_EQ(holder.plane->stats().get().fetches_served, 1u);
+}
+
+TEST(UcxDataPlane, APushCompletesAFetchAlreadyWaiting) {
+  Node holder(kShm), consumer(kShm);
+  const auto original = pattern(2 * MiB, 12);
+  FetchOptions options;
+  options.wait_for_publish = true;  // the holder has nothing yet: the request parks
+  auto pending = consumer.plane->fetch(holder.plane->address(), {12, 1}, options);
+  std::this_thread::sleep_for(20ms);
+  holder.plane->push(consumer.plane->address(), {12, 1}, original).get();
+  EXPECT_TRUE(same_bytes(pending.get(), original));
+  EXPECT_EQ(consumer.plane->stats().get().inbox_objects, 0u);
+}
+
+TEST(UcxDataPlane, AnAllocatorChoosesWhereFetchedBytesLand) {
+  auto arena = std::make_shared<std::vector<char>>(4 * MiB);
+  std::atomic<int> calls{0};
+  DataPlaneOptions options;
+  options.allocator = [&](std::size_t size, MemoryType memory) {
+    ++calls;
+    return ObjectBuffer::wrap(arena->data(), size, arena, memory);
+  };
+  Node holder(kShm), consumer(kShm, options);
+  const auto original = pattern(3 * MiB, 13);
+  holder.plane->publish({13, 1}, original);
+  auto fetched = consumer.plane->fetch(holder.plane->address(), {13, 1}).get();
+  EXPECT_EQ(fetched.data, arena->data());
+  EXPECT_TRUE(same_bytes(fetched, original));
+  EXPECT_EQ(calls.load(), 1);
+}
+
+TEST(UcxDataPlane, ReportsTheTransportsOfAPeerEndpoint) {
+  Node shm_a(kShm), shm_b(kShm);
+  const auto shm = shm_a.plane->peer_transports(shm_b.plane->address()).get();
+  EXPECT_TRUE(shm.find("posix") != std::string::npos || shm.find("sysv") != std::string::npos) << shm;
+  Node tcp_a(kTcp), tcp_b(kTcp);
+  EXPECT_EQ(tcp_a.plane->peer_transports(tcp_b.plane->address()).get(), "tcp");
+}
+
+TEST(UcxDataPlane, ShuttingDownCancelsPendingFetches) {
+  Node holder(kShm);
+  std::future<ObjectBuffer> pending;
+  {
+    Node consumer(kShm);
+    FetchOptions options;
+    options.wait_for_publish = true;
+    pending = consumer.plane->fetch(holder.plane->address(), {14, 1}, options);
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(error_of(pending), TransportErrc::cancelled);
+}
+
+// --- memory types -----------------------------------------------------------------
+
+// CUDA destinations and sources, checked through the data plane itself: a
+// fetch into device memory, then that device buffer published and fetched
+// back into host memory (both staging directions when UCX is not
+// CUDA-capable). Skips where this build or machine has no CUDA.
+class UcxCudaTransfer : public testing::TestWithParam<std::size_t> {};
+
+TEST_P(UcxCudaTransfer, DeviceMemoryRoundTripsByteExact) {
+  DataPlaneOptions small_chunks;
+  small_chunks.staging_chunk_bytes = 256 * KiB;  // several chunks in flight for the large sizes
+  Node holder(kShm, small_chunks), consumer(kShm, small_chunks);
+  const auto original = pattern(GetParam(), 21);
+  holder.plane->publish({21, 1}, original);
+  FetchOptions to_device;
+  to_device.destination = MemoryType::cuda;
+  ObjectBuffer on_device;
+  try {
+    on_device = consumer.plane->fetch(holder.plane->address(), {21, 1}, to_device).get();
+  } catch (const TransportError& error) {
+    if (error.code() == TransportErrc::unsupported) GTEST_SKIP() << "no CUDA here: " << error.what();
+    throw;
+  }
+  EXPECT_EQ(on_device.memory, MemoryType::cuda);
+  EXPECT_EQ(on_device.size, original.size);
+  consumer.plane->publish({21, 2}, on_device);
+  auto back = holder.plane->fetch(consumer.plane->address(), {21, 2}).get();
+  EXPECT_TRUE(same_bytes(back, original));
+  // Device to device.
+  auto device_copy = holder.plane->fetch(consumer.plane->address(), {21, 2}, to_device).get();
+  EXPECT_EQ(device_copy.memory, MemoryType::cuda);
+  holder.plane->publish({21, 3}, device_copy);
+  EXPECT_TRUE(same_bytes(consumer.plane->fetch(holder.plane->address(), {21, 3}).get(), original));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, UcxCudaTransfer, testing::Values(0, 1, 8 * KiB, 1 * MiB, 64 * MiB));
+
+// --- two processes ------------------------------------------------------------------
+
+class UcxProcesses : public testing::TestWithParam<Tls> {};
+
+TEST_P(UcxProcesses, FetchesFromAHolderProcess) {
+  HolderProcess holder(GetParam().tls);
+  Node consumer(GetParam());
+  for (int i = 0; i < 4; ++i) {
+    auto fetched = consumer.plane->fetch(holder.address(), holder_key(i)).get();
+    EXPECT_TRUE(same_bytes(fetched, pattern(kHolderSizes[i], 100 + i))) << "object " << i;
+  }
+  EXPECT_EQ(error_of(consumer.plane->fetch(holder.address(), holder_key(99))), TransportErrc::not_found);
+}
+
+TEST_P(UcxProcesses, AHolderKilledBeforeTheFetchFailsItWithinTheTimeout) {
+  HolderProcess holder(GetParam().tls);
+  holder.kill();
+  Node consumer(GetParam());
+  FetchOptions options;
+  options.timeout = 5s;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(error_of(consumer.plane->fetch(holder.address(), holder_key(3), options)), TransportErrc::object_lost);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 6s);
+}
+
+TEST_P(UcxProcesses, AHolderThatDiesDuringAFetchFailsItAsObjectLost) {
+  HolderProcess holder(GetParam().tls);
+  Node consumer(GetParam());
+  // Connected and working first.
+  EXPECT_EQ(consumer.plane->fetch(holder.address(), holder_key(1)).get().size, 1u);
+  FetchOptions options;
+  options.timeout = 8s;
+  options.wait_for_publish = true;  // parked at the holder: only its death ends it early
+  auto pending = consumer.plane->fetch(holder.address(), holder_key(99), options);
+  std::this_thread::sleep_for(50ms);
+  const auto start = std::chrono::steady_clock::now();
+  holder.kill();
+  EXPECT_EQ(error_of(pending), TransportErrc::object_lost);
+  // Keepalive is 1 s by default (UcxOptions::keepalive_interval).
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, UcxProcesses, testing::Values(kShm, kTcp),
+                         [](const testing::TestParamInfo<Tls>& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace troupe::transport

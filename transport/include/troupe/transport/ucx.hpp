@@ -1,0 +1,309 @@
+// The data plane: object bytes between processes over UCX active messages,
+// with no extra copy of large payloads, in host or CUDA memory.
+//
+// Three layers, each holding a shared_ptr to the one below, so teardown order
+// is fixed (context outlives worker outlives endpoint outlives request):
+//
+//   UcxContext  one per process: ucp_context with the transports chosen by
+//               UcxOptions / UCX_TLS / UCX_NET_DEVICES.
+//   UcxWorker   one per process: a ucp_worker and the progress thread that
+//               owns it. Every UCX call happens on that thread; other threads
+//               post work to it (mutex + queue + eventfd). Between bursts of
+//               work the thread sleeps in poll() on the worker's event fd
+//               (armed with ucp_worker_arm) and the wake-up eventfd.
+//   DataPlane   the object protocol on one worker: a holder publishes
+//               objects by id; a consumer fetches them by (holder worker
+//               address, id), or a holder pushes them to a consumer ahead of
+//               the fetch. Endpoints (cached per peer address, with
+//               UCP_ERR_HANDLING_MODE_PEER) live inside it.
+//
+// Wire protocol (AM ids 116 and 117, all integers in host byte
+// order: both ends are troupe of the same build on the same architecture):
+//   request  header {magic, wait_ms, request_id, id}, data = the requester's
+//            worker address (the holder answers on its own cached endpoint).
+//   data     header {magic, kind reply|push, status ok|not_found, transfer_id
+//            (= request_id for a reply), id, total size, offset}, data = the
+//            bytes [offset, offset + length) of the object. Host objects (and
+//            CUDA objects when UCX is CUDA-capable) go as one message; CUDA
+//            objects staged through pinned host memory go in chunks.
+//   Messages of `DataPlaneOptions::rndv_threshold` bytes or more are sent
+//   with UCP_AM_SEND_FLAG_RNDV, so the receiver gets a rendezvous descriptor
+//   and UCX moves the bytes straight into the buffer the receiver's allocator
+//   returned (zero-copy on both sides: shm uses CMA/process_vm_readv, tcp
+//   reads the socket into the buffer). Smaller ones are left to UCX (eager
+//   or rendezvous, its choice); eager bytes are copied once out of UCX's
+//   receive buffer.
+//
+// Errors are TransportError values (troupe/transport/error.hpp), carried in
+// the futures or passed to the callbacks as exception_ptr: not_found,
+// object_lost (holder died or unreachable), timeout, cancelled (shut down),
+// unsupported (e.g. CUDA memory in a build without CUDA), cuda, transport.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <future>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+struct ucp_context;
+struct ucp_worker;
+
+namespace troupe::transport {
+
+enum class MemoryType : std::uint8_t { host = 0, cuda = 1 };
+std::string_view to_string(MemoryType memory) noexcept;
+
+// An object's id on the wire: the runtime's 128-bit ObjectId (hi, lo).
+struct ObjectKey {
+  std::uint64_t hi = 0;
+  std::uint64_t lo = 0;
+  friend bool operator==(const ObjectKey&, const ObjectKey&) = default;
+};
+struct ObjectKeyHash {
+  std::size_t operator()(const ObjectKey& key) const noexcept {
+    return static_cast<std::size_t>(key.hi * 0x9e3779b97f4a7c15ull ^ key.lo);
+  }
+};
+
+// Bytes in host or CUDA memory plus whatever keeps them alive. Copies share
+// the storage. The transport never writes to a buffer it was given to
+// publish or push; it writes to buffers its allocator returned, and only
+// until the fetch that received them completes.
+struct ObjectBuffer {
+  void* data = nullptr;  // may be null when size is 0
+  std::size_t size = 0;
+  MemoryType memory = MemoryType::host;
+  std::shared_ptr<const void> keepalive;  // owns (or pins) the storage
+
+  // Uninitialised host storage, 64-byte aligned (not zeroed: received bytes
+  // overwrite it).
+  static ObjectBuffer allocate_host(std::size_t size);
+  // A host copy of `bytes` (for small objects and tests).
+  static ObjectBuffer copy_of(std::string_view bytes);
+  // Wraps existing memory; `keepalive` must keep [data, data + size) valid.
+  static ObjectBuffer wrap(const void* data, std::size_t size, std::shared_ptr<const void> keepalive,
+                           MemoryType memory = MemoryType::host);
+
+  // The bytes of a host buffer (empty for CUDA memory).
+  std::span<const std::byte> bytes() const noexcept;
+  std::string_view view() const noexcept;
+};
+
+// How one process uses UCX. Empty strings leave UCX's own setting (which
+// reads UCX_TLS / UCX_NET_DEVICES / UCX_KEEPALIVE_INTERVAL from the
+// environment); a non-empty field overrides the environment for this context
+// (applied with ucp_config_modify).
+struct UcxOptions {
+  std::string tls;          // UCX_TLS syntax, e.g. "posix,sysv,cma,self" or "tcp,self"
+  std::string net_devices;  // UCX_NET_DEVICES syntax, e.g. "eth0" or "mlx5_0:1"
+  // How often UCX checks that peers are alive; a dead peer's pending
+  // operations fail with object_lost after about this long (TCP notices a
+  // closed socket at once). Empty: UCX_KEEPALIVE_INTERVAL if set, else 1s
+  // (UCX's own default, 20 s, is longer than troupe's fetch timeout).
+  std::string keepalive_interval;
+  // Endpoints use UCP_ERR_HANDLING_MODE_PEER, so a dead peer fails their
+  // operations (object_lost) instead of leaving them to time out. UCX 1.13
+  // offers shared memory (posix, sysv) to such endpoints only with
+  // {POSIX,SYSV}_ERROR_HANDLING=y, which troupe then sets unless the
+  // environment sets UCX_MM/POSIX/SYSV_ERROR_HANDLING itself. false:
+  // UCP_ERR_HANDLING_MODE_NONE (UCX's lightest mode; dead peers surface as
+  // timeouts).
+  bool detect_peer_failure = true;
+  // After any activity the progress thread keeps polling this long before
+  // it arms the worker and sleeps: trades a core's time for latency.
+  std::chrono::microseconds busy_poll{0};
+};
+
+// The process's UCX context (UCP_FEATURE_AM | UCP_FEATURE_WAKEUP; workers
+// are not shared between threads: UCS_THREAD_MODE_SINGLE, each owned by its
+// progress thread). Immutable after creation; all methods are thread-safe.
+class UcxContext {
+ public:
+  // Throws TransportError (unsupported for an unknown transport or device).
+  static std::shared_ptr<UcxContext> create(const UcxOptions& options = {});
+  ~UcxContext();
+  UcxContext(const UcxContext&) = delete;
+  UcxContext& operator=(const UcxContext&) = delete;
+
+  // UCX can send from and receive into CUDA memory itself
+  // (UCS_MEMORY_TYPE_CUDA in the context's memory_types). When false, CUDA
+  // buffers are staged through pinned host memory (builds with CUDA only).
+  bool cuda_native() const noexcept { return cuda_native_; }
+  // The transports this context may use, comma-separated, without "self",
+  // e.g. "tcp,sysv,posix,cma" (the resources UCX opened, in its order).
+  const std::string& transports() const noexcept { return transports_; }
+  // e.g. "UCX 1.13.1, transports tcp,sysv,posix,cma, cuda_native no": for
+  // `troupe status` / `troupe info`.
+  std::string describe() const;
+  const UcxOptions& options() const noexcept { return options_; }
+  ucp_context* handle() const noexcept { return context_; }
+
+ private:
+  UcxContext() = default;
+  ucp_context* context_ = nullptr;
+  bool cuda_native_ = false;
+  std::string transports_;
+  UcxOptions options_;
+};
+
+// A ucp_worker and its progress thread. The worker is created, progressed
+// and destroyed on that thread only.
+class UcxWorker : public std::enable_shared_from_this<UcxWorker> {
+ public:
+  // Starts the progress thread and waits until the worker exists. Throws
+  // TransportError if UCX cannot create it.
+  static std::shared_ptr<UcxWorker> create(std::shared_ptr<UcxContext> context);
+  // Stops the thread after running the tasks already posted. Must not run on
+  // the progress thread (it would join itself): drop the last reference
+  // elsewhere.
+  ~UcxWorker();
+  UcxWorker(const UcxWorker&) = delete;
+  UcxWorker& operator=(const UcxWorker&) = delete;
+
+  // This worker's address (ucp_worker_get_address bytes, ~100-300 bytes):
+  // what peers need to reach it. Send it over the control plane as bytes.
+  const std::string& address() const noexcept { return address_; }
+  const std::shared_ptr<UcxContext>& context() const noexcept { return context_; }
+
+  // Runs `task` on the progress thread, after the tasks posted before it.
+  // Thread-safe; never runs it inline. Tasks must not block.
+  void post(std::function<void()> task);
+  bool on_progress_thread() const noexcept;
+
+  // --- for the layer above; call on the progress thread only --------------
+  ucp_worker* handle() const noexcept { return worker_; }
+  // Called on every turn of the progress loop, after ucp_worker_progress
+  // drained; returns when it next needs to run (time_point::max(): only on
+  // activity). One hook per worker.
+  using Tick = std::function<std::chrono::steady_clock::time_point()>;
+  void set_tick(Tick tick);
+
+ private:
+  struct Loop;
+  explicit UcxWorker(std::shared_ptr<UcxContext> context);
+  void run(std::promise<void>& started);
+
+  std::shared_ptr<UcxContext> context_;
+  ucp_worker* worker_ = nullptr;
+  std::string address_;
+  std::unique_ptr<Loop> loop_;
+};
+
+// Where a fetched object goes. Called on the progress thread with the
+// object's size and the memory type the fetch asked for; returns storage of
+// at least that size in that memory type. Must not block for long; may throw
+// (the fetch then fails with that exception). The default gives host memory
+// from a cache of recently freed blocks (see DataPlaneOptions::
+// host_cache_bytes) and CUDA memory from cudaMalloc on the current device
+// (builds with CUDA; pass an allocator backed by the runtime's caching
+// allocator instead to avoid cudaMalloc per fetch).
+using Allocator = std::function<ObjectBuffer(std::size_t size, MemoryType memory)>;
+
+struct DataPlaneOptions {
+  // Replies and pushes of this many bytes or more use rendezvous (zero-copy
+  // into the receiver's buffer); below, UCX chooses.
+  std::size_t rndv_threshold = std::size_t{64} << 10;
+  // Pushed objects that no fetch has claimed yet are kept in a bounded
+  // inbox. A push that would take it past either bound is refused: the
+  // receiver drops it (the pusher's send fails with `transport` for a
+  // rendezvous-sized push; a small eager push is dropped silently) and a
+  // later fetch goes to the holder as if nothing had been pushed.
+  std::size_t inbox_max_bytes = std::size_t{256} << 20;
+  std::size_t inbox_max_objects = 4096;
+  // A pushed object unclaimed for this long is dropped.
+  std::chrono::milliseconds inbox_ttl{60000};
+  Allocator allocator;  // empty: the default described above
+  // The default allocator keeps host blocks of 64 KiB and more, once their
+  // last ObjectBuffer copy is gone, for the next fetch of a similar size
+  // (size classes a quarter of a power of two apart), up to this many idle
+  // bytes. Fresh memory costs a page fault per 4 KiB on first touch, which
+  // for large objects costs more than the transfer itself. 0: no cache.
+  std::size_t host_cache_bytes = std::size_t{256} << 20;
+  // CUDA objects when UCX is not CUDA-capable go through pinned host
+  // memory in chunks of this size, this many chunks in flight per direction.
+  std::size_t staging_chunk_bytes = std::size_t{4} << 20;
+  int staging_slots = 4;
+};
+
+struct FetchOptions {
+  std::chrono::milliseconds timeout{10000};
+  MemoryType destination = MemoryType::host;  // where the bytes should land
+  // If the holder has not published the id yet, it keeps the request until
+  // it does (or until `timeout`) instead of answering not_found at once:
+  // for objects whose producer may still be running.
+  bool wait_for_publish = false;
+};
+
+// Exactly one call per fetch, on the progress thread: `error` null and the
+// object in `buffer`, or `error` set (TransportError) and `buffer` empty.
+// Must not block; may call DataPlane methods (they only post).
+using FetchCallback = std::function<void(ObjectBuffer buffer, std::exception_ptr error)>;
+// Exactly one call per push, on the progress thread: null when the bytes
+// left this process (the receiver may still drop them, see inbox_max_bytes).
+using PushCallback = std::function<void(std::exception_ptr error)>;
+
+class DataPlane {
+ public:
+  // Takes over the worker's active-message ids and tick; one per worker.
+  explicit DataPlane(std::shared_ptr<UcxWorker> worker, DataPlaneOptions options = {});
+  // Fails fetches and pushes still pending with `cancelled`, closes the
+  // endpoints, and waits for UCX to give back every buffer it was lent.
+  // Not from a FetchCallback/PushCallback (they run on the progress thread).
+  ~DataPlane();
+  DataPlane(const DataPlane&) = delete;
+  DataPlane& operator=(const DataPlane&) = delete;
+
+  const std::string& address() const noexcept;
+  const std::shared_ptr<UcxWorker>& worker() const noexcept;
+
+  // --- holder side (thread-safe) -------------------------------------------
+  // Makes `id` fetchable until unpublished; replaces an earlier buffer.
+  // Once this returns, every fetch of `id` that reaches this process finds
+  // it. Sends in flight keep their own reference to the buffer.
+  void publish(ObjectKey id, ObjectBuffer buffer);
+  // Returns whether `id` was published.
+  bool unpublish(ObjectKey id);
+  std::size_t published_count() const;
+
+  // --- consumer side (thread-safe) -----------------------------------------
+  // Fetches `id` from the holder whose worker address is `peer`. A pushed
+  // copy waiting in this process's inbox is handed over at once (and leaves
+  // the inbox); a push of `id` that completes while the fetch waits also
+  // completes it.
+  void fetch(std::string_view peer, ObjectKey id, FetchOptions options, FetchCallback done);
+  [[nodiscard]] std::future<ObjectBuffer> fetch(std::string_view peer, ObjectKey id,
+                                                FetchOptions options = {});
+
+  // Sends `buffer` as object `id` to the consumer whose worker address is
+  // `peer`, before it asks. The consumer keeps it in its inbox for a later
+  // fetch. `buffer` stays referenced until the send completed.
+  void push(std::string_view peer, ObjectKey id, ObjectBuffer buffer, PushCallback done);
+  [[nodiscard]] std::future<void> push(std::string_view peer, ObjectKey id, ObjectBuffer buffer);
+
+  // The transports of the lanes UCX chose for the endpoint to `peer`
+  // (connecting if needed), e.g. "posix,cma" or "tcp".
+  [[nodiscard]] std::future<std::string> peer_transports(std::string_view peer);
+
+  struct Stats {
+    std::uint64_t fetches_served = 0;   // replies sent with data
+    std::uint64_t fetches_from_inbox = 0;
+    std::uint64_t pushes_received = 0;  // accepted into the inbox or a waiting fetch
+    std::uint64_t pushes_refused = 0;   // inbox full
+    std::size_t inbox_objects = 0;
+    std::size_t inbox_bytes = 0;
+  };
+  [[nodiscard]] std::future<Stats> stats();
+
+  class Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace troupe::transport

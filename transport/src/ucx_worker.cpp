@@ -1,0 +1,164 @@
+// UcxWorker: the ucp_worker and the progress thread that owns it.
+#include "troupe/transport/ucx.hpp"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include <ucp/api/ucp.h>
+
+#include "troupe/transport/error.hpp"
+
+namespace troupe::transport {
+
+using Clock = std::chrono::steady_clock;
+
+// State shared between posting threads and the progress thread.
+struct UcxWorker::Loop {
+  std::mutex mutex;
+  std::deque<std::function<void()>> tasks;  // guarded by mutex
+  int wake_fd = -1;                         // eventfd: tasks were posted
+  int event_fd = -1;                        // the worker's, from ucp_worker_get_efd
+  std::thread thread;
+  std::thread::id thread_id;
+  bool stopping = false;  // progress thread only
+  Tick tick;              // progress thread only
+
+  void wake() const {
+    const std::uint64_t one = 1;
+    while (::write(wake_fd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+  }
+  void drain_wake() const {
+    std::uint64_t count = 0;
+    while (::read(wake_fd, &count, sizeof count) < 0 && errno == EINTR) {
+    }
+  }
+  // Runs the tasks posted so far; returns whether there were any.
+  bool run_tasks() {
+    std::deque<std::function<void()>> batch;
+    {
+      std::lock_guard lock(mutex);
+      batch.swap(tasks);
+    }
+    for (auto& task : batch) task();
+    return !batch.empty();
+  }
+};
+
+UcxWorker::UcxWorker(std::shared_ptr<UcxContext> context)
+    : context_(std::move(context)), loop_(std::make_unique<Loop>()) {}
+
+std::shared_ptr<UcxWorker> UcxWorker::create(std::shared_ptr<UcxContext> context) {
+  if (!context) throw TransportError(TransportErrc::invalid_argument, "UcxWorker::create: no context");
+  std::shared_ptr<UcxWorker> self(new UcxWorker(std::move(context)));
+  self->loop_->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (self->loop_->wake_fd < 0)
+    throw TransportError(TransportErrc::transport, "eventfd failed: " + std::string(std::strerror(errno)));
+  std::promise<void> started;
+  auto ready = started.get_future();
+  UcxWorker* raw = self.get();
+  self->loop_->thread = std::thread([raw, &started] { raw->run(started); });
+  try {
+    ready.get();
+  } catch (...) {
+    self->loop_->thread.join();
+    throw;
+  }
+  return self;
+}
+
+UcxWorker::~UcxWorker() {
+  if (loop_->thread.joinable()) {
+    post([this] { loop_->stopping = true; });
+    loop_->thread.join();
+  }
+  if (loop_->wake_fd >= 0) ::close(loop_->wake_fd);
+}
+
+void UcxWorker::post(std::function<void()> task) {
+  bool was_empty;
+  {
+    std::lock_guard lock(loop_->mutex);
+    was_empty = loop_->tasks.empty();
+    loop_->tasks.push_back(std::move(task));
+  }
+  if (was_empty) loop_->wake();
+}
+
+bool UcxWorker::on_progress_thread() const noexcept {
+  return std::this_thread::get_id() == loop_->thread_id;
+}
+
+void UcxWorker::set_tick(Tick tick) { loop_->tick = std::move(tick); }
+
+void UcxWorker::run(std::promise<void>& started) {
+  Loop& loop = *loop_;
+  loop.thread_id = std::this_thread::get_id();
+  ucp_worker_params_t params{};
+  params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  params.thread_mode = UCS_THREAD_MODE_SINGLE;  // this thread is its only user
+  ucp_worker_h worker = nullptr;
+  if (ucs_status_t status = ucp_worker_create(context_->handle(), &params, &worker); status != UCS_OK) {
+    started.set_exception(make_error_from_ucs(status, "ucp_worker_create"));
+    return;
+  }
+  ucp_address_t* address = nullptr;
+  std::size_t address_length = 0;
+  ucs_status_t status = ucp_worker_get_address(worker, &address, &address_length);
+  if (status == UCS_OK) {
+    address_.assign(reinterpret_cast<const char*>(address), address_length);
+    ucp_worker_release_address(worker, address);
+    status = ucp_worker_get_efd(worker, &loop.event_fd);
+  }
+  if (status != UCS_OK) {
+    ucp_worker_destroy(worker);
+    started.set_exception(make_error_from_ucs(status, "setting up the UCX worker"));
+    return;
+  }
+  worker_ = worker;
+  started.set_value();
+
+  const auto busy_poll = context_->options().busy_poll;
+  auto last_activity = Clock::now();
+  for (;;) {
+    bool active = loop.run_tasks();
+    while (ucp_worker_progress(worker) != 0) active = true;
+    const auto next = loop.tick ? loop.tick() : Clock::time_point::max();
+    if (loop.stopping) {
+      std::lock_guard lock(loop.mutex);
+      if (loop.tasks.empty()) break;
+      continue;
+    }
+    const auto now = Clock::now();
+    if (active) last_activity = now;
+    if (busy_poll.count() > 0 && now - last_activity < busy_poll && next > now) continue;
+    if (next <= now) continue;
+    // Sleep only when UCX says nothing is pending (ucp_worker_arm == UCS_OK);
+    // BUSY means events arrived since the last progress call.
+    status = ucp_worker_arm(worker);
+    if (status == UCS_ERR_BUSY) continue;
+    int timeout_ms = -1;
+    if (next != Clock::time_point::max()) {
+      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(next - now).count();
+      timeout_ms = static_cast<int>(std::min<long long>((left + 999) / 1000, 60000));
+    }
+    if (status != UCS_OK) timeout_ms = 1;  // cannot arm: fall back to polling every ms
+    pollfd fds[2] = {{loop.event_fd, POLLIN, 0}, {loop.wake_fd, POLLIN, 0}};
+    const int ready = ::poll(fds, 2, timeout_ms);
+    if (ready > 0 && (fds[1].revents & POLLIN) != 0) loop.drain_wake();
+  }
+  loop.tick = nullptr;
+  worker_ = nullptr;
+  ucp_worker_destroy(worker);
+}
+
+}  // namespace troupe::transport
