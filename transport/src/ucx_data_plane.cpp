@@ -563,6 +563,9 @@ Clock::time_point DataPlane::Impl::tick() {
     }
   }
   if (!inbox_order_.empty()) next = std::min(next, inbox_order_.front().first);
+  // Rendezvous and fragmented transfers move only while both sides
+  // progress: keep polling while any is in flight (see UcxWorker::Tick).
+  if (outstanding_ > 0) return Clock::time_point::min();
   return next;
 }
 

@@ -21,6 +21,10 @@ namespace troupe::transport {
 
 using Clock = std::chrono::steady_clock;
 
+// How long the loop keeps polling after UCX last made progress while
+// operations are in flight (see UcxWorker::Tick).
+constexpr auto kInFlightSpin = std::chrono::milliseconds(5);
+
 // State shared between posting threads and the progress thread.
 struct UcxWorker::Loop {
   std::mutex mutex;
@@ -140,14 +144,21 @@ void UcxWorker::run(std::promise<void>& started) {
     }
     const auto now = Clock::now();
     if (active) last_activity = now;
-    if (busy_poll.count() > 0 && now - last_activity < busy_poll && next > now) continue;
-    if (next <= now) continue;
+    const bool in_flight = next == Clock::time_point::min();
+    if (in_flight && now - last_activity < kInFlightSpin) {
+      if (!active) std::this_thread::yield();  // let the peer (maybe on this core) run
+      continue;
+    }
+    if (!in_flight && busy_poll.count() > 0 && now - last_activity < busy_poll && next > now) continue;
+    if (!in_flight && next <= now) continue;
     // Sleep only when UCX says nothing is pending (ucp_worker_arm == UCS_OK);
     // BUSY means events arrived since the last progress call.
     status = ucp_worker_arm(worker);
     if (status == UCS_ERR_BUSY) continue;
     int timeout_ms = -1;
-    if (next != Clock::time_point::max()) {
+    if (in_flight) {
+      timeout_ms = 1;  // stalled in flight: look again soon
+    } else if (next != Clock::time_point::max()) {
       const auto left = std::chrono::duration_cast<std::chrono::microseconds>(next - now).count();
       timeout_ms = static_cast<int>(std::min<long long>((left + 999) / 1000, 60000));
     }

@@ -180,7 +180,12 @@ class UcxWorker : public std::enable_shared_from_this<UcxWorker> {
   ucp_worker* handle() const noexcept { return worker_; }
   // Called on every turn of the progress loop, after ucp_worker_progress
   // drained; returns when it next needs to run (time_point::max(): only on
-  // activity). One hook per worker.
+  // activity; time_point::min(): operations are in flight, keep polling).
+  // While in flight, the loop polls (yielding the CPU between polls) as long
+  // as UCX made progress within the last few milliseconds, then sleeps on
+  // the event fd in 1 ms steps: UCX's fragmented and rendezvous protocols
+  // stall when each fragment has to wake a sleeping thread. One hook per
+  // worker.
   using Tick = std::function<std::chrono::steady_clock::time_point()>;
   void set_tick(Tick tick);
 
