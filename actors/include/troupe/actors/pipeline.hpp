@@ -1,0 +1,332 @@
+// Pipeline-parallel training with actors: a model's layers split into stages,
+// each stage an actor that owns its parameters, gradients and optimizer state,
+// and a driver-side Pipeline that feeds micro-batches through them in a GPipe
+// or 1F1B order by chaining futures.
+//
+//   auto specs = troupe::actors::split_mlp({784, 512, 256, 128, 10}, 4,
+//       {.seed = 7, .optimizer = troupe::actors::OptimizerSpec::make_adam(1e-3f)});
+//   troupe::actors::Pipeline pipeline(specs);                  // one actor per stage
+//   float loss = pipeline.train_batch(x, labels, 8, troupe::actors::Schedule::one_f_one_b);
+//   troupe::Tensor logits = pipeline.predict(x_test).get();
+//
+// Data path. Stage k's output ref goes straight into stage k+1's call and the
+// gradient refs flow back the same way: the driver never waits in the middle
+// of a batch and never touches an activation (in a cluster, tensors go from
+// actor host to actor host).
+//
+// Schedules and why the driver's submission order is the schedule. An actor
+// (max_concurrency 1) runs the calls of one caller in the order they were
+// submitted, each once its ref arguments are ready. So the order in which
+// the driver submits forward(i) / backward(i) calls to stage k is exactly
+// the order stage k runs them; schedule_order() gives that order per stage:
+//   GPipe: F0 .. F(m-1), then B0 .. B(m-1): m micro-batches stashed per stage.
+//   1F1B:  stage k of S runs w = min(S-k-1, m) warm-up forwards, then
+//          alternates F(w+i), B(i), then drains the last w backwards: at most
+//          w + 1 micro-batches stashed. Both have the same bubble, (S-1)
+//          slots of (t_forward + t_backward) per batch.
+// Deadlock freedom. A call can only be given a ref that already exists, that
+// is, whose producing call was submitted earlier; and an actor's FIFO makes
+// a call wait only for calls submitted earlier to the same actor. Every wait
+// therefore points backwards in the driver's (single-threaded) submission
+// order, so the waits can never form a cycle. What the driver must get right
+// is to find a global submission order that respects every stage's schedule
+// order *and* creates each ref before it is passed on: Pipeline submits by
+// repeatedly taking, from any stage, the next op of that stage's order whose
+// input refs exist. If no stage can go on, the schedule itself is circular
+// (e.g. a stage ordered B(i) before F(i) on the stage after it could run);
+// that is reported as Error(Errc::internal) before anything waits, instead
+// of a hang.
+//
+// Threads. PipelineStage is an actor class and not thread-safe (one call at a
+// time; Pipeline refuses max_concurrency > 1). Pipeline itself is a driver
+// object: use one from one thread at a time; its refs' continuations run on
+// the runtime's thread pool (ObjectRef::then).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "troupe/actors/kernels.hpp"
+#include "troupe/runtime/actor.hpp"
+#include "troupe/runtime/object_ref.hpp"
+#include "troupe/runtime/serialization.hpp"
+#include "troupe/runtime/tensor.hpp"
+
+namespace troupe::actors {
+
+// ---- what a stage is --------------------------------------------------------------
+
+enum class Activation : std::uint8_t { none, relu, gelu };
+// "none", "relu", "gelu"; parse_activation throws Error(invalid_argument) for others.
+std::string_view to_string(Activation activation) noexcept;
+Activation parse_activation(std::string_view name);
+
+// Where a stage keeps its parameters and runs its math.
+//   cpu:         host memory, OpenBLAS.
+//   cuda:        the first GPU the actor was given (ActorOptions resources
+//                {"GPU", 1}), or device 0 when it was given none; the stage's
+//                constructor throws Error(Errc::cuda) where there is no device.
+//   prefer_cuda: cuda when the actor was given a GPU that this process can
+//                use, else cpu.
+enum class StageDevice : std::uint8_t { cpu, cuda, prefer_cuda };
+std::string_view to_string(StageDevice device) noexcept;
+
+struct OptimizerSpec {
+  enum class Kind : std::uint8_t { sgd, adam };
+  Kind kind = Kind::sgd;
+  kernels::SgdOptions sgd;    // used when kind == sgd
+  kernels::AdamOptions adam;  // used when kind == adam
+
+  static OptimizerSpec make_sgd(float lr, float momentum = 0.0f, float weight_decay = 0.0f);
+  static OptimizerSpec make_adam(float lr, float weight_decay = 0.0f);
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(kind, sgd.lr, sgd.momentum, sgd.weight_decay, adam.lr, adam.beta1, adam.beta2, adam.eps,
+       adam.weight_decay);
+  }
+};
+
+// One stage of an MLP: Linear layers sizes[0] -> sizes[1] -> ... ->
+// sizes.back(), each followed by `activation` except the model's very last
+// layer (the last layer of the stage with is_last), which gives logits.
+struct StageSpec {
+  std::vector<std::int64_t> sizes;           // >= 2 entries, each >= 1
+  Activation activation = Activation::relu;
+  bool is_first = false;  // nobody needs its input gradient: backward skips dx and returns an undefined Tensor
+  bool is_last = false;   // ends in logits: use forward_loss / backward_loss instead of forward / backward
+  // Layer j of this stage is kernels::Linear(sizes[j], sizes[j+1], seed + j):
+  // split_mlp gives stage k the seed of its first layer's index in the whole
+  // model, so the split model starts from the same numbers as the unsplit one.
+  std::uint32_t seed = 0;
+  OptimizerSpec optimizer;
+  StageDevice device = StageDevice::cpu;
+  // Extra time each forward / backward call takes at least (the method
+  // sleeps until that long after it started): benchmarks use it to give
+  // stages a known compute time, and it can mimic a slower device.
+  std::int64_t simulated_forward_us = 0;
+  std::int64_t simulated_backward_us = 0;
+  // When > 0, the stage's constructor calls set_host_math_threads(this):
+  // per stage in a cluster (one process per actor), process-wide in local
+  // mode (the last stage built wins). 0 leaves the process's setting alone.
+  int host_math_threads = 0;
+
+  std::int64_t layers() const noexcept { return sizes.empty() ? 0 : static_cast<std::int64_t>(sizes.size()) - 1; }
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(sizes, activation, is_first, is_last, seed, optimizer, device, simulated_forward_us,
+       simulated_backward_us, host_math_threads);
+  }
+};
+
+// Threads one host (OpenBLAS) matmul may use, for the whole process;
+// returns the previous count. Several CPU stages in one process each run on
+// their own pool thread, and OpenBLAS's threaded sgemm called from several
+// threads at once is many times slower than single-threaded calls (on 2
+// cores, 4 stages ran 7x slower), so such pipelines want 1. Results depend
+// on the count only through sgemm's rounding (see kernels.hpp).
+// TODO(api): belongs in kernels.hpp beside the kernels it tunes.
+int set_host_math_threads(int threads);
+
+// Splits the MLP `sizes` (sizes.size() - 1 layers) into `stages` stages of
+// consecutive layers, as even in layer count as possible (earlier stages take
+// the extra layers). Every field but sizes, seed, is_first and is_last comes
+// from `common`; stage k's seed is common.seed + (index of its first layer).
+// Throws Error(invalid_argument) unless 1 <= stages <= layers.
+std::vector<StageSpec> split_mlp(const std::vector<std::int64_t>& sizes, int stages, const StageSpec& common = {});
+
+// Memory and activity of one stage. Bytes count the tensors the stage holds
+// (a stashed input may share storage with its sender in local mode).
+struct StageStats {
+  std::int64_t parameters = 0;       // elements
+  std::int64_t parameter_bytes = 0;
+  std::int64_t gradient_bytes = 0;
+  std::int64_t optimizer_bytes = 0;  // SGD velocity or Adam moments
+  std::int64_t stashed_micro_batches = 0;  // forwards waiting for their backward now
+  std::int64_t stash_bytes = 0;
+  std::int64_t peak_stashed_micro_batches = 0;  // highest at any time since construction
+  std::int64_t peak_stash_bytes = 0;
+  std::int64_t forwards = 0;   // totals since construction (predict not counted)
+  std::int64_t backwards = 0;
+  std::int64_t steps = 0;
+  std::string device;  // "cpu", "cuda:0"
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(parameters, parameter_bytes, gradient_bytes, optimizer_bytes, stashed_micro_batches, stash_bytes,
+       peak_stashed_micro_batches, peak_stash_bytes, forwards, backwards, steps, device);
+  }
+};
+
+// ---- the stage actor ---------------------------------------------------------------
+
+// One pipeline stage. Registered with TROUPE_ACTOR (below), so it runs in
+// local mode and in actor hosts of a cluster; it can also be used as a plain
+// object (the single-process reference of the examples and tests).
+//
+// Micro-batch ids name the stash: forward(i) keeps what backward(i) needs,
+// backward(i) consumes it. Ids are the caller's; one id may be in flight once.
+// Tensors may arrive on any device and are moved to the stage's; results are
+// returned in host memory (TODO(perf): keep them on the GPU when the consumer
+// shares it; today tensors cross processes through host memory anyway).
+// Errors: Error(invalid_argument) for shapes that do not fit, an id already
+// stashed or never stashed, forward on the last stage, forward_loss on
+// another; kernel errors as in kernels.hpp.
+class PipelineStage {
+ public:
+  explicit PipelineStage(StageSpec spec);
+
+  // Runs the stage's layers on x [rows, sizes[0]] and stashes the layer
+  // inputs and pre-activations under `micro_batch`. Not for the last stage.
+  Tensor forward(std::int64_t micro_batch, Tensor x);
+  // Gradient of the stage's output, dy [rows, sizes.back()]: accumulates the
+  // parameter gradients, frees the stash and returns dx [rows, sizes[0]]
+  // (undefined on the first stage). Not for the last stage.
+  Tensor backward(std::int64_t micro_batch, Tensor dy);
+  // Last stage: forward, then softmax cross-entropy against labels [rows]
+  // (i32 or i64) with CrossEntropyOptions::batch_size = batch_size (the whole
+  // batch's rows, so micro-batch losses and gradients add up to the
+  // batch's). Returns the micro-batch's share of the batch loss and stashes
+  // dlogits for backward_loss.
+  float forward_loss(std::int64_t micro_batch, Tensor x, Tensor labels, std::int64_t batch_size);
+  // Last stage: backward from the stashed dlogits; returns dx (undefined when
+  // the last stage is also the first).
+  Tensor backward_loss(std::int64_t micro_batch);
+  // Forward without stashing or counting (evaluation); the last stage returns logits.
+  Tensor predict(Tensor x);
+  // Applies the optimizer to the gradients summed since the previous step
+  // and zeroes them. `micro_batches` is how many backwards the caller
+  // submitted: if the stage saw another number, or forwards are still
+  // stashed, the batch failed somewhere; then the gradients and stash are
+  // dropped, the parameters are left alone and Error(invalid_argument) says
+  // so. Returns the number of optimizer steps taken so far.
+  std::int64_t step(std::int64_t micro_batches);
+
+  // Copies of the parameters in host memory: W0, b0, W1, b1, ...
+  std::vector<Tensor> get_parameters() const;
+  // Gradients accumulated since the last step, in the same order.
+  std::vector<Tensor> get_gradients() const;
+  // Overwrites the parameters (same order, shapes and f32, any device);
+  // gradients and optimizer state are kept.
+  void set_parameters(std::vector<Tensor> parameters);
+  StageStats stats() const;
+  StageSpec spec() const { return spec_; }
+
+ private:
+  struct Stash {
+    std::vector<Tensor> inputs;  // per layer: its input
+    std::vector<Tensor> preacts;  // per layer: x W + b before the activation (undefined without one)
+    Tensor dlogits;               // last stage
+    std::int64_t bytes = 0;
+  };
+
+  bool activated(std::size_t layer) const;
+  Tensor run_layers(Tensor x, Stash* stash);
+  Tensor backward_from(Stash stash, Tensor dy);
+  Stash take_stash(std::int64_t micro_batch, const char* op);
+  void keep_stash(std::int64_t micro_batch, Stash stash, const char* op);
+  Tensor to_output(const Tensor& t) const;
+  void pause_until(std::chrono::steady_clock::time_point start, std::int64_t micro_seconds) const;
+  void drop_batch();
+
+  StageSpec spec_;
+  Device device_;
+  std::vector<kernels::Linear> layers_;
+  std::vector<Tensor> velocity_;  // SGD with momentum: per parameter
+  std::vector<Tensor> adam_m_;
+  std::vector<Tensor> adam_v_;
+  std::map<std::int64_t, Stash> stash_;
+  std::int64_t stash_bytes_ = 0;
+  std::int64_t peak_stashed_ = 0;
+  std::int64_t peak_stash_bytes_ = 0;
+  std::int64_t backwards_since_step_ = 0;
+  std::int64_t forwards_ = 0;
+  std::int64_t backwards_ = 0;
+  std::int64_t steps_ = 0;
+};
+
+// ---- the driver side -----------------------------------------------------------------
+
+enum class Schedule : std::uint8_t { gpipe, one_f_one_b };
+// "gpipe", "1f1b"; parse_schedule also takes "one_f_one_b" and throws
+// Error(invalid_argument) for anything else.
+std::string_view to_string(Schedule schedule) noexcept;
+Schedule parse_schedule(std::string_view name);
+
+struct PipelineOp {
+  enum class Kind : std::uint8_t { forward, backward };
+  Kind kind = Kind::forward;
+  int micro_batch = 0;
+  friend bool operator==(const PipelineOp&, const PipelineOp&) = default;
+};
+
+// The order in which stage `stage` (0-based) of `stages` runs the forwards
+// and backwards of `micro_batches` micro-batches under `schedule` (see the
+// top of this file). Throws Error(invalid_argument) for counts < 1 or a
+// stage out of range.
+std::vector<PipelineOp> schedule_order(Schedule schedule, int stage, int stages, int micro_batches);
+
+// A model split over stage actors. Owns them: destroying the Pipeline kills
+// its stages. Move-only.
+class Pipeline {
+ public:
+  // Creates one PipelineStage actor per spec (specs[0].is_first and
+  // specs.back().is_last must be set, and consecutive stages must agree on
+  // their boundary width). `options`, if not empty, has one entry per stage
+  // for placement (resources, gpu_type, placement_group + bundle_index, ...).
+  // Throws Error(invalid_argument) for inconsistent specs or options, or
+  // an option with max_concurrency != 1 (the schedule relies on call order).
+  explicit Pipeline(std::vector<StageSpec> specs, std::vector<ActorOptions> options = {});
+  ~Pipeline();
+  Pipeline(Pipeline&& other) noexcept;
+  Pipeline& operator=(Pipeline&& other) noexcept;
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  std::size_t num_stages() const noexcept { return stages_.size(); }
+  const std::vector<ActorHandle<PipelineStage>>& stages() const noexcept { return stages_; }
+  const std::vector<StageSpec>& specs() const noexcept { return specs_; }
+
+  // One training step on the batch x [B, in] with labels [B]: splits it into
+  // micro-batches with Tensor::chunk (views, no copy: ceil(B / micro_batches)
+  // rows each, the last may be smaller, and there are fewer than asked when
+  // B < micro_batches), submits every stage's forwards and backwards in the
+  // schedule's order, then step() on every stage. Returns at once; the ref
+  // completes, once every stage has stepped, with the batch's mean loss (the
+  // sum of the micro-batch losses, each divided by B), or with the first
+  // error. Batches submitted back to back queue behind each other on every
+  // stage. Throws Error(invalid_argument) at once for micro_batches < 1, an
+  // empty batch, labels that are not [B], or x that is not [B, in].
+  [[nodiscard]] ObjectRef<float> submit_batch(const Tensor& x, const Tensor& labels, int micro_batches,
+                                              Schedule schedule);
+  // submit_batch(...).get(): blocks, throws the batch's error.
+  float train_batch(const Tensor& x, const Tensor& labels, int micro_batches, Schedule schedule);
+
+  // The model's logits for x [rows, in], through every stage's predict (no
+  // stash, no gradient). Returns at once.
+  [[nodiscard]] ObjectRef<Tensor> predict(const Tensor& x);
+
+  // Blocking conveniences: every stage's get_parameters / stats, in stage order.
+  std::vector<std::vector<Tensor>> parameters() const;
+  std::vector<StageStats> stats() const;
+
+ private:
+  void kill_stages() noexcept;
+
+  std::vector<StageSpec> specs_;
+  std::vector<ActorHandle<PipelineStage>> stages_;
+  std::int64_t next_micro_batch_ = 0;
+};
+
+}  // namespace troupe::actors
+
+// Every binary that includes this header registers the stage class (the
+// registry takes the same class twice as one), so drivers and actor hosts
+// built from it always agree, also when the library is linked statically.
+TROUPE_ACTOR(troupe::actors::PipelineStage, (troupe::actors::StageSpec), forward, backward, forward_loss,
+             backward_loss, predict, step, get_parameters, get_gradients, set_parameters, stats, spec);

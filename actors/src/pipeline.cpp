@@ -1,0 +1,597 @@
+// PipelineStage (the stage actor) and Pipeline (the driver that chains
+// micro-batches through stage actors in a schedule's order); see pipeline.hpp.
+#include "troupe/actors/pipeline.hpp"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+
+#include "troupe/runtime/cuda.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/runtime.hpp"
+
+namespace troupe::actors {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& where, const std::string& what) {
+  throw_error(Errc::invalid_argument, where + ": " + what);
+}
+
+std::string shape_string(const Tensor& t) { return t.to_string(); }
+
+std::int64_t bytes_of(const Tensor& t) { return t.defined() ? static_cast<std::int64_t>(t.nbytes()) : 0; }
+
+void check_spec(const StageSpec& spec) {
+  const std::string where = "PipelineStage";
+  if (spec.sizes.size() < 2) fail(where, "a stage needs at least two sizes (one layer), got " + std::to_string(spec.sizes.size()));
+  for (const std::int64_t size : spec.sizes) {
+    if (size < 1) fail(where, "layer sizes must be >= 1, got " + std::to_string(size));
+  }
+  if (spec.simulated_forward_us < 0 || spec.simulated_backward_us < 0) fail(where, "simulated times must be >= 0");
+  if (spec.host_math_threads < 0) fail(where, "host_math_threads must be >= 0");
+  if (spec.activation != Activation::none && spec.activation != Activation::relu &&
+      spec.activation != Activation::gelu) {
+    fail(where, "unknown activation " + std::to_string(static_cast<int>(spec.activation)));
+  }
+}
+
+// The device a stage of `spec` uses in this process, from the GPUs the
+// runtime assigned to the actor being constructed (none outside an actor).
+Device pick_device(const StageSpec& spec) {
+  if (spec.device == StageDevice::cpu) return Device::cpu();
+  const std::vector<int> gpus = get_gpu_ids();
+  const int index = gpus.empty() ? 0 : gpus.front();
+  const bool usable = cuda::available() && index < cuda::device_count();
+  if (spec.device == StageDevice::prefer_cuda) {
+    return !gpus.empty() && usable ? Device::cuda(index) : Device::cpu();
+  }
+  if (!cuda::available()) {
+    throw_error(Errc::cuda, "PipelineStage: device cuda requested but there is no CUDA device: " +
+                                cuda::unavailable_reason());
+  }
+  if (!usable) {
+    throw_error(Errc::cuda, "PipelineStage: assigned GPU " + std::to_string(index) + " but this process sees " +
+                                std::to_string(cuda::device_count()) + " CUDA devices");
+  }
+  return Device::cuda(index);
+}
+
+}  // namespace
+
+// ---- names -------------------------------------------------------------------------
+
+std::string_view to_string(Activation activation) noexcept {
+  switch (activation) {
+    case Activation::none: return "none";
+    case Activation::relu: return "relu";
+    case Activation::gelu: return "gelu";
+  }
+  return "?";
+}
+
+Activation parse_activation(std::string_view name) {
+  for (const Activation a : {Activation::none, Activation::relu, Activation::gelu}) {
+    if (name == to_string(a)) return a;
+  }
+  throw_error(Errc::invalid_argument, "unknown activation '" + std::string(name) + "' (none, relu or gelu)");
+}
+
+std::string_view to_string(StageDevice device) noexcept {
+  switch (device) {
+    case StageDevice::cpu: return "cpu";
+    case StageDevice::cuda: return "cuda";
+    case StageDevice::prefer_cuda: return "prefer_cuda";
+  }
+  return "?";
+}
+
+std::string_view to_string(Schedule schedule) noexcept {
+  switch (schedule) {
+    case Schedule::gpipe: return "gpipe";
+    case Schedule::one_f_one_b: return "1f1b";
+  }
+  return "?";
+}
+
+Schedule parse_schedule(std::string_view name) {
+  if (name == "gpipe") return Schedule::gpipe;
+  if (name == "1f1b" || name == "one_f_one_b") return Schedule::one_f_one_b;
+  throw_error(Errc::invalid_argument, "unknown schedule '" + std::string(name) + "' (gpipe or 1f1b)");
+}
+
+OptimizerSpec OptimizerSpec::make_sgd(float lr, float momentum, float weight_decay) {
+  OptimizerSpec spec;
+  spec.kind = Kind::sgd;
+  spec.sgd = {.lr = lr, .momentum = momentum, .weight_decay = weight_decay};
+  return spec;
+}
+
+OptimizerSpec OptimizerSpec::make_adam(float lr, float weight_decay) {
+  OptimizerSpec spec;
+  spec.kind = Kind::adam;
+  spec.adam.lr = lr;
+  spec.adam.weight_decay = weight_decay;
+  return spec;
+}
+
+int set_host_math_threads(int threads) {
+  if (threads < 1) fail("set_host_math_threads", "threads must be >= 1, got " + std::to_string(threads));
+  const int previous = openblas_get_num_threads();
+  openblas_set_num_threads(threads);
+  return previous;
+}
+
+std::vector<StageSpec> split_mlp(const std::vector<std::int64_t>& sizes, int stages, const StageSpec& common) {
+  const std::int64_t layers = sizes.empty() ? 0 : static_cast<std::int64_t>(sizes.size()) - 1;
+  if (stages < 1 || stages > layers) {
+    fail("split_mlp", "cannot split " + std::to_string(layers) + " layers into " + std::to_string(stages) +
+                          " stages (want 1 <= stages <= layers)");
+  }
+  std::vector<StageSpec> out;
+  std::int64_t first = 0;
+  for (int k = 0; k < stages; ++k) {
+    const std::int64_t count = layers / stages + (k < layers % stages ? 1 : 0);
+    StageSpec spec = common;
+    spec.sizes.assign(sizes.begin() + first, sizes.begin() + first + count + 1);
+    spec.seed = common.seed + static_cast<std::uint32_t>(first);
+    spec.is_first = k == 0;
+    spec.is_last = k + 1 == stages;
+    out.push_back(std::move(spec));
+    first += count;
+  }
+  return out;
+}
+
+// ---- PipelineStage ---------------------------------------------------------------------
+
+PipelineStage::PipelineStage(StageSpec spec) : spec_(std::move(spec)) {
+  check_spec(spec_);
+  device_ = pick_device(spec_);
+  if (spec_.host_math_threads > 0) set_host_math_threads(spec_.host_math_threads);
+  for (std::int64_t j = 0; j < spec_.layers(); ++j) {
+    layers_.emplace_back(spec_.sizes[j], spec_.sizes[j + 1], spec_.seed + static_cast<std::uint32_t>(j), device_);
+  }
+  for (const kernels::Linear& layer : layers_) {
+    for (const Tensor* p : {&layer.weight, &layer.bias}) {
+      if (spec_.optimizer.kind == OptimizerSpec::Kind::adam) {
+        adam_m_.push_back(kernels::zeros_like(*p));
+        adam_v_.push_back(kernels::zeros_like(*p));
+      } else if (spec_.optimizer.sgd.momentum != 0.0f) {
+        velocity_.push_back(kernels::zeros_like(*p));
+      }
+    }
+  }
+}
+
+bool PipelineStage::activated(std::size_t layer) const {
+  return spec_.activation != Activation::none && !(spec_.is_last && layer + 1 == layers_.size());
+}
+
+Tensor PipelineStage::run_layers(Tensor x, Stash* stash) {
+  if (!x.defined() || x.dim() != 2 || x.size(1) != spec_.sizes.front()) {
+    fail("PipelineStage", "input is " + shape_string(x) + "; expected [rows, " + std::to_string(spec_.sizes.front()) +
+                              "] f32");
+  }
+  Tensor h = x.to(device_);
+  for (std::size_t j = 0; j < layers_.size(); ++j) {
+    Tensor z = kernels::matmul(h, layers_[j].weight);
+    kernels::add_bias(z, layers_[j].bias);
+    if (stash != nullptr) stash->inputs.push_back(h);
+    if (activated(j)) {
+      if (stash != nullptr) stash->preacts.push_back(z);
+      h = spec_.activation == Activation::relu ? kernels::relu(z) : kernels::gelu(z);
+    } else {
+      if (stash != nullptr) stash->preacts.emplace_back();
+      h = std::move(z);
+    }
+  }
+  if (stash != nullptr) {
+    for (const Tensor& t : stash->inputs) stash->bytes += bytes_of(t);
+    for (const Tensor& t : stash->preacts) stash->bytes += bytes_of(t);
+  }
+  return h;
+}
+
+Tensor PipelineStage::backward_from(Stash stash, Tensor dy) {
+  Tensor g = dy.to(device_);
+  for (std::size_t j = layers_.size(); j-- > 0;) {
+    if (activated(j)) {
+      g = spec_.activation == Activation::relu ? kernels::relu_backward(g, stash.preacts[j])
+                                               : kernels::gelu_backward(g, stash.preacts[j]);
+    }
+    kernels::Linear& layer = layers_[j];
+    kernels::matmul_into(stash.inputs[j], g, layer.weight_grad, {.transpose_a = true, .accumulate = true});
+    kernels::bias_grad_into(g, layer.bias_grad, /*accumulate=*/true);
+    if (j == 0 && spec_.is_first) return Tensor();
+    g = kernels::matmul(g, layer.weight, {.transpose_b = true});
+  }
+  return to_output(g);
+}
+
+PipelineStage::Stash PipelineStage::take_stash(std::int64_t micro_batch, const char* op) {
+  auto it = stash_.find(micro_batch);
+  if (it == stash_.end()) {
+    fail(std::string("PipelineStage::") + op,
+         "no stashed forward for micro-batch " + std::to_string(micro_batch) +
+             " (its forward failed or never ran, or it was already consumed)");
+  }
+  Stash stash = std::move(it->second);
+  stash_.erase(it);
+  stash_bytes_ -= stash.bytes;
+  return stash;
+}
+
+void PipelineStage::keep_stash(std::int64_t micro_batch, Stash stash, const char* op) {
+  stash_bytes_ += stash.bytes;
+  if (!stash_.emplace(micro_batch, std::move(stash)).second) {
+    fail(std::string("PipelineStage::") + op, "micro-batch " + std::to_string(micro_batch) + " is already in flight");
+  }
+  peak_stashed_ = std::max(peak_stashed_, static_cast<std::int64_t>(stash_.size()));
+  peak_stash_bytes_ = std::max(peak_stash_bytes_, stash_bytes_);
+  ++forwards_;
+}
+
+Tensor PipelineStage::to_output(const Tensor& t) const { return t.device().is_cpu() ? t : t.to(Device::cpu()); }
+
+void PipelineStage::pause_until(std::chrono::steady_clock::time_point start, std::int64_t micro_seconds) const {
+  if (micro_seconds > 0) std::this_thread::sleep_until(start + std::chrono::microseconds(micro_seconds));
+}
+
+Tensor PipelineStage::forward(std::int64_t micro_batch, Tensor x) {
+  const auto start = std::chrono::steady_clock::now();
+  if (spec_.is_last) fail("PipelineStage::forward", "the last stage takes forward_loss");
+  if (stash_.count(micro_batch) != 0) {
+    fail("PipelineStage::forward", "micro-batch " + std::to_string(micro_batch) + " is already in flight");
+  }
+  Stash stash;
+  Tensor y = run_layers(std::move(x), &stash);
+  keep_stash(micro_batch, std::move(stash), "forward");
+  Tensor out = to_output(y);
+  pause_until(start, spec_.simulated_forward_us);
+  return out;
+}
+
+Tensor PipelineStage::backward(std::int64_t micro_batch, Tensor dy) {
+  const auto start = std::chrono::steady_clock::now();
+  if (spec_.is_last) fail("PipelineStage::backward", "the last stage takes backward_loss");
+  const std::int64_t rows = stash_.count(micro_batch) ? stash_.at(micro_batch).inputs.front().size(0) : -1;
+  if (!dy.defined() || dy.dim() != 2 || dy.size(1) != spec_.sizes.back() || (rows >= 0 && dy.size(0) != rows)) {
+    fail("PipelineStage::backward", "dy is " + shape_string(dy) + "; expected [" +
+                                        (rows >= 0 ? std::to_string(rows) : std::string("rows")) + ", " +
+                                        std::to_string(spec_.sizes.back()) + "] f32");
+  }
+  Stash stash = take_stash(micro_batch, "backward");
+  Tensor dx = backward_from(std::move(stash), std::move(dy));
+  ++backwards_;
+  ++backwards_since_step_;
+  pause_until(start, spec_.simulated_backward_us);
+  return dx;
+}
+
+float PipelineStage::forward_loss(std::int64_t micro_batch, Tensor x, Tensor labels, std::int64_t batch_size) {
+  const auto start = std::chrono::steady_clock::now();
+  if (!spec_.is_last) fail("PipelineStage::forward_loss", "only the last stage computes the loss");
+  if (stash_.count(micro_batch) != 0) {
+    fail("PipelineStage::forward_loss", "micro-batch " + std::to_string(micro_batch) + " is already in flight");
+  }
+  if (x.defined() && batch_size < x.size(0)) {
+    fail("PipelineStage::forward_loss", "batch_size " + std::to_string(batch_size) + " is smaller than the " +
+                                            std::to_string(x.size(0)) + " rows of the micro-batch");
+  }
+  Stash stash;
+  Tensor logits = run_layers(std::move(x), &stash);
+  kernels::CrossEntropyResult result =
+      kernels::softmax_cross_entropy(logits, labels.to(device_), {.batch_size = batch_size});
+  stash.dlogits = std::move(result.dlogits);
+  stash.bytes += bytes_of(stash.dlogits);
+  keep_stash(micro_batch, std::move(stash), "forward_loss");
+  pause_until(start, spec_.simulated_forward_us);
+  return result.loss;
+}
+
+Tensor PipelineStage::backward_loss(std::int64_t micro_batch) {
+  const auto start = std::chrono::steady_clock::now();
+  if (!spec_.is_last) fail("PipelineStage::backward_loss", "only the last stage computes the loss");
+  Stash stash = take_stash(micro_batch, "backward_loss");
+  Tensor dlogits = stash.dlogits;
+  Tensor dx = backward_from(std::move(stash), std::move(dlogits));
+  ++backwards_;
+  ++backwards_since_step_;
+  pause_until(start, spec_.simulated_backward_us);
+  return dx;
+}
+
+Tensor PipelineStage::predict(Tensor x) { return to_output(run_layers(std::move(x), nullptr)); }
+
+void PipelineStage::drop_batch() {
+  for (kernels::Linear& layer : layers_) layer.zero_grad();
+  stash_.clear();
+  stash_bytes_ = 0;
+  backwards_since_step_ = 0;
+}
+
+std::int64_t PipelineStage::step(std::int64_t micro_batches) {
+  if (backwards_since_step_ != micro_batches || !stash_.empty()) {
+    const std::string why = "expected " + std::to_string(micro_batches) + " backward passes since the last step, saw " +
+                            std::to_string(backwards_since_step_) + " with " + std::to_string(stash_.size()) +
+                            " forwards still stashed; the batch's gradients were dropped";
+    drop_batch();
+    fail("PipelineStage::step", why);
+  }
+  const OptimizerSpec& optimizer = spec_.optimizer;
+  std::size_t p = 0;
+  ++steps_;
+  for (kernels::Linear& layer : layers_) {
+    for (auto [param, grad] : {std::pair{&layer.weight, &layer.weight_grad}, std::pair{&layer.bias, &layer.bias_grad}}) {
+      if (optimizer.kind == OptimizerSpec::Kind::adam) {
+        kernels::adam_step(*param, *grad, adam_m_[p], adam_v_[p], steps_, optimizer.adam);
+      } else {
+        kernels::sgd_step(*param, *grad, velocity_.empty() ? Tensor() : velocity_[p], optimizer.sgd);
+      }
+      ++p;
+    }
+    layer.zero_grad();
+  }
+  backwards_since_step_ = 0;
+  return steps_;
+}
+
+std::vector<Tensor> PipelineStage::get_parameters() const {
+  std::vector<Tensor> out;
+  for (const kernels::Linear& layer : layers_) {
+    out.push_back(layer.weight.to(Device::cpu()).clone());
+    out.push_back(layer.bias.to(Device::cpu()).clone());
+  }
+  return out;
+}
+
+std::vector<Tensor> PipelineStage::get_gradients() const {
+  std::vector<Tensor> out;
+  for (const kernels::Linear& layer : layers_) {
+    out.push_back(layer.weight_grad.to(Device::cpu()).clone());
+    out.push_back(layer.bias_grad.to(Device::cpu()).clone());
+  }
+  return out;
+}
+
+void PipelineStage::set_parameters(std::vector<Tensor> parameters) {
+  if (parameters.size() != 2 * layers_.size()) {
+    fail("PipelineStage::set_parameters", "got " + std::to_string(parameters.size()) + " tensors for " +
+                                              std::to_string(layers_.size()) + " layers (want W0, b0, W1, b1, ...)");
+  }
+  // Check everything before changing anything.
+  for (std::size_t i = 0; i < parameters.size(); ++i) {
+    const Tensor& target = i % 2 == 0 ? layers_[i / 2].weight : layers_[i / 2].bias;
+    if (!parameters[i].defined() || parameters[i].dtype() != DType::f32 || parameters[i].shape() != target.shape()) {
+      fail("PipelineStage::set_parameters", "parameter " + std::to_string(i) + " is " + shape_string(parameters[i]) +
+                                                "; expected the shape of " + shape_string(target));
+    }
+  }
+  for (std::size_t i = 0; i < parameters.size(); ++i) {
+    Tensor& target = i % 2 == 0 ? layers_[i / 2].weight : layers_[i / 2].bias;
+    target.copy_from(parameters[i]);
+  }
+}
+
+StageStats PipelineStage::stats() const {
+  StageStats s;
+  for (const kernels::Linear& layer : layers_) {
+    s.parameters += layer.weight.numel() + layer.bias.numel();
+    s.parameter_bytes += bytes_of(layer.weight) + bytes_of(layer.bias);
+    s.gradient_bytes += bytes_of(layer.weight_grad) + bytes_of(layer.bias_grad);
+  }
+  for (const auto* group : {&velocity_, &adam_m_, &adam_v_}) {
+    for (const Tensor& t : *group) s.optimizer_bytes += bytes_of(t);
+  }
+  s.stashed_micro_batches = static_cast<std::int64_t>(stash_.size());
+  s.stash_bytes = stash_bytes_;
+  s.peak_stashed_micro_batches = peak_stashed_;
+  s.peak_stash_bytes = peak_stash_bytes_;
+  s.forwards = forwards_;
+  s.backwards = backwards_;
+  s.steps = steps_;
+  s.device = device_.to_string();
+  return s;
+}
+
+// ---- schedules ----------------------------------------------------------------------------
+
+std::vector<PipelineOp> schedule_order(Schedule schedule, int stage, int stages, int micro_batches) {
+  if (stages < 1 || micro_batches < 1 || stage < 0 || stage >= stages) {
+    fail("schedule_order", "want stages >= 1, micro_batches >= 1 and 0 <= stage < stages; got stage " +
+                               std::to_string(stage) + " of " + std::to_string(stages) + ", " +
+                               std::to_string(micro_batches) + " micro-batches");
+  }
+  using Kind = PipelineOp::Kind;
+  std::vector<PipelineOp> ops;
+  ops.reserve(2 * static_cast<std::size_t>(micro_batches));
+  if (schedule == Schedule::gpipe) {
+    for (int i = 0; i < micro_batches; ++i) ops.push_back({Kind::forward, i});
+    for (int i = 0; i < micro_batches; ++i) ops.push_back({Kind::backward, i});
+    return ops;
+  }
+  const int warmup = std::min(stages - stage - 1, micro_batches);
+  for (int i = 0; i < warmup; ++i) ops.push_back({Kind::forward, i});
+  for (int i = 0; i + warmup < micro_batches; ++i) {
+    ops.push_back({Kind::forward, i + warmup});
+    ops.push_back({Kind::backward, i});
+  }
+  for (int i = micro_batches - warmup; i < micro_batches; ++i) ops.push_back({Kind::backward, i});
+  return ops;
+}
+
+// ---- Pipeline ---------------------------------------------------------------------------------
+
+Pipeline::Pipeline(std::vector<StageSpec> specs, std::vector<ActorOptions> options) : specs_(std::move(specs)) {
+  const std::string where = "Pipeline";
+  if (specs_.empty()) fail(where, "no stages");
+  if (!options.empty() && options.size() != specs_.size()) {
+    fail(where, std::to_string(options.size()) + " actor options for " + std::to_string(specs_.size()) + " stages");
+  }
+  for (std::size_t k = 0; k < specs_.size(); ++k) {
+    const StageSpec& spec = specs_[k];
+    const std::string stage = "stage " + std::to_string(k);
+    if (spec.sizes.size() < 2) fail(where, stage + " has no layer");
+    if (spec.is_first != (k == 0)) fail(where, stage + (k == 0 ? " must" : " must not") + " have is_first set");
+    if (spec.is_last != (k + 1 == specs_.size())) {
+      fail(where, stage + (k + 1 == specs_.size() ? " must" : " must not") + " have is_last set");
+    }
+    if (k > 0 && specs_[k - 1].sizes.back() != spec.sizes.front()) {
+      fail(where, stage + " takes " + std::to_string(spec.sizes.front()) + " features but stage " +
+                      std::to_string(k - 1) + " gives " + std::to_string(specs_[k - 1].sizes.back()));
+    }
+    if (!options.empty() && options[k].max_concurrency != 1) {
+      fail(where, stage + ": max_concurrency must be 1 (the schedule is the order of calls)");
+    }
+  }
+  try {
+    for (std::size_t k = 0; k < specs_.size(); ++k) {
+      stages_.push_back(troupe::actor<PipelineStage>(options.empty() ? ActorOptions{} : options[k], specs_[k]));
+    }
+  } catch (...) {
+    kill_stages();
+    throw;
+  }
+}
+
+Pipeline::~Pipeline() { kill_stages(); }
+
+Pipeline::Pipeline(Pipeline&& other) noexcept
+    : specs_(std::move(other.specs_)),
+      stages_(std::exchange(other.stages_, {})),
+      next_micro_batch_(other.next_micro_batch_) {}
+
+Pipeline& Pipeline::operator=(Pipeline&& other) noexcept {
+  if (this != &other) {
+    kill_stages();
+    specs_ = std::move(other.specs_);
+    stages_ = std::exchange(other.stages_, {});
+    next_micro_batch_ = other.next_micro_batch_;
+  }
+  return *this;
+}
+
+void Pipeline::kill_stages() noexcept {
+  for (const auto& stage : stages_) {
+    try {
+      if (is_initialized() && stage.valid()) troupe::kill(stage);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): a stage that is gone already is what we want
+    }
+  }
+  stages_.clear();
+}
+
+ObjectRef<float> Pipeline::submit_batch(const Tensor& x, const Tensor& labels, int micro_batches,
+                                        Schedule schedule) {
+  const std::string where = "Pipeline::submit_batch";
+  if (stages_.empty()) fail(where, "the pipeline has no stages (moved from?)");
+  if (micro_batches < 1) fail(where, "micro_batches must be >= 1, got " + std::to_string(micro_batches));
+  const std::int64_t in = specs_.front().sizes.front();
+  if (!x.defined() || x.dim() != 2 || x.size(1) != in || x.dtype() != DType::f32) {
+    fail(where, "x is " + shape_string(x) + "; expected f32 [batch, " + std::to_string(in) + "]");
+  }
+  if (x.size(0) == 0) fail(where, "the batch is empty");
+  if (!labels.defined() || labels.dim() != 1 || labels.size(0) != x.size(0) ||
+      (labels.dtype() != DType::i32 && labels.dtype() != DType::i64)) {
+    fail(where, "labels is " + shape_string(labels) + "; expected i32 or i64 [" + std::to_string(x.size(0)) + "]");
+  }
+  const std::int64_t batch = x.size(0);
+  const std::vector<Tensor> xs = x.chunk(micro_batches);  // views, no copy
+  const std::vector<Tensor> ys = labels.chunk(micro_batches);
+  const int m = static_cast<int>(xs.size());  // fewer than asked when batch < micro_batches
+  const int S = static_cast<int>(stages_.size());
+  const std::int64_t first_id = next_micro_batch_;
+  next_micro_batch_ += m;
+
+  // Every stage's order, then one walk that submits, from any stage, the
+  // next op whose inputs exist (see the header on why this cannot deadlock).
+  std::vector<std::vector<PipelineOp>> orders;
+  for (int k = 0; k < S; ++k) orders.push_back(schedule_order(schedule, k, S, m));
+  std::vector<std::vector<ObjectRef<Tensor>>> activations(S, std::vector<ObjectRef<Tensor>>(m));
+  std::vector<std::vector<ObjectRef<Tensor>>> gradients(S, std::vector<ObjectRef<Tensor>>(m));
+  std::vector<std::vector<bool>> forwarded(S, std::vector<bool>(m, false));
+  std::vector<ObjectRef<float>> losses(m);
+  std::vector<std::size_t> next(S, 0);
+  std::size_t left = 2 * static_cast<std::size_t>(m) * static_cast<std::size_t>(S);
+  while (left > 0) {
+    bool progressed = false;
+    for (int k = 0; k < S; ++k) {
+      while (next[k] < orders[k].size()) {
+        const PipelineOp op = orders[k][next[k]];
+        const int i = op.micro_batch;
+        const std::int64_t id = first_id + i;
+        const bool last = k == S - 1;
+        if (op.kind == PipelineOp::Kind::forward) {
+          if (k > 0 && !activations[k - 1][i].valid()) break;
+          const Tensor input = k == 0 ? xs[i] : Tensor();
+          if (last) {
+            losses[i] = k == 0 ? stages_[k].call<&PipelineStage::forward_loss>(id, input, ys[i], batch)
+                               : stages_[k].call<&PipelineStage::forward_loss>(id, activations[k - 1][i], ys[i], batch);
+          } else {
+            activations[k][i] = k == 0 ? stages_[k].call<&PipelineStage::forward>(id, input)
+                                       : stages_[k].call<&PipelineStage::forward>(id, activations[k - 1][i]);
+          }
+          forwarded[k][i] = true;
+        } else {
+          if (!forwarded[k][i]) {
+            throw_error(Errc::internal, where + ": the " + std::string(to_string(schedule)) + " order of stage " +
+                                            std::to_string(k) + " runs backward " + std::to_string(i) +
+                                            " before its forward");
+          }
+          if (!last && !gradients[k + 1][i].valid()) break;
+          gradients[k][i] = last ? stages_[k].call<&PipelineStage::backward_loss>(id)
+                                 : stages_[k].call<&PipelineStage::backward>(id, gradients[k + 1][i]);
+        }
+        ++next[k];
+        --left;
+        progressed = true;
+      }
+    }
+    if (!progressed) {
+      throw_error(Errc::internal, where + ": the " + std::string(to_string(schedule)) +
+                                      " orders of the stages wait on each other; nothing was left to submit");
+    }
+  }
+  // The step runs after the stage's last backward (the actor's call order).
+  std::vector<ObjectRef<std::int64_t>> steps;
+  for (const auto& stage : stages_) steps.push_back(stage.call<&PipelineStage::step>(std::int64_t{m}));
+  return when_all(when_all(losses), when_all(steps))
+      .then([](std::tuple<std::vector<float>, std::vector<std::int64_t>> done) {
+        double sum = 0;  // micro-batch order: the same sum every time
+        for (const float loss : std::get<0>(done)) sum += loss;
+        return static_cast<float>(sum);
+      });
+}
+
+float Pipeline::train_batch(const Tensor& x, const Tensor& labels, int micro_batches, Schedule schedule) {
+  return submit_batch(x, labels, micro_batches, schedule).get();
+}
+
+ObjectRef<Tensor> Pipeline::predict(const Tensor& x) {
+  if (stages_.empty()) fail("Pipeline::predict", "the pipeline has no stages (moved from?)");
+  ObjectRef<Tensor> h = stages_.front().call<&PipelineStage::predict>(x);
+  for (std::size_t k = 1; k < stages_.size(); ++k) h = stages_[k].call<&PipelineStage::predict>(h);
+  return h;
+}
+
+std::vector<std::vector<Tensor>> Pipeline::parameters() const {
+  std::vector<ObjectRef<std::vector<Tensor>>> refs;
+  for (const auto& stage : stages_) refs.push_back(stage.call<&PipelineStage::get_parameters>());
+  return when_all(refs).get();
+}
+
+std::vector<StageStats> Pipeline::stats() const {
+  std::vector<ObjectRef<StageStats>> refs;
+  for (const auto& stage : stages_) refs.push_back(stage.call<&PipelineStage::stats>());
+  return when_all(refs).get();
+}
+
+}  // namespace troupe::actors
