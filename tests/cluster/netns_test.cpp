@@ -338,6 +338,13 @@ void run_job_across_namespaces(const NetnsPair& net) {
   // Worker k runs in namespace k; returns its node id.
   auto start_worker = [&](int k, const NetnsWorker& worker, const std::string& gpus) -> std::string {
     auto before = cluster.node_ids();
+    // Namespaces on one kernel share /dev/shm and SysV IPC, so UCX takes
+    // their processes for one host and picks shared memory, whose wake-up
+    // goes through abstract unix sockets that a network namespace isolates:
+    // fetches between the namespaces would never be answered. Distinct
+    // hosts use TCP anyway; so do these "hosts" (the workers' actor hosts
+    // inherit UCX_TLS from their node manager).
+    ::setenv("UCX_TLS", "tcp,self", 1);
     auto result = net.exec_in(k, TestCluster::cli(),
                               {"start", "--address", head_address, "--node-ip", net.ns_ip(k), "--gpus", gpus,
                                "--num-cpus", "2", "--temp-dir", worker.root().string()});
@@ -348,6 +355,7 @@ void run_job_across_namespaces(const NetnsPair& net) {
   };
   const std::string t4 = start_worker(0, w1, "T4-16GB:1");
   const std::string h100 = start_worker(1, w2, "H100-80GB:1");
+  ::unsetenv("UCX_TLS");
   ASSERT_FALSE(t4.empty());
   ASSERT_FALSE(h100.empty());
 

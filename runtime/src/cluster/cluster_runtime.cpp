@@ -8,14 +8,18 @@
 #include <kj/exception.h>
 
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <random>
 #include <sstream>
 
 #include "local/local_runtime.hpp"
+#include "troupe/runtime/cuda.hpp"
 #include "troupe/runtime/logging.hpp"
+#include "troupe/runtime/tensor.hpp"
 #include "troupe/transport/error.hpp"
+#include "troupe/transport/ucx.hpp"
 
 namespace troupe::detail {
 namespace {
@@ -121,15 +125,24 @@ class RemoteValue final : public Value {
   RemoteValue(std::weak_ptr<ClusterRuntime> runtime, Id128 id, std::string location)
       : runtime_(std::move(runtime)), id_(id), location_(std::move(location)) {}
   const std::type_info& type() const noexcept override { return typeid(void); }
-  std::string encode() const override { return *bytes(); }
+  std::string encode() const override {
+    auto value = resolved();
+    return value ? value->encode() : std::string();
+  }
   bool is_remote() const noexcept override { return true; }
-  const std::string* bytes() const override {
+  std::shared_ptr<Value> resolved() const override {
     std::call_once(once_, [&] {
       auto runtime = runtime_.lock();
       if (!runtime) throw_error(Errc::object_lost, "the runtime is shut down");
-      data_ = runtime->fetch_bytes(id_, location_);
+      value_ = runtime->fetch_value(id_, location_);
     });
-    return &data_;
+    return value_;
+  }
+  const std::string* bytes() const override {
+    auto value = resolved();
+    if (value && value->bytes()) return value->bytes();
+    std::call_once(encoded_once_, [&] { encoded_ = value ? value->encode() : std::string(); });
+    return &encoded_;
   }
 
  private:
@@ -137,8 +150,66 @@ class RemoteValue final : public Value {
   Id128 id_;
   std::string location_;
   mutable std::once_flag once_;
-  mutable std::string data_;
+  mutable std::shared_ptr<Value> value_;
+  mutable std::once_flag encoded_once_;
+  mutable std::string encoded_;
 };
+
+// ---- the data plane's object forms ----------------------------------------------------
+//
+// What a holder publishes under an object's key (its envelope): one tag
+// byte, then
+//   kPlainForm:  the value's encoding (nothing for a void result);
+//   kTensorForm: the tensor's dtype, memory type and shape (TensorMeta);
+//                its bytes are published apart, under payload_key(id),
+//                straight from the tensor's storage, so they cross with no
+//                copy on either side (the consumer's Tensor wraps the
+//                buffer UCX received into, in host or CUDA memory);
+//   kErrorForm:  an ErrorInfo message (the call failed).
+constexpr char kPlainForm = 0;
+constexpr char kTensorForm = 1;
+constexpr char kErrorForm = 2;
+
+transport::ObjectKey object_key(const Id128& id) { return transport::ObjectKey{id.hi, id.lo}; }
+transport::ObjectKey payload_key(const Id128& id) { return transport::ObjectKey{id.hi ^ (std::uint64_t{1} << 63), id.lo}; }
+
+struct TensorMeta {
+  std::uint8_t dtype = 0;
+  std::uint8_t memory = 0;  // 0 host, 1 cuda
+  std::vector<std::int64_t> shape;
+};
+
+void put_tensor_meta(std::string& out, const TensorMeta& meta) {
+  out.push_back(static_cast<char>(meta.dtype));
+  out.push_back(static_cast<char>(meta.memory));
+  const auto dims = static_cast<std::uint32_t>(meta.shape.size());
+  out.append(reinterpret_cast<const char*>(&dims), sizeof dims);
+  out.append(reinterpret_cast<const char*>(meta.shape.data()), dims * sizeof(std::int64_t));
+}
+
+TensorMeta get_tensor_meta(std::string_view in) {
+  TensorMeta meta;
+  std::uint32_t dims = 0;
+  if (in.size() < 2 + sizeof dims) throw_error(Errc::protocol, "truncated tensor envelope");
+  meta.dtype = static_cast<std::uint8_t>(in[0]);
+  meta.memory = static_cast<std::uint8_t>(in[1]);
+  std::memcpy(&dims, in.data() + 2, sizeof dims);
+  if (in.size() != 2 + sizeof dims + std::size_t{dims} * sizeof(std::int64_t) || meta.dtype > 5 || meta.memory > 1)
+    throw_error(Errc::protocol, "malformed tensor envelope");
+  meta.shape.resize(dims);
+  std::memcpy(meta.shape.data(), in.data() + 2 + sizeof dims, std::size_t{dims} * sizeof(std::int64_t));
+  return meta;
+}
+
+std::exception_ptr from_transport(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const transport::TransportError& e) {
+    return make_error(static_cast<Errc>(static_cast<int>(e.code())), e.message());
+  } catch (...) {
+    return std::current_exception();
+  }
+}
 
 }  // namespace
 
@@ -272,6 +343,7 @@ void ClusterRuntime::start() {
   calls_ = std::make_unique<CallPlane>(bind_ip, pool_, [this](transport::ReceivedMessage& m) { on_call_message(m); });
   calls_->set_periodic(std::chrono::milliseconds(20), [this] { tick(); });
   calls_->start();
+  start_data_plane();
   g_cluster = this;
   set_release_hook(&release_hook);
   if (config_.actor_host) {
@@ -411,6 +483,9 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
     auto state = from_wire(update.getState());
     std::string address = update.getAddress();
     auto incarnation = update.getIncarnation();
+    if (!address.empty() && update.getDataAddress().size() > 0)
+      note_data_address(address, std::string(reinterpret_cast<const char*>(update.getDataAddress().begin()),
+                                             update.getDataAddress().size()));
     if (state == ActorState::dead) {
       // Calls already sent to it will never be answered.
       std::vector<StatePtr> failed;
@@ -611,6 +686,8 @@ void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& addres
       auto descriptor = args[i].initRef();
       set_id(descriptor.initId(), Id128{ref->id().owner, ref->id().index});
       descriptor.setOwnerAddress(ref->location());
+      if (auto data = data_address_of(ref->location()); !data.empty())
+        descriptor.setOwnerDataAddress(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(data.data()), data.size()));
       descriptor.setRemote();
       borrowed.push_back(ref);
     } else {
@@ -656,9 +733,14 @@ void ClusterRuntime::dispatch_call_message(wire::CallMessage::Reader root) {
     }
     case wire::CallMessage::RELEASE: {
       std::lock_guard lock(mutex_);
-      for (auto id : root.getRelease().getIds()) {
-        table_.erase(get_id(id));
-        wanted_.erase(get_id(id));
+      for (auto wire_id : root.getRelease().getIds()) {
+        const Id128 id = get_id(wire_id);
+        table_.erase(id);
+        wanted_.erase(id);
+        if (data_) {
+          data_->unpublish(object_key(id));
+          data_->unpublish(payload_key(id));
+        }
       }
       break;
     }
@@ -696,6 +778,10 @@ void ClusterRuntime::on_reply(wire::CallReply::Reader reply) {
 }
 
 StatePtr ClusterRuntime::fetch_async(const Id128& id, const std::string& location) {
+  if (data_) {
+    if (auto data_address = data_address_of(location); !data_address.empty())
+      return fetch_over_data_plane(id, data_address);
+  }
   auto state = std::make_shared<ObjectState>();
   capnp::MallocMessageBuilder message;
   auto request = message.initRoot<wire::CallMessage>().initRequest();
@@ -717,12 +803,159 @@ StatePtr ClusterRuntime::fetch_async(const Id128& id, const std::string& locatio
   return state;
 }
 
-std::string ClusterRuntime::fetch_bytes(const Id128& id, const std::string& location) {
+ValuePtr ClusterRuntime::fetch_value(const Id128& id, const std::string& location) {
   auto state = fetch_async(id, location);
-  state->wait();  // bounded: the tick fails fetches past their deadline
+  state->wait();  // bounded: fetches fail past their deadline (tick, or the data plane's timeout)
   state->rethrow_if_error();
-  const auto& value = state->value();
-  return value ? value->encode() : std::string();
+  return state->value();
+}
+
+// ---- the UCX data plane ------------------------------------------------------------------
+
+void ClusterRuntime::start_data_plane() {
+  if (const char* mode = std::getenv("TROUPE_DATA_PLANE"); mode && std::string_view(mode) == "zmq") {
+    data_fallback_reason_ = "TROUPE_DATA_PLANE=zmq";
+    return;
+  }
+  try {
+    transport::UcxOptions options;
+    auto worker = transport::UcxWorker::create(transport::UcxContext::create(options));
+    data_ = std::make_shared<transport::DataPlane>(std::move(worker));
+    TROUPE_LOG_DEBUG("data plane: UCX {}", data_->worker()->context()->describe());
+  } catch (const std::exception& e) {
+    TROUPE_LOG_WARN("UCX data plane unavailable ({}); objects will move over the call plane", e.what());
+    data_fallback_reason_ = std::string("UCX unavailable: ") + e.what();
+    data_.reset();
+  }
+}
+
+std::string ClusterRuntime::data_plane_info() const {
+  if (data_) return "ucx: " + data_->worker()->context()->describe();
+  return "call plane: " + data_fallback_reason_;
+}
+
+void ClusterRuntime::note_data_address(const std::string& call_address, std::string data_address) {
+  std::lock_guard lock(mutex_);
+  data_addresses_[call_address] = std::move(data_address);
+}
+
+std::string ClusterRuntime::data_address_of(const std::string& call_address) {
+  if (data_ && call_address == calls_->address()) return data_->address();
+  std::lock_guard lock(mutex_);
+  auto it = data_addresses_.find(call_address);
+  return it == data_addresses_.end() ? std::string() : it->second;
+}
+
+void ClusterRuntime::publish(const Id128& id, const StatePtr& result) {
+  if (!data_) return;
+  auto envelope = std::make_shared<std::string>();
+  try {
+    if (result->has_error()) {
+      capnp::MallocMessageBuilder message;
+      fill_error(message.initRoot<wire::ErrorInfo>(), result->error());
+      auto words = capnp::messageToFlatArray(message);
+      envelope->push_back(kErrorForm);
+      envelope->append(reinterpret_cast<const char*>(words.asBytes().begin()), words.asBytes().size());
+    } else if (const ValuePtr& value = result->value(); value && value->type() == typeid(Tensor)) {
+      const Tensor& tensor = static_cast<const TypedValue<Tensor>*>(value.get())->value;
+      TensorMeta meta{static_cast<std::uint8_t>(tensor.dtype()),
+                      static_cast<std::uint8_t>(tensor.device().is_cuda() ? 1 : 0), tensor.shape()};
+      // The bytes go out straight from the tensor's storage, kept alive by
+      // the published buffer until every send of it completed.
+      auto keep = std::make_shared<Tensor>(tensor);
+      data_->publish(payload_key(id),
+                     transport::ObjectBuffer::wrap(tensor.nbytes() ? keep->raw_data() : nullptr, tensor.nbytes(), keep,
+                                                   meta.memory ? transport::MemoryType::cuda : transport::MemoryType::host));
+      envelope->push_back(kTensorForm);
+      put_tensor_meta(*envelope, meta);
+    } else {
+      envelope->push_back(kPlainForm);
+      if (value) envelope->append(value->encode());
+    }
+  } catch (...) {
+    // The value could not be encoded: consumers get that error.
+    capnp::MallocMessageBuilder message;
+    fill_error(message.initRoot<wire::ErrorInfo>(), std::current_exception());
+    auto words = capnp::messageToFlatArray(message);
+    envelope->assign(1, kErrorForm);
+    envelope->append(reinterpret_cast<const char*>(words.asBytes().begin()), words.asBytes().size());
+  }
+  const void* data = envelope->data();
+  const std::size_t size = envelope->size();
+  data_->publish(object_key(id), transport::ObjectBuffer::wrap(data, size, std::move(envelope)));
+}
+
+StatePtr ClusterRuntime::fetch_over_data_plane(const Id128& id, const std::string& data_address) {
+  auto state = std::make_shared<ObjectState>();
+  transport::FetchOptions options;
+  options.timeout = fetch_timeout_;
+  options.wait_for_publish = true;  // the producing call may still run: the holder answers when it is done
+  std::weak_ptr<ClusterRuntime> weak = weak_from_this();
+  data_->fetch(data_address, object_key(id), options,
+               [weak, state, id, data_address](transport::ObjectBuffer buffer, std::exception_ptr error) {
+                 // On the UCX progress thread: decode on the pool instead.
+                 auto self = weak.lock();
+                 if (!self) {
+                   state->set_error(make_error(Errc::cancelled, "the runtime shut down"));
+                   return;
+                 }
+                 if (error) {
+                   state->set_error(from_transport(error));
+                   return;
+                 }
+                 self->pool_.post([weak, state, id, data_address, buffer = std::move(buffer)]() mutable {
+                   if (auto self = weak.lock()) self->on_envelope(id, data_address, state, buffer);
+                 });
+               });
+  return state;
+}
+
+void ClusterRuntime::on_envelope(const Id128& id, const std::string& data_address, const StatePtr& state,
+                                 transport::ObjectBuffer& buffer) {
+  try {
+    std::string_view envelope = buffer.view();
+    if (envelope.empty()) throw_error(Errc::protocol, "empty object envelope from the data plane");
+    const char form = envelope[0];
+    envelope.remove_prefix(1);
+    if (form == kPlainForm) {
+      if (envelope.empty()) state->set_value(nullptr);
+      else state->set_value(std::make_shared<EncodedValue>(std::string(envelope)));
+      return;
+    }
+    if (form == kErrorForm) {
+      kj::Array<capnp::word> words = kj::heapArray<capnp::word>(envelope.size() / sizeof(capnp::word));
+      std::memcpy(words.begin(), envelope.data(), words.size() * sizeof(capnp::word));
+      capnp::FlatArrayMessageReader reader(words);
+      state->set_error(to_exception(reader.getRoot<wire::ErrorInfo>()));
+      return;
+    }
+    if (form != kTensorForm) throw_error(Errc::protocol, "unknown object form " + std::to_string(int(form)));
+    auto meta = std::make_shared<TensorMeta>(get_tensor_meta(envelope));
+    // A CUDA tensor lands in CUDA memory where this process has a GPU.
+    const bool to_cuda = meta->memory == 1 && troupe::cuda::device_count() > 0;
+    transport::FetchOptions options;
+    options.timeout = fetch_timeout_;
+    options.destination = to_cuda ? transport::MemoryType::cuda : transport::MemoryType::host;
+    std::weak_ptr<ClusterRuntime> weak = weak_from_this();
+    data_->fetch(data_address, payload_key(id), options,
+                 [state, meta, to_cuda](transport::ObjectBuffer payload, std::exception_ptr error) {
+                   if (error) {
+                     state->set_error(from_transport(error));
+                     return;
+                   }
+                   try {
+                     auto keep = payload.keepalive;
+                     auto storage = Storage::wrap(payload.data, payload.size, to_cuda ? Device::cuda(0) : Device::cpu(),
+                                                  [keep](void*) {});
+                     Tensor tensor(std::move(storage), meta->shape, static_cast<DType>(meta->dtype));
+                     state->set_value(make_value<Tensor>(std::move(tensor)));
+                   } catch (...) {
+                     state->set_error(std::current_exception());
+                   }
+                 });
+  } catch (...) {
+    state->set_error(std::current_exception());
+  }
 }
 
 void ClusterRuntime::serve_fetch(wire::CallRequest::Reader request) {
@@ -759,6 +992,9 @@ StatePtr ClusterRuntime::resolve_descriptor(wire::ObjectDescriptor::Reader descr
     return state;
   }
   std::string owner = descriptor.getOwnerAddress();
+  if (descriptor.getOwnerDataAddress().size() > 0 && owner != calls_->address())
+    note_data_address(owner, std::string(reinterpret_cast<const char*>(descriptor.getOwnerDataAddress().begin()),
+                                         descriptor.getOwnerDataAddress().size()));
   if (owner == calls_->address()) {
     std::lock_guard lock(mutex_);
     auto it = table_.find(id);
@@ -817,8 +1053,11 @@ void ClusterRuntime::on_request(wire::CallRequest::Reader request) {
   auto self = shared_from_this();
   std::weak_ptr<ObjectState> weak = result;
   const std::uint64_t actor = hosted_id_.lo;
-  result->on_complete([self, weak, call_id, return_to, actor] {
-    if (auto s = weak.lock()) self->reply_to(return_to, call_id, actor, s, /*allow_ref=*/true);
+  result->on_complete([self, weak, call_id, return_to, actor, result_id] {
+    if (auto s = weak.lock()) {
+      self->publish(result_id, s);  // before the reply: a consumer may ask as soon as the caller knows
+      self->reply_to(return_to, call_id, actor, s, /*allow_ref=*/true);
+    }
   });
   hosted_->submit_from(std::move(spec), get_id(request.getCallerId()).lo);
 }
@@ -832,19 +1071,33 @@ void ClusterRuntime::reply_to(const std::string& address, std::uint64_t call_id,
   if (result->has_error()) {
     fill_error(reply.initError(), result->error());
   } else {
+    const ValuePtr& value = result->value();
+    // A large tensor is not encoded at all: its bytes go out over the data
+    // plane, from its storage, to whoever fetches it.
+    std::size_t tensor_bytes = 0;
+    if (value && value->type() == typeid(Tensor))
+      tensor_bytes = static_cast<const TypedValue<Tensor>*>(value.get())->value.nbytes();
+    bool by_ref = allow_ref && tensor_bytes > kInlineLimit;
     std::string bytes;
-    try {
-      bytes = result->value() ? result->value()->encode() : std::string();
-    } catch (...) {
-      fill_error(reply.initError(), std::current_exception());
-      calls_->send(address, message);
-      return;
+    if (!by_ref) {
+      try {
+        bytes = value ? value->encode() : std::string();
+      } catch (...) {
+        fill_error(reply.initError(), std::current_exception());
+        calls_->send(address, message);
+        return;
+      }
+      by_ref = allow_ref && bytes.size() > kInlineLimit;
     }
-    if (allow_ref && bytes.size() > kInlineLimit) {
+    if (by_ref) {
       auto descriptor = reply.initRef();
       set_id(descriptor.initId(), Id128{result->id().owner, result->id().index});
       descriptor.setOwnerAddress(calls_->address());
-      descriptor.setSizeBytes(bytes.size());
+      if (data_) {
+        const auto& data = data_->address();
+        descriptor.setOwnerDataAddress(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(data.data()), data.size()));
+      }
+      descriptor.setSizeBytes(tensor_bytes ? tensor_bytes : bytes.size());
       descriptor.setRemote();
     } else {
       reply.setValue(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(bytes.data()), bytes.size()));
@@ -949,6 +1202,10 @@ void ClusterRuntime::start_host() {
   if (failure.empty()) {
     body.setState(wire::ActorState::ALIVE);
     body.setAddress(calls_->address());
+    if (data_) {
+      const auto& data = data_->address();
+      body.setDataAddress(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(data.data()), data.size()));
+    }
   } else {
     body.setState(wire::ActorState::DEAD);
     auto reason = body.initReason();
@@ -1004,6 +1261,7 @@ void ClusterRuntime::shutdown() {
   g_cluster = nullptr;
   if (control_) control_->stop();
   if (calls_) calls_->stop();
+  data_.reset();  // fails fetches still pending with `cancelled`
   if (host_runtime_) host_runtime_->shutdown();
   pool_.stop();
   std::lock_guard lock(mutex_);
@@ -1013,3 +1271,12 @@ void ClusterRuntime::shutdown() {
 }
 
 }  // namespace troupe::detail
+
+namespace troupe {
+
+std::string data_plane_info() {
+  if (auto* cluster = detail::g_cluster) return cluster->data_plane_info();
+  return "local: in-process";
+}
+
+}  // namespace troupe

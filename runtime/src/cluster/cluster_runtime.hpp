@@ -16,6 +16,11 @@
 #include "backend.hpp"
 #include "net.hpp"
 
+namespace troupe::transport {
+class DataPlane;
+struct ObjectBuffer;
+}
+
 namespace troupe::detail {
 
 class LocalRuntime;
@@ -107,8 +112,14 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
                  std::uint64_t seq, CallSpec& spec);
   void kill_actor(std::uint64_t actor_id, bool no_restart);
   const std::string& call_address() const noexcept { return calls_->address(); }
-  // Fetches an object held by another process (blocking, bounded).
-  std::string fetch_bytes(const Id128& id, const std::string& location);
+  // Fetches an object held by another process (blocking, bounded): an
+  // EncodedValue, or a TypedValue<Tensor> whose storage is the received
+  // buffer itself. nullptr for a void result.
+  ValuePtr fetch_value(const Id128& id, const std::string& location);
+  // Remembers the data-plane (UCX worker) address of the process whose call
+  // plane is at `call_address`.
+  void note_data_address(const std::string& call_address, std::string data_address);
+  std::string data_plane_info() const;
   void queue_release(const ObjectId& id, const std::string& location);
 
  private:
@@ -131,6 +142,14 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
                 bool allow_ref);
   StatePtr resolve_descriptor(wire::ObjectDescriptor::Reader descriptor);
   StatePtr fetch_async(const Id128& id, const std::string& location);
+  // Over UCX: the object's envelope, then (for a tensor) its bytes.
+  StatePtr fetch_over_data_plane(const Id128& id, const std::string& data_address);
+  void on_envelope(const Id128& id, const std::string& data_address, const StatePtr& state,
+                   transport::ObjectBuffer& buffer);
+  // Holder side: makes a finished result fetchable over UCX.
+  void publish(const Id128& id, const StatePtr& result);
+  std::string data_address_of(const std::string& call_address);
+  void start_data_plane();
   void tick();
   std::map<std::string, double> cluster_totals(bool available);
   void register_driver();
@@ -145,6 +164,11 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
   Id128 node_id_;
   std::unique_ptr<ControlChannel> control_;
   std::unique_ptr<CallPlane> calls_;
+  // UCX data plane for object bytes; null when UCX could not start (or
+  // TROUPE_DATA_PLANE=zmq), and then objects move as `__fetch` calls.
+  std::shared_ptr<transport::DataPlane> data_;
+  std::unordered_map<std::string, std::string> data_addresses_;  // call address -> UCX address
+  std::string data_fallback_reason_;
   std::chrono::milliseconds request_timeout_{10000};
   std::chrono::milliseconds fetch_timeout_{120000};
 

@@ -48,4 +48,9 @@ std::map<std::string, double> available_resources();
 // Number of actors not yet dead.
 std::size_t live_actors();
 
+// How objects move between this process and others: "ucx: <transports>"
+// when the UCX data plane runs (cluster mode), "call plane: <why>" when
+// objects fall back to ZeroMQ, "local: in-process" in local mode.
+std::string data_plane_info();
+
 }  // namespace troupe

@@ -29,6 +29,10 @@ class Value {
   virtual const std::string* bytes() const { return nullptr; }
   // True for a value that still lives in another process.
   virtual bool is_remote() const noexcept { return false; }
+  // For a value that lives in another process: the value once fetched (may
+  // fetch; may be a typed value, e.g. a Tensor over received memory).
+  // nullptr for every other value.
+  virtual std::shared_ptr<Value> resolved() const { return nullptr; }
 };
 
 template <class T>
@@ -70,6 +74,13 @@ T take_value(ValuePtr& value) {
     auto* typed = static_cast<TypedValue<T>*>(value.get());
     if (value.use_count() == 1) return std::move(typed->value);
     return typed->value;
+  }
+  if (value->is_remote()) {
+    if (std::shared_ptr<Value> fetched = value->resolved()) {
+      if (fetched->type() == typeid(T)) return static_cast<TypedValue<T>*>(fetched.get())->value;  // shared: copy
+      if (const std::string* encoded = fetched->bytes()) return troupe::deserialize<T>(*encoded);
+      throw_type_mismatch(typeid(T), fetched->type());
+    }
   }
   if (const std::string* encoded = value->bytes()) return troupe::deserialize<T>(*encoded);
   throw_type_mismatch(typeid(T), value->type());
