@@ -12,8 +12,14 @@
 #            `troupe status`, and stops the cluster again.
 #   local    the example runs in one process, actors in local mode.
 # DEMO_PORT is the head's port (default 6390).
-# DEMO_EXAMPLE names the example (examples/NAME.cpp); by default the first of
-# PREFERRED_EXAMPLES that exists, else the first examples/*.cpp.
+# DEMO_EXAMPLE names the example (examples/NAME.cpp or examples/NAME/); by
+# default the first of PREFERRED_EXAMPLES that exists (pipeline_mnist: an MLP
+# trained on Fashion-MNIST as 4 pipeline-stage actors, to >= 88% test
+# accuracy), else the first examples/*.cpp. DEMO_EXAMPLE=pipeline_local runs
+# the earlier forward-only pipeline example.
+# Without ARGS, pipeline_mnist in cluster mode gets --gpu-stages: each stage
+# asks for one of the cluster's (declared) GPUs, so the scheduler spreads the
+# 4 stages over the head's H100s and the worker's T4s.
 # DEMO_TIMEOUT (seconds, default 900) stops a demo that hangs (exit 124).
 # BUILD_DIR, BUILD_TYPE, TROUPE_CUDA, JOBS as in scripts/configure-build.sh.
 set -euo pipefail
@@ -24,7 +30,7 @@ BUILD_DIR="${BUILD_DIR:-build}"
 export BUILD_DIR
 DEMO_MODE="${DEMO_MODE:-cluster}"
 DEMO_TIMEOUT="${DEMO_TIMEOUT:-900}"
-PREFERRED_EXAMPLES=(pipeline_local)
+PREFERRED_EXAMPLES=(pipeline_mnist pipeline_local)
 
 build_args=()
 demo_args=()
@@ -38,15 +44,20 @@ while (($#)); do
   shift
 done
 
+# An example is examples/NAME.cpp or a folder examples/NAME/ of .cpp files.
+example_exists() {
+  [[ -f $ROOT/examples/$1.cpp ]] || compgen -G "$ROOT/examples/$1/*.cpp" > /dev/null
+}
+
 pick_example() {
   local name src
   if [[ -n ${DEMO_EXAMPLE:-} ]]; then
-    [[ -f $ROOT/examples/$DEMO_EXAMPLE.cpp ]] || {
-      echo "demo.sh: no examples/$DEMO_EXAMPLE.cpp" >&2; return 1; }
+    example_exists "$DEMO_EXAMPLE" || {
+      echo "demo.sh: no examples/$DEMO_EXAMPLE.cpp or examples/$DEMO_EXAMPLE/" >&2; return 1; }
     echo "$DEMO_EXAMPLE"; return
   fi
   for name in "${PREFERRED_EXAMPLES[@]}"; do
-    if [[ -f $ROOT/examples/$name.cpp ]]; then echo "$name"; return; fi
+    if example_exists "$name"; then echo "$name"; return; fi
   done
   for src in "$ROOT"/examples/*.cpp; do
     [[ -f $src ]] || continue
@@ -89,6 +100,9 @@ targets=(--target "example_$example")
 "$ROOT/scripts/configure-build.sh" "${build_args[@]}" "${targets[@]}"
 
 exe="$BUILD_DIR/examples/$example"
+if ((${#demo_args[@]} == 0)) && [[ $example == pipeline_mnist && $DEMO_MODE == cluster ]]; then
+  demo_args=(--gpu-stages)
+fi
 start=$SECONDS
 set +e
 case "$DEMO_MODE" in

@@ -17,6 +17,7 @@ PACKAGES=(
   libcereal-dev                        # serialization of user types
   libopenblas-dev                      # CPU BLAS for kernels
   dataset-fashion-mnist                # data for the pipeline example
+  zlib1g-dev                           # reads that data (gzipped IDX files)
   iproute2 procps                      # network namespaces, process tools in tests
 )
 
