@@ -107,4 +107,22 @@ TEST(ClusterJob, KilledWorkerFailsTheCallWithActorDiedInsteadOfHanging) {
   EXPECT_LT(took, 20s);  // well inside the call's own 30 s timeout
 }
 
+TEST(ClusterJob, OneMiBTensorsThroughAFourStageChainKeepEveryProcessBounded) {
+  TestCluster cluster(kHeartbeatMs, kMisses);
+  ASSERT_EQ(cluster.start_head().exit_code, 0);
+  ASSERT_FALSE(cluster.add_worker("T4-16GB:1").empty());  // 4 CPUs in all: one per stage
+  const char* steps = std::getenv("TROUPE_MEMORY_LOOP_STEPS");
+  auto result = cluster.troupe(
+      {"submit", "--name", "memory", "--", TROUPE_CLUSTER_JOB, "memory-loop", steps ? steps : "20000"}, 900s);
+  ASSERT_EQ(result.exit_code, 0) << result.all();
+  EXPECT_NE(result.out.find("JOB OK"), std::string::npos) << result.all();
+  auto at = result.out.find("RSS GROWTH ");
+  ASSERT_NE(at, std::string::npos) << result.all();
+  const long growth_kib = std::atol(result.out.c_str() + at + 11);
+  // Every step moves 3 MiB between processes; a leak of one tensor per step
+  // would grow by gigabytes. Allow allocator slack and caches.
+  EXPECT_LT(growth_kib, 96 * 1024) << result.out;
+  std::printf("%s", result.out.c_str());
+}
+
 }  // namespace
