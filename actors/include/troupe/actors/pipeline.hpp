@@ -302,6 +302,11 @@ class Pipeline {
   // error. Batches submitted back to back queue behind each other on every
   // stage. Throws Error(invalid_argument) at once for micro_batches < 1, an
   // empty batch, labels that are not [B], or x that is not [B, in].
+  // A batch that fails in a forward (or the loss) fails every backward after
+  // it, so every stage drops it and the parameters stay as they were; a
+  // failure inside a backward of stage k leaves the stages after k stepped.
+  // TODO(correctness): a step that waits for the first stage's backwards
+  // would make that all-or-nothing too.
   [[nodiscard]] ObjectRef<float> submit_batch(const Tensor& x, const Tensor& labels, int micro_batches,
                                               Schedule schedule);
   // submit_batch(...).get(): blocks, throws the batch's error.
