@@ -165,6 +165,9 @@ DaemonConfig build_config(const StartOptions& options) {
       if (name == scheduler::kGpu || name.rfind("GPU:", 0) == 0) {
         throw UsageError("--resources: declare GPUs with --gpus, not \"" + name + "\"");
       }
+      if (scheduler::is_node_resource(name)) {
+        throw UsageError("--resources: \"" + name + "\" is taken: every node offers node:<its id> by itself");
+      }
       if (name == scheduler::kCpu) {
         config.num_cpus = static_cast<std::uint32_t>(amount);
       } else if (name == scheduler::kMemory) {

@@ -90,6 +90,7 @@ std::vector<std::vector<std::string>> node_rows(wire::ClusterState::Reader state
     std::string other;
     for (const auto& [name, amount] : total.amounts()) {
       if (name == scheduler::kCpu || name == scheduler::kGpu || name == scheduler::kMemory) continue;
+      if (scheduler::is_node_resource(name)) continue;  // every node has its own; the NODE column says it
       other += (other.empty() ? "" : ", ") + name + " " + usage(name, amount - available.get(name), amount);
     }
     auto used = [&](std::string_view name) {
@@ -150,6 +151,7 @@ int status(const HeadOptions& options) {
   std::cout << "\nResources (alive nodes, used/total):\n";
   std::vector<std::vector<std::string>> resource_rows;
   for (const auto& [name, amount] : total.amounts()) {
+    if (scheduler::is_node_resource(name)) continue;
     resource_rows.push_back({name, usage(name, amount - available.get(name), amount)});
   }
   if (resource_rows.empty()) resource_rows.push_back({"none"});

@@ -138,10 +138,13 @@ class NodeManager {
       auto peers = gpus[i].initPeers(static_cast<unsigned>(gpu.peers.size()));
       for (unsigned p = 0; p < gpu.peers.size(); ++p) peers.set(p, static_cast<std::uint32_t>(gpu.peers[p]));
     }
-    const auto& custom = config_.resources.amounts();
-    auto resources = reg.initResources(static_cast<unsigned>(custom.size()));
+    // Custom resources, plus the node's own "node:<short id>" (as Ray's
+    // raylet adds node:<ip>), which lets a bundle or actor pin this node.
+    scheduler::ResourceSet custom = config_.resources;
+    custom.set(scheduler::node_resource(config_.node_id.short_hex()), scheduler::kNodeResourceCapacity);
+    auto resources = reg.initResources(static_cast<unsigned>(custom.amounts().size()));
     unsigned i = 0;
-    for (const auto& [name, amount] : custom) {
+    for (const auto& [name, amount] : custom.amounts()) {
       resources[i].setName(name);
       resources[i].setAmount(amount);
       ++i;

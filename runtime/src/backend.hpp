@@ -11,6 +11,7 @@
 
 #include "thread_pool.hpp"
 #include "troupe/runtime/actor.hpp"
+#include "troupe/runtime/nodes.hpp"
 
 namespace troupe::detail {
 
@@ -30,8 +31,16 @@ class Backend {
   virtual std::map<std::string, double> total_resources() = 0;
   virtual std::map<std::string, double> free_resources() = 0;
   virtual std::size_t live_actor_count() = 0;
+  // The alive nodes. The default asks the head at head_address() on a
+  // control connection of its own (nodes.cpp).
+  virtual std::vector<NodeDescription> nodes();
   virtual void shutdown() = 0;
 };
+
+// The head this process joined (IP:PORT), set by init() in cluster mode;
+// empty otherwise.
+std::string head_address();
+void set_head_address(std::string address);
 
 // The backend of this process, or null before init / after shutdown.
 std::shared_ptr<Backend> backend() noexcept;

@@ -62,6 +62,7 @@ void init(InitOptions options) {
     config.head_address = head;
     config.actor_host = true;
     config.spec_path = spec;
+    detail::set_head_address(head);
     auto runtime = std::make_shared<detail::ClusterRuntime>(config);
     detail::set_backend(runtime);
     g_mode.store(Mode::cluster);
@@ -80,10 +81,12 @@ void init(InitOptions options) {
     config.num_threads = options.num_threads;
     auto runtime = std::make_shared<detail::ClusterRuntime>(config);
     detail::set_backend(runtime);
+    detail::set_head_address(options.address);
     try {
       runtime->start();
     } catch (...) {
       detail::set_backend(nullptr);
+      detail::set_head_address({});
       runtime->shutdown();
       throw;
     }
@@ -133,6 +136,7 @@ void shutdown() {
   if (!runtime) return;
   runtime->shutdown();
   detail::set_backend(nullptr);
+  detail::set_head_address({});
   g_mode.store(Mode::none);
 }
 

@@ -131,6 +131,14 @@ void from_json(const nlohmann::json& j, ResourceSet& resources) {
 
 std::string format_bytes(double bytes) { return detail::format_bytes(bytes); }
 
+std::string node_resource(std::string_view node_name) {
+  std::string name(kNodeResourcePrefix);
+  name += node_name;
+  return name;
+}
+
+bool is_node_resource(std::string_view name) noexcept { return name.starts_with(kNodeResourcePrefix); }
+
 // --- GpuInfo / NodeInfo JSON ------------------------------------------------
 
 void to_json(nlohmann::json& j, const GpuInfo& gpu) {

@@ -4,6 +4,7 @@
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/logging.hpp"
+#include "troupe/runtime/nodes.hpp"
 #include "troupe/runtime/object_ref.hpp"
 #include "troupe/runtime/runtime.hpp"
 #include "troupe/runtime/serialization.hpp"

@@ -112,6 +112,7 @@ LocalRuntime::LocalRuntime(const InitOptions& options) : pool_(pool_size(options
     node.total.set(scheduler::kMemory, static_cast<double>(physical_memory_bytes()));
     node.total.set(scheduler::kGpu, static_cast<double>(node.gpus.size()));
     for (const auto& [name, amount] : options.resources) node.total.set(name, amount);
+    node.total.set(scheduler::node_resource(node.node_id), scheduler::kNodeResourceCapacity);
     nodes_.emplace_back(std::move(node));
   } catch (const std::exception& e) {
     pool_.stop();
@@ -351,6 +352,18 @@ void LocalRuntime::remove_group(const std::shared_ptr<GroupCore>& group) {
 std::map<std::string, double> LocalRuntime::total_resources() {
   std::lock_guard lock(mutex_);
   return to_map(nodes_.front().total());
+}
+
+std::vector<NodeDescription> LocalRuntime::nodes() {
+  std::lock_guard lock(mutex_);
+  const scheduler::NodeState& node = nodes_.front();
+  NodeDescription description;
+  description.id = node.node_id();
+  description.name = node.node_id();
+  description.gpus = node.gpus();
+  description.total = to_map(node.total());
+  description.available = to_map(node.available());
+  return {std::move(description)};
 }
 
 std::map<std::string, double> LocalRuntime::free_resources() {

@@ -149,6 +149,7 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
   std::string group_reason(const GroupCore& group) override;
 
   std::map<std::string, double> total_resources() override;
+  std::vector<NodeDescription> nodes() override;
   std::map<std::string, double> free_resources() override;
   std::size_t live_actor_count() override;
   void shutdown() override;

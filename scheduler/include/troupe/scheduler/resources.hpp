@@ -29,6 +29,19 @@ inline constexpr std::string_view kCpu = "CPU";
 inline constexpr std::string_view kGpu = "GPU";
 inline constexpr std::string_view kMemory = "memory";
 
+// Every node offers "node:<node name>" (Ray's node resource): the node
+// manager adds it at registration (the name is the node id's first 12 hex
+// digits, as `troupe status` shows it; "local" in local mode), with a
+// capacity no sensible request exhausts, so a bundle or actor asking for
+// {"node:<name>": kNodeResourceRequest} is pinned to that node.
+inline constexpr std::string_view kNodeResourcePrefix = "node:";
+inline constexpr double kNodeResourceCapacity = 1000;
+inline constexpr double kNodeResourceRequest = 0.001;
+// "node:" + node_name.
+std::string node_resource(std::string_view node_name);
+// True for names that start with kNodeResourcePrefix.
+bool is_node_resource(std::string_view name) noexcept;
+
 // Quantities closer than this are equal. Fractional GPUs (0.1 + 0.2 ...) and
 // repeated allocate/release would otherwise drift; memory is counted in whole
 // bytes, so an absolute tolerance far below one is safe for it too.

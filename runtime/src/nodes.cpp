@@ -1,0 +1,100 @@
+// troupe::nodes(): local mode answers from its one node; cluster mode asks
+// the head for its cluster state on a short-lived control connection.
+#include "troupe/runtime/nodes.hpp"
+
+#include <cstdio>
+#include <mutex>
+#include <random>
+
+#include <capnp/message.h>
+
+#include "backend.hpp"
+#include "cluster/net.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/transport/schema/control.capnp.h"
+
+namespace troupe {
+namespace detail {
+namespace {
+
+std::mutex g_head_mutex;
+std::string g_head_address;  // guarded by g_head_mutex
+
+constexpr std::chrono::milliseconds kNodesTimeout{10000};
+
+std::string hex_id(wire::NodeId::Reader id) {
+  char buffer[33];
+  std::snprintf(buffer, sizeof buffer, "%016llx%016llx", static_cast<unsigned long long>(id.getHi()),
+                static_cast<unsigned long long>(id.getLo()));
+  return buffer;
+}
+
+scheduler::GpuInfo gpu_of(wire::GpuInfo::Reader gpu) {
+  scheduler::GpuInfo info;
+  info.index = static_cast<int>(gpu.getIndex());
+  info.model = gpu.getModel().cStr();
+  info.memory_bytes = gpu.getMemoryBytes();
+  info.sm_count = static_cast<int>(gpu.getSmCount());
+  info.cc_major = gpu.getCcMajor();
+  info.cc_minor = gpu.getCcMinor();
+  info.declared = gpu.getDeclared();
+  for (auto peer : gpu.getPeers()) info.peers.push_back(static_cast<int>(peer));
+  return info;
+}
+
+}  // namespace
+
+std::string head_address() {
+  std::lock_guard lock(g_head_mutex);
+  return g_head_address;
+}
+
+void set_head_address(std::string address) {
+  std::lock_guard lock(g_head_mutex);
+  g_head_address = std::move(address);
+}
+
+// TODO(perf): ClusterRuntime could override this to reuse its own control
+// channel instead of opening one per call.
+std::vector<NodeDescription> Backend::nodes() {
+  const std::string head = head_address();
+  if (head.empty()) throw_error(Errc::unsupported, "this runtime knows no head to ask for its nodes");
+  std::random_device random;
+  char identity[32];
+  std::snprintf(identity, sizeof identity, "qry-%08x%08x", random(), random());
+  ControlChannel channel(head, identity, [](wire::ControlMessage::Reader) {});
+  capnp::MallocMessageBuilder message;
+  message.initRoot<wire::ControlMessage>().initGetClusterState().setIncludeDead(false);
+  auto reply = channel.request(message, kNodesTimeout);
+  channel.stop();
+  auto root = reply.root<wire::ControlMessage>();
+  if (!root.isClusterState()) throw_error(Errc::protocol, "head answered getClusterState with an unexpected message");
+
+  std::vector<NodeDescription> out;
+  for (auto info : root.getClusterState().getNodes()) {
+    if (info.getState() != wire::NodeState::ALIVE) continue;
+    auto node = info.getNode();
+    NodeDescription description;
+    description.id = hex_id(node.getNodeId());
+    description.name = description.id.substr(0, 12);
+    description.hostname = node.getHostname().cStr();
+    for (auto gpu : node.getGpus()) description.gpus.push_back(gpu_of(gpu));
+    description.total[std::string(scheduler::kCpu)] = node.getNumCpus();
+    description.total[std::string(scheduler::kGpu)] = static_cast<double>(node.getGpus().size());
+    description.total[std::string(scheduler::kMemory)] = static_cast<double>(node.getMemoryBytes());
+    for (auto resource : node.getResources()) description.total[resource.getName().cStr()] = resource.getAmount();
+    for (auto resource : info.getAvailable()) description.available[resource.getName().cStr()] = resource.getAmount();
+    out.push_back(std::move(description));
+  }
+  return out;
+}
+
+}  // namespace detail
+
+std::vector<NodeDescription> nodes() {
+  auto runtime = detail::backend();
+  if (!runtime) throw_error(Errc::invalid_argument, "troupe::init() has not been called");
+  return runtime->nodes();
+}
+
+}  // namespace troupe
