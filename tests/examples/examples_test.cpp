@@ -26,6 +26,7 @@ namespace {
 
 const std::string kPipelineLocal = TROUPE_BINARY_DIR "/examples/pipeline_local";
 const std::string kCustomActor = TROUPE_BINARY_DIR "/examples/custom_actor";
+const std::string kPipelineServing = TROUPE_BINARY_DIR "/examples/pipeline_serving";
 const std::string kTroupe = TROUPE_BINARY_DIR "/cli/troupe";
 
 struct ProcessResult {
@@ -180,6 +181,56 @@ TEST(PipelineLocalExample, BadFlagsExitWithStatusTwoAndUsage) {
   r = run({kPipelineLocal, "--help"});
   EXPECT_TRUE(ExitedWith(r, 0));
   EXPECT_TRUE(contains(r.out, "--microbatches")) << r.out;
+}
+
+// ---- examples/pipeline_serving ---------------------------------------------------
+
+// Local mode with the example's default GPUs (TROUPE_GPUS cleared).
+const std::vector<std::string> kNoDeclaredGpus = {"TROUPE_GPUS=", "TROUPE_ADDRESS="};
+
+TEST(PipelineServingExample, PlansOverTheDeclaredGpusPlacesStagesAsPlannedAndServesMatchingRequests) {
+  REQUIRE_BINARY(kPipelineServing);
+  ProcessResult r = run({kPipelineServing, "--requests", "12", "--inflight", "4", "--batch", "8", "--check", "3"},
+                        120s, kNoDeclaredGpus);
+  ASSERT_TRUE(ExitedWith(r, 0));
+  EXPECT_TRUE(contains(r.out, "model mlp12-serving, 12 layers")) << r.out;
+  EXPECT_TRUE(contains(r.out, "cluster: local node, 4 GPUs on 1 node")) << r.out;
+  EXPECT_TRUE(contains(r.out, "STAGE  NODE")) << r.out;
+  EXPECT_TRUE(contains(r.out, "H100-80GB")) << r.out;
+  EXPECT_TRUE(contains(r.out, "the plan is")) << r.out;
+  EXPECT_TRUE(contains(r.out, "placement: every stage is on its planned node and GPU type")) << r.out;
+  EXPECT_TRUE(contains(r.out, "serving 12 requests of 8 rows, up to 4 in flight")) << r.out;
+  EXPECT_TRUE(contains(r.out, "latency p50")) << r.out;
+  EXPECT_TRUE(contains(r.out, "requests/s")) << r.out;
+  EXPECT_TRUE(contains(r.out, "result: OK, 3 of 3 checked requests match")) << r.out;
+  EXPECT_FALSE(contains(r.out, "MISPLACED")) << r.out;
+}
+
+TEST(PipelineServingExample, PlansOverAClusterFileAndPlacesByGpuType) {
+  REQUIRE_BINARY(kPipelineServing);
+  const std::string file = TROUPE_SOURCE_DIR "/tests/scheduler/data/planner/clusters/pcie-workstations-3node.json";
+  ProcessResult r = run({kPipelineServing, "--cluster", file, "--requests", "6", "--batch", "4", "--check", "2"},
+                        120s, kNoDeclaredGpus);
+  ASSERT_TRUE(ExitedWith(r, 0));
+  EXPECT_TRUE(contains(r.out, "10 GPUs on 3 nodes")) << r.out;
+  EXPECT_TRUE(contains(r.out, "placement: every stage is on its planned GPU type")) << r.out;
+  EXPECT_TRUE(contains(r.out, "result: OK")) << r.out;
+}
+
+TEST(PipelineServingExample, BadFlagsAndInputsExitWithStatusTwo) {
+  REQUIRE_BINARY(kPipelineServing);
+  ProcessResult r = run({kPipelineServing, "--requests", "none"});
+  EXPECT_TRUE(ExitedWith(r, 2));
+  EXPECT_TRUE(contains(r.err, "--requests wants a whole number")) << r.err;
+  r = run({kPipelineServing, "--frobnicate", "1"});
+  EXPECT_TRUE(ExitedWith(r, 2));
+  EXPECT_TRUE(contains(r.err, "usage: pipeline_serving")) << r.err;
+  r = run({kPipelineServing, "--model", "/nonexistent/model.json"}, 60s, kNoDeclaredGpus);
+  EXPECT_TRUE(ExitedWith(r, 2));
+  EXPECT_TRUE(contains(r.err, "cannot open")) << r.err;
+  r = run({kPipelineServing, "--help"});
+  EXPECT_TRUE(ExitedWith(r, 0));
+  EXPECT_TRUE(contains(r.out, "--inflight")) << r.out;
 }
 
 // ---- examples/custom_actor -----------------------------------------------------

@@ -1,0 +1,73 @@
+// From a pipeline plan (troupe::scheduler::plan_pipeline) to actors placed
+// where it says: the running cluster described for the planner, and a
+// placement group whose bundles pin each stage to the node and GPU type the
+// plan chose.
+//
+//   auto cluster = troupe::actors::live_cluster_spec();            // the alive nodes and their GPUs
+//   auto result = troupe::scheduler::plan_pipeline(model, cluster);
+//   auto placed = troupe::actors::place_plan(result.plan, cluster);
+//   placed.group.ready().get(60s);
+//   for (std::size_t k = 0; k < placed.stages.size(); ++k)
+//     stages.push_back(troupe::actor<Stage>(placed.stages[k], ...));
+//
+// Pinning works like Ray's: every node offers the resource "node:<name>"
+// (scheduler::node_resource), so a bundle asking for a sliver of it can only
+// go to that node; its GPU:1 with the plan's GPU type picks the GPU there.
+// GPUs of one type on one node are interchangeable for the planner (it
+// groups them into one class), so the bundle names the type, not the index.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "troupe/runtime/actor.hpp"
+#include "troupe/runtime/nodes.hpp"
+#include "troupe/scheduler/planner.hpp"
+
+namespace troupe::actors {
+
+struct LiveClusterOptions {
+  // GPU figures searched before the built-in table (scheduler::find_gpu_type).
+  scheduler::GpuTypeTable gpu_types;
+  // troupe does not measure links; these are `troupe plan --address`'s
+  // defaults: PCIe gen3 inside a node, 25 GbE between nodes.
+  double intra_node_gbps = 16.0;
+  double inter_node_gbps = 3.1;
+};
+
+// The planner's view of `nodes`: one ClusterNode per node that has GPUs,
+// named NodeDescription::name, its GPUs in index order, with tflops and
+// memory from the GPU type tables. Throws Error(invalid_argument) naming the
+// node and GPU of a model no table knows, and when no node has a GPU.
+scheduler::ClusterSpec cluster_spec(const std::vector<NodeDescription>& nodes, const LiveClusterOptions& options = {});
+// cluster_spec(troupe::nodes(), options): the running cluster (or, in local
+// mode, this machine with its detected or declared GPUs).
+scheduler::ClusterSpec live_cluster_spec(const LiveClusterOptions& options = {});
+
+struct PlacePlanOptions {
+  // Pin each stage to its plan node with {"node:<node>": 0.001}. Turn off for
+  // a plan made over a cluster file whose nodes are not this runtime's: the
+  // stages then get the planned GPU types wherever they are free.
+  bool pin_nodes = true;
+  // Added to every bundle (and asked by every stage), e.g. {{"CPU", 1}}.
+  std::map<std::string, double> extra_resources;
+  std::string group_name;
+  PlacementStrategy strategy = PlacementStrategy::pack;
+};
+
+struct PlacedPlan {
+  PlacementGroup group;               // bundle k reserves stage k's GPU
+  std::vector<ResourceSpec> bundles;  // what each bundle asks for
+  std::vector<ActorOptions> stages;   // stage k: {"GPU": 1} of the planned type, in bundle k
+};
+
+// Creates the placement group for `plan` (a plan over `cluster`) and the
+// ActorOptions of its stages; returns at once: group.ready() completes when
+// every bundle is reserved, and actors created with stages[k] wait for it.
+// Throws Error(invalid_argument) when a stage names a node or GPU that
+// `cluster` does not have, or the plan has no stages.
+PlacedPlan place_plan(const scheduler::Plan& plan, const scheduler::ClusterSpec& cluster,
+                      const PlacePlanOptions& options = {});
+
+}  // namespace troupe::actors
