@@ -81,8 +81,22 @@ void print_table(const std::vector<std::vector<std::string>>& rows, const std::s
   }
 }
 
+// "ucx tcp,sysv,posix,cma; CUDA staged" / "... CUDA native" / "zmq".
+std::string data_plane(wire::RegisterNode::Reader node) {
+  std::string ucx;
+  bool zmq = false;
+  for (auto transport : node.getTransports()) {
+    std::string_view name = transport.cStr();
+    if (name.rfind("ucx:", 0) == 0) ucx += (ucx.empty() ? "" : ",") + std::string(name.substr(4));
+    else zmq = zmq || name == "zmq";
+  }
+  if (ucx.empty()) return zmq ? "zmq" : "-";
+  return "ucx " + ucx + (node.getCudaStaging() ? "; CUDA staged" : "; CUDA native");
+}
+
 std::vector<std::vector<std::string>> node_rows(wire::ClusterState::Reader state) {
-  std::vector<std::vector<std::string>> rows{{"NODE", "STATE", "ADDRESS", "CPU", "MEMORY", "GPU", "GPUS BY TYPE", "OTHER"}};
+  std::vector<std::vector<std::string>> rows{
+      {"NODE", "STATE", "ADDRESS", "CPU", "MEMORY", "GPU", "GPUS BY TYPE", "DATA PLANE", "OTHER"}};
   for (auto info : state.getNodes()) {
     auto node = info.getNode();
     auto total = node_total(node);
@@ -101,7 +115,7 @@ std::vector<std::vector<std::string>> node_rows(wire::ClusterState::Reader state
                     node.getAddress().cStr(), usage("CPU", used(scheduler::kCpu), total.get(scheduler::kCpu)),
                     usage("memory", used(scheduler::kMemory), total.get(scheduler::kMemory)),
                     usage("GPU", used(scheduler::kGpu), total.get(scheduler::kGpu)),
-                    gpus_by_type(node.getGpus()), other.empty() ? "-" : other});
+                    gpus_by_type(node.getGpus()), data_plane(node), other.empty() ? "-" : other});
   }
   return rows;
 }
@@ -258,6 +272,8 @@ nlohmann::json nodes_json(wire::ClusterState::Reader state) {
                     {"memory_bytes", node.getMemoryBytes()},
                     {"gpus", gpus},
                     {"gpus_by_type", by_type},
+                    {"data_plane", data_plane(node)},
+                    {"cuda_native", !node.getCudaStaging()},
                     {"total", node_total(node)},
                     {"available", node_available(info)},
                     {"last_heartbeat_age_ms", info.getLastHeartbeatAgeMs()}});

@@ -21,6 +21,7 @@
 #include "troupe/runtime/logging.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
+#include "troupe/transport/ucx.hpp"
 
 namespace troupe::cli {
 namespace {
@@ -55,6 +56,7 @@ class NodeManager {
     socket_.set(zmq::sockopt::immediate, 1);  // drop, not queue, while the head is away
     transport::apply_socket_limits(socket_, {});
     socket_.connect(tcp_endpoint(config_.head_address));
+    probe_data_plane();
   }
 
   void run(const std::atomic<bool>& stop) {
@@ -149,8 +151,11 @@ class NodeManager {
       resources[i].setAmount(amount);
       ++i;
     }
-    auto transports = reg.initTransports(1);
-    transports.set(0, "tcp");
+    // What the actor hosts this node starts will use for object bytes (they
+    // inherit this process's UCX_TLS/UCX_NET_DEVICES).
+    auto transports = reg.initTransports(static_cast<unsigned>(data_transports_.size()));
+    for (unsigned t = 0; t < data_transports_.size(); ++t) transports.set(t, data_transports_[t]);
+    reg.setCudaStaging(!cuda_native_);
     send(message);
   }
 
@@ -408,6 +413,28 @@ class NodeManager {
     hosts_.clear();
   }
 
+  // UCX's transports here ("ucx:tcp", "ucx:sysv", ...), or "zmq" when UCX
+  // cannot start (actor hosts then move objects over the call plane).
+  void probe_data_plane() {
+    try {
+      auto context = transport::UcxContext::create();
+      std::string all = context->transports();
+      for (std::size_t start = 0; start < all.size();) {
+        auto comma = all.find(',', start);
+        if (comma == std::string::npos) comma = all.size();
+        if (comma > start) data_transports_.push_back("ucx:" + all.substr(start, comma - start));
+        start = comma + 1;
+      }
+      cuda_native_ = context->cuda_native();
+    } catch (const std::exception& e) {
+      TROUPE_LOG_WARN("node {}: no UCX data plane ({}); objects will move over the call plane",
+                      config_.node_id.short_hex(), e.what());
+    }
+    if (data_transports_.empty()) data_transports_.push_back("zmq");
+  }
+
+  std::vector<std::string> data_transports_;
+  bool cuda_native_ = false;
   NodeManagerConfig config_;
   std::string identity_;
   zmq::socket_t socket_{zmq_context(), zmq::socket_type::dealer};

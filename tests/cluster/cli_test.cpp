@@ -57,6 +57,11 @@ TEST(ClusterCli, HeadAndThreeWorkersRegisterWithTheirDeclaredGpus) {
   EXPECT_THAT(status.out, HasSubstr("CPU     0/8"));
   EXPECT_THAT(status.out, HasSubstr("GPU     0/4"));
   EXPECT_THAT(status.out, HasSubstr("TPU     0/2"));
+  // Each node says how its actors move objects: Debian's UCX has tcp and
+  // shared memory, and no CUDA support of its own.
+  EXPECT_THAT(status.out, HasSubstr("DATA PLANE"));
+  EXPECT_THAT(status.out, HasSubstr("ucx tcp"));
+  EXPECT_TRUE(cluster.node(t4)["data_plane"].get<std::string>().rfind("ucx ", 0) == 0) << cluster.node(t4).dump();
 
   // Several workers on one machine keep separate pid and log files.
   EXPECT_TRUE(fs::exists(cluster.session() / "pids" / (TestCluster::worker_name(h100) + ".pid")));
