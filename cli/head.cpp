@@ -124,6 +124,7 @@ struct ActorEntry {
   std::string address;
   std::string data_address;
   std::string owner_identity;
+  std::set<std::string> watchers;  // other processes that looked it up: they get its updates too
   Id128 owner;
   Id128 job;
   Id128 group;
@@ -281,13 +282,19 @@ struct Head::Impl {
     reason.setMessage(actor.reason);
   }
 
-  void notify_owner(ActorEntry& actor) {
-    if (actor.owner_identity.empty()) return;
+  // The owner and every process that looked the actor up learn each change
+  // (a caller that is not the owner must see the actor die, or its calls
+  // would wait forever). The router drops what is sent to a process that is
+  // gone; a dead actor has nothing more to say, so its watchers are dropped.
+  void notify_watchers(ActorEntry& actor) {
+    if (actor.owner_identity.empty() && actor.watchers.empty()) return;
     capnp::MallocMessageBuilder message;
     auto root = message.initRoot<ControlMessage>();
     root.setRequestId(0);
     fill_actor_update(root.initActorUpdate(), actor);
-    send_to(actor.owner_identity, message);
+    if (!actor.owner_identity.empty()) send_to(actor.owner_identity, message);
+    for (const auto& watcher : actor.watchers) send_to(watcher, message);
+    if (actor.state == ActorState::DEAD) actor.watchers.clear();
   }
 
   void set_actor_state(ActorEntry& actor, ActorState state, std::uint16_t code, std::string reason) {
@@ -305,7 +312,7 @@ struct Head::Impl {
     if (changed) {
       TROUPE_LOG_INFO("head: actor {} ({}) -> {} {}", actor.id.short_hex(),
                       actor.create().getClassName().cStr(), static_cast<int>(state), actor.reason);
-      notify_owner(actor);
+      notify_watchers(actor);
     }
   }
 
@@ -815,14 +822,23 @@ struct Head::Impl {
 
   void on_get_actor_by_name(const std::string& identity, std::uint64_t request_id,
                             wire::GetActorByName::Reader get) {
-    auto it = actor_names.find({id_of(get.getJobId()), std::string(get.getName().cStr())});
-    if (it == actor_names.end()) {
-      throw RequestError(kNotFound, "no actor named \"" + std::string(get.getName().cStr()) + "\"");
+    ActorEntry* actor = nullptr;
+    if (get.getName().size() == 0) {
+      auto it = get.hasActorId() ? actors.find(id_of(get.getActorId())) : actors.end();
+      if (it == actors.end()) throw RequestError(kNotFound, "no actor with that id");
+      actor = &it->second;
+    } else {
+      auto it = actor_names.find({id_of(get.getJobId()), std::string(get.getName().cStr())});
+      if (it == actor_names.end()) {
+        throw RequestError(kNotFound, "no actor named \"" + std::string(get.getName().cStr()) + "\"");
+      }
+      actor = &actors.at(it->second);
     }
+    if (identity != actor->owner_identity && actor->state != ActorState::DEAD) actor->watchers.insert(identity);
     capnp::MallocMessageBuilder message;
     auto root = message.initRoot<ControlMessage>();
     root.setRequestId(request_id);
-    fill_actor_update(root.initActorUpdate(), actors.at(it->second));
+    fill_actor_update(root.initActorUpdate(), *actor);
     send_to(identity, message);
   }
 

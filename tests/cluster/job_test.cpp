@@ -46,6 +46,8 @@ TEST(ClusterJob, SubmittedJobPlacesActorsByGpuTypeChainsCallsAcrossNodesAndExits
   EXPECT_NE(result.out.find("CHAIN 200 ok"), std::string::npos);
   EXPECT_NE(result.out.find("TENSOR 4MiB ok"), std::string::npos);
   EXPECT_NE(result.out.find("NESTED ok"), std::string::npos) << result.all();
+  EXPECT_NE(result.out.find("OBJECTREF PARAMS ok"), std::string::npos) << result.all();
+  EXPECT_NE(result.out.find("HANDLE PARAMS ok"), std::string::npos) << result.all();
   // Objects between actor hosts move over UCX, not the call plane.
   EXPECT_NE(result.out.find("PLANE ucx: "), std::string::npos) << result.all();
   EXPECT_NE(result.out.find("FETCH WHILE BUSY"), std::string::npos) << result.all();

@@ -138,9 +138,13 @@ struct KillActor {
 }
 
 struct GetActorByName {
-  # driver -> head. Reply: actorUpdate, or error notFound.
+  # driver or actor host -> head. Reply: actorUpdate, or error notFound.
+  # With an empty name, looks the actor up by actorId instead (an
+  # ActorHandle received from another process). The asker then gets the
+  # actor's later actorUpdates too, as its owner does.
   jobId @0 :JobId;
   name @1 :Text;
+  actorId @2 :ActorId;
 }
 
 # --- placement groups ---------------------------------------------------------

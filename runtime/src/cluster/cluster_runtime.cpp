@@ -155,6 +155,21 @@ class RemoteValue final : public Value {
   mutable std::string encoded_;
 };
 
+// An ObjectRef parameter as the callee receives it: the state its ObjectRef
+// wraps, filled by a fetch from the object's holder (take_arg).
+class PassedRef final : public Value {
+ public:
+  explicit PassedRef(StatePtr state) : state_(std::move(state)) {}
+  const std::type_info& type() const noexcept override { return typeid(PassedRef); }
+  std::string encode() const override {
+    throw_error(Errc::unsupported, "an ObjectRef parameter cannot be re-encoded; pass the ObjectRef on instead");
+  }
+  std::shared_ptr<ObjectState> passed_state() const override { return state_; }
+
+ private:
+  StatePtr state_;
+};
+
 // ---- the data plane's object forms ----------------------------------------------------
 //
 // What a holder publishes under an object's key (its envelope): one tag
@@ -399,7 +414,12 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
   validate_actor_options(options);
   std::vector<std::string> encoded;
   for (auto& slot : ctor_args) {
-    if (slot.value) {
+    if (slot.pass_ref) {
+      throw_error(Errc::unsupported, cls.name +
+                                         ": an ObjectRef constructor parameter cannot cross processes (the actor "
+                                         "may restart long after it is gone); take the value, or pass the "
+                                         "ObjectRef to a method");
+    } else if (slot.value) {
       encoded.push_back(slot.value->encode());
     } else {
       slot.ref->wait();  // constructor arguments are resolved here, then shipped
@@ -494,6 +514,7 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
         for (auto it = inflight_.begin(); it != inflight_.end();) {
           if (it->second.actor_id == actor->id()) {
             failed.push_back(it->second.result);
+            end_loans_locked(it->second.lent);
             it = inflight_.erase(it);
           } else {
             ++it;
@@ -509,12 +530,20 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
   }
 }
 
-std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name) {
+std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name) { return look_up(name, 0); }
+
+std::shared_ptr<ActorCore> ClusterRuntime::find(std::uint64_t id) {
+  if (auto known = actor_for_update(id)) return known;
+  return look_up({}, id);  // a handle that came from another process
+}
+
+std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, std::uint64_t actor_id) {
   if (!control_) return nullptr;
   capnp::MallocMessageBuilder message;
   auto get = message.initRoot<wire::ControlMessage>().initGetActorByName();
   set_id(get.initJobId(), job_id_);
   get.setName(std::string(name));
+  if (name.empty()) set_id(get.initActorId(), Id128{actor_id, actor_id});
   try {
     auto reply = control_->request(message, request_timeout_);
     auto root = reply.root<wire::ControlMessage>();
@@ -524,10 +553,15 @@ std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name) {
     if (auto existing = actor_for_update(id)) return existing;
     const ClassInfo* cls = find_class(update.getClassName().cStr());
     if (!cls) throw_error(Errc::not_registered, std::string("actor class ") + update.getClassName().cStr() + " is not registered in this binary");
-    auto actor = std::make_shared<RemoteActor>(*this, id, *cls, std::string(name), false);
+    const std::string address = update.getAddress();
+    if (!address.empty() && update.getDataAddress().size() > 0)
+      note_data_address(address, std::string(reinterpret_cast<const char*>(update.getDataAddress().begin()),
+                                             update.getDataAddress().size()));
+    auto actor = std::make_shared<RemoteActor>(*this, id, *cls, std::string(update.getName().cStr()), false);
     {
       std::lock_guard lock(mutex_);
-      actors_[id] = actor;
+      auto [it, added] = actors_.emplace(id, actor);
+      if (!added) return it->second;  // another thread looked it up meanwhile
     }
     actor->on_update(from_wire(update.getState()), update.getAddress(), update.getIncarnation(),
                      update.hasReason() ? std::string(update.getReason().getMessage()) : std::string());
@@ -537,8 +571,6 @@ std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name) {
     throw;
   }
 }
-
-std::shared_ptr<ActorCore> ClusterRuntime::find(std::uint64_t id) { return actor_for_update(id); }
 
 PlacementGroup ClusterRuntime::create_group(std::vector<ResourceSpec> specs, PlacementStrategy strategy,
                                             std::string name) {
@@ -677,9 +709,14 @@ void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& addres
   set_id(request.initResultId(), Id128{result_id.owner, result_id.index});
   auto args = request.initArgs(static_cast<unsigned>(spec.args.size()));
   std::vector<StatePtr> borrowed;
+  std::vector<Id128> lent;
   for (unsigned i = 0; i < spec.args.size(); ++i) {
     auto& slot = spec.args[i];
     const StatePtr& ref = slot.ref;
+    if (slot.pass_ref) {
+      describe_passed_ref(args[i].initPassRef(), ref, borrowed, lent);
+      continue;
+    }
     if (ref && ref->has_error()) std::rethrow_exception(ref->error());
     bool by_descriptor = ref && !ref->location().empty() && (!ref->is_ready() || ref->value()->is_remote());
     if (by_descriptor) {
@@ -699,14 +736,101 @@ void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& addres
   spec.result->set_location(address);  // the result lives at the callee
   {
     std::lock_guard lock(mutex_);
-    inflight_[call_id] = Inflight{spec.result, std::move(borrowed), actor_id, std::chrono::steady_clock::time_point::max()};
+    inflight_[call_id] = Inflight{spec.result, std::move(borrowed), lent, actor_id,
+                                  std::chrono::steady_clock::time_point::max()};
   }
   try {
     calls_->send(address, message);
   } catch (...) {
     std::lock_guard lock(mutex_);
     inflight_.erase(call_id);
+    end_loans_locked(lent);
     throw;
+  }
+}
+
+void ClusterRuntime::describe_passed_ref(wire::ObjectDescriptor::Builder descriptor, const StatePtr& ref,
+                                         std::vector<StatePtr>& borrowed, std::vector<Id128>& lent) {
+  const Id128 id{ref->id().owner, ref->id().index};
+  set_id(descriptor.initId(), id);
+  descriptor.setRemote();
+  const bool remote = !ref->location().empty() && (!ref->is_ready() || (ref->value() && ref->value()->is_remote()));
+  if (remote) {
+    // Held by another process (an actor's result): the callee fetches it
+    // from there, as for a resolved argument.
+    descriptor.setOwnerAddress(ref->location());
+    if (auto data = data_address_of(ref->location()); !data.empty())
+      descriptor.setOwnerDataAddress(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(data.data()), data.size()));
+    borrowed.push_back(ref);
+    return;
+  }
+  if (ref->is_ready() && !ref->has_error()) {
+    const ValuePtr& value = ref->value();
+    const bool big_tensor = value && value->type() == typeid(Tensor) &&
+                            static_cast<const TypedValue<Tensor>*>(value.get())->value.nbytes() > kInlineLimit;
+    if (!big_tensor) {
+      std::string bytes = value ? value->encode() : std::string();
+      if (bytes.size() <= kInlineLimit) {
+        descriptor.setInlineData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(bytes.data()), bytes.size()));
+        descriptor.setSizeBytes(bytes.size());
+        return;
+      }
+    }
+  }
+  // Only this process can serve it (pending here, failed, or large): lend it
+  // from table_, over the data plane when there is one, until the callee has
+  // answered; the callee fetches it before it answers.
+  descriptor.setOwnerAddress(calls_->address());
+  if (data_) {
+    const auto& data = data_->address();
+    descriptor.setOwnerDataAddress(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(data.data()), data.size()));
+  }
+  bool first = false;
+  std::vector<StatePtr> waiting;
+  {
+    std::lock_guard lock(mutex_);
+    first = loans_[id]++ == 0;
+    if (first) {
+      table_[id] = ref;
+      if (auto it = wanted_.find(id); it != wanted_.end()) {
+        waiting = std::move(it->second);
+        wanted_.erase(it);
+      }
+    }
+  }
+  for (auto& parked : waiting) forward_state(ref, parked);
+  if (first && data_) {
+    auto self = shared_from_this();
+    std::weak_ptr<ObjectState> weak = ref;
+    ref->on_complete([self, weak, id] {
+      auto s = weak.lock();
+      if (!s) return;
+      {
+        std::lock_guard lock(self->mutex_);
+        if (!self->loans_.count(id)) return;
+      }
+      self->publish(id, s);
+      std::lock_guard lock(self->mutex_);
+      if (!self->loans_.count(id)) {  // the loan ended while this encoded it
+        self->data_->unpublish(object_key(id));
+        self->data_->unpublish(payload_key(id));
+      }
+    });
+  }
+  borrowed.push_back(ref);
+  lent.push_back(id);
+}
+
+void ClusterRuntime::end_loans_locked(const std::vector<Id128>& lent) {
+  for (const auto& id : lent) {
+    auto it = loans_.find(id);
+    if (it == loans_.end() || --it->second > 0) continue;
+    loans_.erase(it);
+    table_.erase(id);
+    if (data_) {
+      data_->unpublish(object_key(id));
+      data_->unpublish(payload_key(id));
+    }
   }
 }
 
@@ -757,6 +881,7 @@ void ClusterRuntime::on_reply(wire::CallReply::Reader reply) {
     if (it == inflight_.end()) return;  // timed out or the actor was declared dead
     result = std::move(it->second.result);
     borrowed = std::move(it->second.borrowed);
+    end_loans_locked(it->second.lent);
     if (it->second.actor_id == 0 && fetches_in_flight_ > 0) --fetches_in_flight_;
     inflight_.erase(it);
   }
@@ -796,7 +921,7 @@ StatePtr ClusterRuntime::fetch_async(const Id128& id, const std::string& locatio
   descriptor.setRemote();
   {
     std::lock_guard lock(mutex_);
-    inflight_[call_id] = Inflight{state, {}, 0, std::chrono::steady_clock::now() + fetch_timeout_};
+    inflight_[call_id] = Inflight{state, {}, {}, 0, std::chrono::steady_clock::now() + fetch_timeout_};
     ++fetches_in_flight_;
   }
   calls_->send(location, message);
@@ -1026,6 +1151,7 @@ void ClusterRuntime::on_request(wire::CallRequest::Reader request) {
   CallSpec spec;
   spec.method = method;
   spec.result = result;
+  std::vector<StatePtr> passed;  // ObjectRef parameters, fetched from their holders
   for (auto arg : request.getArgs()) {
     ArgSlot slot;
     switch (arg.which()) {
@@ -1035,7 +1161,13 @@ void ClusterRuntime::on_request(wire::CallRequest::Reader request) {
         break;
       }
       case wire::Arg::REF: slot.ref = resolve_descriptor(arg.getRef()); break;
-      case wire::Arg::PASS_REF: return fail(Errc::unsupported, "ObjectRef parameters are not supported in cluster mode yet");
+      case wire::Arg::PASS_REF: {
+        StatePtr state = resolve_descriptor(arg.getPassRef());
+        passed.push_back(state);
+        slot.value = std::make_shared<PassedRef>(std::move(state));
+        slot.pass_ref = true;
+        break;
+      }
     }
     spec.args.push_back(std::move(slot));
   }
@@ -1053,12 +1185,19 @@ void ClusterRuntime::on_request(wire::CallRequest::Reader request) {
   auto self = shared_from_this();
   std::weak_ptr<ObjectState> weak = result;
   const std::uint64_t actor = hosted_id_.lo;
-  result->on_complete([self, weak, call_id, return_to, actor, result_id] {
-    if (auto s = weak.lock()) {
-      self->publish(result_id, s);  // before the reply: a consumer may ask as soon as the caller knows
-      self->reply_to(return_to, call_id, actor, s, /*allow_ref=*/true);
-    }
+  result->on_complete([self, weak, result_id] {
+    if (auto s = weak.lock()) self->publish(result_id, s);  // a consumer may ask as soon as the caller knows
   });
+  // The reply waits for the ObjectRef parameters too: the caller lends
+  // them until it has the reply, so this process must hold its copies by
+  // then, even if the method never read them.
+  auto gate = std::make_shared<std::atomic<std::size_t>>(passed.size() + 1);
+  auto answer = [self, weak, gate, call_id, return_to, actor] {
+    if (gate->fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    if (auto s = weak.lock()) self->reply_to(return_to, call_id, actor, s, /*allow_ref=*/true);
+  };
+  for (auto& state : passed) state->on_complete(answer);
+  result->on_complete(answer);
   hosted_->submit_from(std::move(spec), get_id(request.getCallerId()).lo);
 }
 

@@ -128,6 +128,9 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
     // Objects passed by descriptor: kept (not released) until the callee
     // has answered, since it fetches them before it runs.
     std::vector<StatePtr> borrowed;
+    // Objects of this process lent to the callee (ObjectRef parameters):
+    // served from table_ until the callee has answered.
+    std::vector<Id128> lent;
     std::uint64_t actor_id = 0;  // 0 for fetches
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   };
@@ -148,6 +151,12 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
                    transport::ObjectBuffer& buffer);
   // Holder side: makes a finished result fetchable over UCX.
   void publish(const Id128& id, const StatePtr& result);
+  // ObjectRef parameters. Caller side: describes `ref` for the callee,
+  // lending it from table_ when only this process can serve it.
+  void describe_passed_ref(wire::ObjectDescriptor::Builder descriptor, const StatePtr& ref,
+                           std::vector<StatePtr>& borrowed, std::vector<Id128>& lent);
+  // Ends the loans of a call that was answered, failed or never sent.
+  void end_loans_locked(const std::vector<Id128>& lent);
   std::string data_address_of(const std::string& call_address);
   void start_data_plane();
   void tick();
@@ -155,6 +164,8 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
   void register_driver();
   void start_host();
   std::shared_ptr<RemoteActor> actor_for_update(std::uint64_t id);
+  // Asks the head for an actor by name, or by id when `name` is empty.
+  std::shared_ptr<ActorCore> look_up(std::string_view name, std::uint64_t actor_id);
 
   Config config_;
   ThreadPool pool_;
@@ -186,8 +197,10 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
   std::shared_ptr<LocalActor> hosted_;
   Id128 hosted_id_;
   std::uint32_t incarnation_ = 0;
-  std::map<Id128, StatePtr> table_;                        // results held here, by id
+  // Results held here, by id (actor hosts), and objects lent to callees.
+  std::map<Id128, StatePtr> table_;
   std::map<Id128, std::vector<StatePtr>> wanted_;          // fetched before produced
+  std::map<Id128, int> loans_;                             // table_ entries lent to callees: count
 };
 
 }  // namespace troupe::detail

@@ -87,7 +87,10 @@ namespace detail {
 
 struct ArgSlot {
   ValuePtr value;  // set for plain values and for refs passed through unresolved
-  StatePtr ref;    // set for a ref to resolve before the call
+  StatePtr ref;    // set for a ref to resolve before the call (and, with pass_ref, the ref passed)
+  // An ObjectRef parameter: `value` holds the ObjectRef itself, `ref` its
+  // state. Cluster mode sends it as a descriptor the callee wraps, unresolved.
+  bool pass_ref = false;
 };
 
 struct CallSpec {
@@ -127,7 +130,8 @@ ArgSlot make_arg(Arg&& arg) {
     static_assert(std::is_same_v<A, D>,
                   "troupe: this parameter is an ObjectRef; pass an ObjectRef of the same type");
     if (!arg.valid()) throw_error(Errc::invalid_argument, "an empty ObjectRef was passed as an argument");
-    return {make_value<D>(std::forward<Arg>(arg)), nullptr};
+    StatePtr state = arg.state();
+    return {make_value<D>(std::forward<Arg>(arg)), std::move(state), /*pass_ref=*/true};
   } else if constexpr (is_object_ref_v<A>) {
     static_assert(std::is_same_v<typename A::value_type, D>,
                   "troupe: an ObjectRef<T> argument must hold exactly the parameter's type");

@@ -108,6 +108,18 @@ struct result_of_return<ObjectRef<T>> {
 template <class R>
 using method_result_t = typename result_of_return<stored_t<R>>::type;
 
+// One argument of a method or constructor. An ObjectRef parameter that came
+// from another process arrives as the state it wraps (Value::passed_state).
+template <class P>
+P take_arg(ValuePtr& value) {
+  if constexpr (is_object_ref_v<P>) {
+    if (value) {
+      if (StatePtr state = value->passed_state()) return P(std::move(state));
+    }
+  }
+  return take_value<P>(value);
+}
+
 template <auto Method>
 InvokeResult invoke_method(void* self, ArgValues& args) {
   using Traits = method_traits<decltype(Method)>;
@@ -116,15 +128,15 @@ InvokeResult invoke_method(void* self, ArgValues& args) {
   auto* object = static_cast<C*>(self);
   return [&]<std::size_t... I>(std::index_sequence<I...>) -> InvokeResult {
     if constexpr (std::is_void_v<R>) {
-      (object->*Method)(take_value<stored_t<std::tuple_element_t<I, typename Traits::params>>>(args[I])...);
+      (object->*Method)(take_arg<stored_t<std::tuple_element_t<I, typename Traits::params>>>(args[I])...);
       return {nullptr, nullptr};
     } else if constexpr (is_object_ref_v<R>) {
-      auto ref = (object->*Method)(take_value<stored_t<std::tuple_element_t<I, typename Traits::params>>>(args[I])...);
+      auto ref = (object->*Method)(take_arg<stored_t<std::tuple_element_t<I, typename Traits::params>>>(args[I])...);
       if (!ref.valid()) throw_error(Errc::invalid_argument, "async method returned an empty ObjectRef");
       return {nullptr, ref.state()};
     } else {
       return {make_value<stored_t<R>>(
-                  (object->*Method)(take_value<stored_t<std::tuple_element_t<I, typename Traits::params>>>(args[I])...)),
+                  (object->*Method)(take_arg<stored_t<std::tuple_element_t<I, typename Traits::params>>>(args[I])...)),
               nullptr};
     }
   }(std::make_index_sequence<Traits::arity>{});
@@ -134,7 +146,7 @@ template <class A>
 void* construct_actor(ArgValues& args) {
   using Params = typename actor_traits<A>::constructor_args;
   return [&]<std::size_t... I>(std::index_sequence<I...>) -> void* {
-    return new A(take_value<stored_t<std::tuple_element_t<I, Params>>>(args[I])...);
+    return new A(take_arg<stored_t<std::tuple_element_t<I, Params>>>(args[I])...);
   }(std::make_index_sequence<std::tuple_size_v<Params>>{});
 }
 

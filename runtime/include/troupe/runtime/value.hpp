@@ -16,6 +16,8 @@
 
 namespace troupe::detail {
 
+class ObjectState;
+
 std::string type_name(const std::type_info& type);
 
 class Value {
@@ -33,6 +35,9 @@ class Value {
   // fetch; may be a typed value, e.g. a Tensor over received memory).
   // nullptr for every other value.
   virtual std::shared_ptr<Value> resolved() const { return nullptr; }
+  // For an ObjectRef parameter received from another process: the state the
+  // callee's ObjectRef wraps (take_arg in registry.hpp). nullptr otherwise.
+  virtual std::shared_ptr<ObjectState> passed_state() const { return nullptr; }
 };
 
 template <class T>
