@@ -277,6 +277,8 @@ struct Head::Impl {
     update.setIncarnation(actor.incarnation);
     update.setClassName(actor.create().getClassName());
     update.setName(actor.create().getName());
+    auto gpus = update.initGpuIndices(static_cast<unsigned>(actor.gpus.size()));
+    for (unsigned i = 0; i < actor.gpus.size(); ++i) gpus.set(i, static_cast<std::uint32_t>(actor.gpus[i]));
     auto reason = update.initReason();
     reason.setCode(actor.reason_code);
     reason.setMessage(actor.reason);

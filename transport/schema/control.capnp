@@ -129,6 +129,7 @@ struct ActorUpdate {
   className @6 :Text;
   name @7 :Text;
   reason @8 :ErrorInfo;           # why it is restarting or dead, else code ok
+  gpuIndices @9 :List(UInt32);    # the node's GPUs assigned to it, once placed
 }
 
 struct KillActor {

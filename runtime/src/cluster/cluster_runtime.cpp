@@ -113,6 +113,12 @@ std::string host_of(const std::string& address) {
   return host;
 }
 
+std::vector<int> gpus_of(wire::ActorUpdate::Reader update) {
+  std::vector<int> gpus;
+  for (auto index : update.getGpuIndices()) gpus.push_back(static_cast<int>(index));
+  return gpus;
+}
+
 ClusterRuntime* g_cluster = nullptr;  // for the release hook; set while running
 
 void release_hook(const ObjectId& id, const std::string& location) {
@@ -303,6 +309,16 @@ void RemoteActor::pump() {
 void RemoteActor::fail_all_locked(std::vector<StatePtr>& failed) {
   for (auto& out : outbox_) failed.push_back(out.spec.result);
   outbox_.clear();
+}
+
+std::vector<int> RemoteActor::gpu_ids() const {
+  std::lock_guard lock(mutex_);
+  return gpus_;
+}
+
+void RemoteActor::set_gpus(std::vector<int> gpus) {
+  std::lock_guard lock(mutex_);
+  gpus_ = std::move(gpus);
 }
 
 void RemoteActor::on_update(ActorState state, std::string address, std::uint32_t incarnation, std::string reason) {
@@ -499,6 +515,7 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
     auto update = message.getActorUpdate();
     auto actor = actor_for_update(get_id(update.getActorId()).lo);
     if (!actor) return;
+    if (update.getState() != wire::ActorState::DEAD) actor->set_gpus(gpus_of(update));
     std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
     auto state = from_wire(update.getState());
     std::string address = update.getAddress();
@@ -563,6 +580,7 @@ std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, std::u
       auto [it, added] = actors_.emplace(id, actor);
       if (!added) return it->second;  // another thread looked it up meanwhile
     }
+    actor->set_gpus(gpus_of(update));
     actor->on_update(from_wire(update.getState()), update.getAddress(), update.getIncarnation(),
                      update.hasReason() ? std::string(update.getReason().getMessage()) : std::string());
     return actor;

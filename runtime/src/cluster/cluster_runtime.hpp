@@ -43,13 +43,14 @@ class RemoteActor final : public ActorCore, public std::enable_shared_from_this<
   ActorState state() const override;
   std::string status_message() const override;
   int restarts() const override;
-  std::vector<int> gpu_ids() const override { return {}; }
+  std::vector<int> gpu_ids() const override;
   void submit(CallSpec call) override;
   void kill(bool no_restart) override;
 
   // From the head (control thread).
   void on_update(ActorState state, std::string address, std::uint32_t incarnation, std::string reason);
   bool owned() const noexcept { return owned_; }
+  void set_gpus(std::vector<int> gpus);
 
  private:
   struct Outgoing {
@@ -71,6 +72,7 @@ class RemoteActor final : public ActorCore, public std::enable_shared_from_this<
   std::string address_;
   std::uint32_t incarnation_ = 0;
   int restarts_ = 0;
+  std::vector<int> gpus_;  // indices on its node, as CUDA_VISIBLE_DEVICES there
   std::deque<Outgoing> outbox_;
   std::uint64_t next_seq_ = 0;
 };
