@@ -1,8 +1,13 @@
 #include "bench_util.hpp"
 
+#include <poll.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <numeric>
 
@@ -230,6 +235,51 @@ double median(const std::vector<double>& values) {
   Samples samples;
   for (double v : values) samples.add(v);
   return samples.median();
+}
+
+bool write_all(int fd, const void* data, std::size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+bool read_all(int fd, void* data, std::size_t size, int timeout_ms) {
+  char* p = static_cast<char*>(data);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (size > 0) {
+    if (timeout_ms >= 0) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd item{fd, POLLIN, 0};
+      int r = ::poll(&item, 1, static_cast<int>(left.count()));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return false;
+    }
+    ssize_t n = ::read(fd, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+bool write_blob(int fd, const void* data, std::size_t size) {
+  const std::uint32_t length = static_cast<std::uint32_t>(size);
+  return write_all(fd, &length, sizeof length) && write_all(fd, data, size);
+}
+
+bool read_blob(int fd, std::string& out, int timeout_ms) {
+  std::uint32_t length = 0;
+  if (!read_all(fd, &length, sizeof length, timeout_ms) || length > (1u << 20)) return false;
+  out.resize(length);
+  return read_all(fd, out.data(), length, timeout_ms);
 }
 
 }  // namespace troupe::bench

@@ -165,4 +165,14 @@ double measure_parallel(int callers, int n, PerCaller&& per_caller) {
 // Median of a list of figures.
 double median(const std::vector<double>& values);
 
+// Pipes between a bench and the baseline process it forks. Each returns
+// false on EOF, an error, or (timeout_ms >= 0) when the time runs out.
+bool write_all(int fd, const void* data, std::size_t size);
+// Reads exactly `size` bytes, waiting at most `timeout_ms` in all (-1: forever).
+bool read_all(int fd, void* data, std::size_t size, int timeout_ms = -1);
+// A u32 length, then the bytes (at most 1 MiB).
+bool write_blob(int fd, const void* data, std::size_t size);
+bool read_blob(int fd, std::string& out, int timeout_ms = -1);
+inline bool write_blob(int fd, const std::string& blob) { return write_blob(fd, blob.data(), blob.size()); }
+
 }  // namespace troupe::bench

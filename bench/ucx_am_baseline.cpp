@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "bench_util.hpp"
+#include "raw_ucx.hpp"
 
 namespace troupe::bench {
 namespace {
@@ -39,66 +40,9 @@ struct Result {
   double p50 = 0, p99 = 0, mean = 0, rate = 0;
 };
 
-bool write_all(int fd, const void* data, std::size_t size) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    ssize_t n = ::write(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-// Reads exactly `size` bytes, waiting at most `timeout_ms` in all (-1: forever).
-bool read_all(int fd, void* data, std::size_t size, int timeout_ms = -1) {
-  char* p = static_cast<char*>(data);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (size > 0) {
-    if (timeout_ms >= 0) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return false;
-      pollfd item{fd, POLLIN, 0};
-      int r = ::poll(&item, 1, static_cast<int>(left.count()));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return false;
-    }
-    ssize_t n = ::read(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-bool write_blob(int fd, const void* data, std::size_t size) {
-  const std::uint32_t length = static_cast<std::uint32_t>(size);
-  return write_all(fd, &length, sizeof length) && write_all(fd, data, size);
-}
-
-bool read_blob(int fd, std::string& out, int timeout_ms = -1) {
-  std::uint32_t length = 0;
-  if (!read_all(fd, &length, sizeof length, timeout_ms) || length > (1u << 20)) return false;
-  out.resize(length);
-  return read_all(fd, out.data(), length, timeout_ms);
-}
-
-struct UcxError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-void check(ucs_status_t status, const char* what) {
-  if (status != UCS_OK) throw UcxError(std::string(what) + ": " + ucs_status_string(status));
-}
-
 // One side of the connection: context, worker, endpoint to the peer, and
 // counters bumped by the receive handlers.
-struct Side {
-  ucp_context_h context = nullptr;
-  ucp_worker_h worker = nullptr;
-  ucp_ep_h ep = nullptr;
+struct Side : RawUcx {
   std::uint64_t received = 0;  // kDataId messages
   bool done = false;           // kDoneId seen
 
@@ -114,49 +58,22 @@ struct Side {
   // Sets up the worker, swaps worker addresses with the peer over `peer_fd`
   // (the server sends first) and connects.
   void open(int peer_fd, bool server) {
-    ucp_config_t* config = nullptr;
-    check(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
-    ucp_params_t params{};
-    params.field_mask = UCP_PARAM_FIELD_FEATURES;
-    params.features = UCP_FEATURE_AM;
-    ucs_status_t status = ucp_init(&params, config, &context);
-    ucp_config_release(config);
-    check(status, "ucp_init");
-    ucp_worker_params_t worker_params{};
-    worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-    worker_params.thread_mode = UCS_THREAD_MODE_SINGLE;
-    check(ucp_worker_create(context, &worker_params, &worker), "ucp_worker_create");
-    set_handler(kDataId, &Side::on_data);
-    set_handler(kDoneId, &Side::on_done);
-
-    ucp_address_t* address = nullptr;
-    size_t address_length = 0;
-    check(ucp_worker_get_address(worker, &address, &address_length), "ucp_worker_get_address");
-    std::string mine(reinterpret_cast<const char*>(address), address_length), theirs;
-    ucp_worker_release_address(worker, address);
+    RawUcx::open(UCP_FEATURE_AM);
+    set_handler(kDataId, &Side::on_data, this);
+    set_handler(kDoneId, &Side::on_done, this);
+    const std::string mine = address();
+    std::string theirs;
     bool ok = server ? write_blob(peer_fd, mine.data(), mine.size()) && read_blob(peer_fd, theirs, 30000)
                      : read_blob(peer_fd, theirs, 30000) && write_blob(peer_fd, mine.data(), mine.size());
     if (!ok) throw UcxError("exchanging UCX worker addresses failed");
-    ucp_ep_params_t ep_params{};
-    ep_params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
-    ep_params.address = reinterpret_cast<const ucp_address_t*>(theirs.data());
-    check(ucp_ep_create(worker, &ep_params, &ep), "ucp_ep_create");
-  }
-
-  void set_handler(unsigned id, ucp_am_recv_callback_t cb) {
-    ucp_am_handler_param_t handler{};
-    handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
-    handler.id = id;
-    handler.cb = cb;
-    handler.arg = this;
-    check(ucp_worker_set_am_recv_handler(worker, &handler), "ucp_worker_set_am_recv_handler");
+    connect(theirs);
   }
 
   // Non-blocking send from a buffer that outlives the request.
   void send(unsigned id, const void* buffer, std::size_t size) {
     ucp_request_param_t param{};
     ucs_status_ptr_t request = ucp_am_send_nbx(ep, id, nullptr, 0, buffer, size, &param);
-    if (UCS_PTR_IS_ERR(request)) check(UCS_PTR_STATUS(request), "ucp_am_send_nbx");
+    if (UCS_PTR_IS_ERR(request)) check_ucs(UCS_PTR_STATUS(request), "ucp_am_send_nbx");
     if (request != nullptr) ucp_request_free(request);  // completes on its own; nothing to learn from it
   }
 
@@ -164,27 +81,10 @@ struct Side {
   void send_and_flush(unsigned id, const void* buffer, std::size_t size) {
     ucp_request_param_t param{};
     ucs_status_ptr_t request = ucp_am_send_nbx(ep, id, nullptr, 0, buffer, size, &param);
-    if (UCS_PTR_IS_ERR(request)) check(UCS_PTR_STATUS(request), "ucp_am_send_nbx");
+    if (UCS_PTR_IS_ERR(request)) check_ucs(UCS_PTR_STATUS(request), "ucp_am_send_nbx");
     if (request == nullptr) return;
     while (ucp_request_check_status(request) == UCS_INPROGRESS) ucp_worker_progress(worker);
     ucp_request_free(request);
-  }
-
-  void close() {
-    if (ep) {
-      ucp_request_param_t param{};
-      param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-      param.flags = UCP_EP_CLOSE_FLAG_FORCE;
-      ucs_status_ptr_t request = ucp_ep_close_nbx(ep, &param);
-      if (request != nullptr && !UCS_PTR_IS_ERR(request)) {
-        for (int i = 0; i < 100000 && ucp_request_check_status(request) == UCS_INPROGRESS; ++i)
-          ucp_worker_progress(worker);
-        ucp_request_free(request);
-      }
-      ep = nullptr;
-    }
-    if (worker) ucp_worker_destroy(worker), worker = nullptr;
-    if (context) ucp_cleanup(context), context = nullptr;
   }
 };
 

@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "bench_util.hpp"
+#include "raw_ucx.hpp"
 #include "troupe/transport/error.hpp"
 #include "troupe/transport/ucx.hpp"
 
@@ -57,6 +58,7 @@ namespace {
 
 using troupe::bench::Better;
 using troupe::bench::Clock;
+using troupe::bench::check_ucs;
 using namespace troupe::transport;
 
 constexpr std::size_t KiB = 1024, MiB = 1024 * 1024;
@@ -69,40 +71,10 @@ struct Transport {
   std::string tls;
 };
 
-// --- plumbing ------------------------------------------------------------------------
-
-bool write_all(int fd, const void* data, std::size_t size) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
-bool read_all(int fd, void* data, std::size_t size) {
-  char* p = static_cast<char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::read(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
-bool write_blob(int fd, const std::string& blob) {
-  const auto length = static_cast<std::uint32_t>(blob.size());
-  return write_all(fd, &length, sizeof length) && write_all(fd, blob.data(), blob.size());
-}
-bool read_blob(int fd, std::string& blob) {
-  std::uint32_t length = 0;
-  if (!read_all(fd, &length, sizeof length) || length > (1u << 20)) return false;
-  blob.resize(length);
-  return read_all(fd, blob.data(), length);
-}
+using troupe::bench::read_all;
+using troupe::bench::read_blob;
+using troupe::bench::write_all;
+using troupe::bench::write_blob;
 
 ObjectKey key_of(std::size_t size) { return ObjectKey{0xbe, size}; }
 
@@ -149,14 +121,7 @@ constexpr unsigned kRawRequest = 0;  // header: std::uint64_t size
 constexpr unsigned kRawReply = 1;
 constexpr unsigned kRawDone = 2;
 
-void check(ucs_status_t status, const char* what) {
-  if (status != UCS_OK) throw std::runtime_error(std::string(what) + ": " + ucs_status_string(status));
-}
-
-struct RawSide {
-  ucp_context_h context = nullptr;
-  ucp_worker_h worker = nullptr;
-  ucp_ep_h ep = nullptr;
+struct RawSide : troupe::bench::RawUcx {
   int event_fd = -1;
   bool busy = false;  // busy-poll instead of sleeping on event_fd
   int in_flight = 0;  // sends and receives not completed
@@ -170,26 +135,16 @@ struct RawSide {
   bool failed = false;
 
   void open(const Transport& transport, bool detect) {
-    ucp_config_t* config = nullptr;
-    check(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
-    if (!transport.tls.empty()) ucp_config_modify(config, "TLS", transport.tls.c_str());
     // The same UCX setup troupe's UcxContext makes (see UcxOptions).
-    if (std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) ucp_config_modify(config, "KEEPALIVE_INTERVAL", "1s");
-    if (detect && transport.tls.find("tcp") == std::string::npos) ucp_config_modify(config, "MM_ERROR_HANDLING", "y");
-    ucp_params_t params{};
-    params.field_mask = UCP_PARAM_FIELD_FEATURES;
-    params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
-    const ucs_status_t status = ucp_init(&params, config, &context);
-    ucp_config_release(config);
-    check(status, "ucp_init");
-    ucp_worker_params_t worker_params{};
-    worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-    worker_params.thread_mode = UCS_THREAD_MODE_SINGLE;
-    check(ucp_worker_create(context, &worker_params, &worker), "ucp_worker_create");
-    set_handler(kRawRequest, &RawSide::on_request);
-    set_handler(kRawReply, &RawSide::on_reply);
-    set_handler(kRawDone, &RawSide::on_done);
-    check(ucp_worker_get_efd(worker, &event_fd), "ucp_worker_get_efd");
+    std::vector<std::pair<std::string, std::string>> settings;
+    if (!transport.tls.empty()) settings.emplace_back("TLS", transport.tls);
+    if (std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) settings.emplace_back("KEEPALIVE_INTERVAL", "1s");
+    if (detect && transport.tls.find("tcp") == std::string::npos) settings.emplace_back("MM_ERROR_HANDLING", "y");
+    RawUcx::open(UCP_FEATURE_AM | UCP_FEATURE_WAKEUP, settings);
+    set_handler(kRawRequest, &RawSide::on_request, this, UCP_AM_FLAG_WHOLE_MSG);
+    set_handler(kRawReply, &RawSide::on_reply, this, UCP_AM_FLAG_WHOLE_MSG);
+    set_handler(kRawDone, &RawSide::on_done, this, UCP_AM_FLAG_WHOLE_MSG);
+    check_ucs(ucp_worker_get_efd(worker, &event_fd), "ucp_worker_get_efd");
   }
 
   // One step of waiting for something to arrive: progress; then spin
@@ -212,32 +167,8 @@ struct RawSide {
     ::poll(&item, 1, in_flight > 0 ? 1 : 100);
   }
 
-  std::string address() const {
-    ucp_address_t* address = nullptr;
-    size_t length = 0;
-    check(ucp_worker_get_address(worker, &address, &length), "ucp_worker_get_address");
-    std::string out(reinterpret_cast<const char*>(address), length);
-    ucp_worker_release_address(worker, address);
-    return out;
-  }
-
   void connect(const std::string& peer, bool detect) {
-    ucp_ep_params_t params{};
-    params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-    params.address = reinterpret_cast<const ucp_address_t*>(peer.data());
-    params.err_mode = detect ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
-    check(ucp_ep_create(worker, &params, &ep), "ucp_ep_create");
-  }
-
-  void set_handler(unsigned id, ucp_am_recv_callback_t cb) {
-    ucp_am_handler_param_t handler{};
-    handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
-                         UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
-    handler.id = id;
-    handler.cb = cb;
-    handler.arg = this;
-    handler.flags = UCP_AM_FLAG_WHOLE_MSG;
-    check(ucp_worker_set_am_recv_handler(worker, &handler), "ucp_worker_set_am_recv_handler");
+    RawUcx::connect(peer, detect ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE);
   }
 
   static ucs_status_t on_request(void* arg, const void* header, size_t, void*, size_t, const ucp_am_recv_param_t*) {
@@ -295,7 +226,7 @@ struct RawSide {
     };
     param.user_data = this;
     ucs_status_ptr_t request = ucp_am_send_nbx(ep, id, header, header_length, data, size, &param);
-    if (UCS_PTR_IS_ERR(request)) check(UCS_PTR_STATUS(request), "ucp_am_send_nbx");
+    if (UCS_PTR_IS_ERR(request)) check_ucs(UCS_PTR_STATUS(request), "ucp_am_send_nbx");
     if (request == nullptr) return;
     const int before = in_flight++;
     if (wait)
@@ -483,18 +414,7 @@ Figures measure(const Transport& transport, Children& children, bool detect, int
   figures.troupe_p50 = tp.p50() * 1e6;
   figures.raw_p50 = rp.p50() * 1e6;
 
-  if (raw.ep != nullptr) {
-    ucp_request_param_t param{};
-    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    param.flags = UCP_EP_CLOSE_FLAG_FORCE;
-    ucs_status_ptr_t request = ucp_ep_close_nbx(raw.ep, &param);
-    if (request != nullptr && !UCS_PTR_IS_ERR(request)) {
-      while (ucp_request_check_status(request) == UCS_INPROGRESS) ucp_worker_progress(raw.worker);
-      ucp_request_free(request);
-    }
-  }
-  ucp_worker_destroy(raw.worker);
-  ucp_cleanup(raw.context);
+  raw.close();
   return figures;
 }
 

@@ -14,32 +14,10 @@
 #include <stdexcept>
 #include <thread>
 
+#include "bench_util.hpp"
+
 namespace troupe::bench {
 namespace {
-
-bool write_all(int fd, const void* data, std::size_t size) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    ssize_t n = ::write(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-bool read_all(int fd, void* data, std::size_t size) {
-  char* p = static_cast<char*>(data);
-  while (size > 0) {
-    ssize_t n = ::read(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
 
 [[noreturn]] void serve(int control_fd, int report_fd, std::size_t reply_bytes) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);

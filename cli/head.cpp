@@ -27,6 +27,7 @@
 #include "troupe/scheduler/placement.hpp"
 #include "troupe/scheduler/placement_group.hpp"
 #include "troupe/scheduler/resources.hpp"
+#include "troupe/scheduler/wire_gpu.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
@@ -58,19 +59,6 @@ struct RequestError : std::runtime_error {
       : std::runtime_error(std::move(message)), code(code) {}
   std::uint16_t code;
 };
-
-scheduler::GpuInfo gpu_from_wire(wire::GpuInfo::Reader gpu) {
-  scheduler::GpuInfo info;
-  info.index = static_cast<int>(gpu.getIndex());
-  info.model = gpu.getModel().cStr();
-  info.memory_bytes = gpu.getMemoryBytes();
-  info.sm_count = static_cast<int>(gpu.getSmCount());
-  info.cc_major = gpu.getCcMajor();
-  info.cc_minor = gpu.getCcMinor();
-  info.declared = gpu.getDeclared();
-  for (auto peer : gpu.getPeers()) info.peers.push_back(static_cast<int>(peer));
-  return info;
-}
 
 scheduler::ResourceSet resources_from_wire(capnp::List<wire::Resource>::Reader list) {
   scheduler::ResourceSet set;
@@ -609,7 +597,7 @@ struct Head::Impl {
     scheduler::NodeInfo info;
     info.node_id = id.hex();
     info.address = reg.getAddress().cStr();
-    for (auto gpu : reg.getGpus()) info.gpus.push_back(gpu_from_wire(gpu));
+    for (auto gpu : reg.getGpus()) info.gpus.push_back(scheduler::gpu_from_wire(gpu));
     info.total = resources_from_wire(reg.getResources());
     try {
       info.total.set(scheduler::kCpu, reg.getNumCpus());

@@ -11,6 +11,7 @@
 #include "backend.hpp"
 #include "cluster/net.hpp"
 #include "troupe/runtime/error.hpp"
+#include "troupe/scheduler/wire_gpu.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
 namespace troupe {
@@ -27,19 +28,6 @@ std::string hex_id(wire::NodeId::Reader id) {
   std::snprintf(buffer, sizeof buffer, "%016llx%016llx", static_cast<unsigned long long>(id.getHi()),
                 static_cast<unsigned long long>(id.getLo()));
   return buffer;
-}
-
-scheduler::GpuInfo gpu_of(wire::GpuInfo::Reader gpu) {
-  scheduler::GpuInfo info;
-  info.index = static_cast<int>(gpu.getIndex());
-  info.model = gpu.getModel().cStr();
-  info.memory_bytes = gpu.getMemoryBytes();
-  info.sm_count = static_cast<int>(gpu.getSmCount());
-  info.cc_major = gpu.getCcMajor();
-  info.cc_minor = gpu.getCcMinor();
-  info.declared = gpu.getDeclared();
-  for (auto peer : gpu.getPeers()) info.peers.push_back(static_cast<int>(peer));
-  return info;
 }
 
 }  // namespace
@@ -78,7 +66,7 @@ std::vector<NodeDescription> Backend::nodes() {
     description.id = hex_id(node.getNodeId());
     description.name = description.id.substr(0, 12);
     description.hostname = node.getHostname().cStr();
-    for (auto gpu : node.getGpus()) description.gpus.push_back(gpu_of(gpu));
+    for (auto gpu : node.getGpus()) description.gpus.push_back(scheduler::gpu_from_wire(gpu));
     description.total[std::string(scheduler::kCpu)] = node.getNumCpus();
     description.total[std::string(scheduler::kGpu)] = static_cast<double>(node.getGpus().size());
     description.total[std::string(scheduler::kMemory)] = static_cast<double>(node.getMemoryBytes());
