@@ -13,10 +13,10 @@
 
 #include "cli_error.hpp"
 #include "cluster_commands.hpp"
-#include "content_hash.hpp"
 #include "control_client.hpp"
 #include "ids.hpp"
 #include "session.hpp"
+#include "troupe/transport/content_hash.hpp"
 
 namespace troupe::cli {
 namespace {
@@ -100,7 +100,7 @@ int submit(const SubmitOptions& options) {
   const std::string address = resolve_head_address(options.head.address, temp_root(options.head.temp_dir));
   auto contents = read_file(binary);
   if (!contents) throw CliError("cannot read " + binary.string());
-  const std::string hash = content_hash(*contents);
+  const std::string hash = transport::content_hash(*contents);
 
   ControlClient client(address, request_timeout(options.head));
   capnp::MallocMessageBuilder message;

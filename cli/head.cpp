@@ -18,7 +18,6 @@
 #include <zmq.hpp>
 
 #include "cli_error.hpp"
-#include "content_hash.hpp"
 #include "control_client.hpp"
 #include "process.hpp"
 #include "session.hpp"
@@ -28,6 +27,7 @@
 #include "troupe/scheduler/placement_group.hpp"
 #include "troupe/scheduler/resources.hpp"
 #include "troupe/scheduler/wire_gpu.hpp"
+#include "troupe/transport/content_hash.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
@@ -246,7 +246,7 @@ struct Head::Impl {
   }
 
   void store_binary(const std::string& hash, kj::ArrayPtr<const kj::byte> data) {
-    if (!valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+    if (!transport::valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
     auto path = binary_path(hash);
     if (std::filesystem::exists(path)) return;
     write_file_atomic(path, std::string(reinterpret_cast<const char*>(data.begin()), data.size()),
@@ -915,7 +915,7 @@ struct Head::Impl {
                                         std::to_string(wire::PROTOCOL_VERSION) + ")");
     }
     std::string hash = reg.getBinaryHash().cStr();
-    if (!hash.empty() && !valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+    if (!hash.empty() && !transport::valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
     DriverEntry driver;
     driver.worker = id_of(reg.getWorkerId());
     if (driver.worker.zero()) throw RequestError(kInvalidArgument, "registerDriver without a workerId");
@@ -984,14 +984,21 @@ struct Head::Impl {
 
   void on_upload_binary(const std::string& identity, std::uint64_t request_id,
                         wire::UploadBinary::Reader upload) {
-    store_binary(upload.getBinaryHash().cStr(), upload.getBinary());
+    const std::string hash = upload.getBinaryHash().cStr();
+    if (!transport::valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+    if (!std::filesystem::exists(binary_path(hash))) {
+      auto data = upload.getBinary();
+      if (transport::content_hash(std::string_view(reinterpret_cast<const char*>(data.begin()), data.size())) != hash)
+        throw RequestError(kInvalidArgument, "binary does not match its hash " + hash);
+      store_binary(hash, data);
+    }
     reply_ack(identity, request_id);
   }
 
   void on_fetch_binary(const std::string& identity, std::uint64_t request_id,
                        wire::FetchBinary::Reader fetch) {
     std::string hash = fetch.getBinaryHash().cStr();
-    if (!valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+    if (!transport::valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
     auto data = read_file(binary_path(hash));
     if (!data) throw RequestError(kNotFound, "the head has no binary " + hash);
     capnp::MallocMessageBuilder message;
@@ -1033,11 +1040,11 @@ struct Head::Impl {
     }
     if (submit.getArgv().size() == 0) throw RequestError(kInvalidArgument, "submitJob with an empty argv");
     std::string hash = submit.getBinaryHash().cStr();
-    if (!valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+    if (!transport::valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
     if (submit.getBinary().size() > 0) {
       auto data = submit.getBinary();
       std::string_view bytes(reinterpret_cast<const char*>(data.begin()), data.size());
-      if (content_hash(bytes) != hash) {
+      if (transport::content_hash(bytes) != hash) {
         throw RequestError(kInvalidArgument, "binary does not match its hash " + hash);
       }
       store_binary(hash, data);

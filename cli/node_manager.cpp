@@ -14,11 +14,11 @@
 #include <capnp/serialize.h>
 #include <zmq.hpp>
 
-#include "content_hash.hpp"
 #include "control_client.hpp"
 #include "process.hpp"
 #include "session.hpp"
 #include "troupe/runtime/logging.hpp"
+#include "troupe/transport/content_hash.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 #include "troupe/transport/ucx.hpp"
@@ -245,7 +245,7 @@ class NodeManager {
 
   void on_start_actor(std::uint64_t request_id, wire::StartActor::Reader start) {
     std::string hash = start.getJobBinaryHash().cStr();
-    if (!valid_hash_name(hash)) {
+    if (!transport::valid_hash_name(hash)) {
       reply_error(request_id, kInvalidArgument, "startActor with a bad jobBinaryHash \"" + hash + "\"");
       return;
     }

@@ -18,6 +18,7 @@
 #include <zmq.hpp>
 
 #include "cluster/cluster_harness.hpp"
+#include "troupe/transport/content_hash.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
@@ -64,7 +65,8 @@ struct ActorView {
 // What a driver does on the control plane, and nothing else.
 class FakeDriver {
  public:
-  FakeDriver(const std::string& head_address, const std::string& binary_path) {
+  FakeDriver(const std::string& head_address, const std::string& binary_path)
+      : binary_(read_text(binary_path)), binary_hash_(transport::content_hash(binary_)) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.set(zmq::sockopt::routing_id, "drv-" + worker_.hex());
     socket_.connect("tcp://" + head_address);
@@ -72,7 +74,7 @@ class FakeDriver {
     auto driver = reg.initRoot<ControlMessage>().initRegisterDriver();
     driver.setProtocolVersion(wire::PROTOCOL_VERSION);
     worker_.to(driver.initWorkerId());
-    driver.setBinaryHash(kBinaryHash);
+    driver.setBinaryHash(binary_hash_);
     driver.setPid(static_cast<std::uint32_t>(::getpid()));
     auto reply = request(reg);
     auto reader = reply.root<ControlMessage>();
@@ -80,13 +82,20 @@ class FakeDriver {
     job_ = Id::of(reader.getRegisterDriverReply().getJobId());
     start_heartbeats(head_address);
     if (reader.getRegisterDriverReply().getNeedBinary()) {
-      std::string binary = read_text(binary_path);
-      capnp::MallocMessageBuilder upload;
-      auto up = upload.initRoot<ControlMessage>().initUploadBinary();
-      up.setBinaryHash(kBinaryHash);
-      up.setBinary(kj::arrayPtr(reinterpret_cast<const kj::byte*>(binary.data()), binary.size()));
-      EXPECT_TRUE(request(upload).root<ControlMessage>().isAck());
+      EXPECT_EQ(upload(binary_hash_, binary_), "");
     }
+  }
+
+  // Sends uploadBinary; "" when acked, else the head's error message.
+  std::string upload(const std::string& hash, const std::string& binary) {
+    capnp::MallocMessageBuilder message;
+    auto up = message.initRoot<ControlMessage>().initUploadBinary();
+    up.setBinaryHash(hash);
+    up.setBinary(kj::arrayPtr(reinterpret_cast<const kj::byte*>(binary.data()), binary.size()));
+    auto reply = request(message);
+    auto root = reply.root<ControlMessage>();
+    if (root.isAck()) return "";
+    return root.isError() ? std::string(root.getError().getMessage().cStr()) : std::string("unexpected reply");
   }
 
   // Sends a createActor; returns its id. `resources` like {{"GPU", 1}}.
@@ -200,7 +209,8 @@ class FakeDriver {
   }
 
  private:
-  static constexpr const char* kBinaryHash = "fakeactorhost00000000000000000001";
+  std::string binary_;
+  std::string binary_hash_;
 
   transport::ReceivedMessage request(capnp::MallocMessageBuilder& message) {
     std::uint64_t id = next_request_++;
@@ -300,6 +310,15 @@ TEST_F(ClusterPlacement, ActorsLandOnTheNodeWithTheirGpuType) {
   auto node = cluster.node(h100);
   EXPECT_EQ(node["available"]["GPU"].get<double>(), 0.0);
   EXPECT_THAT(cluster.troupe({"status"}).out, HasSubstr("GPU     3/3"));
+}
+
+TEST_F(ClusterPlacement, TheHeadKeepsABinaryOnlyUnderItsOwnContentHash) {
+  const std::string bytes = "not the binary its name says";
+  const std::string other_hash = transport::content_hash("something else");
+  EXPECT_THAT(driver->upload(other_hash, bytes), HasSubstr("does not match its hash"));
+  EXPECT_FALSE(std::filesystem::exists(cluster.session() / "binaries" / other_hash));
+  EXPECT_THAT(driver->upload("../escape", bytes), HasSubstr("bad binary hash"));
+  EXPECT_EQ(driver->upload(transport::content_hash(bytes), bytes), "");
 }
 
 TEST_F(ClusterPlacement, AnActorNeedingAnAbsentGpuTypeStaysPendingWithTheReason) {

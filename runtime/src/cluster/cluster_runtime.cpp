@@ -18,6 +18,7 @@
 #include "troupe/runtime/cuda.hpp"
 #include "troupe/runtime/logging.hpp"
 #include "troupe/runtime/tensor.hpp"
+#include "troupe/transport/content_hash.hpp"
 #include "troupe/transport/error.hpp"
 #include "troupe/transport/ucx.hpp"
 
@@ -76,26 +77,6 @@ void fill_error(wire::ErrorInfo::Builder builder, const std::exception_ptr& erro
 
 std::exception_ptr to_exception(wire::ErrorInfo::Reader error) {
   return make_error(static_cast<Errc>(error.getCode()), error.getMessage(), error.getRemoteType());
-}
-
-std::string hash_file(const std::string& path) {
-  // FNV-1a 64 over the file, twice with different offsets: a content hash
-  // for the binary cache, not a security boundary.
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error(Errc::invalid_argument, "cannot read " + path);
-  std::uint64_t a = 1469598103934665603ull, b = 1099511628211ull * 31;
-  char buffer[1 << 16];
-  while (in) {
-    in.read(buffer, sizeof buffer);
-    for (std::streamsize i = 0; i < in.gcount(); ++i) {
-      a = (a ^ static_cast<unsigned char>(buffer[i])) * 1099511628211ull;
-      b = (b ^ static_cast<unsigned char>(buffer[i])) * 0x100000001b3ull + 7;
-    }
-  }
-  char out[33];
-  std::snprintf(out, sizeof out, "%016llx%016llx", static_cast<unsigned long long>(a),
-                static_cast<unsigned long long>(b));
-  return out;
 }
 
 std::string read_file(const std::string& path) {
@@ -387,8 +368,9 @@ void ClusterRuntime::start() {
 }
 
 void ClusterRuntime::register_driver() {
-  std::string exe = "/proc/self/exe";
-  std::string hash = hash_file(exe);
+  // Hosts run this very binary: the head keeps it by content hash.
+  const std::string bytes = read_file("/proc/self/exe");
+  const std::string hash = transport::content_hash(bytes);
   capnp::MallocMessageBuilder message;
   auto reg = message.initRoot<wire::ControlMessage>().initRegisterDriver();
   reg.setProtocolVersion(wire::PROTOCOL_VERSION);
@@ -407,7 +389,6 @@ void ClusterRuntime::register_driver() {
   job_id_ = get_id(body.getJobId());
   const auto heartbeat = std::chrono::milliseconds(std::max<std::uint32_t>(50, body.getHeartbeatIntervalMs()));
   if (body.getNeedBinary()) {
-    std::string bytes = read_file(exe);
     capnp::MallocMessageBuilder upload;
     auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
     up.setBinaryHash(hash);

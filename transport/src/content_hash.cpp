@@ -1,10 +1,10 @@
-#include "content_hash.hpp"
+#include "troupe/transport/content_hash.hpp"
 
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 
-namespace troupe::cli {
+namespace troupe::transport {
 namespace {
 
 inline std::uint64_t mix(std::uint64_t h) {
@@ -60,4 +60,4 @@ bool valid_hash_name(std::string_view hash) {
   return true;
 }
 
-}  // namespace troupe::cli
+}  // namespace troupe::transport

@@ -1,4 +1,6 @@
-// The content hash that names job binaries (binaries/<hash>): 128 bits as 32
+// The content hash that names job binaries (binaries/<hash>), computed by
+// `troupe submit`, by a driver started directly, and checked by the head:
+// 128 bits as 32
 // lower-case hex digits. Stable across runs and machines (little-endian
 // word reads, fixed seeds); not cryptographic.
 #pragma once
@@ -6,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-namespace troupe::cli {
+namespace troupe::transport {
 
 std::string content_hash(std::string_view data);
 
@@ -14,4 +16,4 @@ std::string content_hash(std::string_view data);
 // [0-9a-zA-Z_-]. Hashes from peers are checked with this before any use.
 bool valid_hash_name(std::string_view hash);
 
-}  // namespace troupe::cli
+}  // namespace troupe::transport
