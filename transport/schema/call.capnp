@@ -56,6 +56,7 @@ struct CancelCall {
   callId @0 :UInt64;
   actorId @1 :ActorId;
   callerId @2 :WorkerId;
+  resultId @3 :ObjectId;    # the call's result, as its request named it
 }
 
 struct ReleaseObjects {

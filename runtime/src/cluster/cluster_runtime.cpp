@@ -7,6 +7,7 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <cstdlib>
@@ -256,6 +257,13 @@ void RemoteActor::submit(CallSpec call) {
     }
     for (auto& slot : call.args)
       if (!slot.value && slot.ref && !slot.ref->is_ready() && slot.ref->location().empty()) refs.push_back(slot.ref);
+    std::weak_ptr<RemoteActor> weak_self = weak_from_this();
+    std::weak_ptr<ObjectState> weak_result = call.result;
+    call.result->set_canceller([weak_self, weak_result] {
+      auto self = weak_self.lock();
+      auto result = weak_result.lock();
+      return self && result && self->cancel(result);
+    });
     outbox_.push_back(Outgoing{std::move(call), next_seq_++});
   }
   // A ref produced in this process (a Promise, a then()) must be resolved
@@ -264,6 +272,26 @@ void RemoteActor::submit(CallSpec call) {
   auto self = shared_from_this();
   for (auto& ref : refs) ref->on_complete([self] { self->runtime_.pool().post([self] { self->pump(); }); });
   pump();
+}
+
+bool RemoteActor::cancel(const StatePtr& result) {
+  std::string address;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = std::find_if(outbox_.begin(), outbox_.end(),
+                           [&](const Outgoing& out) { return out.spec.result == result; });
+    if (it == outbox_.end()) {
+      address = address_;
+    } else {
+      const std::string method = it->spec.method->qualified;
+      outbox_.erase(it);
+      return result->set_error(make_error(Errc::cancelled, method + " was cancelled before it was sent"));
+    }
+  }
+  // Sent already: ask the host to withdraw it. Whether it had started is
+  // known only when the reply comes (a CancelledError, or the result).
+  runtime_.cancel_sent(id_, address, result);
+  return false;
 }
 
 bool RemoteActor::ready_to_send(const Outgoing& out) const {
@@ -748,6 +776,31 @@ void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& addres
   }
 }
 
+void ClusterRuntime::cancel_sent(std::uint64_t actor_id, const std::string& address, const StatePtr& result) {
+  std::uint64_t call_id = 0;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [id, flight] : inflight_) {
+      if (flight.result == result) {
+        call_id = id;
+        break;
+      }
+    }
+  }
+  if (call_id == 0 || address.empty()) return;  // answered already, or its actor is gone
+  capnp::MallocMessageBuilder message;
+  auto cancel = message.initRoot<wire::CallMessage>().initCancel();
+  cancel.setCallId(call_id);
+  set_id(cancel.initActorId(), Id128{actor_id, actor_id});
+  set_id(cancel.initCallerId(), worker_id_);
+  set_id(cancel.initResultId(), Id128{result->id().owner, result->id().index});
+  try {
+    calls_->send(address, message);
+  } catch (const std::exception& e) {
+    TROUPE_LOG_WARN("could not send a cancel to {}: {}", address, e.what());
+  }
+}
+
 void ClusterRuntime::describe_passed_ref(wire::ObjectDescriptor::Builder descriptor, const StatePtr& ref,
                                          std::vector<StatePtr>& borrowed, std::vector<Id128>& lent) {
   const Id128 id{ref->id().owner, ref->id().index};
@@ -867,7 +920,20 @@ void ClusterRuntime::dispatch_call_message(wire::CallMessage::Reader root) {
       }
       break;
     }
-    case wire::CallMessage::CANCEL: break;  // TODO(perf): cancel on the host side
+    case wire::CallMessage::CANCEL: {
+      StatePtr result;
+      {
+        std::lock_guard lock(mutex_);
+        auto cancel = root.getCancel();
+        if (!cancel.hasResultId()) break;
+        auto it = table_.find(get_id(cancel.getResultId()));
+        if (it != table_.end()) result = it->second;
+      }
+      // A call not started yet fails with CancelledError, and that is its
+      // reply; one that started runs to the end and answers as usual.
+      if (result) result->cancel();
+      break;
+    }
   }
 }
 

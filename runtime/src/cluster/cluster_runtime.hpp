@@ -51,6 +51,9 @@ class RemoteActor final : public ActorCore, public std::enable_shared_from_this<
   void on_update(ActorState state, std::string address, std::uint32_t incarnation, std::string reason);
   bool owned() const noexcept { return owned_; }
   void set_gpus(std::vector<int> gpus);
+  // The canceller of a call's result: withdraws it from the outbox (true),
+  // or asks the host to withdraw it (false: the reply says how it ended).
+  bool cancel(const StatePtr& result);
 
  private:
   struct Outgoing {
@@ -113,6 +116,8 @@ class ClusterRuntime final : public Backend, public std::enable_shared_from_this
   void send_call(std::uint64_t actor_id, const std::string& address, std::uint32_t incarnation,
                  std::uint64_t seq, CallSpec& spec);
   void kill_actor(std::uint64_t actor_id, bool no_restart);
+  // Sends a cancel for a call already sent (no-op once it was answered).
+  void cancel_sent(std::uint64_t actor_id, const std::string& address, const StatePtr& result);
   const std::string& call_address() const noexcept { return calls_->address(); }
   // Fetches an object held by another process (blocking, bounded): an
   // EncodedValue, or a TypedValue<Tensor> whose storage is the received
