@@ -284,7 +284,10 @@ class ClusterPlacement : public ::testing::Test {
     return read_text(cluster.session() / "logs" / ("actor-" + id.hex() + ".log"));
   }
 
-  TestCluster cluster;
+  // 100 ms heartbeats, 2 s to declare a node or driver dead: short enough
+  // for the failure tests, long enough that a loaded CI machine (ctest -j2
+  // beside the netns test) does not starve the fake driver's heartbeats.
+  TestCluster cluster{100, 20};
   std::string h100, t4;
   std::optional<FakeDriver> driver;
 };
