@@ -162,6 +162,10 @@ struct GroupEntry {
   // One NodeState per reserved bundle: actors of the group are placed inside
   // these exactly as ordinary actors are placed on nodes.
   std::vector<scheduler::NodeState> bundle_states;
+  // Bundles whose node was lost, waiting to be reserved again elsewhere (as
+  // Ray does); their bundle_nodes entry is zero meanwhile. The group stays
+  // CREATED: its other bundles and their actors are untouched.
+  std::vector<int> lost_bundles;
 };
 
 }  // namespace
@@ -400,6 +404,8 @@ struct Head::Impl {
       if (group.state == PlacementGroupState::PENDING ||
           group.state == PlacementGroupState::INFEASIBLE) {
         try_place_group(group);
+      } else if (group.state == PlacementGroupState::CREATED && !group.lost_bundles.empty()) {
+        try_replace_lost_bundles(group);
       }
     }
     for (const auto& id : actor_order) {
@@ -449,6 +455,11 @@ struct Head::Impl {
         if (bundle_node == nullptr || !bundle_node->alive) continue;
         candidates.push_back(group.bundle_states[b]);
         candidate_bundles.push_back(b);
+      }
+      if (candidates.empty() && !group.lost_bundles.empty() &&
+          wanted < static_cast<int>(group.bundle_states.size())) {
+        set_pending_reason(actor, kOk, "waiting for placement group " + group.id.short_hex() + " (" + group.reason + ")");
+        return;
       }
       if (wanted >= static_cast<int>(group.bundle_states.size())) {
         actor.no_restart = true;
@@ -531,30 +542,13 @@ struct Head::Impl {
     }
     group.bundle_nodes.clear();
     group.bundle_states.clear();
+    group.lost_bundles.clear();
     group.placements = placement.bundles;
     for (std::size_t b = 0; b < placement.bundles.size(); ++b) {
       const auto& bp = placement.bundles[b];
       NodeEntry* node = alive[bp.node];
-      node->state.allocate(bp.amounts, bp.gpus);
       group.bundle_nodes.push_back(node->id);
-      scheduler::NodeInfo info;
-      info.node_id = node->id.hex();
-      info.total = bp.amounts;
-      for (int index : bp.gpus) {
-        int slot = node->state.gpu_slot(index);
-        if (slot >= 0) info.gpus.push_back(node->state.gpus()[slot]);
-      }
-      double gpu_amount = bp.amounts.get(scheduler::kGpu);
-      bool fractional = gpu_amount > 0 && gpu_amount < 1;
-      info.total.set(scheduler::kGpu, static_cast<double>(info.gpus.size()));
-      scheduler::NodeState bundle_state(info);
-      if (fractional && !info.gpus.empty()) {
-        // Only the reserved share of the GPU is usable inside the bundle.
-        scheduler::ResourceSet rest{{scheduler::kGpu, 1.0 - gpu_amount}};
-        std::vector<int> gpu{info.gpus[0].index};
-        bundle_state.allocate(rest, gpu);
-      }
-      group.bundle_states.push_back(std::move(bundle_state));
+      group.bundle_states.push_back(reserve_bundle(*node, bp));
     }
     group.state = PlacementGroupState::CREATED;
     group.reason.clear();
@@ -688,8 +682,7 @@ struct Head::Impl {
       if (actor.state == ActorState::DEAD || !actor.placed || actor.node != node.id) continue;
       actor_exited(actor, kNodeLost, "node " + node.id.short_hex() + " was lost: " + why);
     }
-    // TODO(correctness): placement groups with a bundle on the lost node keep
-    // their reservation; Ray re-creates such bundles elsewhere.
+    lose_bundles_on(node.id);
     schedule_needed = true;
   }
 
@@ -877,6 +870,101 @@ struct Head::Impl {
     if (it == groups.end()) throw RequestError(kNotFound, "no placement group " + id.hex());
     remove_group(it->second);
     reply_ack(identity, request_id);
+  }
+
+  // Takes a bundle's resources from its node; returns the NodeState that
+  // actors of the bundle are placed into.
+  scheduler::NodeState reserve_bundle(NodeEntry& node, const scheduler::BundlePlacement& bp) {
+    node.state.allocate(bp.amounts, bp.gpus);
+    scheduler::NodeInfo info;
+    info.node_id = node.id.hex();
+    info.total = bp.amounts;
+    for (int index : bp.gpus) {
+      int slot = node.state.gpu_slot(index);
+      if (slot >= 0) info.gpus.push_back(node.state.gpus()[slot]);
+    }
+    double gpu_amount = bp.amounts.get(scheduler::kGpu);
+    bool fractional = gpu_amount > 0 && gpu_amount < 1;
+    info.total.set(scheduler::kGpu, static_cast<double>(info.gpus.size()));
+    scheduler::NodeState bundle_state(info);
+    if (fractional && !info.gpus.empty()) {
+      // Only the reserved share of the GPU is usable inside the bundle.
+      scheduler::ResourceSet rest{{scheduler::kGpu, 1.0 - gpu_amount}};
+      std::vector<int> gpu{info.gpus[0].index};
+      bundle_state.allocate(rest, gpu);
+    }
+    return bundle_state;
+  }
+
+  // A node holding bundles of created groups was lost: those bundles are
+  // reserved again on the nodes that remain, under the group's strategy.
+  void lose_bundles_on(const Id128& node_id) {
+    for (const auto& id : group_order) {
+      auto& group = groups.at(id);
+      if (group.state != PlacementGroupState::CREATED) continue;
+      bool lost = false;
+      for (int b = 0; b < static_cast<int>(group.bundle_nodes.size()); ++b) {
+        if (group.bundle_nodes[b] != node_id) continue;
+        group.bundle_nodes[b] = Id128{};
+        group.lost_bundles.push_back(b);
+        lost = true;
+      }
+      if (!lost) continue;
+      group.reason = "rescheduling " + std::to_string(group.lost_bundles.size()) + " bundle(s) of lost node " +
+                     node_id.short_hex();
+      TROUPE_LOG_WARN("head: placement group {}: {}", group.id.short_hex(), group.reason);
+      notify_group(group);
+      schedule_needed = true;
+    }
+  }
+
+  void try_replace_lost_bundles(GroupEntry& group) {
+    // STRICT_SPREAD keeps every bundle on its own node; STRICT_PACK keeps
+    // them on the survivors' node (all of them were lost when there are none).
+    std::set<Id128> holding;
+    for (const auto& node : group.bundle_nodes)
+      if (!node.zero()) holding.insert(node);
+    std::vector<NodeEntry*> candidates;
+    for (auto* node : alive_nodes()) {
+      if (group.strategy == scheduler::Strategy::STRICT_SPREAD && holding.count(node->id)) continue;
+      if (group.strategy == scheduler::Strategy::STRICT_PACK && !holding.empty() && !holding.count(node->id))
+        continue;
+      candidates.push_back(node);
+    }
+    std::vector<scheduler::Bundle> wanted;
+    for (int b : group.lost_bundles) wanted.push_back(group.bundles[b]);
+    scheduler::GroupPlacement placement;
+    if (!candidates.empty()) {
+      std::vector<scheduler::NodeState> states;
+      for (auto* node : candidates) states.push_back(node->state);
+      placement = scheduler::place_group(states, wanted, group.strategy);
+    } else {
+      placement.status = scheduler::PlacementStatus::insufficient;
+      placement.reason = "no alive node may hold them";
+    }
+    if (!placement.placed()) {
+      std::string reason = "rescheduling " + std::to_string(group.lost_bundles.size()) +
+                           " bundle(s) of a lost node: " + placement.reason;
+      if (reason != group.reason) {
+        group.reason = std::move(reason);
+        notify_group(group);
+      }
+      return;
+    }
+    for (std::size_t i = 0; i < group.lost_bundles.size(); ++i) {
+      const int b = group.lost_bundles[i];
+      const auto& bp = placement.bundles[i];
+      NodeEntry* node = candidates[bp.node];
+      group.bundle_nodes[b] = node->id;
+      group.placements[b] = bp;
+      group.bundle_states[b] = reserve_bundle(*node, bp);
+    }
+    TROUPE_LOG_INFO("head: placement group {}: {} lost bundle(s) reserved again", group.id.short_hex(),
+                    group.lost_bundles.size());
+    group.lost_bundles.clear();
+    group.reason.clear();
+    notify_group(group);
+    schedule_needed = true;
   }
 
   void remove_group(GroupEntry& group) {

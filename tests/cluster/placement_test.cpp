@@ -410,5 +410,47 @@ TEST_F(ClusterPlacement, PlacementGroupStrategiesChooseNodes) {
   EXPECT_EQ(alive->node, created->second[1]);
 }
 
+TEST_F(ClusterPlacement, ABundleOfALostNodeIsReservedAgainAndItsActorRestartsThere) {
+  Id group = driver->create_group({{{"GPU", 1}}, {{"GPU", 1}}}, wire::PlacementStrategy::STRICT_SPREAD);
+  auto created = driver->wait_group(group, wire::PlacementGroupState::CREATED);
+  ASSERT_TRUE(created);
+  const int on_t4 = created->second[0] == t4 ? 0 : 1;
+  ASSERT_EQ(created->second[on_t4], t4);
+  const std::string survivor = created->second[1 - on_t4];
+  Id member = driver->create_actor("Stage", {{"GPU", 1}}, "", /*max_restarts=*/2, group, on_t4);
+  Id other = driver->create_actor("Stage", {{"GPU", 1}}, "", 0, group, 1 - on_t4);
+  ASSERT_TRUE(driver->wait_actor(member, is_alive));
+  auto other_before = driver->wait_actor(other, is_alive);
+  ASSERT_TRUE(other_before);
+
+  // The T4 node dies: no other node may take its bundle (STRICT_SPREAD, and
+  // the head has no GPU), so the member waits, saying why.
+  ASSERT_EQ(::kill(cluster.pid_of(TestCluster::worker_name(t4)), SIGKILL), 0);
+  auto waiting = driver->wait_actor(
+      member, [](const ActorView& a) { return a.reason.find("rescheduling") != std::string::npos; },
+      cluster.node_timeout() + 3s);
+  ASSERT_TRUE(waiting) << cluster.troupe({"status"}).out;
+  EXPECT_NE(waiting->state, ActorState::DEAD);
+  auto reduced = driver->wait_group(group, wire::PlacementGroupState::CREATED);
+  ASSERT_TRUE(reduced);
+  EXPECT_EQ(reduced->second[on_t4], "00000000000000000000000000000000");
+  EXPECT_EQ(reduced->second[1 - on_t4], survivor);
+
+  // A new GPU node joins: the bundle is reserved there and the member
+  // restarts in it; the other bundle's actor never noticed.
+  const std::string fresh = cluster.add_worker("T4-16GB:1");
+  ASSERT_FALSE(fresh.empty());
+  auto restarted = driver->wait_actor(
+      member, [&](const ActorView& a) { return a.state == ActorState::ALIVE && a.node == fresh; }, 20s);
+  ASSERT_TRUE(restarted) << cluster.troupe({"status"}).out;
+  auto moved = driver->wait_group(group, wire::PlacementGroupState::CREATED);
+  ASSERT_TRUE(moved);
+  EXPECT_EQ(moved->second[on_t4], fresh);
+  auto untouched = driver->wait_actor(other, is_alive);
+  ASSERT_TRUE(untouched);
+  EXPECT_EQ(untouched->incarnation, other_before->incarnation);
+  EXPECT_EQ(untouched->node, survivor);
+}
+
 }  // namespace
 }  // namespace troupe::testing
