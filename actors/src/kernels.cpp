@@ -600,4 +600,13 @@ void Linear::sgd_step(float lr) {
   if (bias.defined()) kernels::sgd_step(bias, bias_grad, Tensor(), {.lr = lr});
 }
 
+int set_host_math_threads(int threads) {
+  if (threads < 1) {
+    throw_error(Errc::invalid_argument, "set_host_math_threads: threads must be >= 1, got " + std::to_string(threads));
+  }
+  const int previous = openblas_get_num_threads();
+  openblas_set_num_threads(threads);
+  return previous;
+}
+
 }  // namespace troupe::kernels

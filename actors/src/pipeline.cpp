@@ -2,7 +2,6 @@
 // micro-batches through stage actors in a schedule's order); see pipeline.hpp.
 #include "troupe/actors/pipeline.hpp"
 
-#include <cblas.h>
 
 #include <algorithm>
 #include <chrono>
@@ -120,13 +119,6 @@ OptimizerSpec OptimizerSpec::make_adam(float lr, float weight_decay) {
   spec.adam.lr = lr;
   spec.adam.weight_decay = weight_decay;
   return spec;
-}
-
-int set_host_math_threads(int threads) {
-  if (threads < 1) fail("set_host_math_threads", "threads must be >= 1, got " + std::to_string(threads));
-  const int previous = openblas_get_num_threads();
-  openblas_set_num_threads(threads);
-  return previous;
 }
 
 std::vector<StageSpec> split_mlp(const std::vector<std::int64_t>& sizes, int stages, const StageSpec& common) {

@@ -233,4 +233,12 @@ struct Linear {
   Tensor input_;
 };
 
+// Threads one host (OpenBLAS) matmul may use, for the whole process;
+// returns the previous count. Several CPU stages in one process each run on
+// their own pool thread, and OpenBLAS's threaded sgemm called from several
+// threads at once is many times slower than single-threaded calls (on 2
+// cores, 4 stages ran 7x slower), so such pipelines want 1. Results depend
+// on the count only through sgemm's rounding (see above).
+int set_host_math_threads(int threads);
+
 }  // namespace troupe::kernels

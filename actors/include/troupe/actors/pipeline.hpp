@@ -124,14 +124,8 @@ struct StageSpec {
   }
 };
 
-// Threads one host (OpenBLAS) matmul may use, for the whole process;
-// returns the previous count. Several CPU stages in one process each run on
-// their own pool thread, and OpenBLAS's threaded sgemm called from several
-// threads at once is many times slower than single-threaded calls (on 2
-// cores, 4 stages ran 7x slower), so such pipelines want 1. Results depend
-// on the count only through sgemm's rounding (see kernels.hpp).
-// TODO(api): belongs in kernels.hpp beside the kernels it tunes.
-int set_host_math_threads(int threads);
+// kernels::set_host_math_threads, here too for pipeline code.
+using kernels::set_host_math_threads;
 
 // Splits the MLP `sizes` (sizes.size() - 1 layers) into `stages` stages of
 // consecutive layers, as even in layer count as possible (earlier stages take
