@@ -243,6 +243,7 @@ class DataPlane::Impl {
     MemoryType destination = MemoryType::host;
     std::shared_ptr<Endpoint> ep;
     TransferPtr transfer;
+    std::uint32_t wait_ms = 0;  // wait-for-publish time the holder was asked for
   };
 
   // Send state of one object (a reply or a push).
@@ -809,6 +810,9 @@ void DataPlane::Impl::start_fetch(std::string peer, ObjectKey id, FetchOptions o
   fetch.deadline = Clock::now() + timeout;
   fetch.destination = options.destination;
   fetch.ep = ep;
+  fetch.wait_ms = options.wait_for_publish
+                      ? static_cast<std::uint32_t>(std::min<std::int64_t>(timeout.count(), 0xffffffff))
+                      : 0;
   fetch_deadlines_.emplace(fetch.deadline, request_id);
   fetches_by_key_.emplace(id, request_id);
   fetches_.emplace(request_id, std::move(fetch));
@@ -817,9 +821,7 @@ void DataPlane::Impl::start_fetch(std::string peer, ObjectKey id, FetchOptions o
   op->header.request_id = request_id;
   op->header.id_hi = id.hi;
   op->header.id_lo = id.lo;
-  op->header.wait_ms = options.wait_for_publish
-                           ? static_cast<std::uint32_t>(std::min<std::int64_t>(timeout.count(), 0xffffffff))
-                           : 0;
+  op->header.wait_ms = fetches_.at(request_id).wait_ms;
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMORY_TYPE;
   param.cb.send = &Impl::on_request_sent;
@@ -896,6 +898,14 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std:
     auto it = fetches_.find(header.transfer_id);
     if (it == fetches_.end()) return UCS_OK;  // timed out, or a push answered it: drop
     if (header.status != kOk) {
+      if (header.status == kNotFound && it->second.wait_ms > 0) {
+        // The holder parked the request and its wait ran out: for the
+        // consumer that is its own deadline passing (the two timers race).
+        complete_fetch(header.transfer_id, {},
+                       make_error(TransportErrc::timeout, "fetching object " + hex(key) + ": not published within " +
+                                                              std::to_string(it->second.wait_ms) + " ms"));
+        return UCS_OK;
+      }
       const auto code = header.status == kNotFound ? TransportErrc::not_found : TransportErrc::unsupported;
       const char* why = header.status == kNotFound ? ": the holder has no such object"
                                                    : ": the holder cannot read its memory (no CUDA there)";

@@ -29,6 +29,11 @@ namespace {
 // Results up to this size travel inline in the reply to the caller; larger
 // ones stay at the producer until fetched (or pulled by the next stage).
 constexpr std::size_t kInlineLimit = 1 << 20;
+// A tensor (an activation) above this stays at its producer whenever the
+// data plane is up: the next stage pulls it over UCX, and the caller (the
+// driver, in a pipeline) gets only a descriptor and fetches the bytes if
+// it ever reads them. The data plane's rendezvous threshold.
+constexpr std::size_t kTensorInlineLimit = 64 << 10;
 const char* const kFetchMethod = "__fetch";
 // A call message is a few hundred bytes: start small instead of capnp's
 // default 8 KiB first segment (calloc'd per message); it grows as needed.
@@ -819,7 +824,8 @@ void ClusterRuntime::describe_passed_ref(wire::ObjectDescriptor::Builder descrip
   if (ref->is_ready() && !ref->has_error()) {
     const ValuePtr& value = ref->value();
     const bool big_tensor = value && value->type() == typeid(Tensor) &&
-                            static_cast<const TypedValue<Tensor>*>(value.get())->value.nbytes() > kInlineLimit;
+                            static_cast<const TypedValue<Tensor>*>(value.get())->value.nbytes() >
+                                (data_ ? kTensorInlineLimit : kInlineLimit);
     if (!big_tensor) {
       std::string bytes = value ? value->encode() : std::string();
       if (bytes.size() <= kInlineLimit) {
@@ -1281,7 +1287,7 @@ void ClusterRuntime::reply_to(const std::string& address, std::uint64_t call_id,
     std::size_t tensor_bytes = 0;
     if (value && value->type() == typeid(Tensor))
       tensor_bytes = static_cast<const TypedValue<Tensor>*>(value.get())->value.nbytes();
-    bool by_ref = allow_ref && tensor_bytes > kInlineLimit;
+    bool by_ref = allow_ref && tensor_bytes > (data_ ? kTensorInlineLimit : kInlineLimit);
     std::string bytes;
     if (!by_ref) {
       try {
