@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -119,6 +120,11 @@ ProcessResult run(std::vector<std::string> argv, std::chrono::milliseconds timeo
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
+// Expects every one of `parts` in `text` (one failure per missing part).
+void expect_all_in(const std::string& text, std::initializer_list<const char*> parts) {
+  for (const char* part : parts) EXPECT_TRUE(contains(text, part)) << "missing \"" << part << "\" in:\n" << text;
+}
+
 ::testing::AssertionResult ExitedWith(const ProcessResult& r, int code) {
   if (!r.timed_out && r.exit_code == code) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << (r.timed_out ? "timed out" : "exit code " + std::to_string(r.exit_code))
@@ -137,10 +143,10 @@ TEST(PipelineLocalExample, SmallPipelineMatchesTheSingleThreadModel) {
   ProcessResult r = run({kPipelineLocal, "--stages", "3", "--microbatches", "4", "--batch", "32", "--hidden", "64",
                "--steps", "3"});
   ASSERT_TRUE(ExitedWith(r, 0));
-  EXPECT_TRUE(contains(r.out, "pipeline_local: 3 stages x Linear(64 -> 64)")) << r.out;
-  EXPECT_TRUE(contains(r.out, "batch 32 = 4 micro-batches of <= 8 rows, 3 steps")) << r.out;
-  EXPECT_TRUE(contains(r.out, "median step")) << r.out;
-  EXPECT_TRUE(contains(r.out, "result: OK, all 3 steps match")) << r.out;
+  expect_all_in(r.out, {"pipeline_local: 3 stages x Linear(64 -> 64)",
+                        "batch 32 = 4 micro-batches of <= 8 rows, 3 steps",
+                        "median step",
+                        "result: OK, all 3 steps match"});
   EXPECT_FALSE(contains(r.out, "MISMATCH")) << r.out;
 }
 
@@ -193,16 +199,16 @@ TEST(PipelineServingExample, PlansOverTheDeclaredGpusPlacesStagesAsPlannedAndSer
   ProcessResult r = run({kPipelineServing, "--requests", "12", "--inflight", "4", "--batch", "8", "--check", "3"},
                         120s, kNoDeclaredGpus);
   ASSERT_TRUE(ExitedWith(r, 0));
-  EXPECT_TRUE(contains(r.out, "model mlp12-serving, 12 layers")) << r.out;
-  EXPECT_TRUE(contains(r.out, "cluster: local node, 4 GPUs on 1 node")) << r.out;
-  EXPECT_TRUE(contains(r.out, "STAGE  NODE")) << r.out;
-  EXPECT_TRUE(contains(r.out, "H100-80GB")) << r.out;
-  EXPECT_TRUE(contains(r.out, "the plan is")) << r.out;
-  EXPECT_TRUE(contains(r.out, "placement: every stage is on its planned node and GPU type")) << r.out;
-  EXPECT_TRUE(contains(r.out, "serving 12 requests of 8 rows, up to 4 in flight")) << r.out;
-  EXPECT_TRUE(contains(r.out, "latency p50")) << r.out;
-  EXPECT_TRUE(contains(r.out, "requests/s")) << r.out;
-  EXPECT_TRUE(contains(r.out, "result: OK, 3 of 3 checked requests match")) << r.out;
+  expect_all_in(r.out, {"model mlp12-serving, 12 layers",
+                        "cluster: local node, 4 GPUs on 1 node",
+                        "STAGE  NODE",
+                        "H100-80GB",
+                        "the plan is",
+                        "placement: every stage is on its planned node and GPU type",
+                        "serving 12 requests of 8 rows, up to 4 in flight",
+                        "latency p50",
+                        "requests/s",
+                        "result: OK, 3 of 3 checked requests match"});
   EXPECT_FALSE(contains(r.out, "MISPLACED")) << r.out;
 }
 
@@ -212,9 +218,9 @@ TEST(PipelineServingExample, PlansOverAClusterFileAndPlacesByGpuType) {
   ProcessResult r = run({kPipelineServing, "--cluster", file, "--requests", "6", "--batch", "4", "--check", "2"},
                         120s, kNoDeclaredGpus);
   ASSERT_TRUE(ExitedWith(r, 0));
-  EXPECT_TRUE(contains(r.out, "10 GPUs on 3 nodes")) << r.out;
-  EXPECT_TRUE(contains(r.out, "placement: every stage is on its planned GPU type")) << r.out;
-  EXPECT_TRUE(contains(r.out, "result: OK")) << r.out;
+  expect_all_in(r.out, {"10 GPUs on 3 nodes",
+                        "placement: every stage is on its planned GPU type",
+                        "result: OK"});
 }
 
 TEST(PipelineServingExample, BadFlagsAndInputsExitWithStatusTwo) {
@@ -239,12 +245,12 @@ TEST(CustomActorExample, ShowsNamedLookupErrorsTimeoutsAndChaining) {
   REQUIRE_BINARY(kCustomActor);
   ProcessResult r = run({kCustomActor});
   ASSERT_TRUE(ExitedWith(r, 0));
-  EXPECT_TRUE(contains(r.out, "kv holds 3 keys")) << r.out;
-  EXPECT_TRUE(contains(r.out, "apple copy = apple pie")) << r.out;
-  EXPECT_TRUE(contains(r.out, "TaskError (std::out_of_range)")) << r.out;
-  EXPECT_TRUE(contains(r.out, "no key 'durian'")) << r.out;
-  EXPECT_TRUE(contains(r.out, "TimeoutError:")) << r.out;
-  EXPECT_TRUE(contains(r.out, "banana = banana pie")) << r.out;
+  expect_all_in(r.out, {"kv holds 3 keys",
+                        "apple copy = apple pie",
+                        "TaskError (std::out_of_range)",
+                        "no key 'durian'",
+                        "TimeoutError:",
+                        "banana = banana pie"});
 }
 
 // ---- the troupe CLI --------------------------------------------------------------
@@ -253,9 +259,9 @@ TEST(TroupeCli, HelpListsTheSubcommands) {
   REQUIRE_BINARY(kTroupe);
   ProcessResult r = run({kTroupe, "--help"});
   ASSERT_TRUE(ExitedWith(r, 0));
-  EXPECT_TRUE(contains(r.out, "Usage: troupe")) << r.out;
-  EXPECT_TRUE(contains(r.out, "info")) << r.out;
-  EXPECT_TRUE(contains(r.out, "gpus")) << r.out;
+  expect_all_in(r.out, {"Usage: troupe",
+                        "info",
+                        "gpus"});
 }
 
 TEST(TroupeCli, EverySubcommandHasHelp) {
@@ -317,18 +323,18 @@ TEST(TroupeCli, InfoSeesGpusDeclaredInTroupeGpus) {
 
   r = run({kTroupe, "info"}, 60s, {"TROUPE_GPUS=H100-80GB:2"});
   ASSERT_TRUE(ExitedWith(r, 0));
-  EXPECT_TRUE(contains(r.out, "declared in TROUPE_GPUS")) << r.out;
-  EXPECT_TRUE(contains(r.out, "H100-80GB")) << r.out;
-  EXPECT_TRUE(contains(r.out, "UCX ")) << r.out;
+  expect_all_in(r.out, {"declared in TROUPE_GPUS",
+                        "H100-80GB",
+                        "UCX "});
 }
 
 TEST(TroupeCli, GpusParsePrintsEachGpuOfAValidSpec) {
   REQUIRE_BINARY(kTroupe);
   ProcessResult r = run({kTroupe, "gpus", "--parse", "H100-80GB:2, T4-16GB"});
   ASSERT_TRUE(ExitedWith(r, 0));
-  EXPECT_TRUE(contains(r.out, "3 GPUs")) << r.out;
-  EXPECT_TRUE(contains(r.out, "80GiB")) << r.out;
-  EXPECT_TRUE(contains(r.out, "normalized: H100-80GB:2,T4-16GB:1")) << r.out;
+  expect_all_in(r.out, {"3 GPUs",
+                        "80GiB",
+                        "normalized: H100-80GB:2,T4-16GB:1"});
 
   r = run({kTroupe, "gpus", "--parse", "A100:4", "--json"});
   ASSERT_TRUE(ExitedWith(r, 0));
