@@ -60,6 +60,7 @@ using troupe::bench::Better;
 using troupe::bench::Clock;
 using troupe::bench::check_ucs;
 using namespace troupe::transport;
+using troupe::ObjectId;
 
 constexpr std::size_t KiB = 1024, MiB = 1024 * 1024;
 constexpr std::size_t kSizes[] = {64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB};
@@ -76,7 +77,7 @@ using troupe::bench::read_blob;
 using troupe::bench::write_all;
 using troupe::bench::write_blob;
 
-ObjectKey key_of(std::size_t size) { return ObjectKey{0xbe, size}; }
+ObjectId key_of(std::size_t size) { return ObjectId{0xbe, size}; }
 
 UcxOptions ucx_options(const Transport& transport, bool detect_peer_failure, int busy_poll_us) {
   UcxOptions options;

@@ -173,7 +173,7 @@ int plan(const PlanOptions& options) {
     model = sched::load_model(options.model_path);
     cluster = options.cluster_path.empty() ? live_cluster(options) : file_cluster(options);
   } catch (const sched::SpecError& e) {
-    throw UsageError(e.what());
+    throw UsageError(e.message());
   }
 
   sched::PlannerOptions planner;

@@ -140,7 +140,7 @@ DaemonConfig build_config(const StartOptions& options) {
     try {
       config.gpus = scheduler::parse_gpu_spec(options.gpus);
     } catch (const scheduler::SpecError& error) {
-      throw UsageError(std::string("--gpus: ") + error.what());
+      throw UsageError(std::string("--gpus: ") + error.message());
     }
   } else {
     config.gpus = local_gpus().gpus;
@@ -157,7 +157,7 @@ DaemonConfig build_config(const StartOptions& options) {
       if (!parsed.is_object()) throw scheduler::SpecError("want a JSON object of numbers, e.g. {\"TPU\": 2}");
       resources = parsed.get<scheduler::ResourceSet>();
     } catch (const scheduler::SpecError& error) {
-      throw UsageError(std::string("--resources: ") + error.what());
+      throw UsageError(std::string("--resources: ") + error.message());
     } catch (const nlohmann::json::exception& error) {
       throw UsageError(std::string("--resources: ") + error.what());
     }

@@ -43,7 +43,7 @@ int run_parse(const GpusOptions& options) {
   try {
     gpus = scheduler::parse_gpu_spec(options.spec);
   } catch (const scheduler::SpecError& e) {
-    throw UsageError(e.what());
+    throw UsageError(e.message());
   }
   const std::string normalized = scheduler::format_gpu_spec(gpus);
   if (options.json) {

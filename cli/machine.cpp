@@ -24,7 +24,7 @@ LocalGpus local_gpus() {
     try {
       out.gpus = scheduler::parse_gpu_spec(declared);
     } catch (const scheduler::SpecError& e) {
-      throw UsageError(std::string("TROUPE_GPUS: ") + e.what());
+      throw UsageError(std::string("TROUPE_GPUS: ") + e.message());
     }
     out.source = "declared";
     return out;

@@ -93,7 +93,7 @@ Model load_model(const std::string& path) {
   try {
     model.profile = sched::parse_model(doc);
   } catch (const sched::SpecError& e) {
-    throw sched::SpecError(path + ": " + e.what());
+    throw sched::SpecError(path + ": " + e.message());
   }
   if (!doc.contains("batch_size") || !doc["batch_size"].is_number_integer() || doc["batch_size"].get<long>() < 1) {
     throw sched::SpecError(path + ": \"batch_size\" must be a whole number >= 1");
@@ -558,7 +558,7 @@ int main(int argc, char** argv) {
   try {
     if (!flags.cluster.empty()) file_cluster = sched::load_cluster(flags.cluster);
   } catch (const sched::SpecError& e) {
-    std::cerr << "pipeline_serving: " << e.what() << '\n';
+    std::cerr << "pipeline_serving: " << e.message() << '\n';
     return 2;
   }
   declare_local_gpus(argc, argv, flags.cluster.empty() ? nullptr : &file_cluster);
@@ -575,7 +575,7 @@ int main(int argc, char** argv) {
     model = load_model(flags.model);
     if (!flags.gpu_table.empty()) gpu_types = sched::load_gpu_type_table(flags.gpu_table);
   } catch (const sched::SpecError& e) {
-    std::cerr << "pipeline_serving: " << e.what() << '\n';
+    std::cerr << "pipeline_serving: " << e.message() << '\n';
     troupe::shutdown();
     return 2;
   }

@@ -8,7 +8,7 @@ detail::ObjectState& ObjectRefBase::checked() const {
 }
 
 void ObjectRefBase::throw_timeout(std::chrono::microseconds timeout) const {
-  throw TimeoutError("object " + state_->id().to_string() + " not ready after " +
+  throw TimeoutError("object " + state_->id().hex() + " not ready after " +
                      std::to_string(timeout.count() / 1000.0) + " ms");
 }
 

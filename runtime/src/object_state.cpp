@@ -27,13 +27,6 @@ constexpr auto kSpinFor = std::chrono::microseconds(30);
 
 }  // namespace
 
-std::string ObjectId::to_string() const {
-  char buffer[33];
-  std::snprintf(buffer, sizeof buffer, "%016llx%016llx", static_cast<unsigned long long>(owner),
-                static_cast<unsigned long long>(index));
-  return buffer;
-}
-
 int64_t live_objects() noexcept { return g_live_objects.load(std::memory_order_relaxed); }
 
 namespace detail {

@@ -592,7 +592,7 @@ void apply_group(std::span<NodeState> nodes, const GroupPlacement& group) {
         it->second.allocate(bundle.amounts, bundle.gpus);
       }
     } catch (const AllocationError& e) {
-      throw AllocationError(fmt::format("bundle {}: {}", b, e.what()));
+      throw AllocationError(fmt::format("bundle {}: {}", b, e.message()));
     }
   }
   for (auto& [index, state] : staged) nodes[index] = std::move(state);
@@ -630,7 +630,7 @@ GroupPlacement place_group(std::span<const NodeState> nodes, std::span<const Bun
     try {
       requests.push_back(normalize(bundles[b]));
     } catch (const SpecError& e) {
-      throw SpecError(fmt::format("bundle {}: {}", b, e.what()));
+      throw SpecError(fmt::format("bundle {}: {}", b, e.message()));
     }
   }
 

@@ -92,7 +92,7 @@ auto load(const std::filesystem::path& path, std::string_view what, Parse parse)
   try {
     return parse(document);
   } catch (const SpecError& e) {
-    throw SpecError(fmt::format("{} file {}: {}", what, path.string(), e.what()));
+    throw SpecError(fmt::format("{} file {}: {}", what, path.string(), e.message()));
   }
 }
 

@@ -1,4 +1,5 @@
-// TransportError and the two functions that convert KJ and ZeroMQ failures.
+// The transport raises troupe::Error: the functions that convert KJ, ZeroMQ
+// and UCX failures give the one Errc, and the typed subclass for its code.
 #include "troupe/transport/error.hpp"
 
 #include <cerrno>
@@ -10,14 +11,14 @@
 namespace troupe::transport {
 namespace {
 
-TransportError caught(auto&& action) {
+Error caught(auto&& action) {
   try {
     action();
-  } catch (const TransportError& error) {
+  } catch (const Error& error) {
     return error;
   }
-  ADD_FAILURE() << "expected a TransportError";
-  return TransportError(TransportErrc::transport, "none");
+  ADD_FAILURE() << "expected a troupe::Error";
+  return Error(Errc::transport, "none");
 }
 
 kj::Exception kj_exception(kj::Exception::Type type) {
@@ -29,45 +30,46 @@ zmq::error_t zmq_error(int number) {
   return zmq::error_t();
 }
 
-TEST(TransportError, CodesMatchTroupeErrcValues) {
-  // troupe::Errc: timeout = 3, protocol = 12, transport = 13.
-  EXPECT_EQ(static_cast<int>(TransportErrc::timeout), 3);
-  EXPECT_EQ(static_cast<int>(TransportErrc::protocol), 12);
-  EXPECT_EQ(static_cast<int>(TransportErrc::transport), 13);
+TEST(TransportErrors, AZeroMqTimeoutIsTheTypedTimeoutErrorUsersCatch) {
+  EXPECT_THROW(throw_from_zmq(zmq_error(EAGAIN), "recv"), TimeoutError);
 }
 
-TEST(TransportError, KeepsTheMessageAndNamesTheCodeInWhat) {
-  TransportError error(TransportErrc::protocol, "bad frame");
-  EXPECT_EQ(error.code(), TransportErrc::protocol);
+TEST(TransportErrors, AUcxCancellationIsTheTypedCancelledError) {
+  EXPECT_THROW(throw_from_ucs(-16 /* UCS_ERR_CANCELED */, "fetch"), CancelledError);
+}
+
+TEST(TransportErrors, KeepsTheMessageAndNamesTheCodeInWhat) {
+  Error error(Errc::protocol, "bad frame");
+  EXPECT_EQ(error.code(), Errc::protocol);
   EXPECT_EQ(error.message(), "bad frame");
   EXPECT_STREQ(error.what(), "protocol: bad frame");
 }
 
-TEST(TransportError, FailedKjExceptionsAreProtocolErrors) {
+TEST(TransportErrors, FailedKjExceptionsAreProtocolErrors) {
   auto error = caught([] { throw_from_kj(kj_exception(kj::Exception::Type::FAILED), "decoding"); });
-  EXPECT_EQ(error.code(), TransportErrc::protocol);
+  EXPECT_EQ(error.code(), Errc::protocol);
   EXPECT_EQ(error.message(), "decoding: Message ends prematurely.");
 }
 
-TEST(TransportError, DisconnectedKjExceptionsAreTransportErrors) {
+TEST(TransportErrors, DisconnectedKjExceptionsAreTransportErrors) {
   auto error =
       caught([] { throw_from_kj(kj_exception(kj::Exception::Type::DISCONNECTED), "reading"); });
-  EXPECT_EQ(error.code(), TransportErrc::transport);
+  EXPECT_EQ(error.code(), Errc::transport);
 }
 
-TEST(TransportError, ZeroMqWouldBlockIsATimeout) {
+TEST(TransportErrors, ZeroMqWouldBlockIsATimeout) {
   EXPECT_EQ(caught([] { throw_from_zmq(zmq_error(EAGAIN), "send"); }).code(),
-            TransportErrc::timeout);
+            Errc::timeout);
 }
 
-TEST(TransportError, ZeroMqMessageSizeIsAProtocolError) {
+TEST(TransportErrors, ZeroMqMessageSizeIsAProtocolError) {
   EXPECT_EQ(caught([] { throw_from_zmq(zmq_error(EMSGSIZE), "recv"); }).code(),
-            TransportErrc::protocol);
+            Errc::protocol);
 }
 
-TEST(TransportError, OtherZeroMqErrorsAreTransportErrors) {
+TEST(TransportErrors, OtherZeroMqErrorsAreTransportErrors) {
   auto error = caught([] { throw_from_zmq(zmq_error(EHOSTUNREACH), "send"); });
-  EXPECT_EQ(error.code(), TransportErrc::transport);
+  EXPECT_EQ(error.code(), Errc::transport);
   EXPECT_EQ(error.message().rfind("send: ", 0), 0u) << error.message();
 }
 

@@ -158,14 +158,14 @@ zmq::message_t frame_over(const void* bytes, std::size_t size) {
   return zmq::message_t(const_cast<void*>(bytes), size, nullptr);
 }
 
-TransportErrc error_code_of(auto&& action) {
+Errc error_code_of(auto&& action) {
   try {
     action();
-  } catch (const TransportError& error) {
+  } catch (const Error& error) {
     return error.code();
   }
-  ADD_FAILURE() << "expected a TransportError";
-  return TransportErrc::transport;
+  ADD_FAILURE() << "expected a troupe::Error";
+  return Errc::transport;
 }
 
 // --- sockets ------------------------------------------------------------------
@@ -420,15 +420,15 @@ TEST(Framing, RejectsFramesThatAreNotWholeWords) {
   try {
     ReceivedMessage message(frame_over(bytes.begin(), bytes.size() - 3));
     FAIL() << "a frame of " << bytes.size() - 3 << " bytes was accepted";
-  } catch (const TransportError& error) {
-    EXPECT_EQ(error.code(), TransportErrc::protocol);
+  } catch (const Error& error) {
+    EXPECT_EQ(error.code(), Errc::protocol);
     EXPECT_NE(error.message().find("whole number of words"), std::string::npos) << error.what();
   }
 }
 
 TEST(Framing, RejectsEmptyFrames) {
   EXPECT_EQ(error_code_of([] { ReceivedMessage message{zmq::message_t()}; }),
-            TransportErrc::protocol);
+            Errc::protocol);
 }
 
 TEST(Framing, RejectsFramesAboveMaxFrameBytesBeforeParsing) {
@@ -440,8 +440,8 @@ TEST(Framing, RejectsFramesAboveMaxFrameBytesBeforeParsing) {
     ReceivedMessage message(frame_over(garbage.data(), garbage.size() * sizeof(std::uint64_t)),
                             limits);
     FAIL() << "an oversized frame was accepted";
-  } catch (const TransportError& error) {
-    EXPECT_EQ(error.code(), TransportErrc::protocol);
+  } catch (const Error& error) {
+    EXPECT_EQ(error.code(), Errc::protocol);
     EXPECT_NE(error.message().find("max_frame_bytes"), std::string::npos) << error.what();
   }
 }
@@ -454,7 +454,7 @@ TEST(Framing, RejectsMessagesBeyondTheTraversalLimit) {
   FramingLimits limits;
   limits.traversal_limit_words = 256;  // the value alone is 512 words
   EXPECT_EQ(error_code_of([&] { ReceivedMessage message(frame_over(bytes.begin(), bytes.size()), limits); }),
-            TransportErrc::protocol);
+            Errc::protocol);
   // The same frame within the default limits is fine.
   ReceivedMessage message(frame_over(bytes.begin(), bytes.size()));
   expect_call_request(message.root<wire::CallMessage>(), 4096);
@@ -470,7 +470,7 @@ TEST(Framing, RejectsMessagesNestedBeyondTheLimit) {
   FramingLimits limits;
   limits.nesting_limit = 4;
   EXPECT_EQ(error_code_of([&] { ReceivedMessage message(frame_over(bytes.begin(), bytes.size()), limits); }),
-            TransportErrc::protocol);
+            Errc::protocol);
   limits.nesting_limit = 8;
   ReceivedMessage message(frame_over(bytes.begin(), bytes.size()), limits);
   EXPECT_EQ(message.root<wire::ControlMessage>()
@@ -489,7 +489,7 @@ TEST(Framing, RejectsTrailingBytesAfterTheMessage) {
               ReceivedMessage message(
                   frame_over(storage.data(), storage.size() * sizeof(capnp::word)));
             }),
-            TransportErrc::protocol);
+            Errc::protocol);
 }
 
 TEST(Framing, ZeroMqDropsFramesAboveMaxFrameBytes) {
@@ -523,7 +523,7 @@ TEST(Framing, RejectsTextWithoutItsNulTerminator) {
   // Structurally the message is fine; only the schema-aware check catches it.
   ReceivedMessage message(frame_over(bytes.begin(), bytes.size()));
   EXPECT_EQ(error_code_of([&] { message.root<wire::ControlMessage>(); }),
-            TransportErrc::protocol);
+            Errc::protocol);
 }
 
 TEST(Framing, RejectsPointersOfTheWrongKind) {
@@ -539,7 +539,7 @@ TEST(Framing, RejectsPointersOfTheWrongKind) {
       .setLo(1);
   auto flat = capnp::messageToFlatArray(builder);
   ReceivedMessage message(frame_over(flat.begin(), flat.asBytes().size()));
-  EXPECT_EQ(error_code_of([&] { message.root<wire::CallMessage>(); }), TransportErrc::protocol);
+  EXPECT_EQ(error_code_of([&] { message.root<wire::CallMessage>(); }), Errc::protocol);
 }
 
 TEST(Framing, TurnsGarbageIntoProtocolErrors) {
@@ -569,8 +569,8 @@ TEST(Framing, TurnsGarbageIntoProtocolErrors) {
       EXPECT_NO_THROW((void)kj::str(capnp::toDynamic(control)));
       EXPECT_NO_THROW((void)kj::str(capnp::toDynamic(call)));
       ++accepted;
-    } catch (const TransportError& error) {
-      EXPECT_EQ(error.code(), TransportErrc::protocol) << error.what();
+    } catch (const Error& error) {
+      EXPECT_EQ(error.code(), Errc::protocol) << error.what();
     }
   }
   RecordProperty("accepted", accepted);
@@ -608,8 +608,8 @@ TEST(Framing, TurnsCorruptedMessagesIntoProtocolErrors) {
         EXPECT_NO_THROW((void)kj::str(capnp::toDynamic(control)));
         EXPECT_NO_THROW((void)kj::str(capnp::toDynamic(call)));
         ++accepted;
-      } catch (const TransportError& error) {
-        EXPECT_EQ(error.code(), TransportErrc::protocol) << error.what();
+      } catch (const Error& error) {
+        EXPECT_EQ(error.code(), Errc::protocol) << error.what();
         ++rejected;
       }
     }
@@ -651,9 +651,9 @@ TEST(Framing, RecvRejectsABadFrameAndStaysInStep) {
   send_message(pair.client, builder);
 
   EXPECT_EQ(error_code_of([&] { (void)recv_message(pair.server, kReplyWait); }),
-            TransportErrc::protocol);
+            Errc::protocol);
   EXPECT_EQ(error_code_of([&] { (void)recv_message(pair.server, kReplyWait); }),
-            TransportErrc::protocol);
+            Errc::protocol);
   auto good = recv_message(pair.server, kReplyWait);
   ASSERT_TRUE(good.has_value());
   expect_register_node(good->root<wire::ControlMessage>());
@@ -669,7 +669,7 @@ TEST(Framing, RecvRoutedRejectsExtraFramesAndStaysInStep) {
   send_message(pair.client, builder);
 
   EXPECT_EQ(error_code_of([&] { (void)recv_routed(pair.server, kReplyWait); }),
-            TransportErrc::protocol);
+            Errc::protocol);
   auto good = recv_routed(pair.server, kReplyWait);
   ASSERT_TRUE(good.has_value());
   expect_register_node(good->message.root<wire::ControlMessage>());
@@ -683,7 +683,7 @@ TEST(Framing, RecvAppliesTheGivenLimits) {
   FramingLimits limits;
   limits.max_frame_bytes = 1024;
   EXPECT_EQ(error_code_of([&] { (void)recv_message(pair.server, kReplyWait, limits); }),
-            TransportErrc::protocol);
+            Errc::protocol);
 }
 
 // --- sending ------------------------------------------------------------------
@@ -695,9 +695,9 @@ TEST(Framing, SendThatWouldBlockIsATimeout) {
   capnp::MallocMessageBuilder builder;
   builder.initRoot<wire::ControlMessage>().setAck();
   EXPECT_EQ(error_code_of([&] { send_message(lonely, builder, zmq::send_flags::dontwait); }),
-            TransportErrc::timeout);
+            Errc::timeout);
   lonely.set(zmq::sockopt::sndtimeo, 20);
-  EXPECT_EQ(error_code_of([&] { send_message(lonely, builder); }), TransportErrc::timeout);
+  EXPECT_EQ(error_code_of([&] { send_message(lonely, builder); }), Errc::timeout);
 }
 
 TEST(Framing, SendToAnUnknownPeerIsATransportErrorOnMandatoryRouters) {
@@ -708,7 +708,7 @@ TEST(Framing, SendToAnUnknownPeerIsATransportErrorOnMandatoryRouters) {
   capnp::MallocMessageBuilder builder;
   builder.initRoot<wire::ControlMessage>().setAck();
   EXPECT_EQ(error_code_of([&] { send_routed(router, "nobody", builder); }),
-            TransportErrc::transport);
+            Errc::transport);
 }
 
 }  // namespace

@@ -60,19 +60,19 @@ bool same_bytes(const ObjectBuffer& a, const ObjectBuffer& b) {
          (a.size == 0 || std::memcmp(a.data, b.data, a.size) == 0);
 }
 
-TransportErrc error_code(const std::exception_ptr& error) {
+Errc error_code(const std::exception_ptr& error) {
   try {
     std::rethrow_exception(error);
-  } catch (const TransportError& e) {
+  } catch (const Error& e) {
     return e.code();
   } catch (const std::exception& e) {
-    ADD_FAILURE() << "not a TransportError: " << e.what();
+    ADD_FAILURE() << "not a troupe::Error: " << e.what();
   }
-  return TransportErrc::transport;
+  return Errc::transport;
 }
 
 template <class Future>
-TransportErrc error_of(Future&& future) {
+Errc error_of(Future&& future) {
   try {
     future.get();
   } catch (const std::exception& e) {
@@ -80,7 +80,7 @@ TransportErrc error_of(Future&& future) {
     return error_code(std::current_exception());
   }
   ADD_FAILURE() << "expected an error";
-  return TransportErrc::transport;
+  return Errc::transport;
 }
 
 // One process's data-plane stack.
@@ -104,7 +104,7 @@ struct Node {
 // exits when fd 4 reaches EOF (or it is killed). No UCX state crosses a fork.
 
 constexpr std::size_t kHolderSizes[] = {0, 1, 8 * KiB, 1 * MiB};
-ObjectKey holder_key(int i) { return ObjectKey{0x40, static_cast<std::uint64_t>(i)}; }
+ObjectId holder_key(int i) { return ObjectId{0x40, static_cast<std::uint64_t>(i)}; }
 
 [[noreturn]] void run_holder(const char* tls) {
   int code = 0;
@@ -211,20 +211,29 @@ TEST(UcxContext, AnUnknownTransportIsUnsupported) {
   try {
     UcxContext::create(options);
     FAIL() << "expected an error";
-  } catch (const TransportError& error) {
-    EXPECT_EQ(error.code(), TransportErrc::unsupported) << error.what();
+  } catch (const Error& error) {
+    EXPECT_EQ(error.code(), Errc::unsupported) << error.what();
+  }
+}
+
+// The error make_error_from_ucs builds, as a value.
+Error error_from_ucs(int status, std::string_view context) {
+  try {
+    std::rethrow_exception(make_error_from_ucs(status, context));
+  } catch (const Error& error) {
+    return error;
   }
 }
 
 TEST(UcxContext, EveryUcsStatusBecomesATypedError) {
-  EXPECT_EQ(error_from_ucs(-25 /*UCS_ERR_CONNECTION_RESET*/, "x").code(), TransportErrc::object_lost);
-  EXPECT_EQ(error_from_ucs(-80 /*UCS_ERR_ENDPOINT_TIMEOUT*/, "x").code(), TransportErrc::object_lost);
-  EXPECT_EQ(error_from_ucs(-20 /*UCS_ERR_TIMED_OUT*/, "x").code(), TransportErrc::timeout);
-  EXPECT_EQ(error_from_ucs(-16 /*UCS_ERR_CANCELED*/, "x").code(), TransportErrc::cancelled);
-  EXPECT_EQ(error_from_ucs(-5 /*UCS_ERR_INVALID_PARAM*/, "x").code(), TransportErrc::invalid_argument);
-  EXPECT_EQ(error_from_ucs(-14 /*UCS_ERR_NO_ELEM*/, "x").code(), TransportErrc::unsupported);
-  EXPECT_EQ(error_from_ucs(-6 /*UCS_ERR_UNREACHABLE*/, "x").code(), TransportErrc::object_lost);
-  EXPECT_EQ(error_from_ucs(-4 /*UCS_ERR_NO_MEMORY*/, "x").code(), TransportErrc::transport);
+  EXPECT_EQ(error_from_ucs(-25 /*UCS_ERR_CONNECTION_RESET*/, "x").code(), Errc::object_lost);
+  EXPECT_EQ(error_from_ucs(-80 /*UCS_ERR_ENDPOINT_TIMEOUT*/, "x").code(), Errc::object_lost);
+  EXPECT_EQ(error_from_ucs(-20 /*UCS_ERR_TIMED_OUT*/, "x").code(), Errc::timeout);
+  EXPECT_EQ(error_from_ucs(-16 /*UCS_ERR_CANCELED*/, "x").code(), Errc::cancelled);
+  EXPECT_EQ(error_from_ucs(-5 /*UCS_ERR_INVALID_PARAM*/, "x").code(), Errc::invalid_argument);
+  EXPECT_EQ(error_from_ucs(-14 /*UCS_ERR_NO_ELEM*/, "x").code(), Errc::unsupported);
+  EXPECT_EQ(error_from_ucs(-6 /*UCS_ERR_UNREACHABLE*/, "x").code(), Errc::object_lost);
+  EXPECT_EQ(error_from_ucs(-4 /*UCS_ERR_NO_MEMORY*/, "x").code(), Errc::transport);
   EXPECT_EQ(error_from_ucs(-6, "connecting").message(), "connecting: Destination is unreachable");
 }
 
@@ -296,11 +305,11 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(UcxDataPlane, AnUnpublishedIdIsNotFound) {
   Node holder(kShm), consumer(kShm);
-  EXPECT_EQ(error_of(consumer.plane->fetch(holder.plane->address(), {9, 9})), TransportErrc::not_found);
+  EXPECT_EQ(error_of(consumer.plane->fetch(holder.plane->address(), {9, 9})), Errc::not_found);
   holder.plane->publish({9, 9}, pattern(10, 1));
   EXPECT_TRUE(holder.plane->unpublish({9, 9}));
   EXPECT_FALSE(holder.plane->unpublish({9, 9}));
-  EXPECT_EQ(error_of(consumer.plane->fetch(holder.plane->address(), {9, 9})), TransportErrc::not_found);
+  EXPECT_EQ(error_of(consumer.plane->fetch(holder.plane->address(), {9, 9})), Errc::not_found);
 }
 
 TEST(UcxDataPlane, AFetchThatGetsNoAnswerTimesOut) {
@@ -309,7 +318,7 @@ TEST(UcxDataPlane, AFetchThatGetsNoAnswerTimesOut) {
   FetchOptions options;
   options.timeout = 200ms;
   options.wait_for_publish = true;  // the holder parks the request: no answer comes
-  EXPECT_EQ(error_of(consumer.plane->fetch(holder.plane->address(), {5, 5}, options)), TransportErrc::timeout);
+  EXPECT_EQ(error_of(consumer.plane->fetch(holder.plane->address(), {5, 5}, options)), Errc::timeout);
   const auto took = std::chrono::steady_clock::now() - start;
   EXPECT_GE(took, 190ms);
   EXPECT_LT(took, 2s);
@@ -367,7 +376,7 @@ TEST(UcxDataPlane, AFullInboxRefusesAPushAndTheFetchGoesToTheHolder) {
   Node holder(kShm), consumer(kShm, small_inbox);
   const auto big = pattern(2 * MiB, 3);  // rendezvous-sized: the pusher learns of the refusal
   holder.plane->publish({10, 1}, big);
-  EXPECT_EQ(error_of(holder.plane->push(consumer.plane->address(), {10, 1}, big)), TransportErrc::transport);
+  EXPECT_EQ(error_of(holder.plane->push(consumer.plane->address(), {10, 1}, big)), Errc::transport);
   EXPECT_EQ(consumer.plane->stats().get().pushes_refused, 1u);
   EXPECT_TRUE(same_bytes(consumer.plane->fetch(holder.plane->address(), {10, 1}).get(), big));
   EXPECT_EQ(holder.plane->stats().get().fetches_served, 1u);
@@ -420,7 +429,7 @@ TEST(UcxDataPlane, ShuttingDownCancelsPendingFetches) {
     pending = consumer.plane->fetch(holder.plane->address(), {14, 1}, options);
     std::this_thread::sleep_for(20ms);
   }
-  EXPECT_EQ(error_of(pending), TransportErrc::cancelled);
+  EXPECT_EQ(error_of(pending), Errc::cancelled);
 }
 
 // --- memory types -----------------------------------------------------------------
@@ -442,8 +451,8 @@ TEST_P(UcxCudaTransfer, DeviceMemoryRoundTripsByteExact) {
   ObjectBuffer on_device;
   try {
     on_device = consumer.plane->fetch(holder.plane->address(), {21, 1}, to_device).get();
-  } catch (const TransportError& error) {
-    if (error.code() == TransportErrc::unsupported) GTEST_SKIP() << "no CUDA here: " << error.what();
+  } catch (const Error& error) {
+    if (error.code() == Errc::unsupported) GTEST_SKIP() << "no CUDA here: " << error.what();
     throw;
   }
   EXPECT_EQ(on_device.memory, MemoryType::cuda);
@@ -471,7 +480,7 @@ TEST_P(UcxProcesses, FetchesFromAHolderProcess) {
     auto fetched = consumer.plane->fetch(holder.address(), holder_key(i)).get();
     EXPECT_TRUE(same_bytes(fetched, pattern(kHolderSizes[i], 100 + i))) << "object " << i;
   }
-  EXPECT_EQ(error_of(consumer.plane->fetch(holder.address(), holder_key(99))), TransportErrc::not_found);
+  EXPECT_EQ(error_of(consumer.plane->fetch(holder.address(), holder_key(99))), Errc::not_found);
 }
 
 TEST_P(UcxProcesses, AHolderKilledBeforeTheFetchFailsItWithinTheTimeout) {
@@ -481,7 +490,7 @@ TEST_P(UcxProcesses, AHolderKilledBeforeTheFetchFailsItWithinTheTimeout) {
   FetchOptions options;
   options.timeout = 5s;
   const auto start = std::chrono::steady_clock::now();
-  EXPECT_EQ(error_of(consumer.plane->fetch(holder.address(), holder_key(3), options)), TransportErrc::object_lost);
+  EXPECT_EQ(error_of(consumer.plane->fetch(holder.address(), holder_key(3), options)), Errc::object_lost);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 6s);
 }
 
@@ -497,7 +506,7 @@ TEST_P(UcxProcesses, AHolderThatDiesDuringAFetchFailsItAsObjectLost) {
   std::this_thread::sleep_for(50ms);
   const auto start = std::chrono::steady_clock::now();
   holder.kill();
-  EXPECT_EQ(error_of(pending), TransportErrc::object_lost);
+  EXPECT_EQ(error_of(pending), Errc::object_lost);
   // Keepalive is 1 s by default (UcxOptions::keepalive_interval).
   EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
 }

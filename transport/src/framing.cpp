@@ -18,7 +18,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 [[noreturn]] void protocol_error(std::string message) {
-  throw TransportError(TransportErrc::protocol, std::move(message));
+  throw_error(Errc::protocol, std::move(message));
 }
 
 // Walks every pointer field reachable from `value` through T's schema, so
@@ -111,7 +111,7 @@ zmq::message_t recv_next_part(zmq::socket_t& socket) {
   zmq::message_t part;
   try {
     if (!socket.recv(part, zmq::recv_flags::dontwait)) {
-      throw TransportError(TransportErrc::transport, "multipart message ended early");
+      throw_error(Errc::transport, "multipart message ended early");
     }
   } catch (const zmq::error_t& error) {
     throw_from_zmq(error, "receiving a message part");
@@ -136,7 +136,7 @@ void send_frame(zmq::socket_t& socket, zmq::message_t& frame, zmq::send_flags fl
                 const char* context) {
   try {
     if (!socket.send(frame, flags)) {
-      throw TransportError(TransportErrc::timeout,
+      throw_error(Errc::timeout,
                            std::string(context) + ": the socket would block");
     }
   } catch (const zmq::error_t& error) {

@@ -17,10 +17,10 @@
 namespace troupe::transport::detail {
 namespace {
 
-// The one place a cudaError_t becomes a TransportError.
-TransportError cuda_error(cudaError_t error, std::string_view context) {
-  return TransportError(TransportErrc::cuda, std::string(context) + ": " + cudaGetErrorName(error) + " (" +
-                                                 cudaGetErrorString(error) + ")");
+// The one place in the transport a cudaError_t becomes a troupe::Error (the
+// runtime's cuda::to_error is the other side's; the transport cannot link it).
+Error cuda_error(cudaError_t error, std::string_view context) {
+  return Error(Errc::cuda, std::string(context) + ": " + cudaGetErrorName(error) + " (" + cudaGetErrorString(error) + ")");
 }
 void check(cudaError_t error, std::string_view context) {
   if (error != cudaSuccess) throw cuda_error(error, context);

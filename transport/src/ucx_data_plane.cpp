@@ -59,20 +59,12 @@ struct DataHeader {
   std::uint64_t offset = 0;  // of this message's bytes in the object
 };
 
-std::string hex(ObjectKey key) {
-  char text[33];
-  std::snprintf(text, sizeof text, "%016llx%016llx", static_cast<unsigned long long>(key.hi),
-                static_cast<unsigned long long>(key.lo));
-  return text;
-}
+std::string hex(ObjectId key) { return key.hex(); }
 
 ucs_memory_type_t ucs_memory(MemoryType memory) {
   return memory == MemoryType::cuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
 }
 
-std::exception_ptr make_error(TransportErrc code, std::string message) {
-  return std::make_exception_ptr(TransportError(code, std::move(message)));
-}
 
 // Transport names of an endpoint's lanes from ucp_ep_print_info, e.g.
 // "lane[0]:  4:posix/memory.0 md[3] ..." -> "posix"; each once, in lane order.
@@ -193,15 +185,15 @@ class DataPlane::Impl {
   std::size_t drain_outstanding();  // progress thread: progresses; returns UCX operations left
 
   // --- public operations (progress thread) -------------------------------
-  void start_fetch(std::string peer, ObjectKey id, FetchOptions options, FetchCallback done);
-  void start_push(std::string peer, ObjectKey id, ObjectBuffer buffer, PushCallback done);
-  void wake_parked(ObjectKey id);
+  void start_fetch(std::string peer, ObjectId id, FetchOptions options, FetchCallback done);
+  void start_push(std::string peer, ObjectId id, ObjectBuffer buffer, PushCallback done);
+  void wake_parked(ObjectId id);
   std::string peer_transports(const std::string& peer);
   Stats stats() const;
 
   // --- published objects (any thread) -------------------------------------
-  void publish(ObjectKey id, ObjectBuffer buffer);
-  bool unpublish(ObjectKey id);
+  void publish(ObjectId id, ObjectBuffer buffer);
+  bool unpublish(ObjectId id);
   std::size_t published_count() const;
 
   std::shared_ptr<UcxWorker> worker_;
@@ -212,7 +204,7 @@ class DataPlane::Impl {
   struct Transfer {
     std::uint64_t id = 0;  // request id (reply) or pusher's transfer id (push)
     bool push = false;
-    ObjectKey key;
+    ObjectId key;
     MemoryType destination = MemoryType::host;
     bool staged = false;  // CUDA destination through pinned slots
     ObjectBuffer buffer;
@@ -237,7 +229,7 @@ class DataPlane::Impl {
   using TransferPtr = std::shared_ptr<Transfer>;
 
   struct Fetch {
-    ObjectKey key;
+    ObjectId key;
     FetchCallback done;
     Clock::time_point deadline;
     MemoryType destination = MemoryType::host;
@@ -309,7 +301,7 @@ class DataPlane::Impl {
   void close_endpoint(Endpoint& ep);
   void handle_failed_endpoints();
   void handle_request(RequestHeader header, std::string address);
-  void reply_status(const std::shared_ptr<Endpoint>& ep, std::uint64_t request_id, ObjectKey key, Status status);
+  void reply_status(const std::shared_ptr<Endpoint>& ep, std::uint64_t request_id, ObjectId key, Status status);
   void start_send(const OutgoingPtr& out);
   void pump_staged(const OutgoingPtr& out);
   // Pinned staging slots, split between sends and receives so that a
@@ -341,7 +333,7 @@ class DataPlane::Impl {
   ucp_worker_h ucp_worker_ = nullptr;
 
   mutable std::mutex served_mutex_;
-  std::unordered_map<ObjectKey, ObjectBuffer, ObjectKeyHash> served_;  // guarded
+  std::unordered_map<ObjectId, ObjectBuffer> served_;  // guarded
   std::atomic<std::size_t> parked_count_{0};  // changed under served_mutex_
 
   // Progress thread only from here on.
@@ -354,16 +346,16 @@ class DataPlane::Impl {
   std::uint64_t next_push_id_ = 0;
   std::unordered_map<std::uint64_t, Fetch> fetches_;
   std::set<std::pair<Clock::time_point, std::uint64_t>> fetch_deadlines_;
-  std::unordered_multimap<ObjectKey, std::uint64_t, ObjectKeyHash> fetches_by_key_;
+  std::unordered_multimap<ObjectId, std::uint64_t> fetches_by_key_;
 
   std::unordered_map<std::uint64_t, TransferPtr> pushes_in_;
-  std::unordered_map<ObjectKey, InboxEntry, ObjectKeyHash> inbox_;
-  std::deque<std::pair<Clock::time_point, ObjectKey>> inbox_order_;
+  std::unordered_map<ObjectId, InboxEntry> inbox_;
+  std::deque<std::pair<Clock::time_point, ObjectId>> inbox_order_;
   std::size_t inbox_bytes_ = 0;
   std::size_t inbox_reserved_ = 0;
   std::size_t pushes_accepted_in_flight_ = 0;
 
-  std::unordered_map<ObjectKey, std::vector<Parked>, ObjectKeyHash> parked_;
+  std::unordered_map<ObjectId, std::vector<Parked>> parked_;
   Clock::time_point next_parked_deadline_ = Clock::time_point::max();
 
   std::size_t outstanding_ = 0;  // UCX requests and CUDA copies whose callbacks have not run
@@ -413,7 +405,7 @@ void DataPlane::Impl::close() {
     handler.cb = nullptr;
     ucp_worker_set_am_recv_handler(ucp_worker_, &handler);
   }
-  auto cancelled = [](const char* what) { return make_error(TransportErrc::cancelled, what); };
+  auto cancelled = [](const char* what) { return make_error(Errc::cancelled, what); };
   while (!fetches_.empty()) {
     complete_fetch(fetches_.begin()->first, {}, cancelled("the data plane shut down before the fetch completed"));
   }
@@ -448,7 +440,7 @@ std::shared_ptr<Endpoint> DataPlane::Impl::endpoint(const std::string& address, 
   auto it = endpoints_.find(address);
   if (it != endpoints_.end() && !it->second->failed) return it->second;
   if (address.empty()) {
-    error = make_error(TransportErrc::invalid_argument, "empty UCX worker address");
+    error = make_error(Errc::invalid_argument, "empty UCX worker address");
     return nullptr;
   }
   auto ep = std::make_shared<Endpoint>(worker_, address);
@@ -530,7 +522,7 @@ Clock::time_point DataPlane::Impl::tick() {
       continue;
     }
     std::string what = it == fetches_.end() ? std::string() : "fetching object " + hex(it->second.key);
-    complete_fetch(request_id, {}, make_error(TransportErrc::timeout, what + ": no answer before the deadline"));
+    complete_fetch(request_id, {}, make_error(Errc::timeout, what + ": no answer before the deadline"));
   }
   if (!fetch_deadlines_.empty()) next = std::min(next, fetch_deadlines_.begin()->first);
 
@@ -572,7 +564,7 @@ Clock::time_point DataPlane::Impl::tick() {
 
 // --- holder side -------------------------------------------------------------------
 
-void DataPlane::Impl::publish(ObjectKey id, ObjectBuffer buffer) {
+void DataPlane::Impl::publish(ObjectId id, ObjectBuffer buffer) {
   bool wake;
   {
     std::lock_guard lock(served_mutex_);
@@ -582,7 +574,7 @@ void DataPlane::Impl::publish(ObjectKey id, ObjectBuffer buffer) {
   if (wake) worker_->post([this, id] { wake_parked(id); });
 }
 
-bool DataPlane::Impl::unpublish(ObjectKey id) {
+bool DataPlane::Impl::unpublish(ObjectId id) {
   std::lock_guard lock(served_mutex_);
   return served_.erase(id) > 0;
 }
@@ -611,7 +603,7 @@ void DataPlane::Impl::handle_request(RequestHeader request, std::string address)
   std::exception_ptr error;
   auto ep = endpoint(address, error);
   if (!ep) return;  // cannot answer; the requester times out or sees our failure
-  const ObjectKey key{request.id_hi, request.id_lo};
+  const ObjectId key{request.id_hi, request.id_lo};
   ObjectBuffer buffer;
   bool found = false;
   {
@@ -637,13 +629,13 @@ void DataPlane::Impl::handle_request(RequestHeader request, std::string address)
   out->buffer = std::move(buffer);
   out->header.kind = kReply;
   out->header.transfer_id = request.request_id;
-  out->header.id_hi = key.hi;
-  out->header.id_lo = key.lo;
+  out->header.id_hi = key.hi();
+  out->header.id_lo = key.lo();
   ++stats_.fetches_served;
   start_send(out);
 }
 
-void DataPlane::Impl::wake_parked(ObjectKey id) {
+void DataPlane::Impl::wake_parked(ObjectId id) {
   auto it = parked_.find(id);
   if (it == parked_.end()) return;
   auto list = std::move(it->second);
@@ -652,22 +644,22 @@ void DataPlane::Impl::wake_parked(ObjectKey id) {
   for (auto& p : list) {
     RequestHeader request;
     request.request_id = p.request_id;
-    request.id_hi = id.hi;
-    request.id_lo = id.lo;
+    request.id_hi = id.hi();
+    request.id_lo = id.lo();
     request.wait_ms = 0;  // published now; if unpublished again meanwhile: not_found
     handle_request(request, p.address);
   }
 }
 
-void DataPlane::Impl::reply_status(const std::shared_ptr<Endpoint>& ep, std::uint64_t request_id, ObjectKey key,
+void DataPlane::Impl::reply_status(const std::shared_ptr<Endpoint>& ep, std::uint64_t request_id, ObjectId key,
                                    Status status) {
   auto out = std::make_shared<Outgoing>();
   out->ep = ep;
   out->header.kind = kReply;
   out->header.status = status;
   out->header.transfer_id = request_id;
-  out->header.id_hi = key.hi;
-  out->header.id_lo = key.lo;
+  out->header.id_hi = key.hi();
+  out->header.id_lo = key.lo();
   start_send(out);
 }
 
@@ -679,7 +671,7 @@ void DataPlane::Impl::start_send(const OutgoingPtr& out) {
   const bool device = out->buffer.memory == MemoryType::cuda && out->buffer.size > 0;
   if (device && !worker_->context()->cuda_native()) {
     if (cuda() == nullptr) {
-      out->error = make_error(TransportErrc::unsupported, "CUDA memory, but this build or process has no CUDA");
+      out->error = make_error(Errc::unsupported, "CUDA memory, but this build or process has no CUDA");
       return send_finished(out);
     }
     out->staged = true;
@@ -695,7 +687,7 @@ void DataPlane::Impl::start_send(const OutgoingPtr& out) {
 // finished, and its slot takes the next chunk once that send completed.
 void DataPlane::Impl::pump_staged(const OutgoingPtr& out) {
   auto* staging = cuda();
-  if (closed_ && !out->error) out->error = make_error(TransportErrc::cancelled, "the data plane shut down");
+  if (closed_ && !out->error) out->error = make_error(Errc::cancelled, "the data plane shut down");
   while (!out->error && out->next_offset < out->buffer.size) {
     void* slot = take_slot(SlotUse::send);
     if (slot == nullptr) {
@@ -720,7 +712,7 @@ void DataPlane::Impl::pump_staged(const OutgoingPtr& out) {
                               --out->in_flight;
                               if (error || closed_) {
                                 give_slot(slot, SlotUse::send);
-                                if (!out->error) out->error = error ? error : make_error(TransportErrc::cancelled, "shut down");
+                                if (!out->error) out->error = error ? error : make_error(Errc::cancelled, "shut down");
                                 if (out->in_flight == 0) send_finished(out);
                                 return;
                               }
@@ -735,7 +727,7 @@ void DataPlane::Impl::send_message(const OutgoingPtr& out, std::uint64_t offset,
     if (slot != nullptr) give_slot(slot, SlotUse::send);
     if (!out->error)
       out->error = out->ep->failed ? make_error_from_ucs(out->ep->failure, "sending an object")
-                                   : make_error(TransportErrc::cancelled, "the endpoint was closed");
+                                   : make_error(Errc::cancelled, "the endpoint was closed");
     if (out->in_flight == 0) send_finished(out);
     return;
   }
@@ -771,7 +763,7 @@ void DataPlane::Impl::on_send_done(void* request, ucs_status_t status, void* use
   --out->in_flight;
   if (status != UCS_OK && !out->error)
     out->error = make_error_from_ucs(status, (out->push ? "pushing object " : "sending object ") +
-                                                 hex(ObjectKey{out->header.id_hi, out->header.id_lo}));
+                                                 hex(ObjectId{out->header.id_hi, out->header.id_lo}));
   if (op->slot != nullptr) self->give_slot(op->slot, SlotUse::send);  // resumes a staged send
   if (out->in_flight == 0 && (out->error || out->next_offset >= out->buffer.size)) self->send_finished(out);
 }
@@ -785,10 +777,10 @@ void DataPlane::Impl::send_finished(const OutgoingPtr& out) {
 
 // --- consumer side: fetch ----------------------------------------------------------
 
-void DataPlane::Impl::start_fetch(std::string peer, ObjectKey id, FetchOptions options, FetchCallback done) {
-  if (closed_) return done({}, make_error(TransportErrc::cancelled, "the data plane is shut down"));
+void DataPlane::Impl::start_fetch(std::string peer, ObjectId id, FetchOptions options, FetchCallback done) {
+  if (closed_) return done({}, make_error(Errc::cancelled, "the data plane is shut down"));
   if (options.destination == MemoryType::cuda && !options_.allocator && cuda() == nullptr)
-    return done({}, make_error(TransportErrc::unsupported, "fetch into CUDA memory, but this build or process has no CUDA"));
+    return done({}, make_error(Errc::unsupported, "fetch into CUDA memory, but this build or process has no CUDA"));
   if (auto it = inbox_.find(id); it != inbox_.end()) {
     ObjectBuffer buffer = std::move(it->second.buffer);
     inbox_bytes_ -= buffer.size;
@@ -819,8 +811,8 @@ void DataPlane::Impl::start_fetch(std::string peer, ObjectKey id, FetchOptions o
 
   auto* op = new RequestOp{this, request_id, {}, address_, ep};
   op->header.request_id = request_id;
-  op->header.id_hi = id.hi;
-  op->header.id_lo = id.lo;
+  op->header.id_hi = id.hi();
+  op->header.id_lo = id.lo();
   op->header.wait_ms = fetches_.at(request_id).wait_ms;
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMORY_TYPE;
@@ -846,7 +838,7 @@ void DataPlane::Impl::on_request_sent(void* request, ucs_status_t status, void* 
     ucp_request_free(request);
   }
   if (status != UCS_OK) {
-    const ObjectKey key{op->header.id_hi, op->header.id_lo};
+    const ObjectId key{op->header.id_hi, op->header.id_lo};
     self->complete_fetch(op->request_id, {}, make_error_from_ucs(status, "asking the holder for object " + hex(key)));
   }
 }
@@ -891,7 +883,7 @@ ucs_status_t DataPlane::Impl::on_data_am(void* arg, const void* header, size_t h
 }
 
 ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std::size_t length, bool rndv) {
-  const ObjectKey key{header.id_hi, header.id_lo};
+  const ObjectId key{header.id_hi, header.id_lo};
   if (closed_) return UCS_OK;
   TransferPtr t;
   if (header.kind == kReply) {
@@ -902,11 +894,11 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std:
         // The holder parked the request and its wait ran out: for the
         // consumer that is its own deadline passing (the two timers race).
         complete_fetch(header.transfer_id, {},
-                       make_error(TransportErrc::timeout, "fetching object " + hex(key) + ": not published within " +
+                       make_error(Errc::timeout, "fetching object " + hex(key) + ": not published within " +
                                                               std::to_string(it->second.wait_ms) + " ms"));
         return UCS_OK;
       }
-      const auto code = header.status == kNotFound ? TransportErrc::not_found : TransportErrc::unsupported;
+      const auto code = header.status == kNotFound ? Errc::not_found : Errc::unsupported;
       const char* why = header.status == kNotFound ? ": the holder has no such object"
                                                    : ": the holder cannot read its memory (no CUDA there)";
       complete_fetch(header.transfer_id, {}, make_error(code, "fetching object " + hex(key) + why));
@@ -960,7 +952,7 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std:
   if (t->finished || t->error) return UCS_OK;
   if (header.total != (t->allocated ? t->total : header.total) || header.offset > header.total ||
       length > header.total - header.offset) {
-    transfer_failed(t, make_error(TransportErrc::protocol, "object " + hex(key) + ": a message outside the object"));
+    transfer_failed(t, make_error(Errc::protocol, "object " + hex(key) + ": a message outside the object"));
     return UCS_OK;
   }
   t->seen += length;
@@ -976,7 +968,7 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std:
     t->staged = t->destination == MemoryType::cuda && !worker_->context()->cuda_native();
     if (t->destination == MemoryType::cuda && cuda() == nullptr) {
       // A user allocator gave device memory, but nothing here can copy into it.
-      transfer_failed(t, make_error(TransportErrc::unsupported, "no CUDA in this build or process to receive into device memory"));
+      transfer_failed(t, make_error(Errc::unsupported, "no CUDA in this build or process to receive into device memory"));
       return rndv ? UCS_ERR_UNSUPPORTED : UCS_OK;
     }
   }
@@ -1180,13 +1172,13 @@ ObjectBuffer DataPlane::Impl::allocate(std::size_t size, MemoryType memory) {
   if (options_.allocator) {
     buffer = options_.allocator(size, memory);
   } else if (memory == MemoryType::cuda) {
-    if (cuda() == nullptr) throw TransportError(TransportErrc::unsupported, "no CUDA to allocate device memory");
+    if (cuda() == nullptr) throw_error(Errc::unsupported, "no CUDA to allocate device memory");
     buffer = cuda()->allocate_device(size);
   } else {
     buffer = host_pool_->allocate(size);
   }
   if (buffer.size < size || buffer.memory != memory || (size > 0 && buffer.data == nullptr))
-    throw TransportError(TransportErrc::invalid_argument, "the allocator returned a buffer of the wrong size or memory type");
+    throw_error(Errc::invalid_argument, "the allocator returned a buffer of the wrong size or memory type");
   buffer.size = size;
   return buffer;
 }
@@ -1202,8 +1194,8 @@ detail::CudaSupport* DataPlane::Impl::cuda() {
 
 // --- push -------------------------------------------------------------------------
 
-void DataPlane::Impl::start_push(std::string peer, ObjectKey id, ObjectBuffer buffer, PushCallback done) {
-  if (closed_) return done(make_error(TransportErrc::cancelled, "the data plane is shut down"));
+void DataPlane::Impl::start_push(std::string peer, ObjectId id, ObjectBuffer buffer, PushCallback done) {
+  if (closed_) return done(make_error(Errc::cancelled, "the data plane is shut down"));
   std::exception_ptr error;
   auto ep = endpoint(peer, error);
   if (!ep) return done(error);
@@ -1214,8 +1206,8 @@ void DataPlane::Impl::start_push(std::string peer, ObjectKey id, ObjectBuffer bu
   out->done = std::move(done);
   out->header.kind = kPush;
   out->header.transfer_id = next_push_id_++;
-  out->header.id_hi = id.hi;
-  out->header.id_lo = id.lo;
+  out->header.id_hi = id.hi();
+  out->header.id_lo = id.lo();
   start_send(out);
 }
 
@@ -1251,7 +1243,7 @@ auto run_on(UcxWorker& worker, Fn fn) -> decltype(fn()) {
 }  // namespace
 
 DataPlane::DataPlane(std::shared_ptr<UcxWorker> worker, DataPlaneOptions options) {
-  if (!worker) throw TransportError(TransportErrc::invalid_argument, "DataPlane: no worker");
+  if (!worker) throw_error(Errc::invalid_argument, "DataPlane: no worker");
   impl_ = std::make_shared<Impl>(std::move(worker), std::move(options));
   run_on(*impl_->worker_, [impl = impl_.get()] { impl->start(); });
 }
@@ -1278,17 +1270,17 @@ DataPlane::~DataPlane() {
 const std::string& DataPlane::address() const noexcept { return impl_->address_; }
 const std::shared_ptr<UcxWorker>& DataPlane::worker() const noexcept { return impl_->worker_; }
 
-void DataPlane::publish(ObjectKey id, ObjectBuffer buffer) { impl_->publish(id, std::move(buffer)); }
-bool DataPlane::unpublish(ObjectKey id) { return impl_->unpublish(id); }
+void DataPlane::publish(ObjectId id, ObjectBuffer buffer) { impl_->publish(id, std::move(buffer)); }
+bool DataPlane::unpublish(ObjectId id) { return impl_->unpublish(id); }
 std::size_t DataPlane::published_count() const { return impl_->published_count(); }
 
-void DataPlane::fetch(std::string_view peer, ObjectKey id, FetchOptions options, FetchCallback done) {
+void DataPlane::fetch(std::string_view peer, ObjectId id, FetchOptions options, FetchCallback done) {
   impl_->worker_->post([impl = impl_.get(), peer = std::string(peer), id, options, done = std::move(done)]() mutable {
     impl->start_fetch(std::move(peer), id, options, std::move(done));
   });
 }
 
-std::future<ObjectBuffer> DataPlane::fetch(std::string_view peer, ObjectKey id, FetchOptions options) {
+std::future<ObjectBuffer> DataPlane::fetch(std::string_view peer, ObjectId id, FetchOptions options) {
   auto promise = std::make_shared<std::promise<ObjectBuffer>>();
   auto future = promise->get_future();
   fetch(peer, id, options, [promise](ObjectBuffer buffer, std::exception_ptr error) {
@@ -1298,14 +1290,14 @@ std::future<ObjectBuffer> DataPlane::fetch(std::string_view peer, ObjectKey id, 
   return future;
 }
 
-void DataPlane::push(std::string_view peer, ObjectKey id, ObjectBuffer buffer, PushCallback done) {
+void DataPlane::push(std::string_view peer, ObjectId id, ObjectBuffer buffer, PushCallback done) {
   impl_->worker_->post([impl = impl_.get(), peer = std::string(peer), id, buffer = std::move(buffer),
                         done = std::move(done)]() mutable {
     impl->start_push(std::move(peer), id, std::move(buffer), std::move(done));
   });
 }
 
-std::future<void> DataPlane::push(std::string_view peer, ObjectKey id, ObjectBuffer buffer) {
+std::future<void> DataPlane::push(std::string_view peer, ObjectId id, ObjectBuffer buffer) {
   auto promise = std::make_shared<std::promise<void>>();
   auto future = promise->get_future();
   push(peer, id, std::move(buffer), [promise](std::exception_ptr error) {

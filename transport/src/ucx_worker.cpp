@@ -62,11 +62,11 @@ UcxWorker::UcxWorker(std::shared_ptr<UcxContext> context)
     : context_(std::move(context)), loop_(std::make_unique<Loop>()) {}
 
 std::shared_ptr<UcxWorker> UcxWorker::create(std::shared_ptr<UcxContext> context) {
-  if (!context) throw TransportError(TransportErrc::invalid_argument, "UcxWorker::create: no context");
+  if (!context) throw_error(Errc::invalid_argument, "UcxWorker::create: no context");
   std::shared_ptr<UcxWorker> self(new UcxWorker(std::move(context)));
   self->loop_->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (self->loop_->wake_fd < 0)
-    throw TransportError(TransportErrc::transport, "eventfd failed: " + std::string(std::strerror(errno)));
+    throw_error(Errc::transport, "eventfd failed: " + std::string(std::strerror(errno)));
   std::promise<void> started;
   auto ready = started.get_future();
   UcxWorker* raw = self.get();

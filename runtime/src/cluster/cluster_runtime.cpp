@@ -738,7 +738,7 @@ void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& addres
   request.setMethod(spec.method->name);
   request.setReturnTo(calls_->address());
   const auto& result_id = spec.result->id();
-  set_id(request.initResultId(), Id128{result_id.owner, result_id.index});
+  set_id(request.initResultId(), Id128{result_id.hi(), result_id.lo()});
   auto args = request.initArgs(static_cast<unsigned>(spec.args.size()));
   std::vector<StatePtr> borrowed;
   std::vector<Id128> lent;
@@ -753,7 +753,7 @@ void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& addres
     bool by_descriptor = ref && !ref->location().empty() && (!ref->is_ready() || ref->value()->is_remote());
     if (by_descriptor) {
       auto descriptor = args[i].initRef();
-      set_id(descriptor.initId(), Id128{ref->id().owner, ref->id().index});
+      set_id(descriptor.initId(), Id128{ref->id().hi(), ref->id().lo()});
       descriptor.setOwnerAddress(ref->location());
       if (auto data = data_address_of(ref->location()); !data.empty())
         descriptor.setOwnerDataAddress(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(data.data()), data.size()));
@@ -798,7 +798,7 @@ void ClusterRuntime::cancel_sent(std::uint64_t actor_id, const std::string& addr
   cancel.setCallId(call_id);
   set_id(cancel.initActorId(), Id128{actor_id, actor_id});
   set_id(cancel.initCallerId(), worker_id_);
-  set_id(cancel.initResultId(), Id128{result->id().owner, result->id().index});
+  set_id(cancel.initResultId(), Id128{result->id().hi(), result->id().lo()});
   try {
     calls_->send(address, message);
   } catch (const std::exception& e) {
@@ -808,7 +808,7 @@ void ClusterRuntime::cancel_sent(std::uint64_t actor_id, const std::string& addr
 
 void ClusterRuntime::describe_passed_ref(wire::ObjectDescriptor::Builder descriptor, const StatePtr& ref,
                                          std::vector<StatePtr>& borrowed, std::vector<Id128>& lent) {
-  const Id128 id{ref->id().owner, ref->id().index};
+  const Id128 id{ref->id().hi(), ref->id().lo()};
   set_id(descriptor.initId(), id);
   descriptor.setRemote();
   const bool remote = !ref->location().empty() && (!ref->is_ready() || (ref->value() && ref->value()->is_remote()));
@@ -1301,7 +1301,7 @@ void ClusterRuntime::reply_to(const std::string& address, std::uint64_t call_id,
     }
     if (by_ref) {
       auto descriptor = reply.initRef();
-      set_id(descriptor.initId(), Id128{result->id().owner, result->id().index});
+      set_id(descriptor.initId(), Id128{result->id().hi(), result->id().lo()});
       descriptor.setOwnerAddress(calls_->address());
       if (data_) {
         const auto& data = data_->address();
@@ -1322,7 +1322,7 @@ void ClusterRuntime::reply_to(const std::string& address, std::uint64_t call_id,
 
 void ClusterRuntime::queue_release(const ObjectId& id, const std::string& location) {
   std::lock_guard lock(mutex_);
-  releases_[location].push_back(Id128{id.owner, id.index});
+  releases_[location].push_back(Id128{id.hi(), id.lo()});
 }
 
 void ClusterRuntime::tick() {

@@ -24,12 +24,19 @@ std::uint64_t physical_memory_bytes() {
   return pages > 0 && page_size > 0 ? static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page_size) : 0;
 }
 
+// An exception's text without the "<code>: " prefix a troupe::Error's what() has,
+// for messages that wrap it in their own context.
+std::string text_of(const std::exception& e) {
+  if (const auto* error = dynamic_cast<const Error*>(&e)) return error->message();
+  return e.what();
+}
+
 std::vector<scheduler::GpuInfo> local_gpus(const std::string& declared) {
   if (!declared.empty()) {
     try {
       return scheduler::parse_gpu_spec(declared);
     } catch (const std::exception& e) {
-      throw_error(Errc::invalid_argument, std::string("bad GPU spec: ") + e.what());
+      throw_error(Errc::invalid_argument, "bad GPU spec: " + text_of(e));
     }
   }
   return detected_gpus();
@@ -61,7 +68,7 @@ scheduler::ResourceRequest to_request(const ResourceSpec& spec) {
     request.gpu_memory_bytes = spec.gpu_memory;
     return scheduler::normalize(request);
   } catch (const std::exception& e) {
-    throw_error(Errc::invalid_argument, std::string("bad resource request: ") + e.what());
+    throw_error(Errc::invalid_argument, "bad resource request: " + text_of(e));
   }
 }
 
@@ -116,7 +123,7 @@ LocalRuntime::LocalRuntime(const InitOptions& options) : pool_(pool_size(options
     nodes_.emplace_back(std::move(node));
   } catch (const std::exception& e) {
     pool_.stop();
-    throw_error(Errc::invalid_argument, std::string("bad local node resources: ") + e.what());
+    throw_error(Errc::invalid_argument, "bad local node resources: " + text_of(e));
   }
 }
 

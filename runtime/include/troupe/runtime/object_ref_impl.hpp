@@ -100,7 +100,7 @@ template <class T>
 template <class Archive>
 void ObjectRef<T>::save(Archive& ar) const {
   const ObjectId& object_id = checked().id();
-  ar(object_id.owner, object_id.index);
+  ar(object_id.hi(), object_id.lo());
 }
 
 template <class T>

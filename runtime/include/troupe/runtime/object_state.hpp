@@ -13,17 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "troupe/runtime/ids.hpp"
 #include "troupe/runtime/value.hpp"
 
 namespace troupe {
-
-// 128-bit object id: the owner process's random id and a per-process counter.
-struct ObjectId {
-  uint64_t owner = 0;
-  uint64_t index = 0;
-  std::string to_string() const;
-  friend bool operator==(const ObjectId&, const ObjectId&) = default;
-};
 
 // Number of objects (ObjectRef states) alive in this process. Every ref that
 // is dropped and every call that completes lets it fall back; tests use it to

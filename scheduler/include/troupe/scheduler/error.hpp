@@ -1,14 +1,20 @@
-// The scheduler's two error types. troupe_scheduler is a pure library with no
-// dependency on the runtime, so it cannot raise troupe::Error itself; the
-// runtime converts these at its boundary:
+// The scheduler's errors, in troupe's one vocabulary (troupe::Errc; the table
+// is docs/errors.md). They are typed subclasses of troupe::Error, so a caller
+// may catch them by type or as any troupe::Error:
 //   SpecError       -> Errc::invalid_argument  (the user wrote something wrong)
 //   AllocationError -> Errc::internal          (a caller broke a contract)
 // "Nothing fits" is not an error here: place() and place_group() return it as
 // a value (PlacementStatus::insufficient / infeasible) because callers plan
-// for it; the runtime maps infeasible to Errc::unschedulable.
+// for it; the head answers infeasible requests with Errc::unschedulable.
+//
+// what() reads "<code>: <message>" like every troupe::Error; message() is the
+// text alone, for callers that add their own context.
 #pragma once
 
-#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "troupe/runtime/error.hpp"
 
 namespace troupe::scheduler {
 
@@ -16,9 +22,9 @@ namespace troupe::scheduler {
 // or non-finite quantity, a fractional GPU count above one. The message names
 // the offending token, e.g. `bad GPU spec item "H100:x": count "x" is not a
 // whole number`.
-class SpecError : public std::invalid_argument {
+class SpecError : public Error {
  public:
-  using std::invalid_argument::invalid_argument;
+  explicit SpecError(std::string message) : Error(Errc::invalid_argument, std::move(message)) {}
 };
 
 // A caller asked a NodeState to allocate what does not fit (or release what it
@@ -26,9 +32,9 @@ class SpecError : public std::invalid_argument {
 // place()/place_group() only return decisions that allocate cleanly on the
 // node states they were computed from, so this signals a bug in the caller
 // (e.g. allocating a stale decision).
-class AllocationError : public std::logic_error {
+class AllocationError : public Error {
  public:
-  using std::logic_error::logic_error;
+  explicit AllocationError(std::string message) : Error(Errc::internal, std::move(message)) {}
 };
 
 }  // namespace troupe::scheduler

@@ -1,13 +1,14 @@
-// Errors raised by troupe::transport. The transport library sits below the
-// runtime and cannot use troupe::Error, so it throws TransportError; the
-// runtime converts it at its boundary. TransportErrc values are numerically
-// equal to the matching troupe::Errc values, so that conversion is a cast.
+// Where the C libraries' failures become troupe errors. The transport speaks
+// the one error vocabulary of troupe (troupe::Errc, troupe::Error and its
+// typed subclasses, <troupe/runtime/error.hpp>); each library's status codes
+// are converted in exactly one function below, and nowhere else.
 #pragma once
 
 #include <exception>
-#include <stdexcept>
 #include <string>
 #include <string_view>
+
+#include "troupe/runtime/error.hpp"
 
 namespace kj {
 class Exception;
@@ -18,47 +19,24 @@ class error_t;
 
 namespace troupe::transport {
 
-enum class TransportErrc : int {
-  timeout = 3,            // a send or wait ran past its deadline (troupe::Errc::timeout)
-  cancelled = 4,          // the operation was abandoned: its worker or data plane shut down
-  object_lost = 6,        // the peer process died or became unreachable while an object was
-                          // fetched from (or pushed to) it (troupe::Errc::object_lost)
-  invalid_argument = 7,   // bad input from the caller, e.g. malformed worker address bytes
-  not_found = 8,          // the peer holds no object with that id (troupe::Errc::not_found)
-  protocol = 12,          // a peer sent a malformed or oversized message (troupe::Errc::protocol)
-  transport = 13,         // a socket or UCX operation failed (troupe::Errc::transport)
-  cuda = 14,              // a CUDA runtime call made while staging device memory failed
-  unsupported = 15,       // not available here: no such UCX transport/device, no CUDA in this build
-};
+// Transitional names for code written before the transport used troupe::Errc;
+// they are the same types, not copies, and go once no caller spells them.
+using TransportErrc = troupe::Errc;
+using TransportError = troupe::Error;
 
-// Stable lower-case name of a code, e.g. "protocol".
-std::string_view to_string(TransportErrc code) noexcept;
-
-class TransportError : public std::runtime_error {
- public:
-  TransportError(TransportErrc code, std::string message);
-  TransportErrc code() const noexcept { return code_; }
-  // The message without the "<code>: " prefix that what() carries.
-  const std::string& message() const noexcept { return message_; }
-
- private:
-  TransportErrc code_;
-  std::string message_;
-};
-
-// The one place a Cap'n Proto/KJ exception becomes a TransportError. Every
+// The one place a Cap'n Proto/KJ exception becomes a troupe::Error. Every
 // KJ exception seen while decoding is the peer's fault, so this gives
 // `protocol`, except DISCONNECTED/OVERLOADED, which give `transport`.
 // `context` says what was being done, e.g. "decoding a message".
 [[noreturn]] void throw_from_kj(const kj::Exception& error, std::string_view context);
 
-// The one place a ZeroMQ error becomes a TransportError: EAGAIN (a send or
+// The one place a ZeroMQ error becomes a troupe::Error: EAGAIN (a send or
 // receive timeout set on the socket, or a dontwait that would block) gives
 // `timeout`, EMSGSIZE `protocol`, anything else `transport`.
 [[noreturn]] void throw_from_zmq(const zmq::error_t& error, std::string_view context);
 
 // The one place a UCX status (ucs_status_t, passed as its int value so this
-// header needs no UCX include) becomes a TransportError. Must not be given
+// header needs no UCX include) becomes a troupe::Error. Must not be given
 // UCS_OK or UCS_INPROGRESS (they are not failures). Mapping:
 //   UCS_ERR_CONNECTION_RESET, UCS_ERR_ENDPOINT_TIMEOUT, UCS_ERR_NOT_CONNECTED,
 //   UCS_ERR_REJECTED, UCS_ERR_UNREACHABLE, UCS_ERR_SHMEM_SEGMENT
@@ -73,8 +51,8 @@ class TransportError : public std::runtime_error {
 //   UCS_ERR_MESSAGE_TRUNCATED                                 -> protocol
 //   anything else (UCS_ERR_NO_MEMORY,
 //   UCS_ERR_IO_ERROR, UCS_ERR_EXCEEDS_LIMIT, ...)            -> transport
-// The message is "<context>: <ucs_status_string>".
-TransportError error_from_ucs(int status, std::string_view context);
+// The message is "<context>: <ucs_status_string>". The error is the typed
+// subclass for its code (TimeoutError, CancelledError), as make_error builds.
 [[noreturn]] void throw_from_ucs(int status, std::string_view context);
 // The same error as an exception_ptr, for callbacks and futures.
 std::exception_ptr make_error_from_ucs(int status, std::string_view context);

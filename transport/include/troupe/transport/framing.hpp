@@ -4,7 +4,7 @@
 // Every read is bounded: the frame size is checked before parsing, the whole
 // message is validated against FramingLimits when it is received, and
 // ReceivedMessage::root<T>() validates it against T's schema before handing
-// out a reader. Anything malformed surfaces as TransportError{protocol}; no
+// out a reader. Anything malformed surfaces as Error(Errc::protocol); no
 // KJ exception escapes this header's functions.
 //
 // Sockets are not thread-safe: call these only from the thread that owns the
@@ -57,7 +57,7 @@ void apply_socket_limits(zmq::socket_t& socket, const FramingLimits& limits);
 // its lifetime.
 class ReceivedMessage {
  public:
-  // Takes the frame and checks it: throws TransportError{protocol} when it is
+  // Takes the frame and checks it: throws Error(Errc::protocol) when it is
   // larger than limits.max_frame_bytes, not a whole number of words, not
   // exactly one Cap'n Proto message, or beyond the traversal/nesting limits.
   explicit ReceivedMessage(zmq::message_t frame, const FramingLimits& limits = {});
@@ -73,7 +73,7 @@ class ReceivedMessage {
   // The root as a T, after validating every field against T's schema (text
   // is NUL-terminated, pointers have the kinds T expects), so accessors on
   // the result do not throw. Validation runs once per T.
-  // Throws TransportError{protocol}.
+  // Throws Error(Errc::protocol).
   // TODO(perf): validation walks the message through the dynamic API, a few
   // hundred ns for a typical call; skip it for trusted in-process peers.
   template <typename T>
@@ -100,14 +100,14 @@ class ReceivedMessage {
 };
 
 // Serializes `message` into one frame and sends it. A send that would block
-// (dontwait, or ZMQ_SNDTIMEO expired) throws TransportError{timeout}; other
-// socket failures throw TransportError{transport}. The builder is unchanged.
+// (dontwait, or ZMQ_SNDTIMEO expired) throws Error(Errc::timeout); other
+// socket failures throw Error(Errc::transport). The builder is unchanged.
 void send_message(zmq::socket_t& socket, capnp::MessageBuilder& message,
                   zmq::send_flags flags = zmq::send_flags::none);
 
 // Waits at most `timeout` for one single-frame message; nullopt when none
 // arrived in time. A multipart message is consumed whole and rejected with
-// TransportError{protocol}, leaving the socket in step for the next message.
+// Error(Errc::protocol), leaving the socket in step for the next message.
 [[nodiscard]] std::optional<ReceivedMessage> recv_message(
     zmq::socket_t& socket, std::chrono::milliseconds timeout,
     const FramingLimits& limits = {});
@@ -120,14 +120,14 @@ struct RoutedMessage {
 
 // Sends [identity][message] on a ROUTER socket. An unknown identity is
 // dropped silently unless the socket has ZMQ_ROUTER_MANDATORY, in which case
-// it throws TransportError{transport}.
+// it throws Error(Errc::transport).
 void send_routed(zmq::socket_t& socket, std::string_view identity,
                  capnp::MessageBuilder& message,
                  zmq::send_flags flags = zmq::send_flags::none);
 
 // Waits at most `timeout` for one [identity][message] pair from a DEALER
 // peer; nullopt when none arrived in time. Any other frame count is consumed
-// whole and rejected with TransportError{protocol}.
+// whole and rejected with Error(Errc::protocol).
 [[nodiscard]] std::optional<RoutedMessage> recv_routed(
     zmq::socket_t& socket, std::chrono::milliseconds timeout,
     const FramingLimits& limits = {});

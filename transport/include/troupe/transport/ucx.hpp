@@ -34,7 +34,7 @@
 //   or rendezvous, its choice); eager bytes are copied once out of UCX's
 //   receive buffer.
 //
-// Errors are TransportError values (troupe/transport/error.hpp), carried in
+// Errors are troupe::Error values (troupe/runtime/error.hpp), carried in
 // the futures or passed to the callbacks as exception_ptr: not_found,
 // object_lost (holder died or unreachable), timeout, cancelled (shut down),
 // unsupported (e.g. CUDA memory in a build without CUDA), cuda, transport.
@@ -51,6 +51,8 @@
 #include <string>
 #include <string_view>
 
+#include "troupe/runtime/ids.hpp"
+
 struct ucp_context;
 struct ucp_worker;
 
@@ -60,16 +62,9 @@ enum class MemoryType : std::uint8_t { host = 0, cuda = 1 };
 std::string_view to_string(MemoryType memory) noexcept;
 
 // An object's id on the wire: the runtime's 128-bit ObjectId (hi, lo).
-struct ObjectKey {
-  std::uint64_t hi = 0;
-  std::uint64_t lo = 0;
-  friend bool operator==(const ObjectKey&, const ObjectKey&) = default;
-};
-struct ObjectKeyHash {
-  std::size_t operator()(const ObjectKey& key) const noexcept {
-    return static_cast<std::size_t>(key.hi * 0x9e3779b97f4a7c15ull ^ key.lo);
-  }
-};
+// Objects are named by troupe::ObjectId (<troupe/runtime/ids.hpp>).
+// Transitional name for callers written before; the same type.
+using ObjectKey = troupe::ObjectId;
 
 // Bytes in host or CUDA memory plus whatever keeps them alive. Copies share
 // the storage. The transport never writes to a buffer it was given to
@@ -125,7 +120,7 @@ struct UcxOptions {
 // progress thread). Immutable after creation; all methods are thread-safe.
 class UcxContext {
  public:
-  // Throws TransportError (unsupported for an unknown transport or device).
+  // Throws troupe::Error (unsupported for an unknown transport or device).
   static std::shared_ptr<UcxContext> create(const UcxOptions& options = {});
   ~UcxContext();
   UcxContext(const UcxContext&) = delete;
@@ -157,7 +152,7 @@ class UcxContext {
 class UcxWorker : public std::enable_shared_from_this<UcxWorker> {
  public:
   // Starts the progress thread and waits until the worker exists. Throws
-  // TransportError if UCX cannot create it.
+  // troupe::Error if UCX cannot create it.
   static std::shared_ptr<UcxWorker> create(std::shared_ptr<UcxContext> context);
   // Stops the thread after running the tasks already posted. Must not run on
   // the progress thread (it would join itself): drop the last reference
@@ -246,7 +241,7 @@ struct FetchOptions {
 };
 
 // Exactly one call per fetch, on the progress thread: `error` null and the
-// object in `buffer`, or `error` set (TransportError) and `buffer` empty.
+// object in `buffer`, or `error` set (a troupe::Error) and `buffer` empty.
 // Must not block; may call DataPlane methods (they only post).
 using FetchCallback = std::function<void(ObjectBuffer buffer, std::exception_ptr error)>;
 // Exactly one call per push, on the progress thread: null when the bytes
@@ -271,9 +266,9 @@ class DataPlane {
   // Makes `id` fetchable until unpublished; replaces an earlier buffer.
   // Once this returns, every fetch of `id` that reaches this process finds
   // it. Sends in flight keep their own reference to the buffer.
-  void publish(ObjectKey id, ObjectBuffer buffer);
+  void publish(ObjectId id, ObjectBuffer buffer);
   // Returns whether `id` was published.
-  bool unpublish(ObjectKey id);
+  bool unpublish(ObjectId id);
   std::size_t published_count() const;
 
   // --- consumer side (thread-safe) -----------------------------------------
@@ -281,15 +276,15 @@ class DataPlane {
   // copy waiting in this process's inbox is handed over at once (and leaves
   // the inbox); a push of `id` that completes while the fetch waits also
   // completes it.
-  void fetch(std::string_view peer, ObjectKey id, FetchOptions options, FetchCallback done);
-  [[nodiscard]] std::future<ObjectBuffer> fetch(std::string_view peer, ObjectKey id,
+  void fetch(std::string_view peer, ObjectId id, FetchOptions options, FetchCallback done);
+  [[nodiscard]] std::future<ObjectBuffer> fetch(std::string_view peer, ObjectId id,
                                                 FetchOptions options = {});
 
   // Sends `buffer` as object `id` to the consumer whose worker address is
   // `peer`, before it asks. The consumer keeps it in its inbox for a later
   // fetch. `buffer` stays referenced until the send completed.
-  void push(std::string_view peer, ObjectKey id, ObjectBuffer buffer, PushCallback done);
-  [[nodiscard]] std::future<void> push(std::string_view peer, ObjectKey id, ObjectBuffer buffer);
+  void push(std::string_view peer, ObjectId id, ObjectBuffer buffer, PushCallback done);
+  [[nodiscard]] std::future<void> push(std::string_view peer, ObjectId id, ObjectBuffer buffer);
 
   // The transports of the lanes UCX chose for the endpoint to `peer`
   // (connecting if needed), e.g. "posix,cma" or "tcp".

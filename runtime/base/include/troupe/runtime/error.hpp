@@ -4,6 +4,7 @@
 // each code with when it happens and what to do about it.
 #pragma once
 
+#include <cstdint>
 #include <exception>
 #include <stdexcept>
 #include <string>
@@ -33,6 +34,13 @@ enum class Errc : int {
 
 // Stable lower-case name of a code, e.g. "actor_died".
 std::string_view to_string(Errc code) noexcept;
+
+// The wire form of a code (ErrorInfo.code, a UInt16 in the schemas): the
+// numbers above, which never change. errc_from_wire is the one place a number
+// from a peer becomes an Errc; a number this build does not know becomes
+// Errc::protocol (a newer or broken peer), never an out-of-range enum.
+constexpr std::uint16_t wire_code(Errc code) noexcept { return static_cast<std::uint16_t>(code); }
+Errc errc_from_wire(std::uint16_t code) noexcept;
 
 // Base of every error troupe raises. `remote_type` names the exception type
 // thrown in another actor/process when the error crossed one (else empty).

@@ -31,6 +31,11 @@ std::string_view to_string(Errc code) noexcept {
   return "unknown";
 }
 
+Errc errc_from_wire(std::uint16_t code) noexcept {
+  if (code > wire_code(Errc::internal)) return Errc::protocol;
+  return static_cast<Errc>(code);
+}
+
 namespace {
 std::string format_what(Errc code, const std::string& message, const std::string& remote_type) {
   std::string out(to_string(code));
