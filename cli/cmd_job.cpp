@@ -6,10 +6,15 @@
 #include "cli_error.hpp"
 #include "cluster_commands.hpp"
 #include "control_client.hpp"
-#include "ids.hpp"
+#include "troupe/node/ids.hpp"
 #include "session.hpp"
 
 namespace troupe::cli {
+
+// The daemons' 128-bit ids (troupe/node/ids.hpp).
+using node::Id128;
+using node::id_of;
+using node::set_id;
 
 int follow_job(ControlClient& client, const Id128& job_id, bool stop_on_interrupt);  // cmd_submit.cpp
 

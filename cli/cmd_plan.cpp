@@ -17,12 +17,17 @@
 #include "cli_error.hpp"
 #include "cluster_commands.hpp"
 #include "command.hpp"
-#include "ids.hpp"
+#include "troupe/node/ids.hpp"
 #include "session.hpp"
 #include "troupe/scheduler/error.hpp"
 #include "troupe/scheduler/planner.hpp"
 
 namespace troupe::cli {
+
+// The daemons' 128-bit ids (troupe/node/ids.hpp).
+using node::Id128;
+using node::id_of;
+using node::set_id;
 
 namespace {
 

@@ -24,13 +24,21 @@
 #include "control_client.hpp"
 #include "daemon.hpp"
 #include "machine.hpp"
-#include "process.hpp"
+#include "troupe/node/process.hpp"
 #include "session.hpp"
 #include "troupe/scheduler/gpu_spec.hpp"
 #include "troupe/scheduler/resources.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
 namespace troupe::cli {
+
+using node::current_environment;
+using node::describe_wait_status;
+using node::id_of;
+using node::self_executable;
+using node::spawn_process;
+using node::SpawnOptions;
+using node::try_reap;
 namespace {
 
 struct StartOptions {

@@ -10,11 +10,16 @@
 #include "cli_error.hpp"
 #include "cluster_commands.hpp"
 #include "control_client.hpp"
-#include "ids.hpp"
+#include "troupe/node/ids.hpp"
 #include "session.hpp"
 #include "troupe/scheduler/resources.hpp"
 
 namespace troupe::cli {
+
+// The daemons' 128-bit ids (troupe/node/ids.hpp).
+using node::Id128;
+using node::id_of;
+using node::set_id;
 namespace {
 
 std::string node_state_name(wire::NodeState state) {

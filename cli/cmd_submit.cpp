@@ -14,11 +14,16 @@
 #include "cli_error.hpp"
 #include "cluster_commands.hpp"
 #include "control_client.hpp"
-#include "ids.hpp"
+#include "troupe/node/ids.hpp"
 #include "session.hpp"
 #include "troupe/transport/content_hash.hpp"
 
 namespace troupe::cli {
+
+// The daemons' 128-bit ids (troupe/node/ids.hpp).
+using node::Id128;
+using node::id_of;
+using node::set_id;
 namespace {
 
 std::atomic<int> g_interrupts{0};

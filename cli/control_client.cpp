@@ -1,30 +1,21 @@
 #include "control_client.hpp"
 
 #include "cli_error.hpp"
-#include "ids.hpp"
+#include "troupe/node/ids.hpp"
 
 namespace troupe::cli {
 
-zmq::context_t& zmq_context() {
-  static zmq::context_t context(1);
-  return context;
-}
-
-std::string tcp_endpoint(const std::string& address) {
-  if (address.find("://") != std::string::npos) return address;
-  return "tcp://" + address;
-}
+// The daemons' 128-bit ids (troupe/node/ids.hpp).
+using node::Id128;
+using node::id_of;
+using node::set_id;
 
 ControlClient::ControlClient(std::string head_address, std::chrono::milliseconds timeout)
-    : head_address_(std::move(head_address)), timeout_(timeout),
-      socket_(zmq_context(), zmq::socket_type::dealer) {
-  socket_.set(zmq::sockopt::linger, 0);
-  socket_.set(zmq::sockopt::routing_id, "cli-" + Id128::random().hex());
-  transport::apply_socket_limits(socket_, {});
+    : head_address_(std::move(head_address)), timeout_(timeout) {
   try {
-    socket_.connect(tcp_endpoint(head_address_));
-  } catch (const zmq::error_t& error) {
-    throw CliError("bad head address \"" + head_address_ + "\": " + error.what());
+    connection_ = std::make_unique<transport::ControlDealer>("cli-" + Id128::random().hex(), head_address_);
+  } catch (const transport::TransportError& error) {
+    throw CliError("bad head address \"" + head_address_ + "\": " + error.message());
   }
 }
 
@@ -33,7 +24,7 @@ transport::ReceivedMessage ControlClient::request(capnp::MallocMessageBuilder& m
   std::uint64_t id = next_request_id_++;
   root.setRequestId(id);
   try {
-    transport::send_message(socket_, message, zmq::send_flags::dontwait);
+    connection_->send(message);
   } catch (const transport::TransportError& error) {
     throw CliError("cannot send to the head at " + head_address_ + ": " + error.message());
   }
@@ -48,7 +39,7 @@ transport::ReceivedMessage ControlClient::request(capnp::MallocMessageBuilder& m
     }
     std::optional<transport::ReceivedMessage> reply;
     try {
-      reply = transport::recv_message(socket_, left);
+      reply = connection_->receive(left);
     } catch (const transport::TransportError& error) {
       throw CliError("bad reply from the head at " + head_address_ + ": " + error.message());
     }

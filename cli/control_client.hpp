@@ -1,5 +1,6 @@
 // A short-lived request/reply client of the head, for CLI commands: one
-// DEALER socket with a random identity, every request bounded by a timeout.
+// control connection (transport::ControlDealer) with a random identity,
+// every request bounded by a timeout.
 #pragma once
 
 #include <chrono>
@@ -8,8 +9,8 @@
 #include <string>
 
 #include <capnp/message.h>
-#include <zmq.hpp>
 
+#include "troupe/transport/control_socket.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
@@ -25,12 +26,6 @@ class RemoteError : public std::runtime_error {
  private:
   std::uint16_t code_;
 };
-
-// The process's one ZeroMQ context (created on first use).
-zmq::context_t& zmq_context();
-
-// "IP:PORT" -> "tcp://IP:PORT"; an address that already has a scheme is kept.
-std::string tcp_endpoint(const std::string& address);
 
 class ControlClient {
  public:
@@ -49,7 +44,7 @@ class ControlClient {
  private:
   std::string head_address_;
   std::chrono::milliseconds timeout_;
-  zmq::socket_t socket_;
+  std::unique_ptr<transport::ControlDealer> connection_;
   std::uint64_t next_request_id_ = 1;
 };
 

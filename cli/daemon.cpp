@@ -9,9 +9,9 @@
 #include <thread>
 
 #include "cli_error.hpp"
-#include "head.hpp"
-#include "node_manager.hpp"
 #include "session.hpp"
+#include "troupe/head/head.hpp"
+#include "troupe/node/node_manager.hpp"
 #include "troupe/runtime/logging.hpp"
 
 namespace troupe::cli {
@@ -86,7 +86,7 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
   const auto pid_file = config.session_dir / "pids" / (config.name() + ".pid");
   write_file_atomic(pid_file, std::to_string(::getpid()) + "\n");
 
-  NodeManagerConfig node;
+  node::NodeManagerConfig node;
   node.node_ip = config.node_ip;
   node.node_id = config.node_id;
   node.num_cpus = config.num_cpus;
@@ -97,17 +97,17 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
 
   int exit_code = 0;
   if (config.head) {
-    HeadConfig head_config;
+    head::HeadConfig head_config;
     head_config.node_ip = config.node_ip;
     head_config.port = config.port;
     head_config.heartbeat_ms = config.heartbeat_ms;
     head_config.heartbeat_misses = config.heartbeat_misses;
     head_config.session_dir = config.session_dir;
     head_config.head_node_id = config.node_id;
-    Head head(head_config);
+    head::Head head(head_config);
     try {
       head.bind();
-    } catch (const CliError& error) {
+    } catch (const head::BindError& error) {
       std::fprintf(stderr, "troupe head: %s\n", error.what());
       std::error_code ignored;
       std::filesystem::remove(pid_file, ignored);
@@ -117,7 +117,7 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
     TROUPE_LOG_INFO("head: listening on {} (session {})", head.address(), config.session_dir.string());
     if (foreground) std::cout << head_banner(head.address(), config.session_dir) << std::flush;
     node.head_address = head.address();
-    std::thread node_thread([&] { run_node_manager(node, g_stop); });
+    std::thread node_thread([&] { node::run_node_manager(node, g_stop); });
     try {
       head.run(g_stop);
     } catch (const std::exception& error) {
@@ -136,7 +136,7 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
                 << config.head_address << "\n" << std::flush;
     }
     try {
-      run_node_manager(node, g_stop);
+      node::run_node_manager(node, g_stop);
     } catch (const std::exception& error) {
       TROUPE_LOG_ERROR("node: stopped by an error: {}", error.what());
       exit_code = 1;

@@ -10,10 +10,15 @@
 
 #include <nlohmann/json.hpp>
 
-#include "ids.hpp"
+#include "troupe/node/ids.hpp"
 #include "troupe/scheduler/resources.hpp"
 
 namespace troupe::cli {
+
+// The daemons' 128-bit ids (troupe/node/ids.hpp).
+using node::Id128;
+using node::id_of;
+using node::set_id;
 
 struct DaemonConfig {
   bool head = false;                      // head (with its own node manager) or worker

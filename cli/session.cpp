@@ -69,26 +69,6 @@ std::string resolve_head_address(const std::string& address_flag, const fs::path
                  (root / "session_latest").string() + ")");
 }
 
-void write_file_atomic(const fs::path& path, const std::string& contents, int mode) {
-  fs::path tmp = path;
-  tmp += ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
-    if (!out) throw std::runtime_error("cannot write " + tmp.string());
-  }
-  fs::permissions(tmp, static_cast<fs::perms>(mode), fs::perm_options::replace);
-  fs::rename(tmp, path);
-}
-
-std::optional<std::string> read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return std::nullopt;
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
 std::vector<DaemonRecord> find_daemons(const fs::path& root) {
   std::vector<DaemonRecord> found;
   std::error_code error;

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "troupe/node/files.hpp"
+
 namespace troupe::cli {
 
 namespace fs = std::filesystem;
@@ -37,9 +39,9 @@ void ensure_session_layout(const fs::path& session);
 // with `troupe start --head`" when neither exists.
 std::string resolve_head_address(const std::string& address_flag, const fs::path& root);
 
-// Writes through a temporary file and rename, so readers never see half.
-void write_file_atomic(const fs::path& path, const std::string& contents, int mode = 0644);
-std::optional<std::string> read_file(const fs::path& path);
+// Whole-file helpers shared with the daemons (troupe/node/files.hpp).
+using node::read_file;
+using node::write_file_atomic;
 
 // A daemon this machine started, as recorded in some session's pids/.
 struct DaemonRecord {

@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "ids.hpp"
+#include "troupe/node/ids.hpp"
 #include "troupe/scheduler/resources.hpp"
 
-namespace troupe::cli {
+namespace troupe::node {
 
 struct NodeManagerConfig {
   std::string head_address;               // IP:PORT
@@ -31,4 +31,4 @@ struct NodeManagerConfig {
 // Call from the thread that should own the node manager's socket.
 void run_node_manager(const NodeManagerConfig& config, const std::atomic<bool>& stop);
 
-}  // namespace troupe::cli
+}  // namespace troupe::node

@@ -1,4 +1,4 @@
-#include "node_manager.hpp"
+#include "troupe/node/node_manager.hpp"
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -12,18 +12,17 @@
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
-#include <zmq.hpp>
 
-#include "control_client.hpp"
-#include "process.hpp"
-#include "session.hpp"
+#include "troupe/node/files.hpp"
+#include "troupe/node/process.hpp"
 #include "troupe/runtime/logging.hpp"
 #include "troupe/transport/content_hash.hpp"
+#include "troupe/transport/control_socket.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 #include "troupe/transport/ucx.hpp"
 
-namespace troupe::cli {
+namespace troupe::node {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -49,13 +48,11 @@ struct PendingFetch {
 
 class NodeManager {
  public:
-  explicit NodeManager(const NodeManagerConfig& config) : config_(config) {
-    identity_ = "node-" + config_.node_id.hex();
-    socket_.set(zmq::sockopt::linger, 0);
-    socket_.set(zmq::sockopt::routing_id, identity_);
-    socket_.set(zmq::sockopt::immediate, 1);  // drop, not queue, while the head is away
-    transport::apply_socket_limits(socket_, {});
-    socket_.connect(tcp_endpoint(config_.head_address));
+  explicit NodeManager(const NodeManagerConfig& config)
+      : config_(config),
+        identity_("node-" + config_.node_id.hex()),
+        // immediate: drop, not queue, while the head is away
+        head_(identity_, config_.head_address, {.immediate = true}) {
     probe_data_plane();
   }
 
@@ -64,7 +61,7 @@ class NodeManager {
     while (!stop.load()) {
       std::optional<transport::ReceivedMessage> message;
       try {
-        message = transport::recv_message(socket_, std::chrono::milliseconds(20));
+        message = head_.receive(std::chrono::milliseconds(20));
       } catch (const transport::TransportError& error) {
         TROUPE_LOG_WARN("node: dropped a malformed message: {}", error.what());
       }
@@ -86,7 +83,7 @@ class NodeManager {
 
   bool send(capnp::MallocMessageBuilder& message) {
     try {
-      transport::send_message(socket_, message, zmq::send_flags::dontwait);
+      head_.send(message);
       return true;
     } catch (const transport::TransportError&) {
       return false;  // not connected (ZMQ_IMMEDIATE): the head is away
@@ -437,7 +434,7 @@ class NodeManager {
   bool cuda_native_ = false;
   NodeManagerConfig config_;
   std::string identity_;
-  zmq::socket_t socket_{zmq_context(), zmq::socket_type::dealer};
+  transport::ControlDealer head_;
   std::uint64_t next_request_id_ = 1;
   std::uint64_t register_request_ = 0;
   bool registered_ = false;
@@ -459,4 +456,4 @@ void run_node_manager(const NodeManagerConfig& config, const std::atomic<bool>& 
   manager.run(stop);
 }
 
-}  // namespace troupe::cli
+}  // namespace troupe::node

@@ -1,9 +1,9 @@
-#include "ids.hpp"
+#include "troupe/node/ids.hpp"
 
 #include <cstdio>
 #include <random>
 
-namespace troupe::cli {
+namespace troupe::node {
 
 std::string Id128::hex() const {
   char buffer[33];
@@ -42,4 +42,4 @@ Id128 Id128::random() {
   return id;
 }
 
-}  // namespace troupe::cli
+}  // namespace troupe::node

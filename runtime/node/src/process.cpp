@@ -1,4 +1,4 @@
-#include "process.hpp"
+#include "troupe/node/process.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -13,7 +13,7 @@
 
 extern char** environ;
 
-namespace troupe::cli {
+namespace troupe::node {
 
 pid_t spawn_process(const SpawnOptions& options) {
   if (options.argv.empty()) throw std::runtime_error("spawn_process: empty argv");
@@ -104,4 +104,4 @@ std::string self_executable() {
   return path.string();
 }
 
-}  // namespace troupe::cli
+}  // namespace troupe::node

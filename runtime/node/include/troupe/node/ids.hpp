@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-namespace troupe::cli {
+namespace troupe::node {
 
 struct Id128 {
   std::uint64_t hi = 0;
@@ -35,4 +35,4 @@ void set_id(Builder builder, const Id128& id) {
   builder.setLo(id.lo);
 }
 
-}  // namespace troupe::cli
+}  // namespace troupe::node

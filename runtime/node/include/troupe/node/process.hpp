@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace troupe::cli {
+namespace troupe::node {
 
 struct SpawnOptions {
   std::string program;                      // path to execute; empty = argv[0]
@@ -37,4 +37,4 @@ std::map<std::string, std::string> current_environment();
 // Path of the running executable (/proc/self/exe).
 std::string self_executable();
 
-}  // namespace troupe::cli
+}  // namespace troupe::node

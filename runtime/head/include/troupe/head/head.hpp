@@ -1,0 +1,85 @@
+// The head daemon: the cluster's single source of truth and its central
+// scheduler (docs/protocol.md). One thread owns the control server and all
+// the state below it; run() polls the server with a short timeout and runs
+// the timers (node and driver heartbeats, job reaping, stop deadlines)
+// between polls, so nothing here needs a lock.
+//
+// The head is split like Ray's GCS into managers that share that one thread
+// (runtime/head/src/): NodeTable (nodes, heartbeats), ActorDirectory (actors,
+// their placement and restarts), PlacementGroupManager (groups, bundle
+// rescheduling), JobManager (jobs and drivers), BinaryStore (job binaries);
+// this class is the server that dispatches messages among them.
+//
+// Tests drive a head without sockets or processes: give it a
+// transport::InProcessControlServer and a fake clock, call handle() with a
+// message and tick() to run the timers and the placement loop.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "troupe/node/ids.hpp"
+#include "troupe/transport/control_socket.hpp"
+
+namespace troupe::head {
+
+using node::Id128;
+using Clock = std::chrono::steady_clock;
+
+struct HeadConfig {
+  std::string node_ip = "127.0.0.1";
+  int port = 6380;
+  std::uint32_t heartbeat_ms = 500;     // node and driver heartbeat period
+  std::uint32_t heartbeat_misses = 6;   // silence of misses * period = lost
+  std::filesystem::path session_dir;    // binaries/, jobs/ live here
+  Id128 head_node_id;                   // the node manager in the head's process
+  // The head's notion of now (heartbeat ages, timeouts, stop deadlines);
+  // empty = steady_clock::now. Tests step a fake clock instead of sleeping.
+  std::function<Clock::time_point()> clock;
+};
+
+// bind() failed: the port is in use, or the address cannot be bound.
+class BindError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Head {
+ public:
+  // A head that listens on tcp://node_ip:port once bind() is called.
+  explicit Head(HeadConfig config);
+  // A head that talks through `server` (bind() must not be called).
+  Head(HeadConfig config, std::unique_ptr<transport::ControlServer> server);
+  ~Head();
+  Head(const Head&) = delete;
+  Head& operator=(const Head&) = delete;
+
+  // Binds the ROUTER on tcp://node_ip:port. Throws BindError when the port is
+  // in use or the address cannot be bound.
+  void bind();
+  // "IP:PORT" once bound (empty with an in-process server).
+  std::string address() const;
+  // Serves requests until `stop` becomes true, then stops running job
+  // drivers (SIGTERM, SIGKILL after 2 s). Call from the thread that bound.
+  void run(const std::atomic<bool>& stop);
+
+  // One message from the peer `identity`, answered through the server as
+  // run() would answer it. Does not run the placement loop: tick() does.
+  void handle(const std::string& identity, transport::ReceivedMessage& message);
+  // The timers at the clock's now: nodes and drivers silent for longer than
+  // heartbeat_ms * heartbeat_misses are lost, finished job drivers are
+  // reaped; then pending actors and groups are placed if anything changed.
+  void tick();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace troupe::head

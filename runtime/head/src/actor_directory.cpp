@@ -1,0 +1,403 @@
+#include "actor_directory.hpp"
+
+#include "job_manager.hpp"
+#include "node_table.hpp"
+#include "placement_groups.hpp"
+#include "troupe/runtime/logging.hpp"
+
+namespace troupe::head {
+
+using wire::ActorState;
+using wire::ControlMessage;
+using wire::PlacementGroupState;
+
+ActorEntry& ActorDirectory::actor_or_throw(const Id128& id) {
+  auto it = actors_.find(id);
+  if (it == actors_.end()) throw RequestError(kNotFound, "no actor " + id.hex());
+  return it->second;
+}
+
+// --- actor updates ---------------------------------------------------------------
+
+void ActorDirectory::fill_actor_update(wire::ActorUpdate::Builder update, ActorEntry& actor) {
+  set_id(update.initActorId(), actor.id);
+  update.setState(actor.state);
+  set_id(update.initNodeId(), actor.placed || actor.state == ActorState::ALIVE ? actor.node : Id128{});
+  update.setAddress(actor.address);
+  update.setDataAddress(kj::arrayPtr(reinterpret_cast<const kj::byte*>(actor.data_address.data()),
+                                     actor.data_address.size()));
+  update.setIncarnation(actor.incarnation);
+  update.setClassName(actor.create().getClassName());
+  update.setName(actor.create().getName());
+  auto gpus = update.initGpuIndices(static_cast<unsigned>(actor.gpus.size()));
+  for (unsigned i = 0; i < actor.gpus.size(); ++i) gpus.set(i, static_cast<std::uint32_t>(actor.gpus[i]));
+  auto reason = update.initReason();
+  reason.setCode(actor.reason_code);
+  reason.setMessage(actor.reason);
+}
+
+// The owner and every process that looked the actor up learn each change
+// (a caller that is not the owner must see the actor die, or its calls
+// would wait forever). The router drops what is sent to a process that is
+// gone; a dead actor has nothing more to say, so its watchers are dropped.
+void ActorDirectory::notify_watchers(ActorEntry& actor) {
+  if (actor.owner_identity.empty() && actor.watchers.empty()) return;
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  root.setRequestId(0);
+  fill_actor_update(root.initActorUpdate(), actor);
+  if (!actor.owner_identity.empty()) context_.send_to(actor.owner_identity, message);
+  for (const auto& watcher : actor.watchers) context_.send_to(watcher, message);
+  if (actor.state == ActorState::DEAD) actor.watchers.clear();
+}
+
+void ActorDirectory::set_actor_state(ActorEntry& actor, ActorState state, std::uint16_t code, std::string reason) {
+  bool changed = actor.state != state || actor.reason != reason || actor.reason_code != code;
+  actor.state = state;
+  actor.reason_code = code;
+  actor.reason = std::move(reason);
+  if (state == ActorState::DEAD) {
+    auto name = std::string(actor.create().getName().cStr());
+    if (!name.empty()) {
+      auto it = names_.find({actor.job, name});
+      if (it != names_.end() && it->second == actor.id) names_.erase(it);
+    }
+  }
+  if (changed) {
+    TROUPE_LOG_INFO("head: actor {} ({}) -> {} {}", actor.id.short_hex(), actor.create().getClassName().cStr(),
+                    static_cast<int>(state), actor.reason);
+    notify_watchers(actor);
+  }
+}
+
+void ActorDirectory::set_pending_reason(ActorEntry& actor, std::uint16_t code, std::string reason) {
+  set_actor_state(actor, actor.state, code, std::move(reason));
+}
+
+void ActorDirectory::release_actor_resources(ActorEntry& actor) {
+  if (!actor.holds_resources) return;
+  actor.holds_resources = false;
+  if (actor.bundle == -2) return;  // its group was removed with the whole reservation
+  try {
+    if (actor.bundle >= 0) {
+      GroupEntry* group = groups_.find(actor.group);
+      if (group != nullptr && actor.bundle < static_cast<int>(group->bundle_states.size())) {
+        group->bundle_states[actor.bundle].release(actor.amounts, actor.gpus);
+      }
+    } else if (NodeEntry* node = nodes_.find(actor.node)) {
+      node->state.release(actor.amounts, actor.gpus);
+    }
+  } catch (const std::exception& error) {
+    TROUPE_LOG_ERROR("head: releasing actor {}: {}", actor.id.hex(), error.what());
+  }
+  context_.schedule_needed = true;
+}
+
+void ActorDirectory::send_kill_to_node(ActorEntry& actor) {
+  NodeEntry* node = nodes_.find(actor.node);
+  if (node == nullptr || !node->alive) return;
+  context_.send_kill(node->identity, actor.id);
+}
+
+bool ActorDirectory::owner_alive(const ActorEntry& actor) const { return jobs_.owner_alive(actor.job, actor.owner); }
+
+// The actor's process is gone (exited, killed, its node lost, or it never
+// started): restart it if it may, else it is dead.
+void ActorDirectory::actor_exited(ActorEntry& actor, std::uint16_t code, std::string reason) {
+  if (actor.state == ActorState::DEAD) return;
+  release_actor_resources(actor);
+  actor.placed = false;
+  actor.address.clear();
+  actor.data_address.clear();
+  int max_restarts = actor.create().getMaxRestarts();
+  bool may_restart = !actor.no_restart && owner_alive(actor) &&
+                     (max_restarts < 0 || actor.restarts_used < max_restarts);
+  if (may_restart) {
+    ++actor.restarts_used;
+    ++actor.incarnation;
+    set_actor_state(actor, ActorState::RESTARTING, code, std::move(reason));
+    context_.schedule_needed = true;
+  } else {
+    set_actor_state(actor, ActorState::DEAD, code, std::move(reason));
+  }
+}
+
+// Kills for good: pending actors die at once, placed ones when their node
+// reports the exit.
+void ActorDirectory::kill_actor(ActorEntry& actor, const std::string& reason) {
+  if (actor.state == ActorState::DEAD) return;
+  actor.no_restart = true;
+  if (actor.placed) {
+    actor.reason = reason;
+    send_kill_to_node(actor);
+    // The node reports the exit; if the node is gone there is nothing to wait for.
+    NodeEntry* node = nodes_.find(actor.node);
+    if (node == nullptr || !node->alive) actor_exited(actor, kActorDied, reason);
+  } else {
+    actor_exited(actor, kActorDied, reason);
+  }
+}
+
+void ActorDirectory::kill_actors_where(const std::function<bool(const ActorEntry&)>& match,
+                                       const std::string& reason) {
+  for (auto& [id, actor] : actors_) {
+    if (actor.state != ActorState::DEAD && match(actor)) kill_actor(actor, reason);
+  }
+}
+
+void ActorDirectory::detach_group(const Id128& group) {
+  for (auto& [id, actor] : actors_) {
+    if (actor.group == group) actor.bundle = actor.holds_resources ? -2 : -1;
+  }
+}
+
+bool ActorDirectory::accounted_for(const Id128& actor_id, const Id128& node, std::uint32_t incarnation) const {
+  auto it = actors_.find(actor_id);
+  return !(it == actors_.end() || it->second.state == ActorState::DEAD || !it->second.placed ||
+           it->second.node != node || it->second.incarnation != incarnation);
+}
+
+void ActorDirectory::node_lost(const Id128& node, const std::string& why) {
+  for (auto& [id, actor] : actors_) {
+    if (actor.state == ActorState::DEAD || !actor.placed || actor.node != node) continue;
+    actor_exited(actor, kNodeLost, "node " + node.short_hex() + " was lost: " + why);
+  }
+}
+
+// --- placement ------------------------------------------------------------------
+
+void ActorDirectory::place_pending() {
+  for (const auto& id : order_) {
+    auto& actor = actors_.at(id);
+    if ((actor.state == ActorState::PENDING || actor.state == ActorState::RESTARTING) && !actor.placed) {
+      try_place_actor(actor);
+    }
+  }
+}
+
+void ActorDirectory::try_place_actor(ActorEntry& actor) {
+  scheduler::PlacementDecision decision;
+  NodeEntry* node = nullptr;
+  int bundle = -1;
+  if (!actor.group.zero()) {
+    GroupEntry* found = groups_.find(actor.group);
+    if (found == nullptr || found->state == PlacementGroupState::REMOVED) {
+      actor.no_restart = true;
+      actor_exited(actor, kInvalidArgument, "placement group " + actor.group.hex() + " was removed");
+      return;
+    }
+    auto& group = *found;
+    if (group.state != PlacementGroupState::CREATED) {
+      set_pending_reason(actor, kOk, "waiting for placement group " + group.id.short_hex() +
+                                         (group.reason.empty() ? "" : " (" + group.reason + ")"));
+      return;
+    }
+    int wanted = actor.create().getBundleIndex();
+    std::vector<scheduler::NodeState> candidates;
+    std::vector<int> candidate_bundles;
+    for (int b = 0; b < static_cast<int>(group.bundle_states.size()); ++b) {
+      if (wanted >= 0 && b != wanted) continue;
+      NodeEntry* bundle_node = nodes_.find(group.bundle_nodes[b]);
+      if (bundle_node == nullptr || !bundle_node->alive) continue;
+      candidates.push_back(group.bundle_states[b]);
+      candidate_bundles.push_back(b);
+    }
+    if (candidates.empty() && !group.lost_bundles.empty() && wanted < static_cast<int>(group.bundle_states.size())) {
+      set_pending_reason(actor, kOk, "waiting for placement group " + group.id.short_hex() + " (" + group.reason + ")");
+      return;
+    }
+    if (wanted >= static_cast<int>(group.bundle_states.size())) {
+      actor.no_restart = true;
+      actor_exited(actor, kInvalidArgument,
+                   "bundle index " + std::to_string(wanted) + " is out of range for placement group " +
+                       group.id.short_hex() + " of " + std::to_string(group.bundles.size()) + " bundles");
+      return;
+    }
+    decision = scheduler::place(candidates, actor.request);
+    if (decision.placed()) {
+      bundle = candidate_bundles[decision.node];
+      group.bundle_states[bundle].allocate(decision.amounts, decision.gpus);
+      node = nodes_.find(group.bundle_nodes[bundle]);
+    }
+  } else {
+    auto alive = nodes_.alive();
+    std::vector<scheduler::NodeState> states;
+    for (auto* n : alive) states.push_back(n->state);
+    if (alive.empty()) {
+      set_pending_reason(actor, kOk, "insufficient: no alive nodes in the cluster");
+      return;
+    }
+    decision = scheduler::place(states, actor.request);
+    if (decision.placed()) {
+      node = alive[decision.node];
+      node->state.allocate(decision.amounts, decision.gpus);
+    }
+  }
+  if (!decision.placed()) {
+    set_pending_reason(actor, decision.status == scheduler::PlacementStatus::infeasible ? kUnschedulable : kOk,
+                       decision.reason);
+    return;
+  }
+  actor.placed = true;
+  actor.holds_resources = true;
+  actor.node = node->id;
+  actor.gpus = decision.gpus;
+  actor.amounts = decision.amounts;
+  actor.bundle = bundle;
+  std::string where = "starting on node " + node->id.short_hex();
+  set_actor_state(actor, actor.state, kOk, where);
+
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  std::uint64_t request_id = context_.next_request_id++;
+  root.setRequestId(request_id);
+  auto start = root.initStartActor();
+  start.setSpec(actor.create());
+  start.setIncarnation(actor.incarnation);
+  auto gpus = start.initGpuIndices(static_cast<unsigned>(actor.gpus.size()));
+  for (unsigned i = 0; i < actor.gpus.size(); ++i) gpus.set(i, static_cast<std::uint32_t>(actor.gpus[i]));
+  start.setJobBinaryHash(actor.binary_hash);
+  start_requests_[request_id] = actor.id;
+  context_.send_to(node->identity, message);
+}
+
+// --- requests -----------------------------------------------------------------------
+
+void ActorDirectory::on_create_actor(const std::string& identity, std::uint64_t request_id,
+                                     wire::CreateActor::Reader create) {
+  Id128 id = id_of(create.getActorId());
+  if (id.zero()) throw RequestError(kInvalidArgument, "createActor without an actorId");
+  if (actors_.count(id) != 0) {
+    context_.reply_ack(identity, request_id);  // a retried request
+    return;
+  }
+  ActorEntry actor;
+  actor.id = id;
+  actor.spec = std::make_unique<capnp::MallocMessageBuilder>();
+  actor.spec->setRoot(create);
+  actor.job = id_of(create.getJobId());
+  actor.owner = id_of(create.getOwnerId());
+  actor.group = id_of(create.getPlacementGroupId());
+  actor.owner_identity = identity;
+  try {
+    scheduler::ResourceRequest request;
+    request.amounts = resources_from_wire(create.getResources());
+    request.gpu_type = create.getGpuType().cStr();
+    request.gpu_memory_bytes = create.getGpuMemoryBytes();
+    actor.request = scheduler::normalize(request);
+  } catch (const scheduler::SpecError& error) {
+    throw RequestError(kInvalidArgument, error.what());
+  }
+  if (!actor.group.zero() && groups_.find(actor.group) == nullptr) {
+    throw RequestError(kNotFound, "no placement group " + actor.group.hex());
+  }
+  std::string name = create.getName().cStr();
+  if (!name.empty()) {
+    if (names_.count({actor.job, name}) != 0) {
+      throw RequestError(kInvalidArgument, "an actor named \"" + name + "\" already exists in this job");
+    }
+    names_[{actor.job, name}] = id;
+  }
+  actor.binary_hash = jobs_.binary_hash_for(actor.owner, actor.job);
+  actor.reason = "waiting to be scheduled";
+  actors_.emplace(id, std::move(actor));
+  order_.push_back(id);
+  context_.reply_ack(identity, request_id);
+  context_.schedule_needed = true;
+}
+
+void ActorDirectory::on_actor_update(const std::string& identity, std::uint64_t request_id,
+                                     wire::ActorUpdate::Reader update) {
+  Id128 id = id_of(update.getActorId());
+  auto it = actors_.find(id);
+  if (it == actors_.end()) {
+    context_.reply_ack(identity, request_id);
+    return;
+  }
+  ActorEntry& actor = it->second;
+  bool from_node = identity.rfind("node-", 0) == 0;
+  if (update.getIncarnation() != actor.incarnation || actor.state == ActorState::DEAD) {
+    // A report about an earlier incarnation, or about an actor already dead.
+    if (update.getState() == ActorState::ALIVE && !from_node) {
+      NodeEntry* node = nodes_.find(id_of(update.getNodeId()));  // tell the host's node to stop it
+      if (node != nullptr && node->alive) context_.send_kill(node->identity, id);
+    }
+    context_.reply_ack(identity, request_id);
+    return;
+  }
+  switch (update.getState()) {
+    case ActorState::ALIVE:
+      actor.address = update.getAddress().cStr();
+      actor.data_address.assign(reinterpret_cast<const char*>(update.getDataAddress().begin()),
+                                update.getDataAddress().size());
+      set_actor_state(actor, ActorState::ALIVE, kOk, "");
+      break;
+    case ActorState::DEAD:
+    case ActorState::RESTARTING: {
+      std::uint16_t code = update.getReason().getCode();
+      std::string reason = update.getReason().getMessage().cStr();
+      if (!from_node) {
+        actor.no_restart = true;  // the host itself says it cannot run (constructor failed)
+      } else if (actor.no_restart && !actor.reason.empty() && actor.state != ActorState::DEAD) {
+        reason = actor.reason + " (" + reason + ")";  // killed on request
+      }
+      if (reason.empty()) reason = "actor host exited";
+      actor_exited(actor, code == kOk ? kActorDied : code, reason);
+      break;
+    }
+    case ActorState::PENDING:
+      break;
+  }
+  context_.reply_ack(identity, request_id);
+}
+
+void ActorDirectory::on_kill_actor(const std::string& identity, std::uint64_t request_id,
+                                   wire::KillActor::Reader kill) {
+  ActorEntry& actor = actor_or_throw(id_of(kill.getActorId()));
+  if (actor.state != ActorState::DEAD) {
+    if (kill.getNoRestart()) {
+      kill_actor(actor, "killed by request");
+    } else if (actor.placed) {
+      actor.reason = "";
+      send_kill_to_node(actor);
+    }
+  }
+  context_.reply_ack(identity, request_id);
+}
+
+void ActorDirectory::on_get_actor_by_name(const std::string& identity, std::uint64_t request_id,
+                                          wire::GetActorByName::Reader get) {
+  ActorEntry* actor = nullptr;
+  if (get.getName().size() == 0) {
+    auto it = get.hasActorId() ? actors_.find(id_of(get.getActorId())) : actors_.end();
+    if (it == actors_.end()) throw RequestError(kNotFound, "no actor with that id");
+    actor = &it->second;
+  } else {
+    auto it = names_.find({id_of(get.getJobId()), std::string(get.getName().cStr())});
+    if (it == names_.end()) {
+      throw RequestError(kNotFound, "no actor named \"" + std::string(get.getName().cStr()) + "\"");
+    }
+    actor = &actors_.at(it->second);
+  }
+  if (identity != actor->owner_identity && actor->state != ActorState::DEAD) actor->watchers.insert(identity);
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  root.setRequestId(request_id);
+  fill_actor_update(root.initActorUpdate(), *actor);
+  context_.send_to(identity, message);
+}
+
+void ActorDirectory::on_reply_from_node(std::uint64_t request_id, ControlMessage::Reader reader) {
+  auto it = start_requests_.find(request_id);
+  if (it == start_requests_.end()) return;
+  Id128 actor_id = it->second;
+  start_requests_.erase(it);
+  if (!reader.isError()) return;
+  auto actor = actors_.find(actor_id);
+  if (actor == actors_.end()) return;
+  actor->second.no_restart = true;
+  actor_exited(actor->second, reader.getError().getCode() == kOk ? kActorDied : reader.getError().getCode(),
+               std::string("node could not start it: ") + reader.getError().getMessage().cStr());
+}
+
+}  // namespace troupe::head

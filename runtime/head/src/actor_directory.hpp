@@ -1,0 +1,114 @@
+// ActorDirectory: every actor the head knows, by id and by (job, name), who
+// watches it, and where it runs; the placement loop for actors and their
+// restarts (Ray's GcsActorManager and GcsActorScheduler).
+//
+// Contract: an actor goes PENDING -> (placed: startActor sent to its node)
+// -> ALIVE when its host reports, and to RESTARTING (placed again by the
+// next pass) or DEAD when its host exits, its node is lost or it is killed.
+// It restarts while maxRestarts allows, its owner (driver or job) lives and
+// no kill with noRestart or failed constructor said otherwise. An actor that
+// cannot be placed stays PENDING/RESTARTING with the reason in its state
+// (code kUnschedulable when no node could ever hold it). Every change of
+// state or reason goes to the owner and the watchers as an actorUpdate.
+// Resources are booked on the node (or the group's bundle) from placement
+// until the actor exits.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "head_context.hpp"
+#include "troupe/scheduler/placement.hpp"
+
+namespace troupe::head {
+
+class NodeTable;
+class PlacementGroupManager;
+class JobManager;
+
+struct ActorEntry {
+  Id128 id;
+  std::unique_ptr<capnp::MallocMessageBuilder> spec;  // CreateActor
+  scheduler::ResourceRequest request;
+  wire::ActorState state = wire::ActorState::PENDING;
+  std::uint16_t reason_code = kOk;
+  std::string reason;
+  bool placed = false;           // startActor sent for the current incarnation
+  bool holds_resources = false;
+  Id128 node;
+  std::vector<int> gpus;
+  scheduler::ResourceSet amounts;
+  int bundle = -1;               // bundle of its placement group that holds the resources
+                                 // (-2: the group was removed with the whole reservation)
+  std::uint32_t incarnation = 0;
+  int restarts_used = 0;
+  std::string address;
+  std::string data_address;
+  std::string owner_identity;
+  std::set<std::string> watchers;  // other processes that looked it up: they get its updates too
+  Id128 owner;
+  Id128 job;
+  Id128 group;
+  std::string binary_hash;
+  bool no_restart = false;       // a kill with noRestart, or a failed constructor
+
+  wire::CreateActor::Reader create() { return spec->getRoot<wire::CreateActor>(); }
+};
+
+class ActorDirectory {
+ public:
+  ActorDirectory(HeadContext& context, NodeTable& nodes, PlacementGroupManager& groups, JobManager& jobs)
+      : context_(context), nodes_(nodes), groups_(groups), jobs_(jobs) {}
+
+  // Requests (each answers `identity`; RequestError for a bad one).
+  void on_create_actor(const std::string& identity, std::uint64_t request_id, wire::CreateActor::Reader create);
+  void on_actor_update(const std::string& identity, std::uint64_t request_id, wire::ActorUpdate::Reader update);
+  void on_kill_actor(const std::string& identity, std::uint64_t request_id, wire::KillActor::Reader kill);
+  void on_get_actor_by_name(const std::string& identity, std::uint64_t request_id,
+                            wire::GetActorByName::Reader get);
+  // A node's ack or error for a startActor we sent; an error kills the actor
+  // for good. Replies to other requests are ignored.
+  void on_reply_from_node(std::uint64_t request_id, wire::ControlMessage::Reader reader);
+
+  // Whether the head accounts for incarnation `incarnation` of `actor` on `node`.
+  bool accounted_for(const Id128& actor, const Id128& node, std::uint32_t incarnation) const;
+  // Every actor placed on the lost node exits with kNodeLost.
+  void node_lost(const Id128& node, const std::string& why);
+  // Kills for good every live actor `match` selects.
+  void kill_actors_where(const std::function<bool(const ActorEntry&)>& match, const std::string& reason);
+  // The group was removed: its actors' bundle resources are dropped with it.
+  void detach_group(const Id128& group);
+
+  // Tries to place every PENDING/RESTARTING actor not yet placed, in creation order.
+  void place_pending();
+
+  void fill_actor_update(wire::ActorUpdate::Builder update, ActorEntry& actor);
+  const std::vector<Id128>& order() const { return order_; }
+  ActorEntry& at(const Id128& id) { return actors_.at(id); }
+
+ private:
+  ActorEntry& actor_or_throw(const Id128& id);
+  void notify_watchers(ActorEntry& actor);
+  void set_actor_state(ActorEntry& actor, wire::ActorState state, std::uint16_t code, std::string reason);
+  void set_pending_reason(ActorEntry& actor, std::uint16_t code, std::string reason);
+  void release_actor_resources(ActorEntry& actor);
+  void send_kill_to_node(ActorEntry& actor);
+  bool owner_alive(const ActorEntry& actor) const;
+  void actor_exited(ActorEntry& actor, std::uint16_t code, std::string reason);
+  void kill_actor(ActorEntry& actor, const std::string& reason);
+  void try_place_actor(ActorEntry& actor);
+
+  HeadContext& context_;
+  NodeTable& nodes_;
+  PlacementGroupManager& groups_;
+  JobManager& jobs_;
+  std::map<Id128, ActorEntry> actors_;
+  std::vector<Id128> order_;
+  std::map<std::pair<Id128, std::string>, Id128> names_;
+  std::map<std::uint64_t, Id128> start_requests_;  // our startActor request -> actor
+};
+
+}  // namespace troupe::head

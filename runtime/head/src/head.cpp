@@ -1,0 +1,219 @@
+// The head's server: owns the control server and the managers, dispatches
+// each message to the manager that serves it, answers getClusterState from
+// all of them, and runs the timers. Everything runs on the thread that calls
+// run() (or handle()/tick() in tests).
+#include "troupe/head/head.hpp"
+
+#include <algorithm>
+#include <optional>
+
+#include "actor_directory.hpp"
+#include "binary_store.hpp"
+#include "head_context.hpp"
+#include "job_manager.hpp"
+#include "node_table.hpp"
+#include "placement_groups.hpp"
+#include "troupe/runtime/logging.hpp"
+
+namespace troupe::head {
+
+using wire::ActorState;
+using wire::ControlMessage;
+using wire::PlacementGroupState;
+
+struct Head::Impl {
+  HeadContext context;
+  std::unique_ptr<transport::ControlServer> server;
+  // Construction order matters only for the references each manager keeps
+  // (a reference to a later member is bound, not used, at construction).
+  BinaryStore binaries{context};
+  NodeTable nodes{context};
+  ActorDirectory actors{context, nodes, groups, jobs};
+  PlacementGroupManager groups{context, nodes, actors};
+  JobManager jobs{context, actors, binaries};
+
+  Impl(HeadConfig config, std::unique_ptr<transport::ControlServer> s) : server(std::move(s)) {
+    context.config = std::move(config);
+    context.server = server.get();
+  }
+
+  void on_heartbeat(const std::string& identity, std::uint64_t request_id, wire::Heartbeat::Reader heartbeat) {
+    Id128 node = id_of(heartbeat.getNodeId());
+    nodes.on_heartbeat(identity, request_id, heartbeat, [&](const Id128& actor, std::uint32_t incarnation) {
+      return actors.accounted_for(actor, node, incarnation);
+    });
+  }
+
+  void on_get_cluster_state(const std::string& identity, std::uint64_t request_id,
+                            wire::GetClusterState::Reader get) {
+    bool include_dead = get.getIncludeDead();
+    auto now = context.now();
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    root.setRequestId(request_id);
+    auto state = root.initClusterState();
+
+    std::vector<NodeEntry*> shown_nodes;
+    for (auto& node : nodes.all()) {
+      if (node->alive || include_dead) shown_nodes.push_back(node.get());
+    }
+    auto node_list = state.initNodes(static_cast<unsigned>(shown_nodes.size()));
+    for (unsigned i = 0; i < shown_nodes.size(); ++i) {
+      NodeEntry& node = *shown_nodes[i];
+      node_list[i].setNode(node.info());
+      node_list[i].setState(node.alive ? wire::NodeState::ALIVE : wire::NodeState::DEAD);
+      const auto& available = node.state.available();
+      resources_to_wire(node_list[i].initAvailable(static_cast<unsigned>(available.amounts().size())), available);
+      node_list[i].setLastHeartbeatAgeMs(static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - node.last_heartbeat).count()));
+    }
+
+    std::vector<ActorEntry*> shown_actors;
+    for (const auto& id : actors.order()) {
+      auto& actor = actors.at(id);
+      if (actor.state != ActorState::DEAD || include_dead) shown_actors.push_back(&actor);
+    }
+    auto actor_list = state.initActors(static_cast<unsigned>(shown_actors.size()));
+    for (unsigned i = 0; i < shown_actors.size(); ++i) actors.fill_actor_update(actor_list[i], *shown_actors[i]);
+
+    std::vector<GroupEntry*> shown_groups;
+    for (const auto& id : groups.order()) {
+      auto& group = groups.at(id);
+      if (group.state != PlacementGroupState::REMOVED || include_dead) shown_groups.push_back(&group);
+    }
+    auto group_list = state.initPlacementGroups(static_cast<unsigned>(shown_groups.size()));
+    for (unsigned i = 0; i < shown_groups.size(); ++i) groups.fill_group_update(group_list[i], *shown_groups[i]);
+
+    const auto& job_order = jobs.order();
+    auto job_list = state.initJobs(static_cast<unsigned>(job_order.size()));
+    for (unsigned i = 0; i < job_order.size(); ++i) jobs.fill_job_update(job_list[i], jobs.at(job_order[i]));
+    context.send_to(identity, message);
+  }
+
+  void dispatch(const std::string& identity, transport::ReceivedMessage& received) {
+    std::uint64_t request_id = 0;
+    try {
+      auto reader = received.root<ControlMessage>();
+      request_id = reader.getRequestId();
+      switch (reader.which()) {
+        case ControlMessage::REGISTER_NODE: nodes.on_register_node(identity, request_id, reader.getRegisterNode()); break;
+        case ControlMessage::HEARTBEAT: on_heartbeat(identity, request_id, reader.getHeartbeat()); break;
+        case ControlMessage::CREATE_ACTOR: actors.on_create_actor(identity, request_id, reader.getCreateActor()); break;
+        case ControlMessage::ACTOR_UPDATE: actors.on_actor_update(identity, request_id, reader.getActorUpdate()); break;
+        case ControlMessage::KILL_ACTOR: actors.on_kill_actor(identity, request_id, reader.getKillActor()); break;
+        case ControlMessage::GET_ACTOR_BY_NAME: actors.on_get_actor_by_name(identity, request_id, reader.getGetActorByName()); break;
+        case ControlMessage::CREATE_PLACEMENT_GROUP: groups.on_create_group(identity, request_id, reader.getCreatePlacementGroup()); break;
+        case ControlMessage::REMOVE_PLACEMENT_GROUP: groups.on_remove_group(identity, request_id, reader.getRemovePlacementGroup()); break;
+        case ControlMessage::SUBMIT_JOB: jobs.on_submit_job(identity, request_id, reader.getSubmitJob()); break;
+        case ControlMessage::STOP_JOB: jobs.on_stop_job(identity, request_id, reader.getStopJob()); break;
+        case ControlMessage::GET_CLUSTER_STATE: on_get_cluster_state(identity, request_id, reader.getGetClusterState()); break;
+        case ControlMessage::REGISTER_DRIVER: jobs.on_register_driver(identity, request_id, reader.getRegisterDriver()); break;
+        case ControlMessage::UPLOAD_BINARY: binaries.on_upload_binary(identity, request_id, reader.getUploadBinary()); break;
+        case ControlMessage::FETCH_BINARY: binaries.on_fetch_binary(identity, request_id, reader.getFetchBinary()); break;
+        case ControlMessage::JOB_LOGS: jobs.on_job_logs(identity, request_id, reader.getJobLogs()); break;
+        case ControlMessage::DRIVER_HEARTBEAT: jobs.on_driver_heartbeat(identity, request_id, reader.getDriverHeartbeat()); break;
+        case ControlMessage::ACK:
+        case ControlMessage::ERROR:
+          actors.on_reply_from_node(request_id, reader);
+          break;
+        default:
+          throw RequestError(kProtocol, "the head does not serve this message type (" +
+                                            std::to_string(static_cast<int>(reader.which())) + ")");
+      }
+    } catch (const RequestError& error) {
+      if (request_id != 0) context.reply_error(identity, request_id, error.code, error.what());
+    } catch (const transport::TransportError& error) {
+      if (request_id != 0) context.reply_error(identity, request_id, kProtocol, error.what());
+    } catch (const std::exception& error) {
+      TROUPE_LOG_ERROR("head: serving a request from {}: {}", identity, error.what());
+      if (request_id != 0) context.reply_error(identity, request_id, kInternal, error.what());
+    }
+  }
+
+  void check_timeouts(Clock::time_point now) {
+    for (NodeEntry* node : nodes.expire(now)) {
+      std::string why = "no heartbeat for " + std::to_string(context.node_timeout().count()) + " ms";
+      actors.node_lost(node->id, why);
+      groups.lose_bundles_on(node->id);
+      context.schedule_needed = true;
+    }
+    jobs.expire_drivers(now);
+  }
+
+  void schedule_if_needed() {
+    if (!context.schedule_needed) return;
+    context.schedule_needed = false;
+    groups.place_pending();
+    actors.place_pending();
+  }
+};
+
+Head::Head(HeadConfig config) : impl_(std::make_unique<Impl>(std::move(config), nullptr)) {}
+
+Head::Head(HeadConfig config, std::unique_ptr<transport::ControlServer> server)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(server))) {}
+
+Head::~Head() = default;
+
+void Head::bind() {
+  auto& impl = *impl_;
+  const auto& config = impl.context.config;
+  try {
+    impl.server = std::make_unique<transport::ZmqControlServer>(config.node_ip, config.port);
+  } catch (const transport::AddressInUseError&) {
+    throw BindError("port " + std::to_string(config.port) + " on " + config.node_ip +
+                    " is already in use (another head running? try `troupe stop` or --port)");
+  } catch (const transport::TransportError& error) {
+    throw BindError("cannot listen on tcp://" + config.node_ip + ":" + std::to_string(config.port) + ": " +
+                    error.message());
+  }
+  impl.context.server = impl.server.get();
+}
+
+std::string Head::address() const { return impl_->context.address(); }
+
+void Head::handle(const std::string& identity, transport::ReceivedMessage& message) {
+  impl_->dispatch(identity, message);
+}
+
+void Head::tick() {
+  auto now = impl_->context.now();
+  impl_->check_timeouts(now);
+  impl_->jobs.reap(now);
+  impl_->schedule_if_needed();
+}
+
+void Head::run(const std::atomic<bool>& stop) {
+  auto& impl = *impl_;
+  auto last_check = impl.context.now();
+  const auto check_every =
+      std::chrono::milliseconds(std::max<std::uint32_t>(10, impl.context.config.heartbeat_ms / 4));
+  while (!stop.load()) {
+    std::optional<transport::RoutedMessage> routed;
+    try {
+      routed = impl.server->receive(std::chrono::milliseconds(20));
+    } catch (const transport::TransportError& error) {
+      TROUPE_LOG_WARN("head: dropped a malformed message: {}", error.what());
+    }
+    for (int batch = 0; routed; ++batch) {
+      impl.dispatch(routed->identity, routed->message);
+      routed.reset();
+      if (batch >= 256) break;  // let the timers run
+      try {
+        routed = impl.server->receive(std::chrono::milliseconds(0));
+      } catch (const transport::TransportError& error) {
+        TROUPE_LOG_WARN("head: dropped a malformed message: {}", error.what());
+      }
+    }
+    auto now = impl.context.now();
+    if (now - last_check >= check_every) {
+      last_check = now;
+      impl.check_timeouts(now);
+    }
+    impl.jobs.reap(now);
+    impl.schedule_if_needed();
+  }
+  impl.jobs.stop_all();
+}
+
+}  // namespace troupe::head

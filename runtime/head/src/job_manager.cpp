@@ -1,0 +1,313 @@
+#include "job_manager.hpp"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+
+#include "actor_directory.hpp"
+#include "binary_store.hpp"
+#include "troupe/node/process.hpp"
+#include "troupe/runtime/logging.hpp"
+#include "troupe/transport/content_hash.hpp"
+
+namespace troupe::head {
+namespace {
+
+using wire::ControlMessage;
+using wire::JobState;
+
+constexpr std::size_t kMaxLogChunk = std::size_t{1} << 20;
+constexpr auto kStopGrace = std::chrono::seconds(5);
+
+}  // namespace
+
+JobEntry& JobManager::job_or_throw(const Id128& id) {
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) throw RequestError(kNotFound, "no job " + id.hex());
+  return it->second;
+}
+
+bool JobManager::owner_alive(const Id128& job, const Id128& owner) const {
+  auto job_it = jobs_.find(job);
+  if (job_it != jobs_.end()) {
+    auto state = job_it->second.state;
+    if (state != JobState::PENDING && state != JobState::RUNNING) return false;
+  }
+  auto driver_it = drivers_.find(owner);
+  return driver_it == drivers_.end() || driver_it->second.alive;
+}
+
+std::string JobManager::binary_hash_for(const Id128& owner, const Id128& job) const {
+  std::string hash;
+  if (auto driver = drivers_.find(owner); driver != drivers_.end()) hash = driver->second.binary_hash;
+  if (hash.empty()) {
+    if (auto it = jobs_.find(job); it != jobs_.end()) hash = it->second.binary_hash;
+  }
+  return hash;
+}
+
+// --- drivers ---------------------------------------------------------------------
+
+void JobManager::on_register_driver(const std::string& identity, std::uint64_t request_id,
+                                    wire::RegisterDriver::Reader reg) {
+  if (reg.getProtocolVersion() != wire::PROTOCOL_VERSION) {
+    throw RequestError(kProtocol, "protocol version mismatch (driver " + std::to_string(reg.getProtocolVersion()) +
+                                      ", head " + std::to_string(wire::PROTOCOL_VERSION) + ")");
+  }
+  std::string hash = reg.getBinaryHash().cStr();
+  if (!hash.empty() && !transport::valid_hash_name(hash))
+    throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+  DriverEntry driver;
+  driver.worker = id_of(reg.getWorkerId());
+  if (driver.worker.zero()) throw RequestError(kInvalidArgument, "registerDriver without a workerId");
+  driver.identity = identity;
+  driver.job = id_of(reg.getJobId());
+  driver.binary_hash = hash;
+  driver.last_heartbeat = context_.now();
+  if (driver.job.zero()) driver.job = Id128::random();
+  auto job_it = jobs_.find(driver.job);
+  if (job_it == jobs_.end()) {
+    JobEntry job;
+    job.id = driver.job;
+    job.name = "driver pid " + std::to_string(reg.getPid()) + " on " + reg.getHostname().cStr();
+    job.state = JobState::RUNNING;
+    job.binary_hash = hash;
+    jobs_.emplace(job.id, std::move(job));
+    order_.push_back(driver.job);
+  } else if (job_it->second.binary_hash.empty()) {
+    job_it->second.binary_hash = hash;
+  }
+  drivers_[driver.worker] = driver;
+  TROUPE_LOG_INFO("head: driver {} registered for job {}", driver.worker.short_hex(), driver.job.short_hex());
+
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  root.setRequestId(request_id);
+  auto reply = root.initRegisterDriverReply();
+  set_id(reply.initJobId(), driver.job);
+  reply.setNeedBinary(!hash.empty() && !binaries_.has(hash));
+  reply.setHeartbeatIntervalMs(context_.config.heartbeat_ms);
+  reply.setDriverTimeoutMs(static_cast<std::uint32_t>(context_.node_timeout().count()));
+  context_.send_to(identity, message);
+}
+
+void JobManager::on_driver_heartbeat(const std::string& identity, std::uint64_t request_id,
+                                     wire::DriverHeartbeat::Reader heartbeat) {
+  auto it = drivers_.find(id_of(heartbeat.getWorkerId()));
+  if (it == drivers_.end() || !it->second.alive) {
+    throw RequestError(kNotFound, "driver " + id_of(heartbeat.getWorkerId()).hex() +
+                                      " is not registered (or timed out): register again");
+  }
+  // The heartbeat may come from another socket than the registration; the
+  // driver stays addressed by the identity it registered with.
+  it->second.last_heartbeat = context_.now();
+  context_.reply_ack(identity, request_id);
+}
+
+void JobManager::driver_lost(DriverEntry& driver, const std::string& why) {
+  driver.alive = false;
+  TROUPE_LOG_WARN("head: driver {} lost: {}", driver.worker.short_hex(), why);
+  actors_.kill_actors_where([&](const ActorEntry& a) { return a.owner == driver.worker; },
+                            "its driver went away: " + why);
+  auto job = jobs_.find(driver.job);
+  if (job != jobs_.end() && !job->second.head_started && job->second.state == JobState::RUNNING) {
+    // Nobody waits on an interactive driver's exit status: it just stopped.
+    bool other_alive = std::any_of(drivers_.begin(), drivers_.end(), [&](const auto& entry) {
+      return entry.second.alive && entry.second.job == driver.job;
+    });
+    if (!other_alive) {
+      job->second.state = JobState::STOPPED;
+      job->second.error_code = kActorDied;
+      job->second.error = "driver went away: " + why;
+    }
+  }
+}
+
+void JobManager::expire_drivers(Clock::time_point now) {
+  for (auto& [id, driver] : drivers_) {
+    if (driver.alive && now - driver.last_heartbeat > context_.node_timeout()) {
+      driver_lost(driver, "no heartbeat for " + std::to_string(context_.node_timeout().count()) + " ms");
+    }
+  }
+}
+
+// --- jobs ----------------------------------------------------------------------------
+
+void JobManager::fill_job_update(wire::JobUpdate::Builder update, const JobEntry& job) {
+  set_id(update.initJobId(), job.id);
+  update.setState(job.state);
+  update.setName(job.name);
+  set_id(update.initDriverNodeId(), job.head_started ? context_.config.head_node_id : Id128{});
+  update.setExitCode(job.exit_code);
+  auto error = update.initError();
+  error.setCode(job.error_code);
+  error.setMessage(job.error);
+}
+
+void JobManager::reply_job(const std::string& identity, std::uint64_t request_id, const JobEntry& job) {
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  root.setRequestId(request_id);
+  fill_job_update(root.initJobUpdate(), job);
+  context_.send_to(identity, message);
+}
+
+void JobManager::on_submit_job(const std::string& identity, std::uint64_t request_id,
+                               wire::SubmitJob::Reader submit) {
+  if (submit.getProtocolVersion() != wire::PROTOCOL_VERSION) {
+    throw RequestError(kProtocol, "protocol version mismatch (CLI " + std::to_string(submit.getProtocolVersion()) +
+                                      ", head " + std::to_string(wire::PROTOCOL_VERSION) + ")");
+  }
+  if (submit.getArgv().size() == 0) throw RequestError(kInvalidArgument, "submitJob with an empty argv");
+  std::string hash = submit.getBinaryHash().cStr();
+  if (!transport::valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+  if (submit.getBinary().size() > 0) {
+    auto data = submit.getBinary();
+    std::string_view bytes(reinterpret_cast<const char*>(data.begin()), data.size());
+    if (transport::content_hash(bytes) != hash) {
+      throw RequestError(kInvalidArgument, "binary does not match its hash " + hash);
+    }
+    binaries_.store(hash, data);
+  } else if (!binaries_.has(hash)) {
+    throw RequestError(kNotFound, "the head has no binary " + hash + "; send it with the job");
+  }
+  JobEntry job;
+  job.id = Id128::random();
+  job.name = submit.getName().size() > 0 ? submit.getName().cStr()
+                                          : std::filesystem::path(submit.getArgv()[0].cStr()).filename().string();
+  job.binary_hash = hash;
+  job.head_started = true;
+  auto job_dir = context_.config.session_dir / "jobs" / job.id.hex();
+  std::filesystem::create_directories(job_dir);
+  job.log_path = job_dir / "output.log";
+  { std::ofstream touch(job.log_path, std::ios::app); }
+
+  node::SpawnOptions spawn;
+  spawn.program = binaries_.path(hash).string();
+  for (auto arg : submit.getArgv()) spawn.argv.emplace_back(arg.cStr());
+  spawn.env = node::current_environment();
+  for (const char* name : {"TROUPE_ACTOR_SPEC", "TROUPE_HEAD_ADDRESS", "TROUPE_NODE_ID", "TROUPE_NODE_IP"}) {
+    spawn.env.erase(name);
+  }
+  for (auto var : submit.getEnv()) spawn.env[var.getName().cStr()] = var.getValue().cStr();
+  spawn.env["TROUPE_ADDRESS"] = context_.address();
+  spawn.env["TROUPE_JOB_ID"] = job.id.hex();
+  spawn.output_path = job.log_path.string();
+  spawn.new_process_group = true;
+  try {
+    job.pid = node::spawn_process(spawn);
+    job.state = JobState::RUNNING;
+    TROUPE_LOG_INFO("head: job {} ({}) started as pid {}", job.id.short_hex(), job.name, job.pid);
+  } catch (const std::exception& error) {
+    job.state = JobState::FAILED;
+    job.exit_code = 127;
+    job.error_code = kInvalidArgument;
+    job.error = error.what();
+  }
+  Id128 id = job.id;
+  jobs_.emplace(id, std::move(job));
+  order_.push_back(id);
+  reply_job(identity, request_id, jobs_.at(id));
+}
+
+void JobManager::on_stop_job(const std::string& identity, std::uint64_t request_id, wire::StopJob::Reader stop) {
+  JobEntry& job = job_or_throw(id_of(stop.getJobId()));
+  if (job.state == JobState::RUNNING || job.state == JobState::PENDING) {
+    job.stop_requested = true;
+    if (job.head_started && job.pid > 0) {
+      ::kill(-job.pid, SIGTERM);
+      job.kill_deadline = context_.now() + kStopGrace;
+    } else {
+      job.state = JobState::STOPPED;
+      job.error = "stopped by request";
+      actors_.kill_actors_where([&](const ActorEntry& a) { return a.job == job.id; }, "its job was stopped");
+    }
+  }
+  reply_job(identity, request_id, job);
+}
+
+void JobManager::on_job_logs(const std::string& identity, std::uint64_t request_id, wire::JobLogs::Reader logs) {
+  JobEntry& job = job_or_throw(id_of(logs.getJobId()));
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  root.setRequestId(request_id);
+  auto reply = root.initJobLogsReply();
+  // The state first: once it is final the file is complete, so the data
+  // read after it holds everything up to the end.
+  fill_job_update(reply.initJob(), job);
+  std::size_t limit =
+      logs.getMaxBytes() == 0 ? kMaxLogChunk : std::min<std::size_t>(logs.getMaxBytes(), kMaxLogChunk);
+  std::string data;
+  std::uint64_t offset = logs.getOffset();
+  if (!job.log_path.empty()) {
+    std::ifstream in(job.log_path, std::ios::binary);
+    if (in) {
+      in.seekg(0, std::ios::end);
+      auto size = static_cast<std::uint64_t>(in.tellg());
+      if (offset < size) {
+        std::size_t count = std::min<std::uint64_t>(limit, size - offset);
+        data.resize(count);
+        in.seekg(static_cast<std::streamoff>(offset));
+        in.read(data.data(), static_cast<std::streamsize>(count));
+        data.resize(static_cast<std::size_t>(in.gcount()));
+      }
+    }
+  }
+  reply.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(data.data()), data.size()));
+  reply.setNextOffset(offset + data.size());
+  context_.send_to(identity, message);
+}
+
+void JobManager::reap(Clock::time_point now) {
+  for (auto& [id, job] : jobs_) {
+    if (!job.head_started || job.pid <= 0 || job.state != JobState::RUNNING) continue;
+    if (auto status = node::try_reap(job.pid)) {
+      job.exit_code = node::exit_code_of(*status);
+      ::kill(-job.pid, SIGKILL);  // anything the driver left in its group
+      if (job.stop_requested) {
+        job.state = JobState::STOPPED;
+        job.error_code = kOk;
+        job.error = "stopped by request (driver " + node::describe_wait_status(*status) + ")";
+      } else if (job.exit_code == 0) {
+        job.state = JobState::SUCCEEDED;
+      } else {
+        job.state = JobState::FAILED;
+        job.error_code = 1;
+        job.error = "driver " + node::describe_wait_status(*status);
+      }
+      TROUPE_LOG_INFO("head: job {} finished: {}", id.short_hex(), node::describe_wait_status(*status));
+      for (auto& [worker, driver] : drivers_) {
+        if (driver.job == id) driver.alive = false;
+      }
+      Id128 job_id = id;
+      actors_.kill_actors_where([&](const ActorEntry& a) { return a.job == job_id; }, "its job's driver exited");
+    } else if (job.stop_requested && !job.killed && now >= job.kill_deadline) {
+      ::kill(-job.pid, SIGKILL);
+      job.killed = true;
+    }
+  }
+}
+
+void JobManager::stop_all() {
+  std::vector<JobEntry*> running;
+  for (auto& [id, job] : jobs_) {
+    if (job.head_started && job.pid > 0 && job.state == JobState::RUNNING) {
+      ::kill(-job.pid, SIGTERM);
+      running.push_back(&job);
+    }
+  }
+  auto deadline = Clock::now() + std::chrono::seconds(2);
+  while (!running.empty() && Clock::now() < deadline) {
+    std::erase_if(running, [](JobEntry* job) { return node::try_reap(job->pid).has_value(); });
+    ::usleep(20000);
+  }
+  for (JobEntry* job : running) {
+    ::kill(-job->pid, SIGKILL);
+    ::waitpid(job->pid, nullptr, 0);
+  }
+}
+
+}  // namespace troupe::head

@@ -1,0 +1,96 @@
+// JobManager: jobs and the drivers that run them (Ray's GcsJobManager and
+// the driver half of GcsWorkerManager).
+//
+// Contract: a job submitted through the head runs its driver as a child
+// process in its own process group with output in jobs/<id>/output.log;
+// when the child exits the job is SUCCEEDED, FAILED (exit code) or STOPPED
+// (a stopJob came first: SIGTERM, SIGKILL after kStopGrace) and its actors
+// are killed. An interactive driver that registers by itself makes a RUNNING
+// job; when it (and every other driver of that job) misses heartbeats for
+// node_timeout() the job is STOPPED. Either way the actors a lost driver owns
+// are killed.
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "head_context.hpp"
+
+namespace troupe::head {
+
+class ActorDirectory;
+class BinaryStore;
+
+struct DriverEntry {
+  Id128 worker;
+  std::string identity;
+  Id128 job;
+  std::string binary_hash;
+  Clock::time_point last_heartbeat;
+  bool alive = true;
+};
+
+struct JobEntry {
+  Id128 id;
+  std::string name;
+  wire::JobState state = wire::JobState::PENDING;
+  pid_t pid = 0;
+  int exit_code = 0;
+  std::uint16_t error_code = kOk;
+  std::string error;
+  std::filesystem::path log_path;
+  std::string binary_hash;
+  bool stop_requested = false;
+  bool killed = false;
+  Clock::time_point kill_deadline;
+  bool head_started = false;  // false: an interactive driver that registered by itself
+};
+
+class JobManager {
+ public:
+  JobManager(HeadContext& context, ActorDirectory& actors, BinaryStore& binaries)
+      : context_(context), actors_(actors), binaries_(binaries) {}
+
+  void on_register_driver(const std::string& identity, std::uint64_t request_id, wire::RegisterDriver::Reader reg);
+  void on_driver_heartbeat(const std::string& identity, std::uint64_t request_id,
+                           wire::DriverHeartbeat::Reader heartbeat);
+  void on_submit_job(const std::string& identity, std::uint64_t request_id, wire::SubmitJob::Reader submit);
+  void on_stop_job(const std::string& identity, std::uint64_t request_id, wire::StopJob::Reader stop);
+  void on_job_logs(const std::string& identity, std::uint64_t request_id, wire::JobLogs::Reader logs);
+
+  // Drivers silent since before now - node_timeout() are lost.
+  void expire_drivers(Clock::time_point now);
+  // Reaps exited job drivers; SIGKILLs stopped ones past their deadline.
+  void reap(Clock::time_point now);
+  // SIGTERMs every running job driver, waits up to 2 s (real time), SIGKILLs the rest.
+  void stop_all();
+
+  // Whether an actor of `job` owned by `owner` still has someone to serve:
+  // its job (if known) is PENDING or RUNNING and its driver (if known) alive.
+  bool owner_alive(const Id128& job, const Id128& owner) const;
+  // The binary an actor of this owner and job runs from: the owner driver's,
+  // else the job's; empty when neither is known.
+  std::string binary_hash_for(const Id128& owner, const Id128& job) const;
+
+  void fill_job_update(wire::JobUpdate::Builder update, const JobEntry& job);
+  const std::vector<Id128>& order() const { return order_; }
+  const JobEntry& at(const Id128& id) const { return jobs_.at(id); }
+
+ private:
+  JobEntry& job_or_throw(const Id128& id);
+  void reply_job(const std::string& identity, std::uint64_t request_id, const JobEntry& job);
+  void driver_lost(DriverEntry& driver, const std::string& why);
+
+  HeadContext& context_;
+  ActorDirectory& actors_;
+  BinaryStore& binaries_;
+  std::map<Id128, DriverEntry> drivers_;
+  std::map<Id128, JobEntry> jobs_;
+  std::vector<Id128> order_;
+};
+
+}  // namespace troupe::head

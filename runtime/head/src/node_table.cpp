@@ -1,0 +1,123 @@
+#include "node_table.hpp"
+
+#include <algorithm>
+
+#include "troupe/runtime/logging.hpp"
+#include "troupe/scheduler/gpu_spec.hpp"
+#include "troupe/scheduler/wire_gpu.hpp"
+
+namespace troupe::head {
+
+NodeEntry* NodeTable::find(const Id128& id) {
+  for (auto& node : nodes_) {
+    if (node->id == id) return node.get();
+  }
+  return nullptr;
+}
+
+std::vector<NodeEntry*> NodeTable::alive() {
+  std::vector<NodeEntry*> alive;
+  for (auto& node : nodes_) {
+    if (node->alive) alive.push_back(node.get());
+  }
+  return alive;
+}
+
+void NodeTable::on_register_node(const std::string& identity, std::uint64_t request_id,
+                                 wire::RegisterNode::Reader reg) {
+  if (reg.getProtocolVersion() != wire::PROTOCOL_VERSION) {
+    throw RequestError(kProtocol, "protocol version " + std::to_string(reg.getProtocolVersion()) +
+                                      " differs from the head's " + std::to_string(wire::PROTOCOL_VERSION));
+  }
+  Id128 id = id_of(reg.getNodeId());
+  if (id.zero()) throw RequestError(kInvalidArgument, "registerNode without a nodeId");
+  scheduler::NodeInfo info;
+  info.node_id = id.hex();
+  info.address = reg.getAddress().cStr();
+  for (auto gpu : reg.getGpus()) info.gpus.push_back(scheduler::gpu_from_wire(gpu));
+  info.total = resources_from_wire(reg.getResources());
+  try {
+    info.total.set(scheduler::kCpu, reg.getNumCpus());
+    info.total.set(scheduler::kMemory, static_cast<double>(reg.getMemoryBytes()));
+    info.total.set(scheduler::kGpu, static_cast<double>(info.gpus.size()));
+  } catch (const scheduler::SpecError& error) {
+    throw RequestError(kInvalidArgument, error.what());
+  }
+  NodeEntry* node = find(id);
+  if (node != nullptr && node->alive) {
+    // A repeated registration (the worker missed our reply): keep the books.
+  } else {
+    std::unique_ptr<NodeEntry> fresh;
+    try {
+      fresh = std::make_unique<NodeEntry>(id, scheduler::NodeState(info));
+    } catch (const scheduler::SpecError& error) {
+      throw RequestError(kInvalidArgument, error.what());
+    }
+    if (node != nullptr) {
+      auto it = std::find_if(nodes_.begin(), nodes_.end(), [&](auto& n) { return n.get() == node; });
+      *it = std::move(fresh);
+      node = it->get();
+    } else {
+      nodes_.push_back(std::move(fresh));
+      node = nodes_.back().get();
+    }
+    TROUPE_LOG_INFO("head: node {} registered from {} ({} CPUs, GPUs: {})", id.short_hex(), info.address,
+                    reg.getNumCpus(),
+                    info.gpus.empty() ? std::string("none") : scheduler::format_gpu_spec(info.gpus));
+  }
+  node->identity = identity;
+  node->registration = std::make_unique<capnp::MallocMessageBuilder>();
+  node->registration->setRoot(reg);
+  node->alive = true;
+  node->last_heartbeat = context_.now();
+  context_.schedule_needed = true;
+
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<wire::ControlMessage>();
+  root.setRequestId(request_id);
+  auto reply = root.initRegisterNodeReply();
+  set_id(reply.initHeadNodeId(), context_.config.head_node_id);
+  reply.setHeartbeatIntervalMs(context_.config.heartbeat_ms);
+  reply.setNodeTimeoutMs(static_cast<std::uint32_t>(context_.node_timeout().count()));
+  context_.send_to(identity, message);
+}
+
+void NodeTable::on_heartbeat(const std::string& identity, std::uint64_t request_id,
+                             wire::Heartbeat::Reader heartbeat,
+                             const std::function<bool(const Id128&, std::uint32_t)>& accounted_for) {
+  Id128 id = id_of(heartbeat.getNodeId());
+  NodeEntry* node = find(id);
+  bool known = node != nullptr && node->alive;
+  if (known) {
+    node->last_heartbeat = context_.now();
+    node->identity = identity;
+    // Actor hosts the head does not account for on this node (left over
+    // from before a head restart, or killed while the node was away).
+    for (auto status : heartbeat.getActors()) {
+      Id128 actor_id = id_of(status.getActorId());
+      if (!accounted_for(actor_id, status.getIncarnation())) context_.send_kill(identity, actor_id);
+    }
+  }
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<wire::ControlMessage>();
+  root.setRequestId(request_id);
+  auto ack = root.initHeartbeatAck();
+  ack.setSeq(heartbeat.getSeq());
+  ack.setReregister(!known);
+  context_.send_to(identity, message);
+}
+
+std::vector<NodeEntry*> NodeTable::expire(Clock::time_point now) {
+  std::vector<NodeEntry*> lost;
+  for (auto& node : nodes_) {
+    if (node->alive && now - node->last_heartbeat > context_.node_timeout()) {
+      node->alive = false;
+      TROUPE_LOG_WARN("head: node {} lost: {}", node->id.short_hex(),
+                      "no heartbeat for " + std::to_string(context_.node_timeout().count()) + " ms");
+      lost.push_back(node.get());
+    }
+  }
+  return lost;
+}
+
+}  // namespace troupe::head

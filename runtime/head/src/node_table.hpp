@@ -1,0 +1,62 @@
+// NodeTable: the nodes that registered, their resources as the scheduler
+// books them, and their heartbeats (Ray's GcsNodeManager).
+//
+// Contract: a node is alive from its registerNode until it is silent for
+// longer than node_timeout(); a repeated registration of an alive node keeps
+// its books; one of a lost node starts them afresh. A heartbeat of an unknown
+// or lost node is answered with reregister. The table never kills actors
+// itself: expire() returns the nodes just lost and the server tells the
+// actor directory and the placement groups.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "head_context.hpp"
+#include "troupe/scheduler/placement.hpp"
+
+namespace troupe::head {
+
+struct NodeEntry {
+  Id128 id;
+  std::string identity;
+  std::unique_ptr<capnp::MallocMessageBuilder> registration;  // RegisterNode
+  scheduler::NodeState state;
+  bool alive = true;
+  Clock::time_point last_heartbeat;
+
+  NodeEntry(Id128 id, scheduler::NodeState state) : id(id), state(std::move(state)) {}
+  wire::RegisterNode::Reader info() { return registration->getRoot<wire::RegisterNode>(); }
+};
+
+class NodeTable {
+ public:
+  explicit NodeTable(HeadContext& context) : context_(context) {}
+
+  // Answers registerNodeReply. Throws RequestError for a protocol mismatch or
+  // a malformed registration.
+  void on_register_node(const std::string& identity, std::uint64_t request_id,
+                        wire::RegisterNode::Reader reg);
+  // Answers heartbeatAck. For an alive node, first sends killActor for every
+  // actor it reports that `accounted_for(actor, incarnation)` denies.
+  void on_heartbeat(const std::string& identity, std::uint64_t request_id,
+                    wire::Heartbeat::Reader heartbeat,
+                    const std::function<bool(const Id128& actor, std::uint32_t incarnation)>& accounted_for);
+
+  // Marks every alive node silent since before now - node_timeout() lost
+  // (logging why) and returns them, in registration order.
+  std::vector<NodeEntry*> expire(Clock::time_point now);
+
+  NodeEntry* find(const Id128& id);
+  // Alive nodes in registration order: the order placement sees them in.
+  std::vector<NodeEntry*> alive();
+  const std::vector<std::unique_ptr<NodeEntry>>& all() const { return nodes_; }
+
+ private:
+  HeadContext& context_;
+  std::vector<std::unique_ptr<NodeEntry>> nodes_;
+};
+
+}  // namespace troupe::head

@@ -1,0 +1,253 @@
+#include "placement_groups.hpp"
+
+#include <set>
+
+#include "actor_directory.hpp"
+#include "node_table.hpp"
+#include "troupe/runtime/logging.hpp"
+
+namespace troupe::head {
+
+using wire::ControlMessage;
+using wire::PlacementGroupState;
+
+GroupEntry* PlacementGroupManager::find(const Id128& id) {
+  auto it = groups_.find(id);
+  return it == groups_.end() ? nullptr : &it->second;
+}
+
+void PlacementGroupManager::place_pending() {
+  for (const auto& id : order_) {
+    auto& group = groups_.at(id);
+    if (group.state == PlacementGroupState::PENDING || group.state == PlacementGroupState::INFEASIBLE) {
+      try_place_group(group);
+    } else if (group.state == PlacementGroupState::CREATED && !group.lost_bundles.empty()) {
+      try_replace_lost_bundles(group);
+    }
+  }
+}
+
+void PlacementGroupManager::try_place_group(GroupEntry& group) {
+  auto alive = nodes_.alive();
+  std::vector<scheduler::NodeState> states;
+  for (auto* n : alive) states.push_back(n->state);
+  scheduler::GroupPlacement placement;
+  if (!alive.empty()) {
+    placement = scheduler::place_group(states, group.bundles, group.strategy);
+  } else {
+    placement.status = scheduler::PlacementStatus::insufficient;
+    placement.reason = "insufficient: no alive nodes in the cluster";
+  }
+  if (!placement.placed()) {
+    auto state = placement.status == scheduler::PlacementStatus::infeasible ? PlacementGroupState::INFEASIBLE
+                                                                             : PlacementGroupState::PENDING;
+    if (state != group.state || placement.reason != group.reason) {
+      group.state = state;
+      group.reason = placement.reason;
+      group.reason_code = state == PlacementGroupState::INFEASIBLE ? kUnschedulable : kOk;
+      notify_group(group);
+    }
+    return;
+  }
+  group.bundle_nodes.clear();
+  group.bundle_states.clear();
+  group.lost_bundles.clear();
+  group.placements = placement.bundles;
+  for (std::size_t b = 0; b < placement.bundles.size(); ++b) {
+    const auto& bp = placement.bundles[b];
+    NodeEntry* node = alive[bp.node];
+    group.bundle_nodes.push_back(node->id);
+    group.bundle_states.push_back(reserve_bundle(*node, bp));
+  }
+  group.state = PlacementGroupState::CREATED;
+  group.reason.clear();
+  group.reason_code = kOk;
+  TROUPE_LOG_INFO("head: placement group {} created", group.id.short_hex());
+  notify_group(group);
+  context_.schedule_needed = true;
+}
+
+void PlacementGroupManager::fill_group_update(wire::PlacementGroupUpdate::Builder update, const GroupEntry& group) {
+  set_id(update.initPlacementGroupId(), group.id);
+  update.setState(group.state);
+  auto nodes_list = update.initBundleNodes(static_cast<unsigned>(group.bundle_nodes.size()));
+  for (unsigned i = 0; i < group.bundle_nodes.size(); ++i) set_id(nodes_list[i], group.bundle_nodes[i]);
+  auto reason = update.initReason();
+  reason.setCode(group.reason_code);
+  reason.setMessage(group.reason);
+}
+
+void PlacementGroupManager::notify_group(GroupEntry& group) {
+  if (group.owner_identity.empty()) return;
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  root.setRequestId(0);
+  fill_group_update(root.initPlacementGroupUpdate(), group);
+  context_.send_to(group.owner_identity, message);
+}
+
+void PlacementGroupManager::on_create_group(const std::string& identity, std::uint64_t request_id,
+                                            wire::CreatePlacementGroup::Reader create) {
+  Id128 id = id_of(create.getPlacementGroupId());
+  if (id.zero()) throw RequestError(kInvalidArgument, "createPlacementGroup without an id");
+  if (groups_.count(id) != 0) {
+    context_.reply_ack(identity, request_id);
+    return;
+  }
+  GroupEntry group;
+  group.id = id;
+  group.job = id_of(create.getJobId());
+  group.name = create.getName().cStr();
+  group.owner_identity = identity;
+  if (create.getBundles().size() == 0) throw RequestError(kInvalidArgument, "a placement group needs bundles");
+  try {
+    for (auto bundle : create.getBundles()) {
+      scheduler::Bundle request;
+      request.amounts = resources_from_wire(bundle.getResources());
+      group.bundles.push_back(scheduler::normalize(request));
+    }
+  } catch (const scheduler::SpecError& error) {
+    throw RequestError(kInvalidArgument, error.what());
+  }
+  switch (create.getStrategy()) {
+    case wire::PlacementStrategy::PACK: group.strategy = scheduler::Strategy::PACK; break;
+    case wire::PlacementStrategy::SPREAD: group.strategy = scheduler::Strategy::SPREAD; break;
+    case wire::PlacementStrategy::STRICT_PACK: group.strategy = scheduler::Strategy::STRICT_PACK; break;
+    case wire::PlacementStrategy::STRICT_SPREAD: group.strategy = scheduler::Strategy::STRICT_SPREAD; break;
+  }
+  group.reason = "waiting to be scheduled";
+  groups_.emplace(id, std::move(group));
+  order_.push_back(id);
+  context_.reply_ack(identity, request_id);
+  context_.schedule_needed = true;
+}
+
+void PlacementGroupManager::on_remove_group(const std::string& identity, std::uint64_t request_id,
+                                            wire::RemovePlacementGroup::Reader remove) {
+  Id128 id = id_of(remove.getPlacementGroupId());
+  auto it = groups_.find(id);
+  if (it == groups_.end()) throw RequestError(kNotFound, "no placement group " + id.hex());
+  remove_group(it->second);
+  context_.reply_ack(identity, request_id);
+}
+
+// Takes a bundle's resources from its node; returns the NodeState that
+// actors of the bundle are placed into.
+scheduler::NodeState PlacementGroupManager::reserve_bundle(NodeEntry& node, const scheduler::BundlePlacement& bp) {
+  node.state.allocate(bp.amounts, bp.gpus);
+  scheduler::NodeInfo info;
+  info.node_id = node.id.hex();
+  info.total = bp.amounts;
+  for (int index : bp.gpus) {
+    int slot = node.state.gpu_slot(index);
+    if (slot >= 0) info.gpus.push_back(node.state.gpus()[slot]);
+  }
+  double gpu_amount = bp.amounts.get(scheduler::kGpu);
+  bool fractional = gpu_amount > 0 && gpu_amount < 1;
+  info.total.set(scheduler::kGpu, static_cast<double>(info.gpus.size()));
+  scheduler::NodeState bundle_state(info);
+  if (fractional && !info.gpus.empty()) {
+    // Only the reserved share of the GPU is usable inside the bundle.
+    scheduler::ResourceSet rest{{scheduler::kGpu, 1.0 - gpu_amount}};
+    std::vector<int> gpu{info.gpus[0].index};
+    bundle_state.allocate(rest, gpu);
+  }
+  return bundle_state;
+}
+
+// A node holding bundles of created groups was lost: those bundles are
+// reserved again on the nodes that remain, under the group's strategy.
+void PlacementGroupManager::lose_bundles_on(const Id128& node_id) {
+  for (const auto& id : order_) {
+    auto& group = groups_.at(id);
+    if (group.state != PlacementGroupState::CREATED) continue;
+    bool lost = false;
+    for (int b = 0; b < static_cast<int>(group.bundle_nodes.size()); ++b) {
+      if (group.bundle_nodes[b] != node_id) continue;
+      group.bundle_nodes[b] = Id128{};
+      group.lost_bundles.push_back(b);
+      lost = true;
+    }
+    if (!lost) continue;
+    group.reason =
+        "rescheduling " + std::to_string(group.lost_bundles.size()) + " bundle(s) of lost node " + node_id.short_hex();
+    TROUPE_LOG_WARN("head: placement group {}: {}", group.id.short_hex(), group.reason);
+    notify_group(group);
+    context_.schedule_needed = true;
+  }
+}
+
+void PlacementGroupManager::try_replace_lost_bundles(GroupEntry& group) {
+  // STRICT_SPREAD keeps every bundle on its own node; STRICT_PACK keeps
+  // them on the survivors' node (all of them were lost when there are none).
+  std::set<Id128> holding;
+  for (const auto& node : group.bundle_nodes)
+    if (!node.zero()) holding.insert(node);
+  std::vector<NodeEntry*> candidates;
+  for (auto* node : nodes_.alive()) {
+    if (group.strategy == scheduler::Strategy::STRICT_SPREAD && holding.count(node->id)) continue;
+    if (group.strategy == scheduler::Strategy::STRICT_PACK && !holding.empty() && !holding.count(node->id))
+      continue;
+    candidates.push_back(node);
+  }
+  std::vector<scheduler::Bundle> wanted;
+  for (int b : group.lost_bundles) wanted.push_back(group.bundles[b]);
+  scheduler::GroupPlacement placement;
+  if (!candidates.empty()) {
+    std::vector<scheduler::NodeState> states;
+    for (auto* node : candidates) states.push_back(node->state);
+    placement = scheduler::place_group(states, wanted, group.strategy);
+  } else {
+    placement.status = scheduler::PlacementStatus::insufficient;
+    placement.reason = "no alive node may hold them";
+  }
+  if (!placement.placed()) {
+    std::string reason = "rescheduling " + std::to_string(group.lost_bundles.size()) +
+                         " bundle(s) of a lost node: " + placement.reason;
+    if (reason != group.reason) {
+      group.reason = std::move(reason);
+      notify_group(group);
+    }
+    return;
+  }
+  for (std::size_t i = 0; i < group.lost_bundles.size(); ++i) {
+    const int b = group.lost_bundles[i];
+    const auto& bp = placement.bundles[i];
+    NodeEntry* node = candidates[bp.node];
+    group.bundle_nodes[b] = node->id;
+    group.placements[b] = bp;
+    group.bundle_states[b] = reserve_bundle(*node, bp);
+  }
+  TROUPE_LOG_INFO("head: placement group {}: {} lost bundle(s) reserved again", group.id.short_hex(),
+                  group.lost_bundles.size());
+  group.lost_bundles.clear();
+  group.reason.clear();
+  notify_group(group);
+  context_.schedule_needed = true;
+}
+
+void PlacementGroupManager::remove_group(GroupEntry& group) {
+  if (group.state == PlacementGroupState::REMOVED) return;
+  actors_.kill_actors_where([&](const ActorEntry& a) { return a.group == group.id; },
+                            "its placement group was removed");
+  if (group.state == PlacementGroupState::CREATED) {
+    for (std::size_t b = 0; b < group.placements.size(); ++b) {
+      NodeEntry* node = nodes_.find(group.bundle_nodes[b]);
+      if (node == nullptr || !node->alive) continue;
+      try {
+        node->state.release(group.placements[b].amounts, group.placements[b].gpus);
+      } catch (const std::exception& error) {
+        TROUPE_LOG_ERROR("head: releasing bundle {} of group {}: {}", b, group.id.hex(), error.what());
+      }
+    }
+  }
+  // Actors still holding bundle resources release into states we drop now.
+  actors_.detach_group(group.id);
+  group.bundle_states.clear();
+  group.state = PlacementGroupState::REMOVED;
+  group.reason = "removed";
+  notify_group(group);
+  context_.schedule_needed = true;
+}
+
+}  // namespace troupe::head

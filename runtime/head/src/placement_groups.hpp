@@ -1,0 +1,84 @@
+// PlacementGroupManager: placement groups, their bundle reservations on
+// nodes, and the rescheduling of bundles whose node was lost (Ray's
+// GcsPlacementGroupManager and GcsPlacementGroupScheduler).
+//
+// Contract: a group is PENDING (or INFEASIBLE, code kUnschedulable, when no
+// cluster of these nodes could hold it) until every bundle fits at once under
+// its strategy; then CREATED: each bundle's resources are taken from its node
+// and become a NodeState that the group's actors are placed into. When a
+// node is lost its bundles are reserved again on the nodes that remain under
+// the same strategy while the group stays CREATED and its other bundles are
+// untouched. Removing a group kills its actors and frees its reservations.
+// Every change goes to the creator as a placementGroupUpdate.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "head_context.hpp"
+#include "troupe/scheduler/placement.hpp"
+#include "troupe/scheduler/placement_group.hpp"
+
+namespace troupe::head {
+
+class NodeTable;
+struct NodeEntry;
+class ActorDirectory;
+
+struct GroupEntry {
+  Id128 id;
+  Id128 job;
+  std::string name;
+  std::string owner_identity;
+  std::vector<scheduler::Bundle> bundles;
+  scheduler::Strategy strategy = scheduler::Strategy::PACK;
+  wire::PlacementGroupState state = wire::PlacementGroupState::PENDING;
+  std::uint16_t reason_code = kOk;
+  std::string reason;
+  std::vector<Id128> bundle_nodes;
+  std::vector<scheduler::BundlePlacement> placements;
+  // One NodeState per reserved bundle: actors of the group are placed inside
+  // these exactly as ordinary actors are placed on nodes.
+  std::vector<scheduler::NodeState> bundle_states;
+  // Bundles whose node was lost, waiting to be reserved again elsewhere (as
+  // Ray does); their bundle_nodes entry is zero meanwhile. The group stays
+  // CREATED: its other bundles and their actors are untouched.
+  std::vector<int> lost_bundles;
+};
+
+class PlacementGroupManager {
+ public:
+  PlacementGroupManager(HeadContext& context, NodeTable& nodes, ActorDirectory& actors)
+      : context_(context), nodes_(nodes), actors_(actors) {}
+
+  void on_create_group(const std::string& identity, std::uint64_t request_id,
+                       wire::CreatePlacementGroup::Reader create);
+  void on_remove_group(const std::string& identity, std::uint64_t request_id,
+                       wire::RemovePlacementGroup::Reader remove);
+
+  // Places pending groups and reserves lost bundles again, in creation order.
+  void place_pending();
+  // The node was lost: its bundles of created groups wait to be reserved again.
+  void lose_bundles_on(const Id128& node);
+
+  GroupEntry* find(const Id128& id);
+  void fill_group_update(wire::PlacementGroupUpdate::Builder update, const GroupEntry& group);
+  const std::vector<Id128>& order() const { return order_; }
+  GroupEntry& at(const Id128& id) { return groups_.at(id); }
+
+ private:
+  void try_place_group(GroupEntry& group);
+  void try_replace_lost_bundles(GroupEntry& group);
+  scheduler::NodeState reserve_bundle(NodeEntry& node, const scheduler::BundlePlacement& bp);
+  void remove_group(GroupEntry& group);
+  void notify_group(GroupEntry& group);
+
+  HeadContext& context_;
+  NodeTable& nodes_;
+  ActorDirectory& actors_;
+  std::map<Id128, GroupEntry> groups_;
+  std::vector<Id128> order_;
+};
+
+}  // namespace troupe::head

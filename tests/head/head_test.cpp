@@ -1,0 +1,393 @@
+// The head driven in one process: messages go in over an in-process control
+// server, replies and commands come out of it, and a fake clock stands in for
+// time, so heartbeat loss is simulated without sleeping or sockets.
+#include "troupe/head/head.hpp"
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <capnp/message.h>
+#include <gtest/gtest.h>
+
+#include "troupe/transport/control_socket.hpp"
+#include "troupe/transport/schema/control.capnp.h"
+
+namespace troupe::head {
+namespace {
+
+using wire::ActorState;
+using wire::ControlMessage;
+
+constexpr std::uint16_t kUnschedulable = 10;
+constexpr std::uint16_t kNodeLost = 5;
+constexpr std::uint16_t kInvalidArgument = 7;
+
+const std::string kDriver = "driver-test";
+const std::string kCli = "cli-test";
+
+std::string node_identity(const Id128& node) { return "node-" + node.hex(); }
+
+class HeadTest : public ::testing::Test {
+ protected:
+  HeadTest() {
+    session_ = std::filesystem::temp_directory_path() /
+               ("troupe-head-test-" + Id128::random().short_hex());
+    std::filesystem::create_directories(session_ / "binaries");
+    HeadConfig config;
+    config.heartbeat_ms = 500;
+    config.heartbeat_misses = 6;  // lost after 3000 ms of silence
+    config.session_dir = session_;
+    config.head_node_id = Id128{0, 1};
+    config.clock = [this] { return now_; };
+    auto server = std::make_unique<transport::InProcessControlServer>();
+    server_ = server.get();
+    head_ = std::make_unique<Head>(config, std::move(server));
+  }
+  ~HeadTest() override {
+    head_.reset();
+    std::error_code ignored;
+    std::filesystem::remove_all(session_, ignored);
+  }
+
+  // Sends `message` from `identity` through the in-process channel and lets
+  // the head serve it (not the placement loop: tick() runs that).
+  void deliver(const std::string& identity, capnp::MallocMessageBuilder& message) {
+    server_->deliver(identity, message);
+    auto routed = server_->receive(std::chrono::milliseconds(0));
+    ASSERT_TRUE(routed.has_value());
+    head_->handle(routed->identity, routed->message);
+  }
+
+  // What the head sent since the last call, oldest first.
+  std::vector<transport::InProcessControlServer::Sent> sent() {
+    auto batch = server_->take_sent();
+    for (auto& message : batch) log_.push_back(message.identity);
+    return batch;
+  }
+
+  std::uint64_t register_node(const Id128& node, std::uint32_t cpus,
+                              const std::map<std::string, double>& custom = {}) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    std::uint64_t request = next_request_++;
+    root.setRequestId(request);
+    auto reg = root.initRegisterNode();
+    reg.setProtocolVersion(wire::PROTOCOL_VERSION);
+    node::set_id(reg.initNodeId(), node);
+    reg.setAddress("127.0.0.1");
+    reg.setHostname("test");
+    reg.setNumCpus(cpus);
+    reg.setMemoryBytes(std::uint64_t{1} << 30);
+    auto resources = reg.initResources(static_cast<unsigned>(custom.size()));
+    unsigned i = 0;
+    for (const auto& [name, amount] : custom) {
+      resources[i].setName(name);
+      resources[i].setAmount(amount);
+      ++i;
+    }
+    deliver(node_identity(node), message);
+    return request;
+  }
+
+  void heartbeat(const Id128& node) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    root.setRequestId(next_request_++);
+    auto beat = root.initHeartbeat();
+    node::set_id(beat.initNodeId(), node);
+    beat.setSeq(++seq_);
+    deliver(node_identity(node), message);
+  }
+
+  std::uint64_t create_actor(const Id128& actor, const std::map<std::string, double>& resources,
+                             int max_restarts = 0, const std::string& name = "") {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    std::uint64_t request = next_request_++;
+    root.setRequestId(request);
+    auto create = root.initCreateActor();
+    node::set_id(create.initActorId(), actor);
+    node::set_id(create.initJobId(), Id128{7, 7});
+    node::set_id(create.initOwnerId(), Id128{8, 8});
+    create.setClassName("Counter");
+    create.setName(name);
+    create.setMaxRestarts(max_restarts);
+    create.setMaxConcurrency(1);
+    create.setBundleIndex(-1);
+    auto list = create.initResources(static_cast<unsigned>(resources.size()));
+    unsigned i = 0;
+    for (const auto& [resource, amount] : resources) {
+      list[i].setName(resource);
+      list[i].setAmount(amount);
+      ++i;
+    }
+    deliver(kDriver, message);
+    return request;
+  }
+
+  // The actor host of `actor` reports itself ALIVE through its node manager.
+  void report_alive(const Id128& node, const Id128& actor, std::uint32_t incarnation) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    root.setRequestId(next_request_++);
+    auto update = root.initActorUpdate();
+    node::set_id(update.initActorId(), actor);
+    update.setState(ActorState::ALIVE);
+    node::set_id(update.initNodeId(), node);
+    update.setAddress("tcp://127.0.0.1:1");
+    update.setIncarnation(incarnation);
+    deliver(node_identity(node), message);
+  }
+
+  // getClusterState's reply, as a message that stays readable.
+  transport::ReceivedMessage cluster_state(bool include_dead = false) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    std::uint64_t request = next_request_++;
+    root.setRequestId(request);
+    root.initGetClusterState().setIncludeDead(include_dead);
+    deliver(kCli, message);
+    for (auto& reply : sent()) {
+      auto reader = reply.message.root<ControlMessage>();
+      if (reply.identity == kCli && reader.getRequestId() == request && reader.isClusterState()) {
+        return std::move(reply.message);
+      }
+    }
+    ADD_FAILURE() << "no clusterState reply";
+    throw std::runtime_error("no clusterState reply");
+  }
+
+  // The startActor messages in `batch`, as (node identity, actor, incarnation).
+  struct Start {
+    std::string identity;
+    Id128 actor;
+    std::uint32_t incarnation;
+  };
+  static std::vector<Start> starts_in(std::vector<transport::InProcessControlServer::Sent>& batch) {
+    std::vector<Start> starts;
+    for (auto& message : batch) {
+      auto reader = message.message.root<ControlMessage>();
+      if (!reader.isStartActor()) continue;
+      auto start = reader.getStartActor();
+      starts.push_back({message.identity, node::id_of(start.getSpec().getActorId()), start.getIncarnation()});
+    }
+    return starts;
+  }
+
+  void advance(std::chrono::milliseconds by) { now_ += by; }
+
+  std::filesystem::path session_;
+  Clock::time_point now_ = Clock::time_point{} + std::chrono::hours(1);
+  transport::InProcessControlServer* server_ = nullptr;
+  std::unique_ptr<Head> head_;
+  std::uint64_t next_request_ = 1;
+  std::uint64_t seq_ = 0;
+  std::vector<std::string> log_;
+};
+
+const Id128 kNodeA{0xa, 1};
+const Id128 kNodeB{0xb, 2};
+const Id128 kActor{0xac, 3};
+
+TEST_F(HeadTest, ARegisteredNodeIsAnsweredAndAppearsAliveInTheClusterState) {
+  std::uint64_t request = register_node(kNodeA, 4);
+  auto replies = sent();
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(replies[0].identity, node_identity(kNodeA));
+  auto reply = replies[0].message.root<ControlMessage>();
+  ASSERT_TRUE(reply.isRegisterNodeReply());
+  EXPECT_EQ(reply.getRequestId(), request);
+  EXPECT_EQ(reply.getRegisterNodeReply().getHeartbeatIntervalMs(), 500u);
+  EXPECT_EQ(reply.getRegisterNodeReply().getNodeTimeoutMs(), 3000u);
+  EXPECT_EQ(node::id_of(reply.getRegisterNodeReply().getHeadNodeId()), (Id128{0, 1}));
+
+  auto state = cluster_state();
+  auto nodes = state.root<ControlMessage>().getClusterState().getNodes();
+  ASSERT_EQ(nodes.size(), 1u);
+  EXPECT_EQ(node::id_of(nodes[0].getNode().getNodeId()), kNodeA);
+  EXPECT_EQ(nodes[0].getState(), wire::NodeState::ALIVE);
+  double cpus = -1;
+  for (auto resource : nodes[0].getAvailable()) {
+    if (std::string(resource.getName().cStr()) == "CPU") cpus = resource.getAmount();
+  }
+  EXPECT_EQ(cpus, 4.0);
+}
+
+TEST_F(HeadTest, AHeartbeatOfAnUnknownNodeAsksItToRegisterAgain) {
+  heartbeat(kNodeA);
+  auto replies = sent();
+  ASSERT_EQ(replies.size(), 1u);
+  auto reply = replies[0].message.root<ControlMessage>();
+  ASSERT_TRUE(reply.isHeartbeatAck());
+  EXPECT_TRUE(reply.getHeartbeatAck().getReregister());
+}
+
+TEST_F(HeadTest, ASatisfiableActorIsStartedOnTheNodeThatHoldsItsResource) {
+  register_node(kNodeA, 4);
+  register_node(kNodeB, 4, {{"special", 1}});
+  sent();
+  std::uint64_t request = create_actor(kActor, {{"CPU", 1}, {"special", 1}});
+  auto acks = sent();
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].identity, kDriver);
+  EXPECT_TRUE(acks[0].message.root<ControlMessage>().isAck());
+  EXPECT_EQ(acks[0].message.root<ControlMessage>().getRequestId(), request);
+
+  head_->tick();
+  auto batch = sent();
+  auto starts = starts_in(batch);
+  ASSERT_EQ(starts.size(), 1u);
+  EXPECT_EQ(starts[0].identity, node_identity(kNodeB));
+  EXPECT_EQ(starts[0].actor, kActor);
+  EXPECT_EQ(starts[0].incarnation, 0u);
+
+  auto state = cluster_state();
+  auto actors = state.root<ControlMessage>().getClusterState().getActors();
+  ASSERT_EQ(actors.size(), 1u);
+  EXPECT_EQ(actors[0].getState(), ActorState::PENDING);
+  EXPECT_EQ(node::id_of(actors[0].getNodeId()), kNodeB);
+  EXPECT_EQ(std::string(actors[0].getReason().getMessage().cStr()), "starting on node " + kNodeB.short_hex());
+
+  report_alive(kNodeB, kActor, 0);
+  auto after = cluster_state();
+  EXPECT_EQ(after.root<ControlMessage>().getClusterState().getActors()[0].getState(), ActorState::ALIVE);
+}
+
+TEST_F(HeadTest, AnUnsatisfiableActorStaysPendingWithAReasonAndIsNotStarted) {
+  register_node(kNodeA, 4);
+  create_actor(kActor, {{"CPU", 8}});
+  head_->tick();
+  auto batch = sent();
+  EXPECT_TRUE(starts_in(batch).empty());
+
+  auto state = cluster_state();
+  auto actors = state.root<ControlMessage>().getClusterState().getActors();
+  ASSERT_EQ(actors.size(), 1u);
+  EXPECT_EQ(actors[0].getState(), ActorState::PENDING);
+  EXPECT_EQ(actors[0].getReason().getCode(), kUnschedulable);
+  EXPECT_NE(std::string(actors[0].getReason().getMessage().cStr()).find("infeasible"), std::string::npos)
+      << actors[0].getReason().getMessage().cStr();
+}
+
+TEST_F(HeadTest, ARegistrationFromASecondNodeLetsAPendingActorPlace) {
+  register_node(kNodeA, 4);
+  create_actor(kActor, {{"CPU", 8}});
+  head_->tick();
+  sent();
+  register_node(kNodeB, 16);
+  head_->tick();
+  auto batch = sent();
+  auto starts = starts_in(batch);
+  ASSERT_EQ(starts.size(), 1u);
+  EXPECT_EQ(starts[0].identity, node_identity(kNodeB));
+  EXPECT_EQ(starts[0].actor, kActor);
+}
+
+TEST_F(HeadTest, ANodeThatHeartbeatsInTimeStaysAlive) {
+  register_node(kNodeA, 4);
+  for (int i = 0; i < 4; ++i) {
+    advance(std::chrono::milliseconds(2000));
+    heartbeat(kNodeA);
+    head_->tick();
+  }
+  auto state = cluster_state();
+  auto nodes = state.root<ControlMessage>().getClusterState().getNodes();
+  ASSERT_EQ(nodes.size(), 1u);
+  EXPECT_EQ(nodes[0].getState(), wire::NodeState::ALIVE);
+  EXPECT_EQ(nodes[0].getLastHeartbeatAgeMs(), 0u);
+}
+
+TEST_F(HeadTest, ANodeThatMissesHeartbeatsIsDeclaredDeadAndItsActorDies) {
+  register_node(kNodeA, 4);
+  create_actor(kActor, {{"CPU", 1}}, /*max_restarts=*/0);
+  head_->tick();
+  report_alive(kNodeA, kActor, 0);
+  sent();
+
+  advance(std::chrono::milliseconds(3000));  // exactly the timeout: not yet lost
+  head_->tick();
+  EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes().size(), 1u);
+
+  advance(std::chrono::milliseconds(1));
+  head_->tick();
+  // The owner hears that its actor died because its node was lost.
+  bool told_owner = false;
+  for (auto& message : sent()) {
+    auto reader = message.message.root<ControlMessage>();
+    if (message.identity == kDriver && reader.isActorUpdate() &&
+        reader.getActorUpdate().getState() == ActorState::DEAD) {
+      told_owner = true;
+      EXPECT_EQ(reader.getActorUpdate().getReason().getCode(), kNodeLost);
+    }
+  }
+  EXPECT_TRUE(told_owner);
+
+  auto alive_only = cluster_state();
+  EXPECT_EQ(alive_only.root<ControlMessage>().getClusterState().getNodes().size(), 0u);
+  auto everything = cluster_state(/*include_dead=*/true);
+  auto state = everything.root<ControlMessage>().getClusterState();
+  ASSERT_EQ(state.getNodes().size(), 1u);
+  EXPECT_EQ(state.getNodes()[0].getState(), wire::NodeState::DEAD);
+  ASSERT_EQ(state.getActors().size(), 1u);
+  EXPECT_EQ(state.getActors()[0].getState(), ActorState::DEAD);
+  EXPECT_NE(std::string(state.getActors()[0].getReason().getMessage().cStr()).find("was lost"), std::string::npos);
+
+  // The lost node's next heartbeat is told to register again.
+  heartbeat(kNodeA);
+  auto replies = sent();
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_TRUE(replies[0].message.root<ControlMessage>().getHeartbeatAck().getReregister());
+}
+
+TEST_F(HeadTest, AnActorOfALostNodeRestartsOnAnotherNode) {
+  register_node(kNodeA, 4);
+  create_actor(kActor, {{"CPU", 1}}, /*max_restarts=*/1);
+  head_->tick();
+  report_alive(kNodeA, kActor, 0);
+  register_node(kNodeB, 4);
+  head_->tick();
+  sent();
+
+  // Only B keeps heartbeating.
+  advance(std::chrono::milliseconds(2000));
+  heartbeat(kNodeB);
+  advance(std::chrono::milliseconds(2000));
+  heartbeat(kNodeB);
+  head_->tick();
+  auto batch = sent();
+  auto starts = starts_in(batch);
+  ASSERT_EQ(starts.size(), 1u);
+  EXPECT_EQ(starts[0].identity, node_identity(kNodeB));
+  EXPECT_EQ(starts[0].actor, kActor);
+  EXPECT_EQ(starts[0].incarnation, 1u);
+
+  auto state = cluster_state();
+  auto actors = state.root<ControlMessage>().getClusterState().getActors();
+  ASSERT_EQ(actors.size(), 1u);
+  EXPECT_EQ(actors[0].getState(), ActorState::RESTARTING);
+  EXPECT_EQ(node::id_of(actors[0].getNodeId()), kNodeB);
+
+  // The new incarnation's host reports in.
+  report_alive(kNodeB, kActor, 1);
+  EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getActors()[0].getState(), ActorState::ALIVE);
+}
+
+TEST_F(HeadTest, ASecondActorWithTheSameNameInAJobIsRefused) {
+  register_node(kNodeA, 4);
+  create_actor(kActor, {{"CPU", 1}}, 0, "counter");
+  sent();
+  std::uint64_t request = create_actor(Id128{0xac, 4}, {{"CPU", 1}}, 0, "counter");
+  auto replies = sent();
+  ASSERT_EQ(replies.size(), 1u);
+  auto reply = replies[0].message.root<ControlMessage>();
+  ASSERT_TRUE(reply.isError());
+  EXPECT_EQ(reply.getRequestId(), request);
+  EXPECT_EQ(reply.getError().getCode(), kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace troupe::head
