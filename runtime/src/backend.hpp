@@ -1,6 +1,7 @@
-// What the public API needs from a runtime mode. Local mode (local/) keeps
-// actors in this process; cluster mode (cluster/) talks to a head and to
-// actor host processes. User code calls the same functions in both.
+// What the public API needs from a runtime mode. Local mode (the actor
+// executor, executor/) keeps actors in this process; cluster mode
+// (cluster/) talks to a head and to actor host processes. User code calls
+// the same functions in both.
 #pragma once
 
 #include <map>

@@ -9,7 +9,7 @@
 #include <capnp/message.h>
 
 #include "backend.hpp"
-#include "cluster/net.hpp"
+#include "cluster/head_client.hpp"
 #include "troupe/runtime/error.hpp"
 #include "troupe/scheduler/wire_gpu.hpp"
 #include "troupe/transport/schema/control.capnp.h"
@@ -50,10 +50,10 @@ std::vector<NodeDescription> Backend::nodes() {
   std::random_device random;
   char identity[32];
   std::snprintf(identity, sizeof identity, "qry-%08x%08x", random(), random());
-  ControlChannel channel(head, identity, [](wire::ControlMessage::Reader) {});
+  transport::ControlChannel channel(head, identity, [](wire::ControlMessage::Reader) {});
   capnp::MallocMessageBuilder message;
   message.initRoot<wire::ControlMessage>().initGetClusterState().setIncludeDead(false);
-  auto reply = channel.request(message, kNodesTimeout);
+  auto reply = request_head(channel, message, kNodesTimeout);
   channel.stop();
   auto root = reply.root<wire::ControlMessage>();
   if (!root.isClusterState()) throw_error(Errc::protocol, "head answered getClusterState with an unexpected message");

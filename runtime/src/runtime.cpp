@@ -5,7 +5,7 @@
 #include <string>
 
 #include "cluster/cluster_runtime.hpp"
-#include "local/local_runtime.hpp"
+#include "executor/local_runtime.hpp"
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/logging.hpp"
 

@@ -26,12 +26,17 @@ struct CallRequest {
   # Unique per caller; the reply and any cancel name the call by (callerId, callId).
   actorId @1 :ActorId;
   actorIncarnation @2 :UInt32;
-  # The incarnation the caller addressed; a host of another incarnation fails
-  # the call with actorDied instead of running it twice across a restart.
+  # The incarnation the caller addressed (from its latest actorUpdate); a
+  # host of another incarnation answers error actorDied without running the
+  # call, so no call runs twice across a restart.
   callerId @3 :WorkerId;
   seq @4 :UInt64;
-  # Per (caller, actor), starting at 0 and gapless: the host runs a caller's
-  # calls in seq order, holding back any that arrive early.
+  # Per (caller, actor incarnation): 0 for the first call the caller sends
+  # to an incarnation, then +1 per call sent (a call withdrawn before it was
+  # sent takes no number). Calls from one caller arrive in order on its
+  # connection, so the host expects exactly the next seq: a duplicate or
+  # late call, or one after a gap, is answered with error protocol and not
+  # run (after a gap the host expects the seq after that call's).
   method @5 :Text;
   args @6 :List(Arg);
   returnTo @7 :Text;              # endpoint the CallReply is pushed to

@@ -60,8 +60,14 @@ struct ObjectDescriptor {
   # host owns the value until the last reference is released.
   id @0 :ObjectId;
   ownerAddress @1 :Text;   # call-plane endpoint of the process that holds the value
-  sizeBytes @2 :UInt64;    # serialized size; 0 while the producing call still runs
+  sizeBytes @2 :UInt64;
+  # With inlineData: its length, checked by the receiver (a mismatch is a
+  # protocol error). With remote: the object's size where the holder knows
+  # it (the tensor's bytes, or the encoding's), else 0; informative only.
   memoryType @3 :MemoryType;
+  # Unused: never set nor read (the data plane's envelope says whether a
+  # tensor's bytes are in host or CUDA memory). Kept so the ordinal is not
+  # reused.
   ownerDataAddress @4 :Data;  # owner's UCX worker address for the data plane, or empty
   union {
     remote @5 :Void;       # fetch from the owner over the data plane

@@ -1,16 +1,19 @@
-// The sockets of a cluster-mode process (driver or actor host).
+// The sockets of a cluster-mode process (driver or actor host); internal
+// to troupe (not installed), used by the runtime's cluster mode.
 //
 // ControlChannel: a DEALER to the head, owned by its own thread; request()
 // may be called from any thread and waits (bounded) for the reply; pushed
 // messages go to a handler on that thread.
 //
 // CallPlane: this process's inbound ROUTER for the call plane, watched from
-// the runtime's thread pool (no I/O thread of its own); outbound DEALERs,
-// one per peer address, used directly by the sending thread under a mutex
-// (no hand-off to another thread on the send path).
+// an Asio io_context the caller runs (the runtime's thread pool: no I/O
+// thread of its own); outbound DEALERs, one per peer address, used directly
+// by the sending thread under a mutex (no hand-off to another thread on the
+// send path).
+//
+// Both throw TransportError (timeout, cancelled once stopped, transport);
+// the runtime converts it at its boundary.
 #pragma once
-
-#include <sys/eventfd.h>
 
 #include <atomic>
 #include <chrono>
@@ -25,22 +28,17 @@
 #include <unordered_map>
 #include <vector>
 
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
+
+#include <boost/asio/io_context.hpp>
 #include <capnp/message.h>
 #include <zmq.hpp>
 
-#include "../thread_pool.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/call.capnp.h"
 #include "troupe/transport/schema/control.capnp.h"
 
-namespace troupe::detail {
-
-zmq::context_t& zmq_context();
-
-// "127.0.0.1:6380" -> "tcp://127.0.0.1:6380" (an endpoint stays as it is).
-std::string to_endpoint(const std::string& address);
-// The local IP this host uses to reach `host` (for binding and advertising).
-std::string local_ip_for(const std::string& host);
+namespace troupe::transport {
 
 class ControlChannel {
  public:
@@ -48,9 +46,10 @@ class ControlChannel {
   ControlChannel(std::string head_address, std::string identity, PushHandler on_push);
   ~ControlChannel();
 
-  // Sends `message` (its requestId is set here) and waits for the reply.
-  // Throws Error(timeout) if none comes in time, Error(code) for an `error` reply.
-  transport::ReceivedMessage request(capnp::MallocMessageBuilder& message, std::chrono::milliseconds timeout);
+  // Sends `message` (its requestId is set here) and waits for the reply,
+  // which may be an `error` reply: the caller reads it. Throws
+  // TransportError(timeout) if none comes in time, (cancelled) once stopped.
+  ReceivedMessage request(capnp::MallocMessageBuilder& message, std::chrono::milliseconds timeout);
   // Sends without waiting for a reply.
   void send(capnp::MallocMessageBuilder& message);
   // Runs `tick` on the channel thread every `period` (heartbeats).
@@ -59,7 +58,7 @@ class ControlChannel {
 
  private:
   struct Pending {
-    std::promise<transport::ReceivedMessage> reply;
+    std::promise<ReceivedMessage> reply;
   };
   void loop();
   void enqueue(kj::Array<capnp::word> words);
@@ -80,23 +79,28 @@ class ControlChannel {
 
 class CallPlane {
  public:
-  using Handler = std::function<void(transport::ReceivedMessage&)>;
-  // Binds tcp://bind_ip:* . Nothing is received until start().
-  CallPlane(const std::string& bind_ip, ThreadPool& pool, Handler on_message);
+  using Handler = std::function<void(ReceivedMessage&)>;
+  // Wraps one receive batch: must call `batch` once, on the calling thread,
+  // and may run work of its own after it (the runtime opens a DeferScope
+  // around it, so that a call handed to an idle actor during the batch
+  // runs on this same thread once the batch is dispatched: one wake-up
+  // fewer per call than a separate I/O thread). Empty: just the batch.
+  using BatchScope = std::function<void(const std::function<void()>& batch)>;
+  // Binds tcp://bind_ip:* . Nothing is received until start(). Every
+  // handler runs on a thread running `context`, which must outlive this.
+  CallPlane(const std::string& bind_ip, boost::asio::io_context& context, Handler on_message,
+            BatchScope batch_scope = {});
   ~CallPlane();
 
   const std::string& address() const noexcept { return address_; }  // tcp://ip:port
-  // Starts receiving: the inbound socket is watched from the pool's
-  // io_context, and `on_message` runs on a pool thread inside a DeferScope,
-  // so that a call it hands to an idle actor runs on that same thread once
-  // the batch is dispatched (one wake-up fewer per call than a separate I/O
-  // thread). One thread at a time receives; messages are dispatched in
-  // arrival order.
+  // Starts receiving: the inbound socket is watched from `context`, and
+  // `on_message` runs on one of its threads inside `batch_scope`. One
+  // thread at a time receives; messages are dispatched in arrival order.
   void start();
   // Sends to the inbound socket of the process at `address`. Any thread.
   void send(const std::string& address, capnp::MallocMessageBuilder& message);
-  // Runs `tick` on a pool thread about every `period` (batched releases,
-  // deadlines). Set before start().
+  // Runs `tick` on a thread of `context` about every `period` (batched
+  // releases, deadlines). Set before start().
   void set_periodic(std::chrono::milliseconds period, std::function<void()> tick);
   // Stops receiving; on return no handler runs `on_message` or `tick` again.
   void stop();
@@ -110,4 +114,4 @@ class CallPlane {
   std::atomic<bool> stopped_{false};
 };
 
-}  // namespace troupe::detail
+}  // namespace troupe::transport

@@ -1,8 +1,11 @@
-// Local mode: every actor is an object in this process. Each actor has a
-// mailbox served by the runtime's thread pool, at most max_concurrency calls
-// at a time, started in the order each caller made them. Placement uses the
-// same scheduler code as the head, over one node (this machine, with its
-// detected or declared GPUs).
+// The actor executor: runs actors as objects in this process. It is the
+// whole of local mode (no TROUPE_ADDRESS: every actor lives in the driver),
+// and inside an actor host (cluster mode) it runs the one hosted actor,
+// whose calls arrive over the call plane (cluster/call_server.hpp).
+// Each actor has a mailbox served by the runtime's thread pool, at most
+// max_concurrency calls at a time, started in the order each caller made
+// them. Placement uses the same scheduler code as the head, over one node
+// (this machine, with its detected or declared GPUs).
 #pragma once
 
 #include <deque>

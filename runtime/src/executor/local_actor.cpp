@@ -1,3 +1,5 @@
+// LocalActor: one actor of the actor executor (local mode, or the actor an
+// actor host runs): its mailbox, its calls, its restarts.
 #include "local_runtime.hpp"
 
 #include <algorithm>

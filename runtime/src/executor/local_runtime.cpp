@@ -1,3 +1,5 @@
+// LocalRuntime: the actor executor (local mode, or inside an actor host):
+// actor creation and placement over this one node, groups, lookups.
 #include "local_runtime.hpp"
 
 #include <unistd.h>

@@ -1,20 +1,28 @@
-#include "net.hpp"
+#include "troupe/transport/internal/channels.hpp"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <boost/asio/post.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <capnp/serialize.h>
+#include <spdlog/spdlog.h>
 
 #include <cstdio>
 #include <cstdlib>
 
-#include "troupe/runtime/error.hpp"
-#include "troupe/runtime/logging.hpp"
+#include "troupe/transport/error.hpp"
+#include "troupe/transport/internal/zmq_socket.hpp"
 
-namespace troupe::detail {
+namespace troupe::transport {
 namespace {
+
+// The runtime's logger ("troupe") once it exists, else spdlog's default.
+std::shared_ptr<spdlog::logger> log() {
+  auto logger = spdlog::get("troupe");
+  return logger ? logger : spdlog::default_logger();
+}
 
 void wake(int fd) {
   std::uint64_t one = 1;
@@ -33,43 +41,12 @@ zmq::message_t to_frame(kj::Array<capnp::word>& words) {
 
 }  // namespace
 
-zmq::context_t& zmq_context() {
-  static zmq::context_t context(1);
-  return context;
-}
-
-std::string to_endpoint(const std::string& address) {
-  if (address.rfind("tcp://", 0) == 0 || address.rfind("ipc://", 0) == 0 || address.rfind("inproc://", 0) == 0)
-    return address;
-  return "tcp://" + address;
-}
-
-std::string local_ip_for(const std::string& host) {
-  int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-  if (fd < 0) return "127.0.0.1";
-  sockaddr_in peer{};
-  peer.sin_family = AF_INET;
-  peer.sin_port = htons(9);
-  std::string result = "127.0.0.1";
-  if (::inet_pton(AF_INET, host.c_str(), &peer.sin_addr) == 1 &&
-      ::connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof peer) == 0) {
-    sockaddr_in local{};
-    socklen_t len = sizeof local;
-    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
-      char buffer[INET_ADDRSTRLEN];
-      if (::inet_ntop(AF_INET, &local.sin_addr, buffer, sizeof buffer)) result = buffer;
-    }
-  }
-  ::close(fd);
-  return result;
-}
-
 // ---- ControlChannel -----------------------------------------------------------
 
 ControlChannel::ControlChannel(std::string head_address, std::string identity, PushHandler on_push)
     : head_endpoint_(to_endpoint(head_address)), identity_(std::move(identity)), on_push_(std::move(on_push)) {
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0) throw_error(Errc::transport, "eventfd failed");
+  if (wake_fd_ < 0) throw TransportError(TransportErrc::transport, "eventfd failed");
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -100,13 +77,12 @@ void ControlChannel::enqueue(kj::Array<capnp::word> words) {
 }
 
 void ControlChannel::send(capnp::MallocMessageBuilder& message) {
-  if (stop_.load()) throw_error(Errc::cancelled, "control channel is closed");
+  if (stop_.load()) throw TransportError(TransportErrc::cancelled, "control channel is closed");
   enqueue(capnp::messageToFlatArray(message));
 }
 
-transport::ReceivedMessage ControlChannel::request(capnp::MallocMessageBuilder& message,
-                                                   std::chrono::milliseconds timeout) {
-  if (stop_.load()) throw_error(Errc::cancelled, "control channel is closed");
+ReceivedMessage ControlChannel::request(capnp::MallocMessageBuilder& message, std::chrono::milliseconds timeout) {
+  if (stop_.load()) throw TransportError(TransportErrc::cancelled, "control channel is closed");
   const std::uint64_t id = next_request_.fetch_add(1);
   message.getRoot<wire::ControlMessage>().setRequestId(id);
   auto pending = std::make_shared<Pending>();
@@ -119,24 +95,18 @@ transport::ReceivedMessage ControlChannel::request(capnp::MallocMessageBuilder& 
   if (future.wait_for(timeout) != std::future_status::ready) {
     std::lock_guard lock(mutex_);
     pending_.erase(id);
-    throw_error(Errc::timeout, "no reply from the head at " + head_endpoint_ + " within " +
-                                   std::to_string(timeout.count()) + " ms");
+    throw TransportError(TransportErrc::timeout, "no reply from the head at " + head_endpoint_ + " within " +
+                                                     std::to_string(timeout.count()) + " ms");
   }
-  auto reply = future.get();
-  auto root = reply.root<wire::ControlMessage>();
-  if (root.isError()) {
-    auto error = root.getError();
-    throw_error(static_cast<Errc>(error.getCode()), error.getMessage(), error.getRemoteType());
-  }
-  return reply;
+  return future.get();
 }
 
 void ControlChannel::loop() {
   zmq::socket_t socket(zmq_context(), zmq::socket_type::dealer);
   socket.set(zmq::sockopt::routing_id, identity_);
   socket.set(zmq::sockopt::linger, 0);
-  transport::FramingLimits limits;
-  transport::apply_socket_limits(socket, limits);
+  FramingLimits limits;
+  apply_socket_limits(socket, limits);
   socket.connect(head_endpoint_);
   auto next_tick = std::chrono::steady_clock::now();
   while (!stop_.load()) {
@@ -152,7 +122,7 @@ void ControlChannel::loop() {
       try {
         tick();
       } catch (const std::exception& e) {
-        TROUPE_LOG_WARN("control tick failed: {}", e.what());
+        log()->warn("control tick failed: {}", e.what());
       }
       next_tick = now + period;
     }
@@ -164,7 +134,7 @@ void ControlChannel::loop() {
       zmq::poll(items, 2, std::chrono::milliseconds(wait_ms));
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
-      TROUPE_LOG_ERROR("control poll failed: {}", e.what());
+      log()->error("control poll failed: {}", e.what());
       break;
     }
     if (items[1].revents & ZMQ_POLLIN) drain(wake_fd_);
@@ -177,9 +147,9 @@ void ControlChannel::loop() {
       try {
         auto frame = to_frame(words);
         if (!socket.send(frame, zmq::send_flags::dontwait))
-          TROUPE_LOG_WARN("control: the head's queue is full; dropped a message");
+          log()->warn("control: the head's queue is full; dropped a message");
       } catch (const zmq::error_t& e) {
-        TROUPE_LOG_WARN("control send failed: {}", e.what());
+        log()->warn("control send failed: {}", e.what());
       }
     }
     // ZMQ_EVENTS is edge-triggered: read until nothing is left.
@@ -187,7 +157,7 @@ void ControlChannel::loop() {
       zmq::message_t frame;
       if (!socket.recv(frame, zmq::recv_flags::dontwait)) break;
       try {
-        transport::ReceivedMessage message(std::move(frame), limits);
+        ReceivedMessage message(std::move(frame), limits);
         auto root = message.root<wire::ControlMessage>();
         const std::uint64_t id = root.getRequestId();
         std::shared_ptr<Pending> pending;
@@ -205,7 +175,7 @@ void ControlChannel::loop() {
           on_push_(root);
         }
       } catch (const std::exception& e) {
-        TROUPE_LOG_WARN("dropping a bad control message: {}", e.what());
+        log()->warn("dropping a bad control message: {}", e.what());
       }
     }
   }
@@ -213,23 +183,25 @@ void ControlChannel::loop() {
 
 // ---- CallPlane ------------------------------------------------------------------
 
-// What the pool's handlers touch; they hold it by shared_ptr, so it
+// What the context's handlers touch; they hold it by shared_ptr, so it
 // outlives a handler still queued when the CallPlane goes away.
 struct CallPlane::Core {
-  Core(ThreadPool& pool, Handler on_message)
-      : pool(pool),
+  Core(boost::asio::io_context& context, Handler on_message, BatchScope batch_scope)
+      : context(context),
         inbound(zmq_context(), zmq::socket_type::router),
-        readable(pool.context()),
-        timer(pool.context()),
-        on_message(std::move(on_message)) {}
+        readable(context),
+        timer(context),
+        on_message(std::move(on_message)),
+        batch_scope(std::move(batch_scope)) {}
 
-  ThreadPool& pool;
+  boost::asio::io_context& context;
   zmq::socket_t inbound;
   // A duplicate of the socket's ZMQ_FD: readable when the socket's
   // events may have changed (edge-like: only a drain re-arms it).
   boost::asio::posix::stream_descriptor readable;
   boost::asio::steady_timer timer;
   Handler on_message;
+  BatchScope batch_scope;
   std::chrono::milliseconds period{20};
   std::function<void()> tick;
   // Held while a handler uses `inbound` or checks `stopped`; stop() takes
@@ -238,7 +210,7 @@ struct CallPlane::Core {
   bool stopped = false;
   bool wait_pending = false;  // an async_wait on `readable` is outstanding
   bool post_pending = false;  // a posted on_readable is outstanding
-  transport::FramingLimits limits;
+  FramingLimits limits;
 
   // Watches the fd again (at most one wait outstanding), then looks at the
   // socket once more: an edge that came between the last look and the
@@ -262,7 +234,7 @@ struct CallPlane::Core {
 
   void post_locked(const std::shared_ptr<Core>& self) {
     post_pending = true;
-    boost::asio::post(pool.context(), [self] {
+    boost::asio::post(context, [self] {
       {
         std::lock_guard lock(self->mutex);
         self->post_pending = false;
@@ -285,7 +257,7 @@ struct CallPlane::Core {
         try {
           fn();
         } catch (const std::exception& e) {
-          TROUPE_LOG_WARN("call plane tick failed: {}", e.what());
+          log()->warn("call plane tick failed: {}", e.what());
         }
       }
       std::lock_guard lock(self->mutex);
@@ -294,50 +266,50 @@ struct CallPlane::Core {
   }
 
   void on_readable(const std::shared_ptr<Core>& self) {
-    // Calls handed to an idle actor while dispatching run here afterwards,
-    // once another thread can take the socket.
-    DeferScope defer(pool);
-    {
-      std::lock_guard lock(mutex);
-      if (stopped) return;
-      // Bounded, so that one busy peer cannot hold this thread forever; a
-      // socket with more to read is handed back to the pool directly (its
-      // fd would not signal again).
-      constexpr int kBatch = 256;
-      bool more = false;
-      for (int n = 0;; ++n) {
-        try {
-          if (!(inbound.get(zmq::sockopt::events) & ZMQ_POLLIN)) break;
-          if (n == kBatch) {
-            more = true;
-            break;
-          }
-          auto routed = transport::recv_routed(inbound, std::chrono::milliseconds(0), limits);
-          if (!routed) break;
-          on_message(routed->message);
-        } catch (const std::exception& e) {
-          TROUPE_LOG_WARN("dropping a bad call-plane message: {}", e.what());
+    if (batch_scope) batch_scope([&] { drain(self); });
+    else drain(self);
+  }
+
+  void drain(const std::shared_ptr<Core>& self) {
+    std::lock_guard lock(mutex);
+    if (stopped) return;
+    // Bounded, so that one busy peer cannot hold this thread forever; a
+    // socket with more to read is handed back to the context directly (its
+    // fd would not signal again).
+    constexpr int kBatch = 256;
+    bool more = false;
+    for (int n = 0;; ++n) {
+      try {
+        if (!(inbound.get(zmq::sockopt::events) & ZMQ_POLLIN)) break;
+        if (n == kBatch) {
+          more = true;
+          break;
         }
-      }
-      if (more) {
-        if (!post_pending) post_locked(self);
-      } else {
-        arm_locked(self);
+        auto routed = recv_routed(inbound, std::chrono::milliseconds(0), limits);
+        if (!routed) break;
+        on_message(routed->message);
+      } catch (const std::exception& e) {
+        log()->warn("dropping a bad call-plane message: {}", e.what());
       }
     }
-    defer.run();
+    if (more) {
+      if (!post_pending) post_locked(self);
+    } else {
+      arm_locked(self);
+    }
   }
 };
 
-CallPlane::CallPlane(const std::string& bind_ip, ThreadPool& pool, Handler on_message)
-    : core_(std::make_shared<Core>(pool, std::move(on_message))) {
+CallPlane::CallPlane(const std::string& bind_ip, boost::asio::io_context& context, Handler on_message,
+                     BatchScope batch_scope)
+    : core_(std::make_shared<Core>(context, std::move(on_message), std::move(batch_scope))) {
   auto& inbound = core_->inbound;
   inbound.set(zmq::sockopt::linger, 0);
-  transport::apply_socket_limits(inbound, transport::FramingLimits{});
+  apply_socket_limits(inbound, FramingLimits{});
   inbound.bind("tcp://" + bind_ip + ":*");
   address_ = inbound.get(zmq::sockopt::last_endpoint);
   const int fd = ::dup(inbound.get(zmq::sockopt::fd));
-  if (fd < 0) throw_error(Errc::transport, "dup of the call plane's ZMQ_FD failed");
+  if (fd < 0) throw TransportError(TransportErrc::transport, "dup of the call plane's ZMQ_FD failed");
   core_->readable.assign(fd);
 }
 
@@ -374,7 +346,7 @@ void CallPlane::set_periodic(std::chrono::milliseconds period, std::function<voi
 
 void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& message) {
   std::lock_guard lock(out_mutex_);
-  if (stopped_.load()) throw_error(Errc::cancelled, "call plane is closed");
+  if (stopped_.load()) throw TransportError(TransportErrc::cancelled, "call plane is closed");
   auto it = outbound_.find(address);
   if (it == outbound_.end()) {
     zmq::socket_t socket(zmq_context(), zmq::socket_type::dealer);
@@ -384,10 +356,10 @@ void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& me
     it = outbound_.emplace(address, std::move(socket)).first;
   }
   try {
-    transport::send_message(it->second, message);
+    send_message(it->second, message);
   } catch (const std::exception& e) {
-    throw_error(Errc::transport, std::string("send to ") + address + " failed: " + e.what());
+    throw TransportError(TransportErrc::transport, std::string("send to ") + address + " failed: " + e.what());
   }
 }
 
-}  // namespace troupe::detail
+}  // namespace troupe::transport

@@ -1,0 +1,127 @@
+#include "actor_host.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/prctl.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "executor/local_runtime.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/logging.hpp"
+#include "troupe/runtime/serialization.hpp"
+#include "troupe/transport/framing.hpp"
+#include "troupe/transport/schema/control.capnp.h"
+
+namespace troupe::detail {
+namespace {
+
+std::string read_spec(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_error(Errc::invalid_argument, "cannot read " + path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return std::move(out).str();
+}
+
+}  // namespace
+
+ActorHost::ActorHost(const std::string& spec_path) {
+  // Die with the node manager that started us.
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  spec_bytes_ = read_spec(spec_path);
+  auto message = transport::ReceivedMessage::copy_of(spec_bytes_.data(), spec_bytes_.size());
+  auto start = message.root<wire::StartActor>();
+  auto spec = start.getSpec();
+  actor_id_ = get_id(spec.getActorId());
+  incarnation_ = start.getIncarnation();
+  job_id_ = get_id(spec.getJobId());
+  if (const char* node = std::getenv("TROUPE_NODE_ID"); node && *node) {
+    try {
+      node_id_ = parse_hex_id(node);
+    } catch (...) {
+    }
+  }
+}
+
+ActorHost::~ActorHost() = default;
+
+void ActorHost::start_actor(HeadClient& head, const std::string& call_address, const std::string& data_address) {
+  auto message = transport::ReceivedMessage::copy_of(spec_bytes_.data(), spec_bytes_.size());
+  auto start = message.root<wire::StartActor>();
+  auto spec = start.getSpec();
+  std::string failure;
+  const ClassInfo* cls = find_class(spec.getClassName().cStr());
+  if (!cls) {
+    failure = std::string("actor class '") + spec.getClassName().cStr() + "' is not registered in this binary";
+  } else {
+    InitOptions local;
+    local.num_threads = std::max<int>(2, static_cast<int>(spec.getMaxConcurrency()) + 1);
+    const auto gpus = start.getGpuIndices().size();
+    if (gpus > 0) local.gpus = "visible:" + std::to_string(gpus);
+    host_runtime_ = std::make_shared<LocalRuntime>(local);
+    std::vector<ArgSlot> slots;
+    try {
+      auto args = deserialize<std::vector<std::string>>(
+          std::string_view(reinterpret_cast<const char*>(spec.getCtorArgs().begin()), spec.getCtorArgs().size()));
+      for (auto& arg : args) slots.push_back(ArgSlot{std::make_shared<EncodedValue>(std::move(arg)), nullptr});
+      ActorOptions options;
+      options.max_concurrency = static_cast<int>(std::max<std::uint32_t>(1, spec.getMaxConcurrency()));
+      if (gpus > 0) options.resources = {{"GPU", static_cast<double>(gpus)}};
+      auto actor = std::static_pointer_cast<LocalActor>(host_runtime_->create_actor(*cls, std::move(slots), options));
+      while (actor->state() == ActorState::pending) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (actor->state() == ActorState::dead) failure = actor->status_message();
+      hosted_ = std::move(actor);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  }
+  capnp::MallocMessageBuilder update;
+  auto body = update.initRoot<wire::ControlMessage>().initActorUpdate();
+  set_id(body.initActorId(), actor_id_);
+  set_id(body.initNodeId(), node_id_);
+  body.setIncarnation(incarnation_);
+  body.setClassName(spec.getClassName());
+  body.setName(spec.getName());
+  if (failure.empty()) {
+    body.setState(wire::ActorState::ALIVE);
+    body.setAddress(call_address);
+    if (!data_address.empty()) body.setDataAddress(as_data(data_address));
+  } else {
+    body.setState(wire::ActorState::DEAD);
+    auto reason = body.initReason();
+    reason.setCode(static_cast<std::uint16_t>(Errc::actor_died));
+    reason.setMessage(failure);
+  }
+  (void)head.request(update);
+  if (!failure.empty()) {
+    TROUPE_LOG_ERROR("actor host failed to start: {}", failure);
+    std::fflush(nullptr);
+    std::_Exit(3);
+  }
+  TROUPE_LOG_INFO("actor host for {} serving at {}", actor_id_.hex(), call_address);
+}
+
+void ActorHost::shutdown() {
+  if (host_runtime_) host_runtime_->shutdown();
+}
+
+void ActorHost::serve_forever() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  int signal = 0;
+  sigwait(&signals, &signal);
+  TROUPE_LOG_INFO("actor host exiting on signal {}", signal);
+  std::fflush(nullptr);
+  std::_Exit(0);
+}
+
+}  // namespace troupe::detail

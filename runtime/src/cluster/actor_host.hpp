@@ -1,0 +1,57 @@
+// ActorHost: the start-up and life of an actor host process, the binary a
+// node manager started with TROUPE_ACTOR_SPEC. It reads the StartActor
+// spec, constructs the one actor in an actor executor (executor/), reports
+// it ALIVE (with this process's call and data addresses) or DEAD to the
+// head, and then serves until a signal or its node manager's death.
+//
+// Contract: constructed, started and reported on the thread that calls
+// ClusterRuntime::start(); afterwards actor(), actor_id() and
+// incarnation() are read-only and may be read from any thread (the call
+// server reads them for every request). A host that failed to start its
+// actor reports DEAD and exits the process (code 3): it never serves.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "head_client.hpp"
+#include "wire_util.hpp"
+
+namespace troupe::detail {
+
+class LocalRuntime;
+class LocalActor;
+
+class ActorHost {
+ public:
+  // Reads the spec at `spec_path` (ids and incarnation); the process dies
+  // with its node manager (SIGTERM) from here on. Throws if unreadable.
+  explicit ActorHost(const std::string& spec_path);
+  ~ActorHost();
+
+  const Id128& actor_id() const noexcept { return actor_id_; }
+  const Id128& job_id() const noexcept { return job_id_; }
+  std::uint32_t incarnation() const noexcept { return incarnation_; }
+  // The hosted actor; null until start_actor() succeeded.
+  const std::shared_ptr<LocalActor>& actor() const noexcept { return hosted_; }
+
+  // Constructs the actor in a new actor executor, then reports the outcome
+  // to the head; on failure exits the process.
+  void start_actor(HeadClient& head, const std::string& call_address, const std::string& data_address);
+  // Stops the actor executor.
+  void shutdown();
+  // Blocks until SIGTERM/SIGINT, then exits the process; never returns.
+  [[noreturn]] static void serve_forever();
+
+ private:
+  std::string spec_bytes_;  // the StartActor message
+  Id128 actor_id_;
+  Id128 job_id_;
+  Id128 node_id_;
+  std::uint32_t incarnation_ = 0;
+  std::shared_ptr<LocalRuntime> host_runtime_;
+  std::shared_ptr<LocalActor> hosted_;
+};
+
+}  // namespace troupe::detail

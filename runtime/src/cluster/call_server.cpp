@@ -1,0 +1,208 @@
+#include "call_server.hpp"
+
+#include <capnp/message.h>
+#include <kj/exception.h>
+
+#include <atomic>
+
+#include "executor/local_runtime.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/logging.hpp"
+#include "troupe/transport/error.hpp"
+
+namespace troupe::detail {
+namespace {
+
+// An ObjectRef parameter as the callee receives it: the state its ObjectRef
+// wraps, filled by a fetch from the object's holder (take_arg).
+class PassedRef final : public Value {
+ public:
+  explicit PassedRef(StatePtr state) : state_(std::move(state)) {}
+  const std::type_info& type() const noexcept override { return typeid(PassedRef); }
+  std::string encode() const override {
+    throw_error(Errc::unsupported, "an ObjectRef parameter cannot be re-encoded; pass the ObjectRef on instead");
+  }
+  std::shared_ptr<ObjectState> passed_state() const override { return state_; }
+
+ private:
+  StatePtr state_;
+};
+
+}  // namespace
+
+CallServer::CallServer(std::shared_ptr<transport::CallPlane> calls, std::shared_ptr<ObjectTable> table,
+                       std::shared_ptr<ObjectTransfer> transfer, std::shared_ptr<OutboundCalls> outbound)
+    : calls_(std::move(calls)),
+      table_(std::move(table)),
+      transfer_(std::move(transfer)),
+      outbound_(std::move(outbound)) {}
+
+void CallServer::on_call_message(transport::ReceivedMessage& message) {
+  // The frame was bounds-, traversal- and nesting-checked on receipt; the
+  // per-field schema walk of root<T>() costs ~3 us a message on the hot
+  // path, so read it directly: a malformed field throws kj::Exception on
+  // access, converted here into a protocol error and the message dropped.
+  try {
+    dispatch(message.reader().getRoot<wire::CallMessage>());
+  } catch (const kj::Exception& e) {
+    transport::throw_from_kj(e, "call-plane message");
+  }
+}
+
+void CallServer::dispatch(wire::CallMessage::Reader root) {
+  switch (root.which()) {
+    case wire::CallMessage::REPLY: outbound_->on_reply(root.getReply()); break;
+    case wire::CallMessage::REQUEST: {
+      auto request = root.getRequest();
+      if (request.getMethod() == kFetchMethod) serve_fetch(request);
+      else on_request(request);
+      break;
+    }
+    case wire::CallMessage::RELEASE: {
+      std::vector<Id128> ids;
+      for (auto wire_id : root.getRelease().getIds()) ids.push_back(get_id(wire_id));
+      table_->release(ids);
+      break;
+    }
+    case wire::CallMessage::CANCEL: {
+      auto cancel = root.getCancel();
+      if (!cancel.hasResultId()) break;
+      // A call not started yet fails with CancelledError, and that is its
+      // reply; one that started runs to the end and answers as usual.
+      if (StatePtr result = table_->find(get_id(cancel.getResultId()))) result->cancel();
+      break;
+    }
+  }
+}
+
+void CallServer::serve_fetch(wire::CallRequest::Reader request) {
+  const std::uint64_t call_id = request.getCallId();
+  std::string return_to = request.getReturnTo();
+  if (request.getArgs().size() != 1 || !request.getArgs()[0].isRef()) return;
+  // The call producing it may not have arrived yet (it comes on another
+  // connection): then the fetch is parked until it does.
+  StatePtr state = table_->find_or_wait(get_id(request.getArgs()[0].getRef().getId()));
+  auto self = shared_from_this();
+  std::weak_ptr<ObjectState> weak = state;
+  state->on_complete([self, weak, call_id, return_to] {
+    if (auto s = weak.lock()) self->reply_to(return_to, call_id, 0, s, /*allow_ref=*/false);
+  });
+}
+
+std::string CallServer::check_seq(const Id128& caller, std::uint64_t seq) {
+  std::lock_guard lock(seq_mutex_);
+  std::uint64_t& expected = next_seq_[caller];
+  if (seq == expected) {
+    ++expected;
+    return {};
+  }
+  std::string why = seq < expected ? "a duplicate or late call" : "calls before it were lost";
+  why = "call seq " + std::to_string(seq) + " from caller " + caller.hex() + " is out of order (expected " +
+        std::to_string(expected) + ": " + why + "); not run";
+  // After a gap, later calls of this caller count from this one on.
+  if (seq > expected) expected = seq + 1;
+  return why;
+}
+
+void CallServer::on_request(wire::CallRequest::Reader request) {
+  const std::uint64_t call_id = request.getCallId();
+  std::string return_to = request.getReturnTo();
+  const Id128 result_id = get_id(request.getResultId());
+  auto result = std::make_shared<ObjectState>(ObjectId{result_id.hi, result_id.lo});
+  auto fail = [&](Errc code, std::string message) {
+    result->set_error(make_error(code, std::move(message)));
+    reply_to(return_to, call_id, 0, result, false);
+  };
+  const LocalActor* hosted = host_ ? host_->actor().get() : nullptr;
+  if (!hosted) return fail(Errc::not_found, "this process hosts no actor");
+  const Id128& hosted_id = host_->actor_id();
+  if (get_id(request.getActorId()).lo != hosted_id.lo)
+    return fail(Errc::actor_died, "this host runs actor " + hosted_id.hex() + ", not the one called");
+  if (request.getActorIncarnation() != host_->incarnation())
+    return fail(Errc::actor_died, "this host runs incarnation " + std::to_string(host_->incarnation()) + " of actor " +
+                                      hosted_id.hex() + ", not incarnation " +
+                                      std::to_string(request.getActorIncarnation()) + " the call was sent to");
+  if (auto why = check_seq(get_id(request.getCallerId()), request.getSeq()); !why.empty())
+    return fail(Errc::protocol, std::move(why));
+  const MethodInfo* method = hosted->cls().find_method(request.getMethod().cStr());
+  if (!method) return fail(Errc::not_registered, hosted->cls().name + " has no registered method '" +
+                                                     std::string(request.getMethod().cStr()) + "'");
+  if (method->arity != request.getArgs().size())
+    return fail(Errc::invalid_argument, method->qualified + " takes " + std::to_string(method->arity) + " arguments");
+  CallSpec spec;
+  spec.method = method;
+  spec.result = result;
+  std::vector<StatePtr> passed;  // ObjectRef parameters, fetched from their holders
+  for (auto arg : request.getArgs()) {
+    ArgSlot slot;
+    switch (arg.which()) {
+      case wire::Arg::VALUE: slot.value = std::make_shared<EncodedValue>(from_data(arg.getValue())); break;
+      case wire::Arg::REF: slot.ref = transfer_->resolve(arg.getRef()); break;
+      case wire::Arg::PASS_REF: {
+        StatePtr state = transfer_->resolve(arg.getPassRef());
+        passed.push_back(state);
+        slot.value = std::make_shared<PassedRef>(std::move(state));
+        slot.pass_ref = true;
+        break;
+      }
+    }
+    spec.args.push_back(std::move(slot));
+  }
+  table_->hold(result_id, result);
+  auto self = shared_from_this();
+  std::weak_ptr<ObjectState> weak = result;
+  const std::uint64_t actor = hosted_id.lo;
+  auto transfer = transfer_;
+  result->on_complete([transfer, weak, result_id] {
+    if (auto s = weak.lock()) transfer->publish(result_id, s);  // a consumer may ask as soon as the caller knows
+  });
+  // The reply waits for the ObjectRef parameters too: the caller lends
+  // them until it has the reply, so this process must hold its copies by
+  // then, even if the method never read them.
+  auto gate = std::make_shared<std::atomic<std::size_t>>(passed.size() + 1);
+  auto answer = [self, weak, gate, call_id, return_to, actor] {
+    if (gate->fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    if (auto s = weak.lock()) self->reply_to(return_to, call_id, actor, s, /*allow_ref=*/true);
+  };
+  for (auto& state : passed) state->on_complete(answer);
+  result->on_complete(answer);
+  host_->actor()->submit_from(std::move(spec), get_id(request.getCallerId()).lo);
+}
+
+void CallServer::reply_to(const std::string& address, std::uint64_t call_id, std::uint64_t actor_id,
+                          const StatePtr& result, bool allow_ref) {
+  capnp::MallocMessageBuilder message(kFirstSegmentWords);
+  auto reply = message.initRoot<wire::CallMessage>().initReply();
+  reply.setCallId(call_id);
+  set_id(reply.initActorId(), Id128{actor_id, actor_id});
+  if (result->has_error()) {
+    fill_error(reply.initError(), result->error());
+  } else {
+    ObjectTransfer::Encoding encoding;
+    try {
+      if (allow_ref) {
+        encoding = transfer_->encode_for_transfer(result->value());
+      } else {
+        const ValuePtr& value = result->value();
+        encoding.bytes = value ? value->encode() : std::string();
+      }
+    } catch (...) {
+      fill_error(reply.initError(), std::current_exception());
+      encoding.by_descriptor = false;
+    }
+    if (reply.isError()) {
+      // The value could not be encoded: the caller gets that error.
+    } else if (encoding.by_descriptor) {
+      transfer_->describe_here(reply.initRef(), Id128{result->id().hi(), result->id().lo()}, encoding.size_bytes);
+    } else {
+      reply.setValue(as_data(encoding.bytes));
+    }
+  }
+  try {
+    calls_->send(address, message);
+  } catch (const std::exception& e) {
+    TROUPE_LOG_WARN("could not reply to {}: {}", address, e.what());
+  }
+}
+
+}  // namespace troupe::detail

@@ -1,0 +1,71 @@
+// CallServer: what this process does with each message on its call plane.
+//   - request: a call to the hosted actor (actor hosts; any other process
+//     answers "hosts no actor"), or a `__fetch` of an object it holds;
+//   - reply: handed to OutboundCalls, which completes the call's result;
+//   - cancel: withdraws a call of the hosted actor not started yet;
+//   - release: the owner no longer needs objects this process holds.
+// A call's result is held in the ObjectTable under the id its caller chose
+// (so later calls and fetches can name it before it exists), published on
+// the data plane when done, and answered to the caller inline or by
+// descriptor (ObjectTransfer's rule) once it and the call's ObjectRef
+// parameters are all in hand.
+//
+// The wire contract it enforces for a call (transport/schema/call.capnp):
+// the request must name the hosted actor's id and incarnation (else the
+// call fails with actor_died, unrun), and each caller's `seq` must be the
+// next one for this incarnation, 0, 1, 2, ... (else it fails with
+// `protocol`, unrun, so no call runs twice).
+//
+// Contract: on_call_message() runs on one thread at a time (the call
+// plane's receive contract) and never blocks: a call is handed to the
+// actor's mailbox, a fetch parked until its object exists. Replies go out
+// from whichever thread completes the result.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "actor_host.hpp"
+#include "object_table.hpp"
+#include "object_transfer.hpp"
+#include "outbound_calls.hpp"
+#include "troupe/transport/internal/channels.hpp"
+
+namespace troupe::detail {
+
+class CallServer final : public std::enable_shared_from_this<CallServer> {
+ public:
+  CallServer(std::shared_ptr<transport::CallPlane> calls, std::shared_ptr<ObjectTable> table,
+             std::shared_ptr<ObjectTransfer> transfer, std::shared_ptr<OutboundCalls> outbound);
+  // Actor hosts: the host whose actor serves the calls (null elsewhere).
+  // Set before the call plane's address is given to anyone.
+  void set_host(std::shared_ptr<const ActorHost> host) { host_ = std::move(host); }
+
+  // The call plane's handler. Throws TransportError(protocol) for a
+  // malformed message (the call plane drops it).
+  void on_call_message(transport::ReceivedMessage& message);
+
+ private:
+  void dispatch(wire::CallMessage::Reader message);
+  void on_request(wire::CallRequest::Reader request);
+  void serve_fetch(wire::CallRequest::Reader request);
+  // Empty when `seq` is the one expected next from `caller`; else why not.
+  std::string check_seq(const Id128& caller, std::uint64_t seq);
+  // Answers call `call_id` with `result` (finished). allow_ref: a large
+  // result may stay here and be answered by descriptor.
+  void reply_to(const std::string& address, std::uint64_t call_id, std::uint64_t actor_id, const StatePtr& result,
+                bool allow_ref);
+
+  const std::shared_ptr<transport::CallPlane> calls_;
+  const std::shared_ptr<ObjectTable> table_;
+  const std::shared_ptr<ObjectTransfer> transfer_;
+  const std::shared_ptr<OutboundCalls> outbound_;
+  std::shared_ptr<const ActorHost> host_;
+  std::mutex seq_mutex_;
+  std::map<Id128, std::uint64_t> next_seq_;  // per caller, for this host's one incarnation
+};
+
+}  // namespace troupe::detail

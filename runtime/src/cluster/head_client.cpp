@@ -1,0 +1,206 @@
+#include "head_client.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/logging.hpp"
+#include "troupe/runtime/serialization.hpp"
+#include "troupe/transport/content_hash.hpp"
+
+namespace troupe::detail {
+namespace {
+
+std::string read_binary(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_error(Errc::invalid_argument, "cannot read " + path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return std::move(out).str();
+}
+
+}  // namespace
+
+transport::ReceivedMessage request_head(transport::ControlChannel& channel, capnp::MallocMessageBuilder& message,
+                                        std::chrono::milliseconds timeout) {
+  auto reply = converting_transport_errors([&] { return channel.request(message, timeout); });
+  auto root = reply.root<wire::ControlMessage>();
+  if (root.isError()) {
+    auto error = root.getError();
+    throw_error(static_cast<Errc>(error.getCode()), error.getMessage(), error.getRemoteType());
+  }
+  return reply;
+}
+
+HeadClient::HeadClient(const std::string& head_address, std::string identity,
+                       std::chrono::milliseconds request_timeout, PushHandler on_push)
+    : channel_(converting_transport_errors([&] {
+        return std::make_unique<transport::ControlChannel>(head_address, std::move(identity), std::move(on_push));
+      })),
+      request_timeout_(request_timeout) {}
+
+HeadClient::~HeadClient() { stop(); }
+
+void HeadClient::stop() { channel_->stop(); }
+
+transport::ReceivedMessage HeadClient::request(capnp::MallocMessageBuilder& message) {
+  return request_head(*channel_, message, request_timeout_);
+}
+
+transport::ReceivedMessage HeadClient::request(capnp::MallocMessageBuilder& message,
+                                               std::chrono::milliseconds timeout) {
+  return request_head(*channel_, message, timeout);
+}
+
+Id128 HeadClient::register_driver(const Id128& worker_id, const std::string& head_address) {
+  // Hosts run this very binary: the head keeps it by content hash.
+  const std::string bytes = read_binary("/proc/self/exe");
+  const std::string hash = transport::content_hash(bytes);
+  capnp::MallocMessageBuilder message;
+  auto reg = message.initRoot<wire::ControlMessage>().initRegisterDriver();
+  reg.setProtocolVersion(wire::PROTOCOL_VERSION);
+  set_id(reg.initWorkerId(), worker_id);
+  if (const char* job = std::getenv("TROUPE_JOB_ID"); job && *job) set_id(reg.initJobId(), parse_hex_id(job));
+  reg.setBinaryHash(hash);
+  reg.setPid(static_cast<std::uint32_t>(::getpid()));
+  char hostname[256] = {};
+  ::gethostname(hostname, sizeof hostname - 1);
+  reg.setHostname(hostname);
+  auto reply = request(message);
+  auto root = reply.root<wire::ControlMessage>();
+  if (!root.isRegisterDriverReply())
+    throw_error(Errc::protocol, "head answered registerDriver with an unexpected message");
+  auto body = root.getRegisterDriverReply();
+  const Id128 job_id = get_id(body.getJobId());
+  const auto heartbeat = std::chrono::milliseconds(std::max<std::uint32_t>(50, body.getHeartbeatIntervalMs()));
+  if (body.getNeedBinary()) {
+    capnp::MallocMessageBuilder upload;
+    auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
+    up.setBinaryHash(hash);
+    up.setBinary(as_data(bytes));
+    (void)request(upload, std::chrono::milliseconds(std::max<long>(request_timeout_.count(), 60000)));
+  }
+  channel_->set_periodic(heartbeat, [this, worker_id] {
+    capnp::MallocMessageBuilder beat;
+    auto hb = beat.initRoot<wire::ControlMessage>().initDriverHeartbeat();
+    set_id(hb.initWorkerId(), worker_id);
+    hb.setSeq(++heartbeat_seq_);
+    channel_->send(beat);
+  });
+  TROUPE_LOG_INFO("driver {} registered with head {} as job {}", worker_id.hex(), head_address, job_id.hex());
+  return job_id;
+}
+
+void HeadClient::create_actor(std::uint64_t id, const Id128& job_id, const Id128& owner_id, const ClassInfo& cls,
+                              const std::vector<std::string>& ctor_args, const ActorOptions& options,
+                              std::uint64_t group_id) {
+  capnp::MallocMessageBuilder message;
+  auto create = message.initRoot<wire::ControlMessage>().initCreateActor();
+  set_id(create.initActorId(), Id128{id, id});
+  set_id(create.initJobId(), job_id);
+  set_id(create.initOwnerId(), owner_id);
+  create.setClassName(cls.name);
+  create.setName(options.name);
+  std::string args = serialize(ctor_args);
+  create.setCtorArgs(as_data(args));
+  auto amounts = options.resources;
+  if (options.memory > 0) amounts["memory"] += static_cast<double>(options.memory);
+  auto resources = create.initResources(static_cast<unsigned>(amounts.size()));
+  unsigned i = 0;
+  for (const auto& [name, amount] : amounts) {
+    resources[i].setName(name);
+    resources[i].setAmount(amount);
+    ++i;
+  }
+  create.setGpuType(options.gpu_type);
+  create.setGpuMemoryBytes(options.gpu_memory);
+  create.setMaxRestarts(options.max_restarts);
+  create.setMaxConcurrency(static_cast<std::uint32_t>(options.max_concurrency));
+  create.setBundleIndex(options.bundle_index);
+  if (group_id != 0) set_id(create.initPlacementGroupId(), Id128{group_id, group_id});
+  (void)request(message);
+}
+
+void HeadClient::create_group(std::uint64_t id, const Id128& job_id, const std::string& name,
+                              const std::vector<scheduler::Bundle>& bundles, wire::PlacementStrategy strategy) {
+  capnp::MallocMessageBuilder message;
+  auto create = message.initRoot<wire::ControlMessage>().initCreatePlacementGroup();
+  set_id(create.initPlacementGroupId(), Id128{id, id});
+  set_id(create.initJobId(), job_id);
+  create.setName(name);
+  create.setStrategy(strategy);
+  auto list = create.initBundles(static_cast<unsigned>(bundles.size()));
+  for (unsigned i = 0; i < bundles.size(); ++i) {
+    // The GPU type travels as Ray's "GPU:<type>" resource.
+    auto amounts = bundles[i].amounts.amounts();
+    std::vector<std::pair<std::string, double>> items(amounts.begin(), amounts.end());
+    if (!bundles[i].gpu_type.empty())
+      items.emplace_back("GPU:" + bundles[i].gpu_type, bundles[i].amounts.get(scheduler::kGpu));
+    auto resources = list[i].initResources(static_cast<unsigned>(items.size()));
+    for (unsigned j = 0; j < items.size(); ++j) {
+      resources[j].setName(items[j].first);
+      resources[j].setAmount(items[j].second);
+    }
+  }
+  (void)request(message);
+}
+
+void HeadClient::kill_actor(std::uint64_t actor_id, bool no_restart) {
+  capnp::MallocMessageBuilder message;
+  auto kill = message.initRoot<wire::ControlMessage>().initKillActor();
+  set_id(kill.initActorId(), Id128{actor_id, actor_id});
+  kill.setNoRestart(no_restart);
+  (void)request(message);
+}
+
+std::optional<transport::ReceivedMessage> HeadClient::get_actor(const Id128& job_id, std::string_view name,
+                                                                std::uint64_t actor_id) {
+  capnp::MallocMessageBuilder message;
+  auto get = message.initRoot<wire::ControlMessage>().initGetActorByName();
+  set_id(get.initJobId(), job_id);
+  get.setName(std::string(name));
+  if (name.empty()) set_id(get.initActorId(), Id128{actor_id, actor_id});
+  try {
+    auto reply = request(message);
+    if (!reply.root<wire::ControlMessage>().isActorUpdate()) return std::nullopt;
+    return reply;
+  } catch (const Error& e) {
+    if (e.code() == Errc::not_found) return std::nullopt;
+    throw;
+  }
+}
+
+std::map<std::string, double> HeadClient::cluster_totals(bool available) {
+  capnp::MallocMessageBuilder message;
+  message.initRoot<wire::ControlMessage>().initGetClusterState().setIncludeDead(false);
+  auto reply = request(message);
+  auto root = reply.root<wire::ControlMessage>();
+  if (!root.isClusterState()) throw_error(Errc::protocol, "head answered getClusterState with an unexpected message");
+  std::map<std::string, double> sum;
+  for (auto node : root.getClusterState().getNodes()) {
+    if (node.getState() != wire::NodeState::ALIVE) continue;
+    if (available) {
+      for (auto r : node.getAvailable()) sum[r.getName()] += r.getAmount();
+    } else {
+      auto info = node.getNode();
+      sum["CPU"] += info.getNumCpus();
+      sum["GPU"] += info.getGpus().size();
+      sum["memory"] += static_cast<double>(info.getMemoryBytes());
+      for (auto r : info.getResources()) sum[r.getName()] += r.getAmount();
+    }
+  }
+  return sum;
+}
+
+void HeadClient::remove_group(std::uint64_t group_id) {
+  capnp::MallocMessageBuilder message;
+  auto remove = message.initRoot<wire::ControlMessage>().initRemovePlacementGroup();
+  set_id(remove.initPlacementGroupId(), Id128{group_id, group_id});
+  (void)request(message);
+}
+
+}  // namespace troupe::detail

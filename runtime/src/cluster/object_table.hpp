@@ -1,0 +1,71 @@
+// ObjectTable: the objects this process serves to others, by id.
+//   - held: results of the calls it ran (an actor host), kept until their
+//     owner releases them (a `release` message), and objects it lends to
+//     a callee (ObjectRef parameters), kept until that call is answered;
+//   - wanted: fetches of an object not produced yet (the call producing it
+//     comes on another connection), parked until it is held;
+//   - loans: how many calls in flight borrow each lent entry;
+//   - releases: the ids this process no longer needs from other processes,
+//     batched per holder until the next tick sends them.
+//
+// Contract: every method may be called from any thread (one mutex). An
+// entry leaving the table (released, or its last loan ended) is reported
+// to `on_drop` while that mutex is held, so that a publish racing with the
+// drop can be undone in order (drop_unless_lent). Parked fetches are
+// completed outside the mutex.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "troupe/runtime/object_state.hpp"
+#include "wire_util.hpp"
+
+namespace troupe::detail {
+
+class ObjectTable {
+ public:
+  using Drop = std::function<void(const Id128&)>;
+  explicit ObjectTable(Drop on_drop) : on_drop_(std::move(on_drop)) {}
+
+  // Holds `state` under `id` (until released) and completes the fetches
+  // parked for it.
+  void hold(const Id128& id, const StatePtr& state);
+  // The state held under `id`, or a new one parked until it is held.
+  StatePtr find_or_wait(const Id128& id);
+  // The state held under `id`, or null.
+  StatePtr find(const Id128& id);
+  // Lends `ref` under `id` for one more call; the first loan holds it (and
+  // completes parked fetches). Returns whether this was the first loan.
+  bool lend(const Id128& id, const StatePtr& ref);
+  bool is_lent(const Id128& id);
+  // Reports `id` to on_drop unless it is lent (a loan that ended while its
+  // object was being published).
+  void drop_unless_lent(const Id128& id);
+  // Ends one loan of each id; an entry whose last loan ended leaves.
+  void end_loans(const std::vector<Id128>& lent);
+  // The owner released these: they leave (held or parked).
+  void release(const std::vector<Id128>& ids);
+
+  // Remembers that `id`, held at `location`, is no longer needed here.
+  void queue_release(const Id128& id, const std::string& location);
+  // The releases queued since the last call, per holder address.
+  std::map<std::string, std::vector<Id128>> take_releases();
+
+  void clear();
+
+ private:
+  std::vector<StatePtr> hold_locked(const Id128& id, const StatePtr& state);
+
+  Drop on_drop_;
+  std::mutex mutex_;
+  std::map<Id128, StatePtr> table_;
+  std::map<Id128, std::vector<StatePtr>> wanted_;  // fetched before produced
+  std::map<Id128, int> loans_;                     // table_ entries lent to callees: count
+  std::map<std::string, std::vector<Id128>> releases_;
+};
+
+}  // namespace troupe::detail

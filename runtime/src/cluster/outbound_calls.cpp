@@ -1,0 +1,201 @@
+#include "outbound_calls.hpp"
+
+#include <capnp/message.h>
+
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/logging.hpp"
+
+namespace troupe::detail {
+
+void send_on(transport::CallPlane& plane, const std::string& address, capnp::MallocMessageBuilder& message) {
+  converting_transport_errors([&] { plane.send(address, message); });
+}
+
+OutboundCalls::OutboundCalls(Id128 worker_id, std::shared_ptr<transport::CallPlane> calls,
+                             std::shared_ptr<ObjectTable> table, std::shared_ptr<ObjectTransfer> transfer)
+    : worker_id_(worker_id), calls_(std::move(calls)), table_(std::move(table)), transfer_(std::move(transfer)) {}
+
+void OutboundCalls::send_call(std::uint64_t actor_id, const std::string& address, std::uint32_t incarnation,
+                              std::uint64_t seq, CallSpec& spec) {
+  capnp::MallocMessageBuilder message(kFirstSegmentWords);
+  auto request = message.initRoot<wire::CallMessage>().initRequest();
+  const std::uint64_t call_id = next_call_.fetch_add(1);
+  request.setCallId(call_id);
+  set_id(request.initActorId(), Id128{actor_id, actor_id});
+  request.setActorIncarnation(incarnation);
+  set_id(request.initCallerId(), worker_id_);
+  request.setSeq(seq);
+  request.setMethod(spec.method->name);
+  request.setReturnTo(calls_->address());
+  const auto& result_id = spec.result->id();
+  set_id(request.initResultId(), Id128{result_id.hi(), result_id.lo()});
+  auto args = request.initArgs(static_cast<unsigned>(spec.args.size()));
+  std::vector<StatePtr> borrowed;
+  std::vector<Id128> lent;
+  try {
+    for (unsigned i = 0; i < spec.args.size(); ++i) {
+      auto& slot = spec.args[i];
+      const StatePtr& ref = slot.ref;
+      if (slot.pass_ref) {
+        transfer_->describe_passed_ref(args[i].initPassRef(), ref, borrowed, lent);
+        continue;
+      }
+      if (ref && ref->has_error()) std::rethrow_exception(ref->error());
+      if (ObjectTransfer::held_elsewhere(ref)) {
+        transfer_->describe_elsewhere(args[i].initRef(), Id128{ref->id().hi(), ref->id().lo()}, ref->location());
+        borrowed.push_back(ref);
+      } else {
+        const ValuePtr& value = slot.value ? slot.value : ref->value();
+        std::string bytes = value ? value->encode() : std::string();
+        args[i].setValue(as_data(bytes));
+      }
+    }
+  } catch (...) {
+    table_->end_loans(lent);
+    throw;
+  }
+  spec.result->set_location(address);  // the result lives at the callee
+  {
+    std::lock_guard lock(mutex_);
+    inflight_[call_id] = Inflight{spec.result, std::move(borrowed), lent, actor_id,
+                                  std::chrono::steady_clock::time_point::max()};
+  }
+  try {
+    send_on(*calls_, address, message);
+  } catch (...) {
+    {
+      std::lock_guard lock(mutex_);
+      inflight_.erase(call_id);
+    }
+    table_->end_loans(lent);
+    throw;
+  }
+}
+
+void OutboundCalls::cancel_sent(std::uint64_t actor_id, const std::string& address, const StatePtr& result) {
+  std::uint64_t call_id = 0;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [id, flight] : inflight_) {
+      if (flight.result == result) {
+        call_id = id;
+        break;
+      }
+    }
+  }
+  if (call_id == 0 || address.empty()) return;  // answered already, or its actor is gone
+  capnp::MallocMessageBuilder message;
+  auto cancel = message.initRoot<wire::CallMessage>().initCancel();
+  cancel.setCallId(call_id);
+  set_id(cancel.initActorId(), Id128{actor_id, actor_id});
+  set_id(cancel.initCallerId(), worker_id_);
+  set_id(cancel.initResultId(), Id128{result->id().hi(), result->id().lo()});
+  try {
+    calls_->send(address, message);
+  } catch (const std::exception& e) {
+    TROUPE_LOG_WARN("could not send a cancel to {}: {}", address, e.what());
+  }
+}
+
+StatePtr OutboundCalls::fetch_by_call(const Id128& id, const std::string& location) {
+  auto state = std::make_shared<ObjectState>();
+  capnp::MallocMessageBuilder message;
+  auto request = message.initRoot<wire::CallMessage>().initRequest();
+  const std::uint64_t call_id = next_call_.fetch_add(1);
+  request.setCallId(call_id);
+  set_id(request.initCallerId(), worker_id_);
+  request.setMethod(kFetchMethod);
+  request.setReturnTo(calls_->address());
+  auto descriptor = request.initArgs(1)[0].initRef();
+  set_id(descriptor.initId(), id);
+  descriptor.setOwnerAddress(location);
+  descriptor.setRemote();
+  {
+    std::lock_guard lock(mutex_);
+    inflight_[call_id] = Inflight{state, {}, {}, 0, std::chrono::steady_clock::now() + transfer_->fetch_timeout()};
+    ++fetches_in_flight_;
+  }
+  send_on(*calls_, location, message);
+  return state;
+}
+
+void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
+  StatePtr result;
+  std::vector<StatePtr> borrowed;  // released when this returns
+  std::vector<Id128> lent;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = inflight_.find(reply.getCallId());
+    if (it == inflight_.end()) return;  // timed out or the actor was declared dead
+    result = std::move(it->second.result);
+    borrowed = std::move(it->second.borrowed);
+    lent = std::move(it->second.lent);
+    if (it->second.actor_id == 0 && fetches_in_flight_ > 0) --fetches_in_flight_;
+    inflight_.erase(it);
+  }
+  table_->end_loans(lent);
+  switch (reply.which()) {
+    case wire::CallReply::VALUE: {
+      auto data = reply.getValue();
+      if (data.size() == 0) result->set_value(nullptr);
+      else result->set_value(std::make_shared<EncodedValue>(from_data(data)));
+      break;
+    }
+    case wire::CallReply::REF: {
+      auto descriptor = reply.getRef();
+      result->set_value(transfer_->remote_value(get_id(descriptor.getId()), std::string(descriptor.getOwnerAddress())));
+      break;
+    }
+    case wire::CallReply::ERROR: result->set_error(to_exception(reply.getError())); break;
+  }
+}
+
+void OutboundCalls::fail_calls_to(std::uint64_t actor_id, const std::exception_ptr& error) {
+  std::vector<StatePtr> failed;
+  std::vector<Id128> lent;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto it = inflight_.begin(); it != inflight_.end();) {
+      if (it->second.actor_id == actor_id) {
+        failed.push_back(it->second.result);
+        lent.insert(lent.end(), it->second.lent.begin(), it->second.lent.end());
+        it = inflight_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  table_->end_loans(lent);
+  for (auto& result : failed) result->set_error(error);
+}
+
+void OutboundCalls::expire_fetches() {
+  std::vector<StatePtr> expired;
+  {
+    std::lock_guard lock(mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    for (auto it = inflight_.begin(); fetches_in_flight_ > 0 && it != inflight_.end();) {
+      if (it->second.deadline <= now) {
+        expired.push_back(std::move(it->second.result));
+        --fetches_in_flight_;
+        it = inflight_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& state : expired)
+    state->set_error(make_error(Errc::object_lost, "the process holding the object did not answer within " +
+                                                       std::to_string(transfer_->fetch_timeout().count()) + " ms"));
+}
+
+std::vector<StatePtr> OutboundCalls::take_all() {
+  std::vector<StatePtr> pending;
+  std::lock_guard lock(mutex_);
+  for (auto& [id, flight] : inflight_) pending.push_back(flight.result);
+  inflight_.clear();
+  fetches_in_flight_ = 0;
+  return pending;
+}
+
+}  // namespace troupe::detail
