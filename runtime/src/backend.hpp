@@ -24,7 +24,7 @@ class Backend {
   virtual std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                                   ActorOptions options) = 0;
   virtual std::shared_ptr<ActorCore> find(std::string_view name) = 0;
-  virtual std::shared_ptr<ActorCore> find(std::uint64_t id) = 0;
+  virtual std::shared_ptr<ActorCore> find(const ActorId& id) = 0;
   virtual PlacementGroup create_group(std::vector<ResourceSpec> bundles, PlacementStrategy strategy,
                                       std::string name) = 0;
   virtual void remove_group(const std::shared_ptr<GroupCore>& group) = 0;

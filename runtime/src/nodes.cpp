@@ -2,15 +2,14 @@
 // the head for its cluster state on a short-lived control connection.
 #include "troupe/runtime/nodes.hpp"
 
-#include <cstdio>
 #include <mutex>
-#include <random>
 
 #include <capnp/message.h>
 
 #include "backend.hpp"
 #include "cluster/head_client.hpp"
 #include "troupe/runtime/error.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/scheduler/wire_gpu.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
@@ -22,13 +21,6 @@ std::mutex g_head_mutex;
 std::string g_head_address;  // guarded by g_head_mutex
 
 constexpr std::chrono::milliseconds kNodesTimeout{10000};
-
-std::string hex_id(wire::NodeId::Reader id) {
-  char buffer[33];
-  std::snprintf(buffer, sizeof buffer, "%016llx%016llx", static_cast<unsigned long long>(id.getHi()),
-                static_cast<unsigned long long>(id.getLo()));
-  return buffer;
-}
 
 }  // namespace
 
@@ -47,10 +39,7 @@ void set_head_address(std::string address) {
 std::vector<NodeDescription> Backend::nodes() {
   const std::string head = head_address();
   if (head.empty()) throw_error(Errc::unsupported, "this runtime knows no head to ask for its nodes");
-  std::random_device random;
-  char identity[32];
-  std::snprintf(identity, sizeof identity, "qry-%08x%08x", random(), random());
-  transport::ControlChannel channel(head, identity, [](wire::ControlMessage::Reader) {});
+  transport::ControlChannel channel(head, "qry-" + WorkerId::random().hex(), [](wire::ControlMessage::Reader) {});
   capnp::MallocMessageBuilder message;
   message.initRoot<wire::ControlMessage>().initGetClusterState().setIncludeDead(false);
   auto reply = request_head(channel, message, kNodesTimeout);
@@ -63,7 +52,7 @@ std::vector<NodeDescription> Backend::nodes() {
     if (info.getState() != wire::NodeState::ALIVE) continue;
     auto node = info.getNode();
     NodeDescription description;
-    description.id = hex_id(node.getNodeId());
+    description.id = from_wire<NodeId>(node.getNodeId()).hex();
     description.name = description.id.substr(0, 12);
     description.hostname = node.getHostname().cStr();
     for (auto gpu : node.getGpus()) description.gpus.push_back(scheduler::gpu_from_wire(gpu));

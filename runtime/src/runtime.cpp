@@ -149,7 +149,7 @@ std::vector<int> get_gpu_ids() {
   return *context->gpus;
 }
 
-std::uint64_t current_actor_id() noexcept { return detail::current_caller(); }
+ActorId current_actor_id() noexcept { return detail::current_actor(); }
 
 std::map<std::string, double> cluster_resources() { return require_runtime()->total_resources(); }
 std::map<std::string, double> available_resources() { return require_runtime()->free_resources(); }
@@ -184,7 +184,7 @@ std::size_t PlacementGroup::bundle_count() const { return core_ ? core_->bundles
 
 std::string PlacementGroup::id() const {
   if (!core_) return {};
-  return core_->name.empty() ? "pg-" + std::to_string(core_->id) : core_->name;
+  return core_->name.empty() ? "pg-" + core_->id.short_hex() : core_->name;
 }
 
 }  // namespace troupe

@@ -49,6 +49,7 @@ TEST(ClusterJob, SubmittedJobPlacesActorsByGpuTypeChainsCallsAcrossNodesAndExits
   EXPECT_NE(result.out.find("OBJECTREF PARAMS ok"), std::string::npos) << result.all();
   EXPECT_NE(result.out.find("HANDLE PARAMS ok"), std::string::npos) << result.all();
   EXPECT_NE(result.out.find("GPU IDS ok"), std::string::npos) << result.all();
+  EXPECT_NE(result.out.find("ACTOR IDS ok"), std::string::npos) << result.all();
   EXPECT_NE(result.out.find("CANCEL ok"), std::string::npos) << result.all();
   // Objects between actor hosts move over UCX, not the call plane.
   EXPECT_NE(result.out.find("PLANE ucx: "), std::string::npos) << result.all();

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -48,6 +49,7 @@ class Counter {
     return troupe::make_ready(delta).then([this](int d) { return value_ + d; });
   }
   std::vector<int> gpus() const { return troupe::get_gpu_ids(); }
+  std::string whoami() const { return troupe::current_actor_id().hex(); }
   troupe::Tensor first_half(troupe::Tensor t) { return t.slice(0, t.size(0) / 2); }
 
  private:
@@ -95,7 +97,7 @@ class Relay {
 }  // namespace demo
 
 TROUPE_ACTOR(demo::Counter, (int), add, get, reset, log_call, fail, slow_add, sum3, shift, peek,
-             add_later, gpus, first_half);
+             add_later, gpus, first_half, whoami);
 TROUPE_ACTOR(demo::Gate, (), hold, peak);
 TROUPE_ACTOR(demo::Fragile, (bool), ping);
 TROUPE_ACTOR(demo::Relay, (troupe::ActorHandle<demo::Counter>), forward);
@@ -321,6 +323,17 @@ TEST_F(LocalMode, WaitSplitsReadyFromNotReadyWithinTheTimeout) {
   EXPECT_EQ(result.not_ready.size(), 1u);
   auto two = troupe::wait(refs, 1, 5s);
   EXPECT_GE(two.ready.size(), 1u);
+}
+
+TEST_F(LocalMode, EveryActorHasItsOwnTypedIdWhichItsMethodsSee) {
+  auto a = troupe::actor<Counter>(troupe::ActorOptions{}, 0);
+  auto b = troupe::actor<Counter>(troupe::ActorOptions{}, 0);
+  static_assert(std::is_same_v<decltype(a.id()), troupe::ActorId>);
+  EXPECT_FALSE(a.id().nil());
+  EXPECT_NE(a.id(), b.id());
+  EXPECT_EQ(a.call<&Counter::whoami>().get(5s), a.id().hex());
+  EXPECT_EQ(b.call<&Counter::whoami>().get(5s), b.id().hex());
+  EXPECT_TRUE(troupe::current_actor_id().nil());  // the driver is no actor
 }
 
 TEST_F(LocalMode, NamedActorsCanBeLookedUpAndNamesAreUnique) {

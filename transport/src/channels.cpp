@@ -46,7 +46,7 @@ zmq::message_t to_frame(kj::Array<capnp::word>& words) {
 ControlChannel::ControlChannel(std::string head_address, std::string identity, PushHandler on_push)
     : head_endpoint_(to_endpoint(head_address)), identity_(std::move(identity)), on_push_(std::move(on_push)) {
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0) throw TransportError(TransportErrc::transport, "eventfd failed");
+  if (wake_fd_ < 0) throw_error(Errc::transport, "eventfd failed");
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -77,12 +77,12 @@ void ControlChannel::enqueue(kj::Array<capnp::word> words) {
 }
 
 void ControlChannel::send(capnp::MallocMessageBuilder& message) {
-  if (stop_.load()) throw TransportError(TransportErrc::cancelled, "control channel is closed");
+  if (stop_.load()) throw_error(Errc::cancelled, "control channel is closed");
   enqueue(capnp::messageToFlatArray(message));
 }
 
 ReceivedMessage ControlChannel::request(capnp::MallocMessageBuilder& message, std::chrono::milliseconds timeout) {
-  if (stop_.load()) throw TransportError(TransportErrc::cancelled, "control channel is closed");
+  if (stop_.load()) throw_error(Errc::cancelled, "control channel is closed");
   const std::uint64_t id = next_request_.fetch_add(1);
   message.getRoot<wire::ControlMessage>().setRequestId(id);
   auto pending = std::make_shared<Pending>();
@@ -95,7 +95,7 @@ ReceivedMessage ControlChannel::request(capnp::MallocMessageBuilder& message, st
   if (future.wait_for(timeout) != std::future_status::ready) {
     std::lock_guard lock(mutex_);
     pending_.erase(id);
-    throw TransportError(TransportErrc::timeout, "no reply from the head at " + head_endpoint_ + " within " +
+    throw_error(Errc::timeout, "no reply from the head at " + head_endpoint_ + " within " +
                                                      std::to_string(timeout.count()) + " ms");
   }
   return future.get();
@@ -309,7 +309,7 @@ CallPlane::CallPlane(const std::string& bind_ip, boost::asio::io_context& contex
   inbound.bind("tcp://" + bind_ip + ":*");
   address_ = inbound.get(zmq::sockopt::last_endpoint);
   const int fd = ::dup(inbound.get(zmq::sockopt::fd));
-  if (fd < 0) throw TransportError(TransportErrc::transport, "dup of the call plane's ZMQ_FD failed");
+  if (fd < 0) throw_error(Errc::transport, "dup of the call plane's ZMQ_FD failed");
   core_->readable.assign(fd);
 }
 
@@ -346,7 +346,7 @@ void CallPlane::set_periodic(std::chrono::milliseconds period, std::function<voi
 
 void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& message) {
   std::lock_guard lock(out_mutex_);
-  if (stopped_.load()) throw TransportError(TransportErrc::cancelled, "call plane is closed");
+  if (stopped_.load()) throw_error(Errc::cancelled, "call plane is closed");
   auto it = outbound_.find(address);
   if (it == outbound_.end()) {
     zmq::socket_t socket(zmq_context(), zmq::socket_type::dealer);
@@ -358,7 +358,7 @@ void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& me
   try {
     send_message(it->second, message);
   } catch (const std::exception& e) {
-    throw TransportError(TransportErrc::transport, std::string("send to ") + address + " failed: " + e.what());
+    throw_error(Errc::transport, std::string("send to ") + address + " failed: " + e.what());
   }
 }
 

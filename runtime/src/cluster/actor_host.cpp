@@ -38,14 +38,11 @@ ActorHost::ActorHost(const std::string& spec_path) {
   auto message = transport::ReceivedMessage::copy_of(spec_bytes_.data(), spec_bytes_.size());
   auto start = message.root<wire::StartActor>();
   auto spec = start.getSpec();
-  actor_id_ = get_id(spec.getActorId());
+  actor_id_ = from_wire<ActorId>(spec.getActorId());
   incarnation_ = start.getIncarnation();
-  job_id_ = get_id(spec.getJobId());
+  job_id_ = from_wire<JobId>(spec.getJobId());
   if (const char* node = std::getenv("TROUPE_NODE_ID"); node && *node) {
-    try {
-      node_id_ = parse_hex_id(node);
-    } catch (...) {
-    }
+    if (auto id = NodeId::parse(node)) node_id_ = *id;
   }
 }
 
@@ -73,7 +70,7 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
       ActorOptions options;
       options.max_concurrency = static_cast<int>(std::max<std::uint32_t>(1, spec.getMaxConcurrency()));
       if (gpus > 0) options.resources = {{"GPU", static_cast<double>(gpus)}};
-      auto actor = std::static_pointer_cast<LocalActor>(host_runtime_->create_actor(*cls, std::move(slots), options));
+      auto actor = host_runtime_->create_actor_as(actor_id_, *cls, std::move(slots), options);
       while (actor->state() == ActorState::pending) std::this_thread::sleep_for(std::chrono::milliseconds(1));
       if (actor->state() == ActorState::dead) failure = actor->status_message();
       hosted_ = std::move(actor);
@@ -83,8 +80,8 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
   }
   capnp::MallocMessageBuilder update;
   auto body = update.initRoot<wire::ControlMessage>().initActorUpdate();
-  set_id(body.initActorId(), actor_id_);
-  set_id(body.initNodeId(), node_id_);
+  to_wire(body.initActorId(), actor_id_);
+  to_wire(body.initNodeId(), node_id_);
   body.setIncarnation(incarnation_);
   body.setClassName(spec.getClassName());
   body.setName(spec.getName());
@@ -95,7 +92,7 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
   } else {
     body.setState(wire::ActorState::DEAD);
     auto reason = body.initReason();
-    reason.setCode(static_cast<std::uint16_t>(Errc::actor_died));
+    reason.setCode(wire_code(Errc::actor_died));
     reason.setMessage(failure);
   }
   (void)head.request(update);

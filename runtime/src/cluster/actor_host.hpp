@@ -30,8 +30,8 @@ class ActorHost {
   explicit ActorHost(const std::string& spec_path);
   ~ActorHost();
 
-  const Id128& actor_id() const noexcept { return actor_id_; }
-  const Id128& job_id() const noexcept { return job_id_; }
+  const ActorId& actor_id() const noexcept { return actor_id_; }
+  const JobId& job_id() const noexcept { return job_id_; }
   std::uint32_t incarnation() const noexcept { return incarnation_; }
   // The hosted actor; null until start_actor() succeeded.
   const std::shared_ptr<LocalActor>& actor() const noexcept { return hosted_; }
@@ -46,9 +46,9 @@ class ActorHost {
 
  private:
   std::string spec_bytes_;  // the StartActor message
-  Id128 actor_id_;
-  Id128 job_id_;
-  Id128 node_id_;
+  ActorId actor_id_;
+  JobId job_id_;
+  NodeId node_id_;
   std::uint32_t incarnation_ = 0;
   std::shared_ptr<LocalRuntime> host_runtime_;
   std::shared_ptr<LocalActor> hosted_;

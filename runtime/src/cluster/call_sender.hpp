@@ -22,13 +22,13 @@ class CallSender {
   // Sends `spec` to incarnation `incarnation` of actor `actor_id` at
   // `address`, numbered `seq` among this caller's calls to that
   // incarnation. Throws if it could not be sent (the result is not set).
-  virtual void send_call(std::uint64_t actor_id, const std::string& address, std::uint32_t incarnation,
+  virtual void send_call(ActorId actor_id, const std::string& address, std::uint32_t incarnation,
                          std::uint64_t seq, CallSpec& spec) = 0;
   // Asks the host to withdraw a call already sent; the reply says how it
   // ended (no-op once it was answered).
-  virtual void cancel_sent(std::uint64_t actor_id, const std::string& address, const StatePtr& result) = 0;
+  virtual void cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) = 0;
   // Asks the head to kill the actor. Throws on failure.
-  virtual void kill_actor(std::uint64_t actor_id, bool no_restart) = 0;
+  virtual void kill_actor(ActorId actor_id, bool no_restart) = 0;
 };
 
 }  // namespace troupe::detail

@@ -59,8 +59,8 @@ void CallServer::dispatch(wire::CallMessage::Reader root) {
       break;
     }
     case wire::CallMessage::RELEASE: {
-      std::vector<Id128> ids;
-      for (auto wire_id : root.getRelease().getIds()) ids.push_back(get_id(wire_id));
+      std::vector<ObjectId> ids;
+      for (auto wire_id : root.getRelease().getIds()) ids.push_back(from_wire<ObjectId>(wire_id));
       table_->release(ids);
       break;
     }
@@ -69,7 +69,7 @@ void CallServer::dispatch(wire::CallMessage::Reader root) {
       if (!cancel.hasResultId()) break;
       // A call not started yet fails with CancelledError, and that is its
       // reply; one that started runs to the end and answers as usual.
-      if (StatePtr result = table_->find(get_id(cancel.getResultId()))) result->cancel();
+      if (StatePtr result = table_->find(from_wire<ObjectId>(cancel.getResultId()))) result->cancel();
       break;
     }
   }
@@ -81,7 +81,7 @@ void CallServer::serve_fetch(wire::CallRequest::Reader request) {
   if (request.getArgs().size() != 1 || !request.getArgs()[0].isRef()) return;
   // The call producing it may not have arrived yet (it comes on another
   // connection): then the fetch is parked until it does.
-  StatePtr state = table_->find_or_wait(get_id(request.getArgs()[0].getRef().getId()));
+  StatePtr state = table_->find_or_wait(from_wire<ObjectId>(request.getArgs()[0].getRef().getId()));
   auto self = shared_from_this();
   std::weak_ptr<ObjectState> weak = state;
   state->on_complete([self, weak, call_id, return_to] {
@@ -89,7 +89,7 @@ void CallServer::serve_fetch(wire::CallRequest::Reader request) {
   });
 }
 
-std::string CallServer::check_seq(const Id128& caller, std::uint64_t seq) {
+std::string CallServer::check_seq(const WorkerId& caller, std::uint64_t seq) {
   std::lock_guard lock(seq_mutex_);
   std::uint64_t& expected = next_seq_[caller];
   if (seq == expected) {
@@ -107,7 +107,7 @@ std::string CallServer::check_seq(const Id128& caller, std::uint64_t seq) {
 void CallServer::on_request(wire::CallRequest::Reader request) {
   const std::uint64_t call_id = request.getCallId();
   std::string return_to = request.getReturnTo();
-  const Id128 result_id = get_id(request.getResultId());
+  const ObjectId result_id = from_wire<ObjectId>(request.getResultId());
   auto result = std::make_shared<ObjectState>(ObjectId{result_id.hi, result_id.lo});
   auto fail = [&](Errc code, std::string message) {
     result->set_error(make_error(code, std::move(message)));
@@ -115,14 +115,14 @@ void CallServer::on_request(wire::CallRequest::Reader request) {
   };
   const LocalActor* hosted = host_ ? host_->actor().get() : nullptr;
   if (!hosted) return fail(Errc::not_found, "this process hosts no actor");
-  const Id128& hosted_id = host_->actor_id();
-  if (get_id(request.getActorId()).lo != hosted_id.lo)
+  const ActorId& hosted_id = host_->actor_id();
+  if (from_wire<ActorId>(request.getActorId()) != hosted_id)
     return fail(Errc::actor_died, "this host runs actor " + hosted_id.hex() + ", not the one called");
   if (request.getActorIncarnation() != host_->incarnation())
     return fail(Errc::actor_died, "this host runs incarnation " + std::to_string(host_->incarnation()) + " of actor " +
                                       hosted_id.hex() + ", not incarnation " +
                                       std::to_string(request.getActorIncarnation()) + " the call was sent to");
-  if (auto why = check_seq(get_id(request.getCallerId()), request.getSeq()); !why.empty())
+  if (auto why = check_seq(from_wire<WorkerId>(request.getCallerId()), request.getSeq()); !why.empty())
     return fail(Errc::protocol, std::move(why));
   const MethodInfo* method = hosted->cls().find_method(request.getMethod().cStr());
   if (!method) return fail(Errc::not_registered, hosted->cls().name + " has no registered method '" +
@@ -151,7 +151,7 @@ void CallServer::on_request(wire::CallRequest::Reader request) {
   table_->hold(result_id, result);
   auto self = shared_from_this();
   std::weak_ptr<ObjectState> weak = result;
-  const std::uint64_t actor = hosted_id.lo;
+  const ActorId actor = hosted_id;
   auto transfer = transfer_;
   result->on_complete([transfer, weak, result_id] {
     if (auto s = weak.lock()) transfer->publish(result_id, s);  // a consumer may ask as soon as the caller knows
@@ -166,15 +166,15 @@ void CallServer::on_request(wire::CallRequest::Reader request) {
   };
   for (auto& state : passed) state->on_complete(answer);
   result->on_complete(answer);
-  host_->actor()->submit_from(std::move(spec), get_id(request.getCallerId()).lo);
+  host_->actor()->submit_from(std::move(spec), caller_id(from_wire<WorkerId>(request.getCallerId())));
 }
 
-void CallServer::reply_to(const std::string& address, std::uint64_t call_id, std::uint64_t actor_id,
+void CallServer::reply_to(const std::string& address, std::uint64_t call_id, ActorId actor_id,
                           const StatePtr& result, bool allow_ref) {
   capnp::MallocMessageBuilder message(kFirstSegmentWords);
   auto reply = message.initRoot<wire::CallMessage>().initReply();
   reply.setCallId(call_id);
-  set_id(reply.initActorId(), Id128{actor_id, actor_id});
+  to_wire(reply.initActorId(), actor_id);
   if (result->has_error()) {
     fill_error(reply.initError(), result->error());
   } else {
@@ -193,7 +193,7 @@ void CallServer::reply_to(const std::string& address, std::uint64_t call_id, std
     if (reply.isError()) {
       // The value could not be encoded: the caller gets that error.
     } else if (encoding.by_descriptor) {
-      transfer_->describe_here(reply.initRef(), Id128{result->id().hi(), result->id().lo()}, encoding.size_bytes);
+      transfer_->describe_here(reply.initRef(), result->id(), encoding.size_bytes);
     } else {
       reply.setValue(as_data(encoding.bytes));
     }

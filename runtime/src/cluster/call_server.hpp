@@ -44,7 +44,7 @@ class CallServer final : public std::enable_shared_from_this<CallServer> {
   // Set before the call plane's address is given to anyone.
   void set_host(std::shared_ptr<const ActorHost> host) { host_ = std::move(host); }
 
-  // The call plane's handler. Throws TransportError(protocol) for a
+  // The call plane's handler. Throws Error(protocol) for a
   // malformed message (the call plane drops it).
   void on_call_message(transport::ReceivedMessage& message);
 
@@ -53,10 +53,10 @@ class CallServer final : public std::enable_shared_from_this<CallServer> {
   void on_request(wire::CallRequest::Reader request);
   void serve_fetch(wire::CallRequest::Reader request);
   // Empty when `seq` is the one expected next from `caller`; else why not.
-  std::string check_seq(const Id128& caller, std::uint64_t seq);
+  std::string check_seq(const WorkerId& caller, std::uint64_t seq);
   // Answers call `call_id` with `result` (finished). allow_ref: a large
   // result may stay here and be answered by descriptor.
-  void reply_to(const std::string& address, std::uint64_t call_id, std::uint64_t actor_id, const StatePtr& result,
+  void reply_to(const std::string& address, std::uint64_t call_id, ActorId actor_id, const StatePtr& result,
                 bool allow_ref);
 
   const std::shared_ptr<transport::CallPlane> calls_;
@@ -65,7 +65,7 @@ class CallServer final : public std::enable_shared_from_this<CallServer> {
   const std::shared_ptr<OutboundCalls> outbound_;
   std::shared_ptr<const ActorHost> host_;
   std::mutex seq_mutex_;
-  std::map<Id128, std::uint64_t> next_seq_;  // per caller, for this host's one incarnation
+  std::map<WorkerId, std::uint64_t> next_seq_;  // per caller, for this host's one incarnation
 };
 
 }  // namespace troupe::detail

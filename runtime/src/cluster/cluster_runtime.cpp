@@ -56,7 +56,7 @@ int pool_threads(int requested) {
 
 ClusterRuntime::ClusterRuntime(Config config)
     : config_(std::move(config)), pool_(std::make_shared<ThreadPool>(pool_threads(config_.num_threads))) {
-  worker_id_ = Id128{random64(), random64()};
+  worker_id_ = WorkerId::random();
   if (const char* ms = std::getenv("TROUPE_REQUEST_TIMEOUT_MS"); ms && *ms)
     request_timeout_ = std::chrono::milliseconds(std::max(100L, std::atol(ms)));
   if (const char* ms = std::getenv("TROUPE_FETCH_TIMEOUT_MS"); ms && *ms)
@@ -71,7 +71,7 @@ void ClusterRuntime::start() {
   else bind_ip = transport::local_ip_for(host_of(config_.head_address));
   // The table's entries leave the data plane with it.
   auto transfer_slot = std::make_shared<std::weak_ptr<ObjectTransfer>>();
-  table_ = std::make_shared<ObjectTable>([transfer_slot](const Id128& id) {
+  table_ = std::make_shared<ObjectTable>([transfer_slot](const ObjectId& id) {
     if (auto transfer = transfer_slot->lock()) transfer->unpublish(id);
   });
   transfer_ = std::make_shared<ObjectTransfer>(pool_, table_, fetch_timeout_);
@@ -84,18 +84,15 @@ void ClusterRuntime::start() {
     batch();
     defer.run();
   };
-  calls_ = converting_transport_errors([&] {
-    return std::make_shared<transport::CallPlane>(
-        bind_ip, pool_->context(), [this](transport::ReceivedMessage& m) { server_->on_call_message(m); },
-        batch_scope);
-  });
+  calls_ = std::make_shared<transport::CallPlane>(
+      bind_ip, pool_->context(), [this](transport::ReceivedMessage& m) { server_->on_call_message(m); }, batch_scope);
   outbound_ = std::make_shared<OutboundCalls>(worker_id_, calls_, table_, transfer_);
   server_ = std::make_shared<CallServer>(calls_, table_, transfer_, outbound_);
   calls_->set_periodic(std::chrono::milliseconds(20), [this] { tick(); });
   calls_->start();
   // Weak: outbound_ holds transfer_ already.
   std::weak_ptr<OutboundCalls> weak_outbound = outbound_;
-  transfer_->start(calls_->address(), [weak_outbound](const Id128& id, const std::string& location) {
+  transfer_->start(calls_->address(), [weak_outbound](const ObjectId& id, const std::string& location) {
     auto outbound = weak_outbound.lock();
     if (!outbound) throw_error(Errc::cancelled, "the runtime shut down");
     return outbound->fetch_by_call(id, location);
@@ -135,8 +132,8 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
       encoded.push_back(slot.ref->value()->encode());
     }
   }
-  const std::uint64_t id = random64() >> 1 | 1;
-  const std::uint64_t group_id = options.placement_group.valid() ? options.placement_group.core()->id : 0;
+  const ActorId id = ActorId::random();
+  const PlacementGroupId group_id = options.placement_group.valid() ? options.placement_group.core()->id : PlacementGroupId{};
   auto actor = std::make_shared<RemoteActor>(*this, id, cls, options.name, true);
   {
     std::lock_guard lock(mutex_);
@@ -152,7 +149,7 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
   return actor;
 }
 
-std::shared_ptr<RemoteActor> ClusterRuntime::actor_for_update(std::uint64_t id) {
+std::shared_ptr<RemoteActor> ClusterRuntime::actor_for_update(const ActorId& id) {
   std::lock_guard lock(mutex_);
   auto it = actors_.find(id);
   return it == actors_.end() ? nullptr : it->second;
@@ -166,7 +163,7 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
     std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
     {
       std::lock_guard lock(mutex_);
-      auto it = groups_.find(get_id(update.getPlacementGroupId()).lo);
+      auto it = groups_.find(from_wire<PlacementGroupId>(update.getPlacementGroupId()));
       if (it == groups_.end()) return;
       group = it->second;
       switch (update.getState()) {
@@ -182,7 +179,7 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
   }
   if (message.isActorUpdate()) {
     auto update = message.getActorUpdate();
-    auto actor = actor_for_update(get_id(update.getActorId()).lo);
+    auto actor = actor_for_update(from_wire<ActorId>(update.getActorId()));
     if (!actor) return;
     if (update.getState() != wire::ActorState::DEAD) actor->set_gpus(gpus_of(update));
     std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
@@ -194,7 +191,7 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
     if (state == ActorState::dead) {
       // Calls already sent to it will never be answered.
       outbound_->fail_calls_to(actor->id(), make_error(Errc::actor_died, actor->cls().name + "#" +
-                                                                             std::to_string(actor->id()) + " died: " + reason));
+                                                                             actor->id().short_hex() + " died: " + reason));
     }
     pool_->post([actor, state, address = std::move(address), incarnation, reason = std::move(reason)]() mutable {
       actor->on_update(state, std::move(address), incarnation, std::move(reason));
@@ -202,19 +199,19 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
   }
 }
 
-std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name) { return look_up(name, 0); }
+std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name) { return look_up(name, ActorId{}); }
 
-std::shared_ptr<ActorCore> ClusterRuntime::find(std::uint64_t id) {
+std::shared_ptr<ActorCore> ClusterRuntime::find(const ActorId& id) {
   if (auto known = actor_for_update(id)) return known;
   return look_up({}, id);  // a handle that came from another process
 }
 
-std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, std::uint64_t actor_id) {
+std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, ActorId actor_id) {
   if (!head_) return nullptr;
   auto reply = head_->get_actor(job_id_, name, actor_id);
   if (!reply) return nullptr;
   auto update = reply->root<wire::ControlMessage>().getActorUpdate();
-  const std::uint64_t id = get_id(update.getActorId()).lo;
+  const ActorId id = from_wire<ActorId>(update.getActorId());
   if (auto existing = actor_for_update(id)) return existing;
   const ClassInfo* cls = find_class(update.getClassName().cStr());
   if (!cls) throw_error(Errc::not_registered, std::string("actor class ") + update.getClassName().cStr() + " is not registered in this binary");
@@ -256,7 +253,7 @@ PlacementGroup ClusterRuntime::create_group(std::vector<ResourceSpec> specs, Pla
       wire_strategy = wire::PlacementStrategy::STRICT_SPREAD;
       break;
   }
-  const std::uint64_t id = random64() >> 1 | 1;
+  const PlacementGroupId id = PlacementGroupId::random();
   auto group = std::make_shared<GroupCore>(id, name, bundles, scheduler_strategy);
   {
     std::lock_guard lock(mutex_);
@@ -306,16 +303,16 @@ std::size_t ClusterRuntime::live_actor_count() {
 
 void ClusterRuntime::post(std::function<void()> fn) { pool_->post(std::move(fn)); }
 
-void ClusterRuntime::send_call(std::uint64_t actor_id, const std::string& address, std::uint32_t incarnation,
+void ClusterRuntime::send_call(ActorId actor_id, const std::string& address, std::uint32_t incarnation,
                                std::uint64_t seq, CallSpec& spec) {
   outbound_->send_call(actor_id, address, incarnation, seq, spec);
 }
 
-void ClusterRuntime::cancel_sent(std::uint64_t actor_id, const std::string& address, const StatePtr& result) {
+void ClusterRuntime::cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) {
   outbound_->cancel_sent(actor_id, address, result);
 }
 
-void ClusterRuntime::kill_actor(std::uint64_t actor_id, bool no_restart) {
+void ClusterRuntime::kill_actor(ActorId actor_id, bool no_restart) {
   if (!head_) throw_error(Errc::unsupported, "not connected to a head");
   head_->kill_actor(actor_id, no_restart);
 }
@@ -323,7 +320,7 @@ void ClusterRuntime::kill_actor(std::uint64_t actor_id, bool no_restart) {
 std::string ClusterRuntime::data_plane_info() const { return transfer_->info(); }
 
 void ClusterRuntime::queue_release(const ObjectId& id, const std::string& location) {
-  table_->queue_release(Id128{id.hi(), id.lo()}, location);
+  table_->queue_release(id, location);
 }
 
 void ClusterRuntime::tick() {
@@ -332,9 +329,9 @@ void ClusterRuntime::tick() {
   for (auto& [location, ids] : releases) {
     capnp::MallocMessageBuilder message;
     auto release = message.initRoot<wire::CallMessage>().initRelease();
-    set_id(release.initHolderId(), worker_id_);
+    to_wire(release.initHolderId(), worker_id_);
     auto list = release.initIds(static_cast<unsigned>(ids.size()));
-    for (unsigned i = 0; i < ids.size(); ++i) set_id(list[i], ids[i]);
+    for (unsigned i = 0; i < ids.size(); ++i) to_wire(list[i], ids[i]);
     try {
       calls_->send(location, message);
     } catch (...) {

@@ -71,7 +71,7 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
   std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                           ActorOptions options) override;
   std::shared_ptr<ActorCore> find(std::string_view name) override;
-  std::shared_ptr<ActorCore> find(std::uint64_t id) override;
+  std::shared_ptr<ActorCore> find(const ActorId& id) override;
   PlacementGroup create_group(std::vector<ResourceSpec> bundles, PlacementStrategy strategy,
                               std::string name) override;
   void remove_group(const std::shared_ptr<GroupCore>& group) override;
@@ -83,10 +83,10 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
 
   // CallSender (for RemoteActor).
   void post(std::function<void()> fn) override;
-  void send_call(std::uint64_t actor_id, const std::string& address, std::uint32_t incarnation,
+  void send_call(ActorId actor_id, const std::string& address, std::uint32_t incarnation,
                  std::uint64_t seq, CallSpec& spec) override;
-  void cancel_sent(std::uint64_t actor_id, const std::string& address, const StatePtr& result) override;
-  void kill_actor(std::uint64_t actor_id, bool no_restart) override;
+  void cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) override;
+  void kill_actor(ActorId actor_id, bool no_restart) override;
 
   std::string data_plane_info() const;
   // The release hook: `id`, held at `location`, is no longer needed here.
@@ -95,15 +95,15 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
  private:
   void on_control_push(wire::ControlMessage::Reader message);
   void tick();
-  std::shared_ptr<RemoteActor> actor_for_update(std::uint64_t id);
+  std::shared_ptr<RemoteActor> actor_for_update(const ActorId& id);
   // Asks the head for an actor by name, or by id when `name` is empty.
-  std::shared_ptr<ActorCore> look_up(std::string_view name, std::uint64_t actor_id);
+  std::shared_ptr<ActorCore> look_up(std::string_view name, ActorId actor_id);
 
   Config config_;
   std::shared_ptr<ThreadPool> pool_;
   std::atomic<bool> running_{true};
-  Id128 worker_id_;
-  Id128 job_id_;
+  WorkerId worker_id_;
+  JobId job_id_;
   std::chrono::milliseconds request_timeout_{10000};
   std::chrono::milliseconds fetch_timeout_{120000};
 
@@ -117,8 +117,8 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
   std::shared_ptr<ActorHost> host_;  // actor hosts only
 
   std::mutex mutex_;  // guards actors_ and groups_ (and GroupCore's fields)
-  std::map<std::uint64_t, std::shared_ptr<RemoteActor>> actors_;
-  std::map<std::uint64_t, std::shared_ptr<GroupCore>> groups_;
+  std::map<ActorId, std::shared_ptr<RemoteActor>> actors_;
+  std::map<PlacementGroupId, std::shared_ptr<GroupCore>> groups_;
 };
 
 }  // namespace troupe::detail

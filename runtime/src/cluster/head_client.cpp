@@ -27,20 +27,18 @@ std::string read_binary(const std::string& path) {
 
 transport::ReceivedMessage request_head(transport::ControlChannel& channel, capnp::MallocMessageBuilder& message,
                                         std::chrono::milliseconds timeout) {
-  auto reply = converting_transport_errors([&] { return channel.request(message, timeout); });
+  auto reply = channel.request(message, timeout);
   auto root = reply.root<wire::ControlMessage>();
   if (root.isError()) {
     auto error = root.getError();
-    throw_error(static_cast<Errc>(error.getCode()), error.getMessage(), error.getRemoteType());
+    throw_error(errc_from_wire(error.getCode()), error.getMessage(), error.getRemoteType());
   }
   return reply;
 }
 
 HeadClient::HeadClient(const std::string& head_address, std::string identity,
                        std::chrono::milliseconds request_timeout, PushHandler on_push)
-    : channel_(converting_transport_errors([&] {
-        return std::make_unique<transport::ControlChannel>(head_address, std::move(identity), std::move(on_push));
-      })),
+    : channel_(std::make_unique<transport::ControlChannel>(head_address, std::move(identity), std::move(on_push))),
       request_timeout_(request_timeout) {}
 
 HeadClient::~HeadClient() { stop(); }
@@ -56,15 +54,19 @@ transport::ReceivedMessage HeadClient::request(capnp::MallocMessageBuilder& mess
   return request_head(*channel_, message, timeout);
 }
 
-Id128 HeadClient::register_driver(const Id128& worker_id, const std::string& head_address) {
+JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& head_address) {
   // Hosts run this very binary: the head keeps it by content hash.
   const std::string bytes = read_binary("/proc/self/exe");
   const std::string hash = transport::content_hash(bytes);
   capnp::MallocMessageBuilder message;
   auto reg = message.initRoot<wire::ControlMessage>().initRegisterDriver();
   reg.setProtocolVersion(wire::PROTOCOL_VERSION);
-  set_id(reg.initWorkerId(), worker_id);
-  if (const char* job = std::getenv("TROUPE_JOB_ID"); job && *job) set_id(reg.initJobId(), parse_hex_id(job));
+  to_wire(reg.initWorkerId(), worker_id);
+  if (const char* job = std::getenv("TROUPE_JOB_ID"); job && *job) {
+    const auto job_id = JobId::parse(job);
+    if (!job_id) throw_error(Errc::invalid_argument, std::string("TROUPE_JOB_ID is not a job id: '") + job + "'");
+    to_wire(reg.initJobId(), *job_id);
+  }
   reg.setBinaryHash(hash);
   reg.setPid(static_cast<std::uint32_t>(::getpid()));
   char hostname[256] = {};
@@ -75,7 +77,7 @@ Id128 HeadClient::register_driver(const Id128& worker_id, const std::string& hea
   if (!root.isRegisterDriverReply())
     throw_error(Errc::protocol, "head answered registerDriver with an unexpected message");
   auto body = root.getRegisterDriverReply();
-  const Id128 job_id = get_id(body.getJobId());
+  const JobId job_id = from_wire<JobId>(body.getJobId());
   const auto heartbeat = std::chrono::milliseconds(std::max<std::uint32_t>(50, body.getHeartbeatIntervalMs()));
   if (body.getNeedBinary()) {
     capnp::MallocMessageBuilder upload;
@@ -87,7 +89,7 @@ Id128 HeadClient::register_driver(const Id128& worker_id, const std::string& hea
   channel_->set_periodic(heartbeat, [this, worker_id] {
     capnp::MallocMessageBuilder beat;
     auto hb = beat.initRoot<wire::ControlMessage>().initDriverHeartbeat();
-    set_id(hb.initWorkerId(), worker_id);
+    to_wire(hb.initWorkerId(), worker_id);
     hb.setSeq(++heartbeat_seq_);
     channel_->send(beat);
   });
@@ -95,14 +97,14 @@ Id128 HeadClient::register_driver(const Id128& worker_id, const std::string& hea
   return job_id;
 }
 
-void HeadClient::create_actor(std::uint64_t id, const Id128& job_id, const Id128& owner_id, const ClassInfo& cls,
+void HeadClient::create_actor(ActorId id, const JobId& job_id, const WorkerId& owner_id, const ClassInfo& cls,
                               const std::vector<std::string>& ctor_args, const ActorOptions& options,
-                              std::uint64_t group_id) {
+                              PlacementGroupId group_id) {
   capnp::MallocMessageBuilder message;
   auto create = message.initRoot<wire::ControlMessage>().initCreateActor();
-  set_id(create.initActorId(), Id128{id, id});
-  set_id(create.initJobId(), job_id);
-  set_id(create.initOwnerId(), owner_id);
+  to_wire(create.initActorId(), id);
+  to_wire(create.initJobId(), job_id);
+  to_wire(create.initOwnerId(), owner_id);
   create.setClassName(cls.name);
   create.setName(options.name);
   std::string args = serialize(ctor_args);
@@ -121,16 +123,16 @@ void HeadClient::create_actor(std::uint64_t id, const Id128& job_id, const Id128
   create.setMaxRestarts(options.max_restarts);
   create.setMaxConcurrency(static_cast<std::uint32_t>(options.max_concurrency));
   create.setBundleIndex(options.bundle_index);
-  if (group_id != 0) set_id(create.initPlacementGroupId(), Id128{group_id, group_id});
+  if (group_id != 0) to_wire(create.initPlacementGroupId(), group_id);
   (void)request(message);
 }
 
-void HeadClient::create_group(std::uint64_t id, const Id128& job_id, const std::string& name,
+void HeadClient::create_group(PlacementGroupId id, const JobId& job_id, const std::string& name,
                               const std::vector<scheduler::Bundle>& bundles, wire::PlacementStrategy strategy) {
   capnp::MallocMessageBuilder message;
   auto create = message.initRoot<wire::ControlMessage>().initCreatePlacementGroup();
-  set_id(create.initPlacementGroupId(), Id128{id, id});
-  set_id(create.initJobId(), job_id);
+  to_wire(create.initPlacementGroupId(), id);
+  to_wire(create.initJobId(), job_id);
   create.setName(name);
   create.setStrategy(strategy);
   auto list = create.initBundles(static_cast<unsigned>(bundles.size()));
@@ -149,21 +151,21 @@ void HeadClient::create_group(std::uint64_t id, const Id128& job_id, const std::
   (void)request(message);
 }
 
-void HeadClient::kill_actor(std::uint64_t actor_id, bool no_restart) {
+void HeadClient::kill_actor(ActorId actor_id, bool no_restart) {
   capnp::MallocMessageBuilder message;
   auto kill = message.initRoot<wire::ControlMessage>().initKillActor();
-  set_id(kill.initActorId(), Id128{actor_id, actor_id});
+  to_wire(kill.initActorId(), actor_id);
   kill.setNoRestart(no_restart);
   (void)request(message);
 }
 
-std::optional<transport::ReceivedMessage> HeadClient::get_actor(const Id128& job_id, std::string_view name,
-                                                                std::uint64_t actor_id) {
+std::optional<transport::ReceivedMessage> HeadClient::get_actor(const JobId& job_id, std::string_view name,
+                                                                ActorId actor_id) {
   capnp::MallocMessageBuilder message;
   auto get = message.initRoot<wire::ControlMessage>().initGetActorByName();
-  set_id(get.initJobId(), job_id);
+  to_wire(get.initJobId(), job_id);
   get.setName(std::string(name));
-  if (name.empty()) set_id(get.initActorId(), Id128{actor_id, actor_id});
+  if (name.empty()) to_wire(get.initActorId(), actor_id);
   try {
     auto reply = request(message);
     if (!reply.root<wire::ControlMessage>().isActorUpdate()) return std::nullopt;
@@ -196,10 +198,10 @@ std::map<std::string, double> HeadClient::cluster_totals(bool available) {
   return sum;
 }
 
-void HeadClient::remove_group(std::uint64_t group_id) {
+void HeadClient::remove_group(PlacementGroupId group_id) {
   capnp::MallocMessageBuilder message;
   auto remove = message.initRoot<wire::ControlMessage>().initRemovePlacementGroup();
-  set_id(remove.initPlacementGroupId(), Id128{group_id, group_id});
+  to_wire(remove.initPlacementGroupId(), group_id);
   (void)request(message);
 }
 

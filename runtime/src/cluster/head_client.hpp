@@ -50,25 +50,25 @@ class HeadClient {
   // Registers this driver (worker_id, job from TROUPE_JOB_ID if set),
   // uploads its binary when the head lacks it, and starts heartbeats.
   // Returns the job id the head assigned.
-  Id128 register_driver(const Id128& worker_id, const std::string& head_address);
+  JobId register_driver(const WorkerId& worker_id, const std::string& head_address);
   // Asks the head to create actor `actor_id` of `cls` for `job_id`, owned by
   // `owner_id`; `ctor_args` are the encoded constructor arguments;
   // `group_id` its placement group's id, 0 for none.
-  void create_actor(std::uint64_t actor_id, const Id128& job_id, const Id128& owner_id, const ClassInfo& cls,
-                    const std::vector<std::string>& ctor_args, const ActorOptions& options, std::uint64_t group_id);
+  void create_actor(ActorId actor_id, const JobId& job_id, const WorkerId& owner_id, const ClassInfo& cls,
+                    const std::vector<std::string>& ctor_args, const ActorOptions& options, PlacementGroupId group_id);
   // Asks the head to reserve placement group `group_id` (its bundles as
   // the scheduler states them; a GPU type travels as "GPU:<type>").
-  void create_group(std::uint64_t group_id, const Id128& job_id, const std::string& name,
+  void create_group(PlacementGroupId group_id, const JobId& job_id, const std::string& name,
                     const std::vector<scheduler::Bundle>& bundles, wire::PlacementStrategy strategy);
   // Kills an actor (no_restart: for good).
-  void kill_actor(std::uint64_t actor_id, bool no_restart);
+  void kill_actor(ActorId actor_id, bool no_restart);
   // The head's answer to a lookup by name (or by id when `name` is empty):
   // an ActorUpdate reply, or nothing when there is no such actor.
-  std::optional<transport::ReceivedMessage> get_actor(const Id128& job_id, std::string_view name,
-                                                      std::uint64_t actor_id);
+  std::optional<transport::ReceivedMessage> get_actor(const JobId& job_id, std::string_view name,
+                                                      ActorId actor_id);
   // Sums the resources of the alive nodes: their totals, or what is free.
   std::map<std::string, double> cluster_totals(bool available);
-  void remove_group(std::uint64_t group_id);
+  void remove_group(PlacementGroupId group_id);
   void stop();
 
  private:

@@ -4,7 +4,7 @@
 
 namespace troupe::detail {
 
-std::vector<StatePtr> ObjectTable::hold_locked(const Id128& id, const StatePtr& state) {
+std::vector<StatePtr> ObjectTable::hold_locked(const ObjectId& id, const StatePtr& state) {
   table_[id] = state;
   std::vector<StatePtr> waiting;
   if (auto it = wanted_.find(id); it != wanted_.end()) {
@@ -14,7 +14,7 @@ std::vector<StatePtr> ObjectTable::hold_locked(const Id128& id, const StatePtr& 
   return waiting;
 }
 
-void ObjectTable::hold(const Id128& id, const StatePtr& state) {
+void ObjectTable::hold(const ObjectId& id, const StatePtr& state) {
   std::vector<StatePtr> waiting;
   {
     std::lock_guard lock(mutex_);
@@ -23,7 +23,7 @@ void ObjectTable::hold(const Id128& id, const StatePtr& state) {
   for (auto& parked : waiting) forward_state(state, parked);
 }
 
-StatePtr ObjectTable::find_or_wait(const Id128& id) {
+StatePtr ObjectTable::find_or_wait(const ObjectId& id) {
   std::lock_guard lock(mutex_);
   auto it = table_.find(id);
   if (it != table_.end()) return it->second;
@@ -32,13 +32,13 @@ StatePtr ObjectTable::find_or_wait(const Id128& id) {
   return state;
 }
 
-StatePtr ObjectTable::find(const Id128& id) {
+StatePtr ObjectTable::find(const ObjectId& id) {
   std::lock_guard lock(mutex_);
   auto it = table_.find(id);
   return it == table_.end() ? nullptr : it->second;
 }
 
-bool ObjectTable::lend(const Id128& id, const StatePtr& ref) {
+bool ObjectTable::lend(const ObjectId& id, const StatePtr& ref) {
   bool first = false;
   std::vector<StatePtr> waiting;
   {
@@ -50,17 +50,17 @@ bool ObjectTable::lend(const Id128& id, const StatePtr& ref) {
   return first;
 }
 
-bool ObjectTable::is_lent(const Id128& id) {
+bool ObjectTable::is_lent(const ObjectId& id) {
   std::lock_guard lock(mutex_);
   return loans_.count(id) > 0;
 }
 
-void ObjectTable::drop_unless_lent(const Id128& id) {
+void ObjectTable::drop_unless_lent(const ObjectId& id) {
   std::lock_guard lock(mutex_);
   if (!loans_.count(id)) on_drop_(id);
 }
 
-void ObjectTable::end_loans(const std::vector<Id128>& lent) {
+void ObjectTable::end_loans(const std::vector<ObjectId>& lent) {
   if (lent.empty()) return;
   std::lock_guard lock(mutex_);
   for (const auto& id : lent) {
@@ -72,7 +72,7 @@ void ObjectTable::end_loans(const std::vector<Id128>& lent) {
   }
 }
 
-void ObjectTable::release(const std::vector<Id128>& ids) {
+void ObjectTable::release(const std::vector<ObjectId>& ids) {
   std::lock_guard lock(mutex_);
   for (const auto& id : ids) {
     table_.erase(id);
@@ -81,14 +81,14 @@ void ObjectTable::release(const std::vector<Id128>& ids) {
   }
 }
 
-void ObjectTable::queue_release(const Id128& id, const std::string& location) {
+void ObjectTable::queue_release(const ObjectId& id, const std::string& location) {
   std::lock_guard lock(mutex_);
   releases_[location].push_back(id);
 }
 
-std::map<std::string, std::vector<Id128>> ObjectTable::take_releases() {
+std::map<std::string, std::vector<ObjectId>> ObjectTable::take_releases() {
   std::lock_guard lock(mutex_);
-  std::map<std::string, std::vector<Id128>> out;
+  std::map<std::string, std::vector<ObjectId>> out;
   out.swap(releases_);
   return out;
 }

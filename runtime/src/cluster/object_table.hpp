@@ -28,44 +28,44 @@ namespace troupe::detail {
 
 class ObjectTable {
  public:
-  using Drop = std::function<void(const Id128&)>;
+  using Drop = std::function<void(const ObjectId&)>;
   explicit ObjectTable(Drop on_drop) : on_drop_(std::move(on_drop)) {}
 
   // Holds `state` under `id` (until released) and completes the fetches
   // parked for it.
-  void hold(const Id128& id, const StatePtr& state);
+  void hold(const ObjectId& id, const StatePtr& state);
   // The state held under `id`, or a new one parked until it is held.
-  StatePtr find_or_wait(const Id128& id);
+  StatePtr find_or_wait(const ObjectId& id);
   // The state held under `id`, or null.
-  StatePtr find(const Id128& id);
+  StatePtr find(const ObjectId& id);
   // Lends `ref` under `id` for one more call; the first loan holds it (and
   // completes parked fetches). Returns whether this was the first loan.
-  bool lend(const Id128& id, const StatePtr& ref);
-  bool is_lent(const Id128& id);
+  bool lend(const ObjectId& id, const StatePtr& ref);
+  bool is_lent(const ObjectId& id);
   // Reports `id` to on_drop unless it is lent (a loan that ended while its
   // object was being published).
-  void drop_unless_lent(const Id128& id);
+  void drop_unless_lent(const ObjectId& id);
   // Ends one loan of each id; an entry whose last loan ended leaves.
-  void end_loans(const std::vector<Id128>& lent);
+  void end_loans(const std::vector<ObjectId>& lent);
   // The owner released these: they leave (held or parked).
-  void release(const std::vector<Id128>& ids);
+  void release(const std::vector<ObjectId>& ids);
 
   // Remembers that `id`, held at `location`, is no longer needed here.
-  void queue_release(const Id128& id, const std::string& location);
+  void queue_release(const ObjectId& id, const std::string& location);
   // The releases queued since the last call, per holder address.
-  std::map<std::string, std::vector<Id128>> take_releases();
+  std::map<std::string, std::vector<ObjectId>> take_releases();
 
   void clear();
 
  private:
-  std::vector<StatePtr> hold_locked(const Id128& id, const StatePtr& state);
+  std::vector<StatePtr> hold_locked(const ObjectId& id, const StatePtr& state);
 
   Drop on_drop_;
   std::mutex mutex_;
-  std::map<Id128, StatePtr> table_;
-  std::map<Id128, std::vector<StatePtr>> wanted_;  // fetched before produced
-  std::map<Id128, int> loans_;                     // table_ entries lent to callees: count
-  std::map<std::string, std::vector<Id128>> releases_;
+  std::map<ObjectId, StatePtr> table_;
+  std::map<ObjectId, std::vector<StatePtr>> wanted_;  // fetched before produced
+  std::map<ObjectId, int> loans_;                     // table_ entries lent to callees: count
+  std::map<std::string, std::vector<ObjectId>> releases_;
 };
 
 }  // namespace troupe::detail

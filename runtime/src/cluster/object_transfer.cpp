@@ -26,7 +26,7 @@ constexpr std::size_t kTensorInlineLimit = 64 << 10;
 // A value that still lives in another process: fetched on first read.
 class RemoteValue final : public Value {
  public:
-  RemoteValue(std::weak_ptr<ObjectTransfer> transfer, Id128 id, std::string location)
+  RemoteValue(std::weak_ptr<ObjectTransfer> transfer, ObjectId id, std::string location)
       : transfer_(std::move(transfer)), id_(id), location_(std::move(location)) {}
   const std::type_info& type() const noexcept override { return typeid(void); }
   std::string encode() const override {
@@ -51,7 +51,7 @@ class RemoteValue final : public Value {
 
  private:
   std::weak_ptr<ObjectTransfer> transfer_;
-  Id128 id_;
+  ObjectId id_;
   std::string location_;
   mutable std::once_flag once_;
   mutable std::shared_ptr<Value> value_;
@@ -74,8 +74,7 @@ constexpr char kPlainForm = 0;
 constexpr char kTensorForm = 1;
 constexpr char kErrorForm = 2;
 
-transport::ObjectKey object_key(const Id128& id) { return transport::ObjectKey{id.hi, id.lo}; }
-transport::ObjectKey payload_key(const Id128& id) { return transport::ObjectKey{id.hi ^ (std::uint64_t{1} << 63), id.lo}; }
+ObjectId payload_key(const ObjectId& id) { return ObjectId{id.hi() ^ (std::uint64_t{1} << 63), id.lo()}; }
 
 struct TensorMeta {
   std::uint8_t dtype = 0;
@@ -179,17 +178,17 @@ bool ObjectTransfer::held_elsewhere(const StatePtr& ref) {
   return ref && !ref->location().empty() && (!ref->is_ready() || (ref->value() && ref->value()->is_remote()));
 }
 
-void ObjectTransfer::describe_elsewhere(wire::ObjectDescriptor::Builder descriptor, const Id128& id,
+void ObjectTransfer::describe_elsewhere(wire::ObjectDescriptor::Builder descriptor, const ObjectId& id,
                                         const std::string& location) {
-  set_id(descriptor.initId(), id);
+  to_wire(descriptor.initId(), id);
   descriptor.setOwnerAddress(location);
   if (auto data = data_address_of(location); !data.empty()) descriptor.setOwnerDataAddress(as_data(data));
   descriptor.setRemote();
 }
 
-void ObjectTransfer::describe_here(wire::ObjectDescriptor::Builder descriptor, const Id128& id,
+void ObjectTransfer::describe_here(wire::ObjectDescriptor::Builder descriptor, const ObjectId& id,
                                    std::size_t size_bytes) {
-  set_id(descriptor.initId(), id);
+  to_wire(descriptor.initId(), id);
   descriptor.setOwnerAddress(own_address_);
   if (data_) descriptor.setOwnerDataAddress(as_data(data_->address()));
   if (size_bytes) descriptor.setSizeBytes(size_bytes);
@@ -197,8 +196,8 @@ void ObjectTransfer::describe_here(wire::ObjectDescriptor::Builder descriptor, c
 }
 
 void ObjectTransfer::describe_passed_ref(wire::ObjectDescriptor::Builder descriptor, const StatePtr& ref,
-                                         std::vector<StatePtr>& borrowed, std::vector<Id128>& lent) {
-  const Id128 id{ref->id().hi(), ref->id().lo()};
+                                         std::vector<StatePtr>& borrowed, std::vector<ObjectId>& lent) {
+  const ObjectId id = ref->id();
   if (held_elsewhere(ref)) {
     // Held by another process (an actor's result): the callee fetches it
     // from there, as for a resolved argument.
@@ -209,7 +208,7 @@ void ObjectTransfer::describe_passed_ref(wire::ObjectDescriptor::Builder descrip
   if (ref->is_ready() && !ref->has_error()) {
     auto encoding = encode_for_transfer(ref->value());
     if (!encoding.by_descriptor) {
-      set_id(descriptor.initId(), id);
+      to_wire(descriptor.initId(), id);
       descriptor.setRemote();
       descriptor.setInlineData(as_data(encoding.bytes));
       descriptor.setSizeBytes(encoding.bytes.size());
@@ -237,7 +236,7 @@ void ObjectTransfer::describe_passed_ref(wire::ObjectDescriptor::Builder descrip
 }
 
 StatePtr ObjectTransfer::resolve(wire::ObjectDescriptor::Reader descriptor) {
-  const Id128 id = get_id(descriptor.getId());
+  const ObjectId id = from_wire<ObjectId>(descriptor.getId());
   if (descriptor.isInlineData()) {
     auto state = std::make_shared<ObjectState>();
     auto data = descriptor.getInlineData();
@@ -258,7 +257,7 @@ StatePtr ObjectTransfer::resolve(wire::ObjectDescriptor::Reader descriptor) {
 
 // ---- fetching ------------------------------------------------------------------------
 
-StatePtr ObjectTransfer::fetch(const Id128& id, const std::string& location) {
+StatePtr ObjectTransfer::fetch(const ObjectId& id, const std::string& location) {
   if (data_) {
     if (auto data_address = data_address_of(location); !data_address.empty())
       return fetch_over_data_plane(id, data_address);
@@ -266,24 +265,24 @@ StatePtr ObjectTransfer::fetch(const Id128& id, const std::string& location) {
   return call_fetch_(id, location);
 }
 
-ValuePtr ObjectTransfer::fetch_value(const Id128& id, const std::string& location) {
+ValuePtr ObjectTransfer::fetch_value(const ObjectId& id, const std::string& location) {
   auto state = fetch(id, location);
   state->wait();  // bounded: fetches fail past their deadline (tick, or the data plane's timeout)
   state->rethrow_if_error();
   return state->value();
 }
 
-ValuePtr ObjectTransfer::remote_value(const Id128& id, const std::string& location) {
+ValuePtr ObjectTransfer::remote_value(const ObjectId& id, const std::string& location) {
   return std::make_shared<RemoteValue>(weak_from_this(), id, location);
 }
 
-void ObjectTransfer::unpublish(const Id128& id) {
+void ObjectTransfer::unpublish(const ObjectId& id) {
   if (!data_) return;
-  data_->unpublish(object_key(id));
+  data_->unpublish(id);
   data_->unpublish(payload_key(id));
 }
 
-void ObjectTransfer::publish(const Id128& id, const StatePtr& result) {
+void ObjectTransfer::publish(const ObjectId& id, const StatePtr& result) {
   if (!data_) return;
   auto envelope = std::make_shared<std::string>();
   try {
@@ -319,16 +318,16 @@ void ObjectTransfer::publish(const Id128& id, const StatePtr& result) {
   }
   const void* data = envelope->data();
   const std::size_t size = envelope->size();
-  data_->publish(object_key(id), transport::ObjectBuffer::wrap(data, size, std::move(envelope)));
+  data_->publish(id, transport::ObjectBuffer::wrap(data, size, std::move(envelope)));
 }
 
-StatePtr ObjectTransfer::fetch_over_data_plane(const Id128& id, const std::string& data_address) {
+StatePtr ObjectTransfer::fetch_over_data_plane(const ObjectId& id, const std::string& data_address) {
   auto state = std::make_shared<ObjectState>();
   transport::FetchOptions options;
   options.timeout = fetch_timeout_;
   options.wait_for_publish = true;  // the producing call may still run: the holder answers when it is done
   std::weak_ptr<ObjectTransfer> weak = weak_from_this();
-  data_->fetch(data_address, object_key(id), options,
+  data_->fetch(data_address, id, options,
                [weak, state, id, data_address](transport::ObjectBuffer buffer, std::exception_ptr error) {
                  // On the UCX progress thread: decode on the pool instead.
                  auto self = weak.lock();
@@ -337,7 +336,7 @@ StatePtr ObjectTransfer::fetch_over_data_plane(const Id128& id, const std::strin
                    return;
                  }
                  if (error) {
-                   state->set_error(from_transport(error));
+                   state->set_error(error);
                    return;
                  }
                  self->pool_->post([weak, state, id, data_address, buffer = std::move(buffer)]() mutable {
@@ -347,7 +346,7 @@ StatePtr ObjectTransfer::fetch_over_data_plane(const Id128& id, const std::strin
   return state;
 }
 
-void ObjectTransfer::on_envelope(const Id128& id, const std::string& data_address, const StatePtr& state,
+void ObjectTransfer::on_envelope(const ObjectId& id, const std::string& data_address, const StatePtr& state,
                                  transport::ObjectBuffer& buffer) {
   try {
     std::string_view envelope = buffer.view();
@@ -376,7 +375,7 @@ void ObjectTransfer::on_envelope(const Id128& id, const std::string& data_addres
     data_->fetch(data_address, payload_key(id), options,
                  [state, meta, to_cuda](transport::ObjectBuffer payload, std::exception_ptr error) {
                    if (error) {
-                     state->set_error(from_transport(error));
+                     state->set_error(error);
                      return;
                    }
                    try {

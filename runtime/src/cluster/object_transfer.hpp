@@ -46,7 +46,7 @@ class ObjectTransfer final : public std::enable_shared_from_this<ObjectTransfer>
  public:
   // Fetches an object over the call plane (a `__fetch` call) when there is
   // no data plane, or the holder has none.
-  using CallFetch = std::function<StatePtr(const Id128& id, const std::string& location)>;
+  using CallFetch = std::function<StatePtr(const ObjectId& id, const std::string& location)>;
 
   ObjectTransfer(std::shared_ptr<ThreadPool> pool, std::shared_ptr<ObjectTable> table, std::chrono::milliseconds fetch_timeout);
 
@@ -77,33 +77,33 @@ class ObjectTransfer final : public std::enable_shared_from_this<ObjectTransfer>
   static bool held_elsewhere(const StatePtr& ref);
 
   // A descriptor of object `id` held at `location` (another process).
-  void describe_elsewhere(wire::ObjectDescriptor::Builder descriptor, const Id128& id, const std::string& location);
+  void describe_elsewhere(wire::ObjectDescriptor::Builder descriptor, const ObjectId& id, const std::string& location);
   // A descriptor of object `id` held here.
-  void describe_here(wire::ObjectDescriptor::Builder descriptor, const Id128& id, std::size_t size_bytes);
+  void describe_here(wire::ObjectDescriptor::Builder descriptor, const ObjectId& id, std::size_t size_bytes);
   // An ObjectRef parameter, caller side: describes `ref` for the callee,
   // inline when the rule allows, else lending it from the table (and
   // publishing it once ready) when only this process can serve it. Adds
   // to `borrowed` what must stay alive until the reply and to `lent` the
   // loans to end then.
   void describe_passed_ref(wire::ObjectDescriptor::Builder descriptor, const StatePtr& ref,
-                           std::vector<StatePtr>& borrowed, std::vector<Id128>& lent);
+                           std::vector<StatePtr>& borrowed, std::vector<ObjectId>& lent);
   // Callee side: the state a descriptor names, filled inline, from this
   // process's table, or by a fetch from its holder.
   StatePtr resolve(wire::ObjectDescriptor::Reader descriptor);
 
   // Starts fetching object `id` from the process whose call plane is at
   // `location`: over UCX when both have a data plane, else by `__fetch`.
-  StatePtr fetch(const Id128& id, const std::string& location);
+  StatePtr fetch(const ObjectId& id, const std::string& location);
   // fetch(), waited for (bounded): an EncodedValue, or a TypedValue<Tensor>
   // whose storage is the received buffer itself; nullptr for a void result.
-  ValuePtr fetch_value(const Id128& id, const std::string& location);
+  ValuePtr fetch_value(const ObjectId& id, const std::string& location);
   // A value still held at `location`, fetched on first read.
-  ValuePtr remote_value(const Id128& id, const std::string& location);
+  ValuePtr remote_value(const ObjectId& id, const std::string& location);
 
   // Holder side: makes a finished result fetchable over UCX (no-op
   // without a data plane).
-  void publish(const Id128& id, const StatePtr& result);
-  void unpublish(const Id128& id);
+  void publish(const ObjectId& id, const StatePtr& result);
+  void unpublish(const ObjectId& id);
 
   // Remembers the data-plane address of the process whose call plane is at
   // `call_address`; and looks it up ("" when unknown).
@@ -112,8 +112,8 @@ class ObjectTransfer final : public std::enable_shared_from_this<ObjectTransfer>
 
  private:
   // Over UCX: the object's envelope, then (for a tensor) its bytes.
-  StatePtr fetch_over_data_plane(const Id128& id, const std::string& data_address);
-  void on_envelope(const Id128& id, const std::string& data_address, const StatePtr& state,
+  StatePtr fetch_over_data_plane(const ObjectId& id, const std::string& data_address);
+  void on_envelope(const ObjectId& id, const std::string& data_address, const StatePtr& state,
                    transport::ObjectBuffer& buffer);
 
   const std::shared_ptr<ThreadPool> pool_;

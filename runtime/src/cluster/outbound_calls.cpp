@@ -8,30 +8,30 @@
 namespace troupe::detail {
 
 void send_on(transport::CallPlane& plane, const std::string& address, capnp::MallocMessageBuilder& message) {
-  converting_transport_errors([&] { plane.send(address, message); });
+  plane.send(address, message);
 }
 
-OutboundCalls::OutboundCalls(Id128 worker_id, std::shared_ptr<transport::CallPlane> calls,
+OutboundCalls::OutboundCalls(WorkerId worker_id, std::shared_ptr<transport::CallPlane> calls,
                              std::shared_ptr<ObjectTable> table, std::shared_ptr<ObjectTransfer> transfer)
     : worker_id_(worker_id), calls_(std::move(calls)), table_(std::move(table)), transfer_(std::move(transfer)) {}
 
-void OutboundCalls::send_call(std::uint64_t actor_id, const std::string& address, std::uint32_t incarnation,
+void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std::uint32_t incarnation,
                               std::uint64_t seq, CallSpec& spec) {
   capnp::MallocMessageBuilder message(kFirstSegmentWords);
   auto request = message.initRoot<wire::CallMessage>().initRequest();
   const std::uint64_t call_id = next_call_.fetch_add(1);
   request.setCallId(call_id);
-  set_id(request.initActorId(), Id128{actor_id, actor_id});
+  to_wire(request.initActorId(), actor_id);
   request.setActorIncarnation(incarnation);
-  set_id(request.initCallerId(), worker_id_);
+  to_wire(request.initCallerId(), worker_id_);
   request.setSeq(seq);
   request.setMethod(spec.method->name);
   request.setReturnTo(calls_->address());
   const auto& result_id = spec.result->id();
-  set_id(request.initResultId(), Id128{result_id.hi(), result_id.lo()});
+  to_wire(request.initResultId(), result_id);
   auto args = request.initArgs(static_cast<unsigned>(spec.args.size()));
   std::vector<StatePtr> borrowed;
-  std::vector<Id128> lent;
+  std::vector<ObjectId> lent;
   try {
     for (unsigned i = 0; i < spec.args.size(); ++i) {
       auto& slot = spec.args[i];
@@ -42,7 +42,7 @@ void OutboundCalls::send_call(std::uint64_t actor_id, const std::string& address
       }
       if (ref && ref->has_error()) std::rethrow_exception(ref->error());
       if (ObjectTransfer::held_elsewhere(ref)) {
-        transfer_->describe_elsewhere(args[i].initRef(), Id128{ref->id().hi(), ref->id().lo()}, ref->location());
+        transfer_->describe_elsewhere(args[i].initRef(), ref->id(), ref->location());
         borrowed.push_back(ref);
       } else {
         const ValuePtr& value = slot.value ? slot.value : ref->value();
@@ -72,7 +72,7 @@ void OutboundCalls::send_call(std::uint64_t actor_id, const std::string& address
   }
 }
 
-void OutboundCalls::cancel_sent(std::uint64_t actor_id, const std::string& address, const StatePtr& result) {
+void OutboundCalls::cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) {
   std::uint64_t call_id = 0;
   {
     std::lock_guard lock(mutex_);
@@ -87,9 +87,9 @@ void OutboundCalls::cancel_sent(std::uint64_t actor_id, const std::string& addre
   capnp::MallocMessageBuilder message;
   auto cancel = message.initRoot<wire::CallMessage>().initCancel();
   cancel.setCallId(call_id);
-  set_id(cancel.initActorId(), Id128{actor_id, actor_id});
-  set_id(cancel.initCallerId(), worker_id_);
-  set_id(cancel.initResultId(), Id128{result->id().hi(), result->id().lo()});
+  to_wire(cancel.initActorId(), actor_id);
+  to_wire(cancel.initCallerId(), worker_id_);
+  to_wire(cancel.initResultId(), result->id());
   try {
     calls_->send(address, message);
   } catch (const std::exception& e) {
@@ -97,17 +97,17 @@ void OutboundCalls::cancel_sent(std::uint64_t actor_id, const std::string& addre
   }
 }
 
-StatePtr OutboundCalls::fetch_by_call(const Id128& id, const std::string& location) {
+StatePtr OutboundCalls::fetch_by_call(const ObjectId& id, const std::string& location) {
   auto state = std::make_shared<ObjectState>();
   capnp::MallocMessageBuilder message;
   auto request = message.initRoot<wire::CallMessage>().initRequest();
   const std::uint64_t call_id = next_call_.fetch_add(1);
   request.setCallId(call_id);
-  set_id(request.initCallerId(), worker_id_);
+  to_wire(request.initCallerId(), worker_id_);
   request.setMethod(kFetchMethod);
   request.setReturnTo(calls_->address());
   auto descriptor = request.initArgs(1)[0].initRef();
-  set_id(descriptor.initId(), id);
+  to_wire(descriptor.initId(), id);
   descriptor.setOwnerAddress(location);
   descriptor.setRemote();
   {
@@ -122,7 +122,7 @@ StatePtr OutboundCalls::fetch_by_call(const Id128& id, const std::string& locati
 void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
   StatePtr result;
   std::vector<StatePtr> borrowed;  // released when this returns
-  std::vector<Id128> lent;
+  std::vector<ObjectId> lent;
   {
     std::lock_guard lock(mutex_);
     auto it = inflight_.find(reply.getCallId());
@@ -143,16 +143,16 @@ void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
     }
     case wire::CallReply::REF: {
       auto descriptor = reply.getRef();
-      result->set_value(transfer_->remote_value(get_id(descriptor.getId()), std::string(descriptor.getOwnerAddress())));
+      result->set_value(transfer_->remote_value(from_wire<ObjectId>(descriptor.getId()), std::string(descriptor.getOwnerAddress())));
       break;
     }
     case wire::CallReply::ERROR: result->set_error(to_exception(reply.getError())); break;
   }
 }
 
-void OutboundCalls::fail_calls_to(std::uint64_t actor_id, const std::exception_ptr& error) {
+void OutboundCalls::fail_calls_to(ActorId actor_id, const std::exception_ptr& error) {
   std::vector<StatePtr> failed;
-  std::vector<Id128> lent;
+  std::vector<ObjectId> lent;
   {
     std::lock_guard lock(mutex_);
     for (auto it = inflight_.begin(); it != inflight_.end();) {

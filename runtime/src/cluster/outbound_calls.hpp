@@ -36,26 +36,26 @@ void send_on(transport::CallPlane& plane, const std::string& address, capnp::Mal
 
 class OutboundCalls {
  public:
-  OutboundCalls(Id128 worker_id, std::shared_ptr<transport::CallPlane> calls, std::shared_ptr<ObjectTable> table,
+  OutboundCalls(WorkerId worker_id, std::shared_ptr<transport::CallPlane> calls, std::shared_ptr<ObjectTable> table,
                 std::shared_ptr<ObjectTransfer> transfer);
 
   // Sends `spec` to incarnation `incarnation` of actor `actor_id` at
   // `address`, as call number `seq` of this caller to that incarnation.
   // Throws (an argument that failed, a send that failed); then nothing of
   // the call remains here.
-  void send_call(std::uint64_t actor_id, const std::string& address, std::uint32_t incarnation, std::uint64_t seq,
+  void send_call(ActorId actor_id, const std::string& address, std::uint32_t incarnation, std::uint64_t seq,
                  CallSpec& spec);
   // Sends a cancel for a call already sent (no-op once it was answered).
-  void cancel_sent(std::uint64_t actor_id, const std::string& address, const StatePtr& result);
+  void cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result);
   // Fetches object `id` from `location` as a `__fetch` call, failing with
   // object_lost if no answer comes within the fetch timeout.
-  StatePtr fetch_by_call(const Id128& id, const std::string& location);
+  StatePtr fetch_by_call(const ObjectId& id, const std::string& location);
 
   // Completes the call `reply` answers (ignored if it was answered already).
   void on_reply(wire::CallReply::Reader reply);
   // Fails every call sent to `actor_id` with `error` (it died: they will
   // never be answered).
-  void fail_calls_to(std::uint64_t actor_id, const std::exception_ptr& error);
+  void fail_calls_to(ActorId actor_id, const std::exception_ptr& error);
   // Fails the fetches past their deadline with object_lost.
   void expire_fetches();
   // Removes every call in flight and returns their results (shutdown).
@@ -69,12 +69,12 @@ class OutboundCalls {
     std::vector<StatePtr> borrowed;
     // Objects of this process lent to the callee (ObjectRef parameters):
     // served from the table until the callee has answered.
-    std::vector<Id128> lent;
-    std::uint64_t actor_id = 0;  // 0 for fetches
+    std::vector<ObjectId> lent;
+    ActorId actor_id;  // 0 for fetches
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   };
 
-  const Id128 worker_id_;
+  const WorkerId worker_id_;
   const std::shared_ptr<transport::CallPlane> calls_;
   const std::shared_ptr<ObjectTable> table_;
   const std::shared_ptr<ObjectTransfer> transfer_;

@@ -6,7 +6,7 @@
 
 namespace troupe::detail {
 
-RemoteActor::RemoteActor(CallSender& sender, std::uint64_t id, const ClassInfo& cls, std::string name, bool owned)
+RemoteActor::RemoteActor(CallSender& sender, ActorId id, const ClassInfo& cls, std::string name, bool owned)
     : sender_(sender), id_(id), cls_(cls), name_(std::move(name)), owned_(owned) {}
 
 ActorState RemoteActor::state() const {

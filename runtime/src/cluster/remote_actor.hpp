@@ -29,8 +29,8 @@ namespace troupe::detail {
 class RemoteActor final : public ActorCore, public std::enable_shared_from_this<RemoteActor> {
  public:
   // `sender` must outlive this actor (the runtime owns both).
-  RemoteActor(CallSender& sender, std::uint64_t id, const ClassInfo& cls, std::string name, bool owned);
-  std::uint64_t id() const noexcept override { return id_; }
+  RemoteActor(CallSender& sender, ActorId id, const ClassInfo& cls, std::string name, bool owned);
+  ActorId id() const noexcept override { return id_; }
   const std::string& name() const noexcept override { return name_; }
   const ClassInfo& cls() const noexcept override { return cls_; }
   ActorState state() const override;
@@ -54,7 +54,7 @@ class RemoteActor final : public ActorCore, public std::enable_shared_from_this<
   void fail_all_locked(std::vector<StatePtr>& failed);
 
   CallSender& sender_;
-  const std::uint64_t id_;
+  const ActorId id_;
   const ClassInfo& cls_;
   const std::string name_;
   const bool owned_;

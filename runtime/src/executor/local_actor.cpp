@@ -13,14 +13,14 @@ namespace {
 // thread to other actors' work.
 constexpr int kBatch = 64;
 
-std::string actor_label(const ClassInfo& cls, const std::string& name, std::uint64_t id) {
-  std::string label = cls.name + "#" + std::to_string(id);
+std::string actor_label(const ClassInfo& cls, const std::string& name, const ActorId& id) {
+  std::string label = cls.name + "#" + id.short_hex();
   if (!name.empty()) label += " '" + name + "'";
   return label;
 }
 
 struct ContextScope {
-  ContextScope(std::uint64_t actor_id, const std::vector<int>* gpus) : context{actor_id, gpus} {
+  ContextScope(ActorId actor_id, const std::vector<int>* gpus) : context{actor_id, gpus} {
     previous = current_context();
     current_context() = &context;
   }
@@ -36,12 +36,12 @@ ActorContext*& current_context() noexcept {
   return context;
 }
 
-std::uint64_t current_caller() noexcept {
+ActorId current_actor() noexcept {
   auto* context = current_context();
-  return context ? context->actor_id : 0;
+  return context ? context->actor_id : ActorId{};
 }
 
-LocalActor::LocalActor(std::shared_ptr<LocalRuntime> runtime, std::uint64_t id, const ClassInfo& cls,
+LocalActor::LocalActor(std::shared_ptr<LocalRuntime> runtime, ActorId id, const ClassInfo& cls,
                        std::vector<ArgSlot> ctor_args, ActorOptions options)
     : runtime_(std::move(runtime)),
       id_(id),
@@ -174,9 +174,9 @@ void LocalActor::construct() {
   schedule();
 }
 
-void LocalActor::submit(CallSpec call) { submit_from(std::move(call), current_caller()); }
+void LocalActor::submit(CallSpec call) { submit_from(std::move(call), caller_id(current_actor())); }
 
-void LocalActor::submit_from(CallSpec call, std::uint64_t caller) {
+void LocalActor::submit_from(CallSpec call, CallerId caller) {
   auto task = std::make_shared<Task>();
   task->spec = std::move(call);
   task->caller = caller;

@@ -97,7 +97,7 @@ std::shared_ptr<Backend> backend() noexcept {
   return g_runtime;
 }
 
-GroupCore::GroupCore(std::uint64_t id, std::string name, std::vector<scheduler::Bundle> bundles,
+GroupCore::GroupCore(PlacementGroupId id, std::string name, std::vector<scheduler::Bundle> bundles,
                      scheduler::Strategy strategy)
     : id(id), name(std::move(name)), bundles(std::move(bundles)), strategy(strategy) {
   ready_ref = ready_promise.ref();
@@ -133,6 +133,11 @@ LocalRuntime::~LocalRuntime() { pool_.stop(); }
 
 std::shared_ptr<ActorCore> LocalRuntime::create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                                       ActorOptions options) {
+  return create_actor_as(ActorId::random(), cls, std::move(ctor_args), std::move(options));
+}
+
+std::shared_ptr<LocalActor> LocalRuntime::create_actor_as(ActorId id, const ClassInfo& cls,
+                                                          std::vector<ArgSlot> ctor_args, ActorOptions options) {
   if (!running()) throw_error(Errc::cancelled, "the runtime is shut down");
   validate_actor_options(options);
 
@@ -142,7 +147,7 @@ std::shared_ptr<ActorCore> LocalRuntime::create_actor(const ClassInfo& cls, std:
     if (!options.name.empty() && named_.count(options.name)) {
       throw_error(Errc::invalid_argument, "an actor named '" + options.name + "' already exists");
     }
-    actor = std::make_shared<LocalActor>(shared_from_this(), next_actor_id_++, cls, std::move(ctor_args),
+    actor = std::make_shared<LocalActor>(shared_from_this(), id, cls, std::move(ctor_args),
                                          std::move(options));
     by_id_[actor->id()] = actor;
     if (!actor->name().empty()) named_[actor->name()] = actor;
@@ -164,7 +169,7 @@ bool LocalRuntime::try_place_locked(LocalActor& actor, Allocation& out, std::str
       return false;
     }
     if (!group->placed) {
-      reason = "waiting for placement group " + std::to_string(group->id) + ": " + group->reason;
+      reason = "waiting for placement group " + group->id.short_hex() + ": " + group->reason;
       return false;
     }
     std::vector<int> candidates;
@@ -218,7 +223,7 @@ void LocalRuntime::retry_waiting() {
     waiting_.swap(keep);
   }
   for (auto& [actor, reason] : still_waiting) {
-    TROUPE_LOG_DEBUG("actor {} pending: {}", actor->id(), reason);
+    TROUPE_LOG_DEBUG("actor {} pending: {}", actor->id().short_hex(), reason);
     actor->set_pending_reason("pending: " + reason);
   }
   for (auto& [actor, allocation] : placed) actor->placed(std::move(allocation));
@@ -261,7 +266,7 @@ std::shared_ptr<ActorCore> LocalRuntime::find(std::string_view name) {
   return it->second;
 }
 
-std::shared_ptr<ActorCore> LocalRuntime::find(std::uint64_t id) {
+std::shared_ptr<ActorCore> LocalRuntime::find(const ActorId& id) {
   std::lock_guard lock(mutex_);
   auto it = by_id_.find(id);
   if (it == by_id_.end()) return nullptr;
@@ -287,7 +292,7 @@ PlacementGroup LocalRuntime::create_group(std::vector<ResourceSpec> specs, Place
   std::shared_ptr<GroupCore> group;
   {
     std::lock_guard lock(mutex_);
-    group = std::make_shared<GroupCore>(next_group_id_++, std::move(name), std::move(bundles),
+    group = std::make_shared<GroupCore>(PlacementGroupId::random(), std::move(name), std::move(bundles),
                                         to_scheduler(strategy));
     groups_.push_back(group);
     retry_groups_locked();
@@ -440,7 +445,7 @@ std::shared_ptr<ActorCore> find_actor(std::string_view name) {
   return runtime->find(name);
 }
 
-std::shared_ptr<ActorCore> find_actor(std::uint64_t id) {
+std::shared_ptr<ActorCore> find_actor(const ActorId& id) {
   auto runtime = backend();
   if (!runtime) throw_error(Errc::invalid_argument, "troupe::init() has not been called");
   return runtime->find(id);

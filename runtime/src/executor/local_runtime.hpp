@@ -32,10 +32,21 @@ class LocalRuntime;
 // Thread-local "who is running here": set while an actor's constructor or
 // method runs, so nested calls know their caller and get_gpu_ids() works.
 struct ActorContext {
-  std::uint64_t actor_id = 0;
+  ActorId actor_id;
   const std::vector<int>* gpus = nullptr;
 };
 ActorContext*& current_context() noexcept;
+// The actor running on this thread; nil outside actors.
+ActorId current_actor() noexcept;
+
+// Whose calls an actor keeps in one FIFO (docs/architecture.md: calls from one
+// caller run in the order they were made). In this process the caller is the
+// actor running on the submitting thread (nil for the driver's own threads);
+// a call from another process is keyed by that process's worker id, which is
+// unique per process, so a driver's threads share one FIFO as they do here.
+using CallerId = BasicId<struct CallerTag>;
+inline CallerId caller_id(const ActorId& actor) noexcept { return CallerId{actor.hi(), actor.lo()}; }
+inline CallerId caller_id(const WorkerId& worker) noexcept { return CallerId{worker.hi(), worker.lo()}; }
 
 // Where an actor's resources came from, so they can be given back.
 struct Allocation {
@@ -46,9 +57,9 @@ struct Allocation {
 
 class GroupCore {
  public:
-  GroupCore(std::uint64_t id, std::string name, std::vector<scheduler::Bundle> bundles,
+  GroupCore(PlacementGroupId id, std::string name, std::vector<scheduler::Bundle> bundles,
             scheduler::Strategy strategy);
-  std::uint64_t id;
+  PlacementGroupId id;
   std::string name;
   std::vector<scheduler::Bundle> bundles;
   scheduler::Strategy strategy;
@@ -65,11 +76,11 @@ class GroupCore {
 
 class LocalActor final : public ActorCore, public std::enable_shared_from_this<LocalActor> {
  public:
-  LocalActor(std::shared_ptr<LocalRuntime> runtime, std::uint64_t id, const ClassInfo& cls,
+  LocalActor(std::shared_ptr<LocalRuntime> runtime, ActorId id, const ClassInfo& cls,
              std::vector<ArgSlot> ctor_args, ActorOptions options);
   ~LocalActor() override;
 
-  std::uint64_t id() const noexcept override { return id_; }
+  ActorId id() const noexcept override { return id_; }
   const std::string& name() const noexcept override { return options_.name; }
   const ClassInfo& cls() const noexcept override { return cls_; }
   ActorState state() const override;
@@ -78,7 +89,7 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   std::vector<int> gpu_ids() const override;
   void submit(CallSpec call) override;
   // As submit(), for a call that arrived from `caller` over the wire.
-  void submit_from(CallSpec call, std::uint64_t caller);
+  void submit_from(CallSpec call, CallerId caller);
   void kill(bool no_restart) override;
 
   const ActorOptions& options() const noexcept { return options_; }
@@ -92,7 +103,7 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   struct Task {
     CallSpec spec;
     std::uint64_t seq = 0;
-    std::uint64_t caller = 0;
+    CallerId caller;
     std::atomic<int> unresolved{0};
     bool cancelled = false;  // guarded by mutex_
   };
@@ -112,7 +123,7 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
                     std::optional<Allocation>& freed);
 
   std::shared_ptr<LocalRuntime> runtime_;
-  const std::uint64_t id_;
+  const ActorId id_;
   const ClassInfo& cls_;
   const ActorOptions options_;
   const int max_concurrency_;
@@ -125,7 +136,7 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   std::shared_ptr<void> instance_;
   std::optional<Allocation> allocation_;
   std::vector<int> gpus_;
-  std::map<std::uint64_t, std::deque<TaskPtr>> queues_;  // per caller, in call order
+  std::map<CallerId, std::deque<TaskPtr>> queues_;  // per caller, in call order
   std::vector<TaskPtr> running_;
   std::uint64_t next_seq_ = 0;
   int restarts_ = 0;
@@ -141,8 +152,12 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
 
   std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                           ActorOptions options) override;
+  // As create_actor, under an id chosen elsewhere: an actor host runs the
+  // actor its driver named, so current_actor_id() there is the handle's id.
+  std::shared_ptr<LocalActor> create_actor_as(ActorId id, const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
+                                              ActorOptions options);
   std::shared_ptr<ActorCore> find(std::string_view name) override;
-  std::shared_ptr<ActorCore> find(std::uint64_t id) override;
+  std::shared_ptr<ActorCore> find(const ActorId& id) override;
   void forget(const LocalActor& actor);  // on death: drop name and index
   void release(const Allocation& allocation);
 
@@ -169,12 +184,10 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
   std::atomic<bool> running_{true};
   std::mutex mutex_;
   std::vector<scheduler::NodeState> nodes_;  // exactly one: this machine
-  std::unordered_map<std::uint64_t, std::weak_ptr<LocalActor>> by_id_;
+  std::unordered_map<ActorId, std::weak_ptr<LocalActor>> by_id_;
   std::map<std::string, std::shared_ptr<LocalActor>, std::less<>> named_;
   std::vector<std::weak_ptr<LocalActor>> waiting_;  // unplaced, in creation order
   std::vector<std::shared_ptr<GroupCore>> groups_;
-  std::uint64_t next_actor_id_ = 1;
-  std::uint64_t next_group_id_ = 1;
 };
 
 

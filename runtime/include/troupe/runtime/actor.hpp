@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "troupe/runtime/ids.hpp"
 #include "troupe/runtime/object_ref.hpp"
 #include "troupe/runtime/registry.hpp"
 
@@ -104,7 +105,7 @@ struct CallSpec {
 class ActorCore {
  public:
   virtual ~ActorCore() = default;
-  virtual std::uint64_t id() const noexcept = 0;
+  virtual ActorId id() const noexcept = 0;
   virtual const std::string& name() const noexcept = 0;
   virtual const ClassInfo& cls() const noexcept = 0;
   virtual ActorState state() const = 0;
@@ -119,8 +120,7 @@ class ActorCore {
 std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                         ActorOptions options);
 std::shared_ptr<ActorCore> find_actor(std::string_view name);
-std::shared_ptr<ActorCore> find_actor(std::uint64_t id);
-std::uint64_t current_caller() noexcept;
+std::shared_ptr<ActorCore> find_actor(const ActorId& id);
 
 template <class P, class Arg>
 ArgSlot make_arg(Arg&& arg) {
@@ -191,7 +191,8 @@ class ActorHandle {
   }
 
   bool valid() const noexcept { return core_ != nullptr; }
-  std::uint64_t id() const { return checked().id(); }
+  // The actor's id, unique in the cluster (and across restarts of the actor).
+  ActorId id() const { return checked().id(); }
   const std::string& name() const { return checked().name(); }
   ActorState state() const { return checked().state(); }
   // Why a pending actor is not placed yet, or why a dead one died.
@@ -202,14 +203,16 @@ class ActorHandle {
 
   template <class Archive>
   void save(Archive& ar) const {
-    ar(checked().id());
+    const ActorId id = checked().id();
+    ar(id.hi(), id.lo());
   }
   template <class Archive>
   void load(Archive& ar) {
-    std::uint64_t actor_id = 0;
-    ar(actor_id);
+    std::uint64_t hi = 0, lo = 0;
+    ar(hi, lo);
+    const ActorId actor_id{hi, lo};
     core_ = detail::find_actor(actor_id);
-    if (!core_) throw_error(Errc::not_found, "no actor with id " + std::to_string(actor_id));
+    if (!core_) throw_error(Errc::not_found, "no actor with id " + actor_id.hex());
   }
 
  private:

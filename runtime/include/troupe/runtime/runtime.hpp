@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "troupe/runtime/ids.hpp"
+
 namespace troupe {
 
 struct InitOptions {
@@ -38,8 +40,9 @@ Mode mode() noexcept;
 // Inside an actor method: the GPUs assigned to this actor (indices as the
 // process sees them). Elsewhere: empty.
 std::vector<int> get_gpu_ids();
-// The actor id of the method running on this thread, 0 outside actors.
-std::uint64_t current_actor_id() noexcept;
+// The id of the actor whose method runs on this thread; the nil ActorId
+// (ActorId{}, false as a bool) outside actors.
+ActorId current_actor_id() noexcept;
 
 // Resources of the cluster (local mode: this node) in total and free now.
 std::map<std::string, double> cluster_resources();

@@ -11,7 +11,7 @@
 // by the sending thread under a mutex (no hand-off to another thread on the
 // send path).
 //
-// Both throw TransportError (timeout, cancelled once stopped, transport);
+// Both throw troupe::Error (timeout, cancelled once stopped, transport);
 // the runtime converts it at its boundary.
 #pragma once
 
