@@ -12,7 +12,13 @@
 // both; each figure is the median over repeats.
 #include "bench_util.hpp"
 
-#include "troupe/runtime/asio.hpp"
+// The baseline uses Asio directly, not troupe's private wrapper. Boost 1.74's
+// awaitable.hpp needs <utility> first under C++20.
+#include <utility>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 
 #include <atomic>
 #include <condition_variable>

@@ -98,7 +98,7 @@ sched::ClusterSpec file_cluster(const PlanOptions& options) {
   return cluster;
 }
 
-// plan_to_json() laid out as in shared/planner/README.md: one line per
+// plan_to_json() laid out as in docs/planner.md: one line per
 // stage, keys in the README's order, "bottleneck_s" last.
 std::string plan_json_text(const sched::Plan& plan) {
   const nlohmann::json doc = sched::plan_to_json(plan);
@@ -204,7 +204,7 @@ void add_plan_command(CLI::App& app) {
   auto* command = app.add_subcommand(
       "plan", "Split a model into pipeline stages over a cluster's GPUs, minimizing the slowest stage");
   command->footer(
-      "The cost model and the file formats are those of shared/planner/README.md: a stage's time is its\n"
+      "The cost model and the file formats are those of docs/planner.md: a stage's time is its\n"
       "compute (FLOP / GPU tflops) plus sending its last layer's activations to the next stage; a stage\n"
       "k of S must hold its parameters plus S-k micro-batches of activations. The plan is optimal under\n"
       "that model. With --address (or no --cluster: the latest local session's head), each alive node\n"

@@ -1,11 +1,14 @@
 // The `troupe` command line: what every subcommand shares.
 //
-// Each subcommand lives in its own file (info.cpp, gpus.cpp; later start,
-// stop, status, list, submit, job) and exposes one function
+// Each subcommand lives in its own file and exposes one function
 // `void add_<name>_command(CLI::App& app)` that adds the subcommand, its
-// options and its action to the top-level app. main.cpp lists those functions
-// in one table and owns parsing, exit codes and error printing, so a
-// subcommand only parses its options and does its work.
+// options and its action to the top-level app: info.cpp, gpus.cpp and
+// cmd_plan.cpp (declared here), and the cluster commands start (with the
+// hidden __daemon) in cmd_start.cpp, stop in cmd_stop.cpp, status and list
+// in cmd_status.cpp, submit in cmd_submit.cpp and job in cmd_job.cpp
+// (declared in cluster_commands.hpp). main.cpp lists those functions in one
+// table and owns parsing, exit codes and error printing, so a subcommand
+// only parses its options and does its work.
 //
 // Conventions, after ray's CLI: data goes to stdout (`--json` where a script
 // may read it), errors to stderr as "Error: ...". Exit codes: 0 success,

@@ -20,8 +20,7 @@ namespace {
 
 using AddCommand = void (*)(CLI::App&);
 
-// In the order `troupe --help` lists them. Cluster commands (start, stop,
-// status, list, submit, job) join here as they land.
+// In the order `troupe --help` lists them.
 constexpr AddCommand kCommands[] = {
     add_start_command,
     add_stop_command,

@@ -1,6 +1,9 @@
 # troupe_library(NAME <folder>) builds troupe_<folder> from <folder>/src/*.cpp
 # (and *.cu when CUDA is on) with public headers in <folder>/include, and
-# installs both into the troupeTargets export set as troupe::<folder>.
+# installs both into the troupeTargets export set as troupe::<folder>. Every
+# header under include/ is installed and is public: private headers live in
+# src/ (or, when other in-tree targets share them, in a folder that is not
+# installed). Each public header is compiled alone (TroupeCheckHeaders.cmake).
 function(troupe_library folder)
   file(GLOB_RECURSE _cpp CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/src/*.cpp)
   set(_cu "")
@@ -27,4 +30,5 @@ function(troupe_library folder)
   if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/include)  # git keeps no empty folders
     install(DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
   endif()
+  troupe_check_headers(${_target})
 endfunction()

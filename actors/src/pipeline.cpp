@@ -231,7 +231,13 @@ void PipelineStage::keep_stash(std::int64_t micro_batch, Stash stash, const char
   ++forwards_;
 }
 
-Tensor PipelineStage::to_output(const Tensor& t) const { return t.device().is_cpu() ? t : t.to(Device::cpu()); }
+Tensor PipelineStage::to_output(const Tensor& t) const {
+  // The result stays in the stage's memory; the runtime moves it (in a
+  // cluster, the data plane publishes it straight from this storage, possibly
+  // to another process), so the kernels that wrote it must have finished.
+  if (t.defined() && t.device().is_cuda()) kernels::synchronize(t.device());
+  return t;
+}
 
 void PipelineStage::pause_until(std::chrono::steady_clock::time_point start, std::int64_t micro_seconds) const {
   if (micro_seconds > 0) std::this_thread::sleep_until(start + std::chrono::microseconds(micro_seconds));
@@ -301,7 +307,13 @@ Tensor PipelineStage::backward_loss(std::int64_t micro_batch) {
   return dx;
 }
 
-Tensor PipelineStage::predict(Tensor x) { return to_output(run_layers(std::move(x), nullptr)); }
+Tensor PipelineStage::predict(Tensor x) {
+  Tensor y = run_layers(std::move(x), nullptr);
+  // The model's output is for the driver, which may have no GPU (and a small
+  // CUDA tensor sent inline cannot be decoded in a process without one).
+  if (spec_.is_last) return y.device().is_cpu() ? y : y.to(Device::cpu());
+  return to_output(y);
+}
 
 void PipelineStage::drop_batch() {
   for (kernels::Linear& layer : layers_) layer.zero_grad();
@@ -571,7 +583,7 @@ ObjectRef<Tensor> Pipeline::predict(const Tensor& x) {
   if (stages_.empty()) fail("Pipeline::predict", "the pipeline has no stages (moved from?)");
   ObjectRef<Tensor> h = stages_.front().call<&PipelineStage::predict>(x);
   for (std::size_t k = 1; k < stages_.size(); ++k) h = stages_[k].call<&PipelineStage::predict>(h);
-  return h;
+  return h;  // the last stage's predict answers in host memory
 }
 
 std::vector<std::vector<Tensor>> Pipeline::parameters() const {

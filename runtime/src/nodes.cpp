@@ -52,7 +52,7 @@ std::vector<NodeDescription> Backend::nodes() {
     if (info.getState() != wire::NodeState::ALIVE) continue;
     auto node = info.getNode();
     NodeDescription description;
-    description.id = from_wire<NodeId>(node.getNodeId()).hex();
+    description.id = troupe::from_wire<NodeId>(node.getNodeId()).hex();
     description.name = description.id.substr(0, 12);
     description.hostname = node.getHostname().cStr();
     for (auto gpu : node.getGpus()) description.gpus.push_back(scheduler::gpu_from_wire(gpu));

@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "troupe/runtime/asio.hpp"
+#include "asio.hpp"
 
 namespace troupe::detail {
 

@@ -1,4 +1,4 @@
-// The planner's file formats (shared/planner/README.md) and GPU type tables.
+// The planner's file formats (docs/planner.md) and GPU type tables.
 //
 // Parsing checks types and presence of keys here, then leaves value rules
 // (ranges, uniqueness) to validate() so code-built inputs obey the same ones.
@@ -206,7 +206,7 @@ Plan parse_plan(const json& document) {
 }
 
 const GpuTypeTable& builtin_gpu_types() {
-  // shared/planner/README.md, "GPU types used in clusters/".
+  // docs/planner.md, "Cluster" (the shared planner README's GPU types).
   static const GpuTypeTable table{
       {"H100-80GB", {700, 80}}, {"A100-80GB", {300, 80}}, {"A100-40GB", {300, 40}},
       {"V100-32GB", {110, 32}}, {"V100-16GB", {110, 16}}, {"T4-16GB", {60, 16}},

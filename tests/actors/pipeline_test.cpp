@@ -512,6 +512,67 @@ TEST_F(PipelineTest, CudaStagesMatchCpuStages) {
   for (const auto& stats : gpu.stats()) EXPECT_EQ(stats.device, "cuda:0");
 }
 
+TEST_F(PipelineTest, AHostStagesResultsAreInHostMemory) {
+  auto specs = troupe::actors::split_mlp(kSizes, 2, {});
+  auto first = troupe::actor<PipelineStage>(specs[0]);
+  auto last = troupe::actor<PipelineStage>(specs[1]);
+  const Tensor x = random_inputs(4, kSizes.front(), 1);
+  const auto h = first.call<&PipelineStage::forward>(std::int64_t{1}, x);
+  (void)last.call<&PipelineStage::forward_loss>(std::int64_t{1}, h, random_labels(4, kSizes.back(), 2),
+                                                std::int64_t{4}).get();
+  const Tensor dx = last.call<&PipelineStage::backward_loss>(std::int64_t{1}).get();
+  EXPECT_TRUE(h.get().device().is_cpu()) << h.get().device().to_string();
+  EXPECT_TRUE(dx.device().is_cpu()) << dx.device().to_string();
+  EXPECT_TRUE(first.call<&PipelineStage::predict>(x).get().device().is_cpu());
+}
+
+// A CUDA stage's activations and gradients stay on its GPU (the runtime, not
+// the stage, moves them); a host stage next to it takes them as they come.
+TEST_F(PipelineTest, ACudaStagesResultsStayOnItsGpu) {
+  if (!troupe::cuda::available()) GTEST_SKIP() << "no CUDA device: " << troupe::cuda::unavailable_reason();
+  auto specs = troupe::actors::split_mlp(kSizes, 3, {});  // 20-32-24 | 24-16 | 16-5
+  specs[1].device = troupe::actors::StageDevice::cuda;
+  auto first = troupe::actor<PipelineStage>(specs[0]);
+  auto middle = troupe::actor<PipelineStage>(specs[1]);
+  auto last = troupe::actor<PipelineStage>(specs[2]);
+  const Tensor x = random_inputs(4, kSizes.front(), 1);
+  const auto h0 = first.call<&PipelineStage::forward>(std::int64_t{1}, x);
+  const auto h1 = middle.call<&PipelineStage::forward>(std::int64_t{1}, h0);  // host in, GPU out
+  const float loss = last.call<&PipelineStage::forward_loss>(std::int64_t{1}, h1, random_labels(4, kSizes.back(), 2),
+                                                             std::int64_t{4}).get();  // GPU in, host stage
+  const auto g2 = last.call<&PipelineStage::backward_loss>(std::int64_t{1});
+  const auto g1 = middle.call<&PipelineStage::backward>(std::int64_t{1}, g2);
+  const Tensor g0 = first.call<&PipelineStage::backward>(std::int64_t{1}, g1).get();  // GPU in, host stage
+  EXPECT_TRUE(std::isfinite(loss));
+  EXPECT_FALSE(g0.defined());  // the first stage computes no input gradient
+  EXPECT_TRUE(h0.get().device().is_cpu()) << h0.get().device().to_string();
+  EXPECT_EQ(h1.get().device(), troupe::Device::cuda(0)) << h1.get().device().to_string();
+  EXPECT_TRUE(g2.get().device().is_cpu()) << g2.get().device().to_string();
+  EXPECT_EQ(g1.get().device(), troupe::Device::cuda(0)) << g1.get().device().to_string();
+  EXPECT_EQ(middle.call<&PipelineStage::predict>(h0.get()).get().device(), troupe::Device::cuda(0));
+}
+
+TEST_F(PipelineTest, MixedHostAndCudaStagesMatchCpuStagesAndPredictGivesHostLogits) {
+  if (!troupe::cuda::available()) GTEST_SKIP() << "no CUDA device: " << troupe::cuda::unavailable_reason();
+  StageSpec common;
+  common.seed = 11;
+  common.optimizer = OptimizerSpec::make_adam(0.001f);
+  Pipeline cpu(troupe::actors::split_mlp(kSizes, 4, common));
+  std::vector<StageSpec> specs = troupe::actors::split_mlp(kSizes, 4, common);
+  for (const int k : {0, 2, 3}) specs[k].device = troupe::actors::StageDevice::cuda;  // the last one too
+  Pipeline mixed(specs);
+  for (int step = 0; step < 2; ++step) {
+    const Tensor x = random_inputs(16, kSizes.front(), 100 + step);
+    const Tensor labels = random_labels(16, kSizes.back(), 200 + step);
+    const float want = cpu.train_batch(x, labels, 4, Schedule::one_f_one_b);
+    EXPECT_NEAR(mixed.train_batch(x, labels, 4, Schedule::one_f_one_b), want, 1e-4 * want);
+  }
+  const Tensor x = random_inputs(10, kSizes.front(), 7);
+  const Tensor logits = mixed.predict(x).get();
+  EXPECT_TRUE(logits.device().is_cpu()) << logits.device().to_string();
+  EXPECT_LE(relative_error(logits, cpu.predict(x).get()), 1e-4);
+}
+
 TEST_F(PipelineTest, ACudaStageWithoutADeviceFailsWithTheReason) {
   if (troupe::cuda::available()) GTEST_SKIP() << "this machine has a CUDA device";
   StageSpec common;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs a built troupe tree into a throw-away prefix, then builds and runs
 # tests/install/consumer against it the way a user would:
-#   find_package(troupe REQUIRED) + target_link_libraries(app PRIVATE troupe::troupe)
+#   find_package(troupe REQUIRED) + target_link_libraries(app PRIVATE troupe::troupe),
+# and a second program that links troupe::transport alone.
 #
 # usage: run_install_test.sh BUILD_DIR [CXX_COMPILER] [BUILD_TYPE]
 #   (ctest passes these; CMAKE=... picks the cmake binary, KEEP_TMP=1 keeps
@@ -50,6 +51,10 @@ shopt -u nullglob
 [[ -x $prefix/bin/troupe ]] || fail "missing bin/troupe"
 private=$(find "$prefix/include" -path "*/src/*" -o -name "*.cpp")
 [[ -z $private ]] || fail "private files installed: $private"
+# Internal headers stay out of the package.
+for f in troupe/runtime/asio.hpp troupe/scheduler/wire_gpu.hpp; do
+  [[ ! -e $prefix/include/$f ]] || fail "internal header installed: include/$f"
+done
 
 generator=()
 if command -v ninja > /dev/null; then generator=(-G Ninja); fi
@@ -73,4 +78,13 @@ echo "$output"
 ((status == 0)) || fail "consumer exited with $status"
 grep -qx 'consumer: total=82' <<< "$output" || fail "consumer printed the wrong result"
 grep -qx 'consumer: OK' <<< "$output" || fail "consumer did not report OK"
+
+echo "install-test: running the transport consumer"
+set +e
+output=$("$consumer_build/transport_consumer" 2>&1)
+status=$?
+set -e
+echo "$output"
+((status == 0)) || fail "transport_consumer exited with $status"
+grep -qx 'transport_consumer: OK' <<< "$output" || fail "transport_consumer did not report OK"
 echo "install-test: PASS"

@@ -6,10 +6,7 @@
 #include <type_traits>
 #include <unordered_set>
 
-#include <capnp/message.h>
 #include <gtest/gtest.h>
-
-#include "troupe/transport/schema/common.capnp.h"
 
 namespace troupe {
 namespace {
@@ -63,12 +60,28 @@ TEST(Ids, OrderIsHiThenLoAndHashesSpreadSequentialIds) {
   EXPECT_EQ(hashes.size(), 1000u);
 }
 
-TEST(Ids, WireFormRoundTripsThroughTheSchema) {
-  capnp::MallocMessageBuilder message;
-  auto builder = message.initRoot<wire::ActorId>();
-  const auto id = ActorId::random();
-  to_wire(builder, id);
-  EXPECT_EQ(from_wire<ActorId>(builder.asReader()), id);
+// The shape of a Cap'n Proto id struct's builder and reader (hi, lo); the
+// transport's tests run the same conversion on the real schema.
+struct FakeWireId {
+  std::uint64_t hi = 0, lo = 0;
+  void setHi(std::uint64_t v) { hi = v; }
+  void setLo(std::uint64_t v) { lo = v; }
+  std::uint64_t getHi() const { return hi; }
+  std::uint64_t getLo() const { return lo; }
+};
+struct FakeBuilder {
+  FakeWireId* target;
+  void setHi(std::uint64_t v) { target->setHi(v); }
+  void setLo(std::uint64_t v) { target->setLo(v); }
+};
+
+TEST(Ids, WireFormIsHiAndLoAndRoundTrips) {
+  FakeWireId wire;
+  const ActorId id{0x1111, 0x2222};
+  to_wire(FakeBuilder{&wire}, id);
+  EXPECT_EQ(wire.hi, 0x1111u);
+  EXPECT_EQ(wire.lo, 0x2222u);
+  EXPECT_EQ(from_wire<ActorId>(wire), id);
 }
 
 }  // namespace

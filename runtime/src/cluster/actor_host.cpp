@@ -38,9 +38,9 @@ ActorHost::ActorHost(const std::string& spec_path) {
   auto message = transport::ReceivedMessage::copy_of(spec_bytes_.data(), spec_bytes_.size());
   auto start = message.root<wire::StartActor>();
   auto spec = start.getSpec();
-  actor_id_ = from_wire<ActorId>(spec.getActorId());
+  actor_id_ = troupe::from_wire<ActorId>(spec.getActorId());
   incarnation_ = start.getIncarnation();
-  job_id_ = from_wire<JobId>(spec.getJobId());
+  job_id_ = troupe::from_wire<JobId>(spec.getJobId());
   if (const char* node = std::getenv("TROUPE_NODE_ID"); node && *node) {
     if (auto id = NodeId::parse(node)) node_id_ = *id;
   }
@@ -80,8 +80,8 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
   }
   capnp::MallocMessageBuilder update;
   auto body = update.initRoot<wire::ControlMessage>().initActorUpdate();
-  to_wire(body.initActorId(), actor_id_);
-  to_wire(body.initNodeId(), node_id_);
+  troupe::to_wire(body.initActorId(), actor_id_);
+  troupe::to_wire(body.initNodeId(), node_id_);
   body.setIncarnation(incarnation_);
   body.setClassName(spec.getClassName());
   body.setName(spec.getName());

@@ -60,7 +60,7 @@ void CallServer::dispatch(wire::CallMessage::Reader root) {
     }
     case wire::CallMessage::RELEASE: {
       std::vector<ObjectId> ids;
-      for (auto wire_id : root.getRelease().getIds()) ids.push_back(from_wire<ObjectId>(wire_id));
+      for (auto wire_id : root.getRelease().getIds()) ids.push_back(troupe::from_wire<ObjectId>(wire_id));
       table_->release(ids);
       break;
     }
@@ -69,7 +69,7 @@ void CallServer::dispatch(wire::CallMessage::Reader root) {
       if (!cancel.hasResultId()) break;
       // A call not started yet fails with CancelledError, and that is its
       // reply; one that started runs to the end and answers as usual.
-      if (StatePtr result = table_->find(from_wire<ObjectId>(cancel.getResultId()))) result->cancel();
+      if (StatePtr result = table_->find(troupe::from_wire<ObjectId>(cancel.getResultId()))) result->cancel();
       break;
     }
   }
@@ -81,11 +81,11 @@ void CallServer::serve_fetch(wire::CallRequest::Reader request) {
   if (request.getArgs().size() != 1 || !request.getArgs()[0].isRef()) return;
   // The call producing it may not have arrived yet (it comes on another
   // connection): then the fetch is parked until it does.
-  StatePtr state = table_->find_or_wait(from_wire<ObjectId>(request.getArgs()[0].getRef().getId()));
+  StatePtr state = table_->find_or_wait(troupe::from_wire<ObjectId>(request.getArgs()[0].getRef().getId()));
   auto self = shared_from_this();
   std::weak_ptr<ObjectState> weak = state;
   state->on_complete([self, weak, call_id, return_to] {
-    if (auto s = weak.lock()) self->reply_to(return_to, call_id, 0, s, /*allow_ref=*/false);
+    if (auto s = weak.lock()) self->reply_to(return_to, call_id, ActorId{}, s, /*allow_ref=*/false);
   });
 }
 
@@ -107,22 +107,22 @@ std::string CallServer::check_seq(const WorkerId& caller, std::uint64_t seq) {
 void CallServer::on_request(wire::CallRequest::Reader request) {
   const std::uint64_t call_id = request.getCallId();
   std::string return_to = request.getReturnTo();
-  const ObjectId result_id = from_wire<ObjectId>(request.getResultId());
-  auto result = std::make_shared<ObjectState>(ObjectId{result_id.hi, result_id.lo});
+  const ObjectId result_id = troupe::from_wire<ObjectId>(request.getResultId());
+  auto result = std::make_shared<ObjectState>(result_id);
   auto fail = [&](Errc code, std::string message) {
     result->set_error(make_error(code, std::move(message)));
-    reply_to(return_to, call_id, 0, result, false);
+    reply_to(return_to, call_id, ActorId{}, result, false);
   };
   const LocalActor* hosted = host_ ? host_->actor().get() : nullptr;
   if (!hosted) return fail(Errc::not_found, "this process hosts no actor");
   const ActorId& hosted_id = host_->actor_id();
-  if (from_wire<ActorId>(request.getActorId()) != hosted_id)
+  if (troupe::from_wire<ActorId>(request.getActorId()) != hosted_id)
     return fail(Errc::actor_died, "this host runs actor " + hosted_id.hex() + ", not the one called");
   if (request.getActorIncarnation() != host_->incarnation())
     return fail(Errc::actor_died, "this host runs incarnation " + std::to_string(host_->incarnation()) + " of actor " +
                                       hosted_id.hex() + ", not incarnation " +
                                       std::to_string(request.getActorIncarnation()) + " the call was sent to");
-  if (auto why = check_seq(from_wire<WorkerId>(request.getCallerId()), request.getSeq()); !why.empty())
+  if (auto why = check_seq(troupe::from_wire<WorkerId>(request.getCallerId()), request.getSeq()); !why.empty())
     return fail(Errc::protocol, std::move(why));
   const MethodInfo* method = hosted->cls().find_method(request.getMethod().cStr());
   if (!method) return fail(Errc::not_registered, hosted->cls().name + " has no registered method '" +
@@ -166,7 +166,7 @@ void CallServer::on_request(wire::CallRequest::Reader request) {
   };
   for (auto& state : passed) state->on_complete(answer);
   result->on_complete(answer);
-  host_->actor()->submit_from(std::move(spec), caller_id(from_wire<WorkerId>(request.getCallerId())));
+  host_->actor()->submit_from(std::move(spec), caller_id(troupe::from_wire<WorkerId>(request.getCallerId())));
 }
 
 void CallServer::reply_to(const std::string& address, std::uint64_t call_id, ActorId actor_id,
@@ -174,7 +174,7 @@ void CallServer::reply_to(const std::string& address, std::uint64_t call_id, Act
   capnp::MallocMessageBuilder message(kFirstSegmentWords);
   auto reply = message.initRoot<wire::CallMessage>().initReply();
   reply.setCallId(call_id);
-  to_wire(reply.initActorId(), actor_id);
+  troupe::to_wire(reply.initActorId(), actor_id);
   if (result->has_error()) {
     fill_error(reply.initError(), result->error());
   } else {

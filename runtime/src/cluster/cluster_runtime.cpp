@@ -163,7 +163,7 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
     std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
     {
       std::lock_guard lock(mutex_);
-      auto it = groups_.find(from_wire<PlacementGroupId>(update.getPlacementGroupId()));
+      auto it = groups_.find(troupe::from_wire<PlacementGroupId>(update.getPlacementGroupId()));
       if (it == groups_.end()) return;
       group = it->second;
       switch (update.getState()) {
@@ -179,7 +179,7 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
   }
   if (message.isActorUpdate()) {
     auto update = message.getActorUpdate();
-    auto actor = actor_for_update(from_wire<ActorId>(update.getActorId()));
+    auto actor = actor_for_update(troupe::from_wire<ActorId>(update.getActorId()));
     if (!actor) return;
     if (update.getState() != wire::ActorState::DEAD) actor->set_gpus(gpus_of(update));
     std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
@@ -211,7 +211,7 @@ std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, ActorI
   auto reply = head_->get_actor(job_id_, name, actor_id);
   if (!reply) return nullptr;
   auto update = reply->root<wire::ControlMessage>().getActorUpdate();
-  const ActorId id = from_wire<ActorId>(update.getActorId());
+  const ActorId id = troupe::from_wire<ActorId>(update.getActorId());
   if (auto existing = actor_for_update(id)) return existing;
   const ClassInfo* cls = find_class(update.getClassName().cStr());
   if (!cls) throw_error(Errc::not_registered, std::string("actor class ") + update.getClassName().cStr() + " is not registered in this binary");
@@ -329,9 +329,9 @@ void ClusterRuntime::tick() {
   for (auto& [location, ids] : releases) {
     capnp::MallocMessageBuilder message;
     auto release = message.initRoot<wire::CallMessage>().initRelease();
-    to_wire(release.initHolderId(), worker_id_);
+    troupe::to_wire(release.initHolderId(), worker_id_);
     auto list = release.initIds(static_cast<unsigned>(ids.size()));
-    for (unsigned i = 0; i < ids.size(); ++i) to_wire(list[i], ids[i]);
+    for (unsigned i = 0; i < ids.size(); ++i) troupe::to_wire(list[i], ids[i]);
     try {
       calls_->send(location, message);
     } catch (...) {
@@ -356,7 +356,7 @@ void ClusterRuntime::shutdown() {
     try {
       kill_actor(actor->id(), true);
     } catch (const std::exception& e) {
-      TROUPE_LOG_WARN("could not kill actor {} at shutdown: {}", actor->id(), e.what());
+      TROUPE_LOG_WARN("could not kill actor {} at shutdown: {}", actor->id().short_hex(), e.what());
     }
     actor->on_update(ActorState::dead, {}, 0, "the driver shut down");
   }

@@ -61,11 +61,11 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
   capnp::MallocMessageBuilder message;
   auto reg = message.initRoot<wire::ControlMessage>().initRegisterDriver();
   reg.setProtocolVersion(wire::PROTOCOL_VERSION);
-  to_wire(reg.initWorkerId(), worker_id);
+  troupe::to_wire(reg.initWorkerId(), worker_id);
   if (const char* job = std::getenv("TROUPE_JOB_ID"); job && *job) {
     const auto job_id = JobId::parse(job);
     if (!job_id) throw_error(Errc::invalid_argument, std::string("TROUPE_JOB_ID is not a job id: '") + job + "'");
-    to_wire(reg.initJobId(), *job_id);
+    troupe::to_wire(reg.initJobId(), *job_id);
   }
   reg.setBinaryHash(hash);
   reg.setPid(static_cast<std::uint32_t>(::getpid()));
@@ -77,7 +77,7 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
   if (!root.isRegisterDriverReply())
     throw_error(Errc::protocol, "head answered registerDriver with an unexpected message");
   auto body = root.getRegisterDriverReply();
-  const JobId job_id = from_wire<JobId>(body.getJobId());
+  const JobId job_id = troupe::from_wire<JobId>(body.getJobId());
   const auto heartbeat = std::chrono::milliseconds(std::max<std::uint32_t>(50, body.getHeartbeatIntervalMs()));
   if (body.getNeedBinary()) {
     capnp::MallocMessageBuilder upload;
@@ -89,7 +89,7 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
   channel_->set_periodic(heartbeat, [this, worker_id] {
     capnp::MallocMessageBuilder beat;
     auto hb = beat.initRoot<wire::ControlMessage>().initDriverHeartbeat();
-    to_wire(hb.initWorkerId(), worker_id);
+    troupe::to_wire(hb.initWorkerId(), worker_id);
     hb.setSeq(++heartbeat_seq_);
     channel_->send(beat);
   });
@@ -102,9 +102,9 @@ void HeadClient::create_actor(ActorId id, const JobId& job_id, const WorkerId& o
                               PlacementGroupId group_id) {
   capnp::MallocMessageBuilder message;
   auto create = message.initRoot<wire::ControlMessage>().initCreateActor();
-  to_wire(create.initActorId(), id);
-  to_wire(create.initJobId(), job_id);
-  to_wire(create.initOwnerId(), owner_id);
+  troupe::to_wire(create.initActorId(), id);
+  troupe::to_wire(create.initJobId(), job_id);
+  troupe::to_wire(create.initOwnerId(), owner_id);
   create.setClassName(cls.name);
   create.setName(options.name);
   std::string args = serialize(ctor_args);
@@ -123,7 +123,7 @@ void HeadClient::create_actor(ActorId id, const JobId& job_id, const WorkerId& o
   create.setMaxRestarts(options.max_restarts);
   create.setMaxConcurrency(static_cast<std::uint32_t>(options.max_concurrency));
   create.setBundleIndex(options.bundle_index);
-  if (group_id != 0) to_wire(create.initPlacementGroupId(), group_id);
+  if (!group_id.nil()) troupe::to_wire(create.initPlacementGroupId(), group_id);
   (void)request(message);
 }
 
@@ -131,8 +131,8 @@ void HeadClient::create_group(PlacementGroupId id, const JobId& job_id, const st
                               const std::vector<scheduler::Bundle>& bundles, wire::PlacementStrategy strategy) {
   capnp::MallocMessageBuilder message;
   auto create = message.initRoot<wire::ControlMessage>().initCreatePlacementGroup();
-  to_wire(create.initPlacementGroupId(), id);
-  to_wire(create.initJobId(), job_id);
+  troupe::to_wire(create.initPlacementGroupId(), id);
+  troupe::to_wire(create.initJobId(), job_id);
   create.setName(name);
   create.setStrategy(strategy);
   auto list = create.initBundles(static_cast<unsigned>(bundles.size()));
@@ -154,7 +154,7 @@ void HeadClient::create_group(PlacementGroupId id, const JobId& job_id, const st
 void HeadClient::kill_actor(ActorId actor_id, bool no_restart) {
   capnp::MallocMessageBuilder message;
   auto kill = message.initRoot<wire::ControlMessage>().initKillActor();
-  to_wire(kill.initActorId(), actor_id);
+  troupe::to_wire(kill.initActorId(), actor_id);
   kill.setNoRestart(no_restart);
   (void)request(message);
 }
@@ -163,9 +163,9 @@ std::optional<transport::ReceivedMessage> HeadClient::get_actor(const JobId& job
                                                                 ActorId actor_id) {
   capnp::MallocMessageBuilder message;
   auto get = message.initRoot<wire::ControlMessage>().initGetActorByName();
-  to_wire(get.initJobId(), job_id);
+  troupe::to_wire(get.initJobId(), job_id);
   get.setName(std::string(name));
-  if (name.empty()) to_wire(get.initActorId(), actor_id);
+  if (name.empty()) troupe::to_wire(get.initActorId(), actor_id);
   try {
     auto reply = request(message);
     if (!reply.root<wire::ControlMessage>().isActorUpdate()) return std::nullopt;
@@ -201,7 +201,7 @@ std::map<std::string, double> HeadClient::cluster_totals(bool available) {
 void HeadClient::remove_group(PlacementGroupId group_id) {
   capnp::MallocMessageBuilder message;
   auto remove = message.initRoot<wire::ControlMessage>().initRemovePlacementGroup();
-  to_wire(remove.initPlacementGroupId(), group_id);
+  troupe::to_wire(remove.initPlacementGroupId(), group_id);
   (void)request(message);
 }
 

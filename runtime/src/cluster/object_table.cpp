@@ -27,7 +27,7 @@ StatePtr ObjectTable::find_or_wait(const ObjectId& id) {
   std::lock_guard lock(mutex_);
   auto it = table_.find(id);
   if (it != table_.end()) return it->second;
-  auto state = std::make_shared<ObjectState>(ObjectId{id.hi, id.lo});
+  auto state = std::make_shared<ObjectState>(id);
   wanted_[id].push_back(state);
   return state;
 }

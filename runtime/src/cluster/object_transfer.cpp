@@ -180,7 +180,7 @@ bool ObjectTransfer::held_elsewhere(const StatePtr& ref) {
 
 void ObjectTransfer::describe_elsewhere(wire::ObjectDescriptor::Builder descriptor, const ObjectId& id,
                                         const std::string& location) {
-  to_wire(descriptor.initId(), id);
+  troupe::to_wire(descriptor.initId(), id);
   descriptor.setOwnerAddress(location);
   if (auto data = data_address_of(location); !data.empty()) descriptor.setOwnerDataAddress(as_data(data));
   descriptor.setRemote();
@@ -188,7 +188,7 @@ void ObjectTransfer::describe_elsewhere(wire::ObjectDescriptor::Builder descript
 
 void ObjectTransfer::describe_here(wire::ObjectDescriptor::Builder descriptor, const ObjectId& id,
                                    std::size_t size_bytes) {
-  to_wire(descriptor.initId(), id);
+  troupe::to_wire(descriptor.initId(), id);
   descriptor.setOwnerAddress(own_address_);
   if (data_) descriptor.setOwnerDataAddress(as_data(data_->address()));
   if (size_bytes) descriptor.setSizeBytes(size_bytes);
@@ -208,7 +208,7 @@ void ObjectTransfer::describe_passed_ref(wire::ObjectDescriptor::Builder descrip
   if (ref->is_ready() && !ref->has_error()) {
     auto encoding = encode_for_transfer(ref->value());
     if (!encoding.by_descriptor) {
-      to_wire(descriptor.initId(), id);
+      troupe::to_wire(descriptor.initId(), id);
       descriptor.setRemote();
       descriptor.setInlineData(as_data(encoding.bytes));
       descriptor.setSizeBytes(encoding.bytes.size());
@@ -236,7 +236,7 @@ void ObjectTransfer::describe_passed_ref(wire::ObjectDescriptor::Builder descrip
 }
 
 StatePtr ObjectTransfer::resolve(wire::ObjectDescriptor::Reader descriptor) {
-  const ObjectId id = from_wire<ObjectId>(descriptor.getId());
+  const ObjectId id = troupe::from_wire<ObjectId>(descriptor.getId());
   if (descriptor.isInlineData()) {
     auto state = std::make_shared<ObjectState>();
     auto data = descriptor.getInlineData();

@@ -21,14 +21,14 @@ void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std:
   auto request = message.initRoot<wire::CallMessage>().initRequest();
   const std::uint64_t call_id = next_call_.fetch_add(1);
   request.setCallId(call_id);
-  to_wire(request.initActorId(), actor_id);
+  troupe::to_wire(request.initActorId(), actor_id);
   request.setActorIncarnation(incarnation);
-  to_wire(request.initCallerId(), worker_id_);
+  troupe::to_wire(request.initCallerId(), worker_id_);
   request.setSeq(seq);
   request.setMethod(spec.method->name);
   request.setReturnTo(calls_->address());
   const auto& result_id = spec.result->id();
-  to_wire(request.initResultId(), result_id);
+  troupe::to_wire(request.initResultId(), result_id);
   auto args = request.initArgs(static_cast<unsigned>(spec.args.size()));
   std::vector<StatePtr> borrowed;
   std::vector<ObjectId> lent;
@@ -87,9 +87,9 @@ void OutboundCalls::cancel_sent(ActorId actor_id, const std::string& address, co
   capnp::MallocMessageBuilder message;
   auto cancel = message.initRoot<wire::CallMessage>().initCancel();
   cancel.setCallId(call_id);
-  to_wire(cancel.initActorId(), actor_id);
-  to_wire(cancel.initCallerId(), worker_id_);
-  to_wire(cancel.initResultId(), result->id());
+  troupe::to_wire(cancel.initActorId(), actor_id);
+  troupe::to_wire(cancel.initCallerId(), worker_id_);
+  troupe::to_wire(cancel.initResultId(), result->id());
   try {
     calls_->send(address, message);
   } catch (const std::exception& e) {
@@ -103,16 +103,16 @@ StatePtr OutboundCalls::fetch_by_call(const ObjectId& id, const std::string& loc
   auto request = message.initRoot<wire::CallMessage>().initRequest();
   const std::uint64_t call_id = next_call_.fetch_add(1);
   request.setCallId(call_id);
-  to_wire(request.initCallerId(), worker_id_);
+  troupe::to_wire(request.initCallerId(), worker_id_);
   request.setMethod(kFetchMethod);
   request.setReturnTo(calls_->address());
   auto descriptor = request.initArgs(1)[0].initRef();
-  to_wire(descriptor.initId(), id);
+  troupe::to_wire(descriptor.initId(), id);
   descriptor.setOwnerAddress(location);
   descriptor.setRemote();
   {
     std::lock_guard lock(mutex_);
-    inflight_[call_id] = Inflight{state, {}, {}, 0, std::chrono::steady_clock::now() + transfer_->fetch_timeout()};
+    inflight_[call_id] = Inflight{state, {}, {}, ActorId{}, std::chrono::steady_clock::now() + transfer_->fetch_timeout()};
     ++fetches_in_flight_;
   }
   send_on(*calls_, location, message);
@@ -130,7 +130,7 @@ void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
     result = std::move(it->second.result);
     borrowed = std::move(it->second.borrowed);
     lent = std::move(it->second.lent);
-    if (it->second.actor_id == 0 && fetches_in_flight_ > 0) --fetches_in_flight_;
+    if (it->second.actor_id.nil() && fetches_in_flight_ > 0) --fetches_in_flight_;
     inflight_.erase(it);
   }
   table_->end_loans(lent);
@@ -143,7 +143,7 @@ void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
     }
     case wire::CallReply::REF: {
       auto descriptor = reply.getRef();
-      result->set_value(transfer_->remote_value(from_wire<ObjectId>(descriptor.getId()), std::string(descriptor.getOwnerAddress())));
+      result->set_value(transfer_->remote_value(troupe::from_wire<ObjectId>(descriptor.getId()), std::string(descriptor.getOwnerAddress())));
       break;
     }
     case wire::CallReply::ERROR: result->set_error(to_exception(reply.getError())); break;

@@ -32,7 +32,7 @@ void RemoteActor::submit(CallSpec call) {
       std::string why = state_ == ActorState::dead ? status_ : "the runtime is shut down";
       lock.unlock();
       call.result->set_error(make_error(sender_.running() ? Errc::actor_died : Errc::cancelled,
-                                        cls_.name + "#" + std::to_string(id_) + " cannot take calls: " + why));
+                                        cls_.name + "#" + id_.short_hex() + " cannot take calls: " + why));
       return;
     }
     for (auto& slot : call.args)
@@ -136,7 +136,7 @@ void RemoteActor::on_update(ActorState state, std::string address, std::uint32_t
     }
   }
   if (state == ActorState::dead) {
-    auto error = make_error(Errc::actor_died, cls_.name + "#" + std::to_string(id_) + " died: " + reason);
+    auto error = make_error(Errc::actor_died, cls_.name + "#" + id_.short_hex() + " died: " + reason);
     for (auto& result : failed) result->set_error(error);
   }
   if (state == ActorState::alive) pump();

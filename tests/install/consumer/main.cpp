@@ -3,7 +3,6 @@
 #include <cstdio>
 #include <string>
 
-#include <troupe/transport/schema/common.capnp.h>  // generated headers install too
 #include <troupe/troupe.hpp>
 
 namespace consumer {

@@ -11,8 +11,16 @@
 //
 // Data path. Stage k's output ref goes straight into stage k+1's call and the
 // gradient refs flow back the same way: the driver never waits in the middle
-// of a batch and never touches an activation (in a cluster, tensors go from
-// actor host to actor host).
+// of a batch and never touches an activation. A stage's results stay in its
+// own memory (GPU memory for a CUDA stage); in a cluster the runtime's data
+// plane (UCX) moves them actor host to actor host, into the consumer's GPU
+// memory where it has one (staged through host memory where UCX lacks CUDA),
+// and each stage moves what arrives onto its device if it is elsewhere.
+// TODO(correctness): a CUDA result small enough to travel inline in a reply
+// (up to 64 KiB with the data plane up) is decoded into CUDA memory, which a
+// process without a GPU cannot do (Error(Errc::cuda)); so a host stage in a
+// GPU-less process next to a CUDA stage fails on small activations. Large
+// ones come over the data plane, which lands them in host memory there.
 //
 // Schedules and why the driver's submission order is the schedule. An actor
 // (max_concurrency 1) runs the calls of one caller in the order they were
@@ -165,9 +173,13 @@ struct StageStats {
 //
 // Micro-batch ids name the stash: forward(i) keeps what backward(i) needs,
 // backward(i) consumes it. Ids are the caller's; one id may be in flight once.
-// Tensors may arrive on any device and are moved to the stage's; results are
-// returned in host memory (TODO(perf): keep them on the GPU when the consumer
-// shares it; today tensors cross processes through host memory anyway).
+// Tensors may arrive on any device and are moved to the stage's. Tensor
+// results that go to another stage (forward's activations, backward's and
+// backward_loss's input gradients, predict on a stage but the last) are
+// returned in the stage's own memory: a CUDA stage's on its GPU, once the
+// kernels that wrote them have finished, so the runtime can hand them to
+// another process as they are. The last stage's predict returns the logits
+// in host memory: they are the model's output, for the driver.
 // Errors: Error(invalid_argument) for shapes that do not fit, an id already
 // stashed or never stashed, forward on the last stage, forward_loss on
 // another; kernel errors as in kernels.hpp.
@@ -191,7 +203,8 @@ class PipelineStage {
   // Last stage: backward from the stashed dlogits; returns dx (undefined when
   // the last stage is also the first).
   Tensor backward_loss(std::int64_t micro_batch);
-  // Forward without stashing or counting (evaluation); the last stage returns logits.
+  // Forward without stashing or counting (evaluation); the last stage returns
+  // logits, in host memory.
   Tensor predict(Tensor x);
   // Applies the optimizer to the gradients summed since the previous step
   // and zeroes them. `micro_batches` is how many backwards the caller
@@ -307,7 +320,8 @@ class Pipeline {
   float train_batch(const Tensor& x, const Tensor& labels, int micro_batches, Schedule schedule);
 
   // The model's logits for x [rows, in], through every stage's predict (no
-  // stash, no gradient). Returns at once.
+  // stash, no gradient), in host memory whatever the last stage's device (the
+  // activations between stages stay on the stages' devices). Returns at once.
   [[nodiscard]] ObjectRef<Tensor> predict(const Tensor& x);
 
   // Blocking conveniences: every stage's get_parameters / stats, in stage order.

@@ -1,10 +1,14 @@
-// Template definitions for object_ref.hpp. Not a public entry point.
+// Template definitions for object_ref.hpp, which includes this file at its
+// end. Not a public entry point; included alone it brings object_ref.hpp in
+// first (both are #pragma once, so either order sees the declarations).
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+
+#include "troupe/runtime/object_ref.hpp"
 
 namespace troupe {
 namespace detail {

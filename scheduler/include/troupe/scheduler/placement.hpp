@@ -74,7 +74,9 @@ enum class PlacementStatus {
   // Fits on some node once enough is released; worth waiting for.
   insufficient,
   // Fits on no node of the cluster even when every node is idle: waiting
-  // cannot help unless nodes join. The runtime reports Errc::unschedulable.
+  // cannot help unless nodes join. The head reports it as reason code
+  // Errc::unschedulable on the actor (left PENDING) or the placement group
+  // (INFEASIBLE), which are placed once a node that fits joins.
   infeasible,
 };
 std::string_view to_string(PlacementStatus status) noexcept;

@@ -2,8 +2,8 @@
 // layers, into contiguous stages, one GPU each, so that the slowest stage is
 // as fast as possible and every GPU holds what its stage needs.
 //
-// The file formats, units and the cost model are fixed by
-// shared/planner/README.md; in short, stage k of S holding layers a..b on GPU g:
+// The file formats, units and the cost model are fixed by docs/planner.md
+// (after the shared planner README); in short, stage k of S holding layers a..b on GPU g:
 //
 //   compute_k = sum(flops[a..b]) / (tflops_g * 1e12)
 //   comm_k    = activation_bytes[b] / (bw * 1e9) for k < S-1, else 0, where bw
@@ -80,7 +80,7 @@ struct ClusterSpec {
 void validate(const ModelProfile& model);
 void validate(const ClusterSpec& cluster);
 
-// JSON in shared/planner/README.md's formats. Required keys: a model's
+// JSON in docs/planner.md's formats. Required keys: a model's
 // "layers" (non-empty) and each layer's "name", "flops", "param_bytes",
 // "activation_bytes"; a cluster's "inter_node_gbps" and "nodes" (non-empty),
 // each node's "name", "intra_node_gbps" and "gpus", each GPU's "type",

@@ -1,6 +1,8 @@
 // A GPU as the control schema carries it (node registration, cluster
-// state) turned into the scheduler's GpuInfo. Header-only: it needs the
-// transport schema, so only code that links troupe::transport includes it
+// state) turned into the scheduler's GpuInfo. Header-only and not installed:
+// the scheduler's public surface does not depend on the transport, so this
+// glue lives in scheduler/wire/, which only in-tree code that speaks the
+// control protocol sees, by linking the CMake target troupe_scheduler_wire
 // (the head, and troupe::nodes() in the runtime).
 #pragma once
 
