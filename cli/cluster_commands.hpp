@@ -33,7 +33,8 @@ void add_head_options(CLI::App& command, HeadOptions& options);
 std::chrono::milliseconds request_timeout(const HeadOptions& options);
 
 // getClusterState (with dead nodes, actors and removed groups) from the head
-// the options name. Throws CliError when there is no cluster or no answer.
+// the options name. Throws troupe::Error when there is no cluster (not_found)
+// or no answer (timeout).
 transport::ReceivedMessage get_cluster_state(const HeadOptions& options);
 
 // The JSON rows of `troupe list nodes|actors|jobs --json`.

@@ -3,20 +3,15 @@
 #include <iostream>
 #include <memory>
 
-#include "cli_error.hpp"
 #include "cluster_commands.hpp"
 #include "control_client.hpp"
-#include "troupe/node/ids.hpp"
 #include "session.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/ids.hpp"
 
 namespace troupe::cli {
 
-// The daemons' 128-bit ids (troupe/node/ids.hpp).
-using node::Id128;
-using node::id_of;
-using node::set_id;
-
-int follow_job(ControlClient& client, const Id128& job_id, bool stop_on_interrupt);  // cmd_submit.cpp
+int follow_job(ControlClient& client, const JobId& job_id, bool stop_on_interrupt);  // cmd_submit.cpp
 
 namespace {
 
@@ -27,28 +22,28 @@ struct JobOptions {
   bool follow = false;
 };
 
-Id128 resolve_job(const JobOptions& options) {
+JobId resolve_job(const JobOptions& options) {
   auto reply = get_cluster_state(options.head);
   auto jobs = reply.root<wire::ControlMessage>().getClusterState().getJobs();
-  std::vector<Id128> matches;
+  std::vector<JobId> matches;
   for (auto job : jobs) {
-    Id128 id = id_of(job.getJobId());
+    JobId id = from_wire<JobId>(job.getJobId());
     if (id.hex().rfind(options.job, 0) == 0 && !options.job.empty()) matches.push_back(id);
   }
-  if (matches.empty()) throw CliError("no job " + options.job + " (see `troupe job list`)");
+  if (matches.empty()) throw Error(Errc::not_found, "no job " + options.job + " (see `troupe job list`)");
   if (matches.size() > 1) throw UsageError("job id prefix " + options.job + " is ambiguous; give more digits");
   return matches.front();
 }
 
-wire::JobUpdate::Reader find_job(wire::ClusterState::Reader state, const Id128& id) {
+wire::JobUpdate::Reader find_job(wire::ClusterState::Reader state, const JobId& id) {
   for (auto job : state.getJobs()) {
-    if (id_of(job.getJobId()) == id) return job;
+    if (from_wire<JobId>(job.getJobId()) == id) return job;
   }
-  throw CliError("no job " + id.hex());
+  throw Error(Errc::not_found, "no job " + id.hex());
 }
 
 int job_status(const JobOptions& options) {
-  Id128 id = resolve_job(options);
+  JobId id = resolve_job(options);
   auto reply = get_cluster_state(options.head);
   auto job = find_job(reply.root<wire::ControlMessage>().getClusterState(), id);
   if (options.json) {
@@ -64,7 +59,7 @@ int job_status(const JobOptions& options) {
 }
 
 int job_logs(const JobOptions& options) {
-  Id128 id = resolve_job(options);
+  JobId id = resolve_job(options);
   ControlClient client(resolve_head_address(options.head.address, temp_root(options.head.temp_dir)),
                        request_timeout(options.head));
   if (options.follow) {
@@ -75,7 +70,7 @@ int job_logs(const JobOptions& options) {
   for (;;) {
     capnp::MallocMessageBuilder message;
     auto logs = message.initRoot<wire::ControlMessage>().initJobLogs();
-    set_id(logs.initJobId(), id);
+    to_wire(logs.initJobId(), id);
     logs.setOffset(offset);
     auto reply = client.request(message);
     auto data = reply.root<wire::ControlMessage>().getJobLogsReply().getData();
@@ -88,11 +83,11 @@ int job_logs(const JobOptions& options) {
 }
 
 int job_stop(const JobOptions& options) {
-  Id128 id = resolve_job(options);
+  JobId id = resolve_job(options);
   ControlClient client(resolve_head_address(options.head.address, temp_root(options.head.temp_dir)),
                        request_timeout(options.head));
   capnp::MallocMessageBuilder message;
-  set_id(message.initRoot<wire::ControlMessage>().initStopJob().initJobId(), id);
+  to_wire(message.initRoot<wire::ControlMessage>().initStopJob().initJobId(), id);
   auto reply = client.request(message);
   auto job = reply.root<wire::ControlMessage>().getJobUpdate();
   std::cout << "job " << id.hex() << ": " << job_state_name(job.getState())
@@ -114,7 +109,7 @@ int job_list(const JobOptions& options) {
   }
   for (auto job : state.getJobs()) {
     bool final = job.getState() != wire::JobState::PENDING && job.getState() != wire::JobState::RUNNING;
-    std::cout << id_of(job.getJobId()).hex() << "  " << job_state_name(job.getState())
+    std::cout << from_wire<JobId>(job.getJobId()).hex() << "  " << job_state_name(job.getState())
               << (final ? "  exit " + std::to_string(job.getExitCode()) : "") << "  " << job.getName().cStr()
               << '\n';
   }

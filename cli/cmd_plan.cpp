@@ -14,20 +14,15 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "cli_error.hpp"
 #include "cluster_commands.hpp"
 #include "command.hpp"
-#include "troupe/node/ids.hpp"
 #include "session.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/scheduler/error.hpp"
 #include "troupe/scheduler/planner.hpp"
 
 namespace troupe::cli {
-
-// The daemons' 128-bit ids (troupe/node/ids.hpp).
-using node::Id128;
-using node::id_of;
-using node::set_id;
 
 namespace {
 
@@ -67,7 +62,7 @@ sched::ClusterSpec live_cluster(const PlanOptions& options) {
     if (info.getState() != wire::NodeState::ALIVE) continue;
     auto node = info.getNode();
     sched::ClusterNode out;
-    out.name = id_of(node.getNodeId()).short_hex();
+    out.name = from_wire<NodeId>(node.getNodeId()).short_hex();
     out.intra_node_gbps = options.intra_gbps;
     for (auto gpu : node.getGpus()) {
       const std::string model = gpu.getModel().cStr();
@@ -83,7 +78,7 @@ sched::ClusterSpec live_cluster(const PlanOptions& options) {
     if (!out.gpus.empty()) cluster.nodes.push_back(std::move(out));
   }
   if (cluster.nodes.empty()) {
-    throw CliError(fmt::format("the {} has no alive node with GPUs to plan on", cluster.name));
+    throw Error(Errc::unschedulable, fmt::format("the {} has no alive node with GPUs to plan on", cluster.name));
   }
   return cluster;
 }

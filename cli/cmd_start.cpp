@@ -19,13 +19,14 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cli_error.hpp"
 #include "cluster_commands.hpp"
 #include "control_client.hpp"
 #include "daemon.hpp"
 #include "machine.hpp"
-#include "troupe/node/process.hpp"
 #include "session.hpp"
+#include "troupe/node/process.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/scheduler/gpu_spec.hpp"
 #include "troupe/scheduler/resources.hpp"
 #include "troupe/transport/schema/control.capnp.h"
@@ -34,7 +35,6 @@ namespace troupe::cli {
 
 using node::current_environment;
 using node::describe_wait_status;
-using node::id_of;
 using node::self_executable;
 using node::spawn_process;
 using node::SpawnOptions;
@@ -84,14 +84,16 @@ std::string log_tail(const fs::path& log, std::size_t lines = 5) {
 
 // Whether the head at `address` lists node `node` as alive; nullopt when the
 // head does not answer.
-std::optional<bool> head_lists_node(const std::string& address, const Id128& node) {
+std::optional<bool> head_lists_node(const std::string& address, const NodeId& node) {
   try {
     ControlClient client(address, std::chrono::milliseconds(500));
     capnp::MallocMessageBuilder message;
     message.initRoot<wire::ControlMessage>().initGetClusterState();
     auto reply = client.request(message);
     for (auto info : reply.root<wire::ControlMessage>().getClusterState().getNodes()) {
-      if (id_of(info.getNode().getNodeId()) == node && info.getState() == wire::NodeState::ALIVE) return true;
+      if (from_wire<NodeId>(info.getNode().getNodeId()) == node && info.getState() == wire::NodeState::ALIVE) {
+        return true;
+      }
     }
     return false;
   } catch (const std::exception&) {
@@ -117,10 +119,12 @@ void check_port_free(const std::string& ip, int port) {
   int error = errno;
   ::close(fd);
   if (rc != 0 && error == EADDRINUSE) {
-    throw CliError("port " + std::to_string(port) + " on " + ip +
+    throw Error(Errc::transport, "port " + std::to_string(port) + " on " + ip +
                    " is already in use (another head running? try `troupe stop` or --port)");
   }
-  if (rc != 0) throw CliError("cannot listen on " + ip + ":" + std::to_string(port) + ": " + std::strerror(error));
+  if (rc != 0) {
+    throw Error(Errc::transport, "cannot listen on " + ip + ":" + std::to_string(port) + ": " + std::strerror(error));
+  }
 }
 
 DaemonConfig build_config(const StartOptions& options) {
@@ -140,7 +144,7 @@ DaemonConfig build_config(const StartOptions& options) {
   config.heartbeat_ms = static_cast<std::uint32_t>(options.heartbeat_ms);
   config.heartbeat_misses = static_cast<std::uint32_t>(options.heartbeat_misses);
   config.head_address = options.address;
-  config.node_id = Id128::random();
+  config.node_id = NodeId::random();
   config.num_cpus = options.num_cpus >= 0 ? static_cast<std::uint32_t>(options.num_cpus)
                                           : std::max(1u, std::thread::hardware_concurrency());
   config.memory_bytes = machine_memory_bytes();
@@ -227,8 +231,10 @@ int start(const StartOptions& options) {
   while (std::chrono::steady_clock::now() < deadline) {
     if (auto status = try_reap(pid)) {
       restore_latest();
-      throw CliError(std::string(config.head ? "the head" : "the worker") + " failed to start (" +
-                     describe_wait_status(*status) + "); its log " + log.string() + " ends:" + log_tail(log));
+      // The daemon exited although its inputs were checked: nothing the user typed.
+      throw Error(Errc::internal, std::string(config.head ? "the head" : "the worker") + " failed to start (" +
+                                      describe_wait_status(*status) + "); its log " + log.string() +
+                                      " ends:" + log_tail(log));
     }
     if (config.head && address.empty()) {
       if (auto text = read_file(config.session_dir / "head_address")) {
@@ -253,12 +259,13 @@ int start(const StartOptions& options) {
   if (!try_reap(pid)) ::kill(pid, SIGKILL);
   restore_latest();
   if (config.head) {
-    throw CliError("the head did not become ready within " + std::to_string(static_cast<int>(options.wait_s)) +
-                   " s; its log " + log.string() + " ends:" + log_tail(log));
+    throw Error(Errc::timeout, "the head did not become ready within " +
+                                   std::to_string(static_cast<int>(options.wait_s)) + " s; its log " + log.string() +
+                                   " ends:" + log_tail(log));
   }
-  throw CliError("no answer from the head at " + config.head_address + " within " +
-                 std::to_string(static_cast<int>(options.wait_s)) +
-                 " s (is the address right and the head running?); worker not started");
+  throw Error(Errc::timeout, "no answer from the head at " + config.head_address + " within " +
+                                 std::to_string(static_cast<int>(options.wait_s)) +
+                                 " s (is the address right and the head running?); worker not started");
 }
 
 }  // namespace
@@ -297,7 +304,7 @@ void add_daemon_command(CLI::App& app) {
   command->add_option("--config", *config_path, "Daemon config (JSON) written by `troupe start`")->required();
   set_action(*command, [config_path] {
     auto text = read_file(*config_path);
-    if (!text) throw CliError("cannot read " + *config_path);
+    if (!text) throw Error(Errc::not_found, "cannot read " + *config_path);
     DaemonConfig config = nlohmann::json::parse(*text).get<DaemonConfig>();
     return run_daemon(config, /*foreground=*/false);
   });

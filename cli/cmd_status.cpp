@@ -7,19 +7,14 @@
 #include <memory>
 #include <sstream>
 
-#include "cli_error.hpp"
 #include "cluster_commands.hpp"
 #include "control_client.hpp"
-#include "troupe/node/ids.hpp"
 #include "session.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/scheduler/resources.hpp"
 
 namespace troupe::cli {
 
-// The daemons' 128-bit ids (troupe/node/ids.hpp).
-using node::Id128;
-using node::id_of;
-using node::set_id;
 namespace {
 
 std::string node_state_name(wire::NodeState state) {
@@ -116,7 +111,7 @@ std::vector<std::vector<std::string>> node_rows(wire::ClusterState::Reader state
       double t = total.get(name);
       return info.getState() == wire::NodeState::ALIVE ? t - available.get(name) : 0.0;
     };
-    rows.push_back({id_of(node.getNodeId()).short_hex(), node_state_name(info.getState()),
+    rows.push_back({from_wire<NodeId>(node.getNodeId()).short_hex(), node_state_name(info.getState()),
                     node.getAddress().cStr(), usage("CPU", used(scheduler::kCpu), total.get(scheduler::kCpu)),
                     usage("memory", used(scheduler::kMemory), total.get(scheduler::kMemory)),
                     usage("GPU", used(scheduler::kGpu), total.get(scheduler::kGpu)),
@@ -128,10 +123,10 @@ std::vector<std::vector<std::string>> node_rows(wire::ClusterState::Reader state
 std::vector<std::vector<std::string>> actor_rows(wire::ClusterState::Reader state) {
   std::vector<std::vector<std::string>> rows{{"ACTOR", "CLASS", "NAME", "STATE", "NODE", "RESTARTS", "REASON"}};
   for (auto actor : state.getActors()) {
-    Id128 node = id_of(actor.getNodeId());
-    rows.push_back({id_of(actor.getActorId()).short_hex(), actor.getClassName().cStr(),
+    NodeId node = from_wire<NodeId>(actor.getNodeId());
+    rows.push_back({from_wire<ActorId>(actor.getActorId()).short_hex(), actor.getClassName().cStr(),
                     actor.getName().size() > 0 ? actor.getName().cStr() : "-",
-                    actor_state_name(actor.getState()), node.zero() ? "-" : node.short_hex(),
+                    actor_state_name(actor.getState()), node.nil() ? "-" : node.short_hex(),
                     std::to_string(actor.getIncarnation()),
                     actor.getReason().getMessage().size() > 0 ? actor.getReason().getMessage().cStr() : "-"});
   }
@@ -142,7 +137,7 @@ std::vector<std::vector<std::string>> job_rows(wire::ClusterState::Reader state)
   std::vector<std::vector<std::string>> rows{{"JOB", "NAME", "STATE", "EXIT CODE", "INFO"}};
   for (auto job : state.getJobs()) {
     bool final = job.getState() != wire::JobState::PENDING && job.getState() != wire::JobState::RUNNING;
-    rows.push_back({id_of(job.getJobId()).hex(), job.getName().cStr(), job_state_name(job.getState()),
+    rows.push_back({from_wire<JobId>(job.getJobId()).hex(), job.getName().cStr(), job_state_name(job.getState()),
                     final ? std::to_string(job.getExitCode()) : "-",
                     job.getError().getMessage().size() > 0 ? job.getError().getMessage().cStr() : "-"});
   }
@@ -189,8 +184,11 @@ int status(const HeadOptions& options) {
     static const char* names[] = {"PENDING", "CREATED", "INFEASIBLE", "REMOVED"};
     for (auto group : state.getPlacementGroups()) {
       std::string nodes;
-      for (auto node : group.getBundleNodes()) nodes += (nodes.empty() ? "" : ",") + id_of(node).short_hex();
-      rows.push_back({id_of(group.getPlacementGroupId()).short_hex(), names[static_cast<int>(group.getState())],
+      for (auto node : group.getBundleNodes()) {
+        nodes += (nodes.empty() ? "" : ",") + from_wire<NodeId>(node).short_hex();
+      }
+      rows.push_back({from_wire<PlacementGroupId>(group.getPlacementGroupId()).short_hex(),
+                      names[static_cast<int>(group.getState())],
                       nodes.empty() ? "-" : nodes,
                       group.getReason().getMessage().size() > 0 ? group.getReason().getMessage().cStr() : "-"});
     }
@@ -269,7 +267,7 @@ nlohmann::json nodes_json(wire::ClusterState::Reader state) {
     }
     nlohmann::json by_type = nlohmann::json::object();
     for (auto gpu : node.getGpus()) by_type[gpu.getModel().cStr()] = by_type.value(gpu.getModel().cStr(), 0) + 1;
-    rows.push_back({{"node_id", id_of(node.getNodeId()).hex()},
+    rows.push_back({{"node_id", from_wire<NodeId>(node.getNodeId()).hex()},
                     {"state", node_state_name(info.getState())},
                     {"address", node.getAddress().cStr()},
                     {"hostname", node.getHostname().cStr()},
@@ -289,27 +287,28 @@ nlohmann::json nodes_json(wire::ClusterState::Reader state) {
 nlohmann::json actors_json(wire::ClusterState::Reader state) {
   auto rows = nlohmann::json::array();
   for (auto actor : state.getActors()) {
-    Id128 node = id_of(actor.getNodeId());
-    rows.push_back({{"actor_id", id_of(actor.getActorId()).hex()},
+    NodeId node = from_wire<NodeId>(actor.getNodeId());
+    rows.push_back({{"actor_id", from_wire<ActorId>(actor.getActorId()).hex()},
                     {"class_name", actor.getClassName().cStr()},
                     {"name", actor.getName().cStr()},
                     {"state", actor_state_name(actor.getState())},
-                    {"node_id", node.zero() ? "" : node.hex()},
+                    {"node_id", node.nil() ? "" : node.hex()},
                     {"address", actor.getAddress().cStr()},
                     {"incarnation", actor.getIncarnation()},
                     {"reason", actor.getReason().getMessage().cStr()},
-                    {"reason_code", actor.getReason().getCode()}});
+                    {"reason_code", actor.getReason().getCode()}});  // the wire number (docs/errors.md)
   }
   return rows;
 }
 
 nlohmann::json job_json(wire::JobUpdate::Reader job) {
-  return {{"job_id", id_of(job.getJobId()).hex()},
+  NodeId driver_node = from_wire<NodeId>(job.getDriverNodeId());
+  return {{"job_id", from_wire<JobId>(job.getJobId()).hex()},
           {"name", job.getName().cStr()},
           {"state", job_state_name(job.getState())},
           {"exit_code", job.getExitCode()},
           {"error", job.getError().getMessage().cStr()},
-          {"driver_node_id", id_of(job.getDriverNodeId()).zero() ? "" : id_of(job.getDriverNodeId()).hex()}};
+          {"driver_node_id", driver_node.nil() ? "" : driver_node.hex()}};
 }
 
 nlohmann::json jobs_json(wire::ClusterState::Reader state) {

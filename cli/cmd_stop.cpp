@@ -10,7 +10,6 @@
 #include <set>
 #include <thread>
 
-#include "cli_error.hpp"
 #include "cluster_commands.hpp"
 #include "session.hpp"
 

@@ -11,19 +11,15 @@
 #include <memory>
 #include <thread>
 
-#include "cli_error.hpp"
 #include "cluster_commands.hpp"
 #include "control_client.hpp"
-#include "troupe/node/ids.hpp"
 #include "session.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/transport/content_hash.hpp"
 
 namespace troupe::cli {
 
-// The daemons' 128-bit ids (troupe/node/ids.hpp).
-using node::Id128;
-using node::id_of;
-using node::set_id;
 namespace {
 
 std::atomic<int> g_interrupts{0};
@@ -42,26 +38,26 @@ struct SubmitOptions {
 // Follows a job's output from `offset` until the job is final; returns the
 // exit code `troupe submit` reports. With `stop_on_interrupt`, the first
 // SIGINT sends stopJob, the second returns 130 at once.
-int follow_job(ControlClient& client, const Id128& job_id, bool stop_on_interrupt) {
+int follow_job(ControlClient& client, const JobId& job_id, bool stop_on_interrupt) {
   std::uint64_t offset = 0;
   bool stop_sent = false;
   for (;;) {
     if (stop_on_interrupt && g_interrupts.load() > 0 && !stop_sent) {
       std::cerr << "\ntroupe submit: stopping job " << job_id.hex() << " (Ctrl-C again to leave now)\n";
       capnp::MallocMessageBuilder stop;
-      set_id(stop.initRoot<wire::ControlMessage>().initStopJob().initJobId(), job_id);
+      to_wire(stop.initRoot<wire::ControlMessage>().initStopJob().initJobId(), job_id);
       client.request(stop);
       stop_sent = true;
     }
     if (stop_on_interrupt && g_interrupts.load() > 1) return 130;
     capnp::MallocMessageBuilder message;
     auto logs = message.initRoot<wire::ControlMessage>().initJobLogs();
-    set_id(logs.initJobId(), job_id);
+    to_wire(logs.initJobId(), job_id);
     logs.setOffset(offset);
     logs.setMaxBytes(1 << 20);
     auto reply = client.request(message);
     auto reader = reply.root<wire::ControlMessage>();
-    if (!reader.isJobLogsReply()) throw CliError("unexpected reply to jobLogs");
+    if (!reader.isJobLogsReply()) throw Error(Errc::protocol, "unexpected reply to jobLogs");
     auto logs_reply = reader.getJobLogsReply();
     auto data = logs_reply.getData();
     if (data.size() > 0) {
@@ -104,7 +100,7 @@ int submit(const SubmitOptions& options) {
   }
   const std::string address = resolve_head_address(options.head.address, temp_root(options.head.temp_dir));
   auto contents = read_file(binary);
-  if (!contents) throw CliError("cannot read " + binary.string());
+  if (!contents) throw Error(Errc::not_found, "cannot read " + binary.string());
   const std::string hash = transport::content_hash(*contents);
 
   ControlClient client(address, request_timeout(options.head));
@@ -122,15 +118,9 @@ int submit(const SubmitOptions& options) {
   }
   submit.setBinaryHash(hash);
   submit.setBinary(kj::arrayPtr(reinterpret_cast<const kj::byte*>(contents->data()), contents->size()));
-  transport::ReceivedMessage reply = [&] {
-    try {
-      return client.request(message);
-    } catch (const RemoteError& remote) {
-      throw CliError(std::string("the head refused the job: ") + remote.what());
-    }
-  }();
+  transport::ReceivedMessage reply = client.request(message, "the head refused the job");
   auto update = reply.root<wire::ControlMessage>().getJobUpdate();
-  Id128 job_id = id_of(update.getJobId());
+  JobId job_id = from_wire<JobId>(update.getJobId());
   std::cerr << "troupe submit: job " << job_id.hex() << " (" << update.getName().cStr() << ") submitted to "
             << address << "\n";
   if (options.no_wait) {

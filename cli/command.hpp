@@ -16,10 +16,12 @@
 #pragma once
 
 #include <functional>
-#include <stdexcept>
 #include <string>
+#include <utility>
 
 #include <CLI/CLI.hpp>
+
+#include "troupe/runtime/error.hpp"
 
 // The project version; the build may pass the one from project() instead.
 #ifndef TROUPE_VERSION
@@ -34,10 +36,14 @@ inline constexpr int kExitUsage = 2;
 
 // Bad input on the command line that the parser could not catch (a malformed
 // GPU spec, an unknown name): main prints "Error: <message>" with the
-// subcommand's usage and exits with kExitUsage.
-class UsageError : public std::runtime_error {
+// subcommand's usage and exits with kExitUsage. Every other failure is a
+// troupe::Error with the code that fits it (no cluster: not_found, no answer
+// from the head: timeout, port in use: transport; a refusal by the head keeps
+// the head's code): main prints "Error: <message>" and exits with
+// kExitFailure.
+class UsageError : public Error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit UsageError(std::string message) : Error(Errc::invalid_argument, std::move(message)) {}
 };
 
 // Makes `action` what runs when `command` is chosen; its result is the

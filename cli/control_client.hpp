@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <capnp/message.h>
 
@@ -16,27 +17,19 @@
 
 namespace troupe::cli {
 
-// The head answered with `error :ErrorInfo`.
-class RemoteError : public std::runtime_error {
- public:
-  RemoteError(std::uint16_t code, std::string message)
-      : std::runtime_error(std::move(message)), code_(code) {}
-  std::uint16_t code() const noexcept { return code_; }
-
- private:
-  std::uint16_t code_;
-};
-
 class ControlClient {
  public:
   explicit ControlClient(std::string head_address,
                          std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   // Sets the message's requestId, sends it and waits for the reply carrying
-  // the same id (other messages are dropped). Throws CliError when no reply
-  // comes within the timeout ("no answer from the head at ... within 10 s"),
-  // RemoteError when the head replies `error`.
-  transport::ReceivedMessage request(capnp::MallocMessageBuilder& message);
+  // the same id (other messages are dropped). Throws troupe::Error: timeout
+  // when no reply comes within the timeout ("no answer from the head at ...
+  // within 10 s"), the transport's code when sending or decoding fails, and,
+  // when the head replies `error`, the error the head's ErrorInfo describes
+  // (make_error of its code), its message prefixed by "<refusal>: " when
+  // `refusal` is given.
+  transport::ReceivedMessage request(capnp::MallocMessageBuilder& message, std::string_view refusal = {});
 
   const std::string& head_address() const noexcept { return head_address_; }
   void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }

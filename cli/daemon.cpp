@@ -8,10 +8,11 @@
 #include <iostream>
 #include <thread>
 
-#include "cli_error.hpp"
+#include "command.hpp"
 #include "session.hpp"
 #include "troupe/head/head.hpp"
 #include "troupe/node/node_manager.hpp"
+#include "troupe/runtime/error.hpp"
 #include "troupe/runtime/logging.hpp"
 
 namespace troupe::cli {
@@ -58,8 +59,8 @@ void from_json(const nlohmann::json& j, DaemonConfig& c) {
   c.heartbeat_ms = j.at("heartbeat_ms").get<std::uint32_t>();
   c.heartbeat_misses = j.at("heartbeat_misses").get<std::uint32_t>();
   c.head_address = j.at("head_address").get<std::string>();
-  auto id = Id128::parse(j.at("node_id").get<std::string>());
-  if (!id) throw std::invalid_argument("bad node_id in daemon config");
+  auto id = NodeId::parse(j.at("node_id").get<std::string>());
+  if (!id) throw Error(Errc::invalid_argument, "bad node_id in daemon config");
   c.node_id = *id;
   c.num_cpus = j.at("num_cpus").get<std::uint32_t>();
   c.memory_bytes = j.at("memory_bytes").get<std::uint64_t>();
@@ -107,8 +108,8 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
     head::Head head(head_config);
     try {
       head.bind();
-    } catch (const head::BindError& error) {
-      std::fprintf(stderr, "troupe head: %s\n", error.what());
+    } catch (const Error& error) {  // the port is taken or cannot be bound
+      std::fprintf(stderr, "troupe head: %s\n", error.message().c_str());
       std::error_code ignored;
       std::filesystem::remove(pid_file, ignored);
       return kExitFailure;

@@ -10,15 +10,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "troupe/node/ids.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/scheduler/resources.hpp"
 
 namespace troupe::cli {
-
-// The daemons' 128-bit ids (troupe/node/ids.hpp).
-using node::Id128;
-using node::id_of;
-using node::set_id;
 
 struct DaemonConfig {
   bool head = false;                      // head (with its own node manager) or worker
@@ -28,7 +23,7 @@ struct DaemonConfig {
   std::uint32_t heartbeat_ms = 500;       // head
   std::uint32_t heartbeat_misses = 6;     // head
   std::string head_address;               // worker
-  Id128 node_id;
+  NodeId node_id;
   std::uint32_t num_cpus = 1;
   std::uint64_t memory_bytes = 0;
   std::vector<scheduler::GpuInfo> gpus;

@@ -93,10 +93,10 @@ int run(int argc, char** argv) {
     }
     return usage_error(command, e.what());
   } catch (const UsageError& e) {
-    return usage_error(chosen_command(app), e.what());
+    return usage_error(chosen_command(app), e.message());
   } catch (const troupe::Error& e) {
-    std::cerr << "Error: " << e.message() << " (" << to_string(e.code()) << ")\n";
-    return e.code() == Errc::invalid_argument ? kExitUsage : kExitFailure;
+    std::cerr << "Error: " << e.message() << '\n';
+    return kExitFailure;
   } catch (const std::exception& e) {
     std::cerr << "Error: " << e.what() << '\n';
     return kExitFailure;

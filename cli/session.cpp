@@ -9,7 +9,7 @@
 #include <signal.h>
 #include <sstream>
 
-#include "cli_error.hpp"
+#include "troupe/runtime/error.hpp"
 
 namespace troupe::cli {
 
@@ -65,7 +65,7 @@ std::string resolve_head_address(const std::string& address_flag, const fs::path
       if (!address.empty()) return address;
     }
   }
-  throw CliError("no running cluster found; start one with `troupe start --head` (looked in " +
+  throw Error(Errc::not_found, "no running cluster found; start one with `troupe start --head` (looked in " +
                  (root / "session_latest").string() + ")");
 }
 

@@ -35,8 +35,8 @@ std::optional<fs::path> latest_session(const fs::path& root);
 void ensure_session_layout(const fs::path& session);
 
 // The head's IP:PORT: `address_flag` when not empty, else the head_address of
-// the latest session. Throws CliError "no running cluster found; start one
-// with `troupe start --head`" when neither exists.
+// the latest session. Throws troupe::Error (Errc::not_found) "no running
+// cluster found; start one with `troupe start --head`" when neither exists.
 std::string resolve_head_address(const std::string& address_flag, const fs::path& root);
 
 // Whole-file helpers shared with the daemons (troupe/node/files.hpp).

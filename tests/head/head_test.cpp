@@ -13,6 +13,8 @@
 #include <capnp/message.h>
 #include <gtest/gtest.h>
 
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/transport/control_socket.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
@@ -22,26 +24,22 @@ namespace {
 using wire::ActorState;
 using wire::ControlMessage;
 
-constexpr std::uint16_t kUnschedulable = 10;
-constexpr std::uint16_t kNodeLost = 5;
-constexpr std::uint16_t kInvalidArgument = 7;
-
 const std::string kDriver = "driver-test";
 const std::string kCli = "cli-test";
 
-std::string node_identity(const Id128& node) { return "node-" + node.hex(); }
+std::string node_identity(const NodeId& node) { return "node-" + node.hex(); }
 
 class HeadTest : public ::testing::Test {
  protected:
   HeadTest() {
     session_ = std::filesystem::temp_directory_path() /
-               ("troupe-head-test-" + Id128::random().short_hex());
+               ("troupe-head-test-" + NodeId::random().short_hex());
     std::filesystem::create_directories(session_ / "binaries");
     HeadConfig config;
     config.heartbeat_ms = 500;
     config.heartbeat_misses = 6;  // lost after 3000 ms of silence
     config.session_dir = session_;
-    config.head_node_id = Id128{0, 1};
+    config.head_node_id = NodeId{0, 1};
     config.clock = [this] { return now_; };
     auto server = std::make_unique<transport::InProcessControlServer>();
     server_ = server.get();
@@ -69,7 +67,7 @@ class HeadTest : public ::testing::Test {
     return batch;
   }
 
-  std::uint64_t register_node(const Id128& node, std::uint32_t cpus,
+  std::uint64_t register_node(const NodeId& node, std::uint32_t cpus,
                               const std::map<std::string, double>& custom = {}) {
     capnp::MallocMessageBuilder message;
     auto root = message.initRoot<ControlMessage>();
@@ -77,7 +75,7 @@ class HeadTest : public ::testing::Test {
     root.setRequestId(request);
     auto reg = root.initRegisterNode();
     reg.setProtocolVersion(wire::PROTOCOL_VERSION);
-    node::set_id(reg.initNodeId(), node);
+    to_wire(reg.initNodeId(), node);
     reg.setAddress("127.0.0.1");
     reg.setHostname("test");
     reg.setNumCpus(cpus);
@@ -93,26 +91,26 @@ class HeadTest : public ::testing::Test {
     return request;
   }
 
-  void heartbeat(const Id128& node) {
+  void heartbeat(const NodeId& node) {
     capnp::MallocMessageBuilder message;
     auto root = message.initRoot<ControlMessage>();
     root.setRequestId(next_request_++);
     auto beat = root.initHeartbeat();
-    node::set_id(beat.initNodeId(), node);
+    to_wire(beat.initNodeId(), node);
     beat.setSeq(++seq_);
     deliver(node_identity(node), message);
   }
 
-  std::uint64_t create_actor(const Id128& actor, const std::map<std::string, double>& resources,
+  std::uint64_t create_actor(const ActorId& actor, const std::map<std::string, double>& resources,
                              int max_restarts = 0, const std::string& name = "") {
     capnp::MallocMessageBuilder message;
     auto root = message.initRoot<ControlMessage>();
     std::uint64_t request = next_request_++;
     root.setRequestId(request);
     auto create = root.initCreateActor();
-    node::set_id(create.initActorId(), actor);
-    node::set_id(create.initJobId(), Id128{7, 7});
-    node::set_id(create.initOwnerId(), Id128{8, 8});
+    to_wire(create.initActorId(), actor);
+    to_wire(create.initJobId(), JobId{7, 7});
+    to_wire(create.initOwnerId(), WorkerId{8, 8});
     create.setClassName("Counter");
     create.setName(name);
     create.setMaxRestarts(max_restarts);
@@ -130,14 +128,14 @@ class HeadTest : public ::testing::Test {
   }
 
   // The actor host of `actor` reports itself ALIVE through its node manager.
-  void report_alive(const Id128& node, const Id128& actor, std::uint32_t incarnation) {
+  void report_alive(const NodeId& node, const ActorId& actor, std::uint32_t incarnation) {
     capnp::MallocMessageBuilder message;
     auto root = message.initRoot<ControlMessage>();
     root.setRequestId(next_request_++);
     auto update = root.initActorUpdate();
-    node::set_id(update.initActorId(), actor);
+    to_wire(update.initActorId(), actor);
     update.setState(ActorState::ALIVE);
-    node::set_id(update.initNodeId(), node);
+    to_wire(update.initNodeId(), node);
     update.setAddress("tcp://127.0.0.1:1");
     update.setIncarnation(incarnation);
     deliver(node_identity(node), message);
@@ -164,7 +162,7 @@ class HeadTest : public ::testing::Test {
   // The startActor messages in `batch`, as (node identity, actor, incarnation).
   struct Start {
     std::string identity;
-    Id128 actor;
+    ActorId actor;
     std::uint32_t incarnation;
   };
   static std::vector<Start> starts_in(std::vector<transport::InProcessControlServer::Sent>& batch) {
@@ -173,7 +171,7 @@ class HeadTest : public ::testing::Test {
       auto reader = message.message.root<ControlMessage>();
       if (!reader.isStartActor()) continue;
       auto start = reader.getStartActor();
-      starts.push_back({message.identity, node::id_of(start.getSpec().getActorId()), start.getIncarnation()});
+      starts.push_back({message.identity, from_wire<ActorId>(start.getSpec().getActorId()), start.getIncarnation()});
     }
     return starts;
   }
@@ -189,9 +187,9 @@ class HeadTest : public ::testing::Test {
   std::vector<std::string> log_;
 };
 
-const Id128 kNodeA{0xa, 1};
-const Id128 kNodeB{0xb, 2};
-const Id128 kActor{0xac, 3};
+const NodeId kNodeA{0xa, 1};
+const NodeId kNodeB{0xb, 2};
+const ActorId kActor{0xac, 3};
 
 TEST_F(HeadTest, ARegisteredNodeIsAnsweredAndAppearsAliveInTheClusterState) {
   std::uint64_t request = register_node(kNodeA, 4);
@@ -203,12 +201,12 @@ TEST_F(HeadTest, ARegisteredNodeIsAnsweredAndAppearsAliveInTheClusterState) {
   EXPECT_EQ(reply.getRequestId(), request);
   EXPECT_EQ(reply.getRegisterNodeReply().getHeartbeatIntervalMs(), 500u);
   EXPECT_EQ(reply.getRegisterNodeReply().getNodeTimeoutMs(), 3000u);
-  EXPECT_EQ(node::id_of(reply.getRegisterNodeReply().getHeadNodeId()), (Id128{0, 1}));
+  EXPECT_EQ(from_wire<NodeId>(reply.getRegisterNodeReply().getHeadNodeId()), (NodeId{0, 1}));
 
   auto state = cluster_state();
   auto nodes = state.root<ControlMessage>().getClusterState().getNodes();
   ASSERT_EQ(nodes.size(), 1u);
-  EXPECT_EQ(node::id_of(nodes[0].getNode().getNodeId()), kNodeA);
+  EXPECT_EQ(from_wire<NodeId>(nodes[0].getNode().getNodeId()), kNodeA);
   EXPECT_EQ(nodes[0].getState(), wire::NodeState::ALIVE);
   double cpus = -1;
   for (auto resource : nodes[0].getAvailable()) {
@@ -249,7 +247,7 @@ TEST_F(HeadTest, ASatisfiableActorIsStartedOnTheNodeThatHoldsItsResource) {
   auto actors = state.root<ControlMessage>().getClusterState().getActors();
   ASSERT_EQ(actors.size(), 1u);
   EXPECT_EQ(actors[0].getState(), ActorState::PENDING);
-  EXPECT_EQ(node::id_of(actors[0].getNodeId()), kNodeB);
+  EXPECT_EQ(from_wire<NodeId>(actors[0].getNodeId()), kNodeB);
   EXPECT_EQ(std::string(actors[0].getReason().getMessage().cStr()), "starting on node " + kNodeB.short_hex());
 
   report_alive(kNodeB, kActor, 0);
@@ -268,7 +266,7 @@ TEST_F(HeadTest, AnUnsatisfiableActorStaysPendingWithAReasonAndIsNotStarted) {
   auto actors = state.root<ControlMessage>().getClusterState().getActors();
   ASSERT_EQ(actors.size(), 1u);
   EXPECT_EQ(actors[0].getState(), ActorState::PENDING);
-  EXPECT_EQ(actors[0].getReason().getCode(), kUnschedulable);
+  EXPECT_EQ(errc_from_wire(actors[0].getReason().getCode()), Errc::unschedulable);
   EXPECT_NE(std::string(actors[0].getReason().getMessage().cStr()).find("infeasible"), std::string::npos)
       << actors[0].getReason().getMessage().cStr();
 }
@@ -321,7 +319,7 @@ TEST_F(HeadTest, ANodeThatMissesHeartbeatsIsDeclaredDeadAndItsActorDies) {
     if (message.identity == kDriver && reader.isActorUpdate() &&
         reader.getActorUpdate().getState() == ActorState::DEAD) {
       told_owner = true;
-      EXPECT_EQ(reader.getActorUpdate().getReason().getCode(), kNodeLost);
+      EXPECT_EQ(errc_from_wire(reader.getActorUpdate().getReason().getCode()), Errc::node_lost);
     }
   }
   EXPECT_TRUE(told_owner);
@@ -369,7 +367,7 @@ TEST_F(HeadTest, AnActorOfALostNodeRestartsOnAnotherNode) {
   auto actors = state.root<ControlMessage>().getClusterState().getActors();
   ASSERT_EQ(actors.size(), 1u);
   EXPECT_EQ(actors[0].getState(), ActorState::RESTARTING);
-  EXPECT_EQ(node::id_of(actors[0].getNodeId()), kNodeB);
+  EXPECT_EQ(from_wire<NodeId>(actors[0].getNodeId()), kNodeB);
 
   // The new incarnation's host reports in.
   report_alive(kNodeB, kActor, 1);
@@ -380,13 +378,13 @@ TEST_F(HeadTest, ASecondActorWithTheSameNameInAJobIsRefused) {
   register_node(kNodeA, 4);
   create_actor(kActor, {{"CPU", 1}}, 0, "counter");
   sent();
-  std::uint64_t request = create_actor(Id128{0xac, 4}, {{"CPU", 1}}, 0, "counter");
+  std::uint64_t request = create_actor(ActorId{0xac, 4}, {{"CPU", 1}}, 0, "counter");
   auto replies = sent();
   ASSERT_EQ(replies.size(), 1u);
   auto reply = replies[0].message.root<ControlMessage>();
   ASSERT_TRUE(reply.isError());
   EXPECT_EQ(reply.getRequestId(), request);
-  EXPECT_EQ(reply.getError().getCode(), kInvalidArgument);
+  EXPECT_EQ(errc_from_wire(reply.getError().getCode()), Errc::invalid_argument);
 }
 
 }  // namespace

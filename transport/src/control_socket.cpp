@@ -5,7 +5,7 @@
 #include <capnp/serialize.h>
 #include <zmq.hpp>
 
-#include "troupe/transport/zmq_util.hpp"
+#include "troupe/transport/internal/zmq_socket.hpp"
 
 namespace troupe::transport {
 namespace {
@@ -34,8 +34,8 @@ ZmqControlServer::ZmqControlServer(const std::string& ip, int port) : impl_(std:
   try {
     router.bind(endpoint);
   } catch (const zmq::error_t& error) {
-    if (error.num() == EADDRINUSE) throw AddressInUseError(TransportErrc::transport, error.what());
-    throw TransportError(TransportErrc::transport, error.what());
+    if (error.num() == EADDRINUSE) throw AddressInUseError(Errc::transport, error.what());
+    throw Error(Errc::transport, error.what());
   }
   std::string last = router.get(zmq::sockopt::last_endpoint);
   impl_->address = ip + ":" + last.substr(last.rfind(':') + 1);
@@ -99,9 +99,9 @@ ControlDealer::ControlDealer(const std::string& identity, const std::string& add
   if (options.immediate) socket.set(zmq::sockopt::immediate, 1);
   apply_socket_limits(socket, {});
   try {
-    socket.connect(tcp_endpoint(address));
+    socket.connect(to_endpoint(address));
   } catch (const zmq::error_t& error) {
-    throw TransportError(TransportErrc::invalid_argument, error.what());
+    throw Error(Errc::invalid_argument, error.what());
   }
 }
 

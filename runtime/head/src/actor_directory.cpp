@@ -11,18 +11,18 @@ using wire::ActorState;
 using wire::ControlMessage;
 using wire::PlacementGroupState;
 
-ActorEntry& ActorDirectory::actor_or_throw(const Id128& id) {
+ActorEntry& ActorDirectory::actor_or_throw(const ActorId& id) {
   auto it = actors_.find(id);
-  if (it == actors_.end()) throw RequestError(kNotFound, "no actor " + id.hex());
+  if (it == actors_.end()) throw Error(Errc::not_found, "no actor " + id.hex());
   return it->second;
 }
 
 // --- actor updates ---------------------------------------------------------------
 
 void ActorDirectory::fill_actor_update(wire::ActorUpdate::Builder update, ActorEntry& actor) {
-  set_id(update.initActorId(), actor.id);
+  to_wire(update.initActorId(), actor.id);
   update.setState(actor.state);
-  set_id(update.initNodeId(), actor.placed || actor.state == ActorState::ALIVE ? actor.node : Id128{});
+  to_wire(update.initNodeId(), actor.placed || actor.state == ActorState::ALIVE ? actor.node : NodeId{});
   update.setAddress(actor.address);
   update.setDataAddress(kj::arrayPtr(reinterpret_cast<const kj::byte*>(actor.data_address.data()),
                                      actor.data_address.size()));
@@ -32,7 +32,7 @@ void ActorDirectory::fill_actor_update(wire::ActorUpdate::Builder update, ActorE
   auto gpus = update.initGpuIndices(static_cast<unsigned>(actor.gpus.size()));
   for (unsigned i = 0; i < actor.gpus.size(); ++i) gpus.set(i, static_cast<std::uint32_t>(actor.gpus[i]));
   auto reason = update.initReason();
-  reason.setCode(actor.reason_code);
+  reason.setCode(wire_code(actor.reason_code));
   reason.setMessage(actor.reason);
 }
 
@@ -51,7 +51,7 @@ void ActorDirectory::notify_watchers(ActorEntry& actor) {
   if (actor.state == ActorState::DEAD) actor.watchers.clear();
 }
 
-void ActorDirectory::set_actor_state(ActorEntry& actor, ActorState state, std::uint16_t code, std::string reason) {
+void ActorDirectory::set_actor_state(ActorEntry& actor, ActorState state, Errc code, std::string reason) {
   bool changed = actor.state != state || actor.reason != reason || actor.reason_code != code;
   actor.state = state;
   actor.reason_code = code;
@@ -70,7 +70,7 @@ void ActorDirectory::set_actor_state(ActorEntry& actor, ActorState state, std::u
   }
 }
 
-void ActorDirectory::set_pending_reason(ActorEntry& actor, std::uint16_t code, std::string reason) {
+void ActorDirectory::set_pending_reason(ActorEntry& actor, Errc code, std::string reason) {
   set_actor_state(actor, actor.state, code, std::move(reason));
 }
 
@@ -103,7 +103,7 @@ bool ActorDirectory::owner_alive(const ActorEntry& actor) const { return jobs_.o
 
 // The actor's process is gone (exited, killed, its node lost, or it never
 // started): restart it if it may, else it is dead.
-void ActorDirectory::actor_exited(ActorEntry& actor, std::uint16_t code, std::string reason) {
+void ActorDirectory::actor_exited(ActorEntry& actor, Errc code, std::string reason) {
   if (actor.state == ActorState::DEAD) return;
   release_actor_resources(actor);
   actor.placed = false;
@@ -132,9 +132,9 @@ void ActorDirectory::kill_actor(ActorEntry& actor, const std::string& reason) {
     send_kill_to_node(actor);
     // The node reports the exit; if the node is gone there is nothing to wait for.
     NodeEntry* node = nodes_.find(actor.node);
-    if (node == nullptr || !node->alive) actor_exited(actor, kActorDied, reason);
+    if (node == nullptr || !node->alive) actor_exited(actor, Errc::actor_died, reason);
   } else {
-    actor_exited(actor, kActorDied, reason);
+    actor_exited(actor, Errc::actor_died, reason);
   }
 }
 
@@ -145,22 +145,22 @@ void ActorDirectory::kill_actors_where(const std::function<bool(const ActorEntry
   }
 }
 
-void ActorDirectory::detach_group(const Id128& group) {
+void ActorDirectory::detach_group(const PlacementGroupId& group) {
   for (auto& [id, actor] : actors_) {
     if (actor.group == group) actor.bundle = actor.holds_resources ? -2 : -1;
   }
 }
 
-bool ActorDirectory::accounted_for(const Id128& actor_id, const Id128& node, std::uint32_t incarnation) const {
+bool ActorDirectory::accounted_for(const ActorId& actor_id, const NodeId& node, std::uint32_t incarnation) const {
   auto it = actors_.find(actor_id);
   return !(it == actors_.end() || it->second.state == ActorState::DEAD || !it->second.placed ||
            it->second.node != node || it->second.incarnation != incarnation);
 }
 
-void ActorDirectory::node_lost(const Id128& node, const std::string& why) {
+void ActorDirectory::node_lost(const NodeId& node, const std::string& why) {
   for (auto& [id, actor] : actors_) {
     if (actor.state == ActorState::DEAD || !actor.placed || actor.node != node) continue;
-    actor_exited(actor, kNodeLost, "node " + node.short_hex() + " was lost: " + why);
+    actor_exited(actor, Errc::node_lost, "node " + node.short_hex() + " was lost: " + why);
   }
 }
 
@@ -179,17 +179,17 @@ void ActorDirectory::try_place_actor(ActorEntry& actor) {
   scheduler::PlacementDecision decision;
   NodeEntry* node = nullptr;
   int bundle = -1;
-  if (!actor.group.zero()) {
+  if (!actor.group.nil()) {
     GroupEntry* found = groups_.find(actor.group);
     if (found == nullptr || found->state == PlacementGroupState::REMOVED) {
       actor.no_restart = true;
-      actor_exited(actor, kInvalidArgument, "placement group " + actor.group.hex() + " was removed");
+      actor_exited(actor, Errc::invalid_argument, "placement group " + actor.group.hex() + " was removed");
       return;
     }
     auto& group = *found;
     if (group.state != PlacementGroupState::CREATED) {
-      set_pending_reason(actor, kOk, "waiting for placement group " + group.id.short_hex() +
-                                         (group.reason.empty() ? "" : " (" + group.reason + ")"));
+      set_pending_reason(actor, Errc::ok, "waiting for placement group " + group.id.short_hex() +
+                                              (group.reason.empty() ? "" : " (" + group.reason + ")"));
       return;
     }
     int wanted = actor.create().getBundleIndex();
@@ -203,12 +203,13 @@ void ActorDirectory::try_place_actor(ActorEntry& actor) {
       candidate_bundles.push_back(b);
     }
     if (candidates.empty() && !group.lost_bundles.empty() && wanted < static_cast<int>(group.bundle_states.size())) {
-      set_pending_reason(actor, kOk, "waiting for placement group " + group.id.short_hex() + " (" + group.reason + ")");
+      set_pending_reason(actor, Errc::ok,
+                         "waiting for placement group " + group.id.short_hex() + " (" + group.reason + ")");
       return;
     }
     if (wanted >= static_cast<int>(group.bundle_states.size())) {
       actor.no_restart = true;
-      actor_exited(actor, kInvalidArgument,
+      actor_exited(actor, Errc::invalid_argument,
                    "bundle index " + std::to_string(wanted) + " is out of range for placement group " +
                        group.id.short_hex() + " of " + std::to_string(group.bundles.size()) + " bundles");
       return;
@@ -224,7 +225,7 @@ void ActorDirectory::try_place_actor(ActorEntry& actor) {
     std::vector<scheduler::NodeState> states;
     for (auto* n : alive) states.push_back(n->state);
     if (alive.empty()) {
-      set_pending_reason(actor, kOk, "insufficient: no alive nodes in the cluster");
+      set_pending_reason(actor, Errc::ok, "insufficient: no alive nodes in the cluster");
       return;
     }
     decision = scheduler::place(states, actor.request);
@@ -234,8 +235,8 @@ void ActorDirectory::try_place_actor(ActorEntry& actor) {
     }
   }
   if (!decision.placed()) {
-    set_pending_reason(actor, decision.status == scheduler::PlacementStatus::infeasible ? kUnschedulable : kOk,
-                       decision.reason);
+    bool never = decision.status == scheduler::PlacementStatus::infeasible;
+    set_pending_reason(actor, never ? Errc::unschedulable : Errc::ok, decision.reason);
     return;
   }
   actor.placed = true;
@@ -245,7 +246,7 @@ void ActorDirectory::try_place_actor(ActorEntry& actor) {
   actor.amounts = decision.amounts;
   actor.bundle = bundle;
   std::string where = "starting on node " + node->id.short_hex();
-  set_actor_state(actor, actor.state, kOk, where);
+  set_actor_state(actor, actor.state, Errc::ok, where);
 
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<ControlMessage>();
@@ -265,8 +266,8 @@ void ActorDirectory::try_place_actor(ActorEntry& actor) {
 
 void ActorDirectory::on_create_actor(const std::string& identity, std::uint64_t request_id,
                                      wire::CreateActor::Reader create) {
-  Id128 id = id_of(create.getActorId());
-  if (id.zero()) throw RequestError(kInvalidArgument, "createActor without an actorId");
+  ActorId id = from_wire<ActorId>(create.getActorId());
+  if (id.nil()) throw Error(Errc::invalid_argument, "createActor without an actorId");
   if (actors_.count(id) != 0) {
     context_.reply_ack(identity, request_id);  // a retried request
     return;
@@ -275,26 +276,22 @@ void ActorDirectory::on_create_actor(const std::string& identity, std::uint64_t 
   actor.id = id;
   actor.spec = std::make_unique<capnp::MallocMessageBuilder>();
   actor.spec->setRoot(create);
-  actor.job = id_of(create.getJobId());
-  actor.owner = id_of(create.getOwnerId());
-  actor.group = id_of(create.getPlacementGroupId());
+  actor.job = from_wire<JobId>(create.getJobId());
+  actor.owner = from_wire<WorkerId>(create.getOwnerId());
+  actor.group = from_wire<PlacementGroupId>(create.getPlacementGroupId());
   actor.owner_identity = identity;
-  try {
-    scheduler::ResourceRequest request;
-    request.amounts = resources_from_wire(create.getResources());
-    request.gpu_type = create.getGpuType().cStr();
-    request.gpu_memory_bytes = create.getGpuMemoryBytes();
-    actor.request = scheduler::normalize(request);
-  } catch (const scheduler::SpecError& error) {
-    throw RequestError(kInvalidArgument, error.what());
-  }
-  if (!actor.group.zero() && groups_.find(actor.group) == nullptr) {
-    throw RequestError(kNotFound, "no placement group " + actor.group.hex());
+  scheduler::ResourceRequest request;  // a bad one throws SpecError (invalid_argument)
+  request.amounts = resources_from_wire(create.getResources());
+  request.gpu_type = create.getGpuType().cStr();
+  request.gpu_memory_bytes = create.getGpuMemoryBytes();
+  actor.request = scheduler::normalize(request);
+  if (!actor.group.nil() && groups_.find(actor.group) == nullptr) {
+    throw Error(Errc::not_found, "no placement group " + actor.group.hex());
   }
   std::string name = create.getName().cStr();
   if (!name.empty()) {
     if (names_.count({actor.job, name}) != 0) {
-      throw RequestError(kInvalidArgument, "an actor named \"" + name + "\" already exists in this job");
+      throw Error(Errc::invalid_argument, "an actor named \"" + name + "\" already exists in this job");
     }
     names_[{actor.job, name}] = id;
   }
@@ -308,7 +305,7 @@ void ActorDirectory::on_create_actor(const std::string& identity, std::uint64_t 
 
 void ActorDirectory::on_actor_update(const std::string& identity, std::uint64_t request_id,
                                      wire::ActorUpdate::Reader update) {
-  Id128 id = id_of(update.getActorId());
+  ActorId id = from_wire<ActorId>(update.getActorId());
   auto it = actors_.find(id);
   if (it == actors_.end()) {
     context_.reply_ack(identity, request_id);
@@ -319,7 +316,7 @@ void ActorDirectory::on_actor_update(const std::string& identity, std::uint64_t 
   if (update.getIncarnation() != actor.incarnation || actor.state == ActorState::DEAD) {
     // A report about an earlier incarnation, or about an actor already dead.
     if (update.getState() == ActorState::ALIVE && !from_node) {
-      NodeEntry* node = nodes_.find(id_of(update.getNodeId()));  // tell the host's node to stop it
+      NodeEntry* node = nodes_.find(from_wire<NodeId>(update.getNodeId()));  // tell the host's node to stop it
       if (node != nullptr && node->alive) context_.send_kill(node->identity, id);
     }
     context_.reply_ack(identity, request_id);
@@ -330,11 +327,11 @@ void ActorDirectory::on_actor_update(const std::string& identity, std::uint64_t 
       actor.address = update.getAddress().cStr();
       actor.data_address.assign(reinterpret_cast<const char*>(update.getDataAddress().begin()),
                                 update.getDataAddress().size());
-      set_actor_state(actor, ActorState::ALIVE, kOk, "");
+      set_actor_state(actor, ActorState::ALIVE, Errc::ok, "");
       break;
     case ActorState::DEAD:
     case ActorState::RESTARTING: {
-      std::uint16_t code = update.getReason().getCode();
+      Errc code = errc_from_wire(update.getReason().getCode());
       std::string reason = update.getReason().getMessage().cStr();
       if (!from_node) {
         actor.no_restart = true;  // the host itself says it cannot run (constructor failed)
@@ -342,7 +339,7 @@ void ActorDirectory::on_actor_update(const std::string& identity, std::uint64_t 
         reason = actor.reason + " (" + reason + ")";  // killed on request
       }
       if (reason.empty()) reason = "actor host exited";
-      actor_exited(actor, code == kOk ? kActorDied : code, reason);
+      actor_exited(actor, code == Errc::ok ? Errc::actor_died : code, reason);
       break;
     }
     case ActorState::PENDING:
@@ -353,7 +350,7 @@ void ActorDirectory::on_actor_update(const std::string& identity, std::uint64_t 
 
 void ActorDirectory::on_kill_actor(const std::string& identity, std::uint64_t request_id,
                                    wire::KillActor::Reader kill) {
-  ActorEntry& actor = actor_or_throw(id_of(kill.getActorId()));
+  ActorEntry& actor = actor_or_throw(from_wire<ActorId>(kill.getActorId()));
   if (actor.state != ActorState::DEAD) {
     if (kill.getNoRestart()) {
       kill_actor(actor, "killed by request");
@@ -369,13 +366,13 @@ void ActorDirectory::on_get_actor_by_name(const std::string& identity, std::uint
                                           wire::GetActorByName::Reader get) {
   ActorEntry* actor = nullptr;
   if (get.getName().size() == 0) {
-    auto it = get.hasActorId() ? actors_.find(id_of(get.getActorId())) : actors_.end();
-    if (it == actors_.end()) throw RequestError(kNotFound, "no actor with that id");
+    auto it = get.hasActorId() ? actors_.find(from_wire<ActorId>(get.getActorId())) : actors_.end();
+    if (it == actors_.end()) throw Error(Errc::not_found, "no actor with that id");
     actor = &it->second;
   } else {
-    auto it = names_.find({id_of(get.getJobId()), std::string(get.getName().cStr())});
+    auto it = names_.find({from_wire<JobId>(get.getJobId()), std::string(get.getName().cStr())});
     if (it == names_.end()) {
-      throw RequestError(kNotFound, "no actor named \"" + std::string(get.getName().cStr()) + "\"");
+      throw Error(Errc::not_found, "no actor named \"" + std::string(get.getName().cStr()) + "\"");
     }
     actor = &actors_.at(it->second);
   }
@@ -390,13 +387,14 @@ void ActorDirectory::on_get_actor_by_name(const std::string& identity, std::uint
 void ActorDirectory::on_reply_from_node(std::uint64_t request_id, ControlMessage::Reader reader) {
   auto it = start_requests_.find(request_id);
   if (it == start_requests_.end()) return;
-  Id128 actor_id = it->second;
+  ActorId actor_id = it->second;
   start_requests_.erase(it);
   if (!reader.isError()) return;
   auto actor = actors_.find(actor_id);
   if (actor == actors_.end()) return;
   actor->second.no_restart = true;
-  actor_exited(actor->second, reader.getError().getCode() == kOk ? kActorDied : reader.getError().getCode(),
+  Errc code = errc_from_wire(reader.getError().getCode());
+  actor_exited(actor->second, code == Errc::ok ? Errc::actor_died : code,
                std::string("node could not start it: ") + reader.getError().getMessage().cStr());
 }
 

@@ -8,7 +8,7 @@
 // It restarts while maxRestarts allows, its owner (driver or job) lives and
 // no kill with noRestart or failed constructor said otherwise. An actor that
 // cannot be placed stays PENDING/RESTARTING with the reason in its state
-// (code kUnschedulable when no node could ever hold it). Every change of
+// (code Errc::unschedulable when no node could ever hold it). Every change of
 // state or reason goes to the owner and the watchers as an actorUpdate.
 // Resources are booked on the node (or the group's bundle) from placement
 // until the actor exits.
@@ -30,15 +30,15 @@ class PlacementGroupManager;
 class JobManager;
 
 struct ActorEntry {
-  Id128 id;
+  ActorId id;
   std::unique_ptr<capnp::MallocMessageBuilder> spec;  // CreateActor
   scheduler::ResourceRequest request;
   wire::ActorState state = wire::ActorState::PENDING;
-  std::uint16_t reason_code = kOk;
+  Errc reason_code = Errc::ok;
   std::string reason;
   bool placed = false;           // startActor sent for the current incarnation
   bool holds_resources = false;
-  Id128 node;
+  NodeId node;
   std::vector<int> gpus;
   scheduler::ResourceSet amounts;
   int bundle = -1;               // bundle of its placement group that holds the resources
@@ -49,9 +49,9 @@ struct ActorEntry {
   std::string data_address;
   std::string owner_identity;
   std::set<std::string> watchers;  // other processes that looked it up: they get its updates too
-  Id128 owner;
-  Id128 job;
-  Id128 group;
+  WorkerId owner;                  // the driver that created it
+  JobId job;
+  PlacementGroupId group;          // nil: none
   std::string binary_hash;
   bool no_restart = false;       // a kill with noRestart, or a failed constructor
 
@@ -63,7 +63,7 @@ class ActorDirectory {
   ActorDirectory(HeadContext& context, NodeTable& nodes, PlacementGroupManager& groups, JobManager& jobs)
       : context_(context), nodes_(nodes), groups_(groups), jobs_(jobs) {}
 
-  // Requests (each answers `identity`; RequestError for a bad one).
+  // Requests (each answers `identity`; throws troupe::Error for a bad one).
   void on_create_actor(const std::string& identity, std::uint64_t request_id, wire::CreateActor::Reader create);
   void on_actor_update(const std::string& identity, std::uint64_t request_id, wire::ActorUpdate::Reader update);
   void on_kill_actor(const std::string& identity, std::uint64_t request_id, wire::KillActor::Reader kill);
@@ -74,30 +74,30 @@ class ActorDirectory {
   void on_reply_from_node(std::uint64_t request_id, wire::ControlMessage::Reader reader);
 
   // Whether the head accounts for incarnation `incarnation` of `actor` on `node`.
-  bool accounted_for(const Id128& actor, const Id128& node, std::uint32_t incarnation) const;
-  // Every actor placed on the lost node exits with kNodeLost.
-  void node_lost(const Id128& node, const std::string& why);
+  bool accounted_for(const ActorId& actor, const NodeId& node, std::uint32_t incarnation) const;
+  // Every actor placed on the lost node exits with Errc::node_lost.
+  void node_lost(const NodeId& node, const std::string& why);
   // Kills for good every live actor `match` selects.
   void kill_actors_where(const std::function<bool(const ActorEntry&)>& match, const std::string& reason);
   // The group was removed: its actors' bundle resources are dropped with it.
-  void detach_group(const Id128& group);
+  void detach_group(const PlacementGroupId& group);
 
   // Tries to place every PENDING/RESTARTING actor not yet placed, in creation order.
   void place_pending();
 
   void fill_actor_update(wire::ActorUpdate::Builder update, ActorEntry& actor);
-  const std::vector<Id128>& order() const { return order_; }
-  ActorEntry& at(const Id128& id) { return actors_.at(id); }
+  const std::vector<ActorId>& order() const { return order_; }
+  ActorEntry& at(const ActorId& id) { return actors_.at(id); }
 
  private:
-  ActorEntry& actor_or_throw(const Id128& id);
+  ActorEntry& actor_or_throw(const ActorId& id);
   void notify_watchers(ActorEntry& actor);
-  void set_actor_state(ActorEntry& actor, wire::ActorState state, std::uint16_t code, std::string reason);
-  void set_pending_reason(ActorEntry& actor, std::uint16_t code, std::string reason);
+  void set_actor_state(ActorEntry& actor, wire::ActorState state, Errc code, std::string reason);
+  void set_pending_reason(ActorEntry& actor, Errc code, std::string reason);
   void release_actor_resources(ActorEntry& actor);
   void send_kill_to_node(ActorEntry& actor);
   bool owner_alive(const ActorEntry& actor) const;
-  void actor_exited(ActorEntry& actor, std::uint16_t code, std::string reason);
+  void actor_exited(ActorEntry& actor, Errc code, std::string reason);
   void kill_actor(ActorEntry& actor, const std::string& reason);
   void try_place_actor(ActorEntry& actor);
 
@@ -105,10 +105,10 @@ class ActorDirectory {
   NodeTable& nodes_;
   PlacementGroupManager& groups_;
   JobManager& jobs_;
-  std::map<Id128, ActorEntry> actors_;
-  std::vector<Id128> order_;
-  std::map<std::pair<Id128, std::string>, Id128> names_;
-  std::map<std::uint64_t, Id128> start_requests_;  // our startActor request -> actor
+  std::map<ActorId, ActorEntry> actors_;
+  std::vector<ActorId> order_;
+  std::map<std::pair<JobId, std::string>, ActorId> names_;
+  std::map<std::uint64_t, ActorId> start_requests_;  // our startActor request -> actor
 };
 
 }  // namespace troupe::head

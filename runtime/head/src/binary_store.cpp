@@ -10,7 +10,7 @@ std::filesystem::path BinaryStore::path(const std::string& hash) const {
 }
 
 void BinaryStore::store(const std::string& hash, kj::ArrayPtr<const kj::byte> data) {
-  if (!transport::valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+  if (!transport::valid_hash_name(hash)) throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
   auto file = path(hash);
   if (std::filesystem::exists(file)) return;
   node::write_file_atomic(file, std::string(reinterpret_cast<const char*>(data.begin()), data.size()), 0755);
@@ -19,11 +19,11 @@ void BinaryStore::store(const std::string& hash, kj::ArrayPtr<const kj::byte> da
 void BinaryStore::on_upload_binary(const std::string& identity, std::uint64_t request_id,
                                    wire::UploadBinary::Reader upload) {
   const std::string hash = upload.getBinaryHash().cStr();
-  if (!transport::valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+  if (!transport::valid_hash_name(hash)) throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
   if (!has(hash)) {
     auto data = upload.getBinary();
     if (transport::content_hash(std::string_view(reinterpret_cast<const char*>(data.begin()), data.size())) != hash)
-      throw RequestError(kInvalidArgument, "binary does not match its hash " + hash);
+      throw Error(Errc::invalid_argument, "binary does not match its hash " + hash);
     store(hash, data);
   }
   context_.reply_ack(identity, request_id);
@@ -32,9 +32,9 @@ void BinaryStore::on_upload_binary(const std::string& identity, std::uint64_t re
 void BinaryStore::on_fetch_binary(const std::string& identity, std::uint64_t request_id,
                                   wire::FetchBinary::Reader fetch) {
   std::string hash = fetch.getBinaryHash().cStr();
-  if (!transport::valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+  if (!transport::valid_hash_name(hash)) throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
   auto data = node::read_file(path(hash));
-  if (!data) throw RequestError(kNotFound, "the head has no binary " + hash);
+  if (!data) throw Error(Errc::not_found, "the head has no binary " + hash);
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<wire::ControlMessage>();
   root.setRequestId(request_id);

@@ -3,7 +3,7 @@
 //
 // Contract: a stored binary's name is the content hash of its bytes and it
 // is never rewritten; a hash that is not a valid hash name is refused with
-// kInvalidArgument, a missing binary with kNotFound.
+// Errc::invalid_argument, a missing binary with Errc::not_found.
 #pragma once
 
 #include <filesystem>
@@ -20,7 +20,7 @@ class BinaryStore {
   std::filesystem::path path(const std::string& hash) const;
   bool has(const std::string& hash) const { return std::filesystem::exists(path(hash)); }
   // Stores `data` as `hash` unless present (the caller checked the hash).
-  // Throws RequestError{kInvalidArgument} for a bad hash name.
+  // Throws troupe::Error (Errc::invalid_argument) for a bad hash name.
   void store(const std::string& hash, kj::ArrayPtr<const kj::byte> data);
 
   void on_upload_binary(const std::string& identity, std::uint64_t request_id, wire::UploadBinary::Reader upload);

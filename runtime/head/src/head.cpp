@@ -38,8 +38,8 @@ struct Head::Impl {
   }
 
   void on_heartbeat(const std::string& identity, std::uint64_t request_id, wire::Heartbeat::Reader heartbeat) {
-    Id128 node = id_of(heartbeat.getNodeId());
-    nodes.on_heartbeat(identity, request_id, heartbeat, [&](const Id128& actor, std::uint32_t incarnation) {
+    NodeId node = from_wire<NodeId>(heartbeat.getNodeId());
+    nodes.on_heartbeat(identity, request_id, heartbeat, [&](const ActorId& actor, std::uint32_t incarnation) {
       return actors.accounted_for(actor, node, incarnation);
     });
   }
@@ -117,16 +117,19 @@ struct Head::Impl {
           actors.on_reply_from_node(request_id, reader);
           break;
         default:
-          throw RequestError(kProtocol, "the head does not serve this message type (" +
-                                            std::to_string(static_cast<int>(reader.which())) + ")");
+          throw Error(Errc::protocol, "the head does not serve this message type (" +
+                                          std::to_string(static_cast<int>(reader.which())) + ")");
       }
-    } catch (const RequestError& error) {
-      if (request_id != 0) context.reply_error(identity, request_id, error.code, error.what());
-    } catch (const transport::TransportError& error) {
-      if (request_id != 0) context.reply_error(identity, request_id, kProtocol, error.what());
+    } catch (const Error& error) {
+      // A request the head refuses, or a message it cannot decode (the
+      // transport's Errc::protocol); Errc::internal is a bug of ours.
+      if (error.code() == Errc::internal) {
+        TROUPE_LOG_ERROR("head: serving a request from {}: {}", identity, error.message());
+      }
+      if (request_id != 0) context.reply_error(identity, request_id, error.code(), error.message());
     } catch (const std::exception& error) {
       TROUPE_LOG_ERROR("head: serving a request from {}: {}", identity, error.what());
-      if (request_id != 0) context.reply_error(identity, request_id, kInternal, error.what());
+      if (request_id != 0) context.reply_error(identity, request_id, Errc::internal, error.what());
     }
   }
 
@@ -161,10 +164,10 @@ void Head::bind() {
   try {
     impl.server = std::make_unique<transport::ZmqControlServer>(config.node_ip, config.port);
   } catch (const transport::AddressInUseError&) {
-    throw BindError("port " + std::to_string(config.port) + " on " + config.node_ip +
+    throw Error(Errc::transport, "port " + std::to_string(config.port) + " on " + config.node_ip +
                     " is already in use (another head running? try `troupe stop` or --port)");
-  } catch (const transport::TransportError& error) {
-    throw BindError("cannot listen on tcp://" + config.node_ip + ":" + std::to_string(config.port) + ": " +
+  } catch (const Error& error) {
+    throw Error(Errc::transport, "cannot listen on tcp://" + config.node_ip + ":" + std::to_string(config.port) + ": " +
                     error.message());
   }
   impl.context.server = impl.server.get();
@@ -192,7 +195,7 @@ void Head::run(const std::atomic<bool>& stop) {
     std::optional<transport::RoutedMessage> routed;
     try {
       routed = impl.server->receive(std::chrono::milliseconds(20));
-    } catch (const transport::TransportError& error) {
+    } catch (const Error& error) {
       TROUPE_LOG_WARN("head: dropped a malformed message: {}", error.what());
     }
     for (int batch = 0; routed; ++batch) {
@@ -201,7 +204,7 @@ void Head::run(const std::atomic<bool>& stop) {
       if (batch >= 256) break;  // let the timers run
       try {
         routed = impl.server->receive(std::chrono::milliseconds(0));
-      } catch (const transport::TransportError& error) {
+      } catch (const Error& error) {
         TROUPE_LOG_WARN("head: dropped a malformed message: {}", error.what());
       }
     }

@@ -7,11 +7,7 @@ namespace troupe::head {
 scheduler::ResourceSet resources_from_wire(capnp::List<wire::Resource>::Reader list) {
   scheduler::ResourceSet set;
   for (auto resource : list) {
-    try {
-      set.set(resource.getName().cStr(), set.get(resource.getName().cStr()) + resource.getAmount());
-    } catch (const scheduler::SpecError& error) {
-      throw RequestError(kInvalidArgument, error.what());
-    }
+    set.set(resource.getName().cStr(), set.get(resource.getName().cStr()) + resource.getAmount());
   }
   return set;
 }
@@ -28,7 +24,7 @@ void resources_to_wire(capnp::List<wire::Resource>::Builder list, const schedule
 void HeadContext::send_to(const std::string& identity, capnp::MallocMessageBuilder& message) {
   try {
     server->send_to(identity, message);
-  } catch (const transport::TransportError& error) {
+  } catch (const Error& error) {
     TROUPE_LOG_WARN("head: cannot send to {}: {}", identity, error.what());
   }
 }
@@ -42,23 +38,23 @@ void HeadContext::reply_ack(const std::string& identity, std::uint64_t request_i
   send_to(identity, message);
 }
 
-void HeadContext::reply_error(const std::string& identity, std::uint64_t request_id, std::uint16_t code,
+void HeadContext::reply_error(const std::string& identity, std::uint64_t request_id, Errc code,
                               const std::string& text) {
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<wire::ControlMessage>();
   root.setRequestId(request_id);
   auto error = root.initError();
-  error.setCode(code);
+  error.setCode(wire_code(code));
   error.setMessage(text);
   send_to(identity, message);
 }
 
-void HeadContext::send_kill(const std::string& identity, const Id128& actor) {
+void HeadContext::send_kill(const std::string& identity, const ActorId& actor) {
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<wire::ControlMessage>();
   root.setRequestId(next_request_id++);
   auto kill = root.initKillActor();
-  set_id(kill.initActorId(), actor);
+  to_wire(kill.initActorId(), actor);
   kill.setNoRestart(true);
   send_to(identity, message);
 }

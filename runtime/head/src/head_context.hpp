@@ -6,39 +6,26 @@
 
 #include <chrono>
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 
 #include <capnp/message.h>
 
 #include "troupe/head/head.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/scheduler/resources.hpp"
 #include "troupe/transport/control_socket.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
 namespace troupe::head {
 
-using node::id_of;
-using node::set_id;
+// A request the head cannot serve throws troupe::Error; the server answers it
+// with `error {wire_code(code), message}` (Errc::internal for any other
+// exception). Codes go to and come from the wire only through wire_code()
+// and errc_from_wire().
 
-// ErrorInfo codes (numerically troupe::Errc).
-constexpr std::uint16_t kOk = 0;
-constexpr std::uint16_t kActorDied = 2;
-constexpr std::uint16_t kNodeLost = 5;
-constexpr std::uint16_t kInvalidArgument = 7;
-constexpr std::uint16_t kNotFound = 8;
-constexpr std::uint16_t kUnschedulable = 10;
-constexpr std::uint16_t kProtocol = 12;
-constexpr std::uint16_t kInternal = 16;
-
-// A request the head cannot serve, answered with `error {code, message}`.
-struct RequestError : std::runtime_error {
-  RequestError(std::uint16_t code, std::string message)
-      : std::runtime_error(std::move(message)), code(code) {}
-  std::uint16_t code;
-};
-
-// Sums repeated names. Throws RequestError{kInvalidArgument} for a bad name or amount.
+// Sums repeated names. Throws scheduler::SpecError (Errc::invalid_argument)
+// for a bad name or amount.
 scheduler::ResourceSet resources_from_wire(capnp::List<wire::Resource>::Reader list);
 void resources_to_wire(capnp::List<wire::Resource>::Builder list, const scheduler::ResourceSet& set);
 
@@ -59,10 +46,9 @@ struct HeadContext {
   void send_to(const std::string& identity, capnp::MallocMessageBuilder& message);
   // `ack` for request_id; nothing for request_id 0 (a notification).
   void reply_ack(const std::string& identity, std::uint64_t request_id);
-  void reply_error(const std::string& identity, std::uint64_t request_id, std::uint16_t code,
-                   const std::string& text);
+  void reply_error(const std::string& identity, std::uint64_t request_id, Errc code, const std::string& text);
   // killActor{noRestart} for `actor` to the node manager at `identity`.
-  void send_kill(const std::string& identity, const Id128& actor);
+  void send_kill(const std::string& identity, const ActorId& actor);
 };
 
 }  // namespace troupe::head

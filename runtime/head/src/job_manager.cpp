@@ -24,13 +24,13 @@ constexpr auto kStopGrace = std::chrono::seconds(5);
 
 }  // namespace
 
-JobEntry& JobManager::job_or_throw(const Id128& id) {
+JobEntry& JobManager::job_or_throw(const JobId& id) {
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) throw RequestError(kNotFound, "no job " + id.hex());
+  if (it == jobs_.end()) throw Error(Errc::not_found, "no job " + id.hex());
   return it->second;
 }
 
-bool JobManager::owner_alive(const Id128& job, const Id128& owner) const {
+bool JobManager::owner_alive(const JobId& job, const WorkerId& owner) const {
   auto job_it = jobs_.find(job);
   if (job_it != jobs_.end()) {
     auto state = job_it->second.state;
@@ -40,7 +40,7 @@ bool JobManager::owner_alive(const Id128& job, const Id128& owner) const {
   return driver_it == drivers_.end() || driver_it->second.alive;
 }
 
-std::string JobManager::binary_hash_for(const Id128& owner, const Id128& job) const {
+std::string JobManager::binary_hash_for(const WorkerId& owner, const JobId& job) const {
   std::string hash;
   if (auto driver = drivers_.find(owner); driver != drivers_.end()) hash = driver->second.binary_hash;
   if (hash.empty()) {
@@ -54,20 +54,20 @@ std::string JobManager::binary_hash_for(const Id128& owner, const Id128& job) co
 void JobManager::on_register_driver(const std::string& identity, std::uint64_t request_id,
                                     wire::RegisterDriver::Reader reg) {
   if (reg.getProtocolVersion() != wire::PROTOCOL_VERSION) {
-    throw RequestError(kProtocol, "protocol version mismatch (driver " + std::to_string(reg.getProtocolVersion()) +
+    throw Error(Errc::protocol, "protocol version mismatch (driver " + std::to_string(reg.getProtocolVersion()) +
                                       ", head " + std::to_string(wire::PROTOCOL_VERSION) + ")");
   }
   std::string hash = reg.getBinaryHash().cStr();
   if (!hash.empty() && !transport::valid_hash_name(hash))
-    throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+    throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
   DriverEntry driver;
-  driver.worker = id_of(reg.getWorkerId());
-  if (driver.worker.zero()) throw RequestError(kInvalidArgument, "registerDriver without a workerId");
+  driver.worker = from_wire<WorkerId>(reg.getWorkerId());
+  if (driver.worker.nil()) throw Error(Errc::invalid_argument, "registerDriver without a workerId");
   driver.identity = identity;
-  driver.job = id_of(reg.getJobId());
+  driver.job = from_wire<JobId>(reg.getJobId());
   driver.binary_hash = hash;
   driver.last_heartbeat = context_.now();
-  if (driver.job.zero()) driver.job = Id128::random();
+  if (driver.job.nil()) driver.job = JobId::random();
   auto job_it = jobs_.find(driver.job);
   if (job_it == jobs_.end()) {
     JobEntry job;
@@ -87,7 +87,7 @@ void JobManager::on_register_driver(const std::string& identity, std::uint64_t r
   auto root = message.initRoot<ControlMessage>();
   root.setRequestId(request_id);
   auto reply = root.initRegisterDriverReply();
-  set_id(reply.initJobId(), driver.job);
+  to_wire(reply.initJobId(), driver.job);
   reply.setNeedBinary(!hash.empty() && !binaries_.has(hash));
   reply.setHeartbeatIntervalMs(context_.config.heartbeat_ms);
   reply.setDriverTimeoutMs(static_cast<std::uint32_t>(context_.node_timeout().count()));
@@ -96,9 +96,10 @@ void JobManager::on_register_driver(const std::string& identity, std::uint64_t r
 
 void JobManager::on_driver_heartbeat(const std::string& identity, std::uint64_t request_id,
                                      wire::DriverHeartbeat::Reader heartbeat) {
-  auto it = drivers_.find(id_of(heartbeat.getWorkerId()));
+  WorkerId worker = from_wire<WorkerId>(heartbeat.getWorkerId());
+  auto it = drivers_.find(worker);
   if (it == drivers_.end() || !it->second.alive) {
-    throw RequestError(kNotFound, "driver " + id_of(heartbeat.getWorkerId()).hex() +
+    throw Error(Errc::not_found, "driver " + worker.hex() +
                                       " is not registered (or timed out): register again");
   }
   // The heartbeat may come from another socket than the registration; the
@@ -120,7 +121,7 @@ void JobManager::driver_lost(DriverEntry& driver, const std::string& why) {
     });
     if (!other_alive) {
       job->second.state = JobState::STOPPED;
-      job->second.error_code = kActorDied;
+      job->second.error_code = Errc::actor_died;
       job->second.error = "driver went away: " + why;
     }
   }
@@ -137,13 +138,13 @@ void JobManager::expire_drivers(Clock::time_point now) {
 // --- jobs ----------------------------------------------------------------------------
 
 void JobManager::fill_job_update(wire::JobUpdate::Builder update, const JobEntry& job) {
-  set_id(update.initJobId(), job.id);
+  to_wire(update.initJobId(), job.id);
   update.setState(job.state);
   update.setName(job.name);
-  set_id(update.initDriverNodeId(), job.head_started ? context_.config.head_node_id : Id128{});
+  to_wire(update.initDriverNodeId(), job.head_started ? context_.config.head_node_id : NodeId{});
   update.setExitCode(job.exit_code);
   auto error = update.initError();
-  error.setCode(job.error_code);
+  error.setCode(wire_code(job.error_code));
   error.setMessage(job.error);
 }
 
@@ -158,24 +159,24 @@ void JobManager::reply_job(const std::string& identity, std::uint64_t request_id
 void JobManager::on_submit_job(const std::string& identity, std::uint64_t request_id,
                                wire::SubmitJob::Reader submit) {
   if (submit.getProtocolVersion() != wire::PROTOCOL_VERSION) {
-    throw RequestError(kProtocol, "protocol version mismatch (CLI " + std::to_string(submit.getProtocolVersion()) +
+    throw Error(Errc::protocol, "protocol version mismatch (CLI " + std::to_string(submit.getProtocolVersion()) +
                                       ", head " + std::to_string(wire::PROTOCOL_VERSION) + ")");
   }
-  if (submit.getArgv().size() == 0) throw RequestError(kInvalidArgument, "submitJob with an empty argv");
+  if (submit.getArgv().size() == 0) throw Error(Errc::invalid_argument, "submitJob with an empty argv");
   std::string hash = submit.getBinaryHash().cStr();
-  if (!transport::valid_hash_name(hash)) throw RequestError(kInvalidArgument, "bad binary hash \"" + hash + "\"");
+  if (!transport::valid_hash_name(hash)) throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
   if (submit.getBinary().size() > 0) {
     auto data = submit.getBinary();
     std::string_view bytes(reinterpret_cast<const char*>(data.begin()), data.size());
     if (transport::content_hash(bytes) != hash) {
-      throw RequestError(kInvalidArgument, "binary does not match its hash " + hash);
+      throw Error(Errc::invalid_argument, "binary does not match its hash " + hash);
     }
     binaries_.store(hash, data);
   } else if (!binaries_.has(hash)) {
-    throw RequestError(kNotFound, "the head has no binary " + hash + "; send it with the job");
+    throw Error(Errc::not_found, "the head has no binary " + hash + "; send it with the job");
   }
   JobEntry job;
-  job.id = Id128::random();
+  job.id = JobId::random();
   job.name = submit.getName().size() > 0 ? submit.getName().cStr()
                                           : std::filesystem::path(submit.getArgv()[0].cStr()).filename().string();
   job.binary_hash = hash;
@@ -204,17 +205,17 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
   } catch (const std::exception& error) {
     job.state = JobState::FAILED;
     job.exit_code = 127;
-    job.error_code = kInvalidArgument;
+    job.error_code = Errc::invalid_argument;
     job.error = error.what();
   }
-  Id128 id = job.id;
+  JobId id = job.id;
   jobs_.emplace(id, std::move(job));
   order_.push_back(id);
   reply_job(identity, request_id, jobs_.at(id));
 }
 
 void JobManager::on_stop_job(const std::string& identity, std::uint64_t request_id, wire::StopJob::Reader stop) {
-  JobEntry& job = job_or_throw(id_of(stop.getJobId()));
+  JobEntry& job = job_or_throw(from_wire<JobId>(stop.getJobId()));
   if (job.state == JobState::RUNNING || job.state == JobState::PENDING) {
     job.stop_requested = true;
     if (job.head_started && job.pid > 0) {
@@ -230,7 +231,7 @@ void JobManager::on_stop_job(const std::string& identity, std::uint64_t request_
 }
 
 void JobManager::on_job_logs(const std::string& identity, std::uint64_t request_id, wire::JobLogs::Reader logs) {
-  JobEntry& job = job_or_throw(id_of(logs.getJobId()));
+  JobEntry& job = job_or_throw(from_wire<JobId>(logs.getJobId()));
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<ControlMessage>();
   root.setRequestId(request_id);
@@ -269,20 +270,20 @@ void JobManager::reap(Clock::time_point now) {
       ::kill(-job.pid, SIGKILL);  // anything the driver left in its group
       if (job.stop_requested) {
         job.state = JobState::STOPPED;
-        job.error_code = kOk;
+        job.error_code = Errc::ok;
         job.error = "stopped by request (driver " + node::describe_wait_status(*status) + ")";
       } else if (job.exit_code == 0) {
         job.state = JobState::SUCCEEDED;
       } else {
         job.state = JobState::FAILED;
-        job.error_code = 1;
+        job.error_code = Errc::task_failed;  // the driver failed
         job.error = "driver " + node::describe_wait_status(*status);
       }
       TROUPE_LOG_INFO("head: job {} finished: {}", id.short_hex(), node::describe_wait_status(*status));
       for (auto& [worker, driver] : drivers_) {
         if (driver.job == id) driver.alive = false;
       }
-      Id128 job_id = id;
+      JobId job_id = id;
       actors_.kill_actors_where([&](const ActorEntry& a) { return a.job == job_id; }, "its job's driver exited");
     } else if (job.stop_requested && !job.killed && now >= job.kill_deadline) {
       ::kill(-job.pid, SIGKILL);

@@ -26,21 +26,21 @@ class ActorDirectory;
 class BinaryStore;
 
 struct DriverEntry {
-  Id128 worker;
+  WorkerId worker;
   std::string identity;
-  Id128 job;
+  JobId job;
   std::string binary_hash;
   Clock::time_point last_heartbeat;
   bool alive = true;
 };
 
 struct JobEntry {
-  Id128 id;
+  JobId id;
   std::string name;
   wire::JobState state = wire::JobState::PENDING;
   pid_t pid = 0;
   int exit_code = 0;
-  std::uint16_t error_code = kOk;
+  Errc error_code = Errc::ok;
   std::string error;
   std::filesystem::path log_path;
   std::string binary_hash;
@@ -71,26 +71,26 @@ class JobManager {
 
   // Whether an actor of `job` owned by `owner` still has someone to serve:
   // its job (if known) is PENDING or RUNNING and its driver (if known) alive.
-  bool owner_alive(const Id128& job, const Id128& owner) const;
+  bool owner_alive(const JobId& job, const WorkerId& owner) const;
   // The binary an actor of this owner and job runs from: the owner driver's,
   // else the job's; empty when neither is known.
-  std::string binary_hash_for(const Id128& owner, const Id128& job) const;
+  std::string binary_hash_for(const WorkerId& owner, const JobId& job) const;
 
   void fill_job_update(wire::JobUpdate::Builder update, const JobEntry& job);
-  const std::vector<Id128>& order() const { return order_; }
-  const JobEntry& at(const Id128& id) const { return jobs_.at(id); }
+  const std::vector<JobId>& order() const { return order_; }
+  const JobEntry& at(const JobId& id) const { return jobs_.at(id); }
 
  private:
-  JobEntry& job_or_throw(const Id128& id);
+  JobEntry& job_or_throw(const JobId& id);
   void reply_job(const std::string& identity, std::uint64_t request_id, const JobEntry& job);
   void driver_lost(DriverEntry& driver, const std::string& why);
 
   HeadContext& context_;
   ActorDirectory& actors_;
   BinaryStore& binaries_;
-  std::map<Id128, DriverEntry> drivers_;
-  std::map<Id128, JobEntry> jobs_;
-  std::vector<Id128> order_;
+  std::map<WorkerId, DriverEntry> drivers_;
+  std::map<JobId, JobEntry> jobs_;
+  std::vector<JobId> order_;
 };
 
 }  // namespace troupe::head

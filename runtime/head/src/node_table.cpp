@@ -8,7 +8,7 @@
 
 namespace troupe::head {
 
-NodeEntry* NodeTable::find(const Id128& id) {
+NodeEntry* NodeTable::find(const NodeId& id) {
   for (auto& node : nodes_) {
     if (node->id == id) return node.get();
   }
@@ -26,33 +26,25 @@ std::vector<NodeEntry*> NodeTable::alive() {
 void NodeTable::on_register_node(const std::string& identity, std::uint64_t request_id,
                                  wire::RegisterNode::Reader reg) {
   if (reg.getProtocolVersion() != wire::PROTOCOL_VERSION) {
-    throw RequestError(kProtocol, "protocol version " + std::to_string(reg.getProtocolVersion()) +
+    throw Error(Errc::protocol, "protocol version " + std::to_string(reg.getProtocolVersion()) +
                                       " differs from the head's " + std::to_string(wire::PROTOCOL_VERSION));
   }
-  Id128 id = id_of(reg.getNodeId());
-  if (id.zero()) throw RequestError(kInvalidArgument, "registerNode without a nodeId");
+  NodeId id = from_wire<NodeId>(reg.getNodeId());
+  if (id.nil()) throw Error(Errc::invalid_argument, "registerNode without a nodeId");
   scheduler::NodeInfo info;
   info.node_id = id.hex();
   info.address = reg.getAddress().cStr();
   for (auto gpu : reg.getGpus()) info.gpus.push_back(scheduler::gpu_from_wire(gpu));
   info.total = resources_from_wire(reg.getResources());
-  try {
-    info.total.set(scheduler::kCpu, reg.getNumCpus());
-    info.total.set(scheduler::kMemory, static_cast<double>(reg.getMemoryBytes()));
-    info.total.set(scheduler::kGpu, static_cast<double>(info.gpus.size()));
-  } catch (const scheduler::SpecError& error) {
-    throw RequestError(kInvalidArgument, error.what());
-  }
+  // A bad amount throws SpecError (invalid_argument).
+  info.total.set(scheduler::kCpu, reg.getNumCpus());
+  info.total.set(scheduler::kMemory, static_cast<double>(reg.getMemoryBytes()));
+  info.total.set(scheduler::kGpu, static_cast<double>(info.gpus.size()));
   NodeEntry* node = find(id);
   if (node != nullptr && node->alive) {
     // A repeated registration (the worker missed our reply): keep the books.
   } else {
-    std::unique_ptr<NodeEntry> fresh;
-    try {
-      fresh = std::make_unique<NodeEntry>(id, scheduler::NodeState(info));
-    } catch (const scheduler::SpecError& error) {
-      throw RequestError(kInvalidArgument, error.what());
-    }
+    auto fresh = std::make_unique<NodeEntry>(id, scheduler::NodeState(info));  // or SpecError
     if (node != nullptr) {
       auto it = std::find_if(nodes_.begin(), nodes_.end(), [&](auto& n) { return n.get() == node; });
       *it = std::move(fresh);
@@ -76,7 +68,7 @@ void NodeTable::on_register_node(const std::string& identity, std::uint64_t requ
   auto root = message.initRoot<wire::ControlMessage>();
   root.setRequestId(request_id);
   auto reply = root.initRegisterNodeReply();
-  set_id(reply.initHeadNodeId(), context_.config.head_node_id);
+  to_wire(reply.initHeadNodeId(), context_.config.head_node_id);
   reply.setHeartbeatIntervalMs(context_.config.heartbeat_ms);
   reply.setNodeTimeoutMs(static_cast<std::uint32_t>(context_.node_timeout().count()));
   context_.send_to(identity, message);
@@ -84,8 +76,8 @@ void NodeTable::on_register_node(const std::string& identity, std::uint64_t requ
 
 void NodeTable::on_heartbeat(const std::string& identity, std::uint64_t request_id,
                              wire::Heartbeat::Reader heartbeat,
-                             const std::function<bool(const Id128&, std::uint32_t)>& accounted_for) {
-  Id128 id = id_of(heartbeat.getNodeId());
+                             const std::function<bool(const ActorId&, std::uint32_t)>& accounted_for) {
+  NodeId id = from_wire<NodeId>(heartbeat.getNodeId());
   NodeEntry* node = find(id);
   bool known = node != nullptr && node->alive;
   if (known) {
@@ -94,7 +86,7 @@ void NodeTable::on_heartbeat(const std::string& identity, std::uint64_t request_
     // Actor hosts the head does not account for on this node (left over
     // from before a head restart, or killed while the node was away).
     for (auto status : heartbeat.getActors()) {
-      Id128 actor_id = id_of(status.getActorId());
+      ActorId actor_id = from_wire<ActorId>(status.getActorId());
       if (!accounted_for(actor_id, status.getIncarnation())) context_.send_kill(identity, actor_id);
     }
   }

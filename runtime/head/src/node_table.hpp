@@ -20,14 +20,14 @@
 namespace troupe::head {
 
 struct NodeEntry {
-  Id128 id;
+  NodeId id;
   std::string identity;
   std::unique_ptr<capnp::MallocMessageBuilder> registration;  // RegisterNode
   scheduler::NodeState state;
   bool alive = true;
   Clock::time_point last_heartbeat;
 
-  NodeEntry(Id128 id, scheduler::NodeState state) : id(id), state(std::move(state)) {}
+  NodeEntry(NodeId id, scheduler::NodeState state) : id(id), state(std::move(state)) {}
   wire::RegisterNode::Reader info() { return registration->getRoot<wire::RegisterNode>(); }
 };
 
@@ -35,21 +35,21 @@ class NodeTable {
  public:
   explicit NodeTable(HeadContext& context) : context_(context) {}
 
-  // Answers registerNodeReply. Throws RequestError for a protocol mismatch or
-  // a malformed registration.
+  // Answers registerNodeReply. Throws troupe::Error for a protocol mismatch
+  // (Errc::protocol) or a malformed registration (Errc::invalid_argument).
   void on_register_node(const std::string& identity, std::uint64_t request_id,
                         wire::RegisterNode::Reader reg);
   // Answers heartbeatAck. For an alive node, first sends killActor for every
   // actor it reports that `accounted_for(actor, incarnation)` denies.
   void on_heartbeat(const std::string& identity, std::uint64_t request_id,
                     wire::Heartbeat::Reader heartbeat,
-                    const std::function<bool(const Id128& actor, std::uint32_t incarnation)>& accounted_for);
+                    const std::function<bool(const ActorId& actor, std::uint32_t incarnation)>& accounted_for);
 
   // Marks every alive node silent since before now - node_timeout() lost
   // (logging why) and returns them, in registration order.
   std::vector<NodeEntry*> expire(Clock::time_point now);
 
-  NodeEntry* find(const Id128& id);
+  NodeEntry* find(const NodeId& id);
   // Alive nodes in registration order: the order placement sees them in.
   std::vector<NodeEntry*> alive();
   const std::vector<std::unique_ptr<NodeEntry>>& all() const { return nodes_; }

@@ -11,7 +11,7 @@ namespace troupe::head {
 using wire::ControlMessage;
 using wire::PlacementGroupState;
 
-GroupEntry* PlacementGroupManager::find(const Id128& id) {
+GroupEntry* PlacementGroupManager::find(const PlacementGroupId& id) {
   auto it = groups_.find(id);
   return it == groups_.end() ? nullptr : &it->second;
 }
@@ -44,7 +44,7 @@ void PlacementGroupManager::try_place_group(GroupEntry& group) {
     if (state != group.state || placement.reason != group.reason) {
       group.state = state;
       group.reason = placement.reason;
-      group.reason_code = state == PlacementGroupState::INFEASIBLE ? kUnschedulable : kOk;
+      group.reason_code = state == PlacementGroupState::INFEASIBLE ? Errc::unschedulable : Errc::ok;
       notify_group(group);
     }
     return;
@@ -61,19 +61,19 @@ void PlacementGroupManager::try_place_group(GroupEntry& group) {
   }
   group.state = PlacementGroupState::CREATED;
   group.reason.clear();
-  group.reason_code = kOk;
+  group.reason_code = Errc::ok;
   TROUPE_LOG_INFO("head: placement group {} created", group.id.short_hex());
   notify_group(group);
   context_.schedule_needed = true;
 }
 
 void PlacementGroupManager::fill_group_update(wire::PlacementGroupUpdate::Builder update, const GroupEntry& group) {
-  set_id(update.initPlacementGroupId(), group.id);
+  to_wire(update.initPlacementGroupId(), group.id);
   update.setState(group.state);
   auto nodes_list = update.initBundleNodes(static_cast<unsigned>(group.bundle_nodes.size()));
-  for (unsigned i = 0; i < group.bundle_nodes.size(); ++i) set_id(nodes_list[i], group.bundle_nodes[i]);
+  for (unsigned i = 0; i < group.bundle_nodes.size(); ++i) to_wire(nodes_list[i], group.bundle_nodes[i]);
   auto reason = update.initReason();
-  reason.setCode(group.reason_code);
+  reason.setCode(wire_code(group.reason_code));
   reason.setMessage(group.reason);
 }
 
@@ -88,26 +88,22 @@ void PlacementGroupManager::notify_group(GroupEntry& group) {
 
 void PlacementGroupManager::on_create_group(const std::string& identity, std::uint64_t request_id,
                                             wire::CreatePlacementGroup::Reader create) {
-  Id128 id = id_of(create.getPlacementGroupId());
-  if (id.zero()) throw RequestError(kInvalidArgument, "createPlacementGroup without an id");
+  PlacementGroupId id = from_wire<PlacementGroupId>(create.getPlacementGroupId());
+  if (id.nil()) throw Error(Errc::invalid_argument, "createPlacementGroup without an id");
   if (groups_.count(id) != 0) {
     context_.reply_ack(identity, request_id);
     return;
   }
   GroupEntry group;
   group.id = id;
-  group.job = id_of(create.getJobId());
+  group.job = from_wire<JobId>(create.getJobId());
   group.name = create.getName().cStr();
   group.owner_identity = identity;
-  if (create.getBundles().size() == 0) throw RequestError(kInvalidArgument, "a placement group needs bundles");
-  try {
-    for (auto bundle : create.getBundles()) {
-      scheduler::Bundle request;
-      request.amounts = resources_from_wire(bundle.getResources());
-      group.bundles.push_back(scheduler::normalize(request));
-    }
-  } catch (const scheduler::SpecError& error) {
-    throw RequestError(kInvalidArgument, error.what());
+  if (create.getBundles().size() == 0) throw Error(Errc::invalid_argument, "a placement group needs bundles");
+  for (auto bundle : create.getBundles()) {  // a bad one throws SpecError (invalid_argument)
+    scheduler::Bundle request;
+    request.amounts = resources_from_wire(bundle.getResources());
+    group.bundles.push_back(scheduler::normalize(request));
   }
   switch (create.getStrategy()) {
     case wire::PlacementStrategy::PACK: group.strategy = scheduler::Strategy::PACK; break;
@@ -124,9 +120,9 @@ void PlacementGroupManager::on_create_group(const std::string& identity, std::ui
 
 void PlacementGroupManager::on_remove_group(const std::string& identity, std::uint64_t request_id,
                                             wire::RemovePlacementGroup::Reader remove) {
-  Id128 id = id_of(remove.getPlacementGroupId());
+  PlacementGroupId id = from_wire<PlacementGroupId>(remove.getPlacementGroupId());
   auto it = groups_.find(id);
-  if (it == groups_.end()) throw RequestError(kNotFound, "no placement group " + id.hex());
+  if (it == groups_.end()) throw Error(Errc::not_found, "no placement group " + id.hex());
   remove_group(it->second);
   context_.reply_ack(identity, request_id);
 }
@@ -157,14 +153,14 @@ scheduler::NodeState PlacementGroupManager::reserve_bundle(NodeEntry& node, cons
 
 // A node holding bundles of created groups was lost: those bundles are
 // reserved again on the nodes that remain, under the group's strategy.
-void PlacementGroupManager::lose_bundles_on(const Id128& node_id) {
+void PlacementGroupManager::lose_bundles_on(const NodeId& node_id) {
   for (const auto& id : order_) {
     auto& group = groups_.at(id);
     if (group.state != PlacementGroupState::CREATED) continue;
     bool lost = false;
     for (int b = 0; b < static_cast<int>(group.bundle_nodes.size()); ++b) {
       if (group.bundle_nodes[b] != node_id) continue;
-      group.bundle_nodes[b] = Id128{};
+      group.bundle_nodes[b] = NodeId{};
       group.lost_bundles.push_back(b);
       lost = true;
     }
@@ -180,9 +176,9 @@ void PlacementGroupManager::lose_bundles_on(const Id128& node_id) {
 void PlacementGroupManager::try_replace_lost_bundles(GroupEntry& group) {
   // STRICT_SPREAD keeps every bundle on its own node; STRICT_PACK keeps
   // them on the survivors' node (all of them were lost when there are none).
-  std::set<Id128> holding;
+  std::set<NodeId> holding;
   for (const auto& node : group.bundle_nodes)
-    if (!node.zero()) holding.insert(node);
+    if (!node.nil()) holding.insert(node);
   std::vector<NodeEntry*> candidates;
   for (auto* node : nodes_.alive()) {
     if (group.strategy == scheduler::Strategy::STRICT_SPREAD && holding.count(node->id)) continue;

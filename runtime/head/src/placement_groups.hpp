@@ -2,7 +2,7 @@
 // nodes, and the rescheduling of bundles whose node was lost (Ray's
 // GcsPlacementGroupManager and GcsPlacementGroupScheduler).
 //
-// Contract: a group is PENDING (or INFEASIBLE, code kUnschedulable, when no
+// Contract: a group is PENDING (or INFEASIBLE, code Errc::unschedulable, when no
 // cluster of these nodes could hold it) until every bundle fits at once under
 // its strategy; then CREATED: each bundle's resources are taken from its node
 // and become a NodeState that the group's actors are placed into. When a
@@ -27,22 +27,22 @@ struct NodeEntry;
 class ActorDirectory;
 
 struct GroupEntry {
-  Id128 id;
-  Id128 job;
+  PlacementGroupId id;
+  JobId job;
   std::string name;
   std::string owner_identity;
   std::vector<scheduler::Bundle> bundles;
   scheduler::Strategy strategy = scheduler::Strategy::PACK;
   wire::PlacementGroupState state = wire::PlacementGroupState::PENDING;
-  std::uint16_t reason_code = kOk;
+  Errc reason_code = Errc::ok;
   std::string reason;
-  std::vector<Id128> bundle_nodes;
+  std::vector<NodeId> bundle_nodes;
   std::vector<scheduler::BundlePlacement> placements;
   // One NodeState per reserved bundle: actors of the group are placed inside
   // these exactly as ordinary actors are placed on nodes.
   std::vector<scheduler::NodeState> bundle_states;
   // Bundles whose node was lost, waiting to be reserved again elsewhere (as
-  // Ray does); their bundle_nodes entry is zero meanwhile. The group stays
+  // Ray does); their bundle_nodes entry is nil meanwhile. The group stays
   // CREATED: its other bundles and their actors are untouched.
   std::vector<int> lost_bundles;
 };
@@ -60,12 +60,12 @@ class PlacementGroupManager {
   // Places pending groups and reserves lost bundles again, in creation order.
   void place_pending();
   // The node was lost: its bundles of created groups wait to be reserved again.
-  void lose_bundles_on(const Id128& node);
+  void lose_bundles_on(const NodeId& node);
 
-  GroupEntry* find(const Id128& id);
+  GroupEntry* find(const PlacementGroupId& id);
   void fill_group_update(wire::PlacementGroupUpdate::Builder update, const GroupEntry& group);
-  const std::vector<Id128>& order() const { return order_; }
-  GroupEntry& at(const Id128& id) { return groups_.at(id); }
+  const std::vector<PlacementGroupId>& order() const { return order_; }
+  GroupEntry& at(const PlacementGroupId& id) { return groups_.at(id); }
 
  private:
   void try_place_group(GroupEntry& group);
@@ -77,8 +77,8 @@ class PlacementGroupManager {
   HeadContext& context_;
   NodeTable& nodes_;
   ActorDirectory& actors_;
-  std::map<Id128, GroupEntry> groups_;
-  std::vector<Id128> order_;
+  std::map<PlacementGroupId, GroupEntry> groups_;
+  std::vector<PlacementGroupId> order_;
 };
 
 }  // namespace troupe::head

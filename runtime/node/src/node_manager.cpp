@@ -15,6 +15,8 @@
 
 #include "troupe/node/files.hpp"
 #include "troupe/node/process.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/runtime/logging.hpp"
 #include "troupe/transport/content_hash.hpp"
 #include "troupe/transport/control_socket.hpp"
@@ -28,14 +30,11 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using wire::ControlMessage;
 
-constexpr std::uint16_t kActorDied = 2;
-constexpr std::uint16_t kNotFound = 8;
-constexpr std::uint16_t kInvalidArgument = 7;
 constexpr auto kMaxBackoff = std::chrono::milliseconds(2000);
 constexpr auto kFetchTimeout = std::chrono::seconds(60);
 
 struct ActorHost {
-  Id128 actor;
+  ActorId actor;
   std::uint32_t incarnation = 0;
   pid_t pid = 0;
 };
@@ -62,7 +61,7 @@ class NodeManager {
       std::optional<transport::ReceivedMessage> message;
       try {
         message = head_.receive(std::chrono::milliseconds(20));
-      } catch (const transport::TransportError& error) {
+      } catch (const Error& error) {
         TROUPE_LOG_WARN("node: dropped a malformed message: {}", error.what());
       }
       if (message) {
@@ -85,7 +84,7 @@ class NodeManager {
     try {
       head_.send(message);
       return true;
-    } catch (const transport::TransportError&) {
+    } catch (const Error&) {
       return false;  // not connected (ZMQ_IMMEDIATE): the head is away
     }
   }
@@ -99,13 +98,13 @@ class NodeManager {
     send(message);
   }
 
-  void reply_error(std::uint64_t request_id, std::uint16_t code, const std::string& text) {
+  void reply_error(std::uint64_t request_id, Errc code, const std::string& text) {
     if (request_id == 0) return;
     capnp::MallocMessageBuilder message;
     auto root = message.initRoot<ControlMessage>();
     root.setRequestId(request_id);
     auto error = root.initError();
-    error.setCode(code);
+    error.setCode(wire_code(code));
     error.setMessage(text);
     send(message);
   }
@@ -117,7 +116,7 @@ class NodeManager {
     root.setRequestId(register_request_);
     auto reg = root.initRegisterNode();
     reg.setProtocolVersion(wire::PROTOCOL_VERSION);
-    set_id(reg.initNodeId(), config_.node_id);
+    to_wire(reg.initNodeId(), config_.node_id);
     reg.setAddress(config_.node_ip);
     char host[256] = {};
     ::gethostname(host, sizeof host - 1);
@@ -161,11 +160,11 @@ class NodeManager {
     auto root = message.initRoot<ControlMessage>();
     root.setRequestId(next_request_id_++);
     auto heartbeat = root.initHeartbeat();
-    set_id(heartbeat.initNodeId(), config_.node_id);
+    to_wire(heartbeat.initNodeId(), config_.node_id);
     heartbeat.setSeq(++heartbeat_seq_);
     auto actors = heartbeat.initActors(static_cast<unsigned>(hosts_.size()));
     for (unsigned i = 0; i < hosts_.size(); ++i) {
-      set_id(actors[i].initActorId(), hosts_[i].actor);
+      to_wire(actors[i].initActorId(), hosts_[i].actor);
       actors[i].setState(wire::ActorState::ALIVE);
       actors[i].setIncarnation(hosts_[i].incarnation);
       actors[i].setPid(static_cast<std::uint32_t>(hosts_[i].pid));
@@ -173,18 +172,18 @@ class NodeManager {
     send(message);
   }
 
-  void send_actor_update(const Id128& actor, std::uint32_t incarnation, std::uint16_t code,
+  void send_actor_update(const ActorId& actor, std::uint32_t incarnation, Errc code,
                          const std::string& reason) {
     capnp::MallocMessageBuilder message;
     auto root = message.initRoot<ControlMessage>();
     root.setRequestId(next_request_id_++);
     auto update = root.initActorUpdate();
-    set_id(update.initActorId(), actor);
+    to_wire(update.initActorId(), actor);
     update.setState(wire::ActorState::DEAD);
-    set_id(update.initNodeId(), config_.node_id);
+    to_wire(update.initNodeId(), config_.node_id);
     update.setIncarnation(incarnation);
     auto error = update.initReason();
-    error.setCode(code);
+    error.setCode(wire_code(code));
     error.setMessage(reason);
     send(message);
   }
@@ -243,7 +242,7 @@ class NodeManager {
   void on_start_actor(std::uint64_t request_id, wire::StartActor::Reader start) {
     std::string hash = start.getJobBinaryHash().cStr();
     if (!transport::valid_hash_name(hash)) {
-      reply_error(request_id, kInvalidArgument, "startActor with a bad jobBinaryHash \"" + hash + "\"");
+      reply_error(request_id, Errc::invalid_argument, "startActor with a bad jobBinaryHash \"" + hash + "\"");
       return;
     }
     reply_ack(request_id);
@@ -293,13 +292,13 @@ class NodeManager {
   void fail_fetch(PendingFetch& fetch, const std::string& why) {
     for (auto& start : fetch.starts) {
       auto reader = start->getRoot<wire::StartActor>();
-      send_actor_update(id_of(reader.getSpec().getActorId()), reader.getIncarnation(), kActorDied,
+      send_actor_update(from_wire<ActorId>(reader.getSpec().getActorId()), reader.getIncarnation(), Errc::actor_died,
                         "cannot fetch job binary " + fetch.hash + ": " + why);
     }
   }
 
   void on_kill_actor(std::uint64_t request_id, wire::KillActor::Reader kill) {
-    Id128 actor = id_of(kill.getActorId());
+    ActorId actor = from_wire<ActorId>(kill.getActorId());
     bool found = false;
     for (auto& host : hosts_) {
       if (host.actor == actor) {
@@ -308,7 +307,7 @@ class NodeManager {
       }
     }
     if (found) reply_ack(request_id);
-    else reply_error(request_id, kNotFound, "no actor host for " + actor.hex() + " on this node");
+    else reply_error(request_id, Errc::not_found, "no actor host for " + actor.hex() + " on this node");
   }
 
   // --- actor hosts ------------------------------------------------------------------
@@ -318,7 +317,7 @@ class NodeManager {
   }
 
   void spawn_host(wire::StartActor::Reader start) {
-    Id128 actor = id_of(start.getSpec().getActorId());
+    ActorId actor = from_wire<ActorId>(start.getSpec().getActorId());
     std::uint32_t incarnation = start.getIncarnation();
     for (auto& host : hosts_) {
       if (host.actor == actor) ::kill(host.pid, SIGKILL);  // an older incarnation still running
@@ -355,7 +354,8 @@ class NodeManager {
                       config_.node_id.short_hex(), actor.short_hex(),
                       start.getSpec().getClassName().cStr(), incarnation, pid, devices);
     } catch (const std::exception& error) {
-      send_actor_update(actor, incarnation, kActorDied, std::string("cannot start the actor host: ") + error.what());
+      send_actor_update(actor, incarnation, Errc::actor_died,
+                        std::string("cannot start the actor host: ") + error.what());
     }
   }
 
@@ -368,7 +368,7 @@ class NodeManager {
       }
       std::string reason = "actor host " + describe_wait_status(*status);
       TROUPE_LOG_INFO("node {}: actor {} {}", config_.node_id.short_hex(), it->actor.short_hex(), reason);
-      send_actor_update(it->actor, it->incarnation, kActorDied, reason);
+      send_actor_update(it->actor, it->incarnation, Errc::actor_died, reason);
       it = hosts_.erase(it);
     }
   }

@@ -26,6 +26,7 @@
 
 #include <capnp/message.h>
 
+#include "troupe/runtime/error.hpp"
 #include "troupe/transport/error.hpp"
 #include "troupe/transport/framing.hpp"
 
@@ -36,12 +37,12 @@ class ControlServer {
   virtual ~ControlServer() = default;
 
   // Waits at most `timeout` for one message from any peer; nullopt when none
-  // came. A malformed message is consumed and throws TransportError{protocol}.
+  // came. A malformed message is consumed and throws troupe::Error{protocol}.
   [[nodiscard]] virtual std::optional<RoutedMessage> receive(std::chrono::milliseconds timeout) = 0;
 
   // Queues `message` for the peer `identity` without blocking. A peer that is
   // gone or unknown loses the message silently (as a ROUTER does); a full
-  // queue throws TransportError{timeout}. The builder is unchanged.
+  // queue throws troupe::Error{timeout}. The builder is unchanged.
   virtual void send_to(const std::string& identity, capnp::MessageBuilder& message) = 0;
 
   // "IP:PORT" peers connect to; empty for an in-process server.
@@ -49,9 +50,9 @@ class ControlServer {
 };
 
 // The bind failed because another process listens on that port.
-class AddressInUseError : public TransportError {
+class AddressInUseError : public Error {
  public:
-  using TransportError::TransportError;
+  using Error::Error;
 };
 
 // A ZeroMQ ROUTER bound on tcp://ip:port (port 0: any free port), with the
@@ -59,7 +60,7 @@ class AddressInUseError : public TransportError {
 // with the same identity takes its name over.
 class ZmqControlServer final : public ControlServer {
  public:
-  // Throws AddressInUseError when the port is taken, TransportError{transport}
+  // Throws AddressInUseError when the port is taken, troupe::Error{transport}
   // (message: ZeroMQ's reason) when the address cannot be bound otherwise.
   ZmqControlServer(const std::string& ip, int port);
   ~ZmqControlServer() override;
@@ -110,7 +111,7 @@ class ControlDealer {
     bool immediate = false;
   };
 
-  // Throws TransportError{invalid_argument} (message: ZeroMQ's reason) for an
+  // Throws troupe::Error{invalid_argument} (message: ZeroMQ's reason) for an
   // address ZeroMQ cannot parse.
   ControlDealer(const std::string& identity, const std::string& address, Options options);
   ControlDealer(const std::string& identity, const std::string& address)
@@ -119,11 +120,11 @@ class ControlDealer {
   ControlDealer(const ControlDealer&) = delete;
   ControlDealer& operator=(const ControlDealer&) = delete;
 
-  // Sends without blocking: TransportError{timeout} when it would block
+  // Sends without blocking: troupe::Error{timeout} when it would block
   // (with `immediate`: while not connected), {transport} on other failures.
   void send(capnp::MessageBuilder& message);
   // Waits at most `timeout` for one message; nullopt when none came.
-  // Throws TransportError{protocol} for a malformed one.
+  // Throws troupe::Error{protocol} for a malformed one.
   [[nodiscard]] std::optional<ReceivedMessage> receive(std::chrono::milliseconds timeout);
 
  private:

@@ -21,15 +21,13 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
-#include <stdexcept>
 #include <string>
 
-#include "troupe/node/ids.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/transport/control_socket.hpp"
 
 namespace troupe::head {
 
-using node::Id128;
 using Clock = std::chrono::steady_clock;
 
 struct HeadConfig {
@@ -38,16 +36,10 @@ struct HeadConfig {
   std::uint32_t heartbeat_ms = 500;     // node and driver heartbeat period
   std::uint32_t heartbeat_misses = 6;   // silence of misses * period = lost
   std::filesystem::path session_dir;    // binaries/, jobs/ live here
-  Id128 head_node_id;                   // the node manager in the head's process
+  NodeId head_node_id;                  // the node manager in the head's process
   // The head's notion of now (heartbeat ages, timeouts, stop deadlines);
   // empty = steady_clock::now. Tests step a fake clock instead of sleeping.
   std::function<Clock::time_point()> clock;
-};
-
-// bind() failed: the port is in use, or the address cannot be bound.
-class BindError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
 };
 
 class Head {
@@ -60,8 +52,9 @@ class Head {
   Head(const Head&) = delete;
   Head& operator=(const Head&) = delete;
 
-  // Binds the ROUTER on tcp://node_ip:port. Throws BindError when the port is
-  // in use or the address cannot be bound.
+  // Binds the ROUTER on tcp://node_ip:port. Throws troupe::Error
+  // (Errc::transport) when the port is in use or the address cannot be
+  // bound; its message() says which, for people.
   void bind();
   // "IP:PORT" once bound (empty with an in-process server).
   std::string address() const;

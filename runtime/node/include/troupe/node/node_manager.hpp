@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "troupe/node/ids.hpp"
+#include "troupe/runtime/ids.hpp"
 #include "troupe/scheduler/resources.hpp"
 
 namespace troupe::node {
@@ -19,7 +19,7 @@ namespace troupe::node {
 struct NodeManagerConfig {
   std::string head_address;               // IP:PORT
   std::string node_ip = "127.0.0.1";
-  Id128 node_id;
+  NodeId node_id;
   std::uint32_t num_cpus = 1;
   std::uint64_t memory_bytes = 0;
   std::vector<scheduler::GpuInfo> gpus;   // detected or declared
