@@ -11,7 +11,7 @@
 
 #include <capnp/message.h>
 
-#include "troupe/transport/control_socket.hpp"
+#include "troupe/transport/internal/control_socket.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 

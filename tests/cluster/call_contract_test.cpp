@@ -92,7 +92,7 @@ class RawCaller {
   std::uint64_t caller_hi_ = 0, caller_lo_ = 0;
 };
 
-constexpr auto kActorDied = static_cast<std::uint16_t>(troupe::Errc::actor_died);
+constexpr auto kActorDied = troupe::wire_code(troupe::Errc::actor_died);
 constexpr auto kProtocol = static_cast<std::uint16_t>(troupe::Errc::protocol);
 
 TEST(CallContract, AHostRefusesCallsForAnotherIncarnationAndCallsOutOfSeqWithoutRunningThem) {

@@ -97,7 +97,6 @@ void fill_call_request(wire::CallMessage::Builder message, std::size_t value_byt
   ref.initId().setLo(100);
   ref.setOwnerAddress("tcp://10.0.0.6:7100");
   ref.setSizeBytes(1 << 20);
-  ref.setMemoryType(wire::MemoryType::CUDA);
   ref.setRemote();
   auto pass = args[2].initPassRef();
   pass.initId().setLo(101);
@@ -128,7 +127,7 @@ void expect_call_request(wire::CallMessage::Reader message, std::size_t value_by
   }
   ASSERT_EQ(args[1].which(), wire::Arg::REF);
   EXPECT_EQ(args[1].getRef().getId().getLo(), 100u);
-  EXPECT_EQ(args[1].getRef().getMemoryType(), wire::MemoryType::CUDA);
+  EXPECT_EQ(args[1].getRef().getSizeBytes(), 1u << 20);
   EXPECT_TRUE(args[1].getRef().isRemote());
   ASSERT_EQ(args[2].which(), wire::Arg::PASS_REF);
   ASSERT_TRUE(args[2].getPassRef().isInlineData());

@@ -64,10 +64,10 @@ struct ObjectDescriptor {
   # With inlineData: its length, checked by the receiver (a mismatch is a
   # protocol error). With remote: the object's size where the holder knows
   # it (the tensor's bytes, or the encoding's), else 0; informative only.
-  memoryType @3 :MemoryType;
-  # Unused: never set nor read (the data plane's envelope says whether a
-  # tensor's bytes are in host or CUDA memory). Kept so the ordinal is not
-  # reused.
+  obsoleteMemoryType @3 :MemoryType;
+  # Removed: never set nor read (the data plane's envelope says whether a
+  # tensor's bytes are in host or CUDA memory). Renamed, not deleted, so the
+  # ordinal is never reused.
   ownerDataAddress @4 :Data;  # owner's UCX worker address for the data plane, or empty
   union {
     remote @5 :Void;       # fetch from the owner over the data plane

@@ -1,4 +1,4 @@
-#include "troupe/transport/control_socket.hpp"
+#include "troupe/transport/internal/control_socket.hpp"
 
 #include <cerrno>
 

@@ -14,7 +14,7 @@
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/ids.hpp"
 #include "troupe/scheduler/resources.hpp"
-#include "troupe/transport/control_socket.hpp"
+#include "troupe/transport/internal/control_socket.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
 namespace troupe::head {

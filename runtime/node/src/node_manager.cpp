@@ -19,7 +19,7 @@
 #include "troupe/runtime/ids.hpp"
 #include "troupe/runtime/logging.hpp"
 #include "troupe/transport/content_hash.hpp"
-#include "troupe/transport/control_socket.hpp"
+#include "troupe/transport/internal/control_socket.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 #include "troupe/transport/ucx.hpp"

@@ -19,22 +19,10 @@
 #include "troupe/transport/schema/control.capnp.h"
 
 namespace troupe::detail {
-namespace {
-
-std::string read_spec(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error(Errc::invalid_argument, "cannot read " + path);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return std::move(out).str();
-}
-
-}  // namespace
-
 ActorHost::ActorHost(const std::string& spec_path) {
   // Die with the node manager that started us.
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-  spec_bytes_ = read_spec(spec_path);
+  spec_bytes_ = read_whole_file(spec_path);
   auto message = transport::ReceivedMessage::copy_of(spec_bytes_.data(), spec_bytes_.size());
   auto start = message.root<wire::StartActor>();
   auto spec = start.getSpec();

@@ -13,18 +13,6 @@
 #include "troupe/transport/content_hash.hpp"
 
 namespace troupe::detail {
-namespace {
-
-std::string read_binary(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error(Errc::invalid_argument, "cannot read " + path);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return std::move(out).str();
-}
-
-}  // namespace
-
 transport::ReceivedMessage request_head(transport::ControlChannel& channel, capnp::MallocMessageBuilder& message,
                                         std::chrono::milliseconds timeout) {
   auto reply = channel.request(message, timeout);
@@ -56,7 +44,7 @@ transport::ReceivedMessage HeadClient::request(capnp::MallocMessageBuilder& mess
 
 JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& head_address) {
   // Hosts run this very binary: the head keeps it by content hash.
-  const std::string bytes = read_binary("/proc/self/exe");
+  const std::string bytes = read_whole_file("/proc/self/exe");
   const std::string hash = transport::content_hash(bytes);
   capnp::MallocMessageBuilder message;
   auto reg = message.initRoot<wire::ControlMessage>().initRegisterDriver();

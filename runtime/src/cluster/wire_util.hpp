@@ -1,5 +1,6 @@
 // Helpers every part of cluster mode uses to read and write the wire
-// schemas (transport/schema/*.capnp): errors and byte fields.
+// schemas (transport/schema/*.capnp): errors and byte fields; and reading
+// a whole file (specs, binaries).
 // Stateless; any thread.
 #pragma once
 
@@ -29,6 +30,10 @@ inline capnp::Data::Reader as_data(std::string_view bytes) {
 inline std::string from_data(capnp::Data::Reader data) {
   return std::string(reinterpret_cast<const char*>(data.begin()), data.size());
 }
+
+// The bytes of the file at `path` (an actor spec, a job binary). Throws
+// Error(invalid_argument) when it cannot be read.
+std::string read_whole_file(const std::string& path);
 
 void fill_error(wire::ErrorInfo::Builder builder, const std::exception_ptr& error);
 std::exception_ptr to_exception(wire::ErrorInfo::Reader error);

@@ -19,11 +19,6 @@ class error_t;
 
 namespace troupe::transport {
 
-// Transitional names for code written before the transport used troupe::Errc;
-// they are the same types, not copies, and go once no caller spells them.
-using TransportErrc = troupe::Errc;
-using TransportError = troupe::Error;
-
 // The one place a Cap'n Proto/KJ exception becomes a troupe::Error. Every
 // KJ exception seen while decoding is the peer's fault, so this gives
 // `protocol`, except DISCONNECTED/OVERLOADED, which give `transport`.

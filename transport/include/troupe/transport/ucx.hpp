@@ -63,8 +63,6 @@ std::string_view to_string(MemoryType memory) noexcept;
 
 // An object's id on the wire: the runtime's 128-bit ObjectId (hi, lo).
 // Objects are named by troupe::ObjectId (<troupe/runtime/ids.hpp>).
-// Transitional name for callers written before; the same type.
-using ObjectKey = troupe::ObjectId;
 
 // Bytes in host or CUDA memory plus whatever keeps them alive. Copies share
 // the storage. The transport never writes to a buffer it was given to

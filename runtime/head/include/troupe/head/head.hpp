@@ -24,7 +24,7 @@
 #include <string>
 
 #include "troupe/runtime/ids.hpp"
-#include "troupe/transport/control_socket.hpp"
+#include "troupe/transport/internal/control_socket.hpp"
 
 namespace troupe::head {
 

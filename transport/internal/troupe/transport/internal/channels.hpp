@@ -48,7 +48,7 @@ class ControlChannel {
 
   // Sends `message` (its requestId is set here) and waits for the reply,
   // which may be an `error` reply: the caller reads it. Throws
-  // TransportError(timeout) if none comes in time, (cancelled) once stopped.
+  // TimeoutError if none comes in time, Error(cancelled) once stopped.
   ReceivedMessage request(capnp::MallocMessageBuilder& message, std::chrono::milliseconds timeout);
   // Sends without waiting for a reply.
   void send(capnp::MallocMessageBuilder& message);
