@@ -165,13 +165,16 @@ class Stage {
   }
 
   // The stage's layers on x [rows, widths.front()]: Linear, then ReLU except
-  // after the model's last layer. The result stays on this stage's device.
+  // after the model's last layer. The result stays on this stage's device;
+  // the runtime may send its bytes to another process as soon as this
+  // returns, so the kernels that wrote it must have finished.
   Tensor forward(const Tensor& x) {
     Tensor h = x.to(device_);
     for (std::size_t i = 0; i < layers_.size(); ++i) {
       h = layers_[i].forward(h);
       if (!(spec_.ends_model && i + 1 == layers_.size())) h = kernels::relu(h);
     }
+    if (device_.is_cuda()) kernels::synchronize(device_);
     return h;
   }
 

@@ -6,6 +6,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "troupe/runtime/error.hpp"
+
 namespace troupe::node {
 
 namespace fs = std::filesystem;
@@ -16,7 +18,7 @@ void write_file_atomic(const fs::path& path, const std::string& contents, int mo
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
-    if (!out) throw std::runtime_error("cannot write " + tmp.string());
+    if (!out) throw_error(Errc::invalid_argument, "cannot write " + tmp.string());
   }
   fs::permissions(tmp, static_cast<fs::perms>(mode), fs::perm_options::replace);
   fs::rename(tmp, path);

@@ -282,6 +282,9 @@ class NodeManager {
       if (!std::filesystem::exists(path)) {
         write_file_atomic(path, std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size()), 0755);
       }
+    } catch (const Error& error) {
+      fail_fetch(fetch, "cannot store the job binary: " + error.message());
+      return;
     } catch (const std::exception& error) {
       fail_fetch(fetch, std::string("cannot store the job binary: ") + error.what());
       return;
@@ -353,6 +356,8 @@ class NodeManager {
       TROUPE_LOG_INFO("node {}: started actor {} ({}) incarnation {} as pid {} (CUDA_VISIBLE_DEVICES={})",
                       config_.node_id.short_hex(), actor.short_hex(),
                       start.getSpec().getClassName().cStr(), incarnation, pid, devices);
+    } catch (const Error& error) {
+      send_actor_update(actor, incarnation, Errc::actor_died, "cannot start the actor host: " + error.message());
     } catch (const std::exception& error) {
       send_actor_update(actor, incarnation, Errc::actor_died,
                         std::string("cannot start the actor host: ") + error.what());

@@ -11,12 +11,14 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "troupe/runtime/error.hpp"
+
 extern char** environ;
 
 namespace troupe::node {
 
 pid_t spawn_process(const SpawnOptions& options) {
-  if (options.argv.empty()) throw std::runtime_error("spawn_process: empty argv");
+  if (options.argv.empty()) throw_error(Errc::internal, "spawn_process: empty argv");
   std::vector<char*> argv;
   for (const auto& arg : options.argv) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
@@ -57,7 +59,7 @@ pid_t spawn_process(const SpawnOptions& options) {
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   if (rc != 0) {
-     throw std::runtime_error("cannot start " + program + ": " + std::strerror(rc));
+     throw_error(Errc::invalid_argument, "cannot start " + program + ": " + std::strerror(rc));
   }
   return pid;
 }
@@ -100,7 +102,7 @@ std::map<std::string, std::string> current_environment() {
 std::string self_executable() {
   std::error_code error;
   auto path = std::filesystem::read_symlink("/proc/self/exe", error);
-  if (error) throw std::runtime_error("cannot find the troupe executable: " + error.message());
+  if (error) throw_error(Errc::not_found, "cannot find the troupe executable: " + error.message());
   return path.string();
 }
 

@@ -9,7 +9,8 @@
 namespace troupe::node {
 
 // Writes through a temporary file and rename, so readers never see half.
-// Throws std::runtime_error or std::filesystem::filesystem_error.
+// Throws Error(invalid_argument) when it cannot write, or
+// std::filesystem::filesystem_error from the rename.
 void write_file_atomic(const std::filesystem::path& path, const std::string& contents, int mode = 0644);
 // The whole file, or nullopt when it cannot be opened.
 std::optional<std::string> read_file(const std::filesystem::path& path);

@@ -20,7 +20,8 @@ struct SpawnOptions {
   bool new_process_group = false;           // its own group, so signals to ours skip it
 };
 
-// Starts the process. Throws std::runtime_error naming the program and errno.
+// Starts the process. Throws Error(invalid_argument) naming the program and
+// errno.
 pid_t spawn_process(const SpawnOptions& options);
 
 // The wait status of `pid` if it has exited (reaping it), else nullopt.
