@@ -3,6 +3,7 @@
 // time, so heartbeat loss is simulated without sleeping or sockets.
 #include "troupe/head/head.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include <capnp/message.h>
+#include <capnp/serialize.h>
 #include <gtest/gtest.h>
 
 #include "troupe/runtime/error.hpp"
@@ -385,6 +387,50 @@ TEST_F(HeadTest, ASecondActorWithTheSameNameInAJobIsRefused) {
   ASSERT_TRUE(reply.isError());
   EXPECT_EQ(reply.getRequestId(), request);
   EXPECT_EQ(errc_from_wire(reply.getError().getCode()), Errc::invalid_argument);
+}
+
+TEST_F(HeadTest, AFrameThatBreaksTheSchemaIsDroppedAndTheHeadKeepsServing) {
+  // A registration whose hostname lost its NUL terminator: structurally a
+  // valid Cap'n Proto message, invalid as a ControlMessage.
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  root.setRequestId(99);
+  auto reg = root.initRegisterNode();
+  reg.setProtocolVersion(wire::PROTOCOL_VERSION);
+  to_wire(reg.initNodeId(), NodeId{0xe, 0xe});
+  reg.setHostname("evil-host");
+  auto words = capnp::messageToFlatArray(message);
+  auto bytes = words.asBytes();
+  const std::string name = "evil-host";
+  auto* at = std::search(bytes.begin(), bytes.end(), name.begin(), name.end());
+  ASSERT_NE(at, bytes.end());
+  ASSERT_EQ(at[name.size()], 0);
+  at[name.size()] = 'X';
+  auto received = transport::ReceivedMessage::copy_of(bytes.begin(), bytes.size());
+  EXPECT_NO_THROW(head_->handle("node-evil", received));
+  EXPECT_TRUE(sent().empty());  // its request id cannot be trusted, so no answer
+  EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes().size(), 0u);
+
+  // The head is still up and serving.
+  register_node(kNodeA, 4);
+  auto replies = sent();
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_TRUE(replies[0].message.root<ControlMessage>().isRegisterNodeReply());
+}
+
+TEST_F(HeadTest, AMessageTypeTheHeadDoesNotServeIsAnsweredWithAProtocolError) {
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  root.setRequestId(77);
+  root.initRegisterNodeReply().setHeartbeatIntervalMs(1);  // a reply, sent to the head
+  deliver(kCli, message);
+  auto replies = sent();
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(replies[0].identity, kCli);
+  auto reply = replies[0].message.root<ControlMessage>();
+  ASSERT_TRUE(reply.isError());
+  EXPECT_EQ(reply.getRequestId(), 77u);
+  EXPECT_EQ(errc_from_wire(reply.getError().getCode()), Errc::protocol);
 }
 
 }  // namespace
