@@ -10,6 +10,10 @@ find_package(nlohmann_json 3 REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(cereal REQUIRED)
 find_package(BLAS REQUIRED)
+# libsodium (cluster secret, key derivation, data-plane authenticators,
+# binary hashes) has no CMake package in Debian; pkg-config finds it.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(sodium REQUIRED IMPORTED_TARGET GLOBAL libsodium)
 if(TROUPE_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

@@ -16,6 +16,8 @@ PACKAGES=(
   libcli11-dev                         # command-line parsing
   libcereal-dev                        # serialization of user types
   libopenblas-dev                      # CPU BLAS for kernels
+  libsodium-dev                        # cluster secret, authenticators, binary hashes
+  clang libclang-rt-dev                # libFuzzer targets (scripts/fuzz.sh)
   dataset-fashion-mnist                # data for the pipeline example
   zlib1g-dev                           # reads that data (gzipped IDX files)
   iproute2 procps                      # network namespaces, process tools in tests

@@ -27,12 +27,13 @@ std::string_view to_string(Errc code) noexcept {
     case Errc::cuda: return "cuda";
     case Errc::unsupported: return "unsupported";
     case Errc::internal: return "internal";
+    case Errc::permission_denied: return "permission_denied";
   }
   return "unknown";
 }
 
 Errc errc_from_wire(std::uint16_t code) noexcept {
-  if (code > wire_code(Errc::internal)) return Errc::protocol;
+  if (code > wire_code(Errc::permission_denied)) return Errc::protocol;
   return static_cast<Errc>(code);
 }
 

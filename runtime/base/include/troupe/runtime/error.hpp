@@ -30,6 +30,7 @@ enum class Errc : int {
   cuda,              // a CUDA runtime or library call failed
   unsupported,       // the feature is not available in this build or mode
   internal,          // a broken invariant inside troupe (a bug: please report)
+  permission_denied, // not a member of the cluster (no or wrong token), or not the owner of that actor or job
 };
 
 // Stable lower-case name of a code, e.g. "actor_died".
