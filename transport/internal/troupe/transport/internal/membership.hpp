@@ -97,4 +97,10 @@ struct TokenSource {
 };
 TokenSource find_token(const std::string& head_address);
 
+// `n` bytes from libsodium's CSPRNG (keys, unguessable names), raw or as
+// 2n lower-case hex digits. Ids (troupe/runtime/ids.hpp) are unique, not
+// secret: never use them where guessing matters.
+std::string random_bytes(std::size_t n);
+std::string random_hex(std::size_t n);
+
 }  // namespace troupe::transport
