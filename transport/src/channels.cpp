@@ -387,13 +387,41 @@ std::size_t CallPlane::outbound_peers() const {
 }
 
 void CallPlane::evict_oldest_locked() {
-  auto& [address, socket] = lru_.back();
-  // A short positive linger: what is still queued for that peer (a reply
-  // just sent) goes out, then the socket and its connection close.
-  socket.set(zmq::sockopt::linger, static_cast<int>(kEvictedLinger.count()));
-  socket.close();
-  outbound_.erase(address);
+  auto& peer = lru_.back();
+  // A short positive linger, so that what is still queued for that peer (a
+  // reply just sent) goes out: kEvictedLinger after its last send at most.
+  // A lingering socket holds its file descriptors and one of ZeroMQ's
+  // socket slots (1023 per context), so at most kMaxLingering linger at
+  // once; past that an evicted socket closes at once (under a flood of new
+  // peers, what was queued for an old one may then be lost).
+  const auto now = std::chrono::steady_clock::now();
+  while (!lingering_.empty() && now - lingering_.front() >= kEvictedLinger) lingering_.pop_front();
+  const auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(now - peer.last_send);
+  int linger = 0;
+  if (idle < kEvictedLinger && lingering_.size() < kMaxLingering) {
+    linger = static_cast<int>((kEvictedLinger - idle).count());
+    lingering_.push_back(now);
+  }
+  peer.socket.set(zmq::sockopt::linger, linger);
+  peer.socket.close();
+  outbound_.erase(peer.address);
   lru_.pop_back();
+}
+
+// Out of sockets or descriptors (EMFILE) while closed sockets wait for the
+// reaper: wait for it a little (back-pressure on whoever floods us with new
+// peers) before giving up.
+zmq::socket_t CallPlane::new_outbound_socket() {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  for (;;) {
+    try {
+      return zmq::socket_t(zmq_context(), zmq::socket_type::dealer);
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EMFILE || std::chrono::steady_clock::now() > deadline)
+        throw_error(Errc::transport, std::string("cannot open a call-plane socket: ") + e.what());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
 }
 
 void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& message) {
@@ -402,7 +430,7 @@ void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& me
   auto it = outbound_.find(address);
   if (it == outbound_.end()) {
     if (outbound_.size() >= max_outbound_) evict_oldest_locked();
-    zmq::socket_t socket(zmq_context(), zmq::socket_type::dealer);
+    zmq::socket_t socket = new_outbound_socket();
     socket.set(zmq::sockopt::linger, 0);
     socket.set(zmq::sockopt::sndhwm, 0);
     secure_client(socket);  // CURVE when this process is a member
@@ -411,13 +439,14 @@ void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& me
     } catch (const zmq::error_t& e) {
       throw_error(Errc::invalid_argument, "bad call-plane address \"" + address + "\": " + e.what());
     }
-    lru_.emplace_front(address, std::move(socket));
+    lru_.push_front(Peer{address, std::move(socket), {}});
     it = outbound_.emplace(address, lru_.begin()).first;
   } else if (it->second != lru_.begin()) {
     lru_.splice(lru_.begin(), lru_, it->second);  // most recently used first
   }
+  it->second->last_send = std::chrono::steady_clock::now();
   try {
-    send_message(it->second->second, message);
+    send_message(it->second->socket, message);
   } catch (const std::exception& e) {
     throw_error(Errc::transport, std::string("send to ") + address + " failed: " + e.what());
   }

@@ -113,7 +113,9 @@ class ZapHandler {
   }
 
  private:
-  ZapHandler() : socket_(zmq_context(), zmq::socket_type::rep) {
+  // The logger is taken once: this thread outlives main(), and the spdlog
+  // registry must not be touched while static destructors run.
+  ZapHandler() : socket_(zmq_context(), zmq::socket_type::rep), logger_(log()) {
     socket_.set(zmq::sockopt::linger, 0);
     // Bound here, before any secure server binds: libzmq admits every CURVE
     // client when nothing serves this endpoint.
@@ -145,7 +147,7 @@ class ZapHandler {
           if (stopped) monitors.erase(monitors.begin() + static_cast<std::ptrdiff_t>(i));
         }
       } catch (const std::exception& e) {
-        log()->warn("ZAP handler: {}", e.what());
+        logger_->warn("ZAP handler: {}", e.what());
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
     }
@@ -160,7 +162,7 @@ class ZapHandler {
     const auto now = std::chrono::steady_clock::now();
     if (now - last_log_ < std::chrono::seconds(1)) return;
     last_log_ = now;
-    log()->warn("ZeroMQ security: {} ({} refused by ZAP, {} failed handshakes so far)", text, refused_.load(),
+    logger_->warn("ZeroMQ security: {} ({} refused by ZAP, {} failed handshakes so far)", text, refused_.load(),
                 failed_.load());
   }
 
@@ -199,6 +201,7 @@ class ZapHandler {
   }
 
   zmq::socket_t socket_;
+  std::shared_ptr<spdlog::logger> logger_;
   mutable std::mutex mutex_;
   std::unordered_map<std::string, Key> domains_;  // guarded by mutex_
   std::vector<zmq::socket_t> new_monitors_;       // guarded by mutex_
@@ -249,7 +252,8 @@ ZapCounters zap_counters() { return ZapHandler::instance().counters(); }
 
 // --- HandshakeWatch ---------------------------------------------------------------
 
-HandshakeWatch::HandshakeWatch(zmq::socket_t& socket) : monitor_(zmq_context(), zmq::socket_type::pair) {
+HandshakeWatch::HandshakeWatch(zmq::socket_t& socket)
+    : socket_(socket.handle()), monitor_(zmq_context(), zmq::socket_type::pair) {
   monitor_.set(zmq::sockopt::linger, 0);
   const std::string endpoint = next_monitor_endpoint();
   if (::zmq_socket_monitor(socket.handle(), endpoint.c_str(), kHandshakeEvents) != 0)
@@ -257,7 +261,27 @@ HandshakeWatch::HandshakeWatch(zmq::socket_t& socket) : monitor_(zmq_context(), 
   monitor_.connect(endpoint);
 }
 
-HandshakeWatch::~HandshakeWatch() = default;
+HandshakeWatch::~HandshakeWatch() {
+  // Stops the socket's monitor and reads what it sent, up to its
+  // MONITOR_STOPPED, before the reader closes: closing an inproc reader
+  // with unread events stalls libzmq's reaper for every socket of the
+  // context (seen with libzmq 4.3.4: closed sockets then keep their file
+  // descriptors forever).
+  ::zmq_socket_monitor(socket_, nullptr, 0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  try {
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto event = read_event(monitor_);
+      if (!event) {
+        zmq::pollitem_t item{monitor_.handle(), 0, ZMQ_POLLIN, 0};
+        zmq::poll(&item, 1, std::chrono::milliseconds(10));
+        continue;
+      }
+      if (event->event == ZMQ_EVENT_MONITOR_STOPPED) break;
+    }
+  } catch (const zmq::error_t&) {
+  }
+}
 
 void HandshakeWatch::poll() {
   while (auto event = read_event(monitor_)) {

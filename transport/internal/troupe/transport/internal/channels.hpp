@@ -10,8 +10,9 @@
 // thread of its own); outbound DEALERs, one per peer address, used directly
 // by the sending thread under a mutex (no hand-off to another thread on the
 // send path). At most max_outbound_peers() of them (default 256) are kept:
-// sending to one more closes the least recently used, after a 500 ms linger
-// so that what was queued for it still goes out; a later send to that peer
+// sending to one more closes the least recently used, lingering until 500 ms
+// after its last send so that what was queued for it still goes out (at
+// most 256 linger at once; more close at once); a later send to that peer
 // opens a new socket. So any number of callers leaves the file descriptors
 // bounded. With membership() set at construction, the ROUTER is a CURVE
 // server admitting members only and the DEALERs are CURVE clients.
@@ -112,6 +113,7 @@ class CallPlane {
   // The bound on outbound sockets (LRU); at least 1. Any thread.
   static constexpr std::size_t kDefaultMaxOutboundPeers = 256;
   static constexpr std::chrono::milliseconds kEvictedLinger{500};
+  static constexpr std::size_t kMaxLingering = 256;
   void set_max_outbound_peers(std::size_t peers);
   std::size_t outbound_peers() const;
   // Runs `tick` on a thread of `context` about every `period` (batched
@@ -125,10 +127,17 @@ class CallPlane {
   std::shared_ptr<Core> core_;
   std::string address_;
   void evict_oldest_locked();
+  static zmq::socket_t new_outbound_socket();
   mutable std::mutex out_mutex_;
+  struct Peer {
+    std::string address;
+    zmq::socket_t socket;
+    std::chrono::steady_clock::time_point last_send;
+  };
   // Most recently used first; outbound_ indexes it by address.
-  std::list<std::pair<std::string, zmq::socket_t>> lru_;
-  std::unordered_map<std::string, std::list<std::pair<std::string, zmq::socket_t>>::iterator> outbound_;
+  std::list<Peer> lru_;
+  std::unordered_map<std::string, std::list<Peer>::iterator> outbound_;
+  std::deque<std::chrono::steady_clock::time_point> lingering_;  // evictions still lingering
   std::size_t max_outbound_ = kDefaultMaxOutboundPeers;
   std::atomic<bool> stopped_{false};
 };

@@ -57,7 +57,7 @@ ZapCounters zap_counters();
 
 // Watches a client socket's handshakes (a socket monitor on an inproc PAIR),
 // so that a caller that got no reply can say why. Owned by the socket's
-// thread; create it before the socket connects.
+// thread; create it before the socket connects, destroy it before the socket.
 class HandshakeWatch {
  public:
   explicit HandshakeWatch(zmq::socket_t& socket);
@@ -78,6 +78,7 @@ class HandshakeWatch {
   void* handle() noexcept { return monitor_.handle(); }
 
  private:
+  void* socket_;  // the watched socket (outlives this)
   zmq::socket_t monitor_;
   std::string failure_;
   bool reported_ = false;
