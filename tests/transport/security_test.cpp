@@ -463,6 +463,21 @@ TEST_F(Security, DataPlaneBoundsParkedRequests) {
   EXPECT_EQ(parked[1].get().view(), "b");
 }
 
+TEST_F(Security, DataPlaneEndpointCacheIsBounded) {
+  DataPlaneOptions bounded;
+  bounded.max_endpoints = 2;
+  DataNode consumer(std::nullopt, bounded);
+  std::vector<std::unique_ptr<DataNode>> holders;
+  for (std::uint64_t i = 0; i < 5; ++i) {
+    holders.push_back(std::make_unique<DataNode>(std::nullopt));
+    holders.back()->plane->publish(ObjectId{7, i}, ObjectBuffer::copy_of("x"));
+    EXPECT_EQ(consumer.plane->fetch(holders.back()->plane->address(), ObjectId{7, i}).get().view(), "x");
+    EXPECT_LE(consumer.plane->stats().get().endpoints, 2u);
+  }
+  // An evicted holder is reached again through a new endpoint.
+  EXPECT_EQ(consumer.plane->fetch(holders.front()->plane->address(), ObjectId{7, 0}).get().view(), "x");
+}
+
 TEST(UcxListen, NodeIpSelectsItsInterface) {
   EXPECT_EQ(net_devices_for_ip("127.0.0.1"), "lo");
   EXPECT_EQ(net_devices_for_ip("tcp://127.0.0.1:4000"), "lo");
