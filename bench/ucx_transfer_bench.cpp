@@ -26,7 +26,7 @@
 //
 // Secure beside insecure, same run, same sizes: a second holder and a
 // consumer made with a cluster secret (membership set), whose requests and
-// replies carry message authenticators (HMAC-SHA512-256 over each header);
+// replies carry message authenticators (keyed BLAKE2b-256 over each header);
 // its fetches alternate with the others. Rows *_secure_* give its figures
 // with the insecure troupe figure as reference, and the ratios
 // (bandwidth secure/insecure from 1 MiB up, 64 B latency p50 secure/insecure;

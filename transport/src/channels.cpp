@@ -150,19 +150,22 @@ void ControlChannel::loop() {
     if (items[2].revents & ZMQ_POLLIN) {
       watch.poll();
       const std::string fresh = watch.take_unreported_failure();
+      const std::string current = watch.failure();
       std::vector<std::shared_ptr<Pending>> refused;
       {
         std::lock_guard lock(mutex_);
-        handshake_failure_ = watch.failure();
-        if (!fresh.empty()) {
-          // The head refused us: waiting requests learn it now, not at their deadline.
+        handshake_failure_ = current;
+        if (!current.empty()) {
+          // The head refused us (again: ZeroMQ retries every reconnect
+          // interval): waiting requests learn it now, not at their deadline,
+          // including those sent after the first refusal was reported.
           for (auto& [id, pending] : pending_) refused.push_back(pending);
           pending_.clear();
         }
       }
-      if (!fresh.empty()) {
-        const std::string message = handshake_refused_message(head_endpoint_, fresh);
-        log()->error("{}", message);
+      if (!current.empty()) {
+        const std::string message = handshake_refused_message(head_endpoint_, current);
+        if (!fresh.empty()) log()->error("{}", message);
         for (auto& pending : refused)
           pending->reply.set_exception(std::make_exception_ptr(Error(Errc::permission_denied, message)));
       }

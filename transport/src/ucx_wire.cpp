@@ -15,16 +15,16 @@ const unsigned char* bytes_of(std::span<const std::byte> span) {
 
 MessageKey::MessageKey(const ClusterSecret::Key& key) {
   if (::sodium_init() < 0) throw Error(Errc::internal, "libsodium could not be initialised");
-  static_assert(crypto_auth_hmacsha512256_KEYBYTES == 32);
-  ::crypto_auth_hmacsha512256_init(&keyed_, key.data(), key.size());
+  static_assert(crypto_generichash_blake2b_KEYBYTES_MAX >= 32 && kTagBytes <= crypto_generichash_blake2b_BYTES_MAX);
+  ::crypto_generichash_blake2b_init(&keyed_, key.data(), key.size(), kTagBytes);
 }
 
 Tag MessageKey::sign(std::span<const std::byte> header, std::span<const std::byte> extra) const {
-  crypto_auth_hmacsha512256_state state = keyed_;
-  ::crypto_auth_hmacsha512256_update(&state, bytes_of(header), header.size());
-  if (!extra.empty()) ::crypto_auth_hmacsha512256_update(&state, bytes_of(extra), extra.size());
+  crypto_generichash_blake2b_state state = keyed_;
+  ::crypto_generichash_blake2b_update(&state, bytes_of(header), header.size());
+  if (!extra.empty()) ::crypto_generichash_blake2b_update(&state, bytes_of(extra), extra.size());
   Tag tag{};
-  ::crypto_auth_hmacsha512256_final(&state, tag.data());
+  ::crypto_generichash_blake2b_final(&state, tag.data(), tag.size());
   ::sodium_memzero(&state, sizeof state);
   return tag;
 }

@@ -66,7 +66,13 @@ class NodeManager {
       try {
         message = head_.receive(std::chrono::milliseconds(20));
       } catch (const Error& error) {
-        TROUPE_LOG_WARN("node: dropped a malformed message: {}", error.what());
+        if (error.code() == Errc::permission_denied) {
+          // The head refused our handshake: no token, or another cluster's.
+          TROUPE_LOG_ERROR("node {}: the head at {} refused this node: {}", config_.node_id.short_hex(),
+                           config_.head_address, error.message());
+        } else {
+          TROUPE_LOG_WARN("node: dropped a malformed message: {}", error.message());
+        }
       }
       if (message) {
         try {

@@ -29,7 +29,7 @@
 //            CUDA objects when UCX is CUDA-capable) go as one message; CUDA
 //            objects staged through pinned host memory go in chunks.
 //   In a secure process (membership() set when the DataPlane is made) each
-//   header is followed by an HMAC-SHA512-256 tag keyed by the cluster's
+//   header is followed by a keyed BLAKE2b-256 tag (a MAC) keyed by the cluster's
 //   data-plane key, over the header (and a request's requester address),
 //   checked before anything else; messages without a valid tag are dropped
 //   and counted. Payload bytes are neither encrypted nor authenticated.

@@ -49,7 +49,7 @@ class ClusterSecret {
   Key curve_server_secret() const;
   Key curve_client_public() const;
   Key curve_client_secret() const;
-  // The data plane's message-authenticator key (crypto_auth).
+  // The data plane's message-authenticator key (keyed BLAKE2b tags).
   Key data_mac_key() const;
   // A short public fingerprint of the secret (8 hex digits of a hash): says
   // which cluster a token belongs to without revealing it.
