@@ -87,7 +87,11 @@ void ClusterRuntime::start() {
   calls_ = std::make_shared<transport::CallPlane>(
       bind_ip, pool_->context(), [this](transport::ReceivedMessage& m) { server_->on_call_message(m); }, batch_scope);
   outbound_ = std::make_shared<OutboundCalls>(worker_id_, calls_, table_, transfer_);
-  server_ = std::make_shared<CallServer>(calls_, table_, transfer_, outbound_);
+  server_ = std::make_shared<CallServer>(
+      [calls = calls_](const std::string& address, capnp::MallocMessageBuilder& message) {
+        calls->send(address, message);
+      },
+      table_, transfer_, outbound_);
   calls_->set_periodic(std::chrono::milliseconds(20), [this] { tick(); });
   calls_->start();
   // Weak: outbound_ holds transfer_ already.
@@ -326,6 +330,7 @@ void ClusterRuntime::queue_release(const ObjectId& id, const std::string& locati
 void ClusterRuntime::tick() {
   auto releases = table_->take_releases();
   outbound_->expire_fetches();
+  table_->expire_waits(fetch_timeout_);  // a fetch of what never comes waits no longer than a fetch
   for (auto& [location, ids] : releases) {
     capnp::MallocMessageBuilder message;
     auto release = message.initRoot<wire::CallMessage>().initRelease();
