@@ -72,11 +72,12 @@ if ((build)); then
   launcher=()
   if command -v ccache > /dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache); fi
   echo "fuzz.sh: configuring $BUILD_DIR ($CXX_FUZZ, ASan + UBSan + libFuzzer)"
+  mkdir -p "$BUILD_DIR"
   cmake -S "$ROOT" -B "$BUILD_DIR" -G "$generator" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_COMPILER="$CXX_FUZZ" -DCMAKE_C_COMPILER="$CC_FUZZ" "${launcher[@]}" \
     -DTROUPE_FUZZ=ON -DTROUPE_CUDA=OFF -DTROUPE_BUILD_TESTS=OFF -DTROUPE_BUILD_BENCH=OFF \
-    -DTROUPE_BUILD_EXAMPLES=OFF > "$BUILD_DIR.configure.log" 2>&1 ||
-    { cat "$BUILD_DIR.configure.log"; echo "fuzz.sh: FAIL (configure)"; exit 1; }
+    -DTROUPE_BUILD_EXAMPLES=OFF > "$BUILD_DIR/configure.log" 2>&1 ||
+    { cat "$BUILD_DIR/configure.log"; echo "fuzz.sh: FAIL (configure)"; exit 1; }
   echo "fuzz.sh: building the fuzz targets with -j$JOBS"
   if ! cmake --build "$BUILD_DIR" -j "$JOBS" --target fuzz_targets; then
     echo "fuzz.sh: FAIL (build failed after $((SECONDS - start)) s)"
@@ -141,8 +142,10 @@ printf '%-12s %10s %9s %8s %8s %8s %7s  %s\n' target inputs exec/s cov ft rss_mb
 for name in "${targets[@]}"; do
   log="$BUILD_DIR/logs/$name.log"
   read -r status secs < "$BUILD_DIR/logs/$name.status"
-  execs=$(sed -n 's/^stat::number_executed_units: *//p' "$log" | tail -1)
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  # libFuzzer says 0 exec/s for runs under a second: work it out.
+  if [[ ${speed:-0} == 0 && -n $execs && $secs -gt 0 ]]; then speed=$((execs / secs)); fi
   rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
   ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)

@@ -30,7 +30,7 @@ Answer read_reply(const CallServerHarness::Reply& reply) {
     out.value.assign(reinterpret_cast<const char*>(body.getValue().begin()), body.getValue().size());
   } else if (body.isError()) {
     out.code = errc_from_wire(body.getError().getCode());
-    out.message = body.getError().getMessage();
+    out.message = body.getError().getMessage().cStr();
   }
   return out;
 }
@@ -261,7 +261,9 @@ TEST_F(CallServerTest, ParkedFetchesAreBoundedInNumber) {
   EXPECT_EQ(harness_.table().parked(), 0u);
   replies = harness_.take_replies(limit);
   EXPECT_EQ(replies.size(), limit);
-  if (!replies.empty()) EXPECT_EQ(read_reply(replies[0]).code, Errc::object_lost);
+  if (!replies.empty()) {
+    EXPECT_EQ(read_reply(replies[0]).code, Errc::object_lost);
+  }
   expect_serving();
 }
 

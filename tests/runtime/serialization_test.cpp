@@ -172,8 +172,8 @@ TEST(BoundedDecoding, ThirtyByteLengthBombIsRefusedWithMemoryBounded) {
     EXPECT_EQ(decode_error_of<std::vector<std::string>>(bomb), Errc::serialization);
     EXPECT_EQ(decode_error_of<std::vector<std::vector<double>>>(bomb), Errc::serialization);
     EXPECT_EQ(decode_error_of<std::vector<Wide>>(bomb), Errc::serialization);
-    EXPECT_EQ(decode_error_of<std::map<std::string, int>>(bomb), Errc::serialization);
-    EXPECT_EQ(decode_error_of<std::unordered_map<int, int>>(bomb), Errc::serialization);
+    EXPECT_EQ((decode_error_of<std::map<std::string, int>>(bomb)), Errc::serialization);
+    EXPECT_EQ((decode_error_of<std::unordered_map<int, int>>(bomb)), Errc::serialization);
     EXPECT_EQ(decode_error_of<std::set<int>>(bomb), Errc::serialization);
     EXPECT_EQ(decode_error_of<std::deque<std::string>>(bomb), Errc::serialization);
     EXPECT_EQ(decode_error_of<std::list<int>>(bomb), Errc::serialization);

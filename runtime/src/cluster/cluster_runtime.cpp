@@ -189,6 +189,11 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
     std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
     auto state = from_wire(update.getState());
     std::string address = update.getAddress();
+    if (auto why = check_peer_address(address); !address.empty() && !why.empty()) {
+      // Calls would be sent there: only a call-plane address will do.
+      TROUPE_LOG_WARN("ignoring an update of actor {} with a bad address: {}", actor->id().short_hex(), why);
+      return;
+    }
     auto incarnation = update.getIncarnation();
     if (!address.empty() && update.getDataAddress().size() > 0)
       transfer_->note_data_address(address, from_data(update.getDataAddress()));
@@ -220,6 +225,8 @@ std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, ActorI
   const ClassInfo* cls = find_class(update.getClassName().cStr());
   if (!cls) throw_error(Errc::not_registered, std::string("actor class ") + update.getClassName().cStr() + " is not registered in this binary");
   const std::string address = update.getAddress();
+  if (auto why = check_peer_address(address); !address.empty() && !why.empty())
+    throw_error(Errc::protocol, "the head named actor " + id.short_hex() + " at a bad address: " + why);
   if (!address.empty() && update.getDataAddress().size() > 0)
     transfer_->note_data_address(address, from_data(update.getDataAddress()));
   auto actor = std::make_shared<RemoteActor>(*this, id, *cls, std::string(update.getName().cStr()), false);

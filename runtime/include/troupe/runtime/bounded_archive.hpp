@@ -102,7 +102,16 @@ class BoundedInputArchive : public cereal::InputArchive<BoundedInputArchive, cer
 
 template <class T>
 inline std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(BoundedInputArchive& ar, T& t) {
-  ar.loadBinary(std::addressof(t), sizeof(t));
+  if constexpr (std::is_same_v<T, bool>) {
+    // A bool is one byte, 0 or 1: any other byte is not a bool (and
+    // reading it as one is undefined behaviour).
+    unsigned char byte = 0;
+    ar.loadBinary(&byte, 1);
+    if (byte > 1) throw Error(Errc::serialization, "a bool encoded as " + std::to_string(byte));
+    t = byte != 0;
+  } else {
+    ar.loadBinary(std::addressof(t), sizeof(t));
+  }
 }
 
 template <class T>
