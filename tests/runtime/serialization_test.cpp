@@ -187,7 +187,7 @@ TEST(BoundedDecoding, ThirtyByteLengthBombIsRefusedWithMemoryBounded) {
 // size: a vector of 2^20 int64 in 1 MiB, a nested vector whose inner
 // claims are each just small enough, a vector of 32 KiB structs.
 TEST(BoundedDecoding, ClaimsWithinTheBytesGrowOnlyAsElementsDecode) {
-  const std::string payload = claim(std::uint64_t{1} << 20, (1 << 20) - 8);
+  const std::string payload = claim((std::uint64_t{1} << 20) - 16, (1 << 20) - 8);
   std::size_t largest = largest_allocation_in([&] {
     EXPECT_EQ(decode_error_of<std::vector<std::int64_t>>(payload), Errc::serialization);
     EXPECT_EQ(decode_error_of<std::vector<Wide>>(payload), Errc::serialization);

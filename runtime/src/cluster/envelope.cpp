@@ -39,13 +39,15 @@ TensorMeta decode_tensor_meta(std::string_view in) {
               std::to_string(in.size()));
   meta.shape.resize(rank);
   if (rank) std::memcpy(meta.shape.data(), in.data() + kTensorHeaderBytes, std::size_t{rank} * sizeof(std::int64_t));
-  std::size_t elements = 1;
+  // Counted as Tensor counts them (signed, in order), so that every shape
+  // accepted here is one a Tensor accepts.
+  std::int64_t elements = 1;
   for (const std::int64_t extent : meta.shape) {
     if (extent < 0) malformed("negative extent " + std::to_string(extent));
-    if (__builtin_mul_overflow(elements, static_cast<std::size_t>(extent), &elements))
-      malformed("the shape's element count overflows");
+    if (__builtin_mul_overflow(elements, extent, &elements)) malformed("the shape's element count overflows");
   }
-  if (__builtin_mul_overflow(elements, element_size(static_cast<DType>(meta.dtype)), &meta.nbytes))
+  if (__builtin_mul_overflow(static_cast<std::size_t>(elements), element_size(static_cast<DType>(meta.dtype)),
+                             &meta.nbytes))
     malformed("the shape's byte count overflows");
   return meta;
 }
