@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds troupe and runs its test suite; exits with ctest's status.
+# Builds troupe and runs its test suite; exits with ctest's status, or the fuzz run's.
 #
 #   scripts/test.sh                # dependencies, build, every test
 #   scripts/test.sh --fast         # only tests labelled "fast" (no fuzzing)
