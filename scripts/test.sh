@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Builds troupe and runs its test suite; exits with ctest's status.
+# Builds troupe and runs its test suite; exits with ctest's status, or the fuzz run's.
 #
 #   scripts/test.sh                # dependencies, build, every test
-#   scripts/test.sh --fast         # only tests labelled "fast"
+#   scripts/test.sh --fast         # only tests labelled "fast" (no fuzzing)
 #   scripts/test.sh --label slow   # only tests with this ctest label (repeatable)
 #   scripts/test.sh --skip-deps    # do not run scripts/install-deps.sh
+#   scripts/test.sh --no-fuzz      # skip the short fuzz run
 #   scripts/test.sh -- -R actor    # anything after -- goes to ctest
+#
+# After ctest, unless --fast or --no-fuzz, a short fuzz run checks every
+# libFuzzer target: `scripts/fuzz.sh --runs 2000` (its own clang build in
+# build-fuzz/, then 2,000 inputs per target; a few minutes on 2 cores).
+# Its failure fails the suite.
 #
 # Environment: BUILD_DIR (default build), BUILD_TYPE, TROUPE_CUDA, JOBS (see
 # scripts/configure-build.sh), CTEST_JOBS (default 2), CTEST_TIMEOUT (default 600 s).
@@ -23,9 +29,11 @@ CTEST_TIMEOUT="${CTEST_TIMEOUT:-600}"
 build_args=()
 ctest_args=()
 what="all tests"
+fuzz=1
 while (($#)); do
   case "$1" in
-    --fast) ctest_args+=(-L fast); what="label fast" ;;
+    --fast) ctest_args+=(-L fast); what="label fast"; fuzz=0 ;;
+    --no-fuzz) fuzz=0 ;;
     --label) ctest_args+=(-L "${2:?--label needs a label}"); what="label $2"; shift ;;
     --skip-deps) build_args+=(--skip-deps) ;;
     --) shift; ctest_args+=("$@"); break ;;
@@ -52,6 +60,17 @@ set -e
 
 summary=$(grep -E '^[0-9]+% tests passed' "$log" | tail -1 || true)
 times="build $((built - start)) s, tests $((SECONDS - built)) s"
+if ((fuzz)); then
+  fuzz_start=$SECONDS
+  echo "test.sh: short fuzz run (scripts/fuzz.sh --runs 2000)"
+  fuzz_status=0
+  "$ROOT/scripts/fuzz.sh" --runs 2000 || fuzz_status=$?
+  times="$times, fuzz $((SECONDS - fuzz_start)) s"
+  if ((fuzz_status != 0)); then
+    summary="${summary:-no summary}; the fuzz run FAILED"
+    ((status != 0)) || status=$fuzz_status
+  fi
+fi
 if ((status == 0)); then
   echo "test.sh: PASS ($what: ${summary:-no summary}; $times)"
 else

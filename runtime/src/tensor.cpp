@@ -546,11 +546,17 @@ void check_tensor_header(std::uint8_t tag, std::uint8_t dtype, std::uint8_t memo
   }
 }
 
-Tensor empty_tensor_for_load(Tensor::Shape shape, std::uint8_t dtype) {
+Tensor empty_tensor_for_load(Tensor::Shape shape, std::uint8_t dtype, std::uint64_t available) {
+  std::size_t bytes = 0;
   try {
-    (void)nbytes_of(shape, static_cast<DType>(dtype));
+    bytes = nbytes_of(shape, static_cast<DType>(dtype));
   } catch (const Error& e) {
     throw Error(Errc::serialization, "tensor: bad shape " + shape_string(shape) + ": " + e.message());
+  }
+  if (bytes > available) {
+    throw Error(Errc::serialization, "length bomb refused: tensor of shape " + shape_string(shape) + " claims " +
+                                         std::to_string(bytes) + " bytes but only " + std::to_string(available) +
+                                         " remain");
   }
   return Tensor::empty(std::move(shape), static_cast<DType>(dtype));
 }

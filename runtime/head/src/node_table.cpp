@@ -41,6 +41,10 @@ void NodeTable::on_register_node(const std::string& identity, std::uint64_t requ
   scheduler::NodeInfo info;
   info.node_id = id.hex();
   info.address = reg.getAddress().cStr();
+  // A list of empty structs costs its sender nothing per element: bounded.
+  constexpr unsigned kMaxGpus = 1024;
+  if (reg.getGpus().size() > kMaxGpus)
+    throw Error(Errc::invalid_argument, "registerNode with " + std::to_string(reg.getGpus().size()) + " GPUs");
   for (auto gpu : reg.getGpus()) info.gpus.push_back(scheduler::gpu_from_wire(gpu));
   info.total = resources_from_wire(reg.getResources());
   // A bad amount throws SpecError (invalid_argument).

@@ -34,6 +34,13 @@ ActorHost::ActorHost(const std::string& spec_path) {
   }
 }
 
+ActorHost::ActorHost(ActorId actor_id, std::uint32_t incarnation, std::shared_ptr<LocalRuntime> runtime,
+                     std::shared_ptr<LocalActor> actor)
+    : actor_id_(actor_id),
+      incarnation_(incarnation),
+      host_runtime_(std::move(runtime)),
+      hosted_(std::move(actor)) {}
+
 ActorHost::~ActorHost() = default;
 
 void ActorHost::start_actor(HeadClient& head, const std::string& call_address, const std::string& data_address) {

@@ -28,6 +28,10 @@ class ActorHost {
   // Reads the spec at `spec_path` (ids and incarnation); the process dies
   // with its node manager (SIGTERM) from here on. Throws if unreadable.
   explicit ActorHost(const std::string& spec_path);
+  // Hosts `actor`, already constructed in `runtime`, as incarnation
+  // `incarnation` (in-process tests and fuzz targets: no spec, no head).
+  ActorHost(ActorId actor_id, std::uint32_t incarnation, std::shared_ptr<LocalRuntime> runtime,
+            std::shared_ptr<LocalActor> actor);
   ~ActorHost();
 
   const ActorId& actor_id() const noexcept { return actor_id_; }

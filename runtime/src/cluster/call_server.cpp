@@ -13,6 +13,11 @@
 namespace troupe::detail {
 namespace {
 
+// Far above any registered method's name and arity; a request past them
+// is malformed.
+constexpr std::size_t kMaxMethodNameBytes = 1024;
+constexpr std::size_t kMaxCallArgs = 4096;
+
 // An ObjectRef parameter as the callee receives it: the state its ObjectRef
 // wraps, filled by a fetch from the object's holder (take_arg).
 class PassedRef final : public Value {
@@ -30,58 +35,103 @@ class PassedRef final : public Value {
 
 }  // namespace
 
-CallServer::CallServer(std::shared_ptr<transport::CallPlane> calls, std::shared_ptr<ObjectTable> table,
-                       std::shared_ptr<ObjectTransfer> transfer, std::shared_ptr<OutboundCalls> outbound)
-    : calls_(std::move(calls)),
+CallServer::CallServer(ReplySender send, std::shared_ptr<ObjectTable> table, std::shared_ptr<ObjectTransfer> transfer,
+                       std::shared_ptr<OutboundCalls> outbound)
+    : send_(std::move(send)),
       table_(std::move(table)),
       transfer_(std::move(transfer)),
       outbound_(std::move(outbound)) {}
 
-void CallServer::on_call_message(transport::ReceivedMessage& message) {
+void CallServer::on_call_message(transport::ReceivedMessage& message) noexcept {
   // The frame was bounds-, traversal- and nesting-checked on receipt; the
   // per-field schema walk of root<T>() costs ~3 us a message on the hot
   // path, so read it directly: a malformed field throws kj::Exception on
-  // access, converted here into a protocol error and the message dropped.
+  // access, caught here for the whole message (a request answers it
+  // itself where it can).
   try {
     dispatch(message.reader().getRoot<wire::CallMessage>());
   } catch (const kj::Exception& e) {
-    transport::throw_from_kj(e, "call-plane message");
+    dropped_.warn(std::string("it breaks the call schema: ") + e.getDescription().cStr());
+  } catch (const std::exception& e) {
+    dropped_.warn(e.what());
+  } catch (...) {
+    dropped_.warn("a non-standard exception");
   }
 }
 
 void CallServer::dispatch(wire::CallMessage::Reader root) {
   switch (root.which()) {
     case wire::CallMessage::REPLY: outbound_->on_reply(root.getReply()); break;
-    case wire::CallMessage::REQUEST: {
-      auto request = root.getRequest();
-      if (request.getMethod() == kFetchMethod) serve_fetch(request);
-      else on_request(request);
-      break;
-    }
+    case wire::CallMessage::REQUEST: on_request(root.getRequest()); break;
     case wire::CallMessage::RELEASE: {
       std::vector<ObjectId> ids;
-      for (auto wire_id : root.getRelease().getIds()) ids.push_back(troupe::from_wire<ObjectId>(wire_id));
+      auto wire_ids = root.getRelease().getIds();
+      ids.reserve(wire_ids.size());
+      for (auto wire_id : wire_ids) {
+        const auto id = troupe::from_wire<ObjectId>(wire_id);
+        if (!id.nil()) ids.push_back(id);
+      }
       table_->release(ids);
       break;
     }
     case wire::CallMessage::CANCEL: {
       auto cancel = root.getCancel();
-      if (!cancel.hasResultId()) break;
+      if (!cancel.hasResultId()) throw Error(Errc::protocol, "a cancel that names no call result");
       // A call not started yet fails with CancelledError, and that is its
       // reply; one that started runs to the end and answers as usual.
       if (StatePtr result = table_->find(troupe::from_wire<ObjectId>(cancel.getResultId()))) result->cancel();
       break;
     }
+    default:
+      throw Error(Errc::protocol, "a message of unknown kind " + std::to_string(static_cast<int>(root.which())));
   }
+}
+
+std::string CallServer::check_request(wire::CallRequest::Reader request) {
+  if (!request.hasCallerId() || troupe::from_wire<WorkerId>(request.getCallerId()).nil())
+    return "the request names no caller";
+  const auto method = request.getMethod();  // a kj::Exception here is answered by the caller of this
+  if (method.size() == 0 || method.size() > kMaxMethodNameBytes)
+    return "a method name of " + std::to_string(method.size()) + " bytes";
+  const bool fetch = method == kFetchMethod;
+  if (!fetch && (!request.hasResultId() || troupe::from_wire<ObjectId>(request.getResultId()).nil()))
+    return "the request names no result id";
+  auto args = request.getArgs();
+  if (args.size() > kMaxCallArgs) return std::to_string(args.size()) + " arguments";
+  for (unsigned i = 0; i < args.size(); ++i) {
+    auto arg = args[i];
+    std::string why;
+    switch (arg.which()) {
+      case wire::Arg::VALUE: (void)arg.getValue(); break;
+      case wire::Arg::REF: why = ObjectTransfer::check_descriptor(arg.getRef()); break;
+      case wire::Arg::PASS_REF: why = ObjectTransfer::check_descriptor(arg.getPassRef()); break;
+      default: why = "of unknown kind " + std::to_string(static_cast<int>(arg.which()));
+    }
+    if (!why.empty()) return "argument " + std::to_string(i) + ": " + why;
+  }
+  if (fetch && (args.size() != 1 || !args[0].isRef()))
+    return std::string(kFetchMethod) + " takes one object descriptor";
+  return {};
+}
+
+void CallServer::answer_error(const std::string& address, std::uint64_t call_id, Errc code, std::string message) {
+  auto result = std::make_shared<ObjectState>();
+  result->set_error(make_error(code, std::move(message)));
+  reply_to(address, call_id, ActorId{}, result, false);
 }
 
 void CallServer::serve_fetch(wire::CallRequest::Reader request) {
   const std::uint64_t call_id = request.getCallId();
   std::string return_to = request.getReturnTo();
-  if (request.getArgs().size() != 1 || !request.getArgs()[0].isRef()) return;
   // The call producing it may not have arrived yet (it comes on another
-  // connection): then the fetch is parked until it does.
-  StatePtr state = table_->find_or_wait(troupe::from_wire<ObjectId>(request.getArgs()[0].getRef().getId()));
+  // connection): then the fetch is parked until it does (bounded in number
+  // and time by the ObjectTable).
+  StatePtr state;
+  try {
+    state = table_->find_or_wait(troupe::from_wire<ObjectId>(request.getArgs()[0].getRef().getId()));
+  } catch (const Error& e) {
+    return answer_error(return_to, call_id, e.code(), e.message());
+  }
   auto self = shared_from_this();
   std::weak_ptr<ObjectState> weak = state;
   state->on_complete([self, weak, call_id, return_to] {
@@ -106,7 +156,21 @@ std::string CallServer::check_seq(const WorkerId& caller, std::uint64_t seq) {
 
 void CallServer::on_request(wire::CallRequest::Reader request) {
   const std::uint64_t call_id = request.getCallId();
-  std::string return_to = request.getReturnTo();
+  std::string return_to = request.getReturnTo();  // unreadable: dropped by on_call_message
+  if (auto why = check_peer_address(return_to); !why.empty()) {
+    dropped_.warn("a request with no usable reply address: " + why);
+    return;
+  }
+  // From here on every refusal is answered.
+  std::string why;
+  try {
+    why = check_request(request);
+  } catch (const kj::Exception& e) {
+    why = std::string("it breaks the call schema: ") + e.getDescription().cStr();
+  }
+  if (!why.empty()) return answer_error(return_to, call_id, Errc::protocol, "malformed call request: " + why);
+  if (request.getMethod() == kFetchMethod) return serve_fetch(request);
+
   const ObjectId result_id = troupe::from_wire<ObjectId>(request.getResultId());
   auto result = std::make_shared<ObjectState>(result_id);
   auto fail = [&](Errc code, std::string message) {
@@ -199,7 +263,7 @@ void CallServer::reply_to(const std::string& address, std::uint64_t call_id, Act
     }
   }
   try {
-    calls_->send(address, message);
+    send_(address, message);
   } catch (const std::exception& e) {
     TROUPE_LOG_WARN("could not reply to {}: {}", address, e.what());
   }

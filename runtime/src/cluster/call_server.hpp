@@ -16,6 +16,15 @@
 // next one for this incarnation, 0, 1, 2, ... (else it fails with
 // `protocol`, unrun, so no call runs twice).
 //
+// Every message is a peer's and is checked before use (hostile input is
+// answered, never fatal): ids that must name something are not nil, union
+// kinds are known, addresses are tcp://host:port of bounded length,
+// descriptors are consistent, texts are well formed (the schema is read
+// lazily, so a malformed field raises kj::Exception on access: caught per
+// message). A bad request with a usable reply address is answered with a
+// `protocol` error (and takes no seq); anything else bad is dropped with a
+// rate-limited warning. Nothing a peer sends escapes on_call_message.
+//
 // Contract: on_call_message() runs on one thread at a time (the call
 // plane's receive contract) and never blocks: a call is handed to the
 // actor's mailbox, a fetch parked until its object exists. Replies go out
@@ -28,28 +37,41 @@
 #include <mutex>
 #include <string>
 
+#include <functional>
+
 #include "actor_host.hpp"
 #include "object_table.hpp"
 #include "object_transfer.hpp"
 #include "outbound_calls.hpp"
+#include "rate_limited_log.hpp"
 #include "troupe/transport/internal/channels.hpp"
 
 namespace troupe::detail {
 
 class CallServer final : public std::enable_shared_from_this<CallServer> {
  public:
-  CallServer(std::shared_ptr<transport::CallPlane> calls, std::shared_ptr<ObjectTable> table,
-             std::shared_ptr<ObjectTransfer> transfer, std::shared_ptr<OutboundCalls> outbound);
+  // Sends a reply to the call plane at `address`; throws on failure (the
+  // server logs it). The runtime's sends on its CallPlane; tests capture.
+  using ReplySender = std::function<void(const std::string& address, capnp::MallocMessageBuilder& message)>;
+
+  CallServer(ReplySender send, std::shared_ptr<ObjectTable> table, std::shared_ptr<ObjectTransfer> transfer,
+             std::shared_ptr<OutboundCalls> outbound);
   // Actor hosts: the host whose actor serves the calls (null elsewhere).
   // Set before the call plane's address is given to anyone.
   void set_host(std::shared_ptr<const ActorHost> host) { host_ = std::move(host); }
 
-  // The call plane's handler. Throws Error(protocol) for a
-  // malformed message (the call plane drops it).
-  void on_call_message(transport::ReceivedMessage& message);
+  // The call plane's handler. Never throws: a malformed message is
+  // answered with an error where it says where to, else dropped (counted,
+  // and logged at most a few times per interval).
+  void on_call_message(transport::ReceivedMessage& message) noexcept;
+  // Messages dropped unanswered so far (tests).
+  std::uint64_t dropped() const { return dropped_.count(); }
 
  private:
   void dispatch(wire::CallMessage::Reader message);
+  // Empty when the request may be used; else why not (a protocol error).
+  std::string check_request(wire::CallRequest::Reader request);
+  void answer_error(const std::string& address, std::uint64_t call_id, Errc code, std::string message);
   void on_request(wire::CallRequest::Reader request);
   void serve_fetch(wire::CallRequest::Reader request);
   // Empty when `seq` is the one expected next from `caller`; else why not.
@@ -59,13 +81,18 @@ class CallServer final : public std::enable_shared_from_this<CallServer> {
   void reply_to(const std::string& address, std::uint64_t call_id, ActorId actor_id, const StatePtr& result,
                 bool allow_ref);
 
-  const std::shared_ptr<transport::CallPlane> calls_;
+  const ReplySender send_;
   const std::shared_ptr<ObjectTable> table_;
   const std::shared_ptr<ObjectTransfer> transfer_;
   const std::shared_ptr<OutboundCalls> outbound_;
   std::shared_ptr<const ActorHost> host_;
   std::mutex seq_mutex_;
-  std::map<WorkerId, std::uint64_t> next_seq_;  // per caller, for this host's one incarnation
+  // Per caller, for this host's one incarnation.
+  // TODO(security): one entry per distinct caller id, never evicted; bound
+  // it once callers are authenticated members (an eviction would break the
+  // seq contract of a live caller).
+  std::map<WorkerId, std::uint64_t> next_seq_;
+  RateLimitedWarning dropped_{"dropping a call-plane message"};
 };
 
 }  // namespace troupe::detail

@@ -96,7 +96,11 @@ void ClusterRuntime::start() {
   calls_ = std::make_shared<transport::CallPlane>(
       bind_ip, pool_->context(), [this](transport::ReceivedMessage& m) { server_->on_call_message(m); }, batch_scope);
   outbound_ = std::make_shared<OutboundCalls>(worker_id_, calls_, table_, transfer_);
-  server_ = std::make_shared<CallServer>(calls_, table_, transfer_, outbound_);
+  server_ = std::make_shared<CallServer>(
+      [calls = calls_](const std::string& address, capnp::MallocMessageBuilder& message) {
+        calls->send(address, message);
+      },
+      table_, transfer_, outbound_);
   calls_->set_periodic(std::chrono::milliseconds(20), [this] { tick(); });
   calls_->start();
   // Weak: outbound_ holds transfer_ already.
@@ -194,6 +198,11 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
     std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
     auto state = from_wire(update.getState());
     std::string address = update.getAddress();
+    if (auto why = check_peer_address(address); !address.empty() && !why.empty()) {
+      // Calls would be sent there: only a call-plane address will do.
+      TROUPE_LOG_WARN("ignoring an update of actor {} with a bad address: {}", actor->id().short_hex(), why);
+      return;
+    }
     auto incarnation = update.getIncarnation();
     if (!address.empty() && update.getDataAddress().size() > 0)
       transfer_->note_data_address(address, from_data(update.getDataAddress()));
@@ -225,6 +234,8 @@ std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, ActorI
   const ClassInfo* cls = find_class(update.getClassName().cStr());
   if (!cls) throw_error(Errc::not_registered, std::string("actor class ") + update.getClassName().cStr() + " is not registered in this binary");
   const std::string address = update.getAddress();
+  if (auto why = check_peer_address(address); !address.empty() && !why.empty())
+    throw_error(Errc::protocol, "the head named actor " + id.short_hex() + " at a bad address: " + why);
   if (!address.empty() && update.getDataAddress().size() > 0)
     transfer_->note_data_address(address, from_data(update.getDataAddress()));
   auto actor = std::make_shared<RemoteActor>(*this, id, *cls, std::string(update.getName().cStr()), false);
@@ -335,6 +346,7 @@ void ClusterRuntime::queue_release(const ObjectId& id, const std::string& locati
 void ClusterRuntime::tick() {
   auto releases = table_->take_releases();
   outbound_->expire_fetches();
+  table_->expire_waits(fetch_timeout_);  // a fetch of what never comes waits no longer than a fetch
   for (auto& [location, ids] : releases) {
     capnp::MallocMessageBuilder message;
     auto release = message.initRoot<wire::CallMessage>().initRelease();

@@ -1,5 +1,6 @@
 #include "object_table.hpp"
 
+#include "troupe/runtime/error.hpp"
 #include "troupe/runtime/object_ref.hpp"  // forward_state
 
 namespace troupe::detail {
@@ -8,7 +9,8 @@ std::vector<StatePtr> ObjectTable::hold_locked(const ObjectId& id, const StatePt
   table_[id] = state;
   std::vector<StatePtr> waiting;
   if (auto it = wanted_.find(id); it != wanted_.end()) {
-    waiting = std::move(it->second);
+    waiting = std::move(it->second.states);
+    parked_ -= waiting.size();
     wanted_.erase(it);
   }
   return waiting;
@@ -27,9 +29,43 @@ StatePtr ObjectTable::find_or_wait(const ObjectId& id) {
   std::lock_guard lock(mutex_);
   auto it = table_.find(id);
   if (it != table_.end()) return it->second;
+  if (parked_ >= kMaxParked) {
+    throw Error(Errc::not_found, "object " + id.hex() + " is not held here, and " + std::to_string(parked_) +
+                                     " requests already wait for objects not produced yet");
+  }
   auto state = std::make_shared<ObjectState>(id);
-  wanted_[id].push_back(state);
+  auto [entry, fresh] = wanted_.try_emplace(id);
+  if (fresh) entry->second.since = std::chrono::steady_clock::now();
+  entry->second.states.push_back(state);
+  ++parked_;
   return state;
+}
+
+void ObjectTable::expire_waits(std::chrono::steady_clock::duration max_wait) {
+  std::vector<StatePtr> expired;
+  {
+    std::lock_guard lock(mutex_);
+    if (wanted_.empty()) return;
+    const auto now = std::chrono::steady_clock::now();
+    for (auto it = wanted_.begin(); it != wanted_.end();) {
+      if (now - it->second.since >= max_wait) {
+        parked_ -= it->second.states.size();
+        for (auto& state : it->second.states) expired.push_back(std::move(state));
+        it = wanted_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(max_wait).count();
+  for (auto& state : expired)
+    state->set_error(make_error(Errc::object_lost, "object " + state->id().hex() + " was not produced here within " +
+                                                       std::to_string(seconds) + " s"));
+}
+
+std::size_t ObjectTable::parked() const {
+  std::lock_guard lock(mutex_);
+  return parked_;
 }
 
 StatePtr ObjectTable::find(const ObjectId& id) {
@@ -76,7 +112,10 @@ void ObjectTable::release(const std::vector<ObjectId>& ids) {
   std::lock_guard lock(mutex_);
   for (const auto& id : ids) {
     table_.erase(id);
-    wanted_.erase(id);
+    if (auto it = wanted_.find(id); it != wanted_.end()) {
+      parked_ -= it->second.states.size();
+      wanted_.erase(it);
+    }
     on_drop_(id);
   }
 }
@@ -97,6 +136,7 @@ void ObjectTable::clear() {
   std::lock_guard lock(mutex_);
   table_.clear();
   wanted_.clear();
+  parked_ = 0;
 }
 
 }  // namespace troupe::detail

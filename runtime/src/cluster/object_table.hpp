@@ -15,6 +15,7 @@
 // completed outside the mutex.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -35,7 +36,15 @@ class ObjectTable {
   // parked for it.
   void hold(const ObjectId& id, const StatePtr& state);
   // The state held under `id`, or a new one parked until it is held.
+  // Peers choose the ids: at most kMaxParked states wait at a time (past
+  // that, Error(not_found)), and expire_waits() fails those that waited
+  // too long.
   StatePtr find_or_wait(const ObjectId& id);
+  static constexpr std::size_t kMaxParked = 16384;
+  // Fails with object_lost the parked states that waited `max_wait` or
+  // more (their object was never produced here).
+  void expire_waits(std::chrono::steady_clock::duration max_wait);
+  std::size_t parked() const;
   // The state held under `id`, or null.
   StatePtr find(const ObjectId& id);
   // Lends `ref` under `id` for one more call; the first loan holds it (and
@@ -61,9 +70,14 @@ class ObjectTable {
   std::vector<StatePtr> hold_locked(const ObjectId& id, const StatePtr& state);
 
   Drop on_drop_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::map<ObjectId, StatePtr> table_;
-  std::map<ObjectId, std::vector<StatePtr>> wanted_;  // fetched before produced
+  struct Wanted {
+    std::vector<StatePtr> states;
+    std::chrono::steady_clock::time_point since;
+  };
+  std::map<ObjectId, Wanted> wanted_;  // fetched before produced
+  std::size_t parked_ = 0;             // states in wanted_
   std::map<ObjectId, int> loans_;                     // table_ entries lent to callees: count
   std::map<std::string, std::vector<ObjectId>> releases_;
 };

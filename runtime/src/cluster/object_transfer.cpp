@@ -10,6 +10,7 @@
 #include "troupe/runtime/logging.hpp"
 #include "troupe/runtime/tensor.hpp"
 #include "troupe/transport/ucx.hpp"
+#include "envelope.hpp"
 
 namespace troupe::detail {
 namespace {
@@ -59,51 +60,6 @@ class RemoteValue final : public Value {
   mutable std::string encoded_;
 };
 
-// ---- the data plane's object forms ----------------------------------------------------
-//
-// What a holder publishes under an object's key (its envelope): one tag
-// byte, then
-//   kPlainForm:  the value's encoding (nothing for a void result);
-//   kTensorForm: the tensor's dtype, memory type and shape (TensorMeta);
-//                its bytes are published apart, under payload_key(id),
-//                straight from the tensor's storage, so they cross with no
-//                copy on either side (the consumer's Tensor wraps the
-//                buffer UCX received into, in host or CUDA memory);
-//   kErrorForm:  an ErrorInfo message (the call failed).
-constexpr char kPlainForm = 0;
-constexpr char kTensorForm = 1;
-constexpr char kErrorForm = 2;
-
-ObjectId payload_key(const ObjectId& id) { return ObjectId{id.hi() ^ (std::uint64_t{1} << 63), id.lo()}; }
-
-struct TensorMeta {
-  std::uint8_t dtype = 0;
-  std::uint8_t memory = 0;  // 0 host, 1 cuda
-  std::vector<std::int64_t> shape;
-};
-
-void put_tensor_meta(std::string& out, const TensorMeta& meta) {
-  out.push_back(static_cast<char>(meta.dtype));
-  out.push_back(static_cast<char>(meta.memory));
-  const auto dims = static_cast<std::uint32_t>(meta.shape.size());
-  out.append(reinterpret_cast<const char*>(&dims), sizeof dims);
-  out.append(reinterpret_cast<const char*>(meta.shape.data()), dims * sizeof(std::int64_t));
-}
-
-TensorMeta get_tensor_meta(std::string_view in) {
-  TensorMeta meta;
-  std::uint32_t dims = 0;
-  if (in.size() < 2 + sizeof dims) throw_error(Errc::protocol, "truncated tensor envelope");
-  meta.dtype = static_cast<std::uint8_t>(in[0]);
-  meta.memory = static_cast<std::uint8_t>(in[1]);
-  std::memcpy(&dims, in.data() + 2, sizeof dims);
-  if (in.size() != 2 + sizeof dims + std::size_t{dims} * sizeof(std::int64_t) || meta.dtype > 5 || meta.memory > 1)
-    throw_error(Errc::protocol, "malformed tensor envelope");
-  meta.shape.resize(dims);
-  std::memcpy(meta.shape.data(), in.data() + 2 + sizeof dims, std::size_t{dims} * sizeof(std::int64_t));
-  return meta;
-}
-
 std::size_t tensor_bytes_of(const ValuePtr& value) {
   if (value && value->type() == typeid(Tensor)) return static_cast<const TypedValue<Tensor>*>(value.get())->value.nbytes();
   return 0;
@@ -145,7 +101,12 @@ std::string ObjectTransfer::info() const {
 std::string ObjectTransfer::own_data_address() const { return data_ ? data_->address() : std::string(); }
 
 void ObjectTransfer::note_data_address(const std::string& call_address, std::string data_address) {
+  // Peers name these: bounded, forgetting an arbitrary one when full (a
+  // forgotten holder is reached by `__fetch` until it is named again).
+  constexpr std::size_t kMaxDataAddresses = 4096;
   std::lock_guard lock(mutex_);
+  if (data_addresses_.size() >= kMaxDataAddresses && !data_addresses_.count(call_address))
+    data_addresses_.erase(data_addresses_.begin());
   data_addresses_[call_address] = std::move(data_address);
 }
 
@@ -236,6 +197,28 @@ void ObjectTransfer::describe_passed_ref(wire::ObjectDescriptor::Builder descrip
   lent.push_back(id);
 }
 
+std::string ObjectTransfer::check_descriptor(wire::ObjectDescriptor::Reader descriptor) {
+  constexpr std::size_t kMaxDataAddressBytes = 64 << 10;
+  if (!descriptor.hasId() || troupe::from_wire<ObjectId>(descriptor.getId()).nil()) return "a descriptor names no object";
+  switch (descriptor.which()) {
+    case wire::ObjectDescriptor::INLINE_DATA: {
+      const auto size = descriptor.getInlineData().size();
+      if (descriptor.getSizeBytes() != 0 && descriptor.getSizeBytes() != size)
+        return "an inline object has " + std::to_string(size) + " bytes, its descriptor says " +
+               std::to_string(descriptor.getSizeBytes());
+      return {};
+    }
+    case wire::ObjectDescriptor::REMOTE: {
+      if (auto why = check_peer_address(descriptor.getOwnerAddress().cStr()); !why.empty())
+        return "the object's owner: " + why;
+      if (descriptor.getOwnerDataAddress().size() > kMaxDataAddressBytes)
+        return "a data-plane address of " + std::to_string(descriptor.getOwnerDataAddress().size()) + " bytes";
+      return {};
+    }
+  }
+  return "a descriptor of unknown kind " + std::to_string(static_cast<int>(descriptor.which()));
+}
+
 StatePtr ObjectTransfer::resolve(wire::ObjectDescriptor::Reader descriptor) {
   const ObjectId id = troupe::from_wire<ObjectId>(descriptor.getId());
   if (descriptor.isInlineData()) {
@@ -249,11 +232,17 @@ StatePtr ObjectTransfer::resolve(wire::ObjectDescriptor::Reader descriptor) {
       state->set_value(std::make_shared<EncodedValue>(from_data(data)));
     return state;
   }
-  std::string owner = descriptor.getOwnerAddress();
-  if (descriptor.getOwnerDataAddress().size() > 0 && owner != own_address_)
-    note_data_address(owner, from_data(descriptor.getOwnerDataAddress()));
-  if (owner == own_address_) return table_->find_or_wait(id);
-  return fetch(id, owner);
+  try {
+    std::string owner = descriptor.getOwnerAddress();
+    if (descriptor.getOwnerDataAddress().size() > 0 && owner != own_address_)
+      note_data_address(owner, from_data(descriptor.getOwnerDataAddress()));
+    if (owner == own_address_) return table_->find_or_wait(id);
+    return fetch(id, owner);
+  } catch (...) {
+    auto state = std::make_shared<ObjectState>(id);
+    state->set_error(std::current_exception());
+    return state;
+  }
 }
 
 // ---- fetching ------------------------------------------------------------------------
@@ -288,34 +277,24 @@ void ObjectTransfer::publish(const ObjectId& id, const StatePtr& result) {
   auto envelope = std::make_shared<std::string>();
   try {
     if (result->has_error()) {
-      capnp::MallocMessageBuilder message;
-      fill_error(message.initRoot<wire::ErrorInfo>(), result->error());
-      auto words = capnp::messageToFlatArray(message);
-      envelope->push_back(kErrorForm);
-      envelope->append(reinterpret_cast<const char*>(words.asBytes().begin()), words.asBytes().size());
+      *envelope = error_envelope(result->error());
     } else if (const ValuePtr& value = result->value(); value && value->type() == typeid(Tensor)) {
       const Tensor& tensor = static_cast<const TypedValue<Tensor>*>(value.get())->value;
       TensorMeta meta{static_cast<std::uint8_t>(tensor.dtype()),
-                      static_cast<std::uint8_t>(tensor.device().is_cuda() ? 1 : 0), tensor.shape()};
+                      static_cast<std::uint8_t>(tensor.device().is_cuda() ? 1 : 0), tensor.shape(), tensor.nbytes()};
       // The bytes go out straight from the tensor's storage, kept alive by
       // the published buffer until every send of it completed.
       auto keep = std::make_shared<Tensor>(tensor);
       data_->publish(payload_key(id),
                      transport::ObjectBuffer::wrap(tensor.nbytes() ? keep->raw_data() : nullptr, tensor.nbytes(), keep,
                                                    meta.memory ? transport::MemoryType::cuda : transport::MemoryType::host));
-      envelope->push_back(kTensorForm);
-      put_tensor_meta(*envelope, meta);
+      *envelope = tensor_envelope(meta);
     } else {
-      envelope->push_back(kPlainForm);
-      if (value) envelope->append(value->encode());
+      *envelope = plain_envelope(value ? value->encode() : std::string());
     }
   } catch (...) {
     // The value could not be encoded: consumers get that error.
-    capnp::MallocMessageBuilder message;
-    fill_error(message.initRoot<wire::ErrorInfo>(), std::current_exception());
-    auto words = capnp::messageToFlatArray(message);
-    envelope->assign(1, kErrorForm);
-    envelope->append(reinterpret_cast<const char*>(words.asBytes().begin()), words.asBytes().size());
+    *envelope = error_envelope(std::current_exception());
   }
   const void* data = envelope->data();
   const std::size_t size = envelope->size();
@@ -350,24 +329,17 @@ StatePtr ObjectTransfer::fetch_over_data_plane(const ObjectId& id, const std::st
 void ObjectTransfer::on_envelope(const ObjectId& id, const std::string& data_address, const StatePtr& state,
                                  transport::ObjectBuffer& buffer) {
   try {
-    std::string_view envelope = buffer.view();
-    if (envelope.empty()) throw_error(Errc::protocol, "empty object envelope from the data plane");
-    const char form = envelope[0];
-    envelope.remove_prefix(1);
-    if (form == kPlainForm) {
-      if (envelope.empty()) state->set_value(nullptr);
-      else state->set_value(std::make_shared<EncodedValue>(std::string(envelope)));
+    Envelope envelope = decode_envelope(buffer.view());  // every field checked: it is a peer's
+    if (envelope.form == EnvelopeForm::plain) {
+      if (envelope.value.empty()) state->set_value(nullptr);
+      else state->set_value(std::make_shared<EncodedValue>(std::string(envelope.value)));
       return;
     }
-    if (form == kErrorForm) {
-      kj::Array<capnp::word> words = kj::heapArray<capnp::word>(envelope.size() / sizeof(capnp::word));
-      std::memcpy(words.begin(), envelope.data(), words.size() * sizeof(capnp::word));
-      capnp::FlatArrayMessageReader reader(words);
-      state->set_error(to_exception(reader.getRoot<wire::ErrorInfo>()));
+    if (envelope.form == EnvelopeForm::error) {
+      state->set_error(envelope.error);
       return;
     }
-    if (form != kTensorForm) throw_error(Errc::protocol, "unknown object form " + std::to_string(int(form)));
-    auto meta = std::make_shared<TensorMeta>(get_tensor_meta(envelope));
+    auto meta = std::make_shared<TensorMeta>(std::move(envelope.tensor));
     // A CUDA tensor lands in CUDA memory where this process has a GPU.
     const bool to_cuda = meta->memory == 1 && troupe::cuda::device_count() > 0;
     transport::FetchOptions options;
@@ -380,6 +352,8 @@ void ObjectTransfer::on_envelope(const ObjectId& id, const std::string& data_add
                      return;
                    }
                    try {
+                     // The payload must be exactly the bytes its envelope's shape needs.
+                     check_tensor_payload(*meta, payload.size);
                      auto keep = payload.keepalive;
                      auto storage = Storage::wrap(payload.data, payload.size, to_cuda ? Device::cuda(0) : Device::cpu(),
                                                   [keep](void*) {});

@@ -87,8 +87,15 @@ class ObjectTransfer final : public std::enable_shared_from_this<ObjectTransfer>
   // loans to end then.
   void describe_passed_ref(wire::ObjectDescriptor::Builder descriptor, const StatePtr& ref,
                            std::vector<StatePtr>& borrowed, std::vector<ObjectId>& lent);
-  // Callee side: the state a descriptor names, filled inline, from this
-  // process's table, or by a fetch from its holder.
+  // Empty when a descriptor a peer sent may be resolved: it names an
+  // object (id not nil), its kind is known, inline bytes match sizeBytes
+  // (when set), a remote one names a tcp://host:port owner and a data
+  // address of at most 64 KiB. Else why not. Reads its text fields: a
+  // malformed one raises kj::Exception.
+  static std::string check_descriptor(wire::ObjectDescriptor::Reader descriptor);
+  // Callee side: the state a descriptor (checked by check_descriptor)
+  // names, filled inline, from this process's table, or by a fetch from
+  // its holder. Never throws: a failure to start the fetch fails the state.
   StatePtr resolve(wire::ObjectDescriptor::Reader descriptor);
 
   // Starts fetching object `id` from the process whose call plane is at

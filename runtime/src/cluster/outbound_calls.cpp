@@ -120,6 +120,30 @@ StatePtr OutboundCalls::fetch_by_call(const ObjectId& id, const std::string& loc
 }
 
 void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
+  // Read and check the whole reply before its call leaves the table, so
+  // that a malformed (or forged) one leaves the call to its real reply.
+  ValuePtr value;
+  std::exception_ptr error;
+  switch (reply.which()) {
+    case wire::CallReply::VALUE: {
+      auto data = reply.getValue();
+      if (data.size() != 0) value = std::make_shared<EncodedValue>(from_data(data));
+      break;
+    }
+    case wire::CallReply::REF: {
+      auto descriptor = reply.getRef();
+      if (!descriptor.isRemote()) throw Error(Errc::protocol, "a reply's result descriptor is not a remote one");
+      if (auto why = ObjectTransfer::check_descriptor(descriptor); !why.empty())
+        throw Error(Errc::protocol, "a reply's result descriptor: " + why);
+      value = transfer_->remote_value(troupe::from_wire<ObjectId>(descriptor.getId()),
+                                      std::string(descriptor.getOwnerAddress()));
+      break;
+    }
+    case wire::CallReply::ERROR: error = to_exception(reply.getError()); break;
+    default:
+      throw Error(Errc::protocol, "a reply of unknown kind " + std::to_string(static_cast<int>(reply.which())));
+  }
+  const ActorId from = troupe::from_wire<ActorId>(reply.getActorId());
   StatePtr result;
   std::vector<StatePtr> borrowed;  // released when this returns
   std::vector<ObjectId> lent;
@@ -127,6 +151,10 @@ void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
     std::lock_guard lock(mutex_);
     auto it = inflight_.find(reply.getCallId());
     if (it == inflight_.end()) return;  // timed out or the actor was declared dead
+    // A host answers a call it ran in its actor's name (refusals name none).
+    if (!from.nil() && from != it->second.actor_id)
+      throw Error(Errc::protocol, "a reply for call " + std::to_string(reply.getCallId()) + " names actor " +
+                                      from.short_hex() + ", not the one called");
     result = std::move(it->second.result);
     borrowed = std::move(it->second.borrowed);
     lent = std::move(it->second.lent);
@@ -134,20 +162,8 @@ void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
     inflight_.erase(it);
   }
   table_->end_loans(lent);
-  switch (reply.which()) {
-    case wire::CallReply::VALUE: {
-      auto data = reply.getValue();
-      if (data.size() == 0) result->set_value(nullptr);
-      else result->set_value(std::make_shared<EncodedValue>(from_data(data)));
-      break;
-    }
-    case wire::CallReply::REF: {
-      auto descriptor = reply.getRef();
-      result->set_value(transfer_->remote_value(troupe::from_wire<ObjectId>(descriptor.getId()), std::string(descriptor.getOwnerAddress())));
-      break;
-    }
-    case wire::CallReply::ERROR: result->set_error(to_exception(reply.getError())); break;
-  }
+  if (error) result->set_error(std::move(error));
+  else result->set_value(std::move(value));
 }
 
 void OutboundCalls::fail_calls_to(ActorId actor_id, const std::exception_ptr& error) {

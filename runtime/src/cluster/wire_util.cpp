@@ -23,7 +23,23 @@ void fill_error(wire::ErrorInfo::Builder builder, const std::exception_ptr& erro
 }
 
 std::exception_ptr to_exception(wire::ErrorInfo::Reader error) {
-  return make_error(errc_from_wire(error.getCode()), error.getMessage(), error.getRemoteType());
+  Errc code = errc_from_wire(error.getCode());
+  if (code == Errc::ok) code = Errc::protocol;  // an error that says "ok" is not one
+  return make_error(code, error.getMessage(), error.getRemoteType());
+}
+
+std::string check_peer_address(std::string_view address) {
+  constexpr std::string_view kScheme = "tcp://";
+  if (address.empty()) return "no address";
+  if (address.size() > kMaxPeerAddressBytes)
+    return "an address of " + std::to_string(address.size()) + " bytes (at most " +
+           std::to_string(kMaxPeerAddressBytes) + ")";
+  for (const char c : address) {
+    if (c < 0x21 || c > 0x7e) return "an address with a byte that is not printable ASCII";
+  }
+  if (address.substr(0, kScheme.size()) != kScheme || address.find(':', kScheme.size()) == std::string_view::npos)
+    return "'" + std::string(address) + "' is not a tcp://host:port address";
+  return {};
 }
 
 }  // namespace troupe::detail

@@ -36,5 +36,14 @@ inline std::string from_data(capnp::Data::Reader data) {
 std::string read_whole_file(const std::string& path);
 
 void fill_error(wire::ErrorInfo::Builder builder, const std::exception_ptr& error);
+// The error a peer sent, rebuilt; a code this build does not know, or `ok`,
+// becomes protocol. Reads text fields: a kj::Exception if they are malformed.
 std::exception_ptr to_exception(wire::ErrorInfo::Reader error);
+
+// Longest call-plane address a peer may name (returnTo, an owner address).
+inline constexpr std::size_t kMaxPeerAddressBytes = 255;
+// Empty when `address` can be a call-plane address ("tcp://host:port", at
+// most kMaxPeerAddressBytes of printable ASCII); else why not. Checked on
+// every address a peer gives before anything connects to it.
+std::string check_peer_address(std::string_view address);
 }  // namespace troupe::detail

@@ -308,6 +308,10 @@ void LocalActor::run(const TaskPtr& task) {
   try {
     ContextScope scope(id_, &gpus);
     result = spec.method->invoke(instance.get(), values);
+  } catch (const ArgumentDecodeError& e) {
+    spec.result->set_error(make_error(Errc::serialization, spec.method->qualified +
+                                                               ": an argument could not be decoded: " + e.message()));
+    return;
   } catch (...) {
     auto info = describe(std::current_exception());
     spec.result->set_error(make_error(Errc::task_failed,

@@ -108,6 +108,14 @@ struct result_of_return<ObjectRef<T>> {
 template <class R>
 using method_result_t = typename result_of_return<stored_t<R>>::type;
 
+// An argument whose bytes (from another process) could not be decoded: the
+// caller's input was bad, not the method, so the call fails with
+// Errc::serialization rather than as the method's task_failed.
+class ArgumentDecodeError final : public Error {
+ public:
+  using Error::Error;
+};
+
 // One argument of a method or constructor. An ObjectRef parameter that came
 // from another process arrives as the state it wraps (Value::passed_state).
 template <class P>
@@ -117,7 +125,12 @@ P take_arg(ValuePtr& value) {
       if (StatePtr state = value->passed_state()) return P(std::move(state));
     }
   }
-  return take_value<P>(value);
+  try {
+    return take_value<P>(value);
+  } catch (const Error& e) {
+    if (e.code() == Errc::serialization) throw ArgumentDecodeError(e.code(), e.message());
+    throw;
+  }
 }
 
 template <auto Method>

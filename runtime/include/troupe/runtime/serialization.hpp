@@ -8,6 +8,12 @@
 // (or non-member save/load). Every argument and result type of a registered
 // actor method is checked at compile time, so a type that could not travel
 // to another process fails to compile in local mode too.
+//
+// Decoding never trusts the bytes: deserialize reads them with
+// BoundedInputArchive (bounded_archive.hpp), which refuses any length that
+// claims more than the bytes that remain before allocating for it. A user
+// type's serialize/load must therefore be a template on the archive (or
+// name troupe::BoundedInputArchive), not cereal::BinaryInputArchive.
 #pragma once
 
 #include <cereal/archives/binary.hpp>
@@ -34,6 +40,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "troupe/runtime/bounded_archive.hpp"
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/tensor.hpp"
 
@@ -49,7 +56,7 @@ struct Unit {
 template <class T>
 inline constexpr bool is_serializable_v =
     cereal::traits::is_output_serializable<T, cereal::BinaryOutputArchive>::value &&
-    cereal::traits::is_input_serializable<T, cereal::BinaryInputArchive>::value;
+    cereal::traits::is_input_serializable<T, BoundedInputArchive>::value;
 
 // Encodes `value` into bytes. Throws Error(Errc::serialization) on failure.
 template <class T>
@@ -69,18 +76,20 @@ std::string serialize(const T& value) {
   return std::move(out).str();
 }
 
-// Decodes bytes produced by serialize<T>. Truncated or malformed input gives
-// Error(Errc::serialization), never undefined behaviour.
+// Decodes bytes produced by serialize<T>. Truncated or malformed input, or a
+// length that claims more than the bytes hold, gives Error(Errc::serialization)
+// before anything is allocated for it, never undefined behaviour.
 template <class T>
 T deserialize(std::string_view bytes) {
   static_assert(is_serializable_v<T>, "troupe: this type cannot be deserialized");
-  std::istringstream in(std::string(bytes), std::ios::binary);
   T value{};
   try {
-    cereal::BinaryInputArchive archive(in);
+    BoundedInputArchive archive(bytes);
     archive(value);
   } catch (const Error&) {
     throw;
+  } catch (const std::bad_alloc&) {
+    throw_error(Errc::serialization, "decoding failed: out of memory");
   } catch (const std::exception& e) {
     throw_error(Errc::serialization, std::string("decoding failed: ") + e.what());
   }

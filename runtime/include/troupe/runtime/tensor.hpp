@@ -298,8 +298,10 @@ inline constexpr std::uint32_t tensor_max_rank = 64;
 void check_tensor_header(std::uint8_t tag, std::uint8_t dtype, std::uint8_t memory_type,
                          std::uint32_t rank);
 // The host tensor the bytes are read into; Error(Errc::serialization) for a
-// negative or overflowing shape.
-Tensor empty_tensor_for_load(Tensor::Shape shape, std::uint8_t dtype);
+// negative or overflowing shape, or one whose bytes exceed `available` (the
+// bytes left in a bounded archive), checked before anything is allocated.
+Tensor empty_tensor_for_load(Tensor::Shape shape, std::uint8_t dtype,
+                             std::uint64_t available = ~std::uint64_t{0});
 // Moves the loaded host bytes to where the encoded tensor lived.
 Tensor finish_tensor_load(Tensor host, std::uint8_t memory_type);
 }  // namespace detail
@@ -333,7 +335,9 @@ void load(Archive& archive, Tensor& tensor) {
   detail::check_tensor_header(tag, dtype, memory_type, rank);
   Tensor::Shape shape(rank);
   for (std::int64_t& extent : shape) archive(extent);
-  Tensor host = detail::empty_tensor_for_load(std::move(shape), dtype);
+  std::uint64_t available = ~std::uint64_t{0};
+  if constexpr (requires { archive.remaining_bytes(); }) available = archive.remaining_bytes();
+  Tensor host = detail::empty_tensor_for_load(std::move(shape), dtype, available);
   if (host.nbytes() > 0) archive(cereal::binary_data(host.raw_data(), host.nbytes()));
   tensor = detail::finish_tensor_load(std::move(host), memory_type);
 }
