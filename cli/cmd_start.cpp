@@ -57,7 +57,8 @@ struct StartOptions {
   bool block = false;
   double wait_s = 15;
   bool insecure = false;    // no cluster secret: plain sockets, anyone who reaches the head is in
-  std::string token_file;   // worker: the head's token file (else TROUPE_TOKEN, ...)
+  std::string token_file;   // worker: the head's token file (else TROUPE_TOKEN, ...); head: the token to use
+  bool new_token = false;   // head: a new secret even if the previous session has one
 };
 
 std::uint64_t machine_memory_bytes() {
@@ -208,7 +209,21 @@ int start(const StartOptions& options) {
       write_file_atomic(config.session_dir / "insecure", "started with --insecure: no cluster token\n");
       set_cli_membership(std::nullopt);
     } else {
-      auto secret = transport::ClusterSecret::generate();
+      // The cluster's secret: --token-file; else the previous session's, so
+      // that a restarted head keeps its cluster (workers and token files
+      // elsewhere stay valid); else a new one. --new-token rotates it.
+      std::optional<transport::ClusterSecret> kept;
+      if (!options.token_file.empty()) {
+        kept = transport::read_token_file(options.token_file);
+      } else if (!options.new_token && previous_session && fs::exists(*previous_session / "token")) {
+        try {
+          kept = transport::read_token_file(*previous_session / "token");
+          std::cerr << "troupe: keeping the cluster token of the previous session (--new-token makes a new one)\n";
+        } catch (const Error& error) {
+          std::cerr << "troupe: not reusing the previous session's token (" << error.message() << ")\n";
+        }
+      }
+      auto secret = kept ? *kept : transport::ClusterSecret::generate();
       config.token_file = config.session_dir / "token";
       transport::write_token_file(config.token_file, secret);
       set_cli_membership(secret);
@@ -336,7 +351,10 @@ void add_start_command(CLI::App& app) {
                     "(throwaway clusters on a machine you alone use)");
   command->add_option("--token-file", options->token_file,
                       "Worker: the cluster token file the head made (its session_latest/token); default: "
-                      "$TROUPE_TOKEN, $TROUPE_TOKEN_FILE, or this machine's session of the same head");
+                      "$TROUPE_TOKEN, $TROUPE_TOKEN_FILE, or this machine's session of the same head. Head: use "
+                      "this token (default: the previous session's, else a new one)");
+  command->add_flag("--new-token", options->new_token,
+                    "Head: make a new cluster token even if the previous session has one (workers then need it)");
   command->add_flag("--block", options->block, "Run in the foreground until SIGINT/SIGTERM");
   command->add_option("--wait", options->wait_s, "Seconds to wait for the daemon to be ready")->capture_default_str();
   set_action(*command, [options, gpus] {

@@ -15,7 +15,8 @@
 #
 # Targets: arguments (cereal decoding of method arguments), envelope (data
 # plane object envelopes), call_server (call-plane messages into an actor
-# host, in process), head (control messages into the head, in process).
+# host, in process), head (control messages into the head, in process),
+# data_request (UCX data-plane headers: ucx_wire::parse_request/parse_data).
 # The build lives in build-fuzz/ (CUDA, tests, benchmarks and examples off;
 # ccache used when installed). What a run discovers is kept in
 # build-fuzz/corpus/<name>/ and used by later runs; a crashing input is
