@@ -178,7 +178,7 @@ std::string read_text(const std::string& path) {
 
 class BenchCluster {
  public:
-  explicit BenchCluster(std::string cli) : cli_(std::move(cli)) {}
+  BenchCluster(std::string cli, bool insecure) : cli_(std::move(cli)), insecure_(insecure) {}
   ~BenchCluster() { stop(); }
 
   // Starts a head (with its node manager) in a fresh temporary session root.
@@ -195,9 +195,10 @@ class BenchCluster {
       const int port = free_tcp_port();
       if (port == 0) continue;
       g_cluster_up.store(true);  // from here on a stop is due, whatever happens
-      const int code = run_command({cli_, "start", "--head", "--port", std::to_string(port), "--node-ip", "127.0.0.1",
-                                    "--temp-dir", dir_, "--gpus", "", "--num-cpus", "8", "--wait", "30"},
-                                   log_, 60s);
+      std::vector<std::string> args{cli_,       "start", "--head", "--port", std::to_string(port), "--node-ip",
+                                    "127.0.0.1", "--temp-dir", dir_, "--gpus", "", "--num-cpus", "8", "--wait", "30"};
+      if (insecure_) args.push_back("--insecure");
+      const int code = run_command(args, log_, 60s);
       if (code == 0) {
         address_ = "127.0.0.1:" + std::to_string(port);
         return;
@@ -208,6 +209,7 @@ class BenchCluster {
   }
 
   const std::string& address() const noexcept { return address_; }
+  const std::string& dir() const noexcept { return dir_; }
 
   void stop() {
     if (dir_.empty()) return;
@@ -225,6 +227,7 @@ class BenchCluster {
  private:
   std::string cli_;
   std::string dir_;
+  bool insecure_ = false;
   std::string log_;
   std::string address_;
 };
@@ -366,12 +369,25 @@ int main(int argc, char** argv) {
 
   int callers = 2;
   std::string cli_path = take_string_flag(argc, argv, "--troupe-cli");
+  // --insecure: the cluster runs without a token (plain sockets), for
+  // scripts/bench.sh security's comparison with the default (CURVE).
+  bool insecure = false;
+  {
+    int out = 1;
+    for (int i = 1; i < argc; ++i) {
+      if (std::string(argv[i]) == "--insecure") insecure = true;
+      else argv[out++] = argv[i];
+    }
+    argc = out;
+    argv[argc] = nullptr;
+  }
   troupe::bench::Cli cli(
       "cluster_call_bench",
       "Cross-process no-op actor calls (cluster mode, a temporary one-machine cluster started\n"
       "with the troupe CLI) beside a raw ZeroMQ DEALER->ROUTER echo of the same frame sizes and\n"
       "a raw UCX active-message round trip, all measured in this run.\n"
-      "  --troupe-cli PATH  the troupe CLI (default: <build>/cli/troupe next to this binary)");
+      "  --troupe-cli PATH  the troupe CLI (default: <build>/cli/troupe next to this binary)\n"
+      "  --insecure         start the cluster with --insecure (no token, no CURVE)");
   cli.add_int("--callers", &callers, "driver threads (each with its own actor) for the n:n throughput");
   const auto options = cli.parse(argc, argv);
   if (cli_path.empty()) cli_path = default_cli_path();
@@ -401,7 +417,7 @@ int main(int argc, char** argv) {
   }
 
   // ---- the cluster ----------------------------------------------------------------------
-  BenchCluster cluster(cli_path);
+  BenchCluster cluster(cli_path, insecure);
   struct sigaction action {};
   action.sa_handler = on_fatal_signal;
   sigemptyset(&action.sa_mask);
@@ -417,6 +433,7 @@ int main(int argc, char** argv) {
       cluster.start();
       watchdog.emplace(options.quick ? 60s : 180s);
       ::setenv("TROUPE_ADDRESS", cluster.address().c_str(), 1);
+      ::setenv("TROUPE_TEMP_DIR", cluster.dir().c_str(), 1);  // where this driver finds the cluster's token
       troupe::InitOptions init_options;
       if (const char* level = std::getenv("TROUPE_LOG_LEVEL"); !level || !*level) init_options.log_level = "warn";
       troupe::init(init_options);

@@ -24,6 +24,14 @@
 // alternate, one each in turn, so both see the same background load), and
 // size / fastest fetch ("peak"). Small-object (64 B) fetch latency p50 too.
 //
+// Secure beside insecure, same run, same sizes: a second holder and a
+// consumer made with a cluster secret (membership set), whose requests and
+// replies carry message authenticators (keyed BLAKE2b-256 over each header);
+// its fetches alternate with the others. Rows *_secure_* give its figures
+// with the insecure troupe figure as reference, and the ratios
+// (bandwidth secure/insecure from 1 MiB up, 64 B latency p50 secure/insecure;
+// targets >= 0.95 and <= 1.15).
+//
 // Every child is forked before this process initialises UCX.
 #include <fcntl.h>
 #include <poll.h>
@@ -45,6 +53,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -52,6 +61,7 @@
 #include "bench_util.hpp"
 #include "raw_ucx.hpp"
 #include "troupe/transport/error.hpp"
+#include "troupe/transport/internal/membership.hpp"
 #include "troupe/transport/ucx.hpp"
 
 namespace {
@@ -89,10 +99,12 @@ UcxOptions ucx_options(const Transport& transport, bool detect_peer_failure, int
 
 // --- the troupe holder (a child) ---------------------------------------------------------
 
-[[noreturn]] void run_troupe_holder(int fd, const Transport& transport, bool detect, int busy_poll_us) {
+[[noreturn]] void run_troupe_holder(int fd, const Transport& transport, bool detect, int busy_poll_us,
+                                    const std::optional<ClusterSecret>& secret) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   int code = 0;
   try {
+    set_membership(secret);  // a secure holder: its plane requires and sends tags
     auto context = UcxContext::create(ucx_options(transport, detect, busy_poll_us));
     auto worker = UcxWorker::create(context);
     DataPlane plane(worker);
@@ -294,12 +306,12 @@ pid_t spawn(const std::function<void(int)>& child, int& parent_fd) {
 }
 
 struct Children {
-  pid_t holder = -1, server = -1;
-  int holder_fd = -1, server_fd = -1;
+  pid_t holder = -1, server = -1, secure_holder = -1;
+  int holder_fd = -1, server_fd = -1, secure_holder_fd = -1;
   void stop() {
-    for (int* fd : {&holder_fd, &server_fd})
+    for (int* fd : {&holder_fd, &server_fd, &secure_holder_fd})
       if (*fd >= 0) ::close(*fd), *fd = -1;
-    for (pid_t* pid : {&holder, &server})
+    for (pid_t* pid : {&holder, &server, &secure_holder})
       if (*pid > 0) ::waitpid(*pid, nullptr, 0), *pid = -1;
   }
 };
@@ -308,6 +320,8 @@ struct Figures {
   std::vector<double> troupe_bw, reused_bw, raw_bw;  // per size: MiB/s from the median fetch time
   std::vector<double> troupe_peak, raw_peak;         // per size: MiB/s from the fastest fetch
   double troupe_p50 = 0, raw_p50 = 0;                // us
+  std::vector<double> secure_bw, secure_peak;        // the secure plane, per size
+  double secure_p50 = 0;
   std::string lanes;
 };
 
@@ -319,7 +333,7 @@ double mib_per_s(std::size_t size, const troupe::bench::Samples& seconds) {
 }
 
 Figures measure(const Transport& transport, Children& children, bool detect, int busy_poll_us, bool raw_busy,
-                const troupe::bench::Options& options) {
+                const ClusterSecret& secret, const troupe::bench::Options& options) {
   const int repeats = options.repeats_or(5, 2);
   const std::size_t budget = options.quick ? 64 * MiB : 256 * MiB;  // bytes per repeat and size
   std::string holder_address, server_address;
@@ -327,6 +341,9 @@ Figures measure(const Transport& transport, Children& children, bool detect, int
     throw std::runtime_error("the troupe holder did not start");
   if (!read_blob(children.server_fd, server_address) || server_address.empty())
     throw std::runtime_error("the raw UCX server did not start");
+  std::string secure_address;
+  if (!read_blob(children.secure_holder_fd, secure_address) || secure_address.empty())
+    throw std::runtime_error("the secure troupe holder did not start");
 
   // Two troupe consumers: the default allocator (troupe's host block cache),
   // and an allocator that hands out one reused buffer (as the raw client
@@ -341,6 +358,10 @@ Figures measure(const Transport& transport, Children& children, bool detect, int
   };
   auto reused_worker = UcxWorker::create(context);
   DataPlane reused_plane(reused_worker, reused_options);
+  // The secure consumer: the plane reads membership when it is made.
+  set_membership(secret);
+  DataPlane secure_plane(UcxWorker::create(context));
+  set_membership(std::nullopt);
 
   RawSide raw;
   raw.busy = raw_busy;
@@ -360,7 +381,7 @@ Figures measure(const Transport& transport, Children& children, bool detect, int
     raw.send(kRawDone, nullptr, 0, &marker, 1, true);
   };
   auto fetch_with = [&](DataPlane& consumer, std::size_t size) {
-    auto buffer = consumer.fetch(holder_address, key_of(size)).get();
+    auto buffer = consumer.fetch(&consumer == &secure_plane ? secure_address : holder_address, key_of(size)).get();
     if (buffer.size != size) throw std::runtime_error("short fetch");
   };
   auto timed = [](troupe::bench::Samples& samples, const std::function<void()>& fn) {
@@ -375,6 +396,7 @@ Figures measure(const Transport& transport, Children& children, bool detect, int
     for (std::size_t size : {kSmall, 1 * MiB, 64 * MiB}) {
       for (int i = 0; i < 10; ++i) {
         fetch_with(plane, size);
+        fetch_with(secure_plane, size);
         fetch_with(reused_plane, size);
         raw.fetch(size);
       }
@@ -385,11 +407,12 @@ Figures measure(const Transport& transport, Children& children, bool detect, int
   figures.lanes = plane.peer_transports(holder_address).get();
   for (std::size_t size : kSizes) {
     const int n = static_cast<int>(std::clamp<std::size_t>(budget / size, 4, 2000));
-    troupe::bench::Samples t, u, r;
+    troupe::bench::Samples t, sec, u, r;
     for (int rep = 0; rep < repeats; ++rep) {
       raw_phase([&] {
         for (int i = 0; i < n; ++i) {
           timed(t, [&] { fetch_with(plane, size); });
+          timed(sec, [&] { fetch_with(secure_plane, size); });
           timed(u, [&] { fetch_with(reused_plane, size); });
           timed(r, [&] { raw.fetch(size); });
         }
@@ -399,21 +422,25 @@ Figures measure(const Transport& transport, Children& children, bool detect, int
     figures.reused_bw.push_back(mib_per_s(size, u));
     figures.raw_bw.push_back(mib_per_s(size, r));
     figures.troupe_peak.push_back(static_cast<double>(size) / MiB / t.min());
+    figures.secure_bw.push_back(mib_per_s(size, sec));
+    figures.secure_peak.push_back(static_cast<double>(size) / MiB / sec.min());
     figures.raw_peak.push_back(static_cast<double>(size) / MiB / r.min());
   }
 
   const int latency_n = options.iterations_or(3000, 500);
-  troupe::bench::Samples tp, rp;
+  troupe::bench::Samples tp, sp, rp;
   for (int rep = 0; rep < repeats; ++rep) {
     raw_phase([&] {
       for (int i = 0; i < latency_n; ++i) {
         timed(tp, [&] { fetch_with(plane, kSmall); });
+        timed(sp, [&] { fetch_with(secure_plane, kSmall); });
         timed(rp, [&] { raw.fetch(kSmall); });
       }
     });
   }
   figures.troupe_p50 = tp.p50() * 1e6;
   figures.raw_p50 = rp.p50() * 1e6;
+  figures.secure_p50 = sp.p50() * 1e6;
 
   raw.close();
   return figures;
@@ -452,12 +479,17 @@ int main(int argc, char** argv) {
   }
 
   // Fork every child now, while this process has not touched UCX.
+  const ClusterSecret secret = ClusterSecret::generate();
   std::vector<Children> children(transports.size());
   try {
     for (std::size_t i = 0; i < transports.size(); ++i) {
       const Transport transport = transports[i];
       children[i].holder = spawn(
-          [&](int fd) { run_troupe_holder(fd, transport, detect != 0, busy_poll_us); }, children[i].holder_fd);
+          [&](int fd) { run_troupe_holder(fd, transport, detect != 0, busy_poll_us, std::nullopt); },
+          children[i].holder_fd);
+      children[i].secure_holder = spawn(
+          [&](int fd) { run_troupe_holder(fd, transport, detect != 0, busy_poll_us, secret); },
+          children[i].secure_holder_fd);
       children[i].server =
           spawn([&](int fd) { run_raw_server(fd, transport, detect != 0, raw_busy != 0); }, children[i].server_fd);
     }
@@ -471,7 +503,7 @@ int main(int argc, char** argv) {
     const auto& transport = transports[i];
     Figures figures;
     try {
-      figures = measure(transport, children[i], detect != 0, busy_poll_us, raw_busy != 0, options);
+      figures = measure(transport, children[i], detect != 0, busy_poll_us, raw_busy != 0, secret, options);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ucx_transfer_bench (%s): %s\n", transport.name.c_str(), e.what());
       children[i].stop();
@@ -499,6 +531,22 @@ int main(int argc, char** argv) {
     }
     report.add(transport.name + "_fetch_latency_p50_64B", figures.troupe_p50, "us", Better::lower, figures.raw_p50);
     report.add(transport.name + "_target_bw_ratio_min_1MiB_up", worst, "x", Better::higher, 0.9);
+    // Secure (tags on headers) beside insecure: reference = the insecure figure.
+    double secure_worst = 1e9, secure_worst_peak = 1e9;
+    for (std::size_t s = 0; s < std::size(kSizes); ++s) {
+      report.add(transport.name + "_fetch_bw_secure_" + size_name(kSizes[s]), figures.secure_bw[s], "MiB/s",
+                 Better::higher, figures.troupe_bw[s]);
+      if (kSizes[s] >= MiB) {
+        secure_worst = std::min(secure_worst, figures.secure_bw[s] / figures.troupe_bw[s]);
+        secure_worst_peak = std::min(secure_worst_peak, figures.secure_peak[s] / figures.troupe_peak[s]);
+      }
+    }
+    report.add(transport.name + "_fetch_latency_p50_64B_secure", figures.secure_p50, "us", Better::lower,
+               figures.troupe_p50);
+    const double secure_p50_ratio = figures.secure_p50 / figures.troupe_p50;
+    report.add(transport.name + "_secure_bw_ratio_min_1MiB_up", secure_worst, "x", Better::higher, 0.95);
+    report.add(transport.name + "_secure_peak_bw_ratio_min_1MiB_up", secure_worst_peak, "x", Better::higher, 0.95);
+    report.add(transport.name + "_secure_latency_p50_ratio_64B", secure_p50_ratio, "x", Better::lower, 1.15);
     report.add(transport.name + "_target_peak_bw_ratio_min_1MiB_up", worst_peak, "x", Better::higher, 0.9);
     const std::string tls = transport.tls.empty() ? std::string(std::getenv("UCX_TLS")) : transport.tls;
     report.note(transport.name + ": UCX_TLS=" + tls + "; troupe's endpoint lanes: " + figures.lanes +
@@ -513,6 +561,12 @@ int main(int argc, char** argv) {
     std::snprintf(verdict, sizeof verdict,
                   ">= 90%% of raw UCX bandwidth from 1 MiB up: %s (worst %.0f%% by median, %.0f%% by fastest fetch)",
                   worst >= 0.9 ? "MET" : "MISSED", worst * 100, worst_peak * 100);
+    report.note(verdict);
+    std::snprintf(verdict, sizeof verdict,
+                  "secure vs insecure: bandwidth >= 0.95x from 1 MiB up: %s (worst %.3fx); 64 B p50 <= 1.15x: %s "
+                  "(%.3fx)",
+                  secure_worst >= 0.95 ? "MET" : "MISSED", secure_worst, secure_p50_ratio <= 1.15 ? "MET" : "MISSED",
+                  secure_p50_ratio);
     report.note(verdict);
     if (!options.json && i > 0) std::printf("\n");
     report.print_table();

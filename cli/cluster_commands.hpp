@@ -28,6 +28,7 @@ struct HeadOptions {
   std::string address;   // --address IP:PORT; empty = the latest local session's head
   std::string temp_dir;  // --temp-dir; empty = $TROUPE_TEMP_DIR or /tmp/troupe
   double timeout_s = 10; // --timeout: each request to the head
+  std::string token_file; // --token-file; empty = found by transport::find_token
 };
 void add_head_options(CLI::App& command, HeadOptions& options);
 std::chrono::milliseconds request_timeout(const HeadOptions& options);

@@ -29,6 +29,7 @@
 #include "troupe/runtime/ids.hpp"
 #include "troupe/scheduler/gpu_spec.hpp"
 #include "troupe/scheduler/resources.hpp"
+#include "troupe/transport/internal/membership.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
 namespace troupe::cli {
@@ -55,6 +56,8 @@ struct StartOptions {
   int heartbeat_misses = 6;
   bool block = false;
   double wait_s = 15;
+  bool insecure = false;    // no cluster secret: plain sockets, anyone who reaches the head is in
+  std::string token_file;   // worker: the head's token file (else TROUPE_TOKEN, ...)
 };
 
 std::uint64_t machine_memory_bytes() {
@@ -194,17 +197,50 @@ DaemonConfig build_config(const StartOptions& options) {
 
 int start(const StartOptions& options) {
   DaemonConfig config = build_config(options);
+  std::string worker_token_source;
   const fs::path root = temp_root(options.temp_dir);
   std::optional<fs::path> previous_session = latest_session(root);
   if (config.head) {
     check_port_free(config.node_ip, config.port);
     config.session_dir = create_session(root);
+    if (options.insecure) {
+      // The marker tells local clients (find_token) to connect without one.
+      write_file_atomic(config.session_dir / "insecure", "started with --insecure: no cluster token\n");
+      set_cli_membership(std::nullopt);
+    } else {
+      auto secret = transport::ClusterSecret::generate();
+      config.token_file = config.session_dir / "token";
+      transport::write_token_file(config.token_file, secret);
+      set_cli_membership(secret);
+    }
   } else {
+    // The worker's secret: --token-file, else TROUPE_TOKEN / TROUPE_TOKEN_FILE
+    // / the local session of the same head (transport::find_token).
+    std::optional<transport::ClusterSecret> secret;
+    std::string from;
+    if (options.insecure) {
+      from = "--insecure";
+    } else if (!options.token_file.empty()) {
+      secret = transport::read_token_file(options.token_file);
+      from = options.token_file;
+    } else {
+      auto found = transport::find_token(config.head_address);
+      secret = found.secret;
+      from = found.from;
+    }
+    set_cli_membership(secret);
     auto latest = latest_session(root);
     config.session_dir = latest ? *latest : create_session(root);
+    ensure_session_layout(config.session_dir);
     if (!fs::exists(config.session_dir / "head_address")) {
       write_file_atomic(config.session_dir / "head_address", config.head_address + "\n");
     }
+    if (secret) {
+      // Its own copy: the session may be shared with a head of this machine.
+      config.token_file = config.session_dir / (config.name() + ".token");
+      transport::write_token_file(config.token_file, *secret);
+    }
+    worker_token_source = from;
   }
   const fs::path config_path = config.session_dir / (config.name() + ".json");
   write_file_atomic(config_path, nlohmann::json(config).dump(2) + "\n");
@@ -243,7 +279,8 @@ int start(const StartOptions& options) {
     }
     if (!address.empty() && head_lists_node(address, config.node_id).value_or(false)) {
       if (config.head) {
-        std::cout << head_banner(address, config.session_dir);
+        std::cout << head_banner(address, config.session_dir, config.token_file);
+        if (config.token_file.empty()) std::cerr << insecure_warning(address);
       } else {
         std::cout << "troupe worker " << config.node_id.short_hex() << " joined the cluster at " << address
                   << "\n  " << config.num_cpus << " CPUs, GPUs: "
@@ -263,9 +300,14 @@ int start(const StartOptions& options) {
                                    std::to_string(static_cast<int>(options.wait_s)) + " s; its log " + log.string() +
                                    " ends:" + log_tail(log));
   }
+  std::string hint = worker_token_source.empty()
+                         ? "; this worker has no cluster token: if the cluster is secure, pass --token-file "
+                           "(the head's session_latest/token) or set TROUPE_TOKEN"
+                         : "; if the head was restarted, its token changed (this worker's came from " +
+                               worker_token_source + ")";
   throw Error(Errc::timeout, "no answer from the head at " + config.head_address + " within " +
                                  std::to_string(static_cast<int>(options.wait_s)) +
-                                 " s (is the address right and the head running?); worker not started");
+                                 " s (is the address right and the head running?)" + hint + "; worker not started");
 }
 
 }  // namespace
@@ -289,6 +331,12 @@ void add_start_command(CLI::App& app) {
   command->add_option("--heartbeat-misses", options->heartbeat_misses,
                       "Head: missed heartbeats after which a node is declared dead")
       ->capture_default_str();
+  command->add_flag("--insecure", options->insecure,
+                    "No cluster token, no encryption: anyone who can reach the head can run code on every node "
+                    "(throwaway clusters on a machine you alone use)");
+  command->add_option("--token-file", options->token_file,
+                      "Worker: the cluster token file the head made (its session_latest/token); default: "
+                      "$TROUPE_TOKEN, $TROUPE_TOKEN_FILE, or this machine's session of the same head");
   command->add_flag("--block", options->block, "Run in the foreground until SIGINT/SIGTERM");
   command->add_option("--wait", options->wait_s, "Seconds to wait for the daemon to be ready")->capture_default_str();
   set_action(*command, [options, gpus] {
@@ -317,6 +365,10 @@ void add_head_options(CLI::App& command, HeadOptions& options) {
                      "Root of session directories (default $TROUPE_TEMP_DIR or /tmp/troupe)");
   command.add_option("--timeout", options.timeout_s, "Seconds to wait for each answer from the head")
       ->capture_default_str();
+  command.add_option("--token-file", options.token_file,
+                     "The cluster token file (default: $TROUPE_TOKEN, $TROUPE_TOKEN_FILE, or this machine's "
+                     "session of that head)")
+      ->each([](const std::string& path) { set_token_file_flag(path); });
 }
 
 std::chrono::milliseconds request_timeout(const HeadOptions& options) {

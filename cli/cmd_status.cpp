@@ -9,6 +9,7 @@
 
 #include "cluster_commands.hpp"
 #include "control_client.hpp"
+#include "daemon.hpp"
 #include "session.hpp"
 #include "troupe/runtime/ids.hpp"
 #include "troupe/scheduler/resources.hpp"
@@ -160,6 +161,15 @@ int status(const HeadOptions& options) {
     available.add(node_available(info));
   }
   std::cout << "======== troupe cluster at " << address << " ========\n";
+  if (state.getInsecure()) {
+    std::cout << "Security: NONE\n";
+    std::cerr << insecure_warning(address);
+  } else {
+    auto secret = transport::membership();
+    std::cout << "Security: members only (cluster token"
+              << (secret ? ", fingerprint " + secret->fingerprint() : std::string()) << "; control and call planes "
+              << "encrypted with CURVE, data plane authenticated)\n";
+  }
   std::cout << "Nodes: " << alive << " alive, " << dead << " dead\n";
   print_table(node_rows(state));
   std::cout << "\nResources (alive nodes, used/total):\n";

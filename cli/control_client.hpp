@@ -6,16 +6,27 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include <capnp/message.h>
 
 #include "troupe/transport/internal/control_socket.hpp"
+#include "troupe/transport/internal/membership.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
 namespace troupe::cli {
+
+// The CLI's membership (the cluster secret its sockets present). `--token-file`
+// of a command sets the file; otherwise the first ControlClient looks the
+// token up for its head (transport::find_token: TROUPE_TOKEN,
+// TROUPE_TOKEN_FILE, this machine's session of that head). `troupe start`
+// sets the secret it made or read with set_cli_membership.
+void set_token_file_flag(const std::string& path);
+void set_cli_membership(std::optional<transport::ClusterSecret> secret);
+void ensure_cli_membership(const std::string& head_address);
 
 class ControlClient {
  public:

@@ -14,6 +14,7 @@
 #include "troupe/node/node_manager.hpp"
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/logging.hpp"
+#include "troupe/transport/internal/membership.hpp"
 
 namespace troupe::cli {
 namespace {
@@ -48,7 +49,8 @@ void to_json(nlohmann::json& j, const DaemonConfig& c) {
                      {"num_cpus", c.num_cpus},
                      {"memory_bytes", c.memory_bytes},
                      {"gpus", c.gpus},
-                     {"resources", c.resources}};
+                     {"resources", c.resources},
+                     {"token_file", c.token_file.string()}};
 }
 
 void from_json(const nlohmann::json& j, DaemonConfig& c) {
@@ -66,14 +68,36 @@ void from_json(const nlohmann::json& j, DaemonConfig& c) {
   c.memory_bytes = j.at("memory_bytes").get<std::uint64_t>();
   c.gpus = j.at("gpus").get<std::vector<scheduler::GpuInfo>>();
   c.resources = j.at("resources").get<scheduler::ResourceSet>();
+  c.token_file = j.value("token_file", std::string());
 }
 
-std::string head_banner(const std::string& address, const std::filesystem::path& session) {
+std::string insecure_warning(const std::string& address) {
+  return "WARNING: this cluster is INSECURE (started with --insecure): anyone who can reach " + address +
+         " can run any program on every node of it, read its jobs' logs and objects, and stop it. Use it only "
+         "on a machine or network you alone control.\n";
+}
+
+std::string head_banner(const std::string& address, const std::filesystem::path& session,
+                        const std::filesystem::path& token_file) {
   std::string text;
   text += "troupe head is running at " + address + "\n";
-  text += "  session: " + session.string() + "\n\n";
-  text += "To add a worker on another machine, run there:\n";
-  text += "    troupe start --address " + address + " [--gpus H100-80GB:2]\n\n";
+  text += "  session: " + session.string() + "\n";
+  if (token_file.empty()) {
+    text += "\n" + insecure_warning(address) + "\n";
+    text += "To add a worker on another machine, run there:\n";
+    text += "    troupe start --address " + address + " [--gpus H100-80GB:2]\n\n";
+  } else {
+    std::string fingerprint;
+    try {
+      fingerprint = " (fingerprint " + transport::read_token_file(token_file).fingerprint() + ")";
+    } catch (const Error&) {
+    }
+    text += "  security: members only; the cluster token is in " + token_file.string() + fingerprint + "\n\n";
+    text += "Commands and jobs on this machine find the token by themselves. To add a worker on\n";
+    text += "another machine, copy the token file there (keep it private: chmod 600) and run:\n";
+    text += "    troupe start --address " + address + " --token-file PATH/TO/token [--gpus H100-80GB:2]\n";
+    text += "  (or set TROUPE_TOKEN to its contents; drivers elsewhere need TROUPE_TOKEN or TROUPE_TOKEN_FILE)\n\n";
+  }
   text += "To submit a job:\n";
   text += "    troupe submit -- ./my_job [ARGS...]\n\n";
   text += "To see the cluster: troupe status    To stop it: troupe stop\n";
@@ -84,6 +108,18 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
   install_signal_handlers();
   troupe::log::init_from_env("info");
   ensure_session_layout(config.session_dir);
+  // Every socket of this process (the head's, its node manager's) presents
+  // and requires the cluster's secret; none when the cluster is insecure.
+  try {
+    if (config.token_file.empty()) {
+      transport::set_membership(std::nullopt);
+    } else {
+      transport::set_membership(transport::read_token_file(config.token_file));
+    }
+  } catch (const Error& error) {
+    std::fprintf(stderr, "troupe %s: %s\n", config.name().c_str(), error.message().c_str());
+    return kExitFailure;
+  }
   const auto pid_file = config.session_dir / "pids" / (config.name() + ".pid");
   write_file_atomic(pid_file, std::to_string(::getpid()) + "\n");
 
@@ -95,6 +131,7 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
   node.gpus = config.gpus;
   node.resources = config.resources;
   node.session_dir = config.session_dir;
+  node.token_file = config.token_file;
 
   int exit_code = 0;
   if (config.head) {
@@ -105,6 +142,7 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
     head_config.heartbeat_misses = config.heartbeat_misses;
     head_config.session_dir = config.session_dir;
     head_config.head_node_id = config.node_id;
+    head_config.token_file = config.token_file;
     head::Head head(head_config);
     try {
       head.bind();
@@ -116,7 +154,8 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
     }
     write_file_atomic(config.session_dir / "head_address", head.address() + "\n");
     TROUPE_LOG_INFO("head: listening on {} (session {})", head.address(), config.session_dir.string());
-    if (foreground) std::cout << head_banner(head.address(), config.session_dir) << std::flush;
+    if (foreground) std::cout << head_banner(head.address(), config.session_dir, config.token_file) << std::flush;
+    if (config.token_file.empty()) TROUPE_LOG_WARN("head: {}", insecure_warning(head.address()));
     node.head_address = head.address();
     std::thread node_thread([&] { node::run_node_manager(node, g_stop); });
     try {

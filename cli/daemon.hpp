@@ -28,6 +28,9 @@ struct DaemonConfig {
   std::uint64_t memory_bytes = 0;
   std::vector<scheduler::GpuInfo> gpus;
   scheduler::ResourceSet resources;       // custom resources
+  // The cluster token this daemon presents and requires (a file, mode
+  // 0600, in its session directory); empty: an insecure cluster (--insecure).
+  std::filesystem::path token_file;
 
   // "head" or "worker-<node id, 12 hex digits>": names its pid and log files.
   std::string name() const;
@@ -42,7 +45,12 @@ void from_json(const nlohmann::json& j, DaemonConfig& config);
 // `foreground` prints the head's banner once it is ready.
 int run_daemon(const DaemonConfig& config, bool foreground);
 
-// What `troupe start --head` prints once the head answers.
-std::string head_banner(const std::string& address, const std::filesystem::path& session);
+// What `troupe start --head` prints once the head answers. `token_file`
+// empty: the insecure warning instead of how to join.
+std::string head_banner(const std::string& address, const std::filesystem::path& session,
+                        const std::filesystem::path& token_file);
+
+// The warning an insecure cluster prints in `start` and `status`.
+std::string insecure_warning(const std::string& address);
 
 }  // namespace troupe::cli

@@ -22,13 +22,16 @@ fs::path temp_root(const std::string& temp_dir_flag) {
 }
 
 void ensure_session_layout(const fs::path& session) {
+  node::ensure_private_directory(session);
   for (const char* sub : {"logs", "pids", "binaries", "jobs", "actors"}) {
-    fs::create_directories(session / sub);
+    node::ensure_private_directory(session / sub);
   }
 }
 
 fs::path create_session(const fs::path& root) {
-  fs::create_directories(root);
+  // The root may be shared (/tmp/troupe): it must be ours and private, or a
+  // local user could plant sessions, binaries or tokens in it.
+  node::ensure_private_directory(root);
   std::time_t now = std::time(nullptr);
   std::tm local{};
   localtime_r(&now, &local);

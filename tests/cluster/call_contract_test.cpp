@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "cluster/cluster_harness.hpp"
+#include "cluster/member_sockets.hpp"
 #include "troupe/runtime/error.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/call.capnp.h"
@@ -36,7 +37,8 @@ struct Reply {
 // ROUTER the host replies to.
 class RawCaller {
  public:
-  RawCaller() {
+  explicit RawCaller(std::optional<troupe::transport::ClusterSecret> secret) : secret_(std::move(secret)) {
+    troupe::testing::as_member_server(inbound_, secret_);
     inbound_.bind("tcp://127.0.0.1:*");
     address_ = inbound_.get(zmq::sockopt::last_endpoint);
     std::random_device random;
@@ -46,6 +48,7 @@ class RawCaller {
 
   void connect(const std::string& host) {
     outbound_.set(zmq::sockopt::linger, 0);
+    troupe::testing::as_member_client(outbound_, secret_);
     outbound_.connect(host);
   }
 
@@ -88,6 +91,7 @@ class RawCaller {
   zmq::context_t context_{1};
   zmq::socket_t inbound_{context_, zmq::socket_type::router};
   zmq::socket_t outbound_{context_, zmq::socket_type::dealer};
+  std::optional<troupe::transport::ClusterSecret> secret_;
   std::string address_;
   std::uint64_t caller_hi_ = 0, caller_lo_ = 0;
 };
@@ -121,7 +125,7 @@ TEST(CallContract, AHostRefusesCallsForAnotherIncarnationAndCallsOutOfSeqWithout
   ASSERT_TRUE(alive);
   const std::string actor_id = victim["actor_id"];
   const std::uint32_t incarnation = victim["incarnation"];
-  RawCaller caller;
+  RawCaller caller(cluster.secret());
   caller.connect(victim["address"]);
 
   caller.send(actor_id, incarnation + 1, 0, 1);

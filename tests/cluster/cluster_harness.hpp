@@ -19,12 +19,15 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
+
+#include "troupe/transport/internal/membership.hpp"
 #include <nlohmann/json.hpp>
 
 extern char** environ;
@@ -204,6 +207,13 @@ class TestCluster {
   }
 
   fs::path session() const { return fs::canonical(root_ / "session_latest"); }
+  // The cluster's token file (the head's session), and its secret; none for
+  // a head started with --insecure.
+  fs::path token_file() const { return session() / "token"; }
+  std::optional<transport::ClusterSecret> secret() const {
+    if (!fs::exists(token_file())) return std::nullopt;
+    return transport::read_token_file(token_file());
+  }
   pid_t pid_of(const std::string& daemon_name) const {
     return static_cast<pid_t>(std::atol(read_text(session() / "pids" / (daemon_name + ".pid")).c_str()));
   }

@@ -5,6 +5,7 @@
 add_executable(cluster_hello_job ${CMAKE_CURRENT_LIST_DIR}/fixtures/hello_job.cpp)
 add_executable(cluster_fake_actor_host ${CMAKE_CURRENT_LIST_DIR}/fixtures/fake_actor_host.cpp)
 target_link_libraries(cluster_fake_actor_host PRIVATE troupe_transport)
+target_include_directories(cluster_fake_actor_host PRIVATE ${CMAKE_CURRENT_LIST_DIR}/..)
 
 file(GLOB _cluster_tests CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*_test.cpp)
 foreach(_src ${_cluster_tests})

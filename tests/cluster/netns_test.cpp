@@ -347,7 +347,8 @@ void run_job_across_namespaces(const NetnsPair& net) {
     ::setenv("UCX_TLS", "tcp,self", 1);
     auto result = net.exec_in(k, TestCluster::cli(),
                               {"start", "--address", head_address, "--node-ip", net.ns_ip(k), "--gpus", gpus,
-                               "--num-cpus", "2", "--temp-dir", worker.root().string()});
+                               "--num-cpus", "2", "--temp-dir", worker.root().string(),
+                               "--token-file", (cluster.session() / "token").string()});
     EXPECT_EQ(result.exit_code, 0) << result.all();
     for (const auto& id : cluster.node_ids())
       if (std::find(before.begin(), before.end(), id) == before.end()) return id;

@@ -18,6 +18,7 @@
 #include <zmq.hpp>
 
 #include "cluster/cluster_harness.hpp"
+#include "cluster/member_sockets.hpp"
 #include "troupe/transport/content_hash.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
@@ -65,9 +66,11 @@ struct ActorView {
 // What a driver does on the control plane, and nothing else.
 class FakeDriver {
  public:
-  FakeDriver(const std::string& head_address, const std::string& binary_path)
-      : binary_(read_text(binary_path)), binary_hash_(transport::content_hash(binary_)) {
+  FakeDriver(const std::string& head_address, const std::string& binary_path,
+             std::optional<transport::ClusterSecret> secret)
+      : binary_(read_text(binary_path)), binary_hash_(transport::content_hash(binary_)), secret_(std::move(secret)) {
     socket_.set(zmq::sockopt::linger, 0);
+    troupe::testing::as_member_client(socket_, secret_);
     socket_.set(zmq::sockopt::routing_id, "drv-" + worker_.hex());
     socket_.connect("tcp://" + head_address);
     capnp::MallocMessageBuilder reg;
@@ -185,6 +188,7 @@ class FakeDriver {
     heartbeat_thread_ = std::thread([this, head_address] {
       zmq::socket_t socket(context_, zmq::socket_type::dealer);
       socket.set(zmq::sockopt::linger, 0);
+      troupe::testing::as_member_client(socket, secret_);
       socket.connect("tcp://" + head_address);
       std::uint64_t seq = 0;
       while (heartbeats_.load()) {
@@ -211,6 +215,7 @@ class FakeDriver {
  private:
   std::string binary_;
   std::string binary_hash_;
+  std::optional<transport::ClusterSecret> secret_;
 
   transport::ReceivedMessage request(capnp::MallocMessageBuilder& message) {
     std::uint64_t id = next_request_++;
@@ -277,7 +282,7 @@ class ClusterPlacement : public ::testing::Test {
     t4 = cluster.add_worker("T4-16GB:1");
     ASSERT_FALSE(h100.empty());
     ASSERT_FALSE(t4.empty());
-    driver.emplace(cluster.address(), TROUPE_FAKE_ACTOR_HOST);
+    driver.emplace(cluster.address(), TROUPE_FAKE_ACTOR_HOST, cluster.secret());
   }
 
   std::string actor_log(Id id) {

@@ -433,5 +433,170 @@ TEST_F(HeadTest, AMessageTypeTheHeadDoesNotServeIsAnsweredWithAProtocolError) {
   EXPECT_EQ(errc_from_wire(reply.getError().getCode()), Errc::protocol);
 }
 
+// --- ownership: who may speak for a node, an actor, a job ------------------------
+
+// The head's error reply to `request` in `batch`, as its code (nullopt: none).
+std::optional<Errc> error_reply(std::vector<transport::InProcessControlServer::Sent>& batch, std::uint64_t request) {
+  for (auto& message : batch) {
+    auto reader = message.message.root<ControlMessage>();
+    if (reader.getRequestId() == request && reader.isError()) return errc_from_wire(reader.getError().getCode());
+  }
+  return std::nullopt;
+}
+
+TEST_F(HeadTest, ANodeIdCannotBeTakenOverByAnotherConnection) {
+  register_node(kNodeA, 4);
+  sent();
+  // An impostor registers the same (public) node id from its own connection.
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  root.setRequestId(500);
+  auto reg = root.initRegisterNode();
+  reg.setProtocolVersion(wire::PROTOCOL_VERSION);
+  to_wire(reg.initNodeId(), kNodeA);
+  reg.setNumCpus(64);
+  deliver("node-impostor", message);
+  auto replies = sent();
+  EXPECT_EQ(error_reply(replies, 500), Errc::permission_denied);
+
+  // ... and heartbeats as it.
+  capnp::MallocMessageBuilder beat;
+  auto beat_root = beat.initRoot<ControlMessage>();
+  beat_root.setRequestId(501);
+  to_wire(beat_root.initHeartbeat().initNodeId(), kNodeA);
+  deliver("node-impostor", beat);
+  replies = sent();
+  EXPECT_EQ(error_reply(replies, 501), Errc::permission_denied);
+
+  // The real node still gets its actors' startActor.
+  create_actor(kActor, {{"CPU", 1}});
+  head_->tick();
+  auto batch = sent();
+  auto starts = starts_in(batch);
+  ASSERT_EQ(starts.size(), 1u);
+  EXPECT_EQ(starts[0].identity, node_identity(kNodeA));
+  // Its CPUs were not rewritten by the impostor.
+  auto state = cluster_state();
+  EXPECT_EQ(state.root<ControlMessage>().getClusterState().getNodes()[0].getNode().getNumCpus(), 4u);
+}
+
+TEST_F(HeadTest, OnlyTheActorsNodeOrItsHostWithTheKeyMayUpdateIt) {
+  register_node(kNodeA, 4);
+  register_node(kNodeB, 4, {{"special", 1}});
+  create_actor(kActor, {{"CPU", 1}, {"special", 1}});
+  head_->tick();
+  std::string key;
+  for (auto& message : sent()) {
+    auto reader = message.message.root<ControlMessage>();
+    if (reader.isStartActor()) {
+      auto bytes = reader.getStartActor().getHostKey();
+      key.assign(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+    }
+  }
+  ASSERT_EQ(key.size(), 16u);
+
+  auto update_from = [&](const std::string& identity, const std::string& host_key, const std::string& address) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    std::uint64_t request = next_request_++;
+    root.setRequestId(request);
+    auto update = root.initActorUpdate();
+    to_wire(update.initActorId(), kActor);
+    update.setState(ActorState::ALIVE);
+    to_wire(update.initNodeId(), kNodeB);
+    update.setAddress(address);
+    update.setIncarnation(0);
+    update.setHostKey(kj::arrayPtr(reinterpret_cast<const kj::byte*>(host_key.data()), host_key.size()));
+    deliver(identity, message);
+    auto replies = sent();
+    return error_reply(replies, request);
+  };
+  auto address = [&] {
+    auto state = cluster_state();
+    return std::string(state.root<ControlMessage>().getClusterState().getActors()[0].getAddress().cStr());
+  };
+
+  // A stranger, a driver, and another node may not rewrite its address.
+  EXPECT_EQ(update_from("evil", "", "tcp://6.6.6.6:1"), Errc::permission_denied);
+  EXPECT_EQ(update_from(kDriver, std::string(16, 'x'), "tcp://6.6.6.6:1"), Errc::permission_denied);
+  EXPECT_EQ(update_from(node_identity(kNodeA), "", "tcp://6.6.6.6:1"), Errc::permission_denied);
+  EXPECT_EQ(address(), "");
+  // The host the head started, with its key, may.
+  EXPECT_EQ(update_from("host-1", key, "tcp://127.0.0.1:7"), std::nullopt);
+  EXPECT_EQ(address(), "tcp://127.0.0.1:7");
+}
+
+TEST_F(HeadTest, ADriverMayKillOnlyItsOwnJobsActorsAndStopOnlyItsOwnJob) {
+  auto register_driver = [&](const std::string& identity, const WorkerId& worker, std::optional<JobId> join = {}) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    std::uint64_t request = next_request_++;
+    root.setRequestId(request);
+    auto reg = root.initRegisterDriver();
+    reg.setProtocolVersion(wire::PROTOCOL_VERSION);
+    to_wire(reg.initWorkerId(), worker);
+    if (join) to_wire(reg.initJobId(), *join);
+    deliver(identity, message);
+    std::optional<JobId> job;
+    for (auto& reply : sent()) {
+      auto reader = reply.message.root<ControlMessage>();
+      if (reader.getRequestId() == request && reader.isRegisterDriverReply())
+        job = from_wire<JobId>(reader.getRegisterDriverReply().getJobId());
+    }
+    return job;
+  };
+  auto job1 = register_driver("drv-1", WorkerId{1, 1});
+  auto job2 = register_driver("drv-2", WorkerId{2, 2});
+  ASSERT_TRUE(job1 && job2);
+  // A driver cannot join another driver's job.
+  EXPECT_FALSE(register_driver("drv-3", WorkerId{3, 3}, job1).has_value());
+
+  register_node(kNodeA, 4);
+  capnp::MallocMessageBuilder create;
+  auto create_root = create.initRoot<ControlMessage>();
+  create_root.setRequestId(600);
+  auto spec = create_root.initCreateActor();
+  to_wire(spec.initActorId(), kActor);
+  to_wire(spec.initJobId(), *job1);
+  to_wire(spec.initOwnerId(), WorkerId{1, 1});
+  spec.setClassName("Counter");
+  spec.setMaxConcurrency(1);
+  spec.setBundleIndex(-1);
+  deliver("drv-1", create);
+  head_->tick();
+  sent();
+
+  auto kill_from = [&](const std::string& identity) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    std::uint64_t request = next_request_++;
+    root.setRequestId(request);
+    auto kill = root.initKillActor();
+    to_wire(kill.initActorId(), kActor);
+    kill.setNoRestart(true);
+    deliver(identity, message);
+    auto replies = sent();
+    return error_reply(replies, request);
+  };
+  auto stop_from = [&](const std::string& identity, const JobId& job) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    std::uint64_t request = next_request_++;
+    root.setRequestId(request);
+    to_wire(root.initStopJob().initJobId(), job);
+    deliver(identity, message);
+    auto replies = sent();
+    return error_reply(replies, request);
+  };
+  EXPECT_EQ(kill_from("drv-2"), Errc::permission_denied);
+  EXPECT_EQ(stop_from("drv-2", *job1), Errc::permission_denied);
+  auto state = cluster_state();
+  EXPECT_NE(state.root<ControlMessage>().getClusterState().getActors()[0].getState(), ActorState::DEAD);
+  // Its own driver may; so may an operator's CLI for any job.
+  EXPECT_EQ(stop_from("drv-2", *job2), std::nullopt);
+  EXPECT_EQ(kill_from("drv-1"), std::nullopt);
+  EXPECT_EQ(stop_from(kCli, *job1), std::nullopt);
+}
+
 }  // namespace
 }  // namespace troupe::head

@@ -115,6 +115,7 @@ struct StartActor {
   incarnation @1 :UInt32;         # 0 at creation, +1 per restart
   gpuIndices @2 :List(UInt32);    # devices for CUDA_VISIBLE_DEVICES, in order
   jobBinaryHash @3 :Text;         # the job binary to run in worker mode (from the node's cache)
+  hostKey @4 :Data;               # 16 random bytes for this placement: the host presents them in its actorUpdates
 }
 
 struct ActorUpdate {
@@ -130,6 +131,7 @@ struct ActorUpdate {
   name @7 :Text;
   reason @8 :ErrorInfo;           # why it is restarting or dead, else code ok
   gpuIndices @9 :List(UInt32);    # the node's GPUs assigned to it, once placed
+  hostKey @10 :Data;              # actor host -> head only: StartActor.hostKey, proving it is the host the head started
 }
 
 struct KillActor {
@@ -242,6 +244,7 @@ struct ClusterState {
   actors @1 :List(ActorUpdate);
   placementGroups @2 :List(PlacementGroupUpdate);
   jobs @3 :List(JobUpdate);
+  insecure @4 :Bool;              # the head runs without a cluster secret (--insecure)
 }
 
 # --- envelope -----------------------------------------------------------------

@@ -13,6 +13,7 @@
 #include <cstdlib>
 
 #include "troupe/transport/error.hpp"
+#include "troupe/transport/internal/zmq_security.hpp"
 #include "troupe/transport/internal/zmq_socket.hpp"
 
 namespace troupe::transport {
@@ -93,10 +94,14 @@ ReceivedMessage ControlChannel::request(capnp::MallocMessageBuilder& message, st
   }
   enqueue(capnp::messageToFlatArray(message));
   if (future.wait_for(timeout) != std::future_status::ready) {
-    std::lock_guard lock(mutex_);
-    pending_.erase(id);
-    throw_error(Errc::timeout, "no reply from the head at " + head_endpoint_ + " within " +
-                                                     std::to_string(timeout.count()) + " ms");
+    std::string failure;
+    {
+      std::lock_guard lock(mutex_);
+      pending_.erase(id);
+      failure = handshake_failure_;
+    }
+    if (!failure.empty()) throw_error(Errc::permission_denied, handshake_refused_message(head_endpoint_, failure));
+    throw_error(Errc::timeout, no_reply_message(head_endpoint_, static_cast<long>(timeout.count())));
   }
   return future.get();
 }
@@ -107,6 +112,8 @@ void ControlChannel::loop() {
   socket.set(zmq::sockopt::linger, 0);
   FramingLimits limits;
   apply_socket_limits(socket, limits);
+  secure_client(socket);  // CURVE when this process is a member
+  HandshakeWatch watch(socket);
   socket.connect(head_endpoint_);
   auto next_tick = std::chrono::steady_clock::now();
   while (!stop_.load()) {
@@ -129,15 +136,40 @@ void ControlChannel::loop() {
     long wait_ms = 100;
     if (tick && period.count() > 0)
       wait_ms = std::max<long>(1, std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - now).count());
-    zmq::pollitem_t items[] = {{socket.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
+    zmq::pollitem_t items[] = {{socket.handle(), 0, ZMQ_POLLIN, 0},
+                               {nullptr, wake_fd_, ZMQ_POLLIN, 0},
+                               {watch.handle(), 0, ZMQ_POLLIN, 0}};
     try {
-      zmq::poll(items, 2, std::chrono::milliseconds(wait_ms));
+      zmq::poll(items, 3, std::chrono::milliseconds(wait_ms));
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
       log()->error("control poll failed: {}", e.what());
       break;
     }
     if (items[1].revents & ZMQ_POLLIN) drain(wake_fd_);
+    if (items[2].revents & ZMQ_POLLIN) {
+      watch.poll();
+      const std::string fresh = watch.take_unreported_failure();
+      const std::string current = watch.failure();
+      std::vector<std::shared_ptr<Pending>> refused;
+      {
+        std::lock_guard lock(mutex_);
+        handshake_failure_ = current;
+        if (!current.empty()) {
+          // The head refused us (again: ZeroMQ retries every reconnect
+          // interval): waiting requests learn it now, not at their deadline,
+          // including those sent after the first refusal was reported.
+          for (auto& [id, pending] : pending_) refused.push_back(pending);
+          pending_.clear();
+        }
+      }
+      if (!current.empty()) {
+        const std::string message = handshake_refused_message(head_endpoint_, current);
+        if (!fresh.empty()) log()->error("{}", message);
+        for (auto& pending : refused)
+          pending->reply.set_exception(std::make_exception_ptr(Error(Errc::permission_denied, message)));
+      }
+    }
     std::deque<kj::Array<capnp::word>> outgoing;
     {
       std::lock_guard lock(mutex_);
@@ -306,6 +338,7 @@ CallPlane::CallPlane(const std::string& bind_ip, boost::asio::io_context& contex
   auto& inbound = core_->inbound;
   inbound.set(zmq::sockopt::linger, 0);
   apply_socket_limits(inbound, FramingLimits{});
+  secure_server(inbound);  // CURVE + ZAP when this process is a member (before bind)
   inbound.bind("tcp://" + bind_ip + ":*");
   address_ = inbound.get(zmq::sockopt::last_endpoint);
   const int fd = ::dup(inbound.get(zmq::sockopt::fd));
@@ -336,6 +369,7 @@ void CallPlane::stop() {
   }
   std::lock_guard lock(out_mutex_);
   outbound_.clear();
+  lru_.clear();
 }
 
 void CallPlane::set_periodic(std::chrono::milliseconds period, std::function<void()> tick) {
@@ -344,19 +378,78 @@ void CallPlane::set_periodic(std::chrono::milliseconds period, std::function<voi
   core_->tick = std::move(tick);
 }
 
+void CallPlane::set_max_outbound_peers(std::size_t peers) {
+  std::lock_guard lock(out_mutex_);
+  max_outbound_ = std::max<std::size_t>(peers, 1);
+  while (outbound_.size() > max_outbound_) evict_oldest_locked();
+}
+
+std::size_t CallPlane::outbound_peers() const {
+  std::lock_guard lock(out_mutex_);
+  return outbound_.size();
+}
+
+void CallPlane::evict_oldest_locked() {
+  auto& peer = lru_.back();
+  // A short positive linger, so that what is still queued for that peer (a
+  // reply just sent) goes out: kEvictedLinger after its last send at most.
+  // A lingering socket holds its file descriptors and one of ZeroMQ's
+  // socket slots (1023 per context), so at most kMaxLingering linger at
+  // once; past that an evicted socket closes at once (under a flood of new
+  // peers, what was queued for an old one may then be lost).
+  const auto now = std::chrono::steady_clock::now();
+  while (!lingering_.empty() && now - lingering_.front() >= kEvictedLinger) lingering_.pop_front();
+  const auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(now - peer.last_send);
+  int linger = 0;
+  if (idle < kEvictedLinger && lingering_.size() < kMaxLingering) {
+    linger = static_cast<int>((kEvictedLinger - idle).count());
+    lingering_.push_back(now);
+  }
+  peer.socket.set(zmq::sockopt::linger, linger);
+  peer.socket.close();
+  outbound_.erase(peer.address);
+  lru_.pop_back();
+}
+
+// Out of sockets or descriptors (EMFILE) while closed sockets wait for the
+// reaper: wait for it a little (back-pressure on whoever floods us with new
+// peers) before giving up.
+zmq::socket_t CallPlane::new_outbound_socket() {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  for (;;) {
+    try {
+      return zmq::socket_t(zmq_context(), zmq::socket_type::dealer);
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EMFILE || std::chrono::steady_clock::now() > deadline)
+        throw_error(Errc::transport, std::string("cannot open a call-plane socket: ") + e.what());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
 void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& message) {
   std::lock_guard lock(out_mutex_);
   if (stopped_.load()) throw_error(Errc::cancelled, "call plane is closed");
   auto it = outbound_.find(address);
   if (it == outbound_.end()) {
-    zmq::socket_t socket(zmq_context(), zmq::socket_type::dealer);
+    if (outbound_.size() >= max_outbound_) evict_oldest_locked();
+    zmq::socket_t socket = new_outbound_socket();
     socket.set(zmq::sockopt::linger, 0);
     socket.set(zmq::sockopt::sndhwm, 0);
-    socket.connect(address);
-    it = outbound_.emplace(address, std::move(socket)).first;
+    secure_client(socket);  // CURVE when this process is a member
+    try {
+      socket.connect(address);
+    } catch (const zmq::error_t& e) {
+      throw_error(Errc::invalid_argument, "bad call-plane address \"" + address + "\": " + e.what());
+    }
+    lru_.push_front(Peer{address, std::move(socket), {}});
+    it = outbound_.emplace(address, lru_.begin()).first;
+  } else if (it->second != lru_.begin()) {
+    lru_.splice(lru_.begin(), lru_, it->second);  // most recently used first
   }
+  it->second->last_send = std::chrono::steady_clock::now();
   try {
-    send_message(it->second, message);
+    send_message(it->second->socket, message);
   } catch (const std::exception& e) {
     throw_error(Errc::transport, std::string("send to ") + address + " failed: " + e.what());
   }

@@ -1,61 +1,67 @@
 #include "troupe/transport/content_hash.hpp"
 
-#include <cstdint>
-#include <cstdio>
-#include <cstring>
+#include <sodium.h>
+
+#include <array>
+#include <fstream>
+
+#include "troupe/runtime/error.hpp"
 
 namespace troupe::transport {
 namespace {
 
-inline std::uint64_t mix(std::uint64_t h) {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return h;
+constexpr std::size_t kHashBytes = 32;
+
+std::string hex(const unsigned char* bytes, std::size_t n) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * n);
+  for (std::size_t i = 0; i < n; ++i) {
+    out.push_back(digits[bytes[i] >> 4]);
+    out.push_back(digits[bytes[i] & 15]);
+  }
+  return out;
+}
+
+void init_sodium() {
+  static const int ready = ::sodium_init();
+  if (ready < 0) throw Error(Errc::internal, "libsodium could not be initialised");
 }
 
 }  // namespace
 
 std::string content_hash(std::string_view data) {
-  std::uint64_t a = 0x9e3779b97f4a7c15ULL ^ data.size();
-  std::uint64_t b = 0xc2b2ae3d27d4eb4fULL + data.size();
-  std::size_t i = 0;
-  for (; i + 16 <= data.size(); i += 16) {
-    std::uint64_t w1, w2;
-    std::memcpy(&w1, data.data() + i, 8);
-    std::memcpy(&w2, data.data() + i + 8, 8);
-    a = (a ^ w1) * 0x87c37b91114253d5ULL;
-    a = (a << 31) | (a >> 33);
-    b = (b ^ w2) * 0x4cf5ad432745937fULL;
-    b = (b << 33) | (b >> 31);
-    a += b;
-    b += a;
+  init_sodium();
+  std::array<unsigned char, kHashBytes> out{};
+  ::crypto_generichash(out.data(), out.size(), reinterpret_cast<const unsigned char*>(data.data()), data.size(),
+                       nullptr, 0);
+  return hex(out.data(), out.size());
+}
+
+std::optional<std::string> content_hash_of_file(const std::filesystem::path& path) {
+  init_sodium();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  crypto_generichash_state state;
+  ::crypto_generichash_init(&state, nullptr, 0, kHashBytes);
+  std::array<char, 1 << 16> buffer;
+  while (in) {
+    in.read(buffer.data(), buffer.size());
+    auto got = in.gcount();
+    if (got > 0)
+      ::crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(buffer.data()),
+                                  static_cast<unsigned long long>(got));
   }
-  if (i + 8 <= data.size()) {
-    std::uint64_t w;
-    std::memcpy(&w, data.data() + i, 8);
-    a = (a ^ w) * 0x87c37b91114253d5ULL;
-    i += 8;
-  }
-  std::uint64_t tail = 0;
-  std::memcpy(&tail, data.data() + i, data.size() - i);
-  a = mix(a ^ tail);
-  b = mix(b + a);
-  a += b;
-  char buffer[33];
-  std::snprintf(buffer, sizeof buffer, "%016llx%016llx", static_cast<unsigned long long>(a),
-                static_cast<unsigned long long>(b));
-  return buffer;
+  if (in.bad()) return std::nullopt;
+  std::array<unsigned char, kHashBytes> out{};
+  ::crypto_generichash_final(&state, out.data(), out.size());
+  return hex(out.data(), out.size());
 }
 
 bool valid_hash_name(std::string_view hash) {
-  if (hash.empty() || hash.size() > 128) return false;
+  if (hash.size() != 2 * kHashBytes) return false;
   for (char c : hash) {
-    bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              c == '_' || c == '-';
-    if (!ok) return false;
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
   }
   return true;
 }

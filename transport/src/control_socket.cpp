@@ -5,6 +5,7 @@
 #include <capnp/serialize.h>
 #include <zmq.hpp>
 
+#include "troupe/transport/internal/zmq_security.hpp"
 #include "troupe/transport/internal/zmq_socket.hpp"
 
 namespace troupe::transport {
@@ -30,6 +31,7 @@ ZmqControlServer::ZmqControlServer(const std::string& ip, int port) : impl_(std:
   router.set(zmq::sockopt::linger, 0);
   router.set(zmq::sockopt::router_handover, 1);
   apply_socket_limits(router, {});
+  secure_server(router);  // CURVE + ZAP when this process is a member (before bind)
   std::string endpoint = "tcp://" + ip + ":" + std::to_string(port);
   try {
     router.bind(endpoint);
@@ -89,6 +91,8 @@ void InProcessControlServer::send_to(const std::string& identity, capnp::Message
 
 struct ControlDealer::Impl {
   zmq::socket_t socket{zmq_context(), zmq::socket_type::dealer};
+  std::optional<HandshakeWatch> watch;  // after `socket`: stops watching before it closes
+  std::string endpoint;
 };
 
 ControlDealer::ControlDealer(const std::string& identity, const std::string& address, Options options)
@@ -98,8 +102,11 @@ ControlDealer::ControlDealer(const std::string& identity, const std::string& add
   socket.set(zmq::sockopt::routing_id, identity);
   if (options.immediate) socket.set(zmq::sockopt::immediate, 1);
   apply_socket_limits(socket, {});
+  secure_client(socket);  // CURVE when this process is a member
+  impl_->watch.emplace(socket);
+  impl_->endpoint = to_endpoint(address);
   try {
-    socket.connect(to_endpoint(address));
+    socket.connect(impl_->endpoint);
   } catch (const zmq::error_t& error) {
     throw Error(Errc::invalid_argument, error.what());
   }
@@ -112,7 +119,12 @@ void ControlDealer::send(capnp::MessageBuilder& message) {
 }
 
 std::optional<ReceivedMessage> ControlDealer::receive(std::chrono::milliseconds timeout) {
-  return recv_message(impl_->socket, timeout);
+  auto message = recv_message(impl_->socket, timeout);
+  if (message) return message;
+  impl_->watch->poll();
+  if (auto failure = impl_->watch->take_unreported_failure(); !failure.empty())
+    throw Error(Errc::permission_denied, handshake_refused_message(impl_->endpoint, failure));
+  return message;
 }
 
 }  // namespace troupe::transport

@@ -219,4 +219,16 @@ TokenSource find_token(const std::string& head_address) {
   return {};
 }
 
+std::string random_bytes(std::size_t n) {
+  init_sodium();
+  std::string out(n, '\0');
+  ::randombytes_buf(out.data(), n);
+  return out;
+}
+
+std::string random_hex(std::size_t n) {
+  auto bytes = random_bytes(n);
+  return to_hex(reinterpret_cast<const std::uint8_t*>(bytes.data()), n);
+}
+
 }  // namespace troupe::transport

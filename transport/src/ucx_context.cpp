@@ -8,6 +8,13 @@
 #include <string>
 #include <vector>
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+
+#include <filesystem>
+
 #include <ucp/api/ucp.h>
 
 #include "troupe/transport/error.hpp"
@@ -138,7 +145,40 @@ void modify(ucp_config_t* config, const char* name, const std::string& value) {
   }
 }
 
+// "tcp://10.0.0.5:4000", "10.0.0.5:4000" or "10.0.0.5" -> "10.0.0.5".
+std::string ip_of(std::string text) {
+  if (auto scheme = text.find("://"); scheme != std::string::npos) text = text.substr(scheme + 3);
+  if (auto colon = text.rfind(':'); colon != std::string::npos && text.find(':') == colon) text.resize(colon);
+  return text;
+}
+
 }  // namespace
+
+std::string net_devices_for_ip(const std::string& ip_or_endpoint) {
+  const std::string ip = ip_of(ip_or_endpoint);
+  in_addr wanted{};
+  if (::inet_pton(AF_INET, ip.c_str(), &wanted) != 1 || wanted.s_addr == htonl(INADDR_ANY)) return {};
+  std::string interface;
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return {};
+  for (ifaddrs* entry = list; entry != nullptr; entry = entry->ifa_next) {
+    if (entry->ifa_addr == nullptr || entry->ifa_addr->sa_family != AF_INET) continue;
+    if (reinterpret_cast<const sockaddr_in*>(entry->ifa_addr)->sin_addr.s_addr == wanted.s_addr) {
+      interface = entry->ifa_name;
+      break;
+    }
+  }
+  ::freeifaddrs(list);
+  if (interface.empty()) return {};
+  std::string devices = interface;
+  // RDMA ports are not reached through IP sockets; keep them.
+  std::error_code ignored;
+  for (const auto& device : std::filesystem::directory_iterator("/sys/class/infiniband", ignored)) {
+    for (const auto& port : std::filesystem::directory_iterator(device.path() / "ports", ignored))
+      devices += "," + device.path().filename().string() + ":" + port.path().filename().string();
+  }
+  return devices;
+}
 
 std::shared_ptr<UcxContext> UcxContext::create(const UcxOptions& options) {
   ucp_config_t* config = nullptr;
@@ -146,7 +186,10 @@ std::shared_ptr<UcxContext> UcxContext::create(const UcxOptions& options) {
   if (ucs_status_t status = ucp_config_read(nullptr, nullptr, &config); status != UCS_OK)
     throw_from_ucs(status, "ucp_config_read");
   modify(config, "TLS", options.tls);
-  modify(config, "NET_DEVICES", options.net_devices);
+  std::string net_devices = options.net_devices;
+  if (net_devices.empty() && !options.listen_ip.empty() && std::getenv("UCX_NET_DEVICES") == nullptr)
+    net_devices = net_devices_for_ip(options.listen_ip);
+  modify(config, "NET_DEVICES", net_devices);
   std::string keepalive = options.keepalive_interval;
   if (keepalive.empty() && std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) keepalive = "1s";
   modify(config, "KEEPALIVE_INTERVAL", keepalive);

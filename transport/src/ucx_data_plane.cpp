@@ -14,6 +14,8 @@
 #include <cstring>
 #include <deque>
 #include <limits>
+#include <list>
+#include <optional>
 #include <mutex>
 #include <random>
 #include <set>
@@ -24,7 +26,11 @@
 
 #include <ucp/api/ucp.h>
 
+#include <spdlog/spdlog.h>
+
 #include "troupe/transport/error.hpp"
+#include "troupe/transport/internal/membership.hpp"
+#include "troupe/transport/internal/ucx_wire.hpp"
 #include "ucx_cuda.hpp"
 
 namespace troupe::transport {
@@ -32,32 +38,31 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr unsigned kRequestAm = 116;
-constexpr unsigned kDataAm = 117;
-constexpr std::uint32_t kRequestMagic = 0x54525131;  // "TRQ1"
-constexpr std::uint32_t kDataMagic = 0x54524431;     // "TRD1"
+using namespace ucx_wire;
 
-enum Kind : std::uint8_t { kReply = 1, kPush = 2 };
-enum Status : std::uint8_t { kOk = 0, kNotFound = 1, kUnsupported = 2 };
+std::shared_ptr<spdlog::logger> log() {
+  auto logger = spdlog::get("troupe");
+  return logger ? logger : spdlog::default_logger();
+}
 
-struct RequestHeader {
-  std::uint32_t magic = kRequestMagic;
-  std::uint32_t wait_ms = 0;  // park up to this long if not published yet
-  std::uint64_t request_id = 0;
-  std::uint64_t id_hi = 0, id_lo = 0;
-};
-
-struct DataHeader {
-  std::uint32_t magic = kDataMagic;
-  std::uint8_t kind = kReply;
-  std::uint8_t status = kOk;
-  std::uint8_t memory = 0;  // the source's MemoryType (pushes land in it when possible)
-  std::uint8_t reserved = 0;
-  std::uint64_t transfer_id = 0;  // the request id of a reply; the pusher's id of a push
-  std::uint64_t id_hi = 0, id_lo = 0;
-  std::uint64_t total = 0;   // object size
-  std::uint64_t offset = 0;  // of this message's bytes in the object
-};
+// Runs `fn`, logging what it throws: for code called from UCX's C frames
+// and for user callbacks, so that no exception ends the progress thread.
+template <class Fn>
+void guarded(const char* what, Fn&& fn) noexcept {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    try {
+      log()->error("data plane: {} threw: {}", what, e.what());
+    } catch (...) {
+    }
+  } catch (...) {
+    try {
+      log()->error("data plane: {} threw a non-standard exception", what);
+    } catch (...) {
+    }
+  }
+}
 
 std::string hex(ObjectId key) { return key.hex(); }
 
@@ -218,6 +223,7 @@ class DataPlane::Impl {
     std::size_t reserved = 0;  // inbox bytes held for it
     bool finished = false;
     bool waiting_for_slot = false;
+    Clock::time_point last_message{};  // pushes: stalled ones are dropped after inbox_ttl
     std::exception_ptr error;
     struct Waiting {  // a rendezvous message waiting for a staging slot
       void* descriptor;
@@ -260,6 +266,7 @@ class DataPlane::Impl {
     OutgoingPtr out;
     DataHeader header;
     void* slot = nullptr;  // staging slot to give back
+    EncodedHeader wire{};  // what UCX sends (the header and its tag); lives until the send completes
   };
   struct RequestOp {
     Impl* plane;
@@ -267,6 +274,7 @@ class DataPlane::Impl {
     RequestHeader header;
     std::string address;
     std::shared_ptr<Endpoint> ep;
+    EncodedHeader wire{};
   };
   struct RecvOp {
     Impl* plane;
@@ -297,7 +305,12 @@ class DataPlane::Impl {
   static void on_recv_done(void* request, ucs_status_t status, size_t length, void* user_data);
 
   Clock::time_point tick();
+  const MessageKey* key() const { return mac_ ? &*mac_ : nullptr; }
+  // A message refused before it was acted on: counted, logged at most once a second.
+  void refuse(const char* what, bool unauthenticated);
+  void drop_stalled_pushes(Clock::time_point now);
   std::shared_ptr<Endpoint> endpoint(const std::string& address, std::exception_ptr& error);
+  void evict_idle_endpoints();
   void close_endpoint(Endpoint& ep);
   void handle_failed_endpoints();
   void handle_request(RequestHeader header, std::string address);
@@ -330,7 +343,10 @@ class DataPlane::Impl {
   detail::CudaSupport* cuda();
 
   DataPlaneOptions options_;
+  std::optional<MessageKey> mac_;  // set: a secure plane (membership() at construction)
   ucp_worker_h ucp_worker_ = nullptr;
+  Clock::time_point last_refusal_log_{};
+  Clock::time_point next_stall_scan_{};
 
   mutable std::mutex served_mutex_;
   std::unordered_map<ObjectId, ObjectBuffer> served_;  // guarded
@@ -338,7 +354,13 @@ class DataPlane::Impl {
 
   // Progress thread only from here on.
   bool closed_ = false;
-  std::unordered_map<std::string, std::shared_ptr<Endpoint>> endpoints_;
+  // Cached endpoints, most recently used first in endpoint_lru_.
+  struct CachedEndpoint {
+    std::shared_ptr<Endpoint> ep;
+    std::list<std::string>::iterator lru;
+  };
+  std::unordered_map<std::string, CachedEndpoint> endpoints_;
+  std::list<std::string> endpoint_lru_;
   std::vector<std::shared_ptr<Endpoint>> failed_endpoints_;
   std::vector<std::function<void()>> deferred_;
 
@@ -377,6 +399,20 @@ DataPlane::Impl::Impl(std::shared_ptr<UcxWorker> worker, DataPlaneOptions option
   if (options_.staging_chunk_bytes == 0) options_.staging_chunk_bytes = std::size_t{4} << 20;
   options_.staging_slots = std::max(options_.staging_slots, 2);
   host_pool_ = std::make_shared<HostPool>(options_.host_cache_bytes);
+  options_.max_parked_requests = std::max<std::size_t>(options_.max_parked_requests, 1);
+  options_.max_endpoints = std::max<std::size_t>(options_.max_endpoints, 1);
+  options_.max_incoming_pushes = std::max<std::size_t>(options_.max_incoming_pushes, 1);
+  if (auto secret = membership()) mac_.emplace(secret->data_mac_key());
+}
+
+void DataPlane::Impl::refuse(const char* what, bool unauthenticated) {
+  if (unauthenticated) ++stats_.unauthenticated_refused;
+  else ++stats_.malformed_refused;
+  const auto now = Clock::now();
+  if (now - last_refusal_log_ < std::chrono::seconds(1)) return;
+  last_refusal_log_ = now;
+  log()->warn("data plane: refused a {} ({} unauthenticated, {} malformed so far)", what,
+              stats_.unauthenticated_refused, stats_.malformed_refused);
 }
 
 void DataPlane::Impl::start() {
@@ -411,8 +447,9 @@ void DataPlane::Impl::close() {
   }
   parked_.clear();
   parked_count_ = 0;
-  for (auto& [address, ep] : endpoints_) close_endpoint(*ep);
+  for (auto& [address, cached] : endpoints_) close_endpoint(*cached.ep);
   endpoints_.clear();
+  endpoint_lru_.clear();
   for (auto& ep : failed_endpoints_) close_endpoint(*ep);
   failed_endpoints_.clear();
   for (auto& [id, transfer] : pushes_in_) {
@@ -438,9 +475,16 @@ std::size_t DataPlane::Impl::drain_outstanding() {
 
 std::shared_ptr<Endpoint> DataPlane::Impl::endpoint(const std::string& address, std::exception_ptr& error) {
   auto it = endpoints_.find(address);
-  if (it != endpoints_.end() && !it->second->failed) return it->second;
-  if (address.empty()) {
-    error = make_error(Errc::invalid_argument, "empty UCX worker address");
+  if (it != endpoints_.end() && !it->second.ep->failed) {
+    endpoint_lru_.splice(endpoint_lru_.begin(), endpoint_lru_, it->second.lru);
+    return it->second.ep;
+  }
+  // UCX trusts a worker address's contents; its length at least is checked
+  // here (a request's was checked by parse_request, after its tag).
+  if (address.size() < kMinAddressBytes || address.size() > kMaxAddressBytes) {
+    error = make_error(Errc::invalid_argument, "a UCX worker address of " + std::to_string(address.size()) +
+                                                   " bytes (expected " + std::to_string(kMinAddressBytes) + " to " +
+                                                   std::to_string(kMaxAddressBytes) + ")");
     return nullptr;
   }
   auto ep = std::make_shared<Endpoint>(worker_, address);
@@ -459,8 +503,28 @@ std::shared_ptr<Endpoint> DataPlane::Impl::endpoint(const std::string& address, 
     error = make_error_from_ucs(status, "connecting to a peer worker");
     return nullptr;
   }
-  endpoints_[address] = ep;
+  if (it != endpoints_.end()) {  // a failed one: replaced
+    endpoint_lru_.erase(it->second.lru);
+    endpoints_.erase(it);
+  }
+  endpoint_lru_.push_front(address);
+  endpoints_[address] = CachedEndpoint{ep, endpoint_lru_.begin()};
+  if (endpoints_.size() > options_.max_endpoints) evict_idle_endpoints();
   return ep;
+}
+
+// Closes the least recently used endpoints that no operation holds until the
+// cache is back within its bound (in-use ones stay: they are few, since
+// fetches, parked requests and pushes are bounded).
+void DataPlane::Impl::evict_idle_endpoints() {
+  for (auto lru = endpoint_lru_.end(); lru != endpoint_lru_.begin() && endpoints_.size() > options_.max_endpoints;) {
+    --lru;
+    auto it = endpoints_.find(*lru);
+    if (it == endpoints_.end() || it->second.ep.use_count() > 1) continue;
+    close_endpoint(*it->second.ep);
+    endpoints_.erase(it);
+    lru = endpoint_lru_.erase(lru);
+  }
 }
 
 void DataPlane::Impl::close_endpoint(Endpoint& ep) {
@@ -474,16 +538,19 @@ void DataPlane::Impl::close_endpoint(Endpoint& ep) {
 }
 
 void DataPlane::Impl::on_ep_error(void* arg, ucp_ep_h, ucs_status_t status) {
-  auto* ep = static_cast<Endpoint*>(arg);
-  if (ep->failed) return;
-  ep->failed = true;
-  ep->failure = status;
-  auto* self = ep->plane;
-  auto it = self->endpoints_.find(ep->address);
-  if (it != self->endpoints_.end() && it->second.get() == ep) {
-    self->failed_endpoints_.push_back(it->second);
-    self->endpoints_.erase(it);
-  }
+  guarded("on_ep_error", [&] {
+    auto* ep = static_cast<Endpoint*>(arg);
+    if (ep->failed) return;
+    ep->failed = true;
+    ep->failure = status;
+    auto* self = ep->plane;
+    auto it = self->endpoints_.find(ep->address);
+    if (it != self->endpoints_.end() && it->second.ep.get() == ep) {
+      self->failed_endpoints_.push_back(it->second.ep);
+      self->endpoint_lru_.erase(it->second.lru);
+      self->endpoints_.erase(it);
+    }
+  });
 }
 
 void DataPlane::Impl::handle_failed_endpoints() {
@@ -556,10 +623,29 @@ Clock::time_point DataPlane::Impl::tick() {
     }
   }
   if (!inbox_order_.empty()) next = std::min(next, inbox_order_.front().first);
+  if (!pushes_in_.empty()) {
+    if (now >= next_stall_scan_) {
+      drop_stalled_pushes(now);
+      next_stall_scan_ = now + std::chrono::seconds(1);
+    }
+    if (!pushes_in_.empty()) next = std::min(next, next_stall_scan_);
+  }
   // Rendezvous and fragmented transfers move only while both sides
   // progress: keep polling while any is in flight (see UcxWorker::Tick).
   if (outstanding_ > 0) return Clock::time_point::min();
   return next;
+}
+
+// Pushes whose next message has not come for inbox_ttl (a pusher that died
+// or lied about the size) give back their inbox place.
+void DataPlane::Impl::drop_stalled_pushes(Clock::time_point now) {
+  std::vector<TransferPtr> stalled;
+  for (auto& [id, t] : pushes_in_)
+    if (t->in_flight == 0 && now - t->last_message > options_.inbox_ttl) stalled.push_back(t);
+  for (auto& t : stalled) {
+    if (t->refused) pushes_in_.erase(t->id);
+    else transfer_failed(t, make_error(Errc::timeout, "a push stalled"));
+  }
 }
 
 // --- holder side -------------------------------------------------------------------
@@ -587,15 +673,28 @@ std::size_t DataPlane::Impl::published_count() const {
 ucs_status_t DataPlane::Impl::on_request_am(void* arg, const void* header, size_t header_length, void* data,
                                             size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<Impl*>(arg);
-  RequestHeader request;
-  if (header_length != sizeof request || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) return UCS_OK;
-  std::memcpy(&request, header, sizeof request);
-  if (request.magic != kRequestMagic || self->closed_) return UCS_OK;  // not ours: drop
-  // Connecting to the requester may need UCX calls not allowed inside a
-  // callback: answer in the tick right after this progress call.
-  self->deferred_.push_back([self, request, address = std::string(static_cast<const char*>(data), length)] {
-    self->handle_request(request, address);
-  });
+  // No exception may cross UCX's C frames.
+  try {
+    if (self->closed_) return UCS_OK;
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
+      // A request is small; a rendezvous one is not ours (UCX releases it).
+      self->refuse("request sent by rendezvous", false);
+      return UCS_OK;
+    }
+    const auto parsed = parse_request(std::span(static_cast<const std::byte*>(header), header_length),
+                                      std::span(static_cast<const std::byte*>(data), length), self->key());
+    if (parsed.error != nullptr) {
+      self->refuse(parsed.error, parsed.unauthenticated);
+      return UCS_OK;
+    }
+    // Connecting to the requester may need UCX calls not allowed inside a
+    // callback: answer in the tick right after this progress call.
+    self->deferred_.push_back([self, request = parsed.header, address = std::string(parsed.requester)] {
+      self->handle_request(request, address);
+    });
+  } catch (const std::exception& e) {
+    log()->warn("data plane: a request failed: {}", e.what());
+  }
   return UCS_OK;
 }
 
@@ -606,20 +705,29 @@ void DataPlane::Impl::handle_request(RequestHeader request, std::string address)
   const ObjectId key{request.id_hi, request.id_lo};
   ObjectBuffer buffer;
   bool found = false;
+  bool busy = false;
   {
     std::lock_guard lock(served_mutex_);
     auto it = served_.find(key);
     if (it != served_.end()) {
       buffer = it->second;
       found = true;
+    } else if (request.wait_ms > 0 && parked_count_.load() >= options_.max_parked_requests) {
+      busy = true;  // bounded: answered at once instead of parked
     } else if (request.wait_ms > 0) {
       // Counted under the lock, so a publish() racing with this sees it.
       ++parked_count_;
-      const auto deadline = Clock::now() + std::chrono::milliseconds(request.wait_ms);
+      const auto wait = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(request.wait_ms),
+                                                             options_.max_park_wait);
+      const auto deadline = Clock::now() + wait;
       parked_[key].push_back(Parked{request.request_id, address, deadline});
       next_parked_deadline_ = std::min(next_parked_deadline_, deadline);
       return;
     }
+  }
+  if (busy) {
+    ++stats_.requests_busy;
+    return reply_status(ep, request.request_id, key, kBusy);
   }
   if (!found) return reply_status(ep, request.request_id, key, kNotFound);
   if (buffer.memory == MemoryType::cuda && !worker_->context()->cuda_native() && cuda() == nullptr)
@@ -733,6 +841,7 @@ void DataPlane::Impl::send_message(const OutgoingPtr& out, std::uint64_t offset,
   }
   auto* op = new SendOp{this, out, out->header, slot};
   op->header.offset = offset;
+  op->wire = encode_data(op->header, key());
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS |
                        UCP_OP_ATTR_FIELD_MEMORY_TYPE;
@@ -742,7 +851,7 @@ void DataPlane::Impl::send_message(const OutgoingPtr& out, std::uint64_t offset,
   param.memory_type = ucs_memory(memory);
   ++out->in_flight;
   ucs_status_ptr_t request =
-      ucp_am_send_nbx(out->ep->ep, kDataAm, &op->header, sizeof op->header, data, length, &param);
+      ucp_am_send_nbx(out->ep->ep, kDataAm, op->wire.bytes.data(), op->wire.size, data, length, &param);
   if (request == nullptr) {
     on_send_done(nullptr, UCS_OK, op);
   } else if (UCS_PTR_IS_ERR(request)) {
@@ -753,25 +862,27 @@ void DataPlane::Impl::send_message(const OutgoingPtr& out, std::uint64_t offset,
 }
 
 void DataPlane::Impl::on_send_done(void* request, ucs_status_t status, void* user_data) {
-  std::unique_ptr<SendOp> op(static_cast<SendOp*>(user_data));
-  Impl* self = op->plane;
-  if (request != nullptr) {
-    --self->outstanding_;
-    ucp_request_free(request);
-  }
-  auto& out = op->out;
-  --out->in_flight;
-  if (status != UCS_OK && !out->error)
-    out->error = make_error_from_ucs(status, (out->push ? "pushing object " : "sending object ") +
-                                                 hex(ObjectId{out->header.id_hi, out->header.id_lo}));
-  if (op->slot != nullptr) self->give_slot(op->slot, SlotUse::send);  // resumes a staged send
-  if (out->in_flight == 0 && (out->error || out->next_offset >= out->buffer.size)) self->send_finished(out);
+  guarded("on_send_done", [&] {
+    std::unique_ptr<SendOp> op(static_cast<SendOp*>(user_data));
+    Impl* self = op->plane;
+    if (request != nullptr) {
+      --self->outstanding_;
+      ucp_request_free(request);
+    }
+    auto& out = op->out;
+    --out->in_flight;
+    if (status != UCS_OK && !out->error)
+      out->error = make_error_from_ucs(status, (out->push ? "pushing object " : "sending object ") +
+                                                   hex(ObjectId{out->header.id_hi, out->header.id_lo}));
+    if (op->slot != nullptr) self->give_slot(op->slot, SlotUse::send);  // resumes a staged send
+    if (out->in_flight == 0 && (out->error || out->next_offset >= out->buffer.size)) self->send_finished(out);
+  });
 }
 
 void DataPlane::Impl::send_finished(const OutgoingPtr& out) {
   if (out->finished) return;
   out->finished = true;
-  if (out->done) out->done(out->error);
+  if (out->done) guarded("a push callback", [&] { out->done(out->error); });
   out->buffer = {};  // the sender's reference goes as soon as UCX is done with it
 }
 
@@ -814,12 +925,13 @@ void DataPlane::Impl::start_fetch(std::string peer, ObjectId id, FetchOptions op
   op->header.id_hi = id.hi();
   op->header.id_lo = id.lo();
   op->header.wait_ms = fetches_.at(request_id).wait_ms;
+  op->wire = encode_request(op->header, op->address, key());
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMORY_TYPE;
   param.cb.send = &Impl::on_request_sent;
   param.user_data = op;
   param.memory_type = UCS_MEMORY_TYPE_HOST;
-  ucs_status_ptr_t request = ucp_am_send_nbx(ep->ep, kRequestAm, &op->header, sizeof op->header,
+  ucs_status_ptr_t request = ucp_am_send_nbx(ep->ep, kRequestAm, op->wire.bytes.data(), op->wire.size,
                                              op->address.data(), op->address.size(), &param);
   if (request == nullptr) {
     on_request_sent(nullptr, UCS_OK, op);
@@ -831,16 +943,18 @@ void DataPlane::Impl::start_fetch(std::string peer, ObjectId id, FetchOptions op
 }
 
 void DataPlane::Impl::on_request_sent(void* request, ucs_status_t status, void* user_data) {
-  std::unique_ptr<RequestOp> op(static_cast<RequestOp*>(user_data));
-  Impl* self = op->plane;
-  if (request != nullptr) {
-    --self->outstanding_;
-    ucp_request_free(request);
-  }
-  if (status != UCS_OK) {
-    const ObjectId key{op->header.id_hi, op->header.id_lo};
-    self->complete_fetch(op->request_id, {}, make_error_from_ucs(status, "asking the holder for object " + hex(key)));
-  }
+  guarded("on_request_sent", [&] {
+    std::unique_ptr<RequestOp> op(static_cast<RequestOp*>(user_data));
+    Impl* self = op->plane;
+    if (request != nullptr) {
+      --self->outstanding_;
+      ucp_request_free(request);
+    }
+    if (status != UCS_OK) {
+      const ObjectId key{op->header.id_hi, op->header.id_lo};
+      self->complete_fetch(op->request_id, {}, make_error_from_ucs(status, "asking the holder for object " + hex(key)));
+    }
+  });
 }
 
 void DataPlane::Impl::erase_fetch(std::unordered_map<std::uint64_t, Fetch>::iterator it) {
@@ -867,7 +981,7 @@ void DataPlane::Impl::complete_fetch(std::uint64_t request_id, ObjectBuffer buff
     transfer->waiting.clear();
     transfer->finished = true;
   }
-  done(std::move(buffer), std::move(error));
+  guarded("a fetch callback", [&] { done(std::move(buffer), std::move(error)); });
 }
 
 // --- consumer side: receiving ----------------------------------------------------
@@ -875,11 +989,22 @@ void DataPlane::Impl::complete_fetch(std::uint64_t request_id, ObjectBuffer buff
 ucs_status_t DataPlane::Impl::on_data_am(void* arg, const void* header, size_t header_length, void* data,
                                          size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<Impl*>(arg);
-  DataHeader parsed;
-  if (header_length != sizeof parsed) return UCS_OK;  // not ours: drop
-  std::memcpy(&parsed, header, sizeof parsed);
-  if (parsed.magic != kDataMagic) return UCS_OK;
-  return self->on_data(parsed, data, length, (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0);
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  // No exception may cross UCX's C frames. A refused rendezvous message is
+  // released by UCX when we return anything but UCS_INPROGRESS.
+  try {
+    if (self->closed_) return UCS_OK;
+    // For rendezvous, `length` is the announced size (the bytes are not here yet).
+    const auto parsed = parse_data(std::span(static_cast<const std::byte*>(header), header_length), length, self->key());
+    if (parsed.error != nullptr) {
+      self->refuse(parsed.error, parsed.unauthenticated);
+      return rndv ? UCS_ERR_REJECTED : UCS_OK;
+    }
+    return self->on_data(parsed.header, data, length, rndv);
+  } catch (const std::exception& e) {
+    log()->warn("data plane: receiving a message failed: {}", e.what());
+    return rndv ? UCS_ERR_REJECTED : UCS_OK;
+  }
 }
 
 ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std::size_t length, bool rndv) {
@@ -898,9 +1023,13 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std:
                                                               std::to_string(it->second.wait_ms) + " ms"));
         return UCS_OK;
       }
-      const auto code = header.status == kNotFound ? Errc::not_found : Errc::unsupported;
+      const auto code = header.status == kNotFound  ? Errc::not_found
+                        : header.status == kBusy    ? Errc::transport
+                                                    : Errc::unsupported;
       const char* why = header.status == kNotFound ? ": the holder has no such object"
-                                                   : ": the holder cannot read its memory (no CUDA there)";
+                        : header.status == kBusy
+                            ? ": the holder has too many requests waiting for objects (busy); try again"
+                            : ": the holder cannot read its memory (no CUDA there)";
       complete_fetch(header.transfer_id, {}, make_error(code, "fetching object " + hex(key) + why));
       return UCS_OK;
     }
@@ -917,6 +1046,9 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std:
     auto it = pushes_in_.find(header.transfer_id);
     if (it != pushes_in_.end()) {
       t = it->second;
+    } else if (pushes_in_.size() >= options_.max_incoming_pushes) {
+      ++stats_.pushes_refused;  // untracked: its later messages are dropped as unknown
+      return rndv ? UCS_ERR_EXCEEDS_LIMIT : UCS_OK;
     } else {
       t = std::make_shared<Transfer>();
       t->id = header.transfer_id;
@@ -939,6 +1071,7 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std:
       }
       pushes_in_.emplace(t->id, t);
     }
+    t->last_message = Clock::now();
     if (t->refused) {
       t->seen += length;
       if (t->seen >= t->total) pushes_in_.erase(t->id);
@@ -1072,36 +1205,38 @@ void DataPlane::Impl::wait_for_slot(SlotUse use, std::function<void()> resume) {
 }
 
 void DataPlane::Impl::on_recv_done(void* request, ucs_status_t status, size_t, void* user_data) {
-  std::unique_ptr<RecvOp> op(static_cast<RecvOp*>(user_data));
-  Impl* self = op->plane;
-  if (request != nullptr) {
-    --self->outstanding_;
-    ucp_request_free(request);
-  }
-  const TransferPtr t = op->transfer;
-  if (status != UCS_OK) {
-    --t->in_flight;
-    if (op->slot != nullptr) self->give_slot(op->slot, SlotUse::receive);
-    self->transfer_failed(t, make_error_from_ucs(status, "receiving object " + hex(t->key)));
-    return;
-  }
-  if (op->slot == nullptr) {
-    --t->in_flight;
-    self->landed(t, op->length);
-    return;
-  }
-  // Staged: pinned slot -> device, then the slot takes the next message.
-  void* slot = op->slot;
-  const std::size_t length = op->length;
-  ++self->outstanding_;
-  self->cuda()->host_to_device(static_cast<char*>(t->buffer.data) + op->offset, slot, length,
-                               [self, t, slot, length](std::exception_ptr error) {
-                                 --self->outstanding_;
-                                 --t->in_flight;
-                                 self->give_slot(slot, SlotUse::receive);  // resumes a waiting receive
-                                 if (error) return self->transfer_failed(t, error);
-                                 self->landed(t, length);
-                               });
+  guarded("on_recv_done", [&] {
+    std::unique_ptr<RecvOp> op(static_cast<RecvOp*>(user_data));
+    Impl* self = op->plane;
+    if (request != nullptr) {
+      --self->outstanding_;
+      ucp_request_free(request);
+    }
+    const TransferPtr t = op->transfer;
+    if (status != UCS_OK) {
+      --t->in_flight;
+      if (op->slot != nullptr) self->give_slot(op->slot, SlotUse::receive);
+      self->transfer_failed(t, make_error_from_ucs(status, "receiving object " + hex(t->key)));
+      return;
+    }
+    if (op->slot == nullptr) {
+      --t->in_flight;
+      self->landed(t, op->length);
+      return;
+    }
+    // Staged: pinned slot -> device, then the slot takes the next message.
+    void* slot = op->slot;
+    const std::size_t length = op->length;
+    ++self->outstanding_;
+    self->cuda()->host_to_device(static_cast<char*>(t->buffer.data) + op->offset, slot, length,
+                                 [self, t, slot, length](std::exception_ptr error) {
+                                   --self->outstanding_;
+                                   --t->in_flight;
+                                   self->give_slot(slot, SlotUse::receive);  // resumes a waiting receive
+                                   if (error) return self->transfer_failed(t, error);
+                                   self->landed(t, length);
+                                 });
+  });
 }
 
 void DataPlane::Impl::landed(const TransferPtr& t, std::size_t length) {
@@ -1222,6 +1357,7 @@ DataPlane::Stats DataPlane::Impl::stats() const {
   Stats stats = stats_;
   stats.inbox_objects = inbox_.size();
   stats.inbox_bytes = inbox_bytes_;
+  stats.endpoints = endpoints_.size();
   return stats;
 }
 

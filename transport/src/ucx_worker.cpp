@@ -15,11 +15,23 @@
 
 #include <ucp/api/ucp.h>
 
+#include <spdlog/spdlog.h>
+
 #include "troupe/transport/error.hpp"
 
 namespace troupe::transport {
 
 using Clock = std::chrono::steady_clock;
+
+namespace {
+void log_failure(const char* what, const char* why) noexcept {
+  try {
+    auto logger = spdlog::get("troupe");
+    (logger ? logger : spdlog::default_logger())->error("UCX progress thread: {} threw: {}", what, why);
+  } catch (...) {
+  }
+}
+}  // namespace
 
 // How long the loop keeps polling after UCX last made progress while
 // operations are in flight (see UcxWorker::Tick).
@@ -53,7 +65,17 @@ struct UcxWorker::Loop {
       std::lock_guard lock(mutex);
       batch.swap(tasks);
     }
-    for (auto& task : batch) task();
+    for (auto& task : batch) {
+      // A task that throws must not end the progress thread (every fetch
+      // and push of the process depends on it): log and go on.
+      try {
+        task();
+      } catch (const std::exception& e) {
+        log_failure("a posted task", e.what());
+      } catch (...) {
+        log_failure("a posted task", "a non-standard exception");
+      }
+    }
     return !batch.empty();
   }
 };
@@ -136,7 +158,18 @@ void UcxWorker::run(std::promise<void>& started) {
   for (;;) {
     bool active = loop.run_tasks();
     while (ucp_worker_progress(worker) != 0) active = true;
-    const auto next = loop.tick ? loop.tick() : Clock::time_point::max();
+    auto next = Clock::time_point::max();
+    if (loop.tick) {
+      try {
+        next = loop.tick();
+      } catch (const std::exception& e) {
+        log_failure("the tick", e.what());
+        next = Clock::now() + std::chrono::milliseconds(10);
+      } catch (...) {
+        log_failure("the tick", "a non-standard exception");
+        next = Clock::now() + std::chrono::milliseconds(10);
+      }
+    }
     if (loop.stopping) {
       std::lock_guard lock(loop.mutex);
       if (loop.tasks.empty()) break;

@@ -8,7 +8,15 @@
 namespace troupe::transport {
 
 zmq::context_t& zmq_context() {
-  static zmq::context_t context(1);
+  static zmq::context_t& context = [] () -> zmq::context_t& {
+    // Never destroyed (sockets may outlive static destructors' order).
+    auto* made = new zmq::context_t(1);
+    // ZeroMQ's default is 1023 sockets. A socket closed with a linger (an
+    // evicted call-plane DEALER) keeps its slot until the reaper frees it,
+    // which can lag behind a flood of new peers: headroom for that.
+    made->set(zmq::ctxopt::max_sockets, kMaxZmqSockets);
+    return *made;
+  }();
   return context;
 }
 

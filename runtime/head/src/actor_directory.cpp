@@ -4,8 +4,21 @@
 #include "node_table.hpp"
 #include "placement_groups.hpp"
 #include "troupe/runtime/logging.hpp"
+#include "troupe/transport/internal/membership.hpp"
 
 namespace troupe::head {
+
+namespace {
+// 16 bytes from the CSPRNG (ids are predictable, keys must not be).
+std::string random_host_key() { return transport::random_bytes(16); }
+
+bool same_key(kj::ArrayPtr<const kj::byte> given, const std::string& expected) {
+  if (expected.empty() || given.size() != expected.size()) return false;
+  unsigned char diff = 0;
+  for (std::size_t i = 0; i < expected.size(); ++i) diff |= static_cast<unsigned char>(given[i] ^ expected[i]);
+  return diff == 0;
+}
+}  // namespace
 
 using wire::ActorState;
 using wire::ControlMessage;
@@ -258,6 +271,10 @@ void ActorDirectory::try_place_actor(ActorEntry& actor) {
   auto gpus = start.initGpuIndices(static_cast<unsigned>(actor.gpus.size()));
   for (unsigned i = 0; i < actor.gpus.size(); ++i) gpus.set(i, static_cast<std::uint32_t>(actor.gpus[i]));
   start.setJobBinaryHash(actor.binary_hash);
+  std::string key = random_host_key();
+  actor.host_keys[actor.incarnation] = key;
+  actor.host_identity.clear();
+  start.setHostKey(kj::arrayPtr(reinterpret_cast<const kj::byte*>(key.data()), key.size()));
   start_requests_[request_id] = actor.id;
   context_.send_to(node->identity, message);
 }
@@ -312,16 +329,32 @@ void ActorDirectory::on_actor_update(const std::string& identity, std::uint64_t 
     return;
   }
   ActorEntry& actor = it->second;
-  bool from_node = identity.rfind("node-", 0) == 0;
+  // Who speaks: the node manager of the node the actor was placed on, or the
+  // host that node started (it presents the key of its incarnation). Nobody
+  // else may change an actor's state or address.
+  NodeEntry* sender_node = nodes_.by_identity(identity);
+  auto key = actor.host_keys.find(update.getIncarnation());
+  bool from_host = key != actor.host_keys.end() && same_key(update.getHostKey(), key->second);
+  bool from_node = sender_node != nullptr && !from_host;
+  if (!from_host && !from_node) {
+    throw Error(Errc::permission_denied, "actorUpdate for actor " + id.short_hex() +
+                                             " from a process that is neither its node nor its host; refused");
+  }
   if (update.getIncarnation() != actor.incarnation || actor.state == ActorState::DEAD) {
-    // A report about an earlier incarnation, or about an actor already dead.
-    if (update.getState() == ActorState::ALIVE && !from_node) {
-      NodeEntry* node = nodes_.find(from_wire<NodeId>(update.getNodeId()));  // tell the host's node to stop it
+    // A report about an earlier incarnation, or about an actor already dead:
+    // a host that should not run any more is told to stop.
+    if (update.getState() == ActorState::ALIVE && from_host) {
+      NodeEntry* node = nodes_.find(from_wire<NodeId>(update.getNodeId()));
       if (node != nullptr && node->alive) context_.send_kill(node->identity, id);
     }
     context_.reply_ack(identity, request_id);
     return;
   }
+  if (from_node && (!actor.placed || sender_node->id != actor.node)) {
+    throw Error(Errc::permission_denied, "actorUpdate for actor " + id.short_hex() + " from node " +
+                                             sender_node->id.short_hex() + ", which does not host it; refused");
+  }
+  if (from_host) actor.host_identity = identity;
   switch (update.getState()) {
     case ActorState::ALIVE:
       actor.address = update.getAddress().cStr();
@@ -351,6 +384,13 @@ void ActorDirectory::on_actor_update(const std::string& identity, std::uint64_t 
 void ActorDirectory::on_kill_actor(const std::string& identity, std::uint64_t request_id,
                                    wire::KillActor::Reader kill) {
   ActorEntry& actor = actor_or_throw(from_wire<ActorId>(kill.getActorId()));
+  if (identity != actor.owner_identity) {
+    if (auto own = job_of_identity(identity); own && *own != actor.job) {
+      throw Error(Errc::permission_denied, "actor " + actor.id.short_hex() + " belongs to job " +
+                                               actor.job.short_hex() + "; job " + own->short_hex() +
+                                               " may kill only its own actors");
+    }
+  }
   if (actor.state != ActorState::DEAD) {
     if (kill.getNoRestart()) {
       kill_actor(actor, "killed by request");
@@ -360,6 +400,14 @@ void ActorDirectory::on_kill_actor(const std::string& identity, std::uint64_t re
     }
   }
   context_.reply_ack(identity, request_id);
+}
+
+std::optional<JobId> ActorDirectory::job_of_identity(const std::string& identity) const {
+  if (auto job = jobs_.driver_job(identity)) return job;
+  for (const auto& [id, actor] : actors_) {
+    if (actor.state != ActorState::DEAD && actor.host_identity == identity) return actor.job;
+  }
+  return std::nullopt;
 }
 
 void ActorDirectory::on_get_actor_by_name(const std::string& identity, std::uint64_t request_id,

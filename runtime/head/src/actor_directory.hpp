@@ -16,6 +16,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -48,6 +49,10 @@ struct ActorEntry {
   std::string address;
   std::string data_address;
   std::string owner_identity;
+  // The random key given to the host of each incarnation (StartActor.hostKey):
+  // an actorUpdate that does not come from the actor's node must carry it.
+  std::map<std::uint32_t, std::string> host_keys;
+  std::string host_identity;       // the connection of the verified host of this incarnation
   std::set<std::string> watchers;  // other processes that looked it up: they get its updates too
   WorkerId owner;                  // the driver that created it
   JobId job;
@@ -67,6 +72,9 @@ class ActorDirectory {
   void on_create_actor(const std::string& identity, std::uint64_t request_id, wire::CreateActor::Reader create);
   void on_actor_update(const std::string& identity, std::uint64_t request_id, wire::ActorUpdate::Reader update);
   void on_kill_actor(const std::string& identity, std::uint64_t request_id, wire::KillActor::Reader kill);
+  // The job a connection acts for: a driver's job, or the job of the actor
+  // whose verified host it is; nullopt for any other member (the CLI).
+  std::optional<JobId> job_of_identity(const std::string& identity) const;
   void on_get_actor_by_name(const std::string& identity, std::uint64_t request_id,
                             wire::GetActorByName::Reader get);
   // A node's ack or error for a startActor we sent; an error kills the actor

@@ -9,10 +9,14 @@ std::filesystem::path BinaryStore::path(const std::string& hash) const {
   return context_.config.session_dir / "binaries" / hash;
 }
 
+bool BinaryStore::has(const std::string& hash) const { return node::file_matches_hash(path(hash), hash); }
+
 void BinaryStore::store(const std::string& hash, kj::ArrayPtr<const kj::byte> data) {
   if (!transport::valid_hash_name(hash)) throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
   auto file = path(hash);
-  if (std::filesystem::exists(file)) return;
+  // A file already there is kept only if it is what its name says (a file
+  // planted or damaged in the cache is replaced).
+  if (node::file_matches_hash(file, hash)) return;
   node::write_file_atomic(file, std::string(reinterpret_cast<const char*>(data.begin()), data.size()), 0755);
 }
 
@@ -35,6 +39,8 @@ void BinaryStore::on_fetch_binary(const std::string& identity, std::uint64_t req
   if (!transport::valid_hash_name(hash)) throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
   auto data = node::read_file(path(hash));
   if (!data) throw Error(Errc::not_found, "the head has no binary " + hash);
+  if (transport::content_hash(*data) != hash)
+    throw Error(Errc::not_found, "the head's copy of binary " + hash + " does not match its hash");
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<wire::ControlMessage>();
   root.setRequestId(request_id);

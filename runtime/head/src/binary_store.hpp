@@ -18,7 +18,8 @@ class BinaryStore {
   explicit BinaryStore(HeadContext& context) : context_(context) {}
 
   std::filesystem::path path(const std::string& hash) const;
-  bool has(const std::string& hash) const { return std::filesystem::exists(path(hash)); }
+  // Present and matching its hash.
+  bool has(const std::string& hash) const;
   // Stores `data` as `hash` unless present (the caller checked the hash).
   // Throws troupe::Error (Errc::invalid_argument) for a bad hash name.
   void store(const std::string& hash, kj::ArrayPtr<const kj::byte> data);

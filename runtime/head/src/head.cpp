@@ -52,6 +52,7 @@ struct Head::Impl {
     auto root = message.initRoot<ControlMessage>();
     root.setRequestId(request_id);
     auto state = root.initClusterState();
+    state.setInsecure(context.config.token_file.empty());
 
     std::vector<NodeEntry*> shown_nodes;
     for (auto& node : nodes.all()) {

@@ -1,5 +1,6 @@
 #include "job_manager.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 
 #include "actor_directory.hpp"
 #include "binary_store.hpp"
+#include "troupe/node/files.hpp"
 #include "troupe/node/process.hpp"
 #include "troupe/runtime/logging.hpp"
 #include "troupe/transport/content_hash.hpp"
@@ -40,6 +42,13 @@ bool JobManager::owner_alive(const JobId& job, const WorkerId& owner) const {
   return driver_it == drivers_.end() || driver_it->second.alive;
 }
 
+std::optional<JobId> JobManager::driver_job(const std::string& identity) const {
+  for (const auto& [worker, driver] : drivers_) {
+    if (driver.alive && driver.identity == identity) return driver.job;
+  }
+  return std::nullopt;
+}
+
 std::string JobManager::binary_hash_for(const WorkerId& owner, const JobId& job) const {
   std::string hash;
   if (auto driver = drivers_.find(owner); driver != drivers_.end()) hash = driver->second.binary_hash;
@@ -69,6 +78,12 @@ void JobManager::on_register_driver(const std::string& identity, std::uint64_t r
   driver.last_heartbeat = context_.now();
   if (driver.job.nil()) driver.job = JobId::random();
   auto job_it = jobs_.find(driver.job);
+  if (job_it != jobs_.end() && !job_it->second.head_started) {
+    // Joining a job is for the driver `troupe submit` started (it is given
+    // TROUPE_JOB_ID); another job's actors and stop are its own driver's.
+    throw Error(Errc::permission_denied, "job " + driver.job.short_hex() +
+                                             " was started by another driver; a driver cannot join it");
+  }
   if (job_it == jobs_.end()) {
     JobEntry job;
     job.id = driver.job;
@@ -184,16 +199,21 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
   auto job_dir = context_.config.session_dir / "jobs" / job.id.hex();
   std::filesystem::create_directories(job_dir);
   job.log_path = job_dir / "output.log";
-  { std::ofstream touch(job.log_path, std::ios::app); }
+  // The log exists from the start (`troupe job logs` may ask at once), private.
+  if (int fd = ::open(job.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600); fd >= 0) ::close(fd);
 
   node::SpawnOptions spawn;
   spawn.program = binaries_.path(hash).string();
+  if (!node::file_matches_hash(spawn.program, hash)) {
+    throw Error(Errc::permission_denied, "the stored binary " + hash + " does not match its hash; send it again");
+  }
   for (auto arg : submit.getArgv()) spawn.argv.emplace_back(arg.cStr());
   spawn.env = node::current_environment();
   for (const char* name : {"TROUPE_ACTOR_SPEC", "TROUPE_HEAD_ADDRESS", "TROUPE_NODE_ID", "TROUPE_NODE_IP"}) {
     spawn.env.erase(name);
   }
   for (auto var : submit.getEnv()) spawn.env[var.getName().cStr()] = var.getValue().cStr();
+  node::set_membership_env(spawn.env, context_.config.token_file);
   spawn.env["TROUPE_ADDRESS"] = context_.address();
   spawn.env["TROUPE_JOB_ID"] = job.id.hex();
   spawn.output_path = job.log_path.string();
@@ -216,6 +236,10 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
 
 void JobManager::on_stop_job(const std::string& identity, std::uint64_t request_id, wire::StopJob::Reader stop) {
   JobEntry& job = job_or_throw(from_wire<JobId>(stop.getJobId()));
+  if (auto own = actors_.job_of_identity(identity); own && *own != job.id) {
+    throw Error(Errc::permission_denied, "job " + own->short_hex() + " may stop only itself, not job " +
+                                             job.id.short_hex());
+  }
   if (job.state == JobState::RUNNING || job.state == JobState::PENDING) {
     job.stop_requested = true;
     if (job.head_started && job.pid > 0) {

@@ -15,6 +15,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,8 @@ class JobManager {
   // Whether an actor of `job` owned by `owner` still has someone to serve:
   // its job (if known) is PENDING or RUNNING and its driver (if known) alive.
   bool owner_alive(const JobId& job, const WorkerId& owner) const;
+  // The job of the alive driver connected as `identity`, if it is one.
+  std::optional<JobId> driver_job(const std::string& identity) const;
   // The binary an actor of this owner and job runs from: the owner driver's,
   // else the job's; empty when neither is known.
   std::string binary_hash_for(const WorkerId& owner, const JobId& job) const;

@@ -15,6 +15,13 @@ NodeEntry* NodeTable::find(const NodeId& id) {
   return nullptr;
 }
 
+NodeEntry* NodeTable::by_identity(const std::string& identity) {
+  for (auto& node : nodes_) {
+    if (node->alive && node->identity == identity) return node.get();
+  }
+  return nullptr;
+}
+
 std::vector<NodeEntry*> NodeTable::alive() {
   std::vector<NodeEntry*> alive;
   for (auto& node : nodes_) {
@@ -45,6 +52,12 @@ void NodeTable::on_register_node(const std::string& identity, std::uint64_t requ
   info.total.set(scheduler::kMemory, static_cast<double>(reg.getMemoryBytes()));
   info.total.set(scheduler::kGpu, static_cast<double>(info.gpus.size()));
   NodeEntry* node = find(id);
+  if (node != nullptr && node->alive && node->identity != identity) {
+    // A node id is public (getClusterState lists it): only the connection
+    // that registered it may speak for it while it is alive.
+    throw Error(Errc::permission_denied,
+                "node " + id.short_hex() + " is registered by another connection; a node id cannot be taken over");
+  }
   if (node != nullptr && node->alive) {
     // A repeated registration (the worker missed our reply): keep the books.
   } else {
@@ -84,9 +97,12 @@ void NodeTable::on_heartbeat(const std::string& identity, std::uint64_t request_
   NodeId id = from_wire<NodeId>(heartbeat.getNodeId());
   NodeEntry* node = find(id);
   bool known = node != nullptr && node->alive;
+  if (known && node->identity != identity) {
+    throw Error(Errc::permission_denied, "heartbeat for node " + id.short_hex() +
+                                             " from a connection other than the one that registered it; refused");
+  }
   if (known) {
     node->last_heartbeat = context_.now();
-    node->identity = identity;
     // Actor hosts the head does not account for on this node (left over
     // from before a head restart, or killed while the node was away).
     for (auto status : heartbeat.getActors()) {

@@ -50,6 +50,8 @@ class NodeTable {
   std::vector<NodeEntry*> expire(Clock::time_point now);
 
   NodeEntry* find(const NodeId& id);
+  // The alive node whose node manager is connected as `identity`, if any.
+  NodeEntry* by_identity(const std::string& identity);
   // Alive nodes in registration order: the order placement sees them in.
   std::vector<NodeEntry*> alive();
   const std::vector<std::unique_ptr<NodeEntry>>& all() const { return nodes_; }

@@ -20,6 +20,7 @@
 #include "troupe/runtime/logging.hpp"
 #include "troupe/transport/content_hash.hpp"
 #include "troupe/transport/internal/control_socket.hpp"
+#include "troupe/transport/internal/membership.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 #include "troupe/transport/ucx.hpp"
@@ -49,7 +50,10 @@ class NodeManager {
  public:
   explicit NodeManager(const NodeManagerConfig& config)
       : config_(config),
-        identity_("node-" + config_.node_id.hex()),
+        // The node id is public (getClusterState lists it); the random
+        // suffix is not, so no other peer can take this connection's name
+        // over (the head's ROUTER hands a name to whoever connects with it).
+        identity_("node-" + config_.node_id.hex() + "-" + transport::random_hex(16)),
         // immediate: drop, not queue, while the head is away
         head_(identity_, config_.head_address, {.immediate = true}) {
     probe_data_plane();
@@ -62,7 +66,13 @@ class NodeManager {
       try {
         message = head_.receive(std::chrono::milliseconds(20));
       } catch (const Error& error) {
-        TROUPE_LOG_WARN("node: dropped a malformed message: {}", error.what());
+        if (error.code() == Errc::permission_denied) {
+          // The head refused our handshake: no token, or another cluster's.
+          TROUPE_LOG_ERROR("node {}: the head at {} refused this node: {}", config_.node_id.short_hex(),
+                           config_.head_address, error.message());
+        } else {
+          TROUPE_LOG_WARN("node: dropped a malformed message: {}", error.message());
+        }
       }
       if (message) {
         try {
@@ -249,8 +259,15 @@ class NodeManager {
     auto copy = std::make_unique<capnp::MallocMessageBuilder>();
     copy->setRoot(start);
     if (std::filesystem::exists(binary_path(hash))) {
-      spawn_host(copy->getRoot<wire::StartActor>());
-      return;
+      if (file_matches_hash(binary_path(hash), hash)) {
+        spawn_host(copy->getRoot<wire::StartActor>());
+        return;
+      }
+      // Planted or damaged: never run it; fetch the real one from the head.
+      TROUPE_LOG_WARN("node {}: binaries/{} does not match its hash; removed it and fetching it again",
+                      config_.node_id.short_hex(), hash);
+      std::error_code ignored;
+      std::filesystem::remove(binary_path(hash), ignored);
     }
     for (auto& [id, fetch] : fetches_) {
       if (fetch.hash == hash) {
@@ -279,8 +296,13 @@ class NodeManager {
     try {
       auto bytes = data.getBinary();
       auto path = binary_path(fetch.hash);
-      if (!std::filesystem::exists(path)) {
-        write_file_atomic(path, std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size()), 0755);
+      if (transport::content_hash(std::string_view(reinterpret_cast<const char*>(bytes.begin()), bytes.size())) !=
+          fetch.hash) {
+        fail_fetch(fetch, "the head sent bytes that do not match the hash");
+        return;
+      }
+      if (!file_matches_hash(path, fetch.hash)) {
+        write_file_atomic(path, std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size()), 0700);
       }
     } catch (const Error& error) {
       fail_fetch(fetch, "cannot store the job binary: " + error.message());
@@ -335,6 +357,8 @@ class NodeManager {
 
       SpawnOptions options;
       options.program = binary_path(start.getJobBinaryHash().cStr()).string();
+      if (!file_matches_hash(options.program, start.getJobBinaryHash().cStr()))
+        throw Error(Errc::permission_denied, "the job binary in the cache does not match its hash; not running it");
       options.argv = {options.program};
       options.env = current_environment();
       options.env.erase("TROUPE_ADDRESS");
@@ -343,6 +367,7 @@ class NodeManager {
       options.env["TROUPE_HEAD_ADDRESS"] = config_.head_address;
       options.env["TROUPE_NODE_ID"] = config_.node_id.hex();
       options.env["TROUPE_NODE_IP"] = config_.node_ip;
+      set_membership_env(options.env, config_.token_file);
       std::string devices;
       for (auto index : start.getGpuIndices()) {
         if (!devices.empty()) devices += ",";

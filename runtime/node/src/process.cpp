@@ -50,7 +50,7 @@ pid_t spawn_process(const SpawnOptions& options) {
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   if (!options.output_path.empty()) {
     posix_spawn_file_actions_addopen(&actions, 1, options.output_path.c_str(),
-                                     O_WRONLY | O_CREAT | O_APPEND, 0644);
+                                     O_WRONLY | O_CREAT | O_APPEND, 0600);
     posix_spawn_file_actions_adddup2(&actions, 1, 2);
   }
   pid_t pid = 0;

@@ -78,6 +78,7 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
   troupe::to_wire(body.initActorId(), actor_id_);
   troupe::to_wire(body.initNodeId(), node_id_);
   body.setIncarnation(incarnation_);
+  body.setHostKey(start.getHostKey());  // proves to the head that we are the host it started
   body.setClassName(spec.getClassName());
   body.setName(spec.getName());
   if (failure.empty()) {

@@ -14,6 +14,7 @@
 #include "remote_actor.hpp"
 #include "troupe/runtime/logging.hpp"
 #include "troupe/transport/internal/channels.hpp"
+#include "troupe/transport/internal/membership.hpp"
 #include "troupe/transport/internal/zmq_socket.hpp"
 
 namespace troupe::detail {
@@ -66,6 +67,14 @@ ClusterRuntime::ClusterRuntime(Config config)
 ClusterRuntime::~ClusterRuntime() { shutdown(); }
 
 void ClusterRuntime::start() {
+  // This process's membership, before its first socket: the token a node
+  // manager or the head gave it (TROUPE_TOKEN_FILE / TROUPE_TOKEN), else
+  // this machine's session of the same head (transport::find_token).
+  auto token = transport::find_token(config_.head_address);
+  transport::set_membership(token.secret);
+  if (!token.secret) {
+    TROUPE_LOG_DEBUG("cluster: no cluster token found for {}; connecting without one", config_.head_address);
+  }
   std::string bind_ip;
   if (const char* ip = std::getenv("TROUPE_NODE_IP"); ip && *ip) bind_ip = ip;
   else bind_ip = transport::local_ip_for(host_of(config_.head_address));

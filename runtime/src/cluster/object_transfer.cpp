@@ -80,6 +80,7 @@ void ObjectTransfer::start(std::string own_address, CallFetch call_fetch) {
   }
   try {
     transport::UcxOptions options;
+    options.listen_ip = own_address_;  // tcp://IP:port of the call plane: UCX listens on IP's interface only
     auto worker = transport::UcxWorker::create(transport::UcxContext::create(options));
     data_ = std::make_shared<transport::DataPlane>(std::move(worker));
     TROUPE_LOG_DEBUG("data plane: UCX {}", data_->worker()->context()->describe());

@@ -18,14 +18,21 @@
 //               UCP_ERR_HANDLING_MODE_PEER) live inside it.
 //
 // Wire protocol (AM ids 116 and 117, all integers in host byte
-// order: both ends are troupe of the same build on the same architecture):
+// order: both ends are troupe of the same build on the same architecture;
+// the layouts and the parser are in transport/internal/.../ucx_wire.hpp):
 //   request  header {magic, wait_ms, request_id, id}, data = the requester's
 //            worker address (the holder answers on its own cached endpoint).
-//   data     header {magic, kind reply|push, status ok|not_found, transfer_id
-//            (= request_id for a reply), id, total size, offset}, data = the
+//   data     header {magic, kind reply|push, status ok|not_found|unsupported|
+//            busy, transfer_id (= request_id for a reply), id, total size,
+//            offset}, data = the
 //            bytes [offset, offset + length) of the object. Host objects (and
 //            CUDA objects when UCX is CUDA-capable) go as one message; CUDA
 //            objects staged through pinned host memory go in chunks.
+//   In a secure process (membership() set when the DataPlane is made) each
+//   header is followed by a keyed BLAKE2b-256 tag (a MAC) keyed by the cluster's
+//   data-plane key, over the header (and a request's requester address),
+//   checked before anything else; messages without a valid tag are dropped
+//   and counted. Payload bytes are neither encrypted nor authenticated.
 //   Messages of `DataPlaneOptions::rndv_threshold` bytes or more are sent
 //   with UCP_AM_SEND_FLAG_RNDV, so the receiver gets a rendezvous descriptor
 //   and UCX moves the bytes straight into the buffer the receiver's allocator
@@ -95,6 +102,13 @@ struct ObjectBuffer {
 struct UcxOptions {
   std::string tls;          // UCX_TLS syntax, e.g. "posix,sysv,cma,self" or "tcp,self"
   std::string net_devices;  // UCX_NET_DEVICES syntax, e.g. "eth0" or "mlx5_0:1"
+  // The node's IP ("10.0.0.5", or an endpoint "tcp://10.0.0.5:4000"): when
+  // set, and neither `net_devices` nor UCX_NET_DEVICES is, UCX's network
+  // devices are limited to the interface that holds this IP plus any
+  // InfiniBand ports (/sys/class/infiniband), so its TCP transport listens
+  // only there (shared memory is not a network device and stays). An IP no
+  // interface holds (0.0.0.0) leaves UCX's default: every interface.
+  std::string listen_ip;
   // How often UCX checks that peers are alive; a dead peer's pending
   // operations fail with object_lost after about this long (TCP notices a
   // closed socket at once). Empty: UCX_KEEPALIVE_INTERVAL if set, else 1s
@@ -112,6 +126,10 @@ struct UcxOptions {
   // it arms the worker and sleeps: trades a core's time for latency.
   std::chrono::microseconds busy_poll{0};
 };
+
+// The UCX_NET_DEVICES value that UcxOptions::listen_ip implies ("eth0",
+// "lo", "ib0,mlx5_0:1"), or empty when no interface holds that IP.
+std::string net_devices_for_ip(const std::string& ip_or_endpoint);
 
 // The process's UCX context (UCP_FEATURE_AM | UCP_FEATURE_WAKEUP; workers
 // are not shared between threads: UCS_THREAD_MODE_SINGLE, each owned by its
@@ -227,6 +245,19 @@ struct DataPlaneOptions {
   // memory in chunks of this size, this many chunks in flight per direction.
   std::size_t staging_chunk_bytes = std::size_t{4} << 20;
   int staging_slots = 4;
+
+  // Bounds on what peers can make this process hold (docs/security.md,
+  // "Bounds"). Requests waiting for an object to be published: at most this
+  // many (more are answered at once with a `transport` error: holder busy),
+  // each for at most `max_park_wait` whatever the requester asked.
+  std::size_t max_parked_requests = 1024;
+  std::chrono::milliseconds max_park_wait{60000};
+  // Cached endpoints to peers: past this many, the least recently used idle
+  // ones are closed (one still used by an operation stays until it is done).
+  std::size_t max_endpoints = 1024;
+  // Pushes being received (accepted or refused but not fully arrived): more
+  // are dropped; one that stalls longer than `inbox_ttl` is dropped too.
+  std::size_t max_incoming_pushes = 1024;
 };
 
 struct FetchOptions {
@@ -292,7 +323,13 @@ class DataPlane {
     std::uint64_t fetches_served = 0;   // replies sent with data
     std::uint64_t fetches_from_inbox = 0;
     std::uint64_t pushes_received = 0;  // accepted into the inbox or a waiting fetch
-    std::uint64_t pushes_refused = 0;   // inbox full
+    std::uint64_t pushes_refused = 0;   // inbox full, or too many pushes arriving
+    // Secure planes: messages dropped for a missing or wrong authenticator
+    // (a stranger, or another cluster's member); any plane: malformed ones.
+    std::uint64_t unauthenticated_refused = 0;
+    std::uint64_t malformed_refused = 0;
+    std::uint64_t requests_busy = 0;    // answered "busy": too many parked requests
+    std::size_t endpoints = 0;          // cached endpoints now
     std::size_t inbox_objects = 0;
     std::size_t inbox_bytes = 0;
   };

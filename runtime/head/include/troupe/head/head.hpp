@@ -37,6 +37,9 @@ struct HeadConfig {
   std::uint32_t heartbeat_misses = 6;   // silence of misses * period = lost
   std::filesystem::path session_dir;    // binaries/, jobs/ live here
   NodeId head_node_id;                  // the node manager in the head's process
+  // The cluster token file (drivers of submitted jobs are given it); empty:
+  // an insecure cluster (--insecure), which getClusterState reports.
+  std::filesystem::path token_file;
   // The head's notion of now (heartbeat ages, timeouts, stop deadlines);
   // empty = steady_clock::now. Tests step a fake clock instead of sleeping.
   std::function<Clock::time_point()> clock;

@@ -25,6 +25,9 @@ struct NodeManagerConfig {
   std::vector<scheduler::GpuInfo> gpus;   // detected or declared
   scheduler::ResourceSet resources;       // custom resources
   std::filesystem::path session_dir;      // binaries/, actors/, logs/
+  // The cluster token file its actor hosts are given (TROUPE_TOKEN_FILE);
+  // empty: an insecure cluster (they get TROUPE_TOKEN=insecure).
+  std::filesystem::path token_file;
 };
 
 // Runs until `stop` becomes true, then SIGKILLs and reaps its actor hosts.

@@ -9,7 +9,13 @@
 // an Asio io_context the caller runs (the runtime's thread pool: no I/O
 // thread of its own); outbound DEALERs, one per peer address, used directly
 // by the sending thread under a mutex (no hand-off to another thread on the
-// send path).
+// send path). At most max_outbound_peers() of them (default 256) are kept:
+// sending to one more closes the least recently used, lingering until 500 ms
+// after its last send so that what was queued for it still goes out (at
+// most 256 linger at once; more close at once); a later send to that peer
+// opens a new socket. So any number of callers leaves the file descriptors
+// bounded. With membership() set at construction, the ROUTER is a CURVE
+// server admitting members only and the DEALERs are CURVE clients.
 //
 // Both throw troupe::Error (timeout, cancelled once stopped, transport);
 // the runtime converts it at its boundary.
@@ -20,6 +26,7 @@
 #include <deque>
 #include <functional>
 #include <future>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -48,7 +55,10 @@ class ControlChannel {
 
   // Sends `message` (its requestId is set here) and waits for the reply,
   // which may be an `error` reply: the caller reads it. Throws
-  // TimeoutError if none comes in time, Error(cancelled) once stopped.
+  // TimeoutError if none comes in time (its message hints at the token),
+  // Error(permission_denied) when the head refused this process's
+  // handshake (no token, or a token where the head has none), Error(cancelled)
+  // once stopped. The DEALER is a CURVE client when membership() is set.
   ReceivedMessage request(capnp::MallocMessageBuilder& message, std::chrono::milliseconds timeout);
   // Sends without waiting for a reply.
   void send(capnp::MallocMessageBuilder& message);
@@ -70,6 +80,7 @@ class ControlChannel {
   std::mutex mutex_;
   std::deque<kj::Array<capnp::word>> outbox_;
   std::unordered_map<std::uint64_t, std::shared_ptr<Pending>> pending_;
+  std::string handshake_failure_;  // the last handshake's failure; empty once one succeeds
   std::atomic<std::uint64_t> next_request_{1};
   std::chrono::milliseconds period_{0};
   std::function<void()> tick_;
@@ -99,6 +110,12 @@ class CallPlane {
   void start();
   // Sends to the inbound socket of the process at `address`. Any thread.
   void send(const std::string& address, capnp::MallocMessageBuilder& message);
+  // The bound on outbound sockets (LRU); at least 1. Any thread.
+  static constexpr std::size_t kDefaultMaxOutboundPeers = 256;
+  static constexpr std::chrono::milliseconds kEvictedLinger{500};
+  static constexpr std::size_t kMaxLingering = 256;
+  void set_max_outbound_peers(std::size_t peers);
+  std::size_t outbound_peers() const;
   // Runs `tick` on a thread of `context` about every `period` (batched
   // releases, deadlines). Set before start().
   void set_periodic(std::chrono::milliseconds period, std::function<void()> tick);
@@ -109,8 +126,19 @@ class CallPlane {
   struct Core;
   std::shared_ptr<Core> core_;
   std::string address_;
-  std::mutex out_mutex_;
-  std::map<std::string, zmq::socket_t> outbound_;
+  void evict_oldest_locked();
+  static zmq::socket_t new_outbound_socket();
+  mutable std::mutex out_mutex_;
+  struct Peer {
+    std::string address;
+    zmq::socket_t socket;
+    std::chrono::steady_clock::time_point last_send;
+  };
+  // Most recently used first; outbound_ indexes it by address.
+  std::list<Peer> lru_;
+  std::unordered_map<std::string, std::list<Peer>::iterator> outbound_;
+  std::deque<std::chrono::steady_clock::time_point> lingering_;  // evictions still lingering
+  std::size_t max_outbound_ = kDefaultMaxOutboundPeers;
   std::atomic<bool> stopped_{false};
 };
 

@@ -57,7 +57,8 @@ class AddressInUseError : public Error {
 
 // A ZeroMQ ROUTER bound on tcp://ip:port (port 0: any free port), with the
 // framing limits applied and ROUTER_HANDOVER on, so a peer that reconnects
-// with the same identity takes its name over.
+// with the same identity takes its name over. A CURVE server admitting only
+// members when membership() is set at construction (zmq_security.hpp).
 class ZmqControlServer final : public ControlServer {
  public:
   // Throws AddressInUseError when the port is taken, troupe::Error{transport}
@@ -102,7 +103,8 @@ class InProcessControlServer final : public ControlServer {
 };
 
 // A DEALER connected to the head at `address` ("IP:PORT" or a full
-// endpoint) with the routing identity `identity`.
+// endpoint) with the routing identity `identity`; a CURVE client with the
+// members' keys when membership() is set at construction.
 class ControlDealer {
  public:
   struct Options {
@@ -124,7 +126,12 @@ class ControlDealer {
   // (with `immediate`: while not connected), {transport} on other failures.
   void send(capnp::MessageBuilder& message);
   // Waits at most `timeout` for one message; nullopt when none came.
-  // Throws troupe::Error{protocol} for a malformed one.
+  // Throws troupe::Error{protocol} for a malformed one, and
+  // {permission_denied} when none came and a handshake with the head failed
+  // (a token missing or wrong, or a token for an insecure head): the message
+  // says why; once per run of failures, not at every reconnection. A head that only drops the connection (another
+  // cluster's keys) is silent: nullopt, and the caller's timeout message
+  // should hint at the token (no_reply_message in zmq_security.hpp).
   [[nodiscard]] std::optional<ReceivedMessage> receive(std::chrono::milliseconds timeout);
 
  private:

@@ -49,7 +49,7 @@ class ClusterSecret {
   Key curve_server_secret() const;
   Key curve_client_public() const;
   Key curve_client_secret() const;
-  // The data plane's message-authenticator key (crypto_auth).
+  // The data plane's message-authenticator key (keyed BLAKE2b tags).
   Key data_mac_key() const;
   // A short public fingerprint of the secret (8 hex digits of a hash): says
   // which cluster a token belongs to without revealing it.
@@ -96,5 +96,11 @@ struct TokenSource {
   std::string from;  // "TROUPE_TOKEN", a file's path, or "" when none found
 };
 TokenSource find_token(const std::string& head_address);
+
+// `n` bytes from libsodium's CSPRNG (keys, unguessable names), raw or as
+// 2n lower-case hex digits. Ids (troupe/runtime/ids.hpp) are unique, not
+// secret: never use them where guessing matters.
+std::string random_bytes(std::size_t n);
+std::string random_hex(std::size_t n);
 
 }  // namespace troupe::transport

@@ -9,7 +9,9 @@
 
 namespace troupe::transport {
 
-// The process's ZeroMQ context (one I/O thread). Thread-safe.
+// The process's ZeroMQ context (one I/O thread, at most kMaxZmqSockets
+// sockets). Thread-safe.
+constexpr int kMaxZmqSockets = 8192;
 zmq::context_t& zmq_context();
 
 // "127.0.0.1:6380" -> "tcp://127.0.0.1:6380" (an endpoint stays as it is).

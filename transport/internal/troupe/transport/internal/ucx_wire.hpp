@@ -1,0 +1,126 @@
+// The UCX data plane's message headers (internal: not installed): their
+// layout, the message authenticator of a secure cluster, and the one parser
+// every received header goes through (pure: bytes in, parsed header or the
+// reason it was refused out; no UCX), so that fuzz targets and tests can
+// call it directly. docs/protocol.md describes the wire format.
+//
+// Two active messages (all integers in host byte order: both ends are
+// troupe of the same build on the same architecture):
+//   request (AM 116)  header = RequestHeader [+ tag]; data = the requester's
+//                     UCX worker address (the holder answers there).
+//   data    (AM 117)  header = DataHeader [+ tag]; data = the bytes
+//                     [offset, offset + length) of the object.
+// In a secure cluster every header is followed by a 32-byte tag: keyed
+// BLAKE2b-256 (libsodium crypto_generichash_blake2b with a key: a MAC, RFC
+// 7693), keyed by ClusterSecret::data_mac_key(), over the header bytes and,
+// for a request, the requester address. (HMAC-SHA512-256 cost about 9 us a
+// fetch here, keyed BLAKE2b about a third of it.) The object's bytes are not covered (bandwidth):
+// the data plane authenticates who asks and what they are told, but does
+// not encrypt or authenticate payloads (docs/security.md). An insecure
+// plane sends no tag and accepts none.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+
+#include <sodium.h>
+
+#include "troupe/transport/internal/membership.hpp"
+
+namespace troupe::transport::ucx_wire {
+
+constexpr unsigned kRequestAm = 116;
+constexpr unsigned kDataAm = 117;
+constexpr std::uint32_t kRequestMagic = 0x54525131;  // "TRQ1"
+constexpr std::uint32_t kDataMagic = 0x54524431;     // "TRD1"
+
+enum Kind : std::uint8_t { kReply = 1, kPush = 2 };
+// kBusy: the holder has too many parked requests to park this one.
+enum Status : std::uint8_t { kOk = 0, kNotFound = 1, kUnsupported = 2, kBusy = 3 };
+
+struct RequestHeader {
+  std::uint32_t magic = kRequestMagic;
+  std::uint32_t wait_ms = 0;  // park up to this long if not published yet (the holder caps it)
+  std::uint64_t request_id = 0;
+  std::uint64_t id_hi = 0, id_lo = 0;
+};
+
+struct DataHeader {
+  std::uint32_t magic = kDataMagic;
+  std::uint8_t kind = kReply;
+  std::uint8_t status = kOk;
+  std::uint8_t memory = 0;  // the source's MemoryType (pushes land in it when possible)
+  std::uint8_t reserved = 0;
+  std::uint64_t transfer_id = 0;  // the request id of a reply; the pusher's id of a push
+  std::uint64_t id_hi = 0, id_lo = 0;
+  std::uint64_t total = 0;   // object size
+  std::uint64_t offset = 0;  // of this message's bytes in the object
+};
+
+static_assert(sizeof(RequestHeader) == 32 && sizeof(DataHeader) == 48, "wire layout");
+
+constexpr std::size_t kTagBytes = 32;
+using Tag = std::array<std::uint8_t, kTagBytes>;
+
+// Requester addresses outside these bounds are refused before UCX sees
+// them (ucp_worker_get_address gives ~100-300 bytes; more devices, more).
+constexpr std::size_t kMinAddressBytes = 16;
+constexpr std::size_t kMaxAddressBytes = 8192;
+
+// The largest header on the wire (a tagged data header).
+constexpr std::size_t kMaxHeaderBytes = sizeof(DataHeader) + kTagBytes;
+
+// Keyed BLAKE2b-256 with the data plane's key. The keyed state is computed
+// once, so a tag costs one BLAKE2b block for a header. Thread-safe (const).
+class MessageKey {
+ public:
+  explicit MessageKey(const ClusterSecret::Key& key);
+  Tag sign(std::span<const std::byte> header, std::span<const std::byte> extra = {}) const;
+  // Constant time (libsodium crypto_verify_32).
+  bool verify(std::span<const std::byte> header, std::span<const std::byte> extra,
+              std::span<const std::byte> tag) const;
+
+ private:
+  crypto_generichash_blake2b_state keyed_{};
+};
+
+// A request's header bytes on the wire: the header, then its tag when `key`.
+struct EncodedHeader {
+  std::array<std::byte, kMaxHeaderBytes> bytes{};
+  std::size_t size = 0;
+};
+EncodedHeader encode_request(const RequestHeader& header, std::string_view requester, const MessageKey* key);
+EncodedHeader encode_data(const DataHeader& header, const MessageKey* key);
+
+// What a receiver acts on, or why the message is refused (`error` set,
+// a static string). `unauthenticated`: the tag was missing or wrong (a
+// stranger, or a member of another cluster), as opposed to malformed.
+struct ParsedRequest {
+  RequestHeader header;
+  std::string_view requester;  // points into `data`
+  const char* error = nullptr;
+  bool unauthenticated = false;
+};
+struct ParsedData {
+  DataHeader header;
+  const char* error = nullptr;
+  bool unauthenticated = false;
+};
+
+// `header`/`data`: what UCX delivered (an active message's header and
+// data). `key`: the plane's key (secure) or null (insecure). Checks, in
+// this order: the header's length (with or without a tag, as `key` says),
+// the tag (before anything else is read), the magic, the requester
+// address's length bounds.
+ParsedRequest parse_request(std::span<const std::byte> header, std::span<const std::byte> data,
+                            const MessageKey* key);
+// `payload_length`: the bytes that came with this header. Checks the
+// length, the tag, the magic, kind/status/memory values, and that
+// [offset, offset + payload_length) lies inside [0, total).
+ParsedData parse_data(std::span<const std::byte> header, std::size_t payload_length, const MessageKey* key);
+
+}  // namespace troupe::transport::ucx_wire

@@ -1,0 +1,126 @@
+#include "troupe/transport/internal/ucx_wire.hpp"
+
+#include <cstring>
+
+#include "troupe/runtime/error.hpp"
+
+namespace troupe::transport::ucx_wire {
+namespace {
+
+const unsigned char* bytes_of(std::span<const std::byte> span) {
+  return reinterpret_cast<const unsigned char*>(span.data());
+}
+
+}  // namespace
+
+MessageKey::MessageKey(const ClusterSecret::Key& key) {
+  if (::sodium_init() < 0) throw Error(Errc::internal, "libsodium could not be initialised");
+  static_assert(crypto_generichash_blake2b_KEYBYTES_MAX >= 32 && kTagBytes <= crypto_generichash_blake2b_BYTES_MAX);
+  ::crypto_generichash_blake2b_init(&keyed_, key.data(), key.size(), kTagBytes);
+}
+
+Tag MessageKey::sign(std::span<const std::byte> header, std::span<const std::byte> extra) const {
+  crypto_generichash_blake2b_state state = keyed_;
+  ::crypto_generichash_blake2b_update(&state, bytes_of(header), header.size());
+  if (!extra.empty()) ::crypto_generichash_blake2b_update(&state, bytes_of(extra), extra.size());
+  Tag tag{};
+  ::crypto_generichash_blake2b_final(&state, tag.data(), tag.size());
+  ::sodium_memzero(&state, sizeof state);
+  return tag;
+}
+
+bool MessageKey::verify(std::span<const std::byte> header, std::span<const std::byte> extra,
+                        std::span<const std::byte> tag) const {
+  if (tag.size() != kTagBytes) return false;
+  const Tag expected = sign(header, extra);
+  return ::crypto_verify_32(expected.data(), bytes_of(tag)) == 0;
+}
+
+EncodedHeader encode_request(const RequestHeader& header, std::string_view requester, const MessageKey* key) {
+  EncodedHeader out;
+  std::memcpy(out.bytes.data(), &header, sizeof header);
+  out.size = sizeof header;
+  if (key != nullptr) {
+    const Tag tag = key->sign(std::span(out.bytes.data(), sizeof header), std::as_bytes(std::span(requester)));
+    std::memcpy(out.bytes.data() + out.size, tag.data(), tag.size());
+    out.size += tag.size();
+  }
+  return out;
+}
+
+EncodedHeader encode_data(const DataHeader& header, const MessageKey* key) {
+  EncodedHeader out;
+  std::memcpy(out.bytes.data(), &header, sizeof header);
+  out.size = sizeof header;
+  if (key != nullptr) {
+    const Tag tag = key->sign(std::span(out.bytes.data(), sizeof header));
+    std::memcpy(out.bytes.data() + out.size, tag.data(), tag.size());
+    out.size += tag.size();
+  }
+  return out;
+}
+
+ParsedRequest parse_request(std::span<const std::byte> header, std::span<const std::byte> data,
+                            const MessageKey* key) {
+  ParsedRequest parsed;
+  const std::size_t expected = sizeof(RequestHeader) + (key != nullptr ? kTagBytes : 0);
+  if (header.size() != expected) {
+    parsed.unauthenticated = key != nullptr;
+    parsed.error = key != nullptr ? "request header without a valid authenticator (wrong length)"
+                                  : "request header of the wrong length (an authenticated request to an "
+                                    "insecure data plane?)";
+    return parsed;
+  }
+  if (key != nullptr &&
+      !key->verify(header.first(sizeof(RequestHeader)), data, header.subspan(sizeof(RequestHeader)))) {
+    parsed.unauthenticated = true;
+    parsed.error = "request with a wrong authenticator (not a member of this cluster)";
+    return parsed;
+  }
+  std::memcpy(&parsed.header, header.data(), sizeof(RequestHeader));
+  if (parsed.header.magic != kRequestMagic) {
+    parsed.error = "request with a wrong magic number";
+    return parsed;
+  }
+  if (data.size() < kMinAddressBytes || data.size() > kMaxAddressBytes) {
+    parsed.error = "request whose requester address is too short or too long";
+    return parsed;
+  }
+  parsed.requester = std::string_view(reinterpret_cast<const char*>(data.data()), data.size());
+  return parsed;
+}
+
+ParsedData parse_data(std::span<const std::byte> header, std::size_t payload_length, const MessageKey* key) {
+  ParsedData parsed;
+  const std::size_t expected = sizeof(DataHeader) + (key != nullptr ? kTagBytes : 0);
+  if (header.size() != expected) {
+    parsed.unauthenticated = key != nullptr;
+    parsed.error = key != nullptr ? "data header without a valid authenticator (wrong length)"
+                                  : "data header of the wrong length (an authenticated message to an insecure "
+                                    "data plane?)";
+    return parsed;
+  }
+  if (key != nullptr && !key->verify(header.first(sizeof(DataHeader)), {}, header.subspan(sizeof(DataHeader)))) {
+    parsed.unauthenticated = true;
+    parsed.error = "data message with a wrong authenticator (not a member of this cluster)";
+    return parsed;
+  }
+  DataHeader& h = parsed.header;
+  std::memcpy(&h, header.data(), sizeof h);
+  if (h.magic != kDataMagic) {
+    parsed.error = "data message with a wrong magic number";
+  } else if (h.kind != kReply && h.kind != kPush) {
+    parsed.error = "data message of an unknown kind";
+  } else if (h.status > kBusy || (h.kind == kPush && h.status != kOk)) {
+    parsed.error = "data message with an unknown status";
+  } else if (h.memory > 1) {
+    parsed.error = "data message with an unknown memory type";
+  } else if (h.status != kOk && (h.total != 0 || payload_length != 0)) {
+    parsed.error = "a status reply that carries bytes";
+  } else if (h.offset > h.total || payload_length > h.total - h.offset) {
+    parsed.error = "data message with bytes outside its object";
+  }
+  return parsed;
+}
+
+}  // namespace troupe::transport::ucx_wire
