@@ -17,6 +17,8 @@ namespace {
 // is malformed.
 constexpr std::size_t kMaxMethodNameBytes = 1024;
 constexpr std::size_t kMaxCallArgs = 4096;
+// Far above one tick's releases to one holder.
+constexpr std::size_t kMaxReleaseIds = std::size_t{1} << 20;
 
 // An ObjectRef parameter as the callee receives it: the state its ObjectRef
 // wraps, filled by a fetch from the object's holder (take_arg).
@@ -64,9 +66,13 @@ void CallServer::dispatch(wire::CallMessage::Reader root) {
     case wire::CallMessage::REPLY: outbound_->on_reply(root.getReply()); break;
     case wire::CallMessage::REQUEST: on_request(root.getRequest()); break;
     case wire::CallMessage::RELEASE: {
-      std::vector<ObjectId> ids;
+      // A list of empty structs costs its sender nothing per element (found
+      // by fuzz_call_server: reserving by the claimed count took 570 MB).
       auto wire_ids = root.getRelease().getIds();
-      ids.reserve(wire_ids.size());
+      if (wire_ids.size() > kMaxReleaseIds)
+        throw Error(Errc::protocol, "a release of " + std::to_string(wire_ids.size()) + " objects (at most " +
+                                        std::to_string(kMaxReleaseIds) + ")");
+      std::vector<ObjectId> ids;
       for (auto wire_id : wire_ids) {
         const auto id = troupe::from_wire<ObjectId>(wire_id);
         if (!id.nil()) ids.push_back(id);
