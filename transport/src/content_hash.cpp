@@ -5,6 +5,7 @@
 #include <array>
 #include <fstream>
 
+#include "sodium_util.hpp"
 #include "troupe/runtime/error.hpp"
 
 namespace troupe::transport {
@@ -12,34 +13,21 @@ namespace {
 
 constexpr std::size_t kHashBytes = 32;
 
-std::string hex(const unsigned char* bytes, std::size_t n) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  out.reserve(2 * n);
-  for (std::size_t i = 0; i < n; ++i) {
-    out.push_back(digits[bytes[i] >> 4]);
-    out.push_back(digits[bytes[i] & 15]);
-  }
-  return out;
-}
-
-void init_sodium() {
-  static const int ready = ::sodium_init();
-  if (ready < 0) throw Error(Errc::internal, "libsodium could not be initialised");
-}
+using detail::ensure_sodium;
+using detail::hex_of;
 
 }  // namespace
 
 std::string content_hash(std::string_view data) {
-  init_sodium();
+  ensure_sodium();
   std::array<unsigned char, kHashBytes> out{};
   ::crypto_generichash(out.data(), out.size(), reinterpret_cast<const unsigned char*>(data.data()), data.size(),
                        nullptr, 0);
-  return hex(out.data(), out.size());
+  return hex_of(out.data(), out.size());
 }
 
 std::optional<std::string> content_hash_of_file(const std::filesystem::path& path) {
-  init_sodium();
+  ensure_sodium();
   std::ifstream in(path, std::ios::binary);
   if (!in) return std::nullopt;
   crypto_generichash_state state;
@@ -55,7 +43,7 @@ std::optional<std::string> content_hash_of_file(const std::filesystem::path& pat
   if (in.bad()) return std::nullopt;
   std::array<unsigned char, kHashBytes> out{};
   ::crypto_generichash_final(&state, out.data(), out.size());
-  return hex(out.data(), out.size());
+  return hex_of(out.data(), out.size());
 }
 
 bool valid_hash_name(std::string_view hash) {

@@ -14,6 +14,7 @@
 #include <sstream>
 #include <vector>
 
+#include "sodium_util.hpp"
 #include "troupe/runtime/error.hpp"
 
 namespace troupe::transport {
@@ -21,21 +22,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void init_sodium() {
-  static const int ready = ::sodium_init();
-  if (ready < 0) throw Error(Errc::internal, "libsodium could not be initialised");
-}
-
-std::string to_hex(const std::uint8_t* bytes, std::size_t n) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  out.reserve(2 * n);
-  for (std::size_t i = 0; i < n; ++i) {
-    out.push_back(digits[bytes[i] >> 4]);
-    out.push_back(digits[bytes[i] & 15]);
-  }
-  return out;
-}
+using detail::hex_of;
+void init_sodium() { detail::ensure_sodium(); }
+std::string to_hex(const std::uint8_t* bytes, std::size_t n) { return hex_of(bytes, n); }
 
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';

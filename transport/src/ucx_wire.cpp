@@ -1,5 +1,7 @@
 #include "troupe/transport/internal/ucx_wire.hpp"
 
+#include "sodium_util.hpp"
+
 #include <cstring>
 
 #include "troupe/runtime/error.hpp"
@@ -14,7 +16,7 @@ const unsigned char* bytes_of(std::span<const std::byte> span) {
 }  // namespace
 
 MessageKey::MessageKey(const ClusterSecret::Key& key) {
-  if (::sodium_init() < 0) throw Error(Errc::internal, "libsodium could not be initialised");
+  detail::ensure_sodium();
   static_assert(crypto_generichash_blake2b_KEYBYTES_MAX >= 32 && kTagBytes <= crypto_generichash_blake2b_BYTES_MAX);
   ::crypto_generichash_blake2b_init(&keyed_, key.data(), key.size(), kTagBytes);
 }
