@@ -17,6 +17,8 @@ PACKAGES=(
   libcereal-dev                        # serialization of user types
   libopenblas-dev                      # CPU BLAS for kernels
   libsodium-dev                        # cluster secret, authenticators, binary hashes
+  libsqlite3-dev                       # the head's state store (WAL)
+  redis-server libhiredis-dev          # the head's external state store (standby heads)
   clang libclang-rt-dev                # libFuzzer targets (scripts/fuzz.sh)
   dataset-fashion-mnist                # data for the pipeline example
   zlib1g-dev                           # reads that data (gzipped IDX files)
