@@ -11,6 +11,7 @@
 #include "command.hpp"
 #include "session.hpp"
 #include "troupe/head/head.hpp"
+#include "troupe/node/log_rotation.hpp"
 #include "troupe/node/node_manager.hpp"
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/logging.hpp"
@@ -50,7 +51,9 @@ void to_json(nlohmann::json& j, const DaemonConfig& c) {
                      {"memory_bytes", c.memory_bytes},
                      {"gpus", c.gpus},
                      {"resources", c.resources},
-                     {"token_file", c.token_file.string()}};
+                     {"token_file", c.token_file.string()},
+                     {"log_max_bytes", c.log_max_bytes},
+                     {"log_keep", c.log_keep}};
 }
 
 void from_json(const nlohmann::json& j, DaemonConfig& c) {
@@ -69,6 +72,8 @@ void from_json(const nlohmann::json& j, DaemonConfig& c) {
   c.gpus = j.at("gpus").get<std::vector<scheduler::GpuInfo>>();
   c.resources = j.at("resources").get<scheduler::ResourceSet>();
   c.token_file = j.value("token_file", std::string());
+  c.log_max_bytes = j.value("log_max_bytes", c.log_max_bytes);
+  c.log_keep = j.value("log_keep", c.log_keep);
 }
 
 std::string insecure_warning(const std::string& address) {
@@ -122,6 +127,10 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
   }
   const auto pid_file = config.session_dir / "pids" / (config.name() + ".pid");
   write_file_atomic(pid_file, std::to_string(::getpid()) + "\n");
+  // This daemon's log, its actor hosts' and (head) its jobs' drivers' stay
+  // under the cap (docs/fault-tolerance.md).
+  node::LogRotator log_rotator(config.session_dir / "logs", config.session_dir / "jobs",
+                               node::LogRotation{config.log_max_bytes, config.log_keep});
 
   node::NodeManagerConfig node;
   node.node_ip = config.node_ip;

@@ -31,6 +31,10 @@ struct DaemonConfig {
   // The cluster token this daemon presents and requires (a file, mode
   // 0600, in its session directory); empty: an insecure cluster (--insecure).
   std::filesystem::path token_file;
+  // Log files of this session (logs/*.log, jobs/*/output.log) are rotated
+  // when larger than this (0: never), keeping this many older copies.
+  std::uint64_t log_max_bytes = 100ull << 20;
+  int log_keep = 3;
 
   // "head" or "worker-<node id, 12 hex digits>": names its pid and log files.
   std::string name() const;
