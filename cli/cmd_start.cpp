@@ -54,6 +54,7 @@ struct StartOptions {
   std::string temp_dir;
   int heartbeat_ms = 500;
   int heartbeat_misses = 6;
+  int probe_timeout_ms = 3000;
   bool block = false;
   double wait_s = 15;
   bool insecure = false;    // no cluster secret: plain sockets, anyone who reaches the head is in
@@ -138,6 +139,7 @@ DaemonConfig build_config(const StartOptions& options) {
   if (options.port < 0 || options.port > 65535) throw UsageError("--port must be in 0..65535");
   if (options.heartbeat_ms < 10) throw UsageError("--heartbeat-ms must be at least 10");
   if (options.heartbeat_misses < 1) throw UsageError("--heartbeat-misses must be at least 1");
+  if (options.probe_timeout_ms < 10) throw UsageError("--probe-timeout-ms must be at least 10");
   if (!options.address.empty() && options.address.find(':') == std::string::npos) {
     throw UsageError("--address must be HOST:PORT, got \"" + options.address + "\"");
   }
@@ -147,6 +149,7 @@ DaemonConfig build_config(const StartOptions& options) {
   config.port = options.port;
   config.heartbeat_ms = static_cast<std::uint32_t>(options.heartbeat_ms);
   config.heartbeat_misses = static_cast<std::uint32_t>(options.heartbeat_misses);
+  config.probe_timeout_ms = static_cast<std::uint32_t>(options.probe_timeout_ms);
   config.head_address = options.address;
   config.node_id = NodeId::random();
   config.num_cpus = options.num_cpus >= 0 ? static_cast<std::uint32_t>(options.num_cpus)
@@ -344,7 +347,12 @@ void add_start_command(CLI::App& app) {
   command->add_option("--heartbeat-ms", options->heartbeat_ms, "Head: heartbeat period of nodes and drivers")
       ->capture_default_str();
   command->add_option("--heartbeat-misses", options->heartbeat_misses,
-                      "Head: missed heartbeats after which a node is declared dead")
+                      "Head: missed heartbeats after which a node is suspected and probed (a driver: lost after "
+                      "these and --probe-timeout-ms)")
+      ->capture_default_str();
+  command->add_option("--probe-timeout-ms", options->probe_timeout_ms,
+                      "Head: a suspected node that answers nothing for this long more is declared dead "
+                      "(detection time = heartbeat-ms * heartbeat-misses + this; docs/fault-tolerance.md)")
       ->capture_default_str();
   command->add_flag("--insecure", options->insecure,
                     "No cluster token, no encryption: anyone who can reach the head can run code on every node "
