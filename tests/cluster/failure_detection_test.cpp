@@ -96,7 +96,7 @@ ActorRow serve(TestCluster& cluster, int restarts) {
 }
 
 TEST(FailureDetection, AKilledWorkerDaemonIsDeclaredDeadWithinTenSecondsAndItsActorHostsExit) {
-  TestCluster cluster(500, 6);  // the defaults: suspected after 3 s, dead after 3 s more
+  TestCluster cluster(500, 6, 3000);  // the defaults: suspected after 3 s, dead after 3 s more
   ASSERT_EQ(cluster.start_head().exit_code, 0);
   std::string worker = cluster.add_worker("T4-16GB:1");
   ASSERT_FALSE(worker.empty());
@@ -124,7 +124,7 @@ TEST(FailureDetection, AKilledWorkerDaemonIsDeclaredDeadWithinTenSecondsAndItsAc
 }
 
 TEST(FailureDetection, AStoppedNodeManagerIsSuspectedThenDeclaredDeadAndItsHostStopsBeforeTheActorRunsElsewhere) {
-  TestCluster cluster(500, 6);
+  TestCluster cluster(500, 6, 3000);
   ASSERT_EQ(cluster.start_head().exit_code, 0);
   std::string first = cluster.add_worker("T4-16GB:1");
   std::string second = cluster.add_worker("T4-16GB:1");
@@ -169,7 +169,7 @@ TEST(FailureDetection, AStoppedNodeManagerIsSuspectedThenDeclaredDeadAndItsHostS
 }
 
 TEST(FailureDetection, AShortHeadStopFencesNothingButAWorkerCutOffForTheFencingTimeoutStopsItsHosts) {
-  TestCluster cluster(500, 6);  // detection 6 s; a worker fences after 5 s without the head
+  TestCluster cluster(500, 6, 3000);  // detection 6 s; a worker fences after 5 s without the head
   ASSERT_EQ(cluster.start_head().exit_code, 0);
   std::string worker = cluster.add_worker("T4-16GB:1");
   ASSERT_FALSE(worker.empty());
@@ -215,8 +215,8 @@ TEST(FailureDetection, AShortHeadStopFencesNothingButAWorkerCutOffForTheFencingT
 }
 
 TEST(FailureDetection, ADriverUploadingABigBinaryIsNotLostAndItsActorStillRestarts) {
-  TestCluster cluster(100, 3);  // a driver is lost after 100 * 3 + 300 ms of silence
-  ASSERT_EQ(cluster.start_head({"--gpus", "", "--probe-timeout-ms", "300"}).exit_code, 0);
+  TestCluster cluster(100, 3, 300);  // a driver is lost after 100 * 3 + 300 ms of silence
+  ASSERT_EQ(cluster.start_head().exit_code, 0);
   // The job binary with 200 MB appended (an ELF file ignores it): the upload
   // and its hashing take far longer than the driver timeout.
   fs::path big = cluster.root() / "big_cluster_job";

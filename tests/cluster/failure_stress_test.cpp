@@ -51,7 +51,7 @@ class CpuHog {
 };
 
 TEST(FailureStress, NoHealthyNodeIsDeclaredDeadBesideACpuHogAndHeadStallsButAKilledOneIsWithinTenSeconds) {
-  TestCluster cluster(500, 6);  // the defaults
+  TestCluster cluster(500, 6, 3000);  // the defaults
   ASSERT_EQ(cluster.start_head().exit_code, 0);
   std::string first = cluster.add_worker("T4-16GB:1");
   std::string second = cluster.add_worker("");
