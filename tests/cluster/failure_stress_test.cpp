@@ -35,7 +35,7 @@ class CpuHog {
       if (pid == 0) {
         int fd = ::open("/dev/null", O_WRONLY);
         ::dup2(fd, 1);
-        ::execlp("yes", "yes", static_cast<char*>(nullptr));
+        ::execl("/usr/bin/yes", "yes", static_cast<char*>(nullptr));
         ::_exit(127);
       }
       if (pid > 0) pids_.push_back(pid);
