@@ -204,7 +204,7 @@ TEST_F(HeadTest, ARegisteredNodeIsAnsweredAndAppearsAliveInTheClusterState) {
   ASSERT_TRUE(reply.isRegisterNodeReply());
   EXPECT_EQ(reply.getRequestId(), request);
   EXPECT_EQ(reply.getRegisterNodeReply().getHeartbeatIntervalMs(), 500u);
-  EXPECT_EQ(reply.getRegisterNodeReply().getNodeTimeoutMs(), 3000u);
+  EXPECT_EQ(reply.getRegisterNodeReply().getNodeTimeoutMs(), 4000u);  // suspicion 3000 + probe 1000
   EXPECT_EQ(from_wire<NodeId>(reply.getRegisterNodeReply().getHeadNodeId()), (NodeId{0, 1}));
 
   auto state = cluster_state();
