@@ -216,19 +216,22 @@ TEST(FailureDetection, AShortHeadStopFencesNothingButAWorkerCutOffForTheFencingT
 }
 
 TEST(FailureDetection, ADriverUploadingABigBinaryIsNotLostAndItsActorStillRestarts) {
-  TestCluster cluster(100, 3, 500);  // a driver is lost after 100 * 3 + 500 ms of silence
+  // A driver is lost after 100 * 3 ms + the probe timeout of silence; the
+  // probe timeout is long because the node manager that starts the actor
+  // hashes the big binary on its loop (twice per start) and must not be
+  // declared dead meanwhile.
+  TestCluster cluster(100, 3, 3000);
   ASSERT_EQ(cluster.start_head().exit_code, 0);
-  // The job binary with 100 MB appended (an ELF file ignores it): the upload
-  // and its hashing take about as long as the driver timeout or longer (the
-  // head's own test, ADriverUploadingItsBinaryIsNotLost..., is the
-  // deterministic one); more would stall the node manager that hashes it
-  // before it starts the host for longer than its own detection time.
+  // The job binary with 200 MB appended (an ELF file ignores it). The head's
+  // own test (ADriverUploadingItsBinaryIsNotLostAndAnyMessageCountsAsLife,
+  // fake clock) is the deterministic check of the upload grace; this one
+  // runs the whole path: upload, heartbeats from the start, a restart.
   fs::path big = cluster.root() / "big_cluster_job";
   fs::copy_file(TROUPE_CLUSTER_JOB, big);
   {
     std::ofstream out(big, std::ios::binary | std::ios::app);
     std::string chunk(1 << 20, '\0');
-    for (int i = 0; i < 100; ++i) out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    for (int i = 0; i < 200; ++i) out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
   }
   ::chmod(big.c_str(), 0755);
   auto result = run_process(big.string(), {"restart"},

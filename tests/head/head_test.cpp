@@ -541,13 +541,29 @@ TEST_F(HeadTest, ADriverUploadingItsBinaryIsNotLostAndAnyMessageCountsAsLife) {
     if (reader.isRegisterDriverReply()) need = reader.getRegisterDriverReply().getNeedBinary();
   }
   ASSERT_TRUE(need);
-  // 20 s of silence: the upload is still under way, the job runs on.
+  // A heartbeat sent before the upload comes first; the ones after it queue
+  // behind the upload: 20 s of silence then, and the job runs on.
+  capnp::MallocMessageBuilder beat;
+  auto beat_root = beat.initRoot<ControlMessage>();
+  beat_root.setRequestId(0);
+  to_wire(beat_root.initDriverHeartbeat().initWorkerId(), WorkerId{5, 5});
+  deliver("drv-5", beat);
   advance(std::chrono::seconds(20));
   head_->tick();
   auto state = cluster_state();
   auto jobs = state.root<ControlMessage>().getClusterState().getJobs();
   ASSERT_EQ(jobs.size(), 1u);
   EXPECT_EQ(jobs[0].getState(), wire::JobState::RUNNING);
+  // Once the upload came, the usual timeout applies again.
+  capnp::MallocMessageBuilder upload;
+  auto upload_root = upload.initRoot<ControlMessage>();
+  upload_root.setRequestId(0);
+  upload_root.initUploadBinary().setBinaryHash(std::string(64, 'a'));  // refused: wrong bytes
+  deliver("drv-5", upload);
+  advance(std::chrono::milliseconds(4001));
+  head_->tick();
+  auto after = cluster_state();
+  EXPECT_EQ(after.root<ControlMessage>().getClusterState().getJobs()[0].getState(), wire::JobState::STOPPED);
 }
 
 TEST_F(HeadTest, AnActorOfALostNodeRestartsOnAnotherNode) {

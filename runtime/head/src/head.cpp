@@ -119,7 +119,10 @@ struct Head::Impl {
         case ControlMessage::STOP_JOB: jobs.on_stop_job(identity, request_id, reader.getStopJob()); break;
         case ControlMessage::GET_CLUSTER_STATE: on_get_cluster_state(identity, request_id, reader.getGetClusterState()); break;
         case ControlMessage::REGISTER_DRIVER: jobs.on_register_driver(identity, request_id, reader.getRegisterDriver()); break;
-        case ControlMessage::UPLOAD_BINARY: binaries.on_upload_binary(identity, request_id, reader.getUploadBinary()); break;
+        case ControlMessage::UPLOAD_BINARY:
+          jobs.upload_arrived(identity);
+          binaries.on_upload_binary(identity, request_id, reader.getUploadBinary());
+          break;
         case ControlMessage::FETCH_BINARY: binaries.on_fetch_binary(identity, request_id, reader.getFetchBinary()); break;
         case ControlMessage::JOB_LOGS: jobs.on_job_logs(identity, request_id, reader.getJobLogs()); break;
         case ControlMessage::DRIVER_HEARTBEAT: jobs.on_driver_heartbeat(identity, request_id, reader.getDriverHeartbeat()); break;

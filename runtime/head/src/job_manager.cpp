@@ -152,8 +152,13 @@ void JobManager::heard_from(const std::string& identity, Clock::time_point now) 
   for (auto& [worker, driver] : drivers_) {
     if (driver.alive && driver.identity == identity) {
       driver.last_heartbeat = std::max(driver.last_heartbeat, now);
-      driver.upload_until = {};  // the upload (or anything after it) arrived
     }
+  }
+}
+
+void JobManager::upload_arrived(const std::string& identity) {
+  for (auto& [worker, driver] : drivers_) {
+    if (driver.identity == identity) driver.upload_until = {};
   }
 }
 

@@ -71,6 +71,9 @@ class JobManager {
   void expire_drivers(Clock::time_point now);
   // A message came from `identity`: the driver registered as it is heard from.
   void heard_from(const std::string& identity, Clock::time_point now);
+  // Its uploadBinary arrived: the grace for the upload ends (heartbeats sent
+  // before it may have come first; those sent after it queued behind it).
+  void upload_arrived(const std::string& identity);
   // The head did not run for `gap`: that silence is not the drivers'.
   void forgive(Clock::duration gap, Clock::time_point now);
   // Reaps exited job drivers; SIGKILLs stopped ones past their deadline.
