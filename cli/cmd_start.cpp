@@ -56,6 +56,7 @@ struct StartOptions {
   int heartbeat_misses = 6;
   double log_max_mb = 100;
   int log_keep = 3;
+  int probe_timeout_ms = 3000;
   bool block = false;
   double wait_s = 15;
   bool insecure = false;    // no cluster secret: plain sockets, anyone who reaches the head is in
@@ -142,6 +143,7 @@ DaemonConfig build_config(const StartOptions& options) {
   if (options.heartbeat_misses < 1) throw UsageError("--heartbeat-misses must be at least 1");
   if (!(options.log_max_mb >= 0)) throw UsageError("--log-max-mb must be 0 (never rotate) or more");
   if (options.log_keep < 1 || options.log_keep > 100) throw UsageError("--log-keep must be in 1..100");
+  if (options.probe_timeout_ms < 10) throw UsageError("--probe-timeout-ms must be at least 10");
   if (!options.address.empty() && options.address.find(':') == std::string::npos) {
     throw UsageError("--address must be HOST:PORT, got \"" + options.address + "\"");
   }
@@ -153,6 +155,7 @@ DaemonConfig build_config(const StartOptions& options) {
   config.heartbeat_misses = static_cast<std::uint32_t>(options.heartbeat_misses);
   config.log_max_bytes = static_cast<std::uint64_t>(options.log_max_mb * 1024 * 1024);
   config.log_keep = options.log_keep;
+  config.probe_timeout_ms = static_cast<std::uint32_t>(options.probe_timeout_ms);
   config.head_address = options.address;
   config.node_id = NodeId::random();
   config.num_cpus = options.num_cpus >= 0 ? static_cast<std::uint32_t>(options.num_cpus)
@@ -350,7 +353,12 @@ void add_start_command(CLI::App& app) {
   command->add_option("--heartbeat-ms", options->heartbeat_ms, "Head: heartbeat period of nodes and drivers")
       ->capture_default_str();
   command->add_option("--heartbeat-misses", options->heartbeat_misses,
-                      "Head: missed heartbeats after which a node is declared dead")
+                      "Head: missed heartbeats after which a node is suspected and probed (a driver: lost after "
+                      "these and --probe-timeout-ms)")
+      ->capture_default_str();
+  command->add_option("--probe-timeout-ms", options->probe_timeout_ms,
+                      "Head: a suspected node that answers nothing for this long more is declared dead "
+                      "(detection time = heartbeat-ms * heartbeat-misses + this; docs/fault-tolerance.md)")
       ->capture_default_str();
   command->add_option("--log-max-mb", options->log_max_mb,
                       "Rotate a log file of this session (daemon, actor host, job driver) when larger than this "

@@ -45,6 +45,7 @@ void to_json(nlohmann::json& j, const DaemonConfig& c) {
                      {"port", c.port},
                      {"heartbeat_ms", c.heartbeat_ms},
                      {"heartbeat_misses", c.heartbeat_misses},
+                     {"probe_timeout_ms", c.probe_timeout_ms},
                      {"head_address", c.head_address},
                      {"node_id", c.node_id.hex()},
                      {"num_cpus", c.num_cpus},
@@ -63,6 +64,7 @@ void from_json(const nlohmann::json& j, DaemonConfig& c) {
   c.port = j.at("port").get<int>();
   c.heartbeat_ms = j.at("heartbeat_ms").get<std::uint32_t>();
   c.heartbeat_misses = j.at("heartbeat_misses").get<std::uint32_t>();
+  c.probe_timeout_ms = j.value("probe_timeout_ms", std::uint32_t{3000});
   c.head_address = j.at("head_address").get<std::string>();
   auto id = NodeId::parse(j.at("node_id").get<std::string>());
   if (!id) throw Error(Errc::invalid_argument, "bad node_id in daemon config");
@@ -149,6 +151,7 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
     head_config.port = config.port;
     head_config.heartbeat_ms = config.heartbeat_ms;
     head_config.heartbeat_misses = config.heartbeat_misses;
+    head_config.probe_timeout_ms = config.probe_timeout_ms;
     head_config.session_dir = config.session_dir;
     head_config.head_node_id = config.node_id;
     head_config.token_file = config.token_file;

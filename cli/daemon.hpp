@@ -22,6 +22,7 @@ struct DaemonConfig {
   int port = 6380;                        // head
   std::uint32_t heartbeat_ms = 500;       // head
   std::uint32_t heartbeat_misses = 6;     // head
+  std::uint32_t probe_timeout_ms = 3000;  // head
   std::string head_address;               // worker
   NodeId node_id;
   std::uint32_t num_cpus = 1;

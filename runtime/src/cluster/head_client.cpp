@@ -67,13 +67,9 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
   auto body = root.getRegisterDriverReply();
   const JobId job_id = troupe::from_wire<JobId>(body.getJobId());
   const auto heartbeat = std::chrono::milliseconds(std::max<std::uint32_t>(50, body.getHeartbeatIntervalMs()));
-  if (body.getNeedBinary()) {
-    capnp::MallocMessageBuilder upload;
-    auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
-    up.setBinaryHash(hash);
-    up.setBinary(as_data(bytes));
-    (void)request(upload, std::chrono::milliseconds(std::max<long>(request_timeout_.count(), 60000)));
-  }
+  // Heartbeats from now on, before the upload: the head counts the upload
+  // itself as life (and gives it time), and the heartbeats queued behind it
+  // follow at once.
   channel_->set_periodic(heartbeat, [this, worker_id] {
     capnp::MallocMessageBuilder beat;
     auto hb = beat.initRoot<wire::ControlMessage>().initDriverHeartbeat();
@@ -81,6 +77,13 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
     hb.setSeq(++heartbeat_seq_);
     channel_->send(beat);
   });
+  if (body.getNeedBinary()) {
+    capnp::MallocMessageBuilder upload;
+    auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
+    up.setBinaryHash(hash);
+    up.setBinary(as_data(bytes));
+    (void)request(upload, std::chrono::milliseconds(std::max<long>(request_timeout_.count(), 60000)));
+  }
   TROUPE_LOG_INFO("driver {} registered with head {} as job {}", worker_id.hex(), head_address, job_id.hex());
   return job_id;
 }
