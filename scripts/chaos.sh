@@ -64,7 +64,7 @@ else
 fi
 batch=128
 total=$(((images + batch - 1) / batch * epochs))
-train+=(--log-every 0 --checkpoint-every "$every" --restart-timeout 120 --stage-cpus 1)
+train+=(--log-every 0 --checkpoint-every "$every" --restart-timeout 120)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/troupe-chaos-XXXXXX")
 export TROUPE_TEMP_DIR="$work/troupe"
@@ -134,7 +134,7 @@ say "cluster up at $address: head + 2 workers (session $session)"
 
 losses="$work/chaos.losses"
 : > "$losses"
-TROUPE_ADDRESS="$address" "$EXAMPLE" "${train[@]}" --checkpoint-dir "$work/checkpoints" \
+TROUPE_ADDRESS="$address" "$EXAMPLE" "${train[@]}" --stage-cpus 1 --checkpoint-dir "$work/checkpoints" \
   --losses-file "$losses" > "$work/chaos.log" 2>&1 &
 driver=$!
 
@@ -176,7 +176,7 @@ host_pid() {
 }
 # The pids of the actor hosts that are children of process $1.
 children() { ps -o pid= --ppid "$1" 2> /dev/null || true; }
-recoveries() { grep -c "restored step" "$work/chaos.log" || true; }
+recoveries() { grep -c "^  \[pipeline\] .*restored step" "$work/chaos.log" || true; }
 wait_recovered() {  # until the driver printed $1 recoveries
   local deadline=$((SECONDS + 300))
   while (($(recoveries) < $1)); do
@@ -186,25 +186,27 @@ wait_recovered() {  # until the driver printed $1 recoveries
   done
 }
 
+# Each victim is chosen before its kill point, so the kill lands on time.
 # ---- phase 1: one stage's actor host -----------------------------------------------------------
-wait_step "$point1"
+wait_step 1
 mapfile -t alive < <(stages)
 ((${#alive[@]} > 0)) || { say "FAIL: no alive PipelineStage actor listed"; exit 1; }
 victim=${alive[$((stage_pick % ${#alive[@]}))]}
 victim_id=${victim%% *}
 pid=$(host_pid "$victim_id") || { say "FAIL: no actor host process for actor $victim_id"; exit 1; }
+wait_step "$point1"
 say "phase 1 at step $(last_step): kill -9 actor host $pid (PipelineStage ${victim_id:0:12})"
 kill -9 "$pid"
 wait_recovered 1
 
 # ---- phase 2: a whole worker daemon -------------------------------------------------------------
-wait_step "$point2"
 worker_pid=""
 while read -r _ node; do
   file="$session/pids/worker-${node:0:12}.pid"
   if [[ -n $node && -f $file ]]; then worker_pid=$(cat "$file"); worker_node=$node; break; fi
 done < <(stages)
 [[ -n $worker_pid ]] || { say "FAIL: no worker daemon hosts a stage"; exit 1; }
+wait_step "$point2"
 orphans=$(children "$worker_pid")
 say "phase 2 at step $(last_step): kill -9 worker daemon $worker_pid (node ${worker_node:0:12}; hosts: $(echo $orphans))"
 kill -9 "$worker_pid"

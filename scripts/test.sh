@@ -19,7 +19,7 @@
 # Its failure fails the suite. Then, unless --fast, --no-chaos, a label,
 # a sanitizer run or ctest arguments narrow the run, `scripts/chaos.sh
 # --short` trains pipeline_mnist on a local cluster while killing a stage's
-# host and a worker daemon (about two minutes on 2 cores); its failure fails
+# host and a worker daemon (35 s to a minute on 2 cores); its failure fails
 # the suite too.
 #
 # Environment: BUILD_DIR (default build), BUILD_TYPE, TROUPE_CUDA, JOBS (see
