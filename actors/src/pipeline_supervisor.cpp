@@ -503,6 +503,11 @@ void PipelineSupervisor::recover(const std::string& why, const OpPtr& failed, st
   }
   changed_.notify_all();
   for (const OpPtr& op : failed_ops) op->fail(error);
+  if (startup) {
+    // Not a failure: the directories held an earlier run's checkpoints.
+    TROUPE_LOG_INFO("Pipeline: resuming from step {}, the newest checkpoint every stage has", restored);
+    return;
+  }
   TROUPE_LOG_WARN("Pipeline: {}: restored step {}, replaying {} batches", event.reason, restored,
                   event.replayed_batches);
   if (options_.on_recovery) {

@@ -45,10 +45,17 @@
 // that is reported as Error(Errc::internal) before anything waits, instead
 // of a hang.
 //
+// Fault tolerance. With PipelineOptions::checkpoint_every the stages
+// checkpoint every N steps and the Pipeline survives a stage's restart: it
+// rolls every stage back to their newest common checkpoint and replays the
+// batches from there, which recomputes exactly what was lost (see
+// PipelineOptions and docs/fault-tolerance.md).
+//
 // Threads. PipelineStage is an actor class and not thread-safe (one call at a
 // time; Pipeline refuses max_concurrency > 1). Pipeline itself is a driver
 // object: use one from one thread at a time; its refs' continuations run on
-// the runtime's thread pool (ObjectRef::then).
+// the runtime's thread pool (ObjectRef::then). With fault tolerance on, a
+// supervisor thread of the Pipeline completes the refs it hands out.
 #pragma once
 
 #include <chrono>
@@ -366,7 +373,8 @@ struct PipelineOptions {
   // Recoveries in a row without a batch finishing before the Pipeline gives
   // up (Error(actor_died)).
   int max_recoveries = 10;
-  // Called on the Pipeline's supervisor thread after each recovery.
+  // Called on the Pipeline's supervisor thread after each recovery (not for a
+  // start that resumes an earlier run: see resume_step()).
   std::function<void(const RecoveryEvent&)> on_recovery;
 
   bool fault_tolerant() const noexcept { return checkpoint_every > 0; }
