@@ -6,6 +6,7 @@
 #   scripts/test.sh --label slow   # only tests with this ctest label (repeatable)
 #   scripts/test.sh --skip-deps    # do not run scripts/install-deps.sh
 #   scripts/test.sh --no-fuzz      # skip the short fuzz run
+#   scripts/test.sh --no-chaos     # skip the short chaos run
 #   scripts/test.sh --tsan         # ThreadSanitizer build (build-tsan/), runtime,
 #                                  # head and cluster tests (no fuzzing)
 #   scripts/test.sh --asan         # AddressSanitizer+UBSan build (build-asan/),
@@ -15,7 +16,11 @@
 # After ctest, unless --fast or --no-fuzz, a short fuzz run checks every
 # libFuzzer target: `scripts/fuzz.sh --runs 2000` (its own clang build in
 # build-fuzz/, then 2,000 inputs per target; a few minutes on 2 cores).
-# Its failure fails the suite.
+# Its failure fails the suite. Then, unless --fast, --no-chaos, a label,
+# a sanitizer run or ctest arguments narrow the run, `scripts/chaos.sh
+# --short` trains pipeline_mnist on a local cluster while killing a stage's
+# host and a worker daemon (35 s to a minute on 2 cores); its failure fails
+# the suite too.
 #
 # Environment: BUILD_DIR (default build), BUILD_TYPE, TROUPE_CUDA, JOBS (see
 # scripts/configure-build.sh), CTEST_JOBS (default 2), CTEST_TIMEOUT (default 600 s).
@@ -40,16 +45,18 @@ build_args=()
 ctest_args=()
 what="all tests"
 fuzz=1
+chaos=1
 sanitize=""
 while (($#)); do
   case "$1" in
-    --tsan) sanitize=thread; fuzz=0 ;;
-    --asan) sanitize=address; fuzz=0 ;;
-    --fast) ctest_args+=(-L fast); what="label fast"; fuzz=0 ;;
+    --tsan) sanitize=thread; fuzz=0; chaos=0 ;;
+    --asan) sanitize=address; fuzz=0; chaos=0 ;;
+    --fast) ctest_args+=(-L fast); what="label fast"; fuzz=0; chaos=0 ;;
     --no-fuzz) fuzz=0 ;;
-    --label) ctest_args+=(-L "${2:?--label needs a label}"); what="label $2"; shift ;;
+    --no-chaos) chaos=0 ;;
+    --label) ctest_args+=(-L "${2:?--label needs a label}"); what="label $2"; chaos=0; shift ;;
     --skip-deps) build_args+=(--skip-deps) ;;
-    --) shift; ctest_args+=("$@"); break ;;
+    --) shift; ctest_args+=("$@"); chaos=0; break ;;
     -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "test.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -104,6 +111,17 @@ if ((fuzz)); then
   if ((fuzz_status != 0)); then
     summary="${summary:-no summary}; the fuzz run FAILED"
     ((status != 0)) || status=$fuzz_status
+  fi
+fi
+if ((chaos)); then
+  chaos_start=$SECONDS
+  echo "test.sh: short chaos run (scripts/chaos.sh --short)"
+  chaos_status=0
+  "$ROOT/scripts/chaos.sh" --short || chaos_status=$?
+  times="$times, chaos $((SECONDS - chaos_start)) s"
+  if ((chaos_status != 0)); then
+    summary="${summary:-no summary}; the chaos run FAILED"
+    ((status != 0)) || status=$chaos_status
   fi
 fi
 if ((status == 0)); then

@@ -2,10 +2,10 @@
 // micro-batches through stage actors in a schedule's order); see pipeline.hpp.
 #include "troupe/actors/pipeline.hpp"
 
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <numeric>
 #include <string>
 #include <thread>
@@ -14,7 +14,10 @@
 
 #include "troupe/runtime/cuda.hpp"
 #include "troupe/runtime/error.hpp"
+#include "troupe/runtime/logging.hpp"
 #include "troupe/runtime/runtime.hpp"
+
+#include "pipeline_supervisor.hpp"
 
 namespace troupe::actors {
 
@@ -144,10 +147,31 @@ std::vector<StageSpec> split_mlp(const std::vector<std::int64_t>& sizes, int sta
 
 // ---- PipelineStage ---------------------------------------------------------------------
 
-PipelineStage::PipelineStage(StageSpec spec) : spec_(std::move(spec)) {
+PipelineStage::PipelineStage(StageSpec spec)
+    : spec_(std::move(spec)), checkpoints_(spec_.checkpoint, "PipelineStage") {
   check_spec(spec_);
   device_ = pick_device(spec_);
   if (spec_.host_math_threads > 0) set_host_math_threads(spec_.host_math_threads);
+  init_state();
+  if (checkpoints_.mark_started()) {
+    // A restart (or a directory an earlier run used): the newest checkpoint
+    // that reads back whole, else the initial state; then wait for the
+    // driver to pick the step every stage has.
+    std::optional<CheckpointData> newest = checkpoints_.load_newest(&checkpoint_note_);
+    if (newest) apply_checkpoint(*newest);
+    restored_from_ = steps_;
+    awaiting_restore_ = true;
+    TROUPE_LOG_INFO("PipelineStage: restarted over {}; restored step {}, awaiting the driver's restore",
+                    spec_.checkpoint.directory, steps_);
+  }
+}
+
+void PipelineStage::init_state() {
+  layers_.clear();
+  velocity_.clear();
+  adam_m_.clear();
+  adam_v_.clear();
+  steps_ = 0;
   for (std::int64_t j = 0; j < spec_.layers(); ++j) {
     layers_.emplace_back(spec_.sizes[j], spec_.sizes[j + 1], spec_.seed + static_cast<std::uint32_t>(j), device_);
   }
@@ -161,6 +185,80 @@ PipelineStage::PipelineStage(StageSpec spec) : spec_(std::move(spec)) {
       }
     }
   }
+}
+
+std::vector<Tensor> PipelineStage::state_tensors() const {
+  std::vector<Tensor> out;
+  for (const kernels::Linear& layer : layers_) {
+    out.push_back(layer.weight.to(Device::cpu()).clone());
+    out.push_back(layer.bias.to(Device::cpu()).clone());
+  }
+  for (const auto* group : {&velocity_, &adam_m_, &adam_v_}) {
+    for (const Tensor& t : *group) out.push_back(t.device().is_cpu() ? t.clone() : t.to(Device::cpu()));
+  }
+  return out;
+}
+
+void PipelineStage::apply_checkpoint(const CheckpointData& data) {
+  // Check everything before changing anything: a file of another model (a
+  // reused directory) leaves the stage as it was.
+  std::vector<Tensor*> targets;
+  for (kernels::Linear& layer : layers_) {
+    targets.push_back(&layer.weight);
+    targets.push_back(&layer.bias);
+  }
+  for (auto* group : {&velocity_, &adam_m_, &adam_v_}) {
+    for (Tensor& t : *group) targets.push_back(&t);
+  }
+  const std::string file = checkpoint_path(spec_.checkpoint.directory, data.step).string();
+  if (data.tensors.size() != targets.size()) {
+    fail("PipelineStage", "checkpoint " + file + " holds " + std::to_string(data.tensors.size()) +
+                              " tensors; this stage has " + std::to_string(targets.size()) +
+                              " (another model or optimizer wrote it)");
+  }
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    if (data.tensors[i].dtype() != DType::f32 || data.tensors[i].shape() != targets[i]->shape()) {
+      fail("PipelineStage", "checkpoint " + file + ": tensor " + std::to_string(i) + " is " +
+                                shape_string(data.tensors[i]) + ", the stage's is " + shape_string(*targets[i]) +
+                                " (another model wrote it)");
+    }
+  }
+  for (std::size_t i = 0; i < targets.size(); ++i) targets[i]->copy_from(data.tensors[i]);
+  for (kernels::Linear& layer : layers_) layer.zero_grad();
+  steps_ = data.step;
+}
+
+void PipelineStage::require_restored(const char* op) const {
+  if (awaiting_restore_) {
+    fail(std::string("PipelineStage::") + op,
+         "the stage restarted and restored its checkpoint of step " + std::to_string(restored_from_) +
+             "; it takes no training calls until the driver calls restore(step)");
+  }
+}
+
+CheckpointInfo PipelineStage::checkpoint_info() const {
+  CheckpointInfo info;
+  info.step = steps_;
+  info.awaiting_restore = awaiting_restore_;
+  info.restored_from = restored_from_;
+  info.available = checkpoints_.available();
+  info.note = checkpoint_note_;
+  info.kind = "PipelineStage";
+  return info;
+}
+
+std::int64_t PipelineStage::restore(std::int64_t step) {
+  if (step < 0) fail("PipelineStage::restore", "step " + std::to_string(step) + " < 0");
+  if (step == 0) {
+    init_state();
+  } else {
+    if (!checkpoints_.enabled()) fail("PipelineStage::restore", "the stage has no checkpoint directory");
+    apply_checkpoint(checkpoints_.load(step));
+  }
+  drop_batch();
+  checkpoints_.forget_after(step);
+  awaiting_restore_ = false;
+  return steps_;
 }
 
 bool PipelineStage::activated(std::size_t layer) const {
@@ -245,6 +343,7 @@ void PipelineStage::pause_until(std::chrono::steady_clock::time_point start, std
 
 Tensor PipelineStage::forward(std::int64_t micro_batch, Tensor x) {
   const auto start = std::chrono::steady_clock::now();
+  require_restored("forward");
   if (spec_.is_last) fail("PipelineStage::forward", "the last stage takes forward_loss");
   if (stash_.count(micro_batch) != 0) {
     fail("PipelineStage::forward", "micro-batch " + std::to_string(micro_batch) + " is already in flight");
@@ -259,6 +358,7 @@ Tensor PipelineStage::forward(std::int64_t micro_batch, Tensor x) {
 
 Tensor PipelineStage::backward(std::int64_t micro_batch, Tensor dy) {
   const auto start = std::chrono::steady_clock::now();
+  require_restored("backward");
   if (spec_.is_last) fail("PipelineStage::backward", "the last stage takes backward_loss");
   const std::int64_t rows = stash_.count(micro_batch) ? stash_.at(micro_batch).inputs.front().size(0) : -1;
   if (!dy.defined() || dy.dim() != 2 || dy.size(1) != spec_.sizes.back() || (rows >= 0 && dy.size(0) != rows)) {
@@ -276,6 +376,7 @@ Tensor PipelineStage::backward(std::int64_t micro_batch, Tensor dy) {
 
 float PipelineStage::forward_loss(std::int64_t micro_batch, Tensor x, Tensor labels, std::int64_t batch_size) {
   const auto start = std::chrono::steady_clock::now();
+  require_restored("forward_loss");
   if (!spec_.is_last) fail("PipelineStage::forward_loss", "only the last stage computes the loss");
   if (stash_.count(micro_batch) != 0) {
     fail("PipelineStage::forward_loss", "micro-batch " + std::to_string(micro_batch) + " is already in flight");
@@ -297,6 +398,7 @@ float PipelineStage::forward_loss(std::int64_t micro_batch, Tensor x, Tensor lab
 
 Tensor PipelineStage::backward_loss(std::int64_t micro_batch) {
   const auto start = std::chrono::steady_clock::now();
+  require_restored("backward_loss");
   if (!spec_.is_last) fail("PipelineStage::backward_loss", "only the last stage computes the loss");
   Stash stash = take_stash(micro_batch, "backward_loss");
   Tensor dlogits = stash.dlogits;
@@ -308,6 +410,7 @@ Tensor PipelineStage::backward_loss(std::int64_t micro_batch) {
 }
 
 Tensor PipelineStage::predict(Tensor x) {
+  require_restored("predict");
   Tensor y = run_layers(std::move(x), nullptr);
   // The model's output is for the driver, which may have no GPU (and a small
   // CUDA tensor sent inline cannot be decoded in a process without one).
@@ -323,6 +426,7 @@ void PipelineStage::drop_batch() {
 }
 
 std::int64_t PipelineStage::step(std::int64_t micro_batches) {
+  require_restored("step");
   if (backwards_since_step_ != micro_batches || !stash_.empty()) {
     const std::string why = "expected " + std::to_string(micro_batches) + " backward passes since the last step, saw " +
                             std::to_string(backwards_since_step_) + " with " + std::to_string(stash_.size()) +
@@ -345,10 +449,21 @@ std::int64_t PipelineStage::step(std::int64_t micro_batches) {
     layer.zero_grad();
   }
   backwards_since_step_ = 0;
+  if (checkpoints_.due(steps_)) {
+    try {
+      checkpoints_.save(steps_, state_tensors());
+    } catch (const Error& e) {
+      // The step stands; the driver rolls back to an older checkpoint if it
+      // ever needs this one.
+      checkpoint_note_ = "no checkpoint of step " + std::to_string(steps_) + ": " + e.message();
+      TROUPE_LOG_WARN("PipelineStage: {}", checkpoint_note_);
+    }
+  }
   return steps_;
 }
 
 std::vector<Tensor> PipelineStage::get_parameters() const {
+  require_restored("get_parameters");
   std::vector<Tensor> out;
   for (const kernels::Linear& layer : layers_) {
     out.push_back(layer.weight.to(Device::cpu()).clone());
@@ -367,6 +482,7 @@ std::vector<Tensor> PipelineStage::get_gradients() const {
 }
 
 void PipelineStage::set_parameters(std::vector<Tensor> parameters) {
+  require_restored("set_parameters");
   if (parameters.size() != 2 * layers_.size()) {
     fail("PipelineStage::set_parameters", "got " + std::to_string(parameters.size()) + " tensors for " +
                                               std::to_string(layers_.size()) + " layers (want W0, b0, W1, b1, ...)");
@@ -434,7 +550,8 @@ std::vector<PipelineOp> schedule_order(Schedule schedule, int stage, int stages,
 
 // ---- Pipeline ---------------------------------------------------------------------------------
 
-Pipeline::Pipeline(std::vector<StageSpec> specs, std::vector<ActorOptions> options) : specs_(std::move(specs)) {
+Pipeline::Pipeline(std::vector<StageSpec> specs, std::vector<ActorOptions> options, PipelineOptions pipeline_options)
+    : specs_(std::move(specs)) {
   const std::string where = "Pipeline";
   if (specs_.empty()) fail(where, "no stages");
   if (!options.empty() && options.size() != specs_.size()) {
@@ -456,9 +573,25 @@ Pipeline::Pipeline(std::vector<StageSpec> specs, std::vector<ActorOptions> optio
       fail(where, stage + ": max_concurrency must be 1 (the schedule is the order of calls)");
     }
   }
+  if (pipeline_options.fault_tolerant()) {
+    if (pipeline_options.checkpoint_directory.empty()) fail(where, "checkpoints need a checkpoint_directory");
+    if (pipeline_options.keep_checkpoints < 1) fail(where, "keep_checkpoints must be >= 1");
+    for (std::size_t k = 0; k < specs_.size(); ++k) {
+      specs_[k].checkpoint = {
+          .directory = (std::filesystem::path(pipeline_options.checkpoint_directory) / ("stage-" + std::to_string(k)))
+                           .string(),
+          .every = pipeline_options.checkpoint_every,
+          .keep = pipeline_options.keep_checkpoints};
+    }
+  } else if (pipeline_options.checkpoint_every < 0) {
+    fail(where, "checkpoint_every must be >= 0");
+  }
   try {
     for (std::size_t k = 0; k < specs_.size(); ++k) {
       stages_.push_back(troupe::actor<PipelineStage>(options.empty() ? ActorOptions{} : options[k], specs_[k]));
+    }
+    if (pipeline_options.fault_tolerant()) {
+      supervisor_ = std::make_unique<detail::PipelineSupervisor>(stages_, std::move(pipeline_options));
     }
   } catch (...) {
     kill_stages();
@@ -471,7 +604,8 @@ Pipeline::~Pipeline() { kill_stages(); }
 Pipeline::Pipeline(Pipeline&& other) noexcept
     : specs_(std::move(other.specs_)),
       stages_(std::exchange(other.stages_, {})),
-      next_micro_batch_(other.next_micro_batch_) {}
+      next_micro_batch_(other.next_micro_batch_),
+      supervisor_(std::move(other.supervisor_)) {}
 
 Pipeline& Pipeline::operator=(Pipeline&& other) noexcept {
   if (this != &other) {
@@ -479,11 +613,13 @@ Pipeline& Pipeline::operator=(Pipeline&& other) noexcept {
     specs_ = std::move(other.specs_);
     stages_ = std::exchange(other.stages_, {});
     next_micro_batch_ = other.next_micro_batch_;
+    supervisor_ = std::move(other.supervisor_);
   }
   return *this;
 }
 
 void Pipeline::kill_stages() noexcept {
+  supervisor_.reset();  // stops its thread first: nothing submits to the stages after this
   for (const auto& stage : stages_) {
     try {
       if (is_initialized() && stage.valid()) troupe::kill(stage);
@@ -493,12 +629,12 @@ void Pipeline::kill_stages() noexcept {
   stages_.clear();
 }
 
-ObjectRef<float> Pipeline::submit_batch(const Tensor& x, const Tensor& labels, int micro_batches,
-                                        Schedule schedule) {
+namespace {
+
+void check_batch(const std::vector<StageSpec>& specs, const Tensor& x, const Tensor& labels, int micro_batches) {
   const std::string where = "Pipeline::submit_batch";
-  if (stages_.empty()) fail(where, "the pipeline has no stages (moved from?)");
   if (micro_batches < 1) fail(where, "micro_batches must be >= 1, got " + std::to_string(micro_batches));
-  const std::int64_t in = specs_.front().sizes.front();
+  const std::int64_t in = specs.front().sizes.front();
   if (!x.defined() || x.dim() != 2 || x.size(1) != in || x.dtype() != DType::f32) {
     fail(where, "x is " + shape_string(x) + "; expected f32 [batch, " + std::to_string(in) + "]");
   }
@@ -507,14 +643,25 @@ ObjectRef<float> Pipeline::submit_batch(const Tensor& x, const Tensor& labels, i
       (labels.dtype() != DType::i32 && labels.dtype() != DType::i64)) {
     fail(where, "labels is " + shape_string(labels) + "; expected i32 or i64 [" + std::to_string(x.size(0)) + "]");
   }
+}
+
+}  // namespace
+
+namespace detail {
+
+BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& stages, const Tensor& x,
+                              const Tensor& labels, int micro_batches, Schedule schedule,
+                              std::int64_t& next_micro_batch) {
+  const std::string where = "Pipeline::submit_batch";
   const std::int64_t batch = x.size(0);
   const std::vector<Tensor> xs = x.chunk(micro_batches);  // views, no copy
   const std::vector<Tensor> ys = labels.chunk(micro_batches);
   const int m = static_cast<int>(xs.size());  // fewer than asked when batch < micro_batches
-  const int S = static_cast<int>(stages_.size());
-  const std::int64_t first_id = next_micro_batch_;
-  next_micro_batch_ += m;
+  const int S = static_cast<int>(stages.size());
+  const std::int64_t first_id = next_micro_batch;
+  next_micro_batch += m;
 
+  BatchCalls out;
   // Every stage's order, then one walk that submits, from any stage, the
   // next op whose inputs exist (see the header on why this cannot deadlock).
   std::vector<std::vector<PipelineOp>> orders;
@@ -522,7 +669,7 @@ ObjectRef<float> Pipeline::submit_batch(const Tensor& x, const Tensor& labels, i
   std::vector<std::vector<ObjectRef<Tensor>>> activations(S, std::vector<ObjectRef<Tensor>>(m));
   std::vector<std::vector<ObjectRef<Tensor>>> gradients(S, std::vector<ObjectRef<Tensor>>(m));
   std::vector<std::vector<bool>> forwarded(S, std::vector<bool>(m, false));
-  std::vector<ObjectRef<float>> losses(m);
+  out.losses.resize(m);
   std::vector<std::size_t> next(S, 0);
   std::size_t left = 2 * static_cast<std::size_t>(m) * static_cast<std::size_t>(S);
   while (left > 0) {
@@ -537,11 +684,14 @@ ObjectRef<float> Pipeline::submit_batch(const Tensor& x, const Tensor& labels, i
           if (k > 0 && !activations[k - 1][i].valid()) break;
           const Tensor input = k == 0 ? xs[i] : Tensor();
           if (last) {
-            losses[i] = k == 0 ? stages_[k].call<&PipelineStage::forward_loss>(id, input, ys[i], batch)
-                               : stages_[k].call<&PipelineStage::forward_loss>(id, activations[k - 1][i], ys[i], batch);
+            out.losses[i] = k == 0 ? stages[k].call<&PipelineStage::forward_loss>(id, input, ys[i], batch)
+                                   : stages[k].call<&PipelineStage::forward_loss>(id, activations[k - 1][i], ys[i],
+                                                                                   batch);
+            out.calls.push_back(out.losses[i]);
           } else {
-            activations[k][i] = k == 0 ? stages_[k].call<&PipelineStage::forward>(id, input)
-                                       : stages_[k].call<&PipelineStage::forward>(id, activations[k - 1][i]);
+            activations[k][i] = k == 0 ? stages[k].call<&PipelineStage::forward>(id, input)
+                                       : stages[k].call<&PipelineStage::forward>(id, activations[k - 1][i]);
+            out.calls.push_back(activations[k][i]);
           }
           forwarded[k][i] = true;
         } else {
@@ -551,8 +701,9 @@ ObjectRef<float> Pipeline::submit_batch(const Tensor& x, const Tensor& labels, i
                                             " before its forward");
           }
           if (!last && !gradients[k + 1][i].valid()) break;
-          gradients[k][i] = last ? stages_[k].call<&PipelineStage::backward_loss>(id)
-                                 : stages_[k].call<&PipelineStage::backward>(id, gradients[k + 1][i]);
+          gradients[k][i] = last ? stages[k].call<&PipelineStage::backward_loss>(id)
+                                 : stages[k].call<&PipelineStage::backward>(id, gradients[k + 1][i]);
+          out.calls.push_back(gradients[k][i]);
         }
         ++next[k];
         --left;
@@ -565,9 +716,22 @@ ObjectRef<float> Pipeline::submit_batch(const Tensor& x, const Tensor& labels, i
     }
   }
   // The step runs after the stage's last backward (the actor's call order).
-  std::vector<ObjectRef<std::int64_t>> steps;
-  for (const auto& stage : stages_) steps.push_back(stage.call<&PipelineStage::step>(std::int64_t{m}));
-  return when_all(when_all(losses), when_all(steps))
+  for (const auto& stage : stages) {
+    out.steps.push_back(stage.call<&PipelineStage::step>(std::int64_t{m}));
+    out.calls.push_back(out.steps.back());
+  }
+  return out;
+}
+
+}  // namespace detail
+
+ObjectRef<float> Pipeline::submit_batch(const Tensor& x, const Tensor& labels, int micro_batches,
+                                        Schedule schedule) {
+  if (stages_.empty()) fail("Pipeline::submit_batch", "the pipeline has no stages (moved from?)");
+  check_batch(specs_, x, labels, micro_batches);
+  if (supervisor_) return supervisor_->submit_batch(x, labels, micro_batches, schedule);
+  detail::BatchCalls calls = detail::submit_batch_calls(stages_, x, labels, micro_batches, schedule, next_micro_batch_);
+  return when_all(when_all(calls.losses), when_all(calls.steps))
       .then([](std::tuple<std::vector<float>, std::vector<std::int64_t>> done) {
         double sum = 0;  // micro-batch order: the same sum every time
         for (const float loss : std::get<0>(done)) sum += loss;
@@ -579,23 +743,43 @@ float Pipeline::train_batch(const Tensor& x, const Tensor& labels, int micro_bat
   return submit_batch(x, labels, micro_batches, schedule).get();
 }
 
-ObjectRef<Tensor> Pipeline::predict(const Tensor& x) {
-  if (stages_.empty()) fail("Pipeline::predict", "the pipeline has no stages (moved from?)");
-  ObjectRef<Tensor> h = stages_.front().call<&PipelineStage::predict>(x);
-  for (std::size_t k = 1; k < stages_.size(); ++k) h = stages_[k].call<&PipelineStage::predict>(h);
+namespace detail {
+
+ObjectRef<Tensor> submit_predict_calls(const std::vector<ActorHandle<PipelineStage>>& stages, const Tensor& x,
+                                       std::vector<ObjectRefBase>* calls) {
+  ObjectRef<Tensor> h = stages.front().call<&PipelineStage::predict>(x);
+  if (calls != nullptr) calls->push_back(h);
+  for (std::size_t k = 1; k < stages.size(); ++k) {
+    h = stages[k].call<&PipelineStage::predict>(h);
+    if (calls != nullptr) calls->push_back(h);
+  }
   return h;  // the last stage's predict answers in host memory
 }
 
+}  // namespace detail
+
+ObjectRef<Tensor> Pipeline::predict(const Tensor& x) {
+  if (stages_.empty()) fail("Pipeline::predict", "the pipeline has no stages (moved from?)");
+  if (supervisor_) return supervisor_->predict(x);
+  return detail::submit_predict_calls(stages_, x, nullptr);
+}
+
 std::vector<std::vector<Tensor>> Pipeline::parameters() const {
+  if (supervisor_) return supervisor_->parameters().get();
   std::vector<ObjectRef<std::vector<Tensor>>> refs;
   for (const auto& stage : stages_) refs.push_back(stage.call<&PipelineStage::get_parameters>());
   return when_all(refs).get();
 }
 
 std::vector<StageStats> Pipeline::stats() const {
+  if (supervisor_) return supervisor_->stats().get();
   std::vector<ObjectRef<StageStats>> refs;
   for (const auto& stage : stages_) refs.push_back(stage.call<&PipelineStage::stats>());
   return when_all(refs).get();
 }
+
+std::int64_t Pipeline::resume_step() const { return supervisor_ ? supervisor_->resume_step() : 0; }
+
+RecoveryStats Pipeline::recovery_stats() const { return supervisor_ ? supervisor_->stats_snapshot() : RecoveryStats{}; }
 
 }  // namespace troupe::actors

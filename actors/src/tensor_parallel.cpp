@@ -4,6 +4,7 @@
 
 #include "troupe/runtime/cuda.hpp"
 #include "troupe/runtime/error.hpp"
+#include "troupe/runtime/logging.hpp"
 #include "troupe/runtime/runtime.hpp"
 
 namespace troupe::actors {
@@ -164,9 +165,70 @@ Tensor concat(const Tensor& a, const Tensor& b_in, int dim) {
 
 // ---- LinearShard --------------------------------------------------------------------------
 
-LinearShard::LinearShard(ShardSpec spec) : spec_(spec), linear_(make_shard(spec, shard_device(spec.use_gpu))) {}
+LinearShard::LinearShard(ShardSpec spec)
+    : spec_(spec), linear_(make_shard(spec, shard_device(spec.use_gpu))), checkpoints_(spec.checkpoint, "LinearShard") {
+  if (checkpoints_.mark_started()) {
+    std::optional<CheckpointData> newest = checkpoints_.load_newest(&checkpoint_note_);
+    if (newest) apply_checkpoint(*newest);
+    restored_from_ = steps_;
+    awaiting_restore_ = true;
+  }
+}
+
+void LinearShard::require_restored(const char* op) const {
+  if (awaiting_restore_) {
+    fail(std::string("LinearShard::") + op, "the shard restarted and restored its checkpoint of step " +
+                                                std::to_string(restored_from_) +
+                                                "; it takes no training calls until restore(step)");
+  }
+}
+
+void LinearShard::apply_checkpoint(const CheckpointData& data) {
+  std::vector<Tensor*> targets{&linear_.weight};
+  if (linear_.bias.defined()) targets.push_back(&linear_.bias);
+  const std::string file = checkpoint_path(spec_.checkpoint.directory, data.step).string();
+  if (data.tensors.size() != targets.size()) {
+    fail("LinearShard", "checkpoint " + file + " holds " + std::to_string(data.tensors.size()) +
+                            " tensors; this shard has " + std::to_string(targets.size()));
+  }
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    if (data.tensors[i].dtype() != DType::f32 || data.tensors[i].shape() != targets[i]->shape()) {
+      fail("LinearShard", "checkpoint " + file + ": tensor " + std::to_string(i) + " is " +
+                              data.tensors[i].to_string() + ", the shard's is " + targets[i]->to_string());
+    }
+  }
+  for (std::size_t i = 0; i < targets.size(); ++i) targets[i]->copy_from(data.tensors[i]);
+  linear_.zero_grad();
+  steps_ = data.step;
+}
+
+CheckpointInfo LinearShard::checkpoint_info() const {
+  CheckpointInfo info;
+  info.step = steps_;
+  info.awaiting_restore = awaiting_restore_;
+  info.restored_from = restored_from_;
+  info.available = checkpoints_.available();
+  info.note = checkpoint_note_;
+  info.kind = "LinearShard";
+  return info;
+}
+
+std::int64_t LinearShard::restore(std::int64_t step) {
+  if (step < 0) fail("LinearShard::restore", "step " + std::to_string(step) + " < 0");
+  if (step == 0) {
+    linear_ = make_shard(spec_, linear_.device());
+    steps_ = 0;
+  } else {
+    if (!checkpoints_.enabled()) fail("LinearShard::restore", "the shard has no checkpoint directory");
+    apply_checkpoint(checkpoints_.load(step));
+  }
+  checkpoints_.forget_after(step);
+  awaiting_restore_ = false;
+  return steps_;
+}
 
 Tensor LinearShard::forward(const Tensor& x_in) {
+  require_restored("forward");
   check_matrix(x_in, "LinearShard::forward", "x");
   Tensor x = x_in.to(linear_.device());
   if (spec_.split == Split::rows && x.size(1) == spec_.in_features && linear_.in_features() != spec_.in_features) {
@@ -177,6 +239,7 @@ Tensor LinearShard::forward(const Tensor& x_in) {
 }
 
 Tensor LinearShard::backward(const Tensor& dy_in) {
+  require_restored("backward");
   check_matrix(dy_in, "LinearShard::backward", "dy");
   Tensor dy = dy_in.to(linear_.device());
   if (spec_.split == Split::columns && dy.size(1) == spec_.out_features &&
@@ -199,12 +262,32 @@ Tensor LinearShard::concat(const Tensor& a, const Tensor& b, int dim) {
 
 Tensor LinearShard::hold(const Tensor& value) { return value.to(linear_.device()); }
 
-Tensor LinearShard::weight() const { return host_copy(linear_.weight); }
-Tensor LinearShard::bias() const { return host_copy(linear_.bias); }
+Tensor LinearShard::weight() const {
+  require_restored("weight");
+  return host_copy(linear_.weight);
+}
+Tensor LinearShard::bias() const {
+  require_restored("bias");
+  return host_copy(linear_.bias);
+}
 Tensor LinearShard::weight_grad() const { return host_copy(linear_.weight_grad); }
 Tensor LinearShard::bias_grad() const { return host_copy(linear_.bias_grad); }
 void LinearShard::zero_grad() { linear_.zero_grad(); }
-void LinearShard::sgd_step(float lr) { linear_.sgd_step(lr); }
+void LinearShard::sgd_step(float lr) {
+  require_restored("sgd_step");
+  linear_.sgd_step(lr);
+  ++steps_;
+  if (checkpoints_.due(steps_)) {
+    std::vector<Tensor> tensors{host_copy(linear_.weight)};
+    if (linear_.bias.defined()) tensors.push_back(host_copy(linear_.bias));
+    try {
+      checkpoints_.save(steps_, std::move(tensors));
+    } catch (const Error& e) {
+      checkpoint_note_ = "no checkpoint of step " + std::to_string(steps_) + ": " + e.message();
+      TROUPE_LOG_WARN("LinearShard: {}", checkpoint_note_);
+    }
+  }
+}
 
 // ---- collectives --------------------------------------------------------------------------
 
@@ -345,6 +428,12 @@ ObjectRef<void> TensorParallelLinear::sgd_step(float lr) const {
   return when_all(done);
 }
 
+ObjectRef<void> TensorParallelLinear::restore(std::int64_t step) const {
+  std::vector<ObjectRef<std::int64_t>> done;
+  for (const auto& shard : shards_) done.push_back(shard.call<&LinearShard::restore>(step));
+  return when_all(done).then([](const std::vector<std::int64_t>&) {});
+}
+
 template <auto Method>
 ObjectRef<Tensor> TensorParallelLinear::reassemble(bool is_bias) const {
   // Row split: W_i are blocks of rows and the bias lives on shard 0 alone.
@@ -368,4 +457,4 @@ ObjectRef<Tensor> TensorParallelLinear::bias_grad() const { return reassemble<&L
 }  // namespace troupe::actors
 
 TROUPE_ACTOR(troupe::actors::LinearShard, (troupe::actors::ShardSpec), forward, backward, sum, concat, hold, weight,
-             bias, weight_grad, bias_grad, zero_grad, sgd_step, spec, device);
+             bias, weight_grad, bias_grad, zero_grad, sgd_step, spec, device, checkpoint_info, restore);

@@ -15,6 +15,18 @@
 //   ./pipeline_mnist --schedule gpipe --micro-batches 8
 //   ./pipeline_mnist --limit 2000 --epochs 1 --check-against-single
 //   troupe submit -- ./build/examples/pipeline_mnist     # on a cluster
+//   ./pipeline_mnist --checkpoint-every 50               # survives the loss of a stage
+//
+// --checkpoint-every N turns on the Pipeline's fault tolerance: every stage
+// writes its parameters, Adam moments and step to --checkpoint-dir (one
+// directory per stage) every N steps, the stages may restart
+// (--max-restarts), and when one dies the driver waits for it, rolls every
+// stage back to the newest checkpoint they all have and replays the batches
+// from there, printing "stage 2 died, restored step 40, replaying 7
+// batches". The replay computes exactly what the lost run would have, so
+// the losses equal a run without faults (--losses-file writes them all, for
+// scripts/chaos.sh to compare). Given a --checkpoint-dir of an earlier run,
+// training resumes from its newest common checkpoint.
 //
 // --single-process trains the same model, from the same seed, in this process
 // without actors: one PipelineStage object holding every layer, fed the same
@@ -26,6 +38,8 @@
 //
 // Exit status: 0 on success, 1 when the check fails or on a runtime error,
 // 2 for a bad flag.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -33,6 +47,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <iostream>
 #include <random>
 #include <string>
@@ -72,6 +87,12 @@ struct Flags {
   bool check_against_single = false;
   bool gpu_stages = false;
   std::string data = fashion_mnist::kDefaultDir;
+  std::int64_t checkpoint_every = 0;
+  std::string checkpoint_dir;  // "" = a new directory under the temp dir, removed after a good run
+  int max_restarts = -2;       // -2: 5 with checkpoints, else 0
+  int restart_timeout_s = 120;
+  std::string losses_file;
+  double stage_cpus = 0;
 };
 
 constexpr const char* kUsage =
@@ -90,7 +111,14 @@ constexpr const char* kUsage =
     "  --single-process       train without actors, in this process\n"
     "  --check-against-single train with the pipeline, then without actors, and compare every step's loss\n"
     "  --gpu-stages           each stage asks the scheduler for one GPU and uses it when this process can\n"
-    "  --data DIR             Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n";
+    "  --data DIR             Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
+    "  --checkpoint-every N   checkpoint every stage every N steps and recover from a stage's death (default 0: off)\n"
+    "  --checkpoint-dir DIR   where the stages checkpoint, one folder each; a directory of an earlier run resumes it\n"
+    "                         (default: a new folder under $TROUPE_TEMP_DIR or /tmp, removed after a good run)\n"
+    "  --max-restarts N       restarts each stage may take (default 5 with checkpoints, else 0; -1 unlimited)\n"
+    "  --restart-timeout S    seconds to wait for a restarting stage before giving up (default 120)\n"
+    "  --losses-file PATH     write every step's loss and every epoch's mean loss and accuracy there\n"
+    "  --stage-cpus F         CPUs each stage asks the scheduler for (default 0: none)\n";
 
 bool parse_flags(int argc, char** argv, Flags& flags, bool& help) {
   auto bad = [](const std::string& why) {
@@ -156,6 +184,12 @@ bool parse_flags(int argc, char** argv, Flags& flags, bool& help) {
     else if (arg == "--lr") ok = real(0, 10, flags.lr);
     else if (arg == "--momentum") ok = real(0, 1, flags.momentum);
     else if (arg == "--data") flags.data = value;
+    else if (arg == "--checkpoint-every") ok = integer(0, 1 << 30, flags.checkpoint_every);
+    else if (arg == "--checkpoint-dir") flags.checkpoint_dir = value;
+    else if (arg == "--max-restarts") ok = integer(-1, 1 << 20, flags.max_restarts);
+    else if (arg == "--restart-timeout") ok = integer(1, 86400, flags.restart_timeout_s);
+    else if (arg == "--losses-file") flags.losses_file = value;
+    else if (arg == "--stage-cpus") ok = real(0, 1024, flags.stage_cpus);
     else if (arg == "--optimizer") {
       if (value != "adam" && value != "sgd") return bad("--optimizer wants adam or sgd, got '" + value + "'");
       flags.optimizer = value;
@@ -173,6 +207,10 @@ bool parse_flags(int argc, char** argv, Flags& flags, bool& help) {
   if (flags.single_process && flags.check_against_single) {
     return bad("--single-process and --check-against-single exclude each other");
   }
+  if (flags.checkpoint_every > 0 && flags.single_process) {
+    return bad("--checkpoint-every is for the pipeline of actors, not --single-process");
+  }
+  if (flags.max_restarts == -2) flags.max_restarts = flags.checkpoint_every > 0 ? 5 : 0;
   return true;
 }
 
@@ -216,8 +254,9 @@ class Trainer {
 
 class PipelineTrainer final : public Trainer {
  public:
-  PipelineTrainer(const std::vector<StageSpec>& specs, const Flags& flags, std::vector<troupe::ActorOptions> options)
-      : pipeline_(specs, std::move(options)), flags_(flags) {}
+  PipelineTrainer(const std::vector<StageSpec>& specs, const Flags& flags, std::vector<troupe::ActorOptions> options,
+                  troupe::actors::PipelineOptions pipeline_options)
+      : pipeline_(specs, std::move(options), std::move(pipeline_options)), flags_(flags) {}
   void submit(const Tensor& x, const Tensor& y) override {
     pending_.push_back(pipeline_.submit_batch(x, y, flags_.micro_batches, flags_.schedule));
   }
@@ -233,6 +272,7 @@ class PipelineTrainer final : public Trainer {
     return out;
   }
   const Pipeline& pipeline() const { return pipeline_; }
+  Pipeline& pipeline() { return pipeline_; }
 
  private:
   Pipeline pipeline_;
@@ -291,28 +331,37 @@ struct RunResult {
   double seconds = 0;  // training only
 };
 
-// Trains `trainer` for flags.epochs epochs, printing progress under `label`.
-RunResult train(Trainer& trainer, const fashion_mnist::Dataset& data, const Flags& flags, const char* label) {
+// Trains `trainer` for flags.epochs epochs, printing progress under `label`;
+// the first `skip` steps (a resumed run's) are left out. With `losses` open,
+// every step's loss and every epoch's mean loss and accuracy go there too.
+RunResult train(Trainer& trainer, const fashion_mnist::Dataset& data, const Flags& flags, const char* label,
+                std::int64_t skip = 0, std::FILE* losses = nullptr) {
   RunResult result;
   const std::int64_t n = data.train.size();
   const std::int64_t steps_per_epoch = (n + flags.batch_size - 1) / flags.batch_size;
   for (int epoch = 0; epoch < flags.epochs; ++epoch) {
+    const std::int64_t first = std::clamp<std::int64_t>(skip - epoch * steps_per_epoch, 0, steps_per_epoch);
+    if (first == steps_per_epoch) continue;  // resumed past this epoch
     const std::vector<std::int64_t> order = shuffled(n, flags.seed * 1000003u + static_cast<std::uint32_t>(epoch));
     const auto start = Clock::now();
     double epoch_loss = 0;
-    std::int64_t finished = 0;
+    std::int64_t finished = first;
     auto collect = [&] {
       const float loss = trainer.finish();
       result.losses.push_back(loss);
       epoch_loss += loss;
       ++finished;
+      if (losses != nullptr) {
+        std::fprintf(losses, "step %lld %.9g\n", static_cast<long long>(epoch * steps_per_epoch + finished), loss);
+        std::fflush(losses);  // scripts/chaos.sh follows the progress here
+      }
       if (flags.log_every > 0 && (finished == 1 || finished % flags.log_every == 0 || finished == steps_per_epoch)) {
         std::printf("  [%s] epoch %d step %4lld/%lld  loss %.4f\n", label, epoch + 1, static_cast<long long>(finished),
                     static_cast<long long>(steps_per_epoch), loss);
         std::fflush(stdout);
       }
     };
-    for (std::int64_t s = 0; s < steps_per_epoch; ++s) {
+    for (std::int64_t s = first; s < steps_per_epoch; ++s) {
       Tensor x, y;
       gather(data.train, order, s * flags.batch_size, std::min(n, (s + 1) * flags.batch_size), x, y);
       trainer.submit(x, y);
@@ -324,12 +373,37 @@ RunResult train(Trainer& trainer, const fashion_mnist::Dataset& data, const Flag
     const double seconds = seconds_since(start);
     result.seconds += seconds;
     result.accuracy = accuracy(trainer, data.test);
+    const double mean = epoch_loss / static_cast<double>(steps_per_epoch - first);
     std::printf("[%s] epoch %d/%d: loss %.4f  %.0f samples/s  %.1f s  test accuracy %.2f%%\n", label, epoch + 1,
-                flags.epochs, epoch_loss / static_cast<double>(steps_per_epoch), static_cast<double>(n) / seconds,
+                flags.epochs, mean, static_cast<double>((steps_per_epoch - first) * flags.batch_size) / seconds,
                 seconds, result.accuracy);
     std::fflush(stdout);
+    if (losses != nullptr) {
+      std::fprintf(losses, "epoch %d %.9g accuracy %.4f\n", epoch + 1, mean, result.accuracy);
+      std::fflush(losses);
+    }
   }
   return result;
+}
+
+// The checkpoint directory: the flag's, or a new one under the temp dir.
+std::string checkpoint_directory(const Flags& flags, bool& made_up) {
+  made_up = flags.checkpoint_dir.empty();
+  if (!made_up) return flags.checkpoint_dir;
+  const char* temp = std::getenv("TROUPE_TEMP_DIR");
+  const std::filesystem::path base =
+      temp != nullptr && *temp != '\0' ? std::filesystem::path(temp) : std::filesystem::temp_directory_path();
+  const auto stamp = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+  return (base / ("pipeline_mnist-checkpoints-" + std::to_string(::getpid()) + "-" + std::to_string(stamp))).string();
+}
+
+std::string stage_list(const std::vector<int>& stages) {
+  if (stages.empty()) return "no stage died (a batch failed)";
+  std::string out = stages.size() == 1 ? "stage " : "stages ";
+  for (std::size_t i = 0; i < stages.size(); ++i) out += (i > 0 ? ", " : "") + std::to_string(stages[i]);
+  return out + " died";
 }
 
 int run(const Flags& flags) {
@@ -362,22 +436,67 @@ int run(const Flags& flags) {
               static_cast<long long>(rows), flags.epochs, flags.seed);
 
   RunResult pipelined, single;
+  std::FILE* losses = nullptr;
+  if (!flags.losses_file.empty()) {
+    losses = std::fopen(flags.losses_file.c_str(), "w");
+    if (losses == nullptr) {
+      std::fprintf(stderr, "pipeline_mnist: cannot write %s\n", flags.losses_file.c_str());
+      return 1;
+    }
+  }
   if (!flags.single_process) {
-    std::vector<troupe::ActorOptions> options;
-    if (flags.gpu_stages) options.assign(specs.size(), troupe::ActorOptions{.resources = {{"GPU", 1}}});
-    std::printf("  %d pipeline stages (%s schedule), %s mode\n\n", flags.stages,
+    std::vector<troupe::ActorOptions> options(specs.size());
+    for (auto& option : options) {
+      if (flags.gpu_stages) option.resources["GPU"] = 1;
+      if (flags.stage_cpus > 0) option.resources["CPU"] = flags.stage_cpus;
+      option.max_restarts = flags.max_restarts;
+    }
+    std::printf("  %d pipeline stages (%s schedule), %s mode\n", flags.stages,
                 std::string(to_string(flags.schedule)).c_str(),
                 troupe::mode() == troupe::Mode::cluster ? "cluster" : "local");
-    PipelineTrainer trainer(specs, flags, options);
-    pipelined = train(trainer, data, flags, "pipeline");
+    troupe::actors::PipelineOptions fault_tolerance;
+    bool made_up_dir = false;
+    if (flags.checkpoint_every > 0) {
+      fault_tolerance.checkpoint_directory = checkpoint_directory(flags, made_up_dir);
+      fault_tolerance.checkpoint_every = flags.checkpoint_every;
+      fault_tolerance.restart_timeout = std::chrono::seconds(flags.restart_timeout_s);
+      fault_tolerance.on_recovery = [](const troupe::actors::RecoveryEvent& event) {
+        std::printf("  [pipeline] %s, restored step %lld, replaying %lld batches (%s)\n",
+                    stage_list(event.stages).c_str(), static_cast<long long>(event.restored_step),
+                    static_cast<long long>(event.replayed_batches), event.reason.c_str());
+        std::fflush(stdout);
+      };
+      std::printf("  checkpoints every %lld steps in %s, %d restarts per stage\n",
+                  static_cast<long long>(flags.checkpoint_every), fault_tolerance.checkpoint_directory.c_str(),
+                  flags.max_restarts);
+    }
+    std::printf("\n");
+    const std::string checkpoint_dir = fault_tolerance.checkpoint_directory;
+    PipelineTrainer trainer(specs, flags, options, std::move(fault_tolerance));
+    const std::int64_t resume = trainer.pipeline().resume_step();
+    if (resume > 0) std::printf("  resuming from step %lld (checkpoints of an earlier run)\n", static_cast<long long>(resume));
+    pipelined = train(trainer, data, flags, "pipeline", resume, losses);
+    const auto all_stats = trainer.pipeline().stats();
     for (std::size_t k = 0; k < specs.size(); ++k) {
-      const auto stats = trainer.pipeline().stats()[k];
+      const auto& stats = all_stats[k];
       std::printf("  stage %zu on %s: %lld parameters, peak %lld micro-batches stashed (%.2f MB)\n", k,
                   stats.device.c_str(), static_cast<long long>(stats.parameters),
                   static_cast<long long>(stats.peak_stashed_micro_batches),
                   static_cast<double>(stats.peak_stash_bytes) / 1e6);
     }
+    if (trainer.pipeline().fault_tolerant()) {
+      const auto recovery = trainer.pipeline().recovery_stats();
+      std::printf("  recovery: %lld recoveries, %lld finished batches replayed, %s\n",
+                  static_cast<long long>(recovery.recoveries), static_cast<long long>(recovery.replayed_batches),
+                  recovery.replay_mismatches == 0 ? "every replayed loss equal to the first run's"
+                                                  : "SOME REPLAYED LOSSES DIFFER from the first run's");
+      if (made_up_dir) {
+        std::error_code error;
+        std::filesystem::remove_all(checkpoint_dir, error);
+      }
+    }
   }
+  if (losses != nullptr) std::fclose(losses);
   if (flags.single_process || flags.check_against_single) {
     std::printf("\n  single process: the same model without actors\n\n");
     SingleProcessTrainer trainer(troupe::actors::split_mlp(kSizes, 1, common).front(), flags);

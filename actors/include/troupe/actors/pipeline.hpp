@@ -45,19 +45,29 @@
 // that is reported as Error(Errc::internal) before anything waits, instead
 // of a hang.
 //
+// Fault tolerance. With PipelineOptions::checkpoint_every the stages
+// checkpoint every N steps and the Pipeline survives a stage's restart: it
+// rolls every stage back to their newest common checkpoint and replays the
+// batches from there, which recomputes exactly what was lost (see
+// PipelineOptions and docs/fault-tolerance.md).
+//
 // Threads. PipelineStage is an actor class and not thread-safe (one call at a
 // time; Pipeline refuses max_concurrency > 1). Pipeline itself is a driver
 // object: use one from one thread at a time; its refs' continuations run on
-// the runtime's thread pool (ObjectRef::then).
+// the runtime's thread pool (ObjectRef::then). With fault tolerance on, a
+// supervisor thread of the Pipeline completes the refs it hands out.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "troupe/actors/checkpoint.hpp"
 #include "troupe/actors/kernels.hpp"
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/object_ref.hpp"
@@ -122,13 +132,17 @@ struct StageSpec {
   // per stage in a cluster (one process per actor), process-wide in local
   // mode (the last stage built wins). 0 leaves the process's setting alone.
   int host_math_threads = 0;
+  // Checkpoints of the stage's state (parameters, optimizer state, step)
+  // every `checkpoint.every` steps into `checkpoint.directory`, one directory
+  // per stage (Pipeline fills it in from PipelineOptions). See PipelineStage.
+  CheckpointSpec checkpoint;
 
   std::int64_t layers() const noexcept { return sizes.empty() ? 0 : static_cast<std::int64_t>(sizes.size()) - 1; }
 
   template <class Archive>
   void serialize(Archive& ar) {
     ar(sizes, activation, is_first, is_last, seed, optimizer, device, simulated_forward_us,
-       simulated_backward_us, host_math_threads);
+       simulated_backward_us, host_math_threads, checkpoint);
   }
 };
 
@@ -183,6 +197,19 @@ struct StageStats {
 // Errors: Error(invalid_argument) for shapes that do not fit, an id already
 // stashed or never stashed, forward on the last stage, forward_loss on
 // another; kernel errors as in kernels.hpp.
+//
+// Checkpoints (spec.checkpoint enabled). After every `every`-th step the
+// stage writes its parameters, optimizer state (SGD velocity or Adam
+// moments) and step count to its directory (checkpoint.hpp: atomic, with a
+// checksum; the newest `keep` kept). The constructor marks the directory;
+// when it finds the mark (the runtime restarted the actor, or a directory
+// of an earlier run) it restores the newest checkpoint that reads back whole
+// (step 0, the seed's initial state, when there is none) and then *awaits a
+// restore*: forward, backward, the loss calls, step, predict and
+// get/set_parameters fail with Error(invalid_argument) saying so, until the
+// driver calls restore(step) with a step every stage has, so a restarted
+// stage never trains on from a state the others do not share.
+// checkpoint_info and stats always answer.
 class PipelineStage {
  public:
   explicit PipelineStage(StageSpec spec);
@@ -224,6 +251,17 @@ class PipelineStage {
   StageStats stats() const;
   StageSpec spec() const { return spec_; }
 
+  // The step, whether the stage awaits a restore, the checkpoints on disk.
+  CheckpointInfo checkpoint_info() const;
+  // Rolls the stage back (or forward) to its state after `step` steps: the
+  // checkpoint file of that step (step 0: the initial state from the seed),
+  // drops gradients and stash, deletes the checkpoints after `step` (that
+  // future is replayed) and ends awaiting a restore. Returns `step`. A torn
+  // or corrupt file is refused with Error(serialization) naming it (and
+  // renamed .corrupt); a missing one is Error(not_found); the stage is then
+  // unchanged.
+  std::int64_t restore(std::int64_t step);
+
  private:
   struct Stash {
     std::vector<Tensor> inputs;  // per layer: its input
@@ -240,6 +278,10 @@ class PipelineStage {
   Tensor to_output(const Tensor& t) const;
   void pause_until(std::chrono::steady_clock::time_point start, std::int64_t micro_seconds) const;
   void drop_batch();
+  void init_state();
+  std::vector<Tensor> state_tensors() const;
+  void apply_checkpoint(const CheckpointData& data);
+  void require_restored(const char* op) const;
 
   StageSpec spec_;
   Device device_;
@@ -255,6 +297,10 @@ class PipelineStage {
   std::int64_t forwards_ = 0;
   std::int64_t backwards_ = 0;
   std::int64_t steps_ = 0;
+  CheckpointStore checkpoints_;
+  bool awaiting_restore_ = false;
+  std::int64_t restored_from_ = -1;
+  std::string checkpoint_note_;
 };
 
 // ---- the driver side -----------------------------------------------------------------
@@ -278,6 +324,66 @@ struct PipelineOp {
 // stage out of range.
 std::vector<PipelineOp> schedule_order(Schedule schedule, int stage, int stages, int micro_batches);
 
+// ---- fault tolerance ----------------------------------------------------------------
+
+// What the driver did after losing a stage (PipelineOptions::on_recovery).
+struct RecoveryEvent {
+  std::vector<int> stages;   // the stages that had restarted (empty: a batch failed and none had)
+  std::string reason;        // what the driver saw first, e.g. "stage 2 restarted (restarting: ...)"
+  std::int64_t restored_step = 0;     // every stage is back at its state after this many steps
+  std::int64_t replayed_batches = 0;  // batches submitted again from there
+};
+
+struct RecoveryStats {
+  std::int64_t recoveries = 0;
+  std::int64_t replayed_batches = 0;
+  // Replayed batches whose loss differed from the first time they ran (0:
+  // the replay recomputed exactly what the lost run had).
+  std::int64_t replay_mismatches = 0;
+  std::int64_t committed_steps = 0;  // batches every stage stepped and the driver handed back
+};
+
+// Fault tolerance of a Pipeline (off while checkpoint_every is 0).
+//
+// With it on, stage k checkpoints into <checkpoint_directory>/stage-<k>
+// every `checkpoint_every` steps, and a supervisor thread of the Pipeline
+// watches the batches. When a stage restarts (give the stages ActorOptions
+// max_restarts; the runtime re-runs the constructor, which restores its
+// newest checkpoint and awaits a restore), the driver cancels the calls in
+// flight, waits for every stage to be alive again (at most
+// `restart_timeout`; a stage that is dead or stays away ends the training:
+// every batch not yet handed back, and every later one, fails with
+// Error(actor_died) saying which stage and why), rolls every stage back to
+// the newest step all of them have a checkpoint of (restore), and submits
+// the batches from there again, in the same order with the same
+// micro-batches: a replay computes exactly what the lost run would have.
+// Batch results are handed back once, in order; a replayed batch's loss is
+// compared with the first run's (RecoveryStats::replay_mismatches).
+// A batch that fails while no stage restarted (a bad label) fails its ref
+// with its error; the stages are rolled back and the batches after it
+// replayed without it, so none of them trains on half a batch.
+// The Pipeline keeps every batch (its tensors, shared, not copied) back to
+// the oldest of the last `keep_checkpoints` common checkpoints, to replay
+// from: do not overwrite a batch's tensors after submitting it.
+struct PipelineOptions {
+  std::string checkpoint_directory;
+  std::int64_t checkpoint_every = 0;
+  int keep_checkpoints = 3;
+  std::chrono::milliseconds restart_timeout{120'000};
+  // Recoveries in a row without a batch finishing before the Pipeline gives
+  // up (Error(actor_died)).
+  int max_recoveries = 10;
+  // Called on the Pipeline's supervisor thread after each recovery (not for a
+  // start that resumes an earlier run: see resume_step()).
+  std::function<void(const RecoveryEvent&)> on_recovery;
+
+  bool fault_tolerant() const noexcept { return checkpoint_every > 0; }
+};
+
+namespace detail {
+class PipelineSupervisor;
+}
+
 // A model split over stage actors. Owns them: destroying the Pipeline kills
 // its stages. Move-only.
 class Pipeline {
@@ -286,9 +392,12 @@ class Pipeline {
   // specs.back().is_last must be set, and consecutive stages must agree on
   // their boundary width). `options`, if not empty, has one entry per stage
   // for placement (resources, gpu_type, placement_group + bundle_index, ...).
+  // `pipeline_options` turns on checkpoints and recovery (see above); it
+  // overrides the specs' `checkpoint`.
   // Throws Error(invalid_argument) for inconsistent specs or options, or
   // an option with max_concurrency != 1 (the schedule relies on call order).
-  explicit Pipeline(std::vector<StageSpec> specs, std::vector<ActorOptions> options = {});
+  explicit Pipeline(std::vector<StageSpec> specs, std::vector<ActorOptions> options = {},
+                    PipelineOptions pipeline_options = {});
   ~Pipeline();
   Pipeline(Pipeline&& other) noexcept;
   Pipeline& operator=(Pipeline&& other) noexcept;
@@ -325,8 +434,19 @@ class Pipeline {
   [[nodiscard]] ObjectRef<Tensor> predict(const Tensor& x);
 
   // Blocking conveniences: every stage's get_parameters / stats, in stage order.
+  // With fault tolerance on they run after the batches submitted before
+  // them and are retried after a recovery.
   std::vector<std::vector<Tensor>> parameters() const;
   std::vector<StageStats> stats() const;
+
+  bool fault_tolerant() const noexcept { return supervisor_ != nullptr; }
+  // Fault tolerance on: the step the first batch continues from; blocks
+  // until the stages answered. Not 0 when the checkpoint directory held
+  // checkpoints of every stage (an earlier run's): the stages are rolled
+  // back to the newest step they all have, and the caller skips that many
+  // batches. Off: 0.
+  std::int64_t resume_step() const;
+  RecoveryStats recovery_stats() const;
 
  private:
   void kill_stages() noexcept;
@@ -334,7 +454,24 @@ class Pipeline {
   std::vector<StageSpec> specs_;
   std::vector<ActorHandle<PipelineStage>> stages_;
   std::int64_t next_micro_batch_ = 0;
+  std::unique_ptr<detail::PipelineSupervisor> supervisor_;
 };
+
+namespace detail {
+
+// The calls of one batch (Pipeline::submit_batch's walk), for the
+// supervisor too: every stage's forwards and backwards in the schedule's
+// order, then step on every stage.
+struct BatchCalls {
+  std::vector<ObjectRef<float>> losses;        // per micro-batch
+  std::vector<ObjectRef<std::int64_t>> steps;  // per stage
+  std::vector<ObjectRefBase> calls;            // every call made, for cancel()
+};
+BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& stages, const Tensor& x,
+                              const Tensor& labels, int micro_batches, Schedule schedule,
+                              std::int64_t& next_micro_batch);
+
+}  // namespace detail
 
 }  // namespace troupe::actors
 
@@ -342,4 +479,5 @@ class Pipeline {
 // registry takes the same class twice as one), so drivers and actor hosts
 // built from it always agree, also when the library is linked statically.
 TROUPE_ACTOR(troupe::actors::PipelineStage, (troupe::actors::StageSpec), forward, backward, forward_loss,
-             backward_loss, predict, step, get_parameters, get_gradients, set_parameters, stats, spec);
+             backward_loss, predict, step, get_parameters, get_gradients, set_parameters, stats, spec,
+             checkpoint_info, restore);

@@ -36,6 +36,7 @@
 #include <utility>
 #include <vector>
 
+#include "troupe/actors/checkpoint.hpp"
 #include "troupe/actors/kernels.hpp"
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/object_ref.hpp"
@@ -65,6 +66,9 @@ struct ShardSpec {
   int index = 0;
   int count = 1;
   bool use_gpu = true;  // compute on the actor's GPU when the process has it
+  // Checkpoints of the shard's weight, bias and step every `every`
+  // sgd_steps, one directory per shard; see LinearShard.
+  CheckpointSpec checkpoint;
 
   // The block of the split dimension (out_features for columns,
   // in_features for rows) this shard holds.
@@ -73,7 +77,7 @@ struct ShardSpec {
   template <class Archive>
   void serialize(Archive& archive) {
     auto split_code = static_cast<std::int32_t>(split);
-    archive(in_features, out_features, seed, split_code, index, count, use_gpu);
+    archive(in_features, out_features, seed, split_code, index, count, use_gpu, checkpoint);
     split = static_cast<Split>(split_code);
   }
 };
@@ -88,6 +92,12 @@ Tensor concat(const Tensor& a, const Tensor& b, int dim);
 
 // One shard of a tensor-parallel Linear, as an actor (registered with
 // TROUPE_ACTOR, so it runs in local and cluster mode alike).
+//
+// Checkpoints (spec.checkpoint enabled), as PipelineStage's: after every
+// `every`-th sgd_step the shard writes its weight, bias and step count; a
+// constructor that finds its directory used before (a restart) restores the
+// newest whole checkpoint and refuses forward, backward, sgd_step and the
+// parameter reads with Error(invalid_argument) until restore(step).
 class LinearShard {
  public:
   explicit LinearShard(ShardSpec spec);
@@ -121,9 +131,24 @@ class LinearShard {
   // "cpu" or "cuda:<index>".
   std::string device() const { return linear_.device().to_string(); }
 
+  // sgd_steps taken, restore state and the checkpoints on disk.
+  CheckpointInfo checkpoint_info() const;
+  // Back to the state after `step` sgd_steps (0: the initial slice of the
+  // seed's layer), gradients zeroed, later checkpoints deleted; see
+  // PipelineStage::restore for the errors. Returns `step`.
+  std::int64_t restore(std::int64_t step);
+
  private:
+  void require_restored(const char* op) const;
+  void apply_checkpoint(const CheckpointData& data);
+
   ShardSpec spec_;
   kernels::Linear linear_;
+  std::int64_t steps_ = 0;
+  CheckpointStore checkpoints_;
+  bool awaiting_restore_ = false;
+  std::int64_t restored_from_ = -1;
+  std::string checkpoint_note_;
 };
 
 using ShardHandles = std::vector<ActorHandle<LinearShard>>;
@@ -173,6 +198,8 @@ class TensorParallelLinear {
 
   ObjectRef<void> zero_grad() const;
   ObjectRef<void> sgd_step(float lr) const;
+  // Every shard's restore(step) (see LinearShard): completes once all have.
+  ObjectRef<void> restore(std::int64_t step) const;
 
   // The whole layer's parameters and gradients, reassembled from the shards
   // (gathered actor to actor, on shard 0): W [in, out], b [out].
