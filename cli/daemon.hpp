@@ -31,6 +31,12 @@ struct DaemonConfig {
   // The cluster token this daemon presents and requires (a file, mode
   // 0600, in its session directory); empty: an insecure cluster (--insecure).
   std::filesystem::path token_file;
+  // issue 12 (persist), head: its state store (HeadConfig::state_store: a
+  // directory for SQLite, or redis://...), the Redis key prefix when the URL
+  // has none, and how long finished things are kept.
+  std::string state_store;
+  std::string state_prefix = "troupe";
+  std::uint32_t retention_s = 3600;
 
   // "head" or "worker-<node id, 12 hex digits>": names its pid and log files.
   std::string name() const;

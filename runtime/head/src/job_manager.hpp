@@ -33,6 +33,7 @@ struct DriverEntry {
   std::string binary_hash;
   Clock::time_point last_heartbeat;
   bool alive = true;
+  Clock::time_point gone_since;  // issue 12 (persist): when it stopped being alive (not stored)
 };
 
 struct JobEntry {
@@ -49,6 +50,12 @@ struct JobEntry {
   bool killed = false;
   Clock::time_point kill_deadline;
   bool head_started = false;  // false: an interactive driver that registered by itself
+  // issue 12 (persist): creation order (stored); when it finished (not
+  // stored); a driver process a previous head started (not our child: its
+  // end is seen by polling the pid, its exit code read from exit_file).
+  std::uint64_t sequence = 0;
+  Clock::time_point finished_since;
+  bool adopted = false;
 };
 
 class JobManager {
@@ -80,6 +87,17 @@ class JobManager {
   std::string binary_hash_for(const WorkerId& owner, const JobId& job) const;
 
   void fill_job_update(wire::JobUpdate::Builder update, const JobEntry& job);
+
+  // issue 12 (persist): the stored form of a job or driver (hex id), nullopt
+  // when forgotten, and its restore after a head restart.
+  std::optional<std::string> encode_job(const std::string& key);
+  std::optional<std::string> encode_driver(const std::string& key);
+  void restore_job(const std::string& value);
+  void restore_driver(const std::string& value);
+  void finish_restore();
+  // Forgets finished jobs (and their drivers) and gone drivers older than
+  // `retention` or beyond the newest `keep`.
+  void forget_finished(Clock::time_point now, std::chrono::seconds retention, std::size_t keep);
   const std::vector<JobId>& order() const { return order_; }
   const JobEntry& at(const JobId& id) const { return jobs_.at(id); }
 
@@ -94,6 +112,10 @@ class JobManager {
   std::map<WorkerId, DriverEntry> drivers_;
   std::map<JobId, JobEntry> jobs_;
   std::vector<JobId> order_;
+  std::uint64_t next_sequence_ = 1;
+  void touch(const JobEntry& job) { context_.touch('j', job.id.hex()); }
+  void touch(const DriverEntry& driver) { context_.touch('d', driver.worker.hex()); }
+  void finish(JobEntry& job);
 };
 
 }  // namespace troupe::head
