@@ -248,7 +248,10 @@ int start(const StartOptions& options) {
       fs::path dir;
       if (!options.state_dir.empty()) {
         dir = fs::absolute(options.state_dir);
-      } else if (previous_session && fs::is_directory(*previous_session / "head-state")) {
+      } else if (previous_session && fs::is_directory(*previous_session / "head-state") &&
+                 !is_troupe_daemon(static_cast<pid_t>(
+                     std::atol(read_file(*previous_session / "pids" / "head.pid").value_or("0").c_str())))) {
+        // (Not while the previous head still runs: two heads on one store.)
         dir = fs::canonical(*previous_session / "head-state");
       } else {
         dir = config.session_dir / "head-state";

@@ -118,6 +118,38 @@ void BinaryStore::on_upload_binary(const std::string& identity, std::uint64_t re
   });
 }
 
+void BinaryStore::prepare(const std::string& hash, std::shared_ptr<std::string> bytes,
+                          std::function<void(std::optional<Error>)> done) {
+  auto file = path(hash);
+  post([this, hash, bytes, file, done = std::move(done)]() mutable {
+    std::optional<Error> failure;
+    try {
+      if (bytes && transport::content_hash(*bytes) != hash) {
+        failure = Error(Errc::invalid_argument, "binary does not match its hash " + hash);
+      } else if (!node::file_matches_hash(file, hash)) {
+        if (bytes) {
+          node::write_file_atomic(file, *bytes, 0755);
+        } else {
+          failure = Error(Errc::permission_denied,
+                          "the stored binary " + hash + " does not match its hash; send it again");
+        }
+      }
+    } catch (const Error& error) {
+      failure = error;
+    } catch (const std::exception& error) {
+      failure = Error(Errc::internal, error.what());
+    }
+    bytes.reset();
+    complete([this, hash, file, failure, done = std::move(done)] {
+      if (!failure) {
+        index_[hash] = file;
+        context_.touch('b', hash);
+      }
+      done(failure);
+    });
+  });
+}
+
 void BinaryStore::on_fetch_binary(const std::string& identity, std::uint64_t request_id,
                                   wire::FetchBinary::Reader fetch) {
   std::string hash = fetch.getBinaryHash().cStr();

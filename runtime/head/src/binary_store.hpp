@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -42,6 +43,14 @@ class BinaryStore {
   // the calling thread. Throws troupe::Error (Errc::invalid_argument) for a
   // bad hash name.
   void store(const std::string& hash, kj::ArrayPtr<const kj::byte> data);
+
+  // On the worker: checks `bytes` against `hash` and stores them (when
+  // given), then checks the stored file against its hash (before it is
+  // run); then, on the loop thread (poll()), records it and calls `done`
+  // with nothing, or with the error (invalid_argument: the bytes do not
+  // match; permission_denied: the stored file does not).
+  void prepare(const std::string& hash, std::shared_ptr<std::string> bytes,
+               std::function<void(std::optional<Error>)> done);
 
   void on_upload_binary(const std::string& identity, std::uint64_t request_id, wire::UploadBinary::Reader upload);
   void on_fetch_binary(const std::string& identity, std::uint64_t request_id, wire::FetchBinary::Reader fetch);

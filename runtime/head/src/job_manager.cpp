@@ -193,16 +193,41 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
   if (submit.getArgv().size() == 0) throw Error(Errc::invalid_argument, "submitJob with an empty argv");
   std::string hash = submit.getBinaryHash().cStr();
   if (!transport::valid_hash_name(hash)) throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
-  if (submit.getBinary().size() > 0) {
-    auto data = submit.getBinary();
-    std::string_view bytes(reinterpret_cast<const char*>(data.begin()), data.size());
-    if (transport::content_hash(bytes) != hash) {
-      throw Error(Errc::invalid_argument, "binary does not match its hash " + hash);
-    }
-    binaries_.store(hash, data);
-  } else if (!binaries_.has(hash)) {
+  if (submit.getBinary().size() == 0 && !binaries_.has(hash)) {
     throw Error(Errc::not_found, "the head has no binary " + hash + "; send it with the job");
   }
+  // issue 12 (persist): the binary is checked (and stored) on the binary
+  // store's worker, not here; the job starts when that is done.
+  auto request = std::make_shared<capnp::MallocMessageBuilder>();
+  auto copy = request->initRoot<wire::SubmitJob>();
+  copy.setProtocolVersion(submit.getProtocolVersion());
+  copy.setName(submit.getName());
+  copy.setArgv(submit.getArgv());
+  copy.setEnv(submit.getEnv());
+  copy.setBinaryHash(hash);
+  copy.setResources(submit.getResources());
+  std::shared_ptr<std::string> bytes;
+  if (submit.getBinary().size() > 0) {
+    auto data = submit.getBinary();
+    bytes = std::make_shared<std::string>(reinterpret_cast<const char*>(data.begin()), data.size());
+  }
+  binaries_.prepare(hash, std::move(bytes), [this, identity, request_id, request](std::optional<Error> failure) {
+    if (failure) {
+      context_.reply_error(identity, request_id, failure->code(), failure->message());
+      return;
+    }
+    try {
+      start_job(identity, request_id, request->getRoot<wire::SubmitJob>());
+    } catch (const Error& error) {
+      context_.reply_error(identity, request_id, error.code(), error.message());
+    } catch (const std::exception& error) {
+      context_.reply_error(identity, request_id, Errc::internal, error.what());
+    }
+  });
+}
+
+void JobManager::start_job(const std::string& identity, std::uint64_t request_id, wire::SubmitJob::Reader submit) {
+  std::string hash = submit.getBinaryHash().cStr();
   JobEntry job;
   job.id = JobId::random();
   job.name = submit.getName().size() > 0 ? submit.getName().cStr()
@@ -216,10 +241,7 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
   if (int fd = ::open(job.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600); fd >= 0) ::close(fd);
 
   node::SpawnOptions spawn;
-  spawn.program = binaries_.path(hash).string();
-  if (!node::file_matches_hash(spawn.program, hash)) {
-    throw Error(Errc::permission_denied, "the stored binary " + hash + " does not match its hash; send it again");
-  }
+  spawn.program = binaries_.path(hash).string();  // checked against its hash by prepare()
   for (auto arg : submit.getArgv()) spawn.argv.emplace_back(arg.cStr());
   spawn.env = node::current_environment();
   for (const char* name : {"TROUPE_ACTOR_SPEC", "TROUPE_HEAD_ADDRESS", "TROUPE_NODE_ID", "TROUPE_NODE_IP"}) {

@@ -103,6 +103,8 @@ class JobManager {
 
  private:
   JobEntry& job_or_throw(const JobId& id);
+  // Starts a submitted job whose binary prepare() checked.
+  void start_job(const std::string& identity, std::uint64_t request_id, wire::SubmitJob::Reader submit);
   void reply_job(const std::string& identity, std::uint64_t request_id, const JobEntry& job);
   void driver_lost(DriverEntry& driver, const std::string& why);
 

@@ -1,5 +1,8 @@
 #include "state_store.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <hiredis/hiredis.h>
 #include <sqlite3.h>
 
@@ -14,6 +17,9 @@ class SqliteStateStore final : public StateStore {
  public:
   explicit SqliteStateStore(const std::filesystem::path& dir) : path_(dir / "head-state.db") {
     node::ensure_private_directory(dir);
+    // Private (it holds the hosts' keys): SQLite would create it 0644, and
+    // gives its -wal and -shm files the database's mode.
+    if (int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600); fd >= 0) ::close(fd);
     if (sqlite3_open_v2(path_.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                         nullptr) != SQLITE_OK) {
       std::string why = db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory";
