@@ -54,6 +54,9 @@ struct StartOptions {
   std::string temp_dir;
   int heartbeat_ms = 500;
   int heartbeat_misses = 6;
+  double log_max_mb = 100;
+  int log_keep = 3;
+  int probe_timeout_ms = 3000;
   bool block = false;
   double wait_s = 15;
   bool insecure = false;    // no cluster secret: plain sockets, anyone who reaches the head is in
@@ -146,6 +149,9 @@ DaemonConfig build_config(const StartOptions& options) {
     throw UsageError("--state-store must be redis://HOST:PORT[/prefix], got \"" + options.state_store + "\"");
   if (!options.state_store.empty() && !options.state_dir.empty())
     throw UsageError("give --state-dir (SQLite) or --state-store (Redis), not both");
+  if (!(options.log_max_mb >= 0)) throw UsageError("--log-max-mb must be 0 (never rotate) or more");
+  if (options.log_keep < 1 || options.log_keep > 100) throw UsageError("--log-keep must be in 1..100");
+  if (options.probe_timeout_ms < 10) throw UsageError("--probe-timeout-ms must be at least 10");
   if (!options.address.empty() && options.address.find(':') == std::string::npos) {
     throw UsageError("--address must be HOST:PORT, got \"" + options.address + "\"");
   }
@@ -155,6 +161,9 @@ DaemonConfig build_config(const StartOptions& options) {
   config.port = options.port;
   config.heartbeat_ms = static_cast<std::uint32_t>(options.heartbeat_ms);
   config.heartbeat_misses = static_cast<std::uint32_t>(options.heartbeat_misses);
+  config.log_max_bytes = static_cast<std::uint64_t>(options.log_max_mb * 1024 * 1024);
+  config.log_keep = options.log_keep;
+  config.probe_timeout_ms = static_cast<std::uint32_t>(options.probe_timeout_ms);
   config.head_address = options.address;
   config.node_id = NodeId::random();
   config.num_cpus = options.num_cpus >= 0 ? static_cast<std::uint32_t>(options.num_cpus)
@@ -380,7 +389,18 @@ void add_start_command(CLI::App& app) {
   command->add_option("--heartbeat-ms", options->heartbeat_ms, "Head: heartbeat period of nodes and drivers")
       ->capture_default_str();
   command->add_option("--heartbeat-misses", options->heartbeat_misses,
-                      "Head: missed heartbeats after which a node is declared dead")
+                      "Head: missed heartbeats after which a node is suspected and probed (a driver: lost after "
+                      "these and --probe-timeout-ms)")
+      ->capture_default_str();
+  command->add_option("--probe-timeout-ms", options->probe_timeout_ms,
+                      "Head: a suspected node that answers nothing for this long more is declared dead "
+                      "(detection time = heartbeat-ms * heartbeat-misses + this; docs/fault-tolerance.md)")
+      ->capture_default_str();
+  command->add_option("--log-max-mb", options->log_max_mb,
+                      "Rotate a log file of this session (daemon, actor host, job driver) when larger than this "
+                      "many MiB (0: never)")
+      ->capture_default_str();
+  command->add_option("--log-keep", options->log_keep, "Rotated copies kept of each log file (<file>.1 newest)")
       ->capture_default_str();
   command->add_flag("--insecure", options->insecure,
                     "No cluster token, no encryption: anyone who can reach the head can run code on every node "

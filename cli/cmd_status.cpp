@@ -19,7 +19,12 @@ namespace troupe::cli {
 namespace {
 
 std::string node_state_name(wire::NodeState state) {
-  return state == wire::NodeState::ALIVE ? "ALIVE" : "DEAD";
+  switch (state) {
+    case wire::NodeState::ALIVE: return "ALIVE";
+    case wire::NodeState::SUSPECTED: return "SUSPECTED";  // missed heartbeats; being probed
+    case wire::NodeState::DEAD: return "DEAD";
+  }
+  return "UNKNOWN";
 }
 
 std::string gpus_by_type(capnp::List<wire::GpuInfo>::Reader gpus) {
@@ -110,7 +115,7 @@ std::vector<std::vector<std::string>> node_rows(wire::ClusterState::Reader state
     }
     auto used = [&](std::string_view name) {
       double t = total.get(name);
-      return info.getState() == wire::NodeState::ALIVE ? t - available.get(name) : 0.0;
+      return info.getState() != wire::NodeState::DEAD ? t - available.get(name) : 0.0;
     };
     rows.push_back({from_wire<NodeId>(node.getNodeId()).short_hex(), node_state_name(info.getState()),
                     node.getAddress().cStr(), usage("CPU", used(scheduler::kCpu), total.get(scheduler::kCpu)),
@@ -149,13 +154,14 @@ int status(const HeadOptions& options) {
   auto reply = get_cluster_state(options);
   auto state = reply.root<wire::ControlMessage>().getClusterState();
   const std::string address = resolve_head_address(options.address, temp_root(options.temp_dir));
-  int alive = 0, dead = 0;
+  int alive = 0, dead = 0, suspected = 0;
   scheduler::ResourceSet total, available;
   for (auto info : state.getNodes()) {
-    if (info.getState() != wire::NodeState::ALIVE) {
+    if (info.getState() == wire::NodeState::DEAD) {
       ++dead;
       continue;
     }
+    if (info.getState() == wire::NodeState::SUSPECTED) ++suspected;
     ++alive;
     total.add(node_total(info.getNode()));
     available.add(node_available(info));
@@ -170,7 +176,8 @@ int status(const HeadOptions& options) {
               << (secret ? ", fingerprint " + secret->fingerprint() : std::string()) << "; control and call planes "
               << "encrypted with CURVE, data plane authenticated)\n";
   }
-  std::cout << "Nodes: " << alive << " alive, " << dead << " dead\n";
+  std::cout << "Nodes: " << alive << " alive" << (suspected > 0 ? " (" + std::to_string(suspected) + " suspected)" : "")
+            << ", " << dead << " dead\n";
   print_table(node_rows(state));
   std::cout << "\nResources (alive nodes, used/total):\n";
   std::vector<std::vector<std::string>> resource_rows;

@@ -12,6 +12,7 @@
 #include "command.hpp"
 #include "session.hpp"
 #include "troupe/head/head.hpp"
+#include "troupe/node/log_rotation.hpp"
 #include "troupe/node/node_manager.hpp"
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/logging.hpp"
@@ -45,6 +46,7 @@ void to_json(nlohmann::json& j, const DaemonConfig& c) {
                      {"port", c.port},
                      {"heartbeat_ms", c.heartbeat_ms},
                      {"heartbeat_misses", c.heartbeat_misses},
+                     {"probe_timeout_ms", c.probe_timeout_ms},
                      {"head_address", c.head_address},
                      {"node_id", c.node_id.hex()},
                      {"num_cpus", c.num_cpus},
@@ -54,7 +56,9 @@ void to_json(nlohmann::json& j, const DaemonConfig& c) {
                      {"token_file", c.token_file.string()},
                      {"state_store", c.state_store},
                      {"state_prefix", c.state_prefix},
-                     {"retention_s", c.retention_s}};
+                     {"retention_s", c.retention_s},
+                     {"log_max_bytes", c.log_max_bytes},
+                     {"log_keep", c.log_keep}};
 }
 
 void from_json(const nlohmann::json& j, DaemonConfig& c) {
@@ -64,6 +68,7 @@ void from_json(const nlohmann::json& j, DaemonConfig& c) {
   c.port = j.at("port").get<int>();
   c.heartbeat_ms = j.at("heartbeat_ms").get<std::uint32_t>();
   c.heartbeat_misses = j.at("heartbeat_misses").get<std::uint32_t>();
+  c.probe_timeout_ms = j.value("probe_timeout_ms", std::uint32_t{3000});
   c.head_address = j.at("head_address").get<std::string>();
   auto id = NodeId::parse(j.at("node_id").get<std::string>());
   if (!id) throw Error(Errc::invalid_argument, "bad node_id in daemon config");
@@ -76,6 +81,8 @@ void from_json(const nlohmann::json& j, DaemonConfig& c) {
   c.state_store = j.value("state_store", std::string());
   c.state_prefix = j.value("state_prefix", std::string("troupe"));
   c.retention_s = j.value("retention_s", std::uint32_t{3600});
+  c.log_max_bytes = j.value("log_max_bytes", c.log_max_bytes);
+  c.log_keep = j.value("log_keep", c.log_keep);
 }
 
 std::string insecure_warning(const std::string& address) {
@@ -129,6 +136,10 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
   }
   const auto pid_file = config.session_dir / "pids" / (config.name() + ".pid");
   write_file_atomic(pid_file, std::to_string(::getpid()) + "\n");
+  // This daemon's log, its actor hosts' and (head) its jobs' drivers' stay
+  // under the cap (docs/fault-tolerance.md).
+  node::LogRotator log_rotator(config.session_dir / "logs", config.session_dir / "jobs",
+                               node::LogRotation{config.log_max_bytes, config.log_keep});
 
   node::NodeManagerConfig node;
   node.node_ip = config.node_ip;
@@ -147,6 +158,7 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
     head_config.port = config.port;
     head_config.heartbeat_ms = config.heartbeat_ms;
     head_config.heartbeat_misses = config.heartbeat_misses;
+    head_config.probe_timeout_ms = config.probe_timeout_ms;
     head_config.session_dir = config.session_dir;
     head_config.head_node_id = config.node_id;
     head_config.token_file = config.token_file;

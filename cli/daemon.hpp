@@ -22,6 +22,7 @@ struct DaemonConfig {
   int port = 6380;                        // head
   std::uint32_t heartbeat_ms = 500;       // head
   std::uint32_t heartbeat_misses = 6;     // head
+  std::uint32_t probe_timeout_ms = 3000;  // head
   std::string head_address;               // worker
   NodeId node_id;
   std::uint32_t num_cpus = 1;
@@ -37,6 +38,11 @@ struct DaemonConfig {
   std::string state_store;
   std::string state_prefix = "troupe";
   std::uint32_t retention_s = 3600;
+
+  // Log files of this session (logs/*.log, jobs/*/output.log) are rotated
+  // when larger than this (0: never), keeping this many older copies.
+  std::uint64_t log_max_bytes = 100ull << 20;
+  int log_keep = 3;
 
   // "head" or "worker-<node id, 12 hex digits>": names its pid and log files.
   std::string name() const;

@@ -6,6 +6,10 @@
 #   scripts/test.sh --label slow   # only tests with this ctest label (repeatable)
 #   scripts/test.sh --skip-deps    # do not run scripts/install-deps.sh
 #   scripts/test.sh --no-fuzz      # skip the short fuzz run
+#   scripts/test.sh --tsan         # ThreadSanitizer build (build-tsan/), runtime,
+#                                  # head and cluster tests (no fuzzing)
+#   scripts/test.sh --asan         # AddressSanitizer+UBSan build (build-asan/),
+#                                  # every test but the slow ones (no fuzzing)
 #   scripts/test.sh -- -R actor    # anything after -- goes to ctest
 #
 # After ctest, unless --fast or --no-fuzz, a short fuzz run checks every
@@ -17,9 +21,15 @@
 # scripts/configure-build.sh), CTEST_JOBS (default 2), CTEST_TIMEOUT (default 600 s).
 # The ctest log is kept in BUILD_DIR/ctest.log. The last line printed says
 # PASS or FAIL.
+#
+# Sanitizer runs build without CUDA and benchmarks, set the sanitizer's
+# options (halt on the first report, tests/sanitizers/*.supp for the
+# uninstrumented C libraries) and give each test twice the time; a report
+# in any process (driver, daemon, actor host) fails its test.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR_SET=${BUILD_DIR:+1}
 BUILD_DIR="${BUILD_DIR:-build}"
 [[ $BUILD_DIR == /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
 export BUILD_DIR
@@ -30,8 +40,11 @@ build_args=()
 ctest_args=()
 what="all tests"
 fuzz=1
+sanitize=""
 while (($#)); do
   case "$1" in
+    --tsan) sanitize=thread; fuzz=0 ;;
+    --asan) sanitize=address; fuzz=0 ;;
     --fast) ctest_args+=(-L fast); what="label fast"; fuzz=0 ;;
     --no-fuzz) fuzz=0 ;;
     --label) ctest_args+=(-L "${2:?--label needs a label}"); what="label $2"; shift ;;
@@ -42,6 +55,28 @@ while (($#)); do
   esac
   shift
 done
+
+if [[ -n $sanitize ]]; then
+  short=${sanitize/thread/tsan}; short=${short/address/asan}
+  [[ -n ${BUILD_DIR_SET:-} ]] || BUILD_DIR="$ROOT/build-$short"
+  export BUILD_DIR TROUPE_CUDA=OFF
+  export CMAKE_ARGS="${CMAKE_ARGS:-} -DTROUPE_SANITIZE=$sanitize -DTROUPE_BUILD_BENCH=OFF"
+  supp="$ROOT/tests/sanitizers"
+  export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 suppressions=$supp/tsan.supp ${TSAN_OPTIONS:-}"
+  export ASAN_OPTIONS="detect_leaks=1 abort_on_error=0 ${ASAN_OPTIONS:-}"
+  export LSAN_OPTIONS="suppressions=$supp/lsan.supp ${LSAN_OPTIONS:-}"
+  export UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1 ${UBSAN_OPTIONS:-}"
+  # UCX's memory hooks fight the sanitizers' allocators.
+  export UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none
+  CTEST_TIMEOUT=$((CTEST_TIMEOUT * 2))
+  if ((${#ctest_args[@]} == 0)); then
+    if [[ $sanitize == thread ]]; then
+      ctest_args+=(-L 'runtime|head|cluster' -LE slow); what="runtime, head and cluster tests under ThreadSanitizer"
+    else
+      ctest_args+=(-LE slow); what="all but slow tests under AddressSanitizer"
+    fi
+  fi
+fi
 
 start=$SECONDS
 if ! "$ROOT/scripts/configure-build.sh" "${build_args[@]}"; then

@@ -49,7 +49,7 @@ std::vector<NodeDescription> Backend::nodes() {
 
   std::vector<NodeDescription> out;
   for (auto info : root.getClusterState().getNodes()) {
-    if (info.getState() != wire::NodeState::ALIVE) continue;
+    if (info.getState() == wire::NodeState::DEAD) continue;  // a SUSPECTED node is still a member
     auto node = info.getNode();
     NodeDescription description;
     description.id = troupe::from_wire<NodeId>(node.getNodeId()).hex();

@@ -150,8 +150,10 @@ inline bool eventually(const std::function<bool()>& condition, std::chrono::mill
 
 class TestCluster {
  public:
-  explicit TestCluster(int heartbeat_ms = 100, int heartbeat_misses = 5)
-      : heartbeat_ms_(heartbeat_ms), heartbeat_misses_(heartbeat_misses) {
+  // Detection: suspected after heartbeat_ms * heartbeat_misses of silence,
+  // dead after probe_timeout_ms more (docs/fault-tolerance.md).
+  explicit TestCluster(int heartbeat_ms = 100, int heartbeat_misses = 5, int probe_timeout_ms = 500)
+      : heartbeat_ms_(heartbeat_ms), heartbeat_misses_(heartbeat_misses), probe_timeout_ms_(probe_timeout_ms) {
     std::string pattern = (fs::temp_directory_path() / "troupe-cluster-test-XXXXXX").string();
     root_ = ::mkdtemp(pattern.data());
     port_ = free_port();
@@ -169,7 +171,8 @@ class TestCluster {
   RunResult start_head(const std::vector<std::string>& extra = std::vector<std::string>{"--gpus", ""}) {
     std::vector<std::string> args{"start", "--head", "--port", std::to_string(port_), "--num-cpus", "2",
                                   "--heartbeat-ms", std::to_string(heartbeat_ms_),
-                                  "--heartbeat-misses", std::to_string(heartbeat_misses_)};
+                                  "--heartbeat-misses", std::to_string(heartbeat_misses_),
+                                  "--probe-timeout-ms", std::to_string(probe_timeout_ms_)};
     args.insert(args.end(), extra.begin(), extra.end());
     return troupe(args);
   }
@@ -223,8 +226,9 @@ class TestCluster {
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   int port() const { return port_; }
   const fs::path& root() const { return root_; }
+  // The detection time: a node (or driver) silent this long is lost.
   std::chrono::milliseconds node_timeout() const {
-    return std::chrono::milliseconds(heartbeat_ms_ * heartbeat_misses_);
+    return std::chrono::milliseconds(heartbeat_ms_ * heartbeat_misses_ + probe_timeout_ms_);
   }
 
   void teardown() {
@@ -247,6 +251,7 @@ class TestCluster {
  private:
   int heartbeat_ms_;
   int heartbeat_misses_;
+  int probe_timeout_ms_;
   fs::path root_;
   int port_ = 0;
 };

@@ -39,7 +39,9 @@ class HeadTest : public ::testing::Test {
     std::filesystem::create_directories(session_ / "binaries");
     HeadConfig config;
     config.heartbeat_ms = 500;
-    config.heartbeat_misses = 6;  // lost after 3000 ms of silence
+    config.heartbeat_misses = 6;      // suspected after 3000 ms of silence
+    config.probe_timeout_ms = 1000;   // lost after 1000 ms more
+    config.actor_start_timeout_ms = 10000;
     config.session_dir = session_;
     config.head_node_id = NodeId{0, 1};
     config.clock = [this] { return now_; };
@@ -202,7 +204,7 @@ TEST_F(HeadTest, ARegisteredNodeIsAnsweredAndAppearsAliveInTheClusterState) {
   ASSERT_TRUE(reply.isRegisterNodeReply());
   EXPECT_EQ(reply.getRequestId(), request);
   EXPECT_EQ(reply.getRegisterNodeReply().getHeartbeatIntervalMs(), 500u);
-  EXPECT_EQ(reply.getRegisterNodeReply().getNodeTimeoutMs(), 3000u);
+  EXPECT_EQ(reply.getRegisterNodeReply().getNodeTimeoutMs(), 4000u);  // suspicion 3000 + probe 1000
   EXPECT_EQ(from_wire<NodeId>(reply.getRegisterNodeReply().getHeadNodeId()), (NodeId{0, 1}));
 
   auto state = cluster_state();
@@ -308,11 +310,20 @@ TEST_F(HeadTest, ANodeThatMissesHeartbeatsIsDeclaredDeadAndItsActorDies) {
   report_alive(kNodeA, kActor, 0);
   sent();
 
-  advance(std::chrono::milliseconds(3000));  // exactly the timeout: not yet lost
+  advance(std::chrono::milliseconds(3000));  // exactly the suspicion time: not yet suspected
   head_->tick();
-  EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes().size(), 1u);
+  ASSERT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes().size(), 1u);
+  EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes()[0].getState(),
+            wire::NodeState::ALIVE);
 
-  advance(std::chrono::milliseconds(1));
+  advance(std::chrono::milliseconds(1));  // suspected and probed, not lost
+  head_->tick();
+  ASSERT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes().size(), 1u);
+  EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes()[0].getState(),
+            wire::NodeState::SUSPECTED);
+  sent();
+
+  advance(std::chrono::milliseconds(1000));  // the probe went unanswered for the probe timeout
   head_->tick();
   // The owner hears that its actor died because its node was lost.
   bool told_owner = false;
@@ -336,11 +347,223 @@ TEST_F(HeadTest, ANodeThatMissesHeartbeatsIsDeclaredDeadAndItsActorDies) {
   EXPECT_EQ(state.getActors()[0].getState(), ActorState::DEAD);
   EXPECT_NE(std::string(state.getActors()[0].getReason().getMessage().cStr()).find("was lost"), std::string::npos);
 
-  // The lost node's next heartbeat is told to register again.
+  // The lost node's next heartbeat is told to register again, and that it
+  // was declared dead (it stops its actor hosts: fencing).
   heartbeat(kNodeA);
   auto replies = sent();
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_TRUE(replies[0].message.root<ControlMessage>().getHeartbeatAck().getReregister());
+  EXPECT_TRUE(replies[0].message.root<ControlMessage>().getHeartbeatAck().getDeclaredDead());
+  // So is its registration, which starts it afresh.
+  std::uint64_t request = register_node(kNodeA, 4);
+  bool told = false;
+  for (auto& reply : sent()) {
+    auto reader = reply.message.root<ControlMessage>();
+    if (reader.getRequestId() == request && reader.isRegisterNodeReply()) {
+      told = reader.getRegisterNodeReply().getDeclaredDead();
+    }
+  }
+  EXPECT_TRUE(told);
+}
+
+TEST_F(HeadTest, ASuspectedNodeIsProbedAndStaysAliveWhenItAnswers) {
+  register_node(kNodeA, 4);
+  create_actor(kActor, {{"CPU", 1}}, /*max_restarts=*/0);
+  head_->tick();
+  report_alive(kNodeA, kActor, 0);
+  sent();
+
+  advance(std::chrono::milliseconds(3500));
+  head_->tick();
+  std::optional<std::uint64_t> probe;
+  for (auto& message : sent()) {
+    auto reader = message.message.root<ControlMessage>();
+    if (message.identity == node_identity(kNodeA) && reader.isProbeNode()) probe = reader.getRequestId();
+  }
+  ASSERT_TRUE(probe.has_value()) << "a suspected node is probed";
+  EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes()[0].getState(),
+            wire::NodeState::SUSPECTED);
+  // Unanswered, it is probed again every heartbeat period.
+  advance(std::chrono::milliseconds(500));
+  head_->tick();
+  int probes = 0;
+  for (auto& message : sent()) probes += message.message.root<ControlMessage>().isProbeNode() ? 1 : 0;
+  EXPECT_EQ(probes, 1);
+
+  // The node manager answers the probe (an ack): alive again, nothing died.
+  advance(std::chrono::milliseconds(400));
+  capnp::MallocMessageBuilder ack;
+  auto root = ack.initRoot<ControlMessage>();
+  root.setRequestId(*probe);
+  root.setAck();
+  deliver(node_identity(kNodeA), ack);
+  advance(std::chrono::milliseconds(2000));
+  head_->tick();
+  auto state = cluster_state(/*include_dead=*/true);
+  auto cluster = state.root<ControlMessage>().getClusterState();
+  EXPECT_EQ(cluster.getNodes()[0].getState(), wire::NodeState::ALIVE);
+  EXPECT_EQ(cluster.getActors()[0].getState(), ActorState::ALIVE);
+}
+
+TEST_F(HeadTest, AStartActorThatIsNotAcknowledgedIsSentAgainAndOneThatNeverStartsRestarts) {
+  register_node(kNodeA, 4);
+  create_actor(kActor, {{"CPU", 1}}, /*max_restarts=*/1);
+  head_->tick();
+  auto first = sent();
+  auto starts = starts_in(first);
+  ASSERT_EQ(starts.size(), 1u);
+  std::uint64_t request = 0;
+  for (auto& message : first) {
+    if (message.message.root<ControlMessage>().isStartActor()) request = message.message.root<ControlMessage>().getRequestId();
+  }
+  // No ack within 2 heartbeat periods: the same request again.
+  advance(std::chrono::milliseconds(1000));
+  heartbeat(kNodeA);
+  head_->tick();
+  auto again = sent();
+  auto resent = starts_in(again);
+  ASSERT_EQ(resent.size(), 1u);
+  EXPECT_EQ(resent[0].incarnation, 0u);
+  // Acknowledged: no more resends, but still not ALIVE at the start timeout.
+  capnp::MallocMessageBuilder ack;
+  ack.initRoot<ControlMessage>().setRequestId(request);
+  ack.getRoot<ControlMessage>().setAck();
+  deliver(node_identity(kNodeA), ack);
+  for (int i = 0; i < 9; ++i) {
+    advance(std::chrono::milliseconds(1000));
+    heartbeat(kNodeA);
+    head_->tick();
+    auto batch = sent();
+    if (i < 8) EXPECT_TRUE(starts_in(batch).empty()) << i;
+    else {
+      // At 10 s: the start failed; the host is killed and the actor restarts.
+      bool killed = false;
+      for (auto& message : batch) killed |= message.message.root<ControlMessage>().isKillActor();
+      EXPECT_TRUE(killed);
+      auto restarts = starts_in(batch);
+      ASSERT_EQ(restarts.size(), 1u);
+      EXPECT_EQ(restarts[0].incarnation, 1u);
+    }
+  }
+}
+
+TEST_F(HeadTest, AKillTheNodeAnswersNotFoundEndsTheActorWhoseExitReportWasLost) {
+  register_node(kNodeA, 4);
+  create_actor(kActor, {{"CPU", 1}}, /*max_restarts=*/0);
+  head_->tick();
+  report_alive(kNodeA, kActor, 0);
+  sent();
+  capnp::MallocMessageBuilder kill;
+  auto root = kill.initRoot<ControlMessage>();
+  root.setRequestId(next_request_++);
+  to_wire(root.initKillActor().initActorId(), kActor);
+  root.getKillActor().setNoRestart(true);
+  deliver(kDriver, kill);
+  std::optional<std::uint64_t> request;
+  for (auto& message : sent()) {
+    auto reader = message.message.root<ControlMessage>();
+    if (message.identity == node_identity(kNodeA) && reader.isKillActor()) {
+      request = reader.getRequestId();
+      EXPECT_EQ(reader.getKillActor().getIncarnation(), 0u);
+    }
+  }
+  ASSERT_TRUE(request.has_value());
+  // Unanswered: sent again.
+  advance(std::chrono::milliseconds(1000));
+  heartbeat(kNodeA);
+  head_->tick();
+  bool resent = false;
+  for (auto& message : sent()) resent |= message.message.root<ControlMessage>().isKillActor();
+  EXPECT_TRUE(resent);
+  // The node has no such host (its DEAD report was lost): the actor is dead.
+  capnp::MallocMessageBuilder error;
+  auto reply = error.initRoot<ControlMessage>();
+  reply.setRequestId(*request);
+  reply.initError().setCode(wire_code(Errc::not_found));
+  deliver(node_identity(kNodeA), error);
+  EXPECT_EQ(cluster_state(true).root<ControlMessage>().getClusterState().getActors()[0].getState(), ActorState::DEAD);
+}
+
+TEST_F(HeadTest, ALostNodesActorHostsAreToldToStopDirectly) {
+  register_node(kNodeA, 4);
+  create_actor(kActor, {{"CPU", 1}}, /*max_restarts=*/1);
+  head_->tick();
+  std::string key;
+  for (auto& message : sent()) {
+    auto reader = message.message.root<ControlMessage>();
+    if (reader.isStartActor()) {
+      auto bytes = reader.getStartActor().getHostKey();
+      key.assign(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+    }
+  }
+  // The host itself reports ALIVE with its key, from its own connection.
+  const std::string host = "act-" + kActor.hex();
+  capnp::MallocMessageBuilder update;
+  auto root = update.initRoot<ControlMessage>();
+  root.setRequestId(next_request_++);
+  auto body = root.initActorUpdate();
+  to_wire(body.initActorId(), kActor);
+  body.setState(ActorState::ALIVE);
+  to_wire(body.initNodeId(), kNodeA);
+  body.setAddress("tcp://127.0.0.1:1");
+  body.setIncarnation(0);
+  body.setHostKey(kj::arrayPtr(reinterpret_cast<const kj::byte*>(key.data()), key.size()));
+  deliver(host, update);
+  sent();
+  advance(std::chrono::milliseconds(3001));
+  head_->tick();
+  advance(std::chrono::milliseconds(1000));
+  head_->tick();
+  bool told = false;
+  for (auto& message : sent()) {
+    auto reader = message.message.root<ControlMessage>();
+    if (message.identity == host && reader.isKillActor()) {
+      told = true;
+      EXPECT_EQ(reader.getRequestId(), 0u);  // a notification
+      EXPECT_EQ(reader.getKillActor().getIncarnation(), 0u);
+    }
+  }
+  EXPECT_TRUE(told);
+}
+
+TEST_F(HeadTest, ADriverUploadingItsBinaryIsNotLostAndAnyMessageCountsAsLife) {
+  capnp::MallocMessageBuilder reg;
+  auto root = reg.initRoot<ControlMessage>();
+  root.setRequestId(next_request_++);
+  auto body = root.initRegisterDriver();
+  body.setProtocolVersion(wire::PROTOCOL_VERSION);
+  to_wire(body.initWorkerId(), WorkerId{5, 5});
+  body.setBinaryHash(std::string(64, 'a'));
+  deliver("drv-5", reg);
+  bool need = false;
+  for (auto& message : sent()) {
+    auto reader = message.message.root<ControlMessage>();
+    if (reader.isRegisterDriverReply()) need = reader.getRegisterDriverReply().getNeedBinary();
+  }
+  ASSERT_TRUE(need);
+  // A heartbeat sent before the upload comes first; the ones after it queue
+  // behind the upload: 20 s of silence then, and the job runs on.
+  capnp::MallocMessageBuilder beat;
+  auto beat_root = beat.initRoot<ControlMessage>();
+  beat_root.setRequestId(0);
+  to_wire(beat_root.initDriverHeartbeat().initWorkerId(), WorkerId{5, 5});
+  deliver("drv-5", beat);
+  advance(std::chrono::seconds(20));
+  head_->tick();
+  auto state = cluster_state();
+  auto jobs = state.root<ControlMessage>().getClusterState().getJobs();
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].getState(), wire::JobState::RUNNING);
+  // Once the upload came, the usual timeout applies again.
+  capnp::MallocMessageBuilder upload;
+  auto upload_root = upload.initRoot<ControlMessage>();
+  upload_root.setRequestId(0);
+  upload_root.initUploadBinary().setBinaryHash(std::string(64, 'a'));  // refused: wrong bytes
+  deliver("drv-5", upload);
+  advance(std::chrono::milliseconds(4001));
+  head_->tick();
+  auto after = cluster_state();
+  EXPECT_EQ(after.root<ControlMessage>().getClusterState().getJobs()[0].getState(), wire::JobState::STOPPED);
 }
 
 TEST_F(HeadTest, AnActorOfALostNodeRestartsOnAnotherNode) {
@@ -352,10 +575,13 @@ TEST_F(HeadTest, AnActorOfALostNodeRestartsOnAnotherNode) {
   head_->tick();
   sent();
 
-  // Only B keeps heartbeating.
+  // Only B keeps heartbeating; A is suspected, probed, then lost.
   advance(std::chrono::milliseconds(2000));
   heartbeat(kNodeB);
   advance(std::chrono::milliseconds(2000));
+  heartbeat(kNodeB);
+  head_->tick();
+  advance(std::chrono::milliseconds(1000));
   heartbeat(kNodeB);
   head_->tick();
   auto batch = sent();

@@ -42,6 +42,8 @@ struct RegisterNodeReply {
   heartbeatIntervalMs @1 :UInt32;  # how often the worker must send a Heartbeat
   nodeTimeoutMs @2 :UInt32;        # silence after which the head declares the node lost
   eventsAddress @3 :Text;          # head's PUB endpoint for actorUpdate/nodeUpdate/jobUpdate
+  # issue 12 (detect)
+  declaredDead @4 :Bool;           # the head had declared this node dead: stop every actor host first (fencing)
 }
 
 enum ActorState {
@@ -69,11 +71,15 @@ struct Heartbeat {
 struct HeartbeatAck {
   seq @0 :UInt64;
   reregister @1 :Bool;  # the head does not know this node (it restarted): send RegisterNode
+  # issue 12 (detect)
+  declaredDead @2 :Bool;  # the head declared this node dead: stop every actor host (fencing), then register again
 }
 
 enum NodeState {
   alive @0;
   dead @1;  # stopped heartbeating or was stopped; final for this nodeId
+  # issue 12 (detect)
+  suspected @2;  # missed heartbeats: probed, declared dead unless it answers
 }
 
 struct NodeUpdate {
@@ -141,6 +147,8 @@ struct KillActor {
   # driver -> head, head -> worker. Reply: ack, or error notFound.
   actorId @0 :ActorId;
   noRestart @1 :Bool;             # true: dead for good; false: restart if restarts remain
+  # issue 12 (detect)
+  incarnation @2 :UInt32 = 0xffffffff;  # head -> worker: kill hosts of this incarnation or earlier (default: any)
 }
 
 struct GetActorByName {
@@ -296,6 +304,12 @@ struct DriverHeartbeat {
   workerId @0 :WorkerId;
   seq @1 :UInt64;
 }
+# issue 12 (detect)
+# Head -> node manager: a node that missed heartbeats is probed before it is
+# declared dead. Reply: ack (any message from the node counts as an answer).
+struct ProbeNode {
+  nodeId @0 :NodeId;
+}
 
 struct ControlMessage {
   requestId @0 :UInt64;
@@ -330,5 +344,7 @@ struct ControlMessage {
     jobLogs @26 :JobLogs;
     jobLogsReply @27 :JobLogsReply;
     driverHeartbeat @28 :DriverHeartbeat;
+    # issue 12 (detect)
+    probeNode @29 :ProbeNode;
   }
 }

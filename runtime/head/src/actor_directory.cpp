@@ -117,7 +117,9 @@ void ActorDirectory::release_actor_resources(ActorEntry& actor) {
 void ActorDirectory::send_kill_to_node(ActorEntry& actor) {
   NodeEntry* node = nodes_.find(actor.node);
   if (node == nullptr || !node->alive) return;
-  context_.send_kill(node->identity, actor.id);
+  auto now = context_.now();
+  std::uint64_t request_id = context_.send_kill(node->identity, actor.id, actor.incarnation);
+  kill_requests_[request_id] = {actor.id, actor.incarnation, node->id, now, now + context_.resend_after(), false};
 }
 
 bool ActorDirectory::owner_alive(const ActorEntry& actor) const { return jobs_.owner_alive(actor.job, actor.owner); }
@@ -184,6 +186,11 @@ bool ActorDirectory::accounted_for(const ActorId& actor_id, const NodeId& node, 
 void ActorDirectory::node_lost(const NodeId& node, const std::string& why) {
   for (auto& [id, actor] : actors_) {
     if (actor.state == ActorState::DEAD || !actor.placed || actor.node != node) continue;
+    // Fencing from this side: a host the head can still reach (its node
+    // manager stopped, not its network) is told to end before the actor
+    // runs anywhere else. A notification: the host's own request ids are
+    // not ours.
+    if (!actor.host_identity.empty()) context_.send_kill(actor.host_identity, actor.id, actor.incarnation, true);
     actor_exited(actor, Errc::node_lost, "node " + node.short_hex() + " was lost: " + why);
   }
 }
@@ -272,9 +279,19 @@ void ActorDirectory::try_place_actor(ActorEntry& actor) {
   std::string where = "starting on node " + node->id.short_hex();
   set_actor_state(actor, actor.state, Errc::ok, where);
 
+  std::uint64_t request_id = context_.next_request_id++;
+  actor.host_keys[actor.incarnation] = random_host_key();
+  actor.host_identity.clear();
+  auto now = context_.now();
+  start_requests_[request_id] = {actor.id, actor.incarnation, node->id, now, now + context_.resend_after(), false};
+  send_start(actor, node->identity, request_id);
+}
+
+// The startActor of the actor's current placement (the same host key and
+// request id when it is sent again).
+void ActorDirectory::send_start(ActorEntry& actor, const std::string& node_identity, std::uint64_t request_id) {
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<ControlMessage>();
-  std::uint64_t request_id = context_.next_request_id++;
   root.setRequestId(request_id);
   auto start = root.initStartActor();
   start.setSpec(actor.create());
@@ -282,12 +299,62 @@ void ActorDirectory::try_place_actor(ActorEntry& actor) {
   auto gpus = start.initGpuIndices(static_cast<unsigned>(actor.gpus.size()));
   for (unsigned i = 0; i < actor.gpus.size(); ++i) gpus.set(i, static_cast<std::uint32_t>(actor.gpus[i]));
   start.setJobBinaryHash(actor.binary_hash);
-  std::string key = random_host_key();
-  actor.host_keys[actor.incarnation] = key;
-  actor.host_identity.clear();
+  const std::string& key = actor.host_keys[actor.incarnation];
   start.setHostKey(kj::arrayPtr(reinterpret_cast<const kj::byte*>(key.data()), key.size()));
-  start_requests_[request_id] = actor.id;
-  context_.send_to(node->identity, message);
+  context_.send_to(node_identity, message);
+}
+
+void ActorDirectory::resend_unacknowledged(Clock::time_point now) {
+  const auto start_timeout = std::chrono::milliseconds(context_.config.actor_start_timeout_ms);
+  for (auto it = start_requests_.begin(); it != start_requests_.end();) {
+    auto& sent = it->second;
+    auto found = actors_.find(sent.actor);
+    NodeEntry* node = nodes_.find(sent.node);
+    bool current = found != actors_.end() && found->second.placed && found->second.state != ActorState::DEAD &&
+                   found->second.incarnation == sent.incarnation && found->second.node == sent.node &&
+                   node != nullptr && node->alive;
+    if (!current || found->second.state == ActorState::ALIVE) {
+      it = start_requests_.erase(it);  // started, superseded, or its node is lost (node_lost did the rest)
+      continue;
+    }
+    ActorEntry& actor = found->second;
+    if (now - sent.sent_at >= start_timeout) {
+      it = start_requests_.erase(it);
+      std::string why = "did not start within " + std::to_string(start_timeout.count() / 1000) + " s on node " +
+                        actor.node.short_hex() + (sent.acked ? "" : " (the node never acknowledged startActor)");
+      TROUPE_LOG_WARN("head: actor {} {}", actor.id.short_hex(), why);
+      send_kill_to_node(actor);  // a host that comes up late is stopped
+      actor_exited(actor, Errc::actor_died, why);
+      continue;
+    }
+    if (!sent.acked && now >= sent.resend_at) {
+      sent.resend_at = now + context_.resend_after();
+      TROUPE_LOG_INFO("head: no ack for startActor of actor {} from node {}; sending it again",
+                      actor.id.short_hex(), node->id.short_hex());
+      send_start(actor, node->identity, it->first);
+    }
+    ++it;
+  }
+  for (auto it = kill_requests_.begin(); it != kill_requests_.end();) {
+    auto& sent = it->second;
+    NodeEntry* node = nodes_.find(sent.node);
+    if (node == nullptr || !node->alive || now - sent.sent_at > context_.node_timeout()) {
+      it = kill_requests_.erase(it);  // its node is lost, or it had its time
+      continue;
+    }
+    if (now >= sent.resend_at) {
+      sent.resend_at = now + context_.resend_after();
+      capnp::MallocMessageBuilder message;
+      auto root = message.initRoot<ControlMessage>();
+      root.setRequestId(it->first);
+      auto kill = root.initKillActor();
+      to_wire(kill.initActorId(), sent.actor);
+      kill.setNoRestart(true);
+      kill.setIncarnation(sent.incarnation);
+      context_.send_to(node->identity, message);
+    }
+    ++it;
+  }
 }
 
 // --- requests -----------------------------------------------------------------------
@@ -358,7 +425,7 @@ void ActorDirectory::on_actor_update(const std::string& identity, std::uint64_t 
     // a host that should not run any more is told to stop.
     if (update.getState() == ActorState::ALIVE && from_host) {
       NodeEntry* node = nodes_.find(from_wire<NodeId>(update.getNodeId()));
-      if (node != nullptr && node->alive) context_.send_kill(node->identity, id);
+      if (node != nullptr && node->alive) context_.send_kill(node->identity, id, update.getIncarnation());
     }
     context_.reply_ack(identity, request_id);
     return;
@@ -450,11 +517,28 @@ void ActorDirectory::on_get_actor_by_name(const std::string& identity, std::uint
 }
 
 void ActorDirectory::on_reply_from_node(std::uint64_t request_id, ControlMessage::Reader reader) {
+  if (auto kill = kill_requests_.find(request_id); kill != kill_requests_.end()) {
+    SentRequest sent = kill->second;
+    kill_requests_.erase(kill);
+    if (!reader.isError() || errc_from_wire(reader.getError().getCode()) != Errc::not_found) return;
+    // The node has no host of that incarnation: if the head still thinks it
+    // runs there, its exit report was lost (or never came).
+    auto actor = actors_.find(sent.actor);
+    if (actor != actors_.end() && actor->second.placed && actor->second.node == sent.node &&
+        actor->second.incarnation == sent.incarnation && actor->second.state != ActorState::DEAD) {
+      std::string reason = actor->second.reason.empty() ? "its actor host is gone" : actor->second.reason;
+      actor_exited(actor->second, Errc::actor_died, reason);
+    }
+    return;
+  }
   auto it = start_requests_.find(request_id);
   if (it == start_requests_.end()) return;
-  ActorId actor_id = it->second;
+  ActorId actor_id = it->second.actor;
+  if (!reader.isError()) {
+    it->second.acked = true;  // tracked on until ALIVE (the start timeout)
+    return;
+  }
   start_requests_.erase(it);
-  if (!reader.isError()) return;
   auto actor = actors_.find(actor_id);
   if (actor == actors_.end()) return;
   actor->second.no_restart = true;
@@ -471,7 +555,7 @@ void ActorDirectory::reconcile_node(const NodeId& node, const std::string& ident
   for (const auto& [actor_id, incarnation] : hosts) {
     if (!accounted_for(actor_id, node, incarnation)) {
       // Unknown to the head, or an older incarnation: it must not run.
-      if (kill_unknown) context_.send_kill(identity, actor_id);
+      if (kill_unknown) context_.send_kill(identity, actor_id, incarnation);
       continue;
     }
     listed.insert(actor_id);
@@ -611,7 +695,8 @@ void ActorDirectory::forget_dead(Clock::time_point now, std::chrono::seconds ret
     context_.touch('a', id.hex());
   }
   std::erase_if(order_, [&](const ActorId& id) { return forget.count(id) != 0; });
-  std::erase_if(start_requests_, [&](const auto& entry) { return forget.count(entry.second) != 0; });
+  std::erase_if(start_requests_, [&](const auto& entry) { return forget.count(entry.second.actor) != 0; });
+  std::erase_if(kill_requests_, [&](const auto& entry) { return forget.count(entry.second.actor) != 0; });
 }
 
 }  // namespace troupe::head

@@ -12,6 +12,15 @@
 // state or reason goes to the owner and the watchers as an actorUpdate.
 // Resources are booked on the node (or the group's bundle) from placement
 // until the actor exits.
+//
+// Delivery to nodes: startActor and killActor are requests the node
+// acknowledges; the head resends them every resend_after() until it is
+// answered (the node treats a repeat as the same request: it names the
+// actor and its incarnation). An actor not ALIVE actor_start_timeout_ms
+// after its startActor was sent has failed to start: its host is killed and
+// it restarts or dies as maxRestarts says. A kill the node answers notFound
+// for the incarnation the head still thinks runs there means the host is
+// gone: the actor exits then, even if the node's report of it was lost.
 #pragma once
 
 #include <functional>
@@ -82,9 +91,13 @@ class ActorDirectory {
   std::optional<JobId> job_of_identity(const std::string& identity) const;
   void on_get_actor_by_name(const std::string& identity, std::uint64_t request_id,
                             wire::GetActorByName::Reader get);
-  // A node's ack or error for a startActor we sent; an error kills the actor
-  // for good. Replies to other requests are ignored.
+  // A node's ack or error for a startActor or killActor we sent; an error to
+  // a startActor kills the actor for good. Replies to other requests are
+  // ignored.
   void on_reply_from_node(std::uint64_t request_id, wire::ControlMessage::Reader reader);
+  // Resends startActor/killActor requests not answered within
+  // resend_after(); fails starts older than the start timeout.
+  void resend_unacknowledged(Clock::time_point now);
 
   // Whether the head accounts for incarnation `incarnation` of `actor` on `node`.
   bool accounted_for(const ActorId& actor, const NodeId& node, std::uint32_t incarnation) const;
@@ -129,6 +142,7 @@ class ActorDirectory {
   void actor_exited(ActorEntry& actor, Errc code, std::string reason);
   void kill_actor(ActorEntry& actor, const std::string& reason);
   void try_place_actor(ActorEntry& actor);
+  void send_start(ActorEntry& actor, const std::string& node_identity, std::uint64_t request_id);
 
   HeadContext& context_;
   NodeTable& nodes_;
@@ -137,7 +151,16 @@ class ActorDirectory {
   std::map<ActorId, ActorEntry> actors_;
   std::vector<ActorId> order_;
   std::map<std::pair<JobId, std::string>, ActorId> names_;
-  std::map<std::uint64_t, ActorId> start_requests_;  // our startActor request -> actor
+  struct SentRequest {  // a startActor or killActor not yet answered (a start: not yet ALIVE)
+    ActorId actor;
+    std::uint32_t incarnation = 0;
+    NodeId node;
+    Clock::time_point sent_at;
+    Clock::time_point resend_at;
+    bool acked = false;
+  };
+  std::map<std::uint64_t, SentRequest> start_requests_;  // our startActor request -> actor
+  std::map<std::uint64_t, SentRequest> kill_requests_;   // our killActor request -> actor
   std::uint64_t next_sequence_ = 1;
 };
 

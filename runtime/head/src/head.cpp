@@ -197,7 +197,9 @@ struct Head::Impl {
     for (unsigned i = 0; i < shown_nodes.size(); ++i) {
       NodeEntry& node = *shown_nodes[i];
       node_list[i].setNode(node.info());
-      node_list[i].setState(node.alive ? wire::NodeState::ALIVE : wire::NodeState::DEAD);
+      node_list[i].setState(!node.alive      ? wire::NodeState::DEAD
+                            : node.suspected ? wire::NodeState::SUSPECTED
+                                             : wire::NodeState::ALIVE);
       const auto& available = node.state.available();
       resources_to_wire(node_list[i].initAvailable(static_cast<unsigned>(available.amounts().size())), available);
       node_list[i].setLastHeartbeatAgeMs(static_cast<std::uint64_t>(
@@ -226,9 +228,17 @@ struct Head::Impl {
     context.send_to(identity, message);
   }
 
+  // Any message from a node's or a driver's connection is a sign of life,
+  // not only its heartbeats (a probe's ack, a long upload).
+  void note_life(const std::string& identity) {
+    if (identity.rfind("node-", 0) == 0) nodes.heard_from(identity, context.now());
+    else if (identity.rfind("drv-", 0) == 0) jobs.heard_from(identity, context.now());
+  }
+
   void dispatch(const std::string& identity, transport::ReceivedMessage& received) {
     std::uint64_t request_id = 0;
     try {
+      note_life(identity);
       auto reader = received.root<ControlMessage>();
       request_id = reader.getRequestId();
       switch (reader.which()) {
@@ -244,7 +254,10 @@ struct Head::Impl {
         case ControlMessage::STOP_JOB: jobs.on_stop_job(identity, request_id, reader.getStopJob()); break;
         case ControlMessage::GET_CLUSTER_STATE: on_get_cluster_state(identity, request_id, reader.getGetClusterState()); break;
         case ControlMessage::REGISTER_DRIVER: jobs.on_register_driver(identity, request_id, reader.getRegisterDriver()); break;
-        case ControlMessage::UPLOAD_BINARY: binaries.on_upload_binary(identity, request_id, reader.getUploadBinary()); break;
+        case ControlMessage::UPLOAD_BINARY:
+          jobs.upload_arrived(identity);
+          binaries.on_upload_binary(identity, request_id, reader.getUploadBinary());
+          break;
         case ControlMessage::FETCH_BINARY: binaries.on_fetch_binary(identity, request_id, reader.getFetchBinary()); break;
         case ControlMessage::JOB_LOGS: jobs.on_job_logs(identity, request_id, reader.getJobLogs()); break;
         case ControlMessage::DRIVER_HEARTBEAT: jobs.on_driver_heartbeat(identity, request_id, reader.getDriverHeartbeat()); break;
@@ -271,12 +284,14 @@ struct Head::Impl {
 
   void check_timeouts(Clock::time_point now) {
     for (NodeEntry* node : nodes.expire(now)) {
-      std::string why = "no heartbeat for " + std::to_string(context.node_timeout().count()) + " ms";
+      std::string why = "no heartbeat for " + std::to_string(context.node_timeout().count()) +
+                        " ms, and no answer to probes";
       actors.node_lost(node->id, why);
       groups.lose_bundles_on(node->id);
       context.schedule_needed = true;
     }
     jobs.expire_drivers(now);
+    actors.resend_unacknowledged(now);
   }
 
   void schedule_if_needed() {
@@ -333,8 +348,17 @@ bool Head::wait_for_background_work(std::chrono::milliseconds timeout) {
 void Head::run(const std::atomic<bool>& stop) {
   auto& impl = *impl_;
   auto last_check = impl.context.now();
+  auto last_turn = last_check;
   const auto check_every =
       std::chrono::milliseconds(std::max<std::uint32_t>(10, impl.context.config.heartbeat_ms / 4));
+  // A turn of this loop normally takes at most the 20 ms receive plus the
+  // messages it serves; a turn longer than this means the head itself did
+  // not run (SIGSTOP, a starved CPU, a long request): that silence is not
+  // held against the nodes and drivers.
+  constexpr auto kStall = std::chrono::seconds(1);
+  // Messages served before the timers run anyway (a flood must not stop
+  // them); when the queue was not drained, nobody is declared lost.
+  constexpr int kMaxDrain = 100000;
   while (!stop.load()) {
     std::optional<transport::RoutedMessage> routed;
     try {
@@ -342,19 +366,36 @@ void Head::run(const std::atomic<bool>& stop) {
     } catch (const Error& error) {
       TROUPE_LOG_WARN("head: dropped a malformed message: {}", error.what());
     }
-    for (int batch = 0; routed; ++batch) {
+    // Drain the queue: every heartbeat that arrived before the timeout
+    // check below is counted before it runs.
+    bool drained = true;
+    for (int served = 0; routed; ++served) {
       impl.dispatch(routed->identity, routed->message);
       routed.reset();
-      if (batch >= 256) break;  // let the timers run (the batch is committed with them)
+      if (served % 256 == 255) impl.commit();  // replies wait for their batch's write only
+      if (served >= kMaxDrain) {
+        drained = false;
+        break;
+      }
       try {
         routed = impl.server->receive(std::chrono::milliseconds(0));
       } catch (const Error& error) {
         TROUPE_LOG_WARN("head: dropped a malformed message: {}", error.what());
+        routed.reset();
+        drained = false;  // more may be queued: look again next turn
+        break;
       }
     }
     impl.binaries.poll();
     auto now = impl.context.now();
-    if (now - last_check >= check_every) {
+    if (now - last_turn > kStall) {
+      TROUPE_LOG_WARN("head: did not run for {} ms; not counting that silence against nodes and drivers",
+                      std::chrono::duration_cast<std::chrono::milliseconds>(now - last_turn).count());
+      impl.nodes.forgive(now - last_turn, now);
+      impl.jobs.forgive(now - last_turn, now);
+    }
+    last_turn = now;
+    if (drained && now - last_check >= check_every) {
       last_check = now;
       impl.check_timeouts(now);
     }

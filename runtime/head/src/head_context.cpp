@@ -55,14 +55,18 @@ void HeadContext::reply_error(const std::string& identity, std::uint64_t request
   send_to(identity, message);
 }
 
-void HeadContext::send_kill(const std::string& identity, const ActorId& actor) {
+std::uint64_t HeadContext::send_kill(const std::string& identity, const ActorId& actor, std::uint32_t incarnation,
+                                     bool notification) {
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<wire::ControlMessage>();
-  root.setRequestId(next_request_id++);
+  std::uint64_t request_id = notification ? 0 : next_request_id++;
+  root.setRequestId(request_id);
   auto kill = root.initKillActor();
   to_wire(kill.initActorId(), actor);
   kill.setNoRestart(true);
+  kill.setIncarnation(incarnation);
   send_to(identity, message);
+  return request_id;
 }
 
 }  // namespace troupe::head

@@ -4,6 +4,7 @@
 // reference and runs on the head's one thread.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -51,8 +52,19 @@ struct HeadContext {
   void release_held();
 
   Clock::time_point now() const { return config.clock ? config.clock() : Clock::now(); }
-  std::chrono::milliseconds node_timeout() const {
+  // Silence after which a node is suspected (and probed).
+  std::chrono::milliseconds suspect_after() const {
     return std::chrono::milliseconds(config.heartbeat_ms * config.heartbeat_misses);
+  }
+  // Silence after which a node (suspected, probed, still silent) or a driver
+  // is declared lost: the detection bound.
+  std::chrono::milliseconds node_timeout() const {
+    return suspect_after() + std::chrono::milliseconds(config.probe_timeout_ms);
+  }
+  // How long the head waits for an ack of its startActor / killActor before
+  // sending it again.
+  std::chrono::milliseconds resend_after() const {
+    return std::chrono::milliseconds(std::max<std::uint32_t>(200, 2 * config.heartbeat_ms));
   }
   // The "IP:PORT" the head listens on (given to job drivers).
   std::string address() const { return server != nullptr ? server->address() : std::string(); }
@@ -62,8 +74,12 @@ struct HeadContext {
   // `ack` for request_id; nothing for request_id 0 (a notification).
   void reply_ack(const std::string& identity, std::uint64_t request_id);
   void reply_error(const std::string& identity, std::uint64_t request_id, Errc code, const std::string& text);
-  // killActor{noRestart} for `actor` to the node manager at `identity`.
-  void send_kill(const std::string& identity, const ActorId& actor);
+  // killActor{noRestart} for `actor` (its hosts of `incarnation` or earlier)
+  // to the node manager at `identity`; returns the request id. Request id 0
+  // sends it as a notification (to an actor host, whose own request ids
+  // must not be matched).
+  std::uint64_t send_kill(const std::string& identity, const ActorId& actor,
+                          std::uint32_t incarnation = 0xffffffffu, bool notification = false);
 };
 
 }  // namespace troupe::head

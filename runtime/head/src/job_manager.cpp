@@ -27,6 +27,10 @@ using wire::JobState;
 
 constexpr std::size_t kMaxLogChunk = std::size_t{1} << 20;
 constexpr auto kStopGrace = std::chrono::seconds(5);
+// A driver told to upload its binary gets this long for it (it waits 60 s
+// for the head's answer) on top of the usual silence: its heartbeats queue
+// behind the upload on the same connection.
+constexpr auto kUploadGrace = std::chrono::seconds(60);
 
 }  // namespace
 
@@ -113,7 +117,9 @@ void JobManager::on_register_driver(const std::string& identity, std::uint64_t r
   root.setRequestId(request_id);
   auto reply = root.initRegisterDriverReply();
   to_wire(reply.initJobId(), driver.job);
-  reply.setNeedBinary(!hash.empty() && !binaries_.has(hash));
+  bool need_binary = !hash.empty() && !binaries_.has(hash);
+  if (need_binary) drivers_[driver.worker].upload_until = context_.now() + kUploadGrace;
+  reply.setNeedBinary(need_binary);
   reply.setHeartbeatIntervalMs(context_.config.heartbeat_ms);
   reply.setDriverTimeoutMs(static_cast<std::uint32_t>(context_.node_timeout().count()));
   context_.send_to(identity, message);
@@ -155,9 +161,29 @@ void JobManager::driver_lost(DriverEntry& driver, const std::string& why) {
   }
 }
 
+void JobManager::heard_from(const std::string& identity, Clock::time_point now) {
+  for (auto& [worker, driver] : drivers_) {
+    if (driver.alive && driver.identity == identity) {
+      driver.last_heartbeat = std::max(driver.last_heartbeat, now);
+    }
+  }
+}
+
+void JobManager::upload_arrived(const std::string& identity) {
+  for (auto& [worker, driver] : drivers_) {
+    if (driver.identity == identity) driver.upload_until = {};
+  }
+}
+
+void JobManager::forgive(Clock::duration gap, Clock::time_point now) {
+  for (auto& [worker, driver] : drivers_) {
+    if (driver.alive) driver.last_heartbeat = std::min(now, driver.last_heartbeat + gap);
+  }
+}
+
 void JobManager::expire_drivers(Clock::time_point now) {
   for (auto& [id, driver] : drivers_) {
-    if (driver.alive && now - driver.last_heartbeat > context_.node_timeout()) {
+    if (driver.alive && now >= driver.upload_until && now - driver.last_heartbeat > context_.node_timeout()) {
       driver_lost(driver, "no heartbeat for " + std::to_string(context_.node_timeout().count()) + " ms");
     }
   }

@@ -6,9 +6,11 @@
 // when the child exits the job is SUCCEEDED, FAILED (exit code) or STOPPED
 // (a stopJob came first: SIGTERM, SIGKILL after kStopGrace) and its actors
 // are killed. An interactive driver that registers by itself makes a RUNNING
-// job; when it (and every other driver of that job) misses heartbeats for
-// node_timeout() the job is STOPPED. Either way the actors a lost driver owns
-// are killed.
+// job; when it (and every other driver of that job) is silent for
+// node_timeout() the job is STOPPED (any message from its connection counts;
+// a driver told to upload its binary has kUploadGrace more for the upload,
+// which its heartbeats queue behind). Either way the actors a lost driver
+// owns are killed.
 #pragma once
 
 #include <sys/types.h>
@@ -32,6 +34,7 @@ struct DriverEntry {
   JobId job;
   std::string binary_hash;
   Clock::time_point last_heartbeat;
+  Clock::time_point upload_until{};  // told to upload its binary: not lost before this
   bool alive = true;
   Clock::time_point gone_since;  // issue 12 (persist): when it stopped being alive (not stored)
 };
@@ -70,8 +73,16 @@ class JobManager {
   void on_stop_job(const std::string& identity, std::uint64_t request_id, wire::StopJob::Reader stop);
   void on_job_logs(const std::string& identity, std::uint64_t request_id, wire::JobLogs::Reader logs);
 
-  // Drivers silent since before now - node_timeout() are lost.
+  // Drivers silent since before now - node_timeout() (and not uploading
+  // their binary) are lost.
   void expire_drivers(Clock::time_point now);
+  // A message came from `identity`: the driver registered as it is heard from.
+  void heard_from(const std::string& identity, Clock::time_point now);
+  // Its uploadBinary arrived: the grace for the upload ends (heartbeats sent
+  // before it may have come first; those sent after it queued behind it).
+  void upload_arrived(const std::string& identity);
+  // The head did not run for `gap`: that silence is not the drivers'.
+  void forgive(Clock::duration gap, Clock::time_point now);
   // Reaps exited job drivers; SIGKILLs stopped ones past their deadline.
   void reap(Clock::time_point now);
   // SIGTERMs every running job driver, waits up to 2 s (real time), SIGKILLs the rest.

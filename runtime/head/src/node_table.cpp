@@ -51,9 +51,29 @@ NodeEntry* NodeTable::by_identity(const std::string& identity) {
 std::vector<NodeEntry*> NodeTable::alive() {
   std::vector<NodeEntry*> alive;
   for (auto& node : nodes_) {
-    if (node->alive) alive.push_back(node.get());
+    if (node->alive && !node->suspected) alive.push_back(node.get());
   }
   return alive;
+}
+
+void NodeTable::heard_from(const std::string& identity, Clock::time_point now) {
+  NodeEntry* node = by_identity(identity);
+  if (node == nullptr) return;
+  node->last_heartbeat = std::max(node->last_heartbeat, now);
+  if (node->suspected) {
+    node->suspected = false;
+    context_.schedule_needed = true;
+    TROUPE_LOG_INFO("head: node {} answered after {} ms of suspicion; alive", node->id.short_hex(),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(now - node->suspected_since).count());
+  }
+}
+
+void NodeTable::forgive(Clock::duration gap, Clock::time_point now) {
+  for (auto& node : nodes_) {
+    if (!node->alive) continue;
+    node->last_heartbeat = std::min(now, node->last_heartbeat + gap);
+    if (node->suspected) node->suspected_since = std::min(now, node->suspected_since + gap);
+  }
 }
 
 void NodeTable::on_register_node(const std::string& identity, std::uint64_t request_id,
@@ -66,6 +86,9 @@ void NodeTable::on_register_node(const std::string& identity, std::uint64_t requ
   if (id.nil()) throw Error(Errc::invalid_argument, "registerNode without a nodeId");
   scheduler::NodeInfo info = node_info_from(reg);
   NodeEntry* node = find(id);
+  // A node the head declared dead must stop its actor hosts (they were, or
+  // are being, restarted elsewhere) before it serves again.
+  bool declared_dead = node != nullptr && !node->alive;
   if (node != nullptr && node->alive && node->identity != identity) {
     // A node id is public (getClusterState lists it): only the connection
     // that registered it may speak for it while it is alive.
@@ -92,6 +115,7 @@ void NodeTable::on_register_node(const std::string& identity, std::uint64_t requ
   node->registration = std::make_unique<capnp::MallocMessageBuilder>();
   node->registration->setRoot(reg);
   node->alive = true;
+  node->suspected = false;
   node->last_heartbeat = context_.now();
   context_.schedule_needed = true;
   context_.touch('n', id.hex());
@@ -103,6 +127,7 @@ void NodeTable::on_register_node(const std::string& identity, std::uint64_t requ
   to_wire(reply.initHeadNodeId(), context_.config.head_node_id);
   reply.setHeartbeatIntervalMs(context_.config.heartbeat_ms);
   reply.setNodeTimeoutMs(static_cast<std::uint32_t>(context_.node_timeout().count()));
+  reply.setDeclaredDead(declared_dead);
   context_.send_to(identity, message);
 }
 
@@ -117,12 +142,13 @@ void NodeTable::on_heartbeat(const std::string& identity, std::uint64_t request_
                                              " from a connection other than the one that registered it; refused");
   }
   if (known) {
-    node->last_heartbeat = context_.now();
+    heard_from(identity, context_.now());
     // Actor hosts the head does not account for on this node (left over
     // from before a head restart, or killed while the node was away).
     for (auto status : heartbeat.getActors()) {
       ActorId actor_id = from_wire<ActorId>(status.getActorId());
-      if (!accounted_for(actor_id, status.getIncarnation())) context_.send_kill(identity, actor_id);
+      if (!accounted_for(actor_id, status.getIncarnation()))
+        context_.send_kill(identity, actor_id, status.getIncarnation());
     }
   }
   capnp::MallocMessageBuilder message;
@@ -131,18 +157,41 @@ void NodeTable::on_heartbeat(const std::string& identity, std::uint64_t request_
   auto ack = root.initHeartbeatAck();
   ack.setSeq(heartbeat.getSeq());
   ack.setReregister(!known);
+  ack.setDeclaredDead(!known && node != nullptr);  // it was declared dead: it must fence
   context_.send_to(identity, message);
 }
 
 std::vector<NodeEntry*> NodeTable::expire(Clock::time_point now) {
   std::vector<NodeEntry*> lost;
+  const auto probe_timeout = std::chrono::milliseconds(context_.config.probe_timeout_ms);
   for (auto& node : nodes_) {
-    if (node->alive && now - node->last_heartbeat > context_.node_timeout()) {
+    if (!node->alive) continue;
+    auto silence = now - node->last_heartbeat;
+    if (!node->suspected) {
+      if (silence <= context_.suspect_after()) continue;
+      node->suspected = true;
+      node->suspected_since = now;
+      node->next_probe = now;
+      TROUPE_LOG_WARN("head: node {} suspected: no heartbeat for {} ms; probing it", node->id.short_hex(),
+                      std::chrono::duration_cast<std::chrono::milliseconds>(silence).count());
+    }
+    if (silence > context_.node_timeout() && now - node->suspected_since >= probe_timeout) {
       node->alive = false;
       context_.touch('n', node->id.hex());
-      TROUPE_LOG_WARN("head: node {} lost: {}", node->id.short_hex(),
-                      "no heartbeat for " + std::to_string(context_.node_timeout().count()) + " ms");
+      node->suspected = false;
+      TROUPE_LOG_WARN("head: node {} lost: no heartbeat for {} ms and no answer to probes for {} ms",
+                      node->id.short_hex(), std::chrono::duration_cast<std::chrono::milliseconds>(silence).count(),
+                      std::chrono::duration_cast<std::chrono::milliseconds>(now - node->suspected_since).count());
       lost.push_back(node.get());
+      continue;
+    }
+    if (now >= node->next_probe) {
+      node->next_probe = now + std::chrono::milliseconds(context_.config.heartbeat_ms);
+      capnp::MallocMessageBuilder message;
+      auto root = message.initRoot<wire::ControlMessage>();
+      root.setRequestId(context_.next_request_id++);
+      to_wire(root.initProbeNode().initNodeId(), node->id);
+      context_.send_to(node->identity, message);
     }
   }
   return lost;

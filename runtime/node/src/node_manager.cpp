@@ -33,11 +33,28 @@ using wire::ControlMessage;
 
 constexpr auto kMaxBackoff = std::chrono::milliseconds(2000);
 constexpr auto kFetchTimeout = std::chrono::seconds(60);
+// DEAD reports not acknowledged are sent again this often; at most this
+// many wait (the oldest is dropped: the head's reconciliation of the
+// heartbeat's host list covers it).
+constexpr auto kReportResend = std::chrono::milliseconds(1000);
+constexpr std::size_t kMaxReports = 10000;
+// (actor, incarnation) pairs whose host ended, remembered so that a
+// startActor sent again after the host ended does not start it twice.
+constexpr std::size_t kMaxFinished = 4096;
 
 struct ActorHost {
   ActorId actor;
   std::uint32_t incarnation = 0;
   pid_t pid = 0;
+  std::string fenced;  // why this node killed it (fencing), for its exit report
+};
+
+struct Report {  // an actorUpdate DEAD the head has not acknowledged yet
+  ActorId actor;
+  std::uint32_t incarnation = 0;
+  Errc code = Errc::actor_died;
+  std::string reason;
+  Clock::time_point resend_at;
 };
 
 struct PendingFetch {
@@ -191,11 +208,24 @@ class NodeManager {
     send(message);
   }
 
+  // Reports that an actor's host ended (or never started); kept and sent
+  // again until the head acknowledges it, also across a link that is down.
   void send_actor_update(const ActorId& actor, std::uint32_t incarnation, Errc code,
                          const std::string& reason) {
+    std::uint64_t request_id = next_request_id_++;
+    if (reports_.size() >= kMaxReports) reports_.erase(reports_.begin());
+    reports_[request_id] = {actor, incarnation, code, reason, Clock::now() + kReportResend};
+    transmit_report(request_id, reports_[request_id]);
+  }
+
+  void transmit_report(std::uint64_t request_id, const Report& report) {
+    const ActorId& actor = report.actor;
+    std::uint32_t incarnation = report.incarnation;
+    Errc code = report.code;
+    const std::string& reason = report.reason;
     capnp::MallocMessageBuilder message;
     auto root = message.initRoot<ControlMessage>();
-    root.setRequestId(next_request_id_++);
+    root.setRequestId(request_id);
     auto update = root.initActorUpdate();
     to_wire(update.initActorId(), actor);
     update.setState(wire::ActorState::DEAD);
@@ -212,21 +242,34 @@ class NodeManager {
   void dispatch(transport::ReceivedMessage& received) {
     auto reader = received.root<ControlMessage>();
     std::uint64_t request_id = reader.getRequestId();
+    last_contact_ = Clock::now();
     switch (reader.which()) {
       case ControlMessage::REGISTER_NODE_REPLY: {
         if (request_id != register_request_) break;
         auto reply = reader.getRegisterNodeReply();
+        if (reply.getDeclaredDead()) fence("the head had declared this node dead");
         heartbeat_interval_ = std::chrono::milliseconds(std::max<std::uint32_t>(10, reply.getHeartbeatIntervalMs()));
         node_timeout_ = std::chrono::milliseconds(std::max<std::uint32_t>(50, reply.getNodeTimeoutMs()));
+        // Fencing: with no word from the head for this long, this node's
+        // actor hosts stop, before the head (which declares the node dead
+        // after node_timeout) restarts them elsewhere; a head restart
+        // shorter than this leaves them running.
+        fence_after_ = std::max(node_timeout_ - std::max<std::chrono::milliseconds>(
+                                                    std::chrono::milliseconds(1000), 2 * heartbeat_interval_),
+                                node_timeout_ / 2);
         registered_ = true;
         backoff_ = std::chrono::milliseconds(100);
         last_ack_ = Clock::now();
         next_heartbeat_ = Clock::now();
+        for (auto& [id, report] : reports_) report.resend_at = Clock::now();  // the link is back
         TROUPE_LOG_INFO("node {}: registered with the head at {}", config_.node_id.short_hex(), config_.head_address);
         break;
       }
       case ControlMessage::HEARTBEAT_ACK: {
         last_ack_ = Clock::now();
+        if (reader.getHeartbeatAck().getDeclaredDead() && registered_) {
+          fence("the head declared this node dead");
+        }
         if (reader.getHeartbeatAck().getReregister() && registered_) {
           TROUPE_LOG_WARN("node {}: the head does not know this node (it restarted?): registering again",
                           config_.node_id.short_hex());
@@ -244,7 +287,19 @@ class NodeManager {
       case ControlMessage::BINARY_DATA:
         on_binary(request_id, reader.getBinaryData());
         break;
+      case ControlMessage::PROBE_NODE:
+        reply_ack(request_id);  // the head suspects this node: answer at once
+        break;
+      case ControlMessage::ACK:
+        reports_.erase(request_id);
+        break;
       case ControlMessage::ERROR: {
+        if (auto report = reports_.find(request_id); report != reports_.end()) {
+          // Refused while this node is not registered (the head restarted):
+          // sent again once it is; any other refusal is final.
+          if (errc_from_wire(reader.getError().getCode()) != Errc::permission_denied) reports_.erase(report);
+          else report->second.resend_at = Clock::time_point::max();
+        }
         if (request_id == register_request_) {
           TROUPE_LOG_ERROR("node: the head refused registration: {}", reader.getError().getMessage().cStr());
         } else if (auto it = fetches_.find(request_id); it != fetches_.end()) {
@@ -258,6 +313,22 @@ class NodeManager {
     }
   }
 
+  // Whether incarnation `incarnation` of `actor` (or a later one) runs,
+  // waits for its binary, or ran here already: a repeated startActor.
+  bool started_already(const ActorId& actor, std::uint32_t incarnation) const {
+    for (const auto& host : hosts_) {
+      if (host.actor == actor && host.incarnation >= incarnation) return true;
+    }
+    for (const auto& [id, fetch] : fetches_) {
+      for (const auto& start : fetch.starts) {
+        auto reader = start->getRoot<wire::StartActor>();
+        if (from_wire<ActorId>(reader.getSpec().getActorId()) == actor && reader.getIncarnation() >= incarnation)
+          return true;
+      }
+    }
+    return std::find(finished_.begin(), finished_.end(), std::make_pair(actor, incarnation)) != finished_.end();
+  }
+
   void on_start_actor(std::uint64_t request_id, wire::StartActor::Reader start) {
     std::string hash = start.getJobBinaryHash().cStr();
     if (!transport::valid_hash_name(hash)) {
@@ -265,6 +336,7 @@ class NodeManager {
       return;
     }
     reply_ack(request_id);
+    if (started_already(from_wire<ActorId>(start.getSpec().getActorId()), start.getIncarnation())) return;
     auto copy = std::make_unique<capnp::MallocMessageBuilder>();
     copy->setRoot(start);
     if (std::filesystem::exists(binary_path(hash))) {
@@ -331,14 +403,28 @@ class NodeManager {
     }
   }
 
+  // Kills this actor's hosts of the given incarnation or earlier, and drops
+  // such starts still waiting for their binary.
   void on_kill_actor(std::uint64_t request_id, wire::KillActor::Reader kill) {
     ActorId actor = from_wire<ActorId>(kill.getActorId());
+    std::uint32_t up_to = kill.getIncarnation();
     bool found = false;
     for (auto& host : hosts_) {
-      if (host.actor == actor) {
+      if (host.actor == actor && host.incarnation <= up_to) {
         ::kill(host.pid, SIGKILL);
         found = true;
       }
+    }
+    for (auto& [id, fetch] : fetches_) {
+      std::erase_if(fetch.starts, [&](const auto& start) {
+        auto reader = start->template getRoot<wire::StartActor>();
+        bool match = from_wire<ActorId>(reader.getSpec().getActorId()) == actor && reader.getIncarnation() <= up_to;
+        if (match) {
+          found = true;
+          send_actor_update(actor, reader.getIncarnation(), Errc::actor_died, "killed before it started");
+        }
+        return match;
+      });
     }
     if (found) reply_ack(request_id);
     else reply_error(request_id, Errc::not_found, "no actor host for " + actor.hex() + " on this node");
@@ -353,6 +439,9 @@ class NodeManager {
   void spawn_host(wire::StartActor::Reader start) {
     ActorId actor = from_wire<ActorId>(start.getSpec().getActorId());
     std::uint32_t incarnation = start.getIncarnation();
+    for (auto& host : hosts_) {
+      if (host.actor == actor && host.incarnation >= incarnation) return;  // started already
+    }
     for (auto& host : hosts_) {
       if (host.actor == actor) ::kill(host.pid, SIGKILL);  // an older incarnation still running
     }
@@ -376,6 +465,9 @@ class NodeManager {
       options.env["TROUPE_HEAD_ADDRESS"] = config_.head_address;
       options.env["TROUPE_NODE_ID"] = config_.node_id.hex();
       options.env["TROUPE_NODE_IP"] = config_.node_ip;
+      // The host ends when this process does (PR_SET_PDEATHSIG, and it
+      // checks that its parent is still this pid: actor_host.cpp).
+      options.env["TROUPE_NODE_MANAGER_PID"] = std::to_string(::getpid());
       set_membership_env(options.env, config_.token_file);
       std::string devices;
       for (auto index : start.getGpuIndices()) {
@@ -406,8 +498,11 @@ class NodeManager {
         continue;
       }
       std::string reason = "actor host " + describe_wait_status(*status);
+      if (!it->fenced.empty()) reason = "stopped by its node (fencing): " + it->fenced;
       TROUPE_LOG_INFO("node {}: actor {} {}", config_.node_id.short_hex(), it->actor.short_hex(), reason);
       send_actor_update(it->actor, it->incarnation, Errc::actor_died, reason);
+      if (finished_.size() >= kMaxFinished) finished_.erase(finished_.begin());
+      finished_.emplace_back(it->actor, it->incarnation);
       it = hosts_.erase(it);
     }
   }
@@ -432,6 +527,17 @@ class NodeManager {
         next_register_ = now;
         backoff_ = std::chrono::milliseconds(100);
       }
+      for (auto& [id, report] : reports_) {
+        if (now >= report.resend_at) {
+          report.resend_at = now + kReportResend;
+          transmit_report(id, report);
+        }
+      }
+    }
+    if (now - last_contact_ > fence_after_ && (!hosts_.empty() || !fetches_.empty())) {
+      fence("no word from the head at " + config_.head_address + " for " +
+            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - last_contact_).count()) +
+            " ms");
     }
     for (auto it = fetches_.begin(); it != fetches_.end();) {
       if (now >= it->second.deadline) {
@@ -441,6 +547,23 @@ class NodeManager {
         ++it;
       }
     }
+  }
+
+  // Stops every actor host of this node (their exits are reported as
+  // usual, queued until the head acknowledges them) and drops the starts
+  // waiting for a binary: the head restarts these actors elsewhere, and no
+  // actor may run twice.
+  void fence(const std::string& why) {
+    bool unfenced = std::any_of(hosts_.begin(), hosts_.end(), [](const ActorHost& h) { return h.fenced.empty(); });
+    if (!unfenced && fetches_.empty()) return;  // done already; the exits are being reaped
+    TROUPE_LOG_WARN("node {}: fencing: {}; stopping its {} actor host(s)", config_.node_id.short_hex(), why,
+                    hosts_.size());
+    for (auto& host : hosts_) {
+      if (host.fenced.empty()) host.fenced = why;
+      ::kill(host.pid, SIGKILL);
+    }
+    for (auto& [id, fetch] : fetches_) fail_fetch(fetch, "fenced: " + why);
+    fetches_.clear();
   }
 
   void shutdown() {
@@ -486,6 +609,10 @@ class NodeManager {
   std::uint64_t heartbeat_seq_ = 0;
   std::vector<ActorHost> hosts_;
   std::map<std::uint64_t, PendingFetch> fetches_;
+  std::map<std::uint64_t, Report> reports_;  // by request id
+  std::vector<std::pair<ActorId, std::uint32_t>> finished_;
+  Clock::time_point last_contact_ = Clock::now();  // last message from the head
+  std::chrono::milliseconds fence_after_{std::chrono::hours(24 * 365)};  // set at registration
 };
 
 }  // namespace

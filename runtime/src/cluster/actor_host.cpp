@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -19,9 +20,53 @@
 #include "troupe/transport/schema/control.capnp.h"
 
 namespace troupe::detail {
+namespace {
+
+// The node manager that started this process (TROUPE_NODE_MANAGER_PID), or
+// 0 when this is no actor host.
+pid_t node_manager_pid() {
+  if (std::getenv("TROUPE_ACTOR_SPEC") == nullptr) return 0;
+  const char* text = std::getenv("TROUPE_NODE_MANAGER_PID");
+  return text != nullptr ? static_cast<pid_t>(std::atol(text)) : 0;
+}
+
+// An actor host ends with its node manager, whatever ended that: the kernel
+// sends SIGKILL when the parent goes (PR_SET_PDEATHSIG), set as early as
+// this library's static initialisation; the parent is checked after it is
+// set, since one that died before would never send it (the host is then a
+// child of init or of a subreaper). posix_spawn offers no hook to set it
+// before exec. Runs before main(), before any thread.
+void die_with_node_manager() {
+  const pid_t parent = node_manager_pid();
+  if (parent <= 0) return;
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(1);
+}
+[[maybe_unused]] const bool g_die_with_node_manager = (die_with_node_manager(), true);
+
+// The same check, periodically (a belt to the kernel's braces: a parent
+// whose thread that spawned us ended, or a reparenting the signal missed).
+void watch_node_manager() {
+  const pid_t parent = node_manager_pid();
+  if (parent <= 0) return;
+  std::thread([parent] {
+    while (true) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      if (::getppid() != parent) {
+        TROUPE_LOG_ERROR("actor host: its node manager (pid {}) is gone; exiting", parent);
+        std::fflush(nullptr);
+        std::_Exit(1);
+      }
+    }
+  }).detach();
+}
+
+}  // namespace
+
 ActorHost::ActorHost(const std::string& spec_path) {
-  // Die with the node manager that started us.
-  ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  // Die with the node manager that started us (also set at static init).
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  watch_node_manager();
   spec_bytes_ = read_whole_file(spec_path);
   auto message = transport::ReceivedMessage::copy_of(spec_bytes_.data(), spec_bytes_.size());
   auto start = message.root<wire::StartActor>();

@@ -26,7 +26,7 @@ class LocalActor;
 class ActorHost {
  public:
   // Reads the spec at `spec_path` (ids and incarnation); the process dies
-  // with its node manager (SIGTERM) from here on. Throws if unreadable.
+  // with its node manager (SIGKILL; and a 250 ms check of its parent). Throws if unreadable.
   explicit ActorHost(const std::string& spec_path);
   // Hosts `actor`, already constructed in `runtime`, as incarnation
   // `incarnation` (in-process tests and fuzz targets: no spec, no head).

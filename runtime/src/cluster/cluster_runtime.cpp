@@ -1,6 +1,7 @@
 #include "cluster_runtime.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 
@@ -169,6 +170,16 @@ std::shared_ptr<RemoteActor> ClusterRuntime::actor_for_update(const ActorId& id)
 }
 
 void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
+  if (message.isKillActor() && host_ &&
+      troupe::from_wire<ActorId>(message.getKillActor().getActorId()) == host_->actor_id() &&
+      message.getKillActor().getIncarnation() >= host_->incarnation()) {
+    // The head declared this host's node dead (its node manager stopped
+    // answering) and restarts the actor elsewhere: this copy must not run on.
+    TROUPE_LOG_ERROR("actor host for {}: the head stopped it (its node was declared dead); exiting",
+                     host_->actor_id().hex());
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
   if (message.isPlacementGroupUpdate()) {
     auto update = message.getPlacementGroupUpdate();
     std::shared_ptr<GroupCore> group;

@@ -105,14 +105,9 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
   // Registering again names the job the head gave us.
   troupe::to_wire(registration_->getRoot<wire::ControlMessage>().getRegisterDriver().initJobId(), job_id);
   const auto heartbeat = std::chrono::milliseconds(std::max<std::uint32_t>(50, body.getHeartbeatIntervalMs()));
-  if (body.getNeedBinary()) {
-    capnp::MallocMessageBuilder upload;
-    auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
-    up.setBinaryHash(hash);
-    up.setBinary(as_data(bytes));
-    // Once: the head hashes and writes it before it answers.
-    (void)request_head(*channel_, upload, std::chrono::milliseconds(std::max<long>(request_timeout_.count(), 60000)));
-  }
+  // Heartbeats from now on, before the upload: the head counts the upload
+  // itself as life (and gives it time), and the heartbeats queued behind it
+  // follow at once.
   channel_->set_periodic(heartbeat, [this, worker_id] {
     capnp::MallocMessageBuilder beat;
     auto root = beat.initRoot<wire::ControlMessage>();
@@ -123,6 +118,14 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
     hb.setSeq(heartbeat_seq_);
     channel_->send(beat);
   });
+  if (body.getNeedBinary()) {
+    capnp::MallocMessageBuilder upload;
+    auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
+    up.setBinaryHash(hash);
+    up.setBinary(as_data(bytes));
+    // Once: the head hashes and writes it (off its loop) before it answers.
+    (void)request_head(*channel_, upload, std::chrono::milliseconds(std::max<long>(request_timeout_.count(), 60000)));
+  }
   TROUPE_LOG_INFO("driver {} registered with head {} as job {}", worker_id.hex(), head_address, job_id.hex());
   return job_id;
 }

@@ -34,8 +34,16 @@ using Clock = std::chrono::steady_clock;
 struct HeadConfig {
   std::string node_ip = "127.0.0.1";
   int port = 6380;
+  // Failure detection (docs/fault-tolerance.md): a node silent for
+  // heartbeat_ms * heartbeat_misses is SUSPECTED and probed; it is declared
+  // DEAD only when it stays silent for probe_timeout_ms more. A driver is
+  // lost after the same total silence (it is not probed).
   std::uint32_t heartbeat_ms = 500;     // node and driver heartbeat period
-  std::uint32_t heartbeat_misses = 6;   // silence of misses * period = lost
+  std::uint32_t heartbeat_misses = 6;   // silence of misses * period = suspected
+  std::uint32_t probe_timeout_ms = 3000;  // a suspected node that stays silent this long more is dead
+  // A startActor not acknowledged is resent; an actor not ALIVE this long
+  // after its startActor was sent has failed to start (restart or DEAD).
+  std::uint32_t actor_start_timeout_ms = 120000;
   std::filesystem::path session_dir;    // binaries/, jobs/ live here
   NodeId head_node_id;                  // the node manager in the head's process
   // The cluster token file (drivers of submitted jobs are given it); empty:
@@ -82,9 +90,12 @@ class Head {
   // One message from the peer `identity`, answered through the server as
   // run() would answer it. Does not run the placement loop: tick() does.
   void handle(const std::string& identity, transport::ReceivedMessage& message);
-  // The timers at the clock's now: nodes and drivers silent for longer than
-  // heartbeat_ms * heartbeat_misses are lost, finished job drivers are
-  // reaped; then pending actors and groups are placed if anything changed.
+  // The timers at the clock's now: nodes silent for longer than
+  // heartbeat_ms * heartbeat_misses are suspected and probed, and lost once
+  // silent for probe_timeout_ms more; drivers silent for that whole time are
+  // lost; unacknowledged startActor and killActor requests are resent;
+  // finished job drivers are reaped; then pending actors and groups are
+  // placed if anything changed.
   void tick();
   // Waits (real time, at most `timeout`) until the head's background work
   // (hashing, writing and reading binaries) is done; its answers go out at
