@@ -62,6 +62,9 @@ struct StartOptions {
   bool insecure = false;    // no cluster secret: plain sockets, anyone who reaches the head is in
   std::string token_file;   // worker: the head's token file (else TROUPE_TOKEN, ...); head: the token to use
   bool new_token = false;   // head: a new secret even if the previous session has one
+  std::string state_dir;    // head: the SQLite state store's directory
+  std::string state_store;  // head: redis://HOST:PORT[/prefix] instead
+  int retention_s = 3600;   // head: how long finished jobs, dead actors... are kept
 };
 
 std::uint64_t machine_memory_bytes() {
@@ -141,6 +144,11 @@ DaemonConfig build_config(const StartOptions& options) {
   if (options.port < 0 || options.port > 65535) throw UsageError("--port must be in 0..65535");
   if (options.heartbeat_ms < 10) throw UsageError("--heartbeat-ms must be at least 10");
   if (options.heartbeat_misses < 1) throw UsageError("--heartbeat-misses must be at least 1");
+  if (options.retention_s < 0) throw UsageError("--retention-s must not be negative");
+  if (!options.state_store.empty() && options.state_store.rfind("redis://", 0) != 0)
+    throw UsageError("--state-store must be redis://HOST:PORT[/prefix], got \"" + options.state_store + "\"");
+  if (!options.state_store.empty() && !options.state_dir.empty())
+    throw UsageError("give --state-dir (SQLite) or --state-store (Redis), not both");
   if (!(options.log_max_mb >= 0)) throw UsageError("--log-max-mb must be 0 (never rotate) or more");
   if (options.log_keep < 1 || options.log_keep > 100) throw UsageError("--log-keep must be in 1..100");
   if (options.probe_timeout_ms < 10) throw UsageError("--probe-timeout-ms must be at least 10");
@@ -236,7 +244,35 @@ int start(const StartOptions& options) {
       config.token_file = config.session_dir / "token";
       transport::write_token_file(config.token_file, secret);
       set_cli_membership(secret);
+      config.state_prefix = "troupe:" + secret.fingerprint();
     }
+    if (options.insecure) config.state_prefix = "troupe:" + config.node_ip + ":" + std::to_string(config.port);
+    // issue 12 (persist): the head's state. --state-store (Redis); else
+    // --state-dir; else, as the token, the previous session's state (a
+    // restarted head recovers the cluster), else a new one in this session.
+    // <session>/head-state names it either way, so the next restart finds it.
+    if (!options.state_store.empty()) {
+      config.state_store = options.state_store;
+    } else {
+      fs::path dir;
+      if (!options.state_dir.empty()) {
+        dir = fs::absolute(options.state_dir);
+      } else if (previous_session && fs::is_directory(*previous_session / "head-state") &&
+                 !is_troupe_daemon(static_cast<pid_t>(
+                     std::atol(read_file(*previous_session / "pids" / "head.pid").value_or("0").c_str())))) {
+        // (Not while the previous head still runs: two heads on one store.)
+        dir = fs::canonical(*previous_session / "head-state");
+      } else {
+        dir = config.session_dir / "head-state";
+      }
+      node::ensure_private_directory(dir);
+      if (dir != config.session_dir / "head-state") {
+        std::error_code ignored;
+        fs::create_directory_symlink(dir, config.session_dir / "head-state", ignored);
+      }
+      config.state_store = dir.string();
+    }
+    config.retention_s = static_cast<std::uint32_t>(options.retention_s);
   } else {
     // The worker's secret: --token-file, else TROUPE_TOKEN / TROUPE_TOKEN_FILE
     // / the local session of the same head (transport::find_token).
@@ -375,6 +411,16 @@ void add_start_command(CLI::App& app) {
                       "this token (default: the previous session's, else a new one)");
   command->add_flag("--new-token", options->new_token,
                     "Head: make a new cluster token even if the previous session has one (workers then need it)");
+  command->add_option("--state-dir", options->state_dir,
+                      "Head: directory of its state store (SQLite); a head restarted on it recovers the cluster "
+                      "(default: the previous session's head-state, else <session>/head-state)");
+  command->add_option("--state-store", options->state_store,
+                      "Head: keep its state in Redis instead, redis://HOST:PORT[/prefix] (a standby head on "
+                      "another machine can take over; the prefix defaults to one per cluster)");
+  command->add_option("--retention-s", options->retention_s,
+                      "Head: seconds finished jobs, gone drivers, dead actors and removed groups are kept "
+                      "(the newest 1000 of each at most)")
+      ->capture_default_str();
   command->add_flag("--block", options->block, "Run in the foreground until SIGINT/SIGTERM");
   command->add_option("--wait", options->wait_s, "Seconds to wait for the daemon to be ready")->capture_default_str();
   set_action(*command, [options, gpus] {

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "command.hpp"
@@ -53,6 +54,9 @@ void to_json(nlohmann::json& j, const DaemonConfig& c) {
                      {"gpus", c.gpus},
                      {"resources", c.resources},
                      {"token_file", c.token_file.string()},
+                     {"state_store", c.state_store},
+                     {"state_prefix", c.state_prefix},
+                     {"retention_s", c.retention_s},
                      {"log_max_bytes", c.log_max_bytes},
                      {"log_keep", c.log_keep}};
 }
@@ -74,6 +78,9 @@ void from_json(const nlohmann::json& j, DaemonConfig& c) {
   c.gpus = j.at("gpus").get<std::vector<scheduler::GpuInfo>>();
   c.resources = j.at("resources").get<scheduler::ResourceSet>();
   c.token_file = j.value("token_file", std::string());
+  c.state_store = j.value("state_store", std::string());
+  c.state_prefix = j.value("state_prefix", std::string("troupe"));
+  c.retention_s = j.value("retention_s", std::uint32_t{3600});
   c.log_max_bytes = j.value("log_max_bytes", c.log_max_bytes);
   c.log_keep = j.value("log_keep", c.log_keep);
 }
@@ -155,23 +162,36 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
     head_config.session_dir = config.session_dir;
     head_config.head_node_id = config.node_id;
     head_config.token_file = config.token_file;
-    head::Head head(head_config);
+    head_config.state_store = config.state_store;
+    head_config.state_prefix = config.state_prefix;
+    head_config.retention = std::chrono::seconds(config.retention_s);
+    std::optional<head::Head> head;
     try {
-      head.bind();
+      head.emplace(head_config);  // opens the state store and recovers what it holds
+    } catch (const Error& error) {
+      std::fprintf(stderr, "troupe head: %s\n", error.message().c_str());
+      TROUPE_LOG_ERROR("head: cannot start: {}", error.message());
+      std::error_code ignored;
+      std::filesystem::remove(pid_file, ignored);
+      return kExitFailure;
+    }
+    try {
+      head->bind();
     } catch (const Error& error) {  // the port is taken or cannot be bound
       std::fprintf(stderr, "troupe head: %s\n", error.message().c_str());
       std::error_code ignored;
       std::filesystem::remove(pid_file, ignored);
       return kExitFailure;
     }
-    write_file_atomic(config.session_dir / "head_address", head.address() + "\n");
-    TROUPE_LOG_INFO("head: listening on {} (session {})", head.address(), config.session_dir.string());
-    if (foreground) std::cout << head_banner(head.address(), config.session_dir, config.token_file) << std::flush;
-    if (config.token_file.empty()) TROUPE_LOG_WARN("head: {}", insecure_warning(head.address()));
-    node.head_address = head.address();
+    write_file_atomic(config.session_dir / "head_address", head->address() + "\n");
+    TROUPE_LOG_INFO("head: listening on {} (session {}, state {})", head->address(), config.session_dir.string(),
+                    config.state_store.empty() ? std::string("in memory only") : config.state_store);
+    if (foreground) std::cout << head_banner(head->address(), config.session_dir, config.token_file) << std::flush;
+    if (config.token_file.empty()) TROUPE_LOG_WARN("head: {}", insecure_warning(head->address()));
+    node.head_address = head->address();
     std::thread node_thread([&] { node::run_node_manager(node, g_stop); });
     try {
-      head.run(g_stop);
+      head->run(g_stop);
     } catch (const std::exception& error) {
       TROUPE_LOG_ERROR("head: stopped by an error: {}", error.what());
       exit_code = 1;

@@ -32,6 +32,13 @@ struct DaemonConfig {
   // The cluster token this daemon presents and requires (a file, mode
   // 0600, in its session directory); empty: an insecure cluster (--insecure).
   std::filesystem::path token_file;
+  // issue 12 (persist), head: its state store (HeadConfig::state_store: a
+  // directory for SQLite, or redis://...), the Redis key prefix when the URL
+  // has none, and how long finished things are kept.
+  std::string state_store;
+  std::string state_prefix = "troupe";
+  std::uint32_t retention_s = 3600;
+
   // Log files of this session (logs/*.log, jobs/*/output.log) are rotated
   // when larger than this (0: never), keeping this many older copies.
   std::uint64_t log_max_bytes = 100ull << 20;

@@ -1,5 +1,6 @@
 #include "troupe/runtime/runtime.hpp"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -76,6 +77,22 @@ void init(InitOptions options) {
     runtime->serve_forever();
   }
   if (!options.address.empty() && options.address != "local") {
+    // issue 12 (persist): a driver the head started records its exit code
+    // where a restarted head (not its parent: it cannot wait for it) finds it.
+    if (const char* file = std::getenv("TROUPE_JOB_EXIT_FILE"); file && *file) {
+      static std::string exit_file = file;
+      static std::once_flag exit_hook;
+      std::call_once(exit_hook, [] {
+        ::on_exit(
+            [](int code, void*) {
+              if (FILE* out = std::fopen(exit_file.c_str(), "w")) {
+                std::fprintf(out, "%d\n", code);
+                std::fclose(out);
+              }
+            },
+            nullptr);
+      });
+    }
     detail::ClusterRuntime::Config config;
     config.head_address = options.address;
     config.num_threads = options.num_threads;

@@ -32,6 +32,9 @@ struct RegisterNode {
   ucxAddress @8 :Data;           # node manager's UCX worker address
   transports @9 :List(Text);     # data-plane transports available, e.g. "shm", "tcp", "rc", "cuda_ipc"
   cudaStaging @10 :Bool;         # CUDA buffers are staged through pinned host memory
+  # issue 12 (persist)
+  actors @11 :List(ActorStatus);  # the actor hosts this node runs now: a restarted head adopts
+                                  # those it knows (same incarnation) and has the others killed
 }
 
 struct RegisterNodeReply {

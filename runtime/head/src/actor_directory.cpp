@@ -1,5 +1,11 @@
 #include "actor_directory.hpp"
 
+#include <algorithm>
+
+#include <capnp/serialize.h>
+
+#include "state_store.hpp"
+
 #include "job_manager.hpp"
 #include "node_table.hpp"
 #include "placement_groups.hpp"
@@ -65,6 +71,8 @@ void ActorDirectory::notify_watchers(ActorEntry& actor) {
 }
 
 void ActorDirectory::set_actor_state(ActorEntry& actor, ActorState state, Errc code, std::string reason) {
+  context_.touch('a', actor.id.hex());
+  if (state == ActorState::DEAD && actor.state != ActorState::DEAD) actor.dead_since = context_.now();
   bool changed = actor.state != state || actor.reason != reason || actor.reason_code != code;
   actor.state = state;
   actor.reason_code = code;
@@ -141,6 +149,7 @@ void ActorDirectory::actor_exited(ActorEntry& actor, Errc code, std::string reas
 // reports the exit.
 void ActorDirectory::kill_actor(ActorEntry& actor, const std::string& reason) {
   if (actor.state == ActorState::DEAD) return;
+  context_.touch('a', actor.id.hex());
   actor.no_restart = true;
   if (actor.placed) {
     actor.reason = reason;
@@ -162,7 +171,9 @@ void ActorDirectory::kill_actors_where(const std::function<bool(const ActorEntry
 
 void ActorDirectory::detach_group(const PlacementGroupId& group) {
   for (auto& [id, actor] : actors_) {
-    if (actor.group == group) actor.bundle = actor.holds_resources ? -2 : -1;
+    if (actor.group != group) continue;
+    actor.bundle = actor.holds_resources ? -2 : -1;
+    context_.touch('a', id.hex());
   }
 }
 
@@ -381,6 +392,8 @@ void ActorDirectory::on_create_actor(const std::string& identity, std::uint64_t 
   }
   actor.binary_hash = jobs_.binary_hash_for(actor.owner, actor.job);
   actor.reason = "waiting to be scheduled";
+  actor.sequence = next_sequence_++;
+  context_.touch('a', id.hex());
   actors_.emplace(id, std::move(actor));
   order_.push_back(id);
   context_.reply_ack(identity, request_id);
@@ -422,6 +435,7 @@ void ActorDirectory::on_actor_update(const std::string& identity, std::uint64_t 
                                              sender_node->id.short_hex() + ", which does not host it; refused");
   }
   if (from_host) actor.host_identity = identity;
+  context_.touch('a', id.hex());
   switch (update.getState()) {
     case ActorState::ALIVE:
       actor.address = update.getAddress().cStr();
@@ -458,6 +472,7 @@ void ActorDirectory::on_kill_actor(const std::string& identity, std::uint64_t re
                                                " may kill only its own actors");
     }
   }
+  context_.touch('a', actor.id.hex());
   if (actor.state != ActorState::DEAD) {
     if (kill.getNoRestart()) {
       kill_actor(actor, "killed by request");
@@ -491,7 +506,9 @@ void ActorDirectory::on_get_actor_by_name(const std::string& identity, std::uint
     }
     actor = &actors_.at(it->second);
   }
-  if (identity != actor->owner_identity && actor->state != ActorState::DEAD) actor->watchers.insert(identity);
+  if (identity != actor->owner_identity && actor->state != ActorState::DEAD && actor->watchers.insert(identity).second) {
+    context_.touch('a', actor->id.hex());
+  }
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<ControlMessage>();
   root.setRequestId(request_id);
@@ -528,6 +545,158 @@ void ActorDirectory::on_reply_from_node(std::uint64_t request_id, ControlMessage
   Errc code = errc_from_wire(reader.getError().getCode());
   actor_exited(actor->second, code == Errc::ok ? Errc::actor_died : code,
                std::string("node could not start it: ") + reader.getError().getMessage().cStr());
+}
+
+// --- issue 12 (persist): reconciliation, the stored form, retention ------------------
+
+void ActorDirectory::reconcile_node(const NodeId& node, const std::string& identity,
+                                    const std::vector<std::pair<ActorId, std::uint32_t>>& hosts, bool kill_unknown) {
+  std::set<ActorId> listed;
+  for (const auto& [actor_id, incarnation] : hosts) {
+    if (!accounted_for(actor_id, node, incarnation)) {
+      // Unknown to the head, or an older incarnation: it must not run.
+      if (kill_unknown) context_.send_kill(identity, actor_id, incarnation);
+      continue;
+    }
+    listed.insert(actor_id);
+    actors_.at(actor_id).missing_reports = 0;  // adopted (after a head restart) or still there
+  }
+  for (auto& [id, actor] : actors_) {
+    if (actor.state != ActorState::ALIVE || !actor.placed || actor.node != node || listed.count(id) != 0) continue;
+    // Two reports in a row: one sent before a host started may arrive after
+    // the host's own ALIVE report (they travel on different connections).
+    if (++actor.missing_reports < 2) continue;
+    actor.missing_reports = 0;
+    TROUPE_LOG_WARN("head: actor {} is ALIVE here but node {} no longer runs its host: its exit report was lost",
+                    id.short_hex(), node.short_hex());
+    actor_exited(actor, Errc::actor_died, "its actor host is no longer running on node " + node.short_hex());
+  }
+}
+
+std::optional<std::string> ActorDirectory::encode(const std::string& key) {
+  auto id = ActorId::parse(key);
+  auto it = id ? actors_.find(*id) : actors_.end();
+  if (it == actors_.end()) return std::nullopt;
+  const ActorEntry& actor = it->second;
+  auto words = capnp::messageToFlatArray(*actor.spec);
+  auto bytes = words.asBytes();
+  RecordWriter out;
+  out.id(actor.id)
+      .u64(actor.sequence)
+      .str(std::string_view(reinterpret_cast<const char*>(bytes.begin()), bytes.size()))
+      .u64(static_cast<std::uint64_t>(actor.state))
+      .u64(wire_code(actor.reason_code))
+      .str(actor.reason)
+      .u64(actor.placed ? 1 : 0)
+      .u64(actor.holds_resources ? 1 : 0)
+      .id(actor.node)
+      .u64(actor.gpus.size());
+  for (int gpu : actor.gpus) out.i64(gpu);
+  out.u64(actor.amounts.amounts().size());
+  for (const auto& [name, amount] : actor.amounts.amounts()) out.str(name).f64(amount);
+  out.i64(actor.bundle).u64(actor.incarnation).i64(actor.restarts_used).str(actor.address).str(actor.data_address);
+  out.str(actor.owner_identity).u64(actor.host_keys.size());
+  for (const auto& [incarnation, host_key] : actor.host_keys) out.u64(incarnation).str(host_key);
+  out.str(actor.host_identity).u64(actor.watchers.size());
+  for (const auto& watcher : actor.watchers) out.str(watcher);
+  out.id(actor.owner).id(actor.job).id(actor.group).str(actor.binary_hash).u64(actor.no_restart ? 1 : 0);
+  return out.take();
+}
+
+void ActorDirectory::restore(const std::string& value) {
+  RecordReader in(value);
+  ActorEntry actor;
+  actor.id = in.id<ActorId>();
+  actor.sequence = in.u64();
+  std::string spec = in.str();
+  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(spec.size() / sizeof(capnp::word));
+  std::memcpy(words.begin(), spec.data(), words.size() * sizeof(capnp::word));
+  capnp::FlatArrayMessageReader reader(words);
+  actor.spec = std::make_unique<capnp::MallocMessageBuilder>();
+  actor.spec->setRoot(reader.getRoot<wire::CreateActor>());
+  actor.state = static_cast<ActorState>(in.u64());
+  actor.reason_code = errc_from_wire(static_cast<std::uint16_t>(in.u64()));
+  actor.reason = in.str();
+  actor.placed = in.u64() != 0;
+  actor.holds_resources = in.u64() != 0;
+  actor.node = in.id<NodeId>();
+  for (auto n = in.u64(); n > 0; --n) actor.gpus.push_back(static_cast<int>(in.i64()));
+  for (auto n = in.u64(); n > 0; --n) {
+    std::string name = in.str();
+    actor.amounts.set(name, in.f64());
+  }
+  actor.bundle = static_cast<int>(in.i64());
+  actor.incarnation = static_cast<std::uint32_t>(in.u64());
+  actor.restarts_used = static_cast<int>(in.i64());
+  actor.address = in.str();
+  actor.data_address = in.str();
+  actor.owner_identity = in.str();
+  for (auto n = in.u64(); n > 0; --n) {
+    auto incarnation = static_cast<std::uint32_t>(in.u64());
+    actor.host_keys[incarnation] = in.str();
+  }
+  actor.host_identity = in.str();
+  for (auto n = in.u64(); n > 0; --n) actor.watchers.insert(in.str());
+  actor.owner = in.id<WorkerId>();
+  actor.job = in.id<JobId>();
+  actor.group = in.id<PlacementGroupId>();
+  actor.binary_hash = in.str();
+  actor.no_restart = in.u64() != 0;
+  auto create = actor.create();
+  scheduler::ResourceRequest request;
+  request.amounts = resources_from_wire(create.getResources());
+  request.gpu_type = create.getGpuType().cStr();
+  request.gpu_memory_bytes = create.getGpuMemoryBytes();
+  actor.request = scheduler::normalize(request);
+  actor.dead_since = context_.now();
+  // Its resources are booked again where they were.
+  if (actor.holds_resources && actor.bundle != -2) {
+    try {
+      if (actor.bundle >= 0) {
+        GroupEntry* group = groups_.find(actor.group);
+        if (group != nullptr && actor.bundle < static_cast<int>(group->bundle_states.size())) {
+          group->bundle_states[actor.bundle].allocate(actor.amounts, actor.gpus);
+        }
+      } else if (NodeEntry* node = nodes_.find(actor.node)) {
+        node->state.allocate(actor.amounts, actor.gpus);
+      }
+    } catch (const std::exception& error) {
+      TROUPE_LOG_ERROR("head: booking the resources of recovered actor {}: {}", actor.id.hex(), error.what());
+    }
+  }
+  std::string name = create.getName().cStr();
+  if (actor.state != ActorState::DEAD && !name.empty()) names_[{actor.job, name}] = actor.id;
+  next_sequence_ = std::max(next_sequence_, actor.sequence + 1);
+  ActorId id = actor.id;
+  actors_.emplace(id, std::move(actor));
+  order_.push_back(id);
+  context_.schedule_needed = true;
+}
+
+void ActorDirectory::finish_restore() {
+  // Creation order, whatever order the store gave them back in.
+  std::sort(order_.begin(), order_.end(),
+            [&](const ActorId& a, const ActorId& b) { return actors_.at(a).sequence < actors_.at(b).sequence; });
+}
+
+void ActorDirectory::forget_dead(Clock::time_point now, std::chrono::seconds retention, std::size_t keep) {
+  std::vector<ActorEntry*> dead;
+  for (auto& [id, actor] : actors_) {
+    if (actor.state == ActorState::DEAD) dead.push_back(&actor);
+  }
+  std::sort(dead.begin(), dead.end(), [](ActorEntry* a, ActorEntry* b) { return a->dead_since > b->dead_since; });
+  std::set<ActorId> forget;
+  for (std::size_t i = 0; i < dead.size(); ++i) {
+    if (i >= keep || now - dead[i]->dead_since > retention) forget.insert(dead[i]->id);
+  }
+  if (forget.empty()) return;
+  for (const auto& id : forget) {
+    actors_.erase(id);
+    context_.touch('a', id.hex());
+  }
+  std::erase_if(order_, [&](const ActorId& id) { return forget.count(id) != 0; });
+  std::erase_if(start_requests_, [&](const auto& entry) { return forget.count(entry.second.actor) != 0; });
+  std::erase_if(kill_requests_, [&](const auto& entry) { return forget.count(entry.second.actor) != 0; });
 }
 
 }  // namespace troupe::head

@@ -68,6 +68,11 @@ struct ActorEntry {
   PlacementGroupId group;          // nil: none
   std::string binary_hash;
   bool no_restart = false;       // a kill with noRestart, or a failed constructor
+  // issue 12 (persist), not stored: consecutive reports of its node that did
+  // not list its host while the head had it ALIVE there; when it became DEAD.
+  int missing_reports = 0;
+  Clock::time_point dead_since;
+  std::uint64_t sequence = 0;  // creation order (stored): the order placement sees actors in
 
   wire::CreateActor::Reader create() { return spec->getRoot<wire::CreateActor>(); }
 };
@@ -106,6 +111,22 @@ class ActorDirectory {
   // Tries to place every PENDING/RESTARTING actor not yet placed, in creation order.
   void place_pending();
 
+  // issue 12 (persist): a node's report (registration or heartbeat) of the
+  // hosts it runs, as (actor, incarnation). Hosts the head accounts for are
+  // adopted; the others are killed; an actor the head has ALIVE on `node`
+  // that is missing from two reports in a row died (its exit report was
+  // lost): it restarts or is DEAD.
+  void reconcile_node(const NodeId& node, const std::string& identity,
+                      const std::vector<std::pair<ActorId, std::uint32_t>>& hosts, bool kill_unknown);
+  // The stored form of actor `key` (hex id), nullopt when forgotten.
+  std::optional<std::string> encode(const std::string& key);
+  // Takes a stored actor back (after the nodes and groups): its resources
+  // are booked again on its node or bundle.
+  void restore(const std::string& value);
+  void finish_restore();  // after the last restore()
+  // Forgets DEAD actors older than `retention` or beyond the newest `keep`.
+  void forget_dead(Clock::time_point now, std::chrono::seconds retention, std::size_t keep);
+
   void fill_actor_update(wire::ActorUpdate::Builder update, ActorEntry& actor);
   const std::vector<ActorId>& order() const { return order_; }
   ActorEntry& at(const ActorId& id) { return actors_.at(id); }
@@ -140,6 +161,7 @@ class ActorDirectory {
   };
   std::map<std::uint64_t, SentRequest> start_requests_;  // our startActor request -> actor
   std::map<std::uint64_t, SentRequest> kill_requests_;   // our killActor request -> actor
+  std::uint64_t next_sequence_ = 1;
 };
 
 }  // namespace troupe::head

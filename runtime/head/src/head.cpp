@@ -5,6 +5,7 @@
 #include "troupe/head/head.hpp"
 
 #include <algorithm>
+#include <map>
 #include <optional>
 
 #include "actor_directory.hpp"
@@ -13,6 +14,7 @@
 #include "job_manager.hpp"
 #include "node_table.hpp"
 #include "placement_groups.hpp"
+#include "state_store.hpp"
 #include "troupe/runtime/logging.hpp"
 
 namespace troupe::head {
@@ -32,16 +34,149 @@ struct Head::Impl {
   PlacementGroupManager groups{context, nodes, actors};
   JobManager jobs{context, actors, binaries};
 
+  // issue 12 (persist): where the state is kept (null: memory only).
+  std::unique_ptr<StateStore> store;
+  Clock::time_point last_retention;
+  Clock::time_point last_store_warning;
+
   Impl(HeadConfig config, std::unique_ptr<transport::ControlServer> s) : server(std::move(s)) {
     context.config = std::move(config);
     context.server = server.get();
+    if (!context.config.state_store.empty()) {
+      store = open_state_store(context.config.state_store, context.config.state_prefix);
+      recover();
+      context.hold_sends = true;
+    }
+    last_retention = context.now();
+  }
+
+  // Takes back what a previous head stored, unless it stopped cleanly (then
+  // the cluster ended: start afresh). Order: nodes, groups (they reserve on
+  // nodes), actors (they book on nodes or bundles), jobs, drivers, binaries.
+  void recover() {
+    auto records = store->load_all();
+    bool stopped = std::any_of(records.begin(), records.end(), [](const StateRecord& r) {
+      return r.kind == RecordKind::meta && r.key == "stopped";
+    });
+    if (stopped) {
+      TROUPE_LOG_INFO("head: the previous head on {} stopped cleanly; starting afresh", store->describe());
+      store->clear();
+      return;
+    }
+    for (const auto& record : records) written[{static_cast<char>(record.kind), record.key}] = record.value;
+    std::size_t counts[5] = {};
+    for (RecordKind kind : {RecordKind::node, RecordKind::group, RecordKind::actor, RecordKind::job,
+                            RecordKind::driver, RecordKind::binary}) {
+      for (const auto& record : records) {
+        if (record.kind != kind) continue;
+        try {
+          switch (kind) {
+            case RecordKind::node: nodes.restore(record.value); ++counts[0]; break;
+            case RecordKind::group: groups.restore(record.value); ++counts[1]; break;
+            case RecordKind::actor: actors.restore(record.value); ++counts[2]; break;
+            case RecordKind::job: jobs.restore_job(record.value); ++counts[3]; break;
+            case RecordKind::driver: jobs.restore_driver(record.value); ++counts[4]; break;
+            case RecordKind::binary: binaries.restore(record.key, record.value); break;
+            case RecordKind::meta: break;
+          }
+        } catch (const std::exception& error) {
+          TROUPE_LOG_ERROR("head: skipping a damaged {} record {} in {}: {}", static_cast<char>(kind), record.key,
+                           store->describe(), error.what());
+        }
+      }
+    }
+    groups.finish_restore();
+    actors.finish_restore();
+    jobs.finish_restore();
+    if (!records.empty()) {
+      TROUPE_LOG_INFO("head: recovered {} nodes, {} placement groups, {} actors, {} jobs, {} drivers from {}",
+                      counts[0], counts[1], counts[2], counts[3], counts[4], store->describe());
+    }
+  }
+
+  std::optional<std::string> encode(char kind, const std::string& key) {
+    switch (static_cast<RecordKind>(kind)) {
+      case RecordKind::node: return nodes.encode(key);
+      case RecordKind::actor: return actors.encode(key);
+      case RecordKind::group: return groups.encode(key);
+      case RecordKind::job: return jobs.encode_job(key);
+      case RecordKind::driver: return jobs.encode_driver(key);
+      case RecordKind::binary: return binaries.encode(key);
+      case RecordKind::meta: return key == "stopped" && stopped_cleanly ? std::optional<std::string>("1") : std::nullopt;
+    }
+    return std::nullopt;
+  }
+  bool stopped_cleanly = false;
+  // What the store holds, as last written (or recovered): unchanged records are not written again.
+  std::map<std::pair<char, std::string>, std::string> written;
+
+  // Writes what changed, in one transaction, then sends what was held back
+  // meanwhile (replies and notifications about those changes). When the
+  // store cannot be written, both wait for the next try.
+  void commit() {
+    if (!store) return;
+    if (!context.dirty.empty()) {
+      std::vector<StateChange> changes;
+      changes.reserve(context.dirty.size());
+      for (const auto& [kind, key] : context.dirty) {
+        auto value = encode(kind, key);
+        // Records marked but not changed (a placement pass marks every
+        // actor it looks at) cost nothing.
+        auto last = written.find({kind, key});
+        if (value ? last != written.end() && last->second == *value : last == written.end()) continue;
+        changes.push_back({static_cast<RecordKind>(kind), key, std::move(value)});
+      }
+      try {
+        store->apply(changes);
+      } catch (const std::exception& error) {
+        auto now = context.now();
+        if (now - last_store_warning > std::chrono::seconds(5)) {
+          last_store_warning = now;
+          TROUPE_LOG_ERROR("head: cannot write the state store {} ({} changes, {} replies held): {}",
+                           store->describe(), changes.size(), context.held.size(), error.what());
+        }
+        return;
+      }
+      context.dirty.clear();
+      for (auto& change : changes) {
+        if (change.value) written[{static_cast<char>(change.kind), change.key}] = std::move(*change.value);
+        else written.erase({static_cast<char>(change.kind), change.key});
+      }
+    }
+    context.release_held();
+  }
+
+  void forget_old(Clock::time_point now) {
+    if (now - last_retention < std::chrono::seconds(1)) return;
+    last_retention = now;
+    const auto& config = context.config;
+    actors.forget_dead(now, config.retention, config.retention_count);
+    groups.forget_removed(now, config.retention, config.retention_count);
+    jobs.forget_finished(now, config.retention, config.retention_count);
   }
 
   void on_heartbeat(const std::string& identity, std::uint64_t request_id, wire::Heartbeat::Reader heartbeat) {
     NodeId node = from_wire<NodeId>(heartbeat.getNodeId());
+    std::vector<std::pair<ActorId, std::uint32_t>> hosts;
     nodes.on_heartbeat(identity, request_id, heartbeat, [&](const ActorId& actor, std::uint32_t incarnation) {
+      hosts.emplace_back(actor, incarnation);
       return actors.accounted_for(actor, node, incarnation);
     });
+    // issue 12 (persist): the hosts it runs are adopted; an ALIVE actor it
+    // no longer runs died (its exit report was lost).
+    NodeEntry* entry = nodes.find(node);
+    if (entry != nullptr && entry->alive && entry->identity == identity) {
+      actors.reconcile_node(node, identity, hosts, /*kill_unknown=*/false);
+    }
+  }
+
+  void on_register_node(const std::string& identity, std::uint64_t request_id, wire::RegisterNode::Reader reg) {
+    nodes.on_register_node(identity, request_id, reg);
+    // issue 12 (persist): a node that comes back to a restarted head lists
+    // its live actor hosts: those the head knows are adopted, not killed.
+    std::vector<std::pair<ActorId, std::uint32_t>> hosts;
+    for (auto status : reg.getActors()) hosts.emplace_back(from_wire<ActorId>(status.getActorId()), status.getIncarnation());
+    actors.reconcile_node(from_wire<NodeId>(reg.getNodeId()), identity, hosts, /*kill_unknown=*/true);
   }
 
   void on_get_cluster_state(const std::string& identity, std::uint64_t request_id,
@@ -107,7 +242,7 @@ struct Head::Impl {
       auto reader = received.root<ControlMessage>();
       request_id = reader.getRequestId();
       switch (reader.which()) {
-        case ControlMessage::REGISTER_NODE: nodes.on_register_node(identity, request_id, reader.getRegisterNode()); break;
+        case ControlMessage::REGISTER_NODE: on_register_node(identity, request_id, reader.getRegisterNode()); break;
         case ControlMessage::HEARTBEAT: on_heartbeat(identity, request_id, reader.getHeartbeat()); break;
         case ControlMessage::CREATE_ACTOR: actors.on_create_actor(identity, request_id, reader.getCreateActor()); break;
         case ControlMessage::ACTOR_UPDATE: actors.on_actor_update(identity, request_id, reader.getActorUpdate()); break;
@@ -193,13 +328,21 @@ std::string Head::address() const { return impl_->context.address(); }
 
 void Head::handle(const std::string& identity, transport::ReceivedMessage& message) {
   impl_->dispatch(identity, message);
+  impl_->commit();
 }
 
 void Head::tick() {
   auto now = impl_->context.now();
+  impl_->binaries.poll();
   impl_->check_timeouts(now);
   impl_->jobs.reap(now);
+  impl_->forget_old(now);
   impl_->schedule_if_needed();
+  impl_->commit();
+}
+
+bool Head::wait_for_background_work(std::chrono::milliseconds timeout) {
+  return impl_->binaries.wait_idle(timeout);
 }
 
 void Head::run(const std::atomic<bool>& stop) {
@@ -229,6 +372,7 @@ void Head::run(const std::atomic<bool>& stop) {
     for (int served = 0; routed; ++served) {
       impl.dispatch(routed->identity, routed->message);
       routed.reset();
+      if (served % 256 == 255) impl.commit();  // replies wait for their batch's write only
       if (served >= kMaxDrain) {
         drained = false;
         break;
@@ -242,6 +386,7 @@ void Head::run(const std::atomic<bool>& stop) {
         break;
       }
     }
+    impl.binaries.poll();
     auto now = impl.context.now();
     if (now - last_turn > kStall) {
       TROUPE_LOG_WARN("head: did not run for {} ms; not counting that silence against nodes and drivers",
@@ -255,9 +400,15 @@ void Head::run(const std::atomic<bool>& stop) {
       impl.check_timeouts(now);
     }
     impl.jobs.reap(now);
+    impl.forget_old(now);
     impl.schedule_if_needed();
+    impl.commit();
   }
   impl.jobs.stop_all();
+  // A clean stop ends the cluster: the next head on this store starts afresh.
+  impl.stopped_cleanly = true;
+  impl.context.touch(static_cast<char>(RecordKind::meta), "stopped");
+  impl.commit();
 }
 
 }  // namespace troupe::head

@@ -22,6 +22,12 @@ void resources_to_wire(capnp::List<wire::Resource>::Builder list, const schedule
 }
 
 void HeadContext::send_to(const std::string& identity, capnp::MallocMessageBuilder& message) {
+  if (hold_sends) {
+    auto copy = std::make_unique<capnp::MallocMessageBuilder>();
+    copy->setRoot(message.getRoot<wire::ControlMessage>().asReader());
+    held.emplace_back(identity, std::move(copy));
+    return;
+  }
   try {
     server->send_to(identity, message);
   } catch (const Error& error) {
@@ -61,6 +67,19 @@ std::uint64_t HeadContext::send_kill(const std::string& identity, const ActorId&
   kill.setIncarnation(incarnation);
   send_to(identity, message);
   return request_id;
+}
+
+}  // namespace troupe::head
+
+namespace troupe::head {
+
+void HeadContext::release_held() {
+  auto batch = std::move(held);
+  held.clear();
+  bool was = hold_sends;
+  hold_sends = false;
+  for (auto& [identity, message] : batch) send_to(identity, *message);
+  hold_sends = was;
 }
 
 }  // namespace troupe::head

@@ -7,7 +7,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <memory>
+#include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <capnp/message.h>
 
@@ -35,6 +39,17 @@ struct HeadContext {
   transport::ControlServer* server = nullptr;  // set once bound; outlives the managers' use
   std::uint64_t next_request_id = 1;           // ids of the requests the head itself sends
   bool schedule_needed = false;                // something changed that may let a placement succeed
+
+  // issue 12 (persist): records changed since the last commit (Head::Impl::commit
+  // writes them to the state store, then sends what was held), as (kind, key).
+  std::set<std::pair<char, std::string>> dirty;
+  void touch(char kind, const std::string& key) { dirty.emplace(kind, key); }
+  // While true, send_to holds messages until the next commit, so no peer
+  // hears of a change before it is stored.
+  bool hold_sends = false;
+  std::vector<std::pair<std::string, std::unique_ptr<capnp::MallocMessageBuilder>>> held;
+  // Sends what was held, in order.
+  void release_held();
 
   Clock::time_point now() const { return config.clock ? config.clock() : Clock::now(); }
   // Silence after which a node is suspected (and probed).

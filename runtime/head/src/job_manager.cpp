@@ -6,10 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <fstream>
+#include <set>
 
 #include "actor_directory.hpp"
 #include "binary_store.hpp"
+#include "state_store.hpp"
 #include "troupe/node/files.hpp"
 #include "troupe/node/process.hpp"
 #include "troupe/runtime/logging.hpp"
@@ -82,7 +86,9 @@ void JobManager::on_register_driver(const std::string& identity, std::uint64_t r
   driver.last_heartbeat = context_.now();
   if (driver.job.nil()) driver.job = JobId::random();
   auto job_it = jobs_.find(driver.job);
-  if (job_it != jobs_.end() && !job_it->second.head_started) {
+  auto known = drivers_.find(driver.worker);
+  bool again = known != drivers_.end() && known->second.job == driver.job;  // a reconnecting driver
+  if (job_it != jobs_.end() && !job_it->second.head_started && !again) {
     // Joining a job is for the driver `troupe submit` started (it is given
     // TROUPE_JOB_ID); another job's actors and stop are its own driver's.
     throw Error(Errc::permission_denied, "job " + driver.job.short_hex() +
@@ -94,12 +100,16 @@ void JobManager::on_register_driver(const std::string& identity, std::uint64_t r
     job.name = "driver pid " + std::to_string(reg.getPid()) + " on " + reg.getHostname().cStr();
     job.state = JobState::RUNNING;
     job.binary_hash = hash;
+    job.sequence = next_sequence_++;
+    touch(job);
     jobs_.emplace(job.id, std::move(job));
     order_.push_back(driver.job);
   } else if (job_it->second.binary_hash.empty()) {
     job_it->second.binary_hash = hash;
+    touch(job_it->second);
   }
   drivers_[driver.worker] = driver;
+  touch(driver);
   TROUPE_LOG_INFO("head: driver {} registered for job {}", driver.worker.short_hex(), driver.job.short_hex());
 
   capnp::MallocMessageBuilder message;
@@ -131,6 +141,8 @@ void JobManager::on_driver_heartbeat(const std::string& identity, std::uint64_t 
 
 void JobManager::driver_lost(DriverEntry& driver, const std::string& why) {
   driver.alive = false;
+  driver.gone_since = context_.now();
+  touch(driver);
   TROUPE_LOG_WARN("head: driver {} lost: {}", driver.worker.short_hex(), why);
   actors_.kill_actors_where([&](const ActorEntry& a) { return a.owner == driver.worker; },
                             "its driver went away: " + why);
@@ -144,6 +156,7 @@ void JobManager::driver_lost(DriverEntry& driver, const std::string& why) {
       job->second.state = JobState::STOPPED;
       job->second.error_code = Errc::actor_died;
       job->second.error = "driver went away: " + why;
+      finish(job->second);
     }
   }
 }
@@ -206,16 +219,41 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
   if (submit.getArgv().size() == 0) throw Error(Errc::invalid_argument, "submitJob with an empty argv");
   std::string hash = submit.getBinaryHash().cStr();
   if (!transport::valid_hash_name(hash)) throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
-  if (submit.getBinary().size() > 0) {
-    auto data = submit.getBinary();
-    std::string_view bytes(reinterpret_cast<const char*>(data.begin()), data.size());
-    if (transport::content_hash(bytes) != hash) {
-      throw Error(Errc::invalid_argument, "binary does not match its hash " + hash);
-    }
-    binaries_.store(hash, data);
-  } else if (!binaries_.has(hash)) {
+  if (submit.getBinary().size() == 0 && !binaries_.has(hash)) {
     throw Error(Errc::not_found, "the head has no binary " + hash + "; send it with the job");
   }
+  // issue 12 (persist): the binary is checked (and stored) on the binary
+  // store's worker, not here; the job starts when that is done.
+  auto request = std::make_shared<capnp::MallocMessageBuilder>();
+  auto copy = request->initRoot<wire::SubmitJob>();
+  copy.setProtocolVersion(submit.getProtocolVersion());
+  copy.setName(submit.getName());
+  copy.setArgv(submit.getArgv());
+  copy.setEnv(submit.getEnv());
+  copy.setBinaryHash(hash);
+  copy.setResources(submit.getResources());
+  std::shared_ptr<std::string> bytes;
+  if (submit.getBinary().size() > 0) {
+    auto data = submit.getBinary();
+    bytes = std::make_shared<std::string>(reinterpret_cast<const char*>(data.begin()), data.size());
+  }
+  binaries_.prepare(hash, std::move(bytes), [this, identity, request_id, request](std::optional<Error> failure) {
+    if (failure) {
+      context_.reply_error(identity, request_id, failure->code(), failure->message());
+      return;
+    }
+    try {
+      start_job(identity, request_id, request->getRoot<wire::SubmitJob>());
+    } catch (const Error& error) {
+      context_.reply_error(identity, request_id, error.code(), error.message());
+    } catch (const std::exception& error) {
+      context_.reply_error(identity, request_id, Errc::internal, error.what());
+    }
+  });
+}
+
+void JobManager::start_job(const std::string& identity, std::uint64_t request_id, wire::SubmitJob::Reader submit) {
+  std::string hash = submit.getBinaryHash().cStr();
   JobEntry job;
   job.id = JobId::random();
   job.name = submit.getName().size() > 0 ? submit.getName().cStr()
@@ -229,10 +267,7 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
   if (int fd = ::open(job.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600); fd >= 0) ::close(fd);
 
   node::SpawnOptions spawn;
-  spawn.program = binaries_.path(hash).string();
-  if (!node::file_matches_hash(spawn.program, hash)) {
-    throw Error(Errc::permission_denied, "the stored binary " + hash + " does not match its hash; send it again");
-  }
+  spawn.program = binaries_.path(hash).string();  // checked against its hash by prepare()
   for (auto arg : submit.getArgv()) spawn.argv.emplace_back(arg.cStr());
   spawn.env = node::current_environment();
   for (const char* name : {"TROUPE_ACTOR_SPEC", "TROUPE_HEAD_ADDRESS", "TROUPE_NODE_ID", "TROUPE_NODE_IP"}) {
@@ -242,6 +277,7 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
   node::set_membership_env(spawn.env, context_.config.token_file);
   spawn.env["TROUPE_ADDRESS"] = context_.address();
   spawn.env["TROUPE_JOB_ID"] = job.id.hex();
+  spawn.env["TROUPE_JOB_EXIT_FILE"] = (job_dir / "exit_code").string();
   spawn.output_path = job.log_path.string();
   spawn.new_process_group = true;
   try {
@@ -255,8 +291,11 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
     job.error = error.what();
   }
   JobId id = job.id;
+  job.sequence = next_sequence_++;
+  touch(job);
   jobs_.emplace(id, std::move(job));
   order_.push_back(id);
+  if (jobs_.at(id).state == JobState::FAILED) finish(jobs_.at(id));
   reply_job(identity, request_id, jobs_.at(id));
 }
 
@@ -266,6 +305,7 @@ void JobManager::on_stop_job(const std::string& identity, std::uint64_t request_
     throw Error(Errc::permission_denied, "job " + own->short_hex() + " may stop only itself, not job " +
                                              job.id.short_hex());
   }
+  touch(job);
   if (job.state == JobState::RUNNING || job.state == JobState::PENDING) {
     job.stop_requested = true;
     if (job.head_started && job.pid > 0) {
@@ -274,6 +314,7 @@ void JobManager::on_stop_job(const std::string& identity, std::uint64_t request_
     } else {
       job.state = JobState::STOPPED;
       job.error = "stopped by request";
+      finish(job);
       actors_.kill_actors_where([&](const ActorEntry& a) { return a.job == job.id; }, "its job was stopped");
     }
   }
@@ -315,7 +356,21 @@ void JobManager::on_job_logs(const std::string& identity, std::uint64_t request_
 void JobManager::reap(Clock::time_point now) {
   for (auto& [id, job] : jobs_) {
     if (!job.head_started || job.pid <= 0 || job.state != JobState::RUNNING) continue;
-    if (auto status = node::try_reap(job.pid)) {
+    std::optional<int> status;
+    if (job.adopted) {
+      // Not our child: it ended when its pid is gone; its runtime wrote the
+      // exit code (none: killed by a signal, or not a troupe driver).
+      if (::kill(job.pid, 0) == 0 || errno != ESRCH) {
+        status.reset();
+      } else if (auto text = node::read_file(job.log_path.parent_path() / "exit_code")) {
+        status = (std::atoi(text->c_str()) & 0xff) << 8;  // as waitpid reports exit(code)
+      } else {
+        status = SIGKILL;  // as waitpid reports a kill: the code is unknown
+      }
+    } else {
+      status = node::try_reap(job.pid);
+    }
+    if (status) {
       job.exit_code = node::exit_code_of(*status);
       ::kill(-job.pid, SIGKILL);  // anything the driver left in its group
       if (job.stop_requested) {
@@ -330,14 +385,20 @@ void JobManager::reap(Clock::time_point now) {
         job.error = "driver " + node::describe_wait_status(*status);
       }
       TROUPE_LOG_INFO("head: job {} finished: {}", id.short_hex(), node::describe_wait_status(*status));
+      finish(job);
       for (auto& [worker, driver] : drivers_) {
-        if (driver.job == id) driver.alive = false;
+        if (driver.job == id && driver.alive) {
+          driver.alive = false;
+          driver.gone_since = now;
+          touch(driver);
+        }
       }
       JobId job_id = id;
       actors_.kill_actors_where([&](const ActorEntry& a) { return a.job == job_id; }, "its job's driver exited");
     } else if (job.stop_requested && !job.killed && now >= job.kill_deadline) {
       ::kill(-job.pid, SIGKILL);
       job.killed = true;
+      touch(job);
     }
   }
 }
@@ -358,6 +419,128 @@ void JobManager::stop_all() {
   for (JobEntry* job : running) {
     ::kill(-job->pid, SIGKILL);
     ::waitpid(job->pid, nullptr, 0);
+  }
+}
+
+// --- issue 12 (persist): the stored form, retention ---------------------------------
+
+void JobManager::finish(JobEntry& job) {
+  job.finished_since = context_.now();
+  touch(job);
+}
+
+std::optional<std::string> JobManager::encode_job(const std::string& key) {
+  auto id = JobId::parse(key);
+  auto it = id ? jobs_.find(*id) : jobs_.end();
+  if (it == jobs_.end()) return std::nullopt;
+  const JobEntry& job = it->second;
+  return RecordWriter()
+      .id(job.id)
+      .u64(job.sequence)
+      .str(job.name)
+      .u64(static_cast<std::uint64_t>(job.state))
+      .i64(job.pid)
+      .i64(job.exit_code)
+      .u64(wire_code(job.error_code))
+      .str(job.error)
+      .str(job.log_path.string())
+      .str(job.binary_hash)
+      .u64(job.stop_requested ? 1 : 0)
+      .u64(job.killed ? 1 : 0)
+      .u64(job.head_started ? 1 : 0)
+      .take();
+}
+
+std::optional<std::string> JobManager::encode_driver(const std::string& key) {
+  auto id = WorkerId::parse(key);
+  auto it = id ? drivers_.find(*id) : drivers_.end();
+  if (it == drivers_.end()) return std::nullopt;
+  const DriverEntry& driver = it->second;
+  return RecordWriter()
+      .id(driver.worker)
+      .str(driver.identity)
+      .id(driver.job)
+      .str(driver.binary_hash)
+      .u64(driver.alive ? 1 : 0)
+      .take();
+}
+
+void JobManager::restore_job(const std::string& value) {
+  RecordReader in(value);
+  JobEntry job;
+  job.id = in.id<JobId>();
+  job.sequence = in.u64();
+  job.name = in.str();
+  job.state = static_cast<JobState>(in.u64());
+  job.pid = static_cast<pid_t>(in.i64());
+  job.exit_code = static_cast<int>(in.i64());
+  job.error_code = errc_from_wire(static_cast<std::uint16_t>(in.u64()));
+  job.error = in.str();
+  job.log_path = in.str();
+  job.binary_hash = in.str();
+  job.stop_requested = in.u64() != 0;
+  job.killed = in.u64() != 0;
+  job.head_started = in.u64() != 0;
+  auto now = context_.now();
+  job.finished_since = now;
+  job.kill_deadline = now + kStopGrace;
+  // A driver the previous head started outlives it (its own process group).
+  job.adopted = job.head_started && job.pid > 0 && job.state == JobState::RUNNING;
+  next_sequence_ = std::max(next_sequence_, job.sequence + 1);
+  JobId id = job.id;
+  jobs_.emplace(id, std::move(job));
+  order_.push_back(id);
+}
+
+void JobManager::restore_driver(const std::string& value) {
+  RecordReader in(value);
+  DriverEntry driver;
+  driver.worker = in.id<WorkerId>();
+  driver.identity = in.str();
+  driver.job = in.id<JobId>();
+  driver.binary_hash = in.str();
+  driver.alive = in.u64() != 0;
+  // A driver alive then has the driver timeout from now to heartbeat again.
+  driver.last_heartbeat = context_.now();
+  driver.gone_since = context_.now();
+  drivers_[driver.worker] = std::move(driver);
+}
+
+void JobManager::finish_restore() {
+  std::sort(order_.begin(), order_.end(),
+            [&](const JobId& a, const JobId& b) { return jobs_.at(a).sequence < jobs_.at(b).sequence; });
+}
+
+void JobManager::forget_finished(Clock::time_point now, std::chrono::seconds retention, std::size_t keep) {
+  std::vector<JobEntry*> finished;
+  for (auto& [id, job] : jobs_) {
+    if (job.state != JobState::PENDING && job.state != JobState::RUNNING) finished.push_back(&job);
+  }
+  std::sort(finished.begin(), finished.end(),
+            [](JobEntry* a, JobEntry* b) { return a->finished_since > b->finished_since; });
+  std::set<JobId> forget;
+  for (std::size_t i = 0; i < finished.size(); ++i) {
+    if (i >= keep || now - finished[i]->finished_since > retention) forget.insert(finished[i]->id);
+  }
+  for (const auto& id : forget) {
+    jobs_.erase(id);
+    context_.touch('j', id.hex());
+  }
+  if (!forget.empty()) std::erase_if(order_, [&](const JobId& id) { return forget.count(id) != 0; });
+  // Drivers: of a forgotten job, or gone for longer than the retention.
+  std::vector<DriverEntry*> gone;
+  for (auto& [worker, driver] : drivers_) {
+    if (!driver.alive) gone.push_back(&driver);
+  }
+  std::sort(gone.begin(), gone.end(), [](DriverEntry* a, DriverEntry* b) { return a->gone_since > b->gone_since; });
+  std::set<WorkerId> drop;
+  for (std::size_t i = 0; i < gone.size(); ++i) {
+    if (i >= keep || now - gone[i]->gone_since > retention || forget.count(gone[i]->job) != 0)
+      drop.insert(gone[i]->worker);
+  }
+  for (const auto& worker : drop) {
+    drivers_.erase(worker);
+    context_.touch('d', worker.hex());
   }
 }
 

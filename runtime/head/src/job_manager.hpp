@@ -36,6 +36,7 @@ struct DriverEntry {
   Clock::time_point last_heartbeat;
   Clock::time_point upload_until{};  // told to upload its binary: not lost before this
   bool alive = true;
+  Clock::time_point gone_since;  // issue 12 (persist): when it stopped being alive (not stored)
 };
 
 struct JobEntry {
@@ -52,6 +53,12 @@ struct JobEntry {
   bool killed = false;
   Clock::time_point kill_deadline;
   bool head_started = false;  // false: an interactive driver that registered by itself
+  // issue 12 (persist): creation order (stored); when it finished (not
+  // stored); a driver process a previous head started (not our child: its
+  // end is seen by polling the pid, its exit code read from exit_file).
+  std::uint64_t sequence = 0;
+  Clock::time_point finished_since;
+  bool adopted = false;
 };
 
 class JobManager {
@@ -91,11 +98,24 @@ class JobManager {
   std::string binary_hash_for(const WorkerId& owner, const JobId& job) const;
 
   void fill_job_update(wire::JobUpdate::Builder update, const JobEntry& job);
+
+  // issue 12 (persist): the stored form of a job or driver (hex id), nullopt
+  // when forgotten, and its restore after a head restart.
+  std::optional<std::string> encode_job(const std::string& key);
+  std::optional<std::string> encode_driver(const std::string& key);
+  void restore_job(const std::string& value);
+  void restore_driver(const std::string& value);
+  void finish_restore();
+  // Forgets finished jobs (and their drivers) and gone drivers older than
+  // `retention` or beyond the newest `keep`.
+  void forget_finished(Clock::time_point now, std::chrono::seconds retention, std::size_t keep);
   const std::vector<JobId>& order() const { return order_; }
   const JobEntry& at(const JobId& id) const { return jobs_.at(id); }
 
  private:
   JobEntry& job_or_throw(const JobId& id);
+  // Starts a submitted job whose binary prepare() checked.
+  void start_job(const std::string& identity, std::uint64_t request_id, wire::SubmitJob::Reader submit);
   void reply_job(const std::string& identity, std::uint64_t request_id, const JobEntry& job);
   void driver_lost(DriverEntry& driver, const std::string& why);
 
@@ -105,6 +125,10 @@ class JobManager {
   std::map<WorkerId, DriverEntry> drivers_;
   std::map<JobId, JobEntry> jobs_;
   std::vector<JobId> order_;
+  std::uint64_t next_sequence_ = 1;
+  void touch(const JobEntry& job) { context_.touch('j', job.id.hex()); }
+  void touch(const DriverEntry& driver) { context_.touch('d', driver.worker.hex()); }
+  void finish(JobEntry& job);
 };
 
 }  // namespace troupe::head

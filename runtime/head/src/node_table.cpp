@@ -2,11 +2,37 @@
 
 #include <algorithm>
 
+#include <capnp/serialize.h>
+
+#include "state_store.hpp"
+
 #include "troupe/runtime/logging.hpp"
 #include "troupe/scheduler/gpu_spec.hpp"
 #include "troupe/scheduler/wire_gpu.hpp"
 
 namespace troupe::head {
+
+namespace {
+// The scheduler's view of a registration. Throws troupe::Error
+// (Errc::invalid_argument) or scheduler::SpecError for a bad one.
+scheduler::NodeInfo node_info_from(wire::RegisterNode::Reader reg) {
+  NodeId id = from_wire<NodeId>(reg.getNodeId());
+  scheduler::NodeInfo info;
+  info.node_id = id.hex();
+  info.address = reg.getAddress().cStr();
+  // A list of empty structs costs its sender nothing per element: bounded.
+  constexpr unsigned kMaxGpus = 1024;
+  if (reg.getGpus().size() > kMaxGpus)
+    throw Error(Errc::invalid_argument, "registerNode with " + std::to_string(reg.getGpus().size()) + " GPUs");
+  for (auto gpu : reg.getGpus()) info.gpus.push_back(scheduler::gpu_from_wire(gpu));
+  info.total = resources_from_wire(reg.getResources());
+  // A bad amount throws SpecError (invalid_argument).
+  info.total.set(scheduler::kCpu, reg.getNumCpus());
+  info.total.set(scheduler::kMemory, static_cast<double>(reg.getMemoryBytes()));
+  info.total.set(scheduler::kGpu, static_cast<double>(info.gpus.size()));
+  return info;
+}
+}  // namespace
 
 NodeEntry* NodeTable::find(const NodeId& id) {
   for (auto& node : nodes_) {
@@ -58,19 +84,7 @@ void NodeTable::on_register_node(const std::string& identity, std::uint64_t requ
   }
   NodeId id = from_wire<NodeId>(reg.getNodeId());
   if (id.nil()) throw Error(Errc::invalid_argument, "registerNode without a nodeId");
-  scheduler::NodeInfo info;
-  info.node_id = id.hex();
-  info.address = reg.getAddress().cStr();
-  // A list of empty structs costs its sender nothing per element: bounded.
-  constexpr unsigned kMaxGpus = 1024;
-  if (reg.getGpus().size() > kMaxGpus)
-    throw Error(Errc::invalid_argument, "registerNode with " + std::to_string(reg.getGpus().size()) + " GPUs");
-  for (auto gpu : reg.getGpus()) info.gpus.push_back(scheduler::gpu_from_wire(gpu));
-  info.total = resources_from_wire(reg.getResources());
-  // A bad amount throws SpecError (invalid_argument).
-  info.total.set(scheduler::kCpu, reg.getNumCpus());
-  info.total.set(scheduler::kMemory, static_cast<double>(reg.getMemoryBytes()));
-  info.total.set(scheduler::kGpu, static_cast<double>(info.gpus.size()));
+  scheduler::NodeInfo info = node_info_from(reg);
   NodeEntry* node = find(id);
   // A node the head declared dead must stop its actor hosts (they were, or
   // are being, restarted elsewhere) before it serves again.
@@ -104,6 +118,7 @@ void NodeTable::on_register_node(const std::string& identity, std::uint64_t requ
   node->suspected = false;
   node->last_heartbeat = context_.now();
   context_.schedule_needed = true;
+  context_.touch('n', id.hex());
 
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<wire::ControlMessage>();
@@ -162,6 +177,7 @@ std::vector<NodeEntry*> NodeTable::expire(Clock::time_point now) {
     }
     if (silence > context_.node_timeout() && now - node->suspected_since >= probe_timeout) {
       node->alive = false;
+      context_.touch('n', node->id.hex());
       node->suspected = false;
       TROUPE_LOG_WARN("head: node {} lost: no heartbeat for {} ms and no answer to probes for {} ms",
                       node->id.short_hex(), std::chrono::duration_cast<std::chrono::milliseconds>(silence).count(),
@@ -179,6 +195,42 @@ std::vector<NodeEntry*> NodeTable::expire(Clock::time_point now) {
     }
   }
   return lost;
+}
+
+// --- issue 12 (persist): the stored form ------------------------------------------
+
+std::optional<std::string> NodeTable::encode(const std::string& key) {
+  auto id = NodeId::parse(key);
+  NodeEntry* node = id ? find(*id) : nullptr;
+  if (node == nullptr) return std::nullopt;
+  auto words = capnp::messageToFlatArray(*node->registration);
+  auto bytes = words.asBytes();
+  return RecordWriter()
+      .id(node->id)
+      .str(node->identity)
+      .u64(node->alive ? 1 : 0)
+      .str(std::string_view(reinterpret_cast<const char*>(bytes.begin()), bytes.size()))
+      .take();
+}
+
+void NodeTable::restore(const std::string& value) {
+  RecordReader in(value);
+  NodeId id = in.id<NodeId>();
+  std::string identity = in.str();
+  bool alive = in.u64() != 0;
+  std::string registration = in.str();
+  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(registration.size() / sizeof(capnp::word));
+  std::memcpy(words.begin(), registration.data(), words.size() * sizeof(capnp::word));
+  capnp::FlatArrayMessageReader reader(words);
+  auto reg = reader.getRoot<wire::RegisterNode>();
+  auto entry = std::make_unique<NodeEntry>(id, scheduler::NodeState(node_info_from(reg)));
+  entry->identity = std::move(identity);
+  entry->registration = std::make_unique<capnp::MallocMessageBuilder>();
+  entry->registration->setRoot(reg);
+  entry->alive = alive;
+  entry->last_heartbeat = context_.now();
+  if (alive) TROUPE_LOG_INFO("head: node {} recovered; awaiting its node manager", id.short_hex());
+  nodes_.push_back(std::move(entry));
 }
 
 }  // namespace troupe::head

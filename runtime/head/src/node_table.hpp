@@ -17,6 +17,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,13 @@ class NodeTable {
   // placement may use, in the order it sees them.
   std::vector<NodeEntry*> alive();
   const std::vector<std::unique_ptr<NodeEntry>>& all() const { return nodes_; }
+
+  // issue 12 (persist): the stored form of node `key` (its hex id), nullopt
+  // when unknown; restore() takes one back after a head restart: a node
+  // alive then awaits its node manager (a heartbeat or a registration)
+  // for node_timeout() from now, like a node that just registered.
+  std::optional<std::string> encode(const std::string& key);
+  void restore(const std::string& value);
 
  private:
   HeadContext& context_;

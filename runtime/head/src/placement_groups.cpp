@@ -1,9 +1,11 @@
 #include "placement_groups.hpp"
 
+#include <algorithm>
 #include <set>
 
 #include "actor_directory.hpp"
 #include "node_table.hpp"
+#include "state_store.hpp"
 #include "troupe/runtime/logging.hpp"
 
 namespace troupe::head {
@@ -78,6 +80,7 @@ void PlacementGroupManager::fill_group_update(wire::PlacementGroupUpdate::Builde
 }
 
 void PlacementGroupManager::notify_group(GroupEntry& group) {
+  context_.touch('g', group.id.hex());  // every change of a group is notified
   if (group.owner_identity.empty()) return;
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<ControlMessage>();
@@ -118,6 +121,8 @@ void PlacementGroupManager::on_create_group(const std::string& identity, std::ui
     case wire::PlacementStrategy::STRICT_SPREAD: group.strategy = scheduler::Strategy::STRICT_SPREAD; break;
   }
   group.reason = "waiting to be scheduled";
+  group.sequence = next_sequence_++;
+  context_.touch('g', id.hex());
   groups_.emplace(id, std::move(group));
   order_.push_back(id);
   context_.reply_ack(identity, request_id);
@@ -247,9 +252,133 @@ void PlacementGroupManager::remove_group(GroupEntry& group) {
   actors_.detach_group(group.id);
   group.bundle_states.clear();
   group.state = PlacementGroupState::REMOVED;
+  group.removed_since = context_.now();
   group.reason = "removed";
   notify_group(group);
   context_.schedule_needed = true;
+}
+
+// --- issue 12 (persist): the stored form, retention ---------------------------------
+
+namespace {
+void write_amounts(RecordWriter& out, const scheduler::ResourceSet& set) {
+  out.u64(set.amounts().size());
+  for (const auto& [name, amount] : set.amounts()) out.str(name).f64(amount);
+}
+scheduler::ResourceSet read_amounts(RecordReader& in) {
+  scheduler::ResourceSet set;
+  for (auto n = in.u64(); n > 0; --n) {
+    std::string name = in.str();
+    set.set(name, in.f64());
+  }
+  return set;
+}
+}  // namespace
+
+std::optional<std::string> PlacementGroupManager::encode(const std::string& key) {
+  auto id = PlacementGroupId::parse(key);
+  GroupEntry* found = id ? find(*id) : nullptr;
+  if (found == nullptr) return std::nullopt;
+  const GroupEntry& group = *found;
+  RecordWriter out;
+  out.id(group.id).u64(group.sequence).id(group.job).str(group.name).str(group.owner_identity);
+  out.u64(group.bundles.size());
+  for (const auto& bundle : group.bundles) {
+    write_amounts(out, bundle.amounts);
+    out.str(bundle.gpu_type).u64(bundle.gpu_memory_bytes);
+  }
+  out.u64(static_cast<std::uint64_t>(group.strategy))
+      .u64(static_cast<std::uint64_t>(group.state))
+      .u64(wire_code(group.reason_code))
+      .str(group.reason);
+  out.u64(group.bundle_nodes.size());
+  for (const auto& node : group.bundle_nodes) out.id(node);
+  out.u64(group.placements.size());
+  for (const auto& placement : group.placements) {
+    out.i64(placement.node).u64(placement.gpus.size());
+    for (int gpu : placement.gpus) out.i64(gpu);
+    write_amounts(out, placement.amounts);
+  }
+  out.u64(group.lost_bundles.size());
+  for (int b : group.lost_bundles) out.i64(b);
+  return out.take();
+}
+
+void PlacementGroupManager::restore(const std::string& value) {
+  RecordReader in(value);
+  GroupEntry group;
+  group.id = in.id<PlacementGroupId>();
+  group.sequence = in.u64();
+  group.job = in.id<JobId>();
+  group.name = in.str();
+  group.owner_identity = in.str();
+  for (auto n = in.u64(); n > 0; --n) {
+    scheduler::Bundle bundle;
+    bundle.amounts = read_amounts(in);
+    bundle.gpu_type = in.str();
+    bundle.gpu_memory_bytes = in.u64();
+    group.bundles.push_back(std::move(bundle));
+  }
+  group.strategy = static_cast<scheduler::Strategy>(in.u64());
+  group.state = static_cast<PlacementGroupState>(in.u64());
+  group.reason_code = errc_from_wire(static_cast<std::uint16_t>(in.u64()));
+  group.reason = in.str();
+  for (auto n = in.u64(); n > 0; --n) group.bundle_nodes.push_back(in.id<NodeId>());
+  for (auto n = in.u64(); n > 0; --n) {
+    scheduler::BundlePlacement placement;
+    placement.node = static_cast<int>(in.i64());
+    for (auto g = in.u64(); g > 0; --g) placement.gpus.push_back(static_cast<int>(in.i64()));
+    placement.amounts = read_amounts(in);
+    group.placements.push_back(std::move(placement));
+  }
+  for (auto n = in.u64(); n > 0; --n) group.lost_bundles.push_back(static_cast<int>(in.i64()));
+  group.removed_since = context_.now();
+  if (group.state == PlacementGroupState::CREATED) {
+    // Its reservations are taken from its nodes again, as when it was placed.
+    for (std::size_t b = 0; b < group.placements.size(); ++b) {
+      NodeEntry* node = b < group.bundle_nodes.size() ? nodes_.find(group.bundle_nodes[b]) : nullptr;
+      if (node == nullptr) {
+        group.bundle_states.emplace_back(scheduler::NodeInfo{});  // a lost bundle: replaced when reserved again
+        continue;
+      }
+      try {
+        group.bundle_states.push_back(reserve_bundle(*node, group.placements[b]));
+      } catch (const std::exception& error) {
+        TROUPE_LOG_ERROR("head: reserving bundle {} of recovered group {}: {}", b, group.id.hex(), error.what());
+        group.bundle_states.emplace_back(scheduler::NodeInfo{});
+      }
+    }
+  }
+  next_sequence_ = std::max(next_sequence_, group.sequence + 1);
+  PlacementGroupId id = group.id;
+  groups_.emplace(id, std::move(group));
+  order_.push_back(id);
+  context_.schedule_needed = true;
+}
+
+void PlacementGroupManager::finish_restore() {
+  std::sort(order_.begin(), order_.end(), [&](const PlacementGroupId& a, const PlacementGroupId& b) {
+    return groups_.at(a).sequence < groups_.at(b).sequence;
+  });
+}
+
+void PlacementGroupManager::forget_removed(Clock::time_point now, std::chrono::seconds retention, std::size_t keep) {
+  std::vector<GroupEntry*> removed;
+  for (auto& [id, group] : groups_) {
+    if (group.state == PlacementGroupState::REMOVED) removed.push_back(&group);
+  }
+  std::sort(removed.begin(), removed.end(),
+            [](GroupEntry* a, GroupEntry* b) { return a->removed_since > b->removed_since; });
+  std::set<PlacementGroupId> forget;
+  for (std::size_t i = 0; i < removed.size(); ++i) {
+    if (i >= keep || now - removed[i]->removed_since > retention) forget.insert(removed[i]->id);
+  }
+  if (forget.empty()) return;
+  for (const auto& id : forget) {
+    groups_.erase(id);
+    context_.touch('g', id.hex());
+  }
+  std::erase_if(order_, [&](const PlacementGroupId& id) { return forget.count(id) != 0; });
 }
 
 }  // namespace troupe::head

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,8 @@ struct GroupEntry {
   // Ray does); their bundle_nodes entry is nil meanwhile. The group stays
   // CREATED: its other bundles and their actors are untouched.
   std::vector<int> lost_bundles;
+  std::uint64_t sequence = 0;       // issue 12 (persist): creation order (stored)
+  Clock::time_point removed_since;  // when it was removed (not stored: a restart starts it again)
 };
 
 class PlacementGroupManager {
@@ -64,6 +67,15 @@ class PlacementGroupManager {
 
   GroupEntry* find(const PlacementGroupId& id);
   void fill_group_update(wire::PlacementGroupUpdate::Builder update, const GroupEntry& group);
+
+  // issue 12 (persist): the stored form of group `key` (hex id), nullopt
+  // when forgotten; restore() (after the nodes, before the actors) reserves
+  // a created group's bundles on their nodes again.
+  std::optional<std::string> encode(const std::string& key);
+  void restore(const std::string& value);
+  void finish_restore();
+  // Forgets REMOVED groups older than `retention` or beyond the newest `keep`.
+  void forget_removed(Clock::time_point now, std::chrono::seconds retention, std::size_t keep);
   const std::vector<PlacementGroupId>& order() const { return order_; }
   GroupEntry& at(const PlacementGroupId& id) { return groups_.at(id); }
 
@@ -79,6 +91,7 @@ class PlacementGroupManager {
   ActorDirectory& actors_;
   std::map<PlacementGroupId, GroupEntry> groups_;
   std::vector<PlacementGroupId> order_;
+  std::uint64_t next_sequence_ = 1;
 };
 
 }  // namespace troupe::head

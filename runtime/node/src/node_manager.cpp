@@ -179,6 +179,15 @@ class NodeManager {
     auto transports = reg.initTransports(static_cast<unsigned>(data_transports_.size()));
     for (unsigned t = 0; t < data_transports_.size(); ++t) transports.set(t, data_transports_[t]);
     reg.setCudaStaging(!cuda_native_);
+    // issue 12 (persist): the hosts running now, so that a restarted head
+    // adopts the ones it knows instead of having them killed.
+    auto actors = reg.initActors(static_cast<unsigned>(hosts_.size()));
+    for (unsigned h = 0; h < hosts_.size(); ++h) {
+      to_wire(actors[h].initActorId(), hosts_[h].actor);
+      actors[h].setState(wire::ActorState::ALIVE);
+      actors[h].setIncarnation(hosts_[h].incarnation);
+      actors[h].setPid(static_cast<std::uint32_t>(hosts_[h].pid));
+    }
     send(message);
   }
 

@@ -24,10 +24,34 @@ transport::ReceivedMessage request_head(transport::ControlChannel& channel, capn
   return reply;
 }
 
+namespace {
+// Request ids of heartbeats (and of a registration a heartbeat's refusal
+// sends again): their answers are not awaited by request(), so they come to
+// on_message; the top bit keeps them apart from the channel's own ids.
+constexpr std::uint64_t kBeatIds = std::uint64_t{1} << 63;
+constexpr auto kFirstResend = std::chrono::milliseconds(2000);
+}  // namespace
+
 HeadClient::HeadClient(const std::string& head_address, std::string identity,
                        std::chrono::milliseconds request_timeout, PushHandler on_push)
-    : channel_(std::make_unique<transport::ControlChannel>(head_address, std::move(identity), std::move(on_push))),
+    : on_push_(std::move(on_push)),
+      channel_(std::make_unique<transport::ControlChannel>(
+          head_address, std::move(identity), [this](wire::ControlMessage::Reader m) { on_message(m); })),
       request_timeout_(request_timeout) {}
+
+void HeadClient::on_message(wire::ControlMessage::Reader message) {
+  if ((message.getRequestId() & kBeatIds) == 0) {
+    if (on_push_) on_push_(message);
+    return;
+  }
+  if (!message.isError() || errc_from_wire(message.getError().getCode()) != Errc::not_found || !registration_) return;
+  // The head does not know this driver: register again (its state was lost).
+  TROUPE_LOG_WARN("the head does not know this driver ({}); registering again", message.getError().getMessage().cStr());
+  capnp::MallocMessageBuilder again;
+  again.setRoot(registration_->getRoot<wire::ControlMessage>().asReader());
+  again.getRoot<wire::ControlMessage>().setRequestId(kBeatIds | ++heartbeat_seq_);
+  channel_->send(again);
+}
 
 HeadClient::~HeadClient() { stop(); }
 
@@ -39,7 +63,17 @@ transport::ReceivedMessage HeadClient::request(capnp::MallocMessageBuilder& mess
 
 transport::ReceivedMessage HeadClient::request(capnp::MallocMessageBuilder& message,
                                                std::chrono::milliseconds timeout) {
-  return request_head(*channel_, message, timeout);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto attempt = std::min(timeout, kFirstResend);
+  for (;;) {
+    try {
+      return request_head(*channel_, message, attempt);
+    } catch (const Error& error) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (error.code() != Errc::timeout || left.count() <= 0) throw;
+      attempt = std::min(attempt * 2, left);
+    }
+  }
 }
 
 JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& head_address) {
@@ -61,20 +95,27 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
   ::gethostname(hostname, sizeof hostname - 1);
   reg.setHostname(hostname);
   auto reply = request(message);
+  registration_ = std::make_unique<capnp::MallocMessageBuilder>();
+  registration_->setRoot(message.getRoot<wire::ControlMessage>().asReader());
   auto root = reply.root<wire::ControlMessage>();
   if (!root.isRegisterDriverReply())
     throw_error(Errc::protocol, "head answered registerDriver with an unexpected message");
   auto body = root.getRegisterDriverReply();
   const JobId job_id = troupe::from_wire<JobId>(body.getJobId());
+  // Registering again names the job the head gave us.
+  troupe::to_wire(registration_->getRoot<wire::ControlMessage>().getRegisterDriver().initJobId(), job_id);
   const auto heartbeat = std::chrono::milliseconds(std::max<std::uint32_t>(50, body.getHeartbeatIntervalMs()));
   // Heartbeats from now on, before the upload: the head counts the upload
   // itself as life (and gives it time), and the heartbeats queued behind it
   // follow at once.
   channel_->set_periodic(heartbeat, [this, worker_id] {
     capnp::MallocMessageBuilder beat;
-    auto hb = beat.initRoot<wire::ControlMessage>().initDriverHeartbeat();
+    auto root = beat.initRoot<wire::ControlMessage>();
+    // issue 12 (persist): a request id, so a head that lost this driver says so.
+    root.setRequestId(kBeatIds | ++heartbeat_seq_);
+    auto hb = root.initDriverHeartbeat();
     troupe::to_wire(hb.initWorkerId(), worker_id);
-    hb.setSeq(++heartbeat_seq_);
+    hb.setSeq(heartbeat_seq_);
     channel_->send(beat);
   });
   if (body.getNeedBinary()) {
@@ -82,7 +123,8 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
     auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
     up.setBinaryHash(hash);
     up.setBinary(as_data(bytes));
-    (void)request(upload, std::chrono::milliseconds(std::max<long>(request_timeout_.count(), 60000)));
+    // Once: the head hashes and writes it (off its loop) before it answers.
+    (void)request_head(*channel_, upload, std::chrono::milliseconds(std::max<long>(request_timeout_.count(), 60000)));
   }
   TROUPE_LOG_INFO("driver {} registered with head {} as job {}", worker_id.hex(), head_address, job_id.hex());
   return job_id;

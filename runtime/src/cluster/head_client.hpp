@@ -44,11 +44,17 @@ class HeadClient {
   ~HeadClient();
 
   // request_head() on this client's channel, with its request timeout.
+  // issue 12 (persist): a request without an answer is sent again (after 2 s,
+  // then 4 s, ...) until the timeout, so one lost with a head that crashed
+  // reaches the restarted head; every request is one the head may see
+  // twice (creations and kills name their actor or group, lookups are reads).
   transport::ReceivedMessage request(capnp::MallocMessageBuilder& message);
   transport::ReceivedMessage request(capnp::MallocMessageBuilder& message, std::chrono::milliseconds timeout);
 
   // Registers this driver (worker_id, job from TROUPE_JOB_ID if set),
-  // uploads its binary when the head lacks it, and starts heartbeats.
+  // uploads its binary when the head lacks it, and starts heartbeats. A
+  // heartbeat the head answers with not_found (it lost this driver: a
+  // restarted head without its state) sends the registration again.
   // Returns the job id the head assigned.
   JobId register_driver(const WorkerId& worker_id, const std::string& head_address);
   // Asks the head to create actor `actor_id` of `cls` for `job_id`, owned by
@@ -72,6 +78,10 @@ class HeadClient {
   void stop();
 
  private:
+  void on_message(wire::ControlMessage::Reader message);
+
+  PushHandler on_push_;
+  std::unique_ptr<capnp::MallocMessageBuilder> registration_;  // control thread only, once heartbeating
   std::unique_ptr<transport::ControlChannel> channel_;
   std::chrono::milliseconds request_timeout_;
   std::uint64_t heartbeat_seq_ = 0;  // control thread only

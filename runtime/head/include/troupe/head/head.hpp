@@ -16,6 +16,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -51,6 +52,19 @@ struct HeadConfig {
   // The head's notion of now (heartbeat ages, timeouts, stop deadlines);
   // empty = steady_clock::now. Tests step a fake clock instead of sleeping.
   std::function<Clock::time_point()> clock;
+  // issue 12 (persist): where the head keeps its state (docs/fault-tolerance.md,
+  // "The head's state and recovery"): empty = memory only (lost with the
+  // process); "redis://HOST:PORT[/prefix]"; else a directory (or
+  // "sqlite:DIR") holding the SQLite store. A head started on a store that
+  // another head wrote (and did not stop cleanly) recovers that state.
+  std::string state_store;
+  // The Redis key prefix when the URL names none: two clusters can share a server.
+  std::string state_prefix = "troupe";
+  // Finished jobs, gone drivers, DEAD actors and REMOVED groups are
+  // forgotten once they are older than `retention` or beyond the newest
+  // `retention_count` of their kind (Ray keeps 1000 dead actors).
+  std::chrono::seconds retention{3600};
+  std::size_t retention_count = 1000;
 };
 
 class Head {
@@ -83,6 +97,10 @@ class Head {
   // finished job drivers are reaped; then pending actors and groups are
   // placed if anything changed.
   void tick();
+  // Waits (real time, at most `timeout`) until the head's background work
+  // (hashing, writing and reading binaries) is done; its answers go out at
+  // the next tick(). For tests.
+  bool wait_for_background_work(std::chrono::milliseconds timeout);
 
  private:
   struct Impl;
