@@ -354,7 +354,18 @@ void LocalActor::run_loop(TaskPtr task) {
 
 void LocalActor::run(const TaskPtr& task) {
   auto& spec = task->spec;
-  if (spec.result->is_ready()) return;  // killed or cancelled meanwhile
+  std::shared_ptr<void> instance;
+  std::vector<int> gpus;
+  {
+    // From here on the call has started: a cancel or a deadline no longer
+    // withdraws it.
+    std::lock_guard lock(mutex_);
+    if (task->where == Where::withdrawn) return;
+    task->started = true;
+    instance = instance_;
+    gpus = gpus_;
+  }
+  if (spec.result->is_ready()) return;  // killed meanwhile
   ArgValues values;
   values.reserve(spec.args.size());
   for (auto& slot : spec.args) {
@@ -369,13 +380,6 @@ void LocalActor::run(const TaskPtr& task) {
     }
   }
   spec.args.clear();  // values now hold the only references a call owns
-  std::shared_ptr<void> instance;
-  std::vector<int> gpus;
-  {
-    std::lock_guard lock(mutex_);
-    instance = instance_;
-    gpus = gpus_;
-  }
   if (!instance) {
     spec.result->set_error(make_error(Errc::actor_died, "actor instance is gone"));
     return;
@@ -414,9 +418,14 @@ void LocalActor::leave_locked(Task& task, Where to) {
 bool LocalActor::withdraw(const TaskPtr& task, const std::exception_ptr& error) {
   {
     std::lock_guard lock(mutex_);
-    if (task->where != Where::queued) return false;
-    leave_locked(*task, Where::withdrawn);
-    ++withdrawn_queued_;
+    if (task->where == Where::queued) {
+      leave_locked(*task, Where::withdrawn);
+      ++withdrawn_queued_;
+    } else if (task->where == Where::running && !task->started) {
+      leave_locked(*task, Where::withdrawn);  // picked, not started: run() skips it
+    } else {
+      return false;
+    }
   }
   bool withdrawn = task->spec.result->set_error(error);
   schedule();  // the withdrawn call may have been blocking its caller's queue

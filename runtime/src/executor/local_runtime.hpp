@@ -108,8 +108,9 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
 
  private:
   // Where a task is; guarded by mutex_. `pending_` counts the queued and
-  // running ones; a withdrawn task (cancelled, or past its deadline) stays
-  // in its queue until popped or swept.
+  // running ones; a withdrawn task (cancelled, or past its deadline, before
+  // it started) stays in its queue (or running_, when picked but not
+  // started) until popped, swept or skipped.
   enum class Where { queued, running, done, withdrawn };
   struct Task {
     CallSpec spec;
@@ -117,6 +118,7 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
     CallerId caller;
     std::atomic<int> unresolved{0};
     Where where = Where::queued;
+    bool started = false;  // run() began it (a withdraw comes too late); guarded by mutex_
   };
   using TaskPtr = std::shared_ptr<Task>;
   enum class Admission { local, remote };
