@@ -27,7 +27,7 @@ class Slow {
   }
   long work(long x) {
     volatile long sink = 0;
-    for (long i = 0; i < 2000; ++i) sink += i ^ x;
+    for (long i = 0; i < 2000; ++i) sink = sink + (i ^ x);
     ++count_;
     return x;
   }
