@@ -56,6 +56,10 @@ class Probe {
   }
   std::int64_t elements(Tensor tensor) { return tensor.defined() ? tensor.numel() : -1; }
   void nothing() {}
+  int nap(int ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    return ms;
+  }
 
  private:
   int base_;
@@ -63,7 +67,7 @@ class Probe {
 
 }  // namespace troupe::testing
 
-TROUPE_ACTOR(troupe::testing::Probe, (int), add, concat, count, nested, elements, nothing);
+TROUPE_ACTOR(troupe::testing::Probe, (int), add, concat, count, nested, elements, nothing, nap);
 
 namespace troupe::testing {
 
@@ -82,7 +86,7 @@ class CallServerHarness {
   static constexpr ActorId kActorId{0x5eed5eed, 0xac70};
   static constexpr WorkerId kCallerId{0xca11e5, 1};
 
-  explicit CallServerHarness(int base = 5, std::uint32_t incarnation = 1)
+  explicit CallServerHarness(int base = 5, std::uint32_t incarnation = 1, ActorOptions actor_options = {})
       : actor_id_(kActorId), incarnation_(incarnation) {
     ::setenv("TROUPE_DATA_PLANE", "zmq", 1);
     InitOptions options;
@@ -92,7 +96,7 @@ class CallServerHarness {
     if (!cls) throw Error(Errc::internal, "Probe is not registered");
     std::vector<detail::ArgSlot> ctor;
     ctor.push_back(detail::ArgSlot{std::make_shared<detail::EncodedValue>(serialize(base)), nullptr});
-    actor_ = runtime_->create_actor_as(actor_id_, *cls, std::move(ctor), ActorOptions{});
+    actor_ = runtime_->create_actor_as(actor_id_, *cls, std::move(ctor), std::move(actor_options));
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (actor_->state() == ActorState::pending && std::chrono::steady_clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -145,6 +149,13 @@ class CallServerHarness {
   void deliver(capnp::MallocMessageBuilder& message) {
     auto words = capnp::messageToFlatArray(message);
     deliver_bytes(words.asBytes().begin(), words.asBytes().size());
+  }
+  // As deliver(), but a call the actor takes runs on the runtime's pool,
+  // not on this thread (for calls that take long).
+  void deliver_posted(capnp::MallocMessageBuilder& message) {
+    auto words = capnp::messageToFlatArray(message);
+    auto received = transport::ReceivedMessage::copy_of(words.asBytes().begin(), words.asBytes().size());
+    server_->on_call_message(received);
   }
 
   // A well-formed call request for method `method` with plain `args`

@@ -320,5 +320,56 @@ TEST_F(CallServerTest, GarbageFramesNeverStopTheServer) {
   ASSERT_GE(replies.size(), 1u);
 }
 
+// A call with a deadline (timeoutMs) still queued when it passes is
+// withdrawn and answered `timeout`, long before the call ahead of it ends.
+TEST_F(CallServerTest, ACallNotStartedByItsTimeoutIsWithdrawnAndAnsweredTimeout) {
+  capnp::MallocMessageBuilder nap;
+  harness_.build_call(nap, "nap", {serialize(3000)}, 1);
+  harness_.deliver_posted(nap);
+  harness_.took_seq();
+  capnp::MallocMessageBuilder late;
+  harness_.build_call(late, "add", {serialize(1)}, 2);
+  late.getRoot<wire::CallMessage>().getRequest().setTimeoutMs(100);
+  harness_.deliver(late);
+  harness_.took_seq();
+  auto first = harness_.take_replies(1, std::chrono::milliseconds(2500));
+  ASSERT_EQ(first.size(), 1u) << "the withdrawn call was not answered before the nap ended";
+  capnp::FlatArrayMessageReader reader(first[0].words);
+  EXPECT_EQ(reader.getRoot<wire::CallMessage>().getReply().getCallId(), 2u);
+  Answer answer = read_reply(first[0]);
+  EXPECT_EQ(answer.code, Errc::timeout) << answer.message;
+  auto second = harness_.take_replies(1);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_TRUE(read_reply(second[0]).ok);
+  expect_serving();
+}
+
+// One caller's queue at the host is bounded by the actor's
+// max_pending_calls: past it a call is answered `overloaded`, never dropped.
+TEST(CallServerBounds, ACallerPastMaxPendingCallsIsAnsweredOverloaded) {
+  CallServerHarness harness(5, 1, ActorOptions{.max_pending_calls = 2});
+  capnp::MallocMessageBuilder nap;
+  harness.build_call(nap, "nap", {serialize(1500)}, 1);
+  harness.deliver_posted(nap);
+  harness.took_seq();
+  for (std::uint64_t id = 2; id <= 6; ++id) {
+    capnp::MallocMessageBuilder call;
+    harness.build_call(call, "add", {serialize(1)}, id);
+    harness.deliver_posted(call);
+    harness.took_seq();
+  }
+  auto replies = harness.take_replies(6);
+  ASSERT_EQ(replies.size(), 6u) << "a call went unanswered";
+  int overloaded = 0, values = 0;
+  for (auto& reply : replies) {
+    Answer answer = read_reply(reply);
+    if (answer.ok) ++values;
+    else if (answer.code == Errc::overloaded) ++overloaded;
+    else ADD_FAILURE() << to_string(answer.code) << ": " << answer.message;
+  }
+  EXPECT_GE(overloaded, 3);
+  EXPECT_EQ(values + overloaded, 6);
+}
+
 }  // namespace
 }  // namespace troupe::testing

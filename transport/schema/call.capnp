@@ -43,6 +43,11 @@ struct CallRequest {
   resultId @8 :ObjectId;
   # Chosen by the caller, so the result can be passed to other calls (as an
   # ObjectDescriptor owned by this host) before it exists.
+  # issue 12 (calls)
+  timeoutMs @9 :UInt64;
+  # The time left to the call's deadline when the caller sent it, in ms
+  # (0 = no deadline). The host withdraws the call, answering error timeout
+  # unrun, if it has not started by then (the caller has failed it already).
 }
 
 struct CallReply {

@@ -28,7 +28,7 @@ struct ErrorInfo {
   # timeout=3, cancelled=4, nodeLost=5, objectLost=6, invalidArgument=7,
   # notFound=8, notRegistered=9, unschedulable=10, serialization=11,
   # protocol=12, transport=13, cuda=14, unsupported=15, internal=16,
-  # permissionDenied=17.
+  # permissionDenied=17, overloaded=18.
   # A receiver maps codes it does not know to internal.
   remoteType @1 :Text;  # demangled C++ type of the original exception, or empty
   message @2 :Text;

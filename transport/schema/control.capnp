@@ -115,6 +115,8 @@ struct CreateActor {
   maxConcurrency @10 :UInt32;     # 1 = one call at a time (the default)
   placementGroupId @11 :PlacementGroupId;  # zero = none
   bundleIndex @12 :Int32;         # -1 = any bundle of the group
+  # issue 12 (calls)
+  maxPendingCalls @13 :UInt64;    # the host's bound on the calls queued from one caller (0 = default); past it a call is answered error overloaded
 }
 
 struct StartActor {

@@ -435,7 +435,10 @@ void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& me
     if (outbound_.size() >= max_outbound_) evict_oldest_locked();
     zmq::socket_t socket = new_outbound_socket();
     socket.set(zmq::sockopt::linger, 0);
-    socket.set(zmq::sockopt::sndhwm, 0);
+    // A finite queue per peer, and sends that never wait on it: a peer
+    // that stopped reading fails the send with `overloaded` (below) rather
+    // than blocking this thread, and everyone sending, forever.
+    socket.set(zmq::sockopt::sndhwm, kSendHighWaterMark);
     secure_client(socket);  // CURVE when this process is a member
     try {
       socket.connect(address);
@@ -449,7 +452,13 @@ void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& me
   }
   it->second->last_send = std::chrono::steady_clock::now();
   try {
-    send_message(it->second->socket, message);
+    send_message(it->second->socket, message, zmq::send_flags::dontwait);
+  } catch (const Error& e) {
+    if (e.code() == Errc::timeout)  // the peer's queue is full (EAGAIN)
+      throw_error(Errc::overloaded, "the call plane's queue to " + address + " is full (" +
+                                        std::to_string(kSendHighWaterMark) +
+                                        " messages): the peer does not read; not sent");
+    throw_error(Errc::transport, std::string("send to ") + address + " failed: " + e.message());
   } catch (const std::exception& e) {
     throw_error(Errc::transport, std::string("send to ") + address + " failed: " + e.what());
   }

@@ -28,12 +28,13 @@ std::string_view to_string(Errc code) noexcept {
     case Errc::unsupported: return "unsupported";
     case Errc::internal: return "internal";
     case Errc::permission_denied: return "permission_denied";
+    case Errc::overloaded: return "overloaded";
   }
   return "unknown";
 }
 
 Errc errc_from_wire(std::uint16_t code) noexcept {
-  if (code > wire_code(Errc::permission_denied)) return Errc::protocol;
+  if (code > wire_code(Errc::overloaded)) return Errc::protocol;
   return static_cast<Errc>(code);
 }
 
@@ -73,6 +74,8 @@ std::exception_ptr make_error(Errc code, std::string message, std::string remote
       return std::make_exception_ptr(TimeoutError(std::move(message)));
     case Errc::cancelled:
       return std::make_exception_ptr(CancelledError(std::move(message)));
+    case Errc::overloaded:
+      return std::make_exception_ptr(OverloadedError(std::move(message)));
     default:
       return std::make_exception_ptr(Error(code, std::move(message), std::move(remote_type)));
   }

@@ -109,6 +109,9 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
       for (auto& arg : args) slots.push_back(ArgSlot{std::make_shared<EncodedValue>(std::move(arg)), nullptr});
       ActorOptions options;
       options.max_concurrency = static_cast<int>(std::max<std::uint32_t>(1, spec.getMaxConcurrency()));
+      // Each caller's queue here is bounded by the actor's max_pending_calls
+      // (its callers bound themselves by theirs): past it, `overloaded`.
+      if (spec.getMaxPendingCalls() > 0) options.max_pending_calls = spec.getMaxPendingCalls();
       if (gpus > 0) options.resources = {{"GPU", static_cast<double>(gpus)}};
       auto actor = host_runtime_->create_actor_as(actor_id_, *cls, std::move(slots), options);
       while (actor->state() == ActorState::pending) std::this_thread::sleep_for(std::chrono::milliseconds(1));

@@ -19,6 +19,9 @@ constexpr std::size_t kMaxMethodNameBytes = 1024;
 constexpr std::size_t kMaxCallArgs = 4096;
 // Far above one tick's releases to one holder.
 constexpr std::size_t kMaxReleaseIds = std::size_t{1} << 20;
+// A deadline further than a year away is no deadline worth a timer (and
+// keeps the time arithmetic far from overflow).
+constexpr std::uint64_t kMaxTimeoutMs = 365ULL * 24 * 3600 * 1000;
 
 // An ObjectRef parameter as the callee receives it: the state its ObjectRef
 // wraps, filled by a fetch from the object's holder (take_arg).
@@ -202,6 +205,11 @@ void CallServer::on_request(wire::CallRequest::Reader request) {
   CallSpec spec;
   spec.method = method;
   spec.result = result;
+  // The caller's deadline, from when this host got the call (so never
+  // before the caller's own): past it, the call is withdrawn unrun.
+  if (const std::uint64_t timeout_ms = request.getTimeoutMs(); timeout_ms > 0)
+    spec.deadline = std::chrono::steady_clock::now() +
+                    std::chrono::milliseconds(std::min<std::uint64_t>(timeout_ms, kMaxTimeoutMs));
   std::vector<StatePtr> passed;  // ObjectRef parameters, fetched from their holders
   for (auto arg : request.getArgs()) {
     ArgSlot slot;

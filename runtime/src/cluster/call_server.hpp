@@ -14,7 +14,10 @@
 // the request must name the hosted actor's id and incarnation (else the
 // call fails with actor_died, unrun), and each caller's `seq` must be the
 // next one for this incarnation, 0, 1, 2, ... (else it fails with
-// `protocol`, unrun, so no call runs twice).
+// `protocol`, unrun, so no call runs twice). A caller with max_pending_calls
+// (the actor's option) calls queued here gets `overloaded` for the next,
+// unrun (it takes its seq); a call with a deadline (`timeoutMs`) that has
+// not started by then is withdrawn and answered `timeout`.
 //
 // Every message is a peer's and is checked before use (hostile input is
 // answered, never fatal): ids that must name something are not nil, union

@@ -7,6 +7,7 @@
 
 #include "actor_host.hpp"
 #include "call_server.hpp"
+#include "deadline_queue.hpp"
 #include "executor/local_runtime.hpp"
 #include "head_client.hpp"
 #include "object_table.hpp"
@@ -57,7 +58,9 @@ int pool_threads(int requested) {
 }  // namespace
 
 ClusterRuntime::ClusterRuntime(Config config)
-    : config_(std::move(config)), pool_(std::make_shared<ThreadPool>(pool_threads(config_.num_threads))) {
+    : config_(std::move(config)),
+      pool_(std::make_shared<ThreadPool>(pool_threads(config_.num_threads))),
+      deadlines_(std::make_shared<DeadlineQueue>(pool_->context())) {
   worker_id_ = WorkerId::random();
   if (const char* ms = std::getenv("TROUPE_REQUEST_TIMEOUT_MS"); ms && *ms)
     request_timeout_ = std::chrono::milliseconds(std::max(100L, std::atol(ms)));
@@ -148,7 +151,8 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
   }
   const ActorId id = ActorId::random();
   const PlacementGroupId group_id = options.placement_group.valid() ? options.placement_group.core()->id : PlacementGroupId{};
-  auto actor = std::make_shared<RemoteActor>(*this, id, cls, options.name, true);
+  RemoteActor::Policy policy{options.max_task_retries, options.max_pending_calls, options.backpressure};
+  auto actor = std::make_shared<RemoteActor>(*this, id, cls, options.name, true, policy);
   {
     std::lock_guard lock(mutex_);
     actors_[id] = actor;
@@ -217,11 +221,9 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
     auto incarnation = update.getIncarnation();
     if (!address.empty() && update.getDataAddress().size() > 0)
       transfer_->note_data_address(address, from_data(update.getDataAddress()));
-    if (state == ActorState::dead) {
-      // Calls already sent to it will never be answered.
-      outbound_->fail_calls_to(actor->id(), make_error(Errc::actor_died, actor->cls().name + "#" +
-                                                                             actor->id().short_hex() + " died: " + reason));
-    }
+    // The actor fails or resends the calls a restart or death leaves
+    // unanswered (RemoteActor::on_update); updates handled out of order
+    // are recognised there.
     pool_->post([actor, state, address = std::move(address), incarnation, reason = std::move(reason)]() mutable {
       actor->on_update(state, std::move(address), incarnation, std::move(reason));
     });
@@ -325,22 +327,43 @@ std::map<std::string, double> ClusterRuntime::free_resources() {
 }
 
 std::size_t ClusterRuntime::live_actor_count() {
-  std::lock_guard lock(mutex_);
+  std::vector<std::shared_ptr<RemoteActor>> actors;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, actor] : actors_) actors.push_back(actor);
+  }
   std::size_t count = 0;
-  for (auto& [id, actor] : actors_)
+  for (auto& actor : actors)
     if (actor->state() != ActorState::dead) ++count;
   return count;
 }
 
 void ClusterRuntime::post(std::function<void()> fn) { pool_->post(std::move(fn)); }
 
+void ClusterRuntime::at_deadline(std::chrono::steady_clock::time_point when, const StatePtr& result,
+                                 std::function<void()> fn) {
+  deadlines_->add(when, result, std::move(fn));
+}
+
 void ClusterRuntime::send_call(ActorId actor_id, const std::string& address, std::uint32_t incarnation,
-                               std::uint64_t seq, CallSpec& spec) {
-  outbound_->send_call(actor_id, address, incarnation, seq, spec);
+                               std::uint64_t seq, CallSpec& spec, bool keep_for_retry) {
+  outbound_->send_call(actor_id, address, incarnation, seq, spec, keep_for_retry);
+}
+
+std::vector<SentCall> ClusterRuntime::take_sent(ActorId actor_id, std::optional<std::uint32_t> below) {
+  return outbound_ ? outbound_->take_sent(actor_id, below) : std::vector<SentCall>{};
+}
+
+void ClusterRuntime::end_loans(const std::vector<ObjectId>& lent) {
+  if (outbound_) outbound_->end_loans(lent);
 }
 
 void ClusterRuntime::cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) {
   outbound_->cancel_sent(actor_id, address, result);
+}
+
+void ClusterRuntime::withdraw_sent(ActorId actor_id, const std::string& address, const StatePtr& result) {
+  if (outbound_) outbound_->withdraw(actor_id, address, result);
 }
 
 void ClusterRuntime::kill_actor(ActorId actor_id, bool no_restart) {
@@ -375,12 +398,14 @@ void ClusterRuntime::serve_forever() { ActorHost::serve_forever(); }
 
 void ClusterRuntime::shutdown() {
   if (!running_.exchange(false)) return;
-  std::vector<std::shared_ptr<RemoteActor>> owned;
+  std::vector<std::shared_ptr<RemoteActor>> actors, owned;
   {
     std::lock_guard lock(mutex_);
-    for (auto& [id, actor] : actors_)
-      if (actor->owned() && actor->state() != ActorState::dead) owned.push_back(actor);
+    for (auto& [id, actor] : actors_) actors.push_back(actor);
   }
+  for (auto& actor : actors)
+    if (actor->owned() && actor->state() != ActorState::dead) owned.push_back(actor);
+  deadlines_->stop();
   std::vector<StatePtr> pending;
   if (outbound_) pending = outbound_->take_all();
   // A driver's actors end with it (Ray's non-detached actors).
@@ -392,6 +417,7 @@ void ClusterRuntime::shutdown() {
     }
     actor->on_update(ActorState::dead, {}, 0, "the driver shut down");
   }
+  for (auto& actor : actors) actor->close();  // what waits in outboxes, or for room
   auto error = make_error(Errc::cancelled, "the runtime shut down");
   for (auto& state : pending) state->set_error(error);
   set_release_hook(nullptr);

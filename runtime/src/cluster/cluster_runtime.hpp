@@ -43,6 +43,7 @@ namespace troupe::detail {
 
 class ActorHost;
 class CallServer;
+class DeadlineQueue;
 class HeadClient;
 class ObjectTable;
 class ObjectTransfer;
@@ -83,9 +84,14 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
 
   // CallSender (for RemoteActor).
   void post(std::function<void()> fn) override;
+  void at_deadline(std::chrono::steady_clock::time_point when, const StatePtr& result,
+                   std::function<void()> fn) override;
   void send_call(ActorId actor_id, const std::string& address, std::uint32_t incarnation,
-                 std::uint64_t seq, CallSpec& spec) override;
+                 std::uint64_t seq, CallSpec& spec, bool keep_for_retry) override;
+  std::vector<SentCall> take_sent(ActorId actor_id, std::optional<std::uint32_t> below) override;
+  void end_loans(const std::vector<ObjectId>& lent) override;
   void cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) override;
+  void withdraw_sent(ActorId actor_id, const std::string& address, const StatePtr& result) override;
   void kill_actor(ActorId actor_id, bool no_restart) override;
 
   std::string data_plane_info() const;
@@ -101,6 +107,7 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
 
   Config config_;
   std::shared_ptr<ThreadPool> pool_;
+  std::shared_ptr<DeadlineQueue> deadlines_;  // call deadlines, on pool_
   std::atomic<bool> running_{true};
   WorkerId worker_id_;
   JobId job_id_;
@@ -116,7 +123,9 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
   std::shared_ptr<CallServer> server_;
   std::shared_ptr<ActorHost> host_;  // actor hosts only
 
-  std::mutex mutex_;  // guards actors_ and groups_ (and GroupCore's fields)
+  // Guards actors_ and groups_ (and GroupCore's fields). Never held while a
+  // RemoteActor is called (its state(), on_update(), ...): copy, then call.
+  std::mutex mutex_;
   std::map<ActorId, std::shared_ptr<RemoteActor>> actors_;
   std::map<PlacementGroupId, std::shared_ptr<GroupCore>> groups_;
 };

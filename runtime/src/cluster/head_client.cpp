@@ -156,6 +156,7 @@ void HeadClient::create_actor(ActorId id, const JobId& job_id, const WorkerId& o
   create.setMaxRestarts(options.max_restarts);
   create.setMaxConcurrency(static_cast<std::uint32_t>(options.max_concurrency));
   create.setBundleIndex(options.bundle_index);
+  create.setMaxPendingCalls(options.max_pending_calls);
   if (!group_id.nil()) troupe::to_wire(create.initPlacementGroupId(), group_id);
   (void)request(message);
 }

@@ -15,8 +15,26 @@ OutboundCalls::OutboundCalls(WorkerId worker_id, std::shared_ptr<transport::Call
                              std::shared_ptr<ObjectTable> table, std::shared_ptr<ObjectTransfer> transfer)
     : worker_id_(worker_id), calls_(std::move(calls)), table_(std::move(table)), transfer_(std::move(transfer)) {}
 
+std::unordered_map<std::uint64_t, OutboundCalls::Inflight>::iterator OutboundCalls::erase_locked(
+    std::unordered_map<std::uint64_t, Inflight>::iterator it) {
+  if (it->second.actor_id.nil()) {
+    if (fetches_in_flight_ > 0) --fetches_in_flight_;
+  } else if (it->second.result) {
+    by_result_.erase(it->second.result->id());
+  }
+  return inflight_.erase(it);
+}
+
 void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std::uint32_t incarnation,
-                              std::uint64_t seq, CallSpec& spec) {
+                              std::uint64_t seq, CallSpec& spec, bool keep_for_retry) {
+  std::uint64_t timeout_ms = 0;
+  if (spec.deadline != std::chrono::steady_clock::time_point::max()) {
+    const auto left = spec.deadline - std::chrono::steady_clock::now();
+    if (left <= std::chrono::steady_clock::duration::zero())
+      throw_error(Errc::timeout, spec.method->qualified + " reached its deadline before it was sent");
+    // Rounded up: the host never gives up before the caller does.
+    timeout_ms = static_cast<std::uint64_t>(std::chrono::ceil<std::chrono::milliseconds>(left).count());
+  }
   capnp::MallocMessageBuilder message(kFirstSegmentWords);
   auto request = message.initRoot<wire::CallMessage>().initRequest();
   const std::uint64_t call_id = next_call_.fetch_add(1);
@@ -29,6 +47,7 @@ void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std:
   request.setReturnTo(calls_->address());
   const auto& result_id = spec.result->id();
   troupe::to_wire(request.initResultId(), result_id);
+  request.setTimeoutMs(timeout_ms);
   auto args = request.initArgs(static_cast<unsigned>(spec.args.size()));
   std::vector<StatePtr> borrowed;
   std::vector<ObjectId> lent;
@@ -57,15 +76,22 @@ void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std:
   spec.result->set_location(address);  // the result lives at the callee
   {
     std::lock_guard lock(mutex_);
-    inflight_[call_id] = Inflight{spec.result, std::move(borrowed), lent, actor_id,
-                                  std::chrono::steady_clock::time_point::max()};
+    Inflight flight{spec.result, std::move(borrowed), lent, actor_id, std::chrono::steady_clock::time_point::max(),
+                    incarnation, std::nullopt};
+    if (keep_for_retry) flight.spec = std::move(spec);
+    by_result_[result_id] = call_id;
+    inflight_[call_id] = std::move(flight);
   }
   try {
     send_on(*calls_, address, message);
   } catch (...) {
     {
       std::lock_guard lock(mutex_);
-      inflight_.erase(call_id);
+      auto it = inflight_.find(call_id);
+      if (it != inflight_.end()) {
+        if (it->second.spec) spec = std::move(*it->second.spec);  // back to the caller, intact
+        erase_locked(it);
+      }
     }
     table_->end_loans(lent);
     throw;
@@ -76,12 +102,8 @@ void OutboundCalls::cancel_sent(ActorId actor_id, const std::string& address, co
   std::uint64_t call_id = 0;
   {
     std::lock_guard lock(mutex_);
-    for (const auto& [id, flight] : inflight_) {
-      if (flight.result == result) {
-        call_id = id;
-        break;
-      }
-    }
+    auto it = by_result_.find(result->id());
+    if (it != by_result_.end()) call_id = it->second;
   }
   if (call_id == 0 || address.empty()) return;  // answered already, or its actor is gone
   capnp::MallocMessageBuilder message;
@@ -95,6 +117,60 @@ void OutboundCalls::cancel_sent(ActorId actor_id, const std::string& address, co
   } catch (const std::exception& e) {
     TROUPE_LOG_WARN("could not send a cancel to {}: {}", address, e.what());
   }
+}
+
+void OutboundCalls::withdraw(ActorId actor_id, const std::string& address, const StatePtr& result) {
+  std::vector<ObjectId> lent;
+  std::vector<StatePtr> borrowed;  // released outside the lock
+  std::uint64_t call_id = 0;
+  {
+    std::lock_guard lock(mutex_);
+    auto index = by_result_.find(result->id());
+    if (index == by_result_.end()) return;  // answered, taken back, or never sent
+    call_id = index->second;
+    auto it = inflight_.find(call_id);
+    if (it == inflight_.end() || it->second.result != result) return;
+    lent = std::move(it->second.lent);
+    borrowed = std::move(it->second.borrowed);
+    erase_locked(it);
+  }
+  table_->end_loans(lent);
+  if (address.empty()) return;
+  // The call id is gone from here, so the host's answer to this cancel (a
+  // CancelledError, or the result) is ignored.
+  capnp::MallocMessageBuilder message;
+  auto cancel = message.initRoot<wire::CallMessage>().initCancel();
+  cancel.setCallId(call_id);
+  troupe::to_wire(cancel.initActorId(), actor_id);
+  troupe::to_wire(cancel.initCallerId(), worker_id_);
+  troupe::to_wire(cancel.initResultId(), result->id());
+  try {
+    calls_->send(address, message);
+  } catch (const std::exception& e) {
+    TROUPE_LOG_DEBUG("could not send a cancel to {}: {}", address, e.what());
+  }
+}
+
+std::vector<SentCall> OutboundCalls::take_sent(ActorId actor_id, std::optional<std::uint32_t> below) {
+  std::vector<SentCall> taken;
+  std::lock_guard lock(mutex_);
+  for (auto it = inflight_.begin(); it != inflight_.end();) {
+    auto& flight = it->second;
+    if (flight.actor_id != actor_id || (below && flight.incarnation >= *below)) {
+      ++it;
+      continue;
+    }
+    taken.push_back(SentCall{flight.result, std::move(flight.spec), std::move(flight.lent), std::move(flight.borrowed)});
+    it = erase_locked(it);
+  }
+  return taken;
+}
+
+void OutboundCalls::end_loans(const std::vector<ObjectId>& lent) { table_->end_loans(lent); }
+
+std::size_t OutboundCalls::calls_in_flight() {
+  std::lock_guard lock(mutex_);
+  return inflight_.size() - fetches_in_flight_;
 }
 
 StatePtr OutboundCalls::fetch_by_call(const ObjectId& id, const std::string& location) {
@@ -155,34 +231,14 @@ void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
     if (!from.nil() && from != it->second.actor_id)
       throw Error(Errc::protocol, "a reply for call " + std::to_string(reply.getCallId()) + " names actor " +
                                       from.short_hex() + ", not the one called");
-    result = std::move(it->second.result);
+    result = it->second.result;
     borrowed = std::move(it->second.borrowed);
     lent = std::move(it->second.lent);
-    if (it->second.actor_id.nil() && fetches_in_flight_ > 0) --fetches_in_flight_;
-    inflight_.erase(it);
+    erase_locked(it);
   }
   table_->end_loans(lent);
   if (error) result->set_error(std::move(error));
   else result->set_value(std::move(value));
-}
-
-void OutboundCalls::fail_calls_to(ActorId actor_id, const std::exception_ptr& error) {
-  std::vector<StatePtr> failed;
-  std::vector<ObjectId> lent;
-  {
-    std::lock_guard lock(mutex_);
-    for (auto it = inflight_.begin(); it != inflight_.end();) {
-      if (it->second.actor_id == actor_id) {
-        failed.push_back(it->second.result);
-        lent.insert(lent.end(), it->second.lent.begin(), it->second.lent.end());
-        it = inflight_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
-  table_->end_loans(lent);
-  for (auto& result : failed) result->set_error(error);
 }
 
 void OutboundCalls::expire_fetches() {
@@ -192,9 +248,8 @@ void OutboundCalls::expire_fetches() {
     const auto now = std::chrono::steady_clock::now();
     for (auto it = inflight_.begin(); fetches_in_flight_ > 0 && it != inflight_.end();) {
       if (it->second.deadline <= now) {
-        expired.push_back(std::move(it->second.result));
-        --fetches_in_flight_;
-        it = inflight_.erase(it);
+        expired.push_back(it->second.result);
+        it = erase_locked(it);
       } else {
         ++it;
       }
@@ -210,6 +265,7 @@ std::vector<StatePtr> OutboundCalls::take_all() {
   std::lock_guard lock(mutex_);
   for (auto& [id, flight] : inflight_) pending.push_back(flight.result);
   inflight_.clear();
+  by_result_.clear();
   fetches_in_flight_ = 0;
   return pending;
 }

@@ -1,15 +1,19 @@
 // OutboundCalls: the calls (and `__fetch` fetches) this process has sent
 // and not yet seen answered, by call id. It builds each call's request
-// (arguments inline or by descriptor, through ObjectTransfer), keeps what
-// the callee borrows alive until the reply (`borrowed`, and the loans of
-// ObjectRef parameters, ended in the ObjectTable then), and completes the
-// call's result from the reply.
+// (arguments inline or by descriptor, through ObjectTransfer; the time left
+// to its deadline), keeps what the callee borrows alive until the reply
+// (`borrowed`, and the loans of ObjectRef parameters, ended in the
+// ObjectTable then), and completes the call's result from the reply. Each
+// call remembers the incarnation it was sent to and, when its submitter
+// may resend it, its CallSpec.
 //
 // Contract: any thread (one mutex, never held while a result is completed
-// or a message sent). Each call is answered at most once: by its reply, by
-// fail_calls_to() when its actor died, by expire_fetches() past a fetch's
-// deadline (calls have none: they may run as long as they like), or by
-// take_all() at shutdown; whichever comes first removes it.
+// or a message sent; take_sent() completes nothing and sends nothing, so a
+// RemoteActor may call it under its own lock). Each call is answered at
+// most once: by its reply, by take_sent() when its actor restarted or died
+// (the RemoteActor resends or fails it), by withdraw() past its deadline,
+// by expire_fetches() past a fetch's deadline, or by take_all() at
+// shutdown; whichever comes first removes it.
 #pragma once
 
 #include <atomic>
@@ -18,10 +22,12 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "call_sender.hpp"
 #include "object_table.hpp"
 #include "object_transfer.hpp"
 #include "troupe/runtime/actor.hpp"
@@ -43,19 +49,27 @@ class OutboundCalls {
   // `address`, as call number `seq` of this caller to that incarnation.
   // Throws (an argument that failed, a send that failed); then nothing of
   // the call remains here.
+  // With keep_for_retry the spec moves into the call's record (for
+  // take_sent), else it stays with the caller.
   void send_call(ActorId actor_id, const std::string& address, std::uint32_t incarnation, std::uint64_t seq,
-                 CallSpec& spec);
+                 CallSpec& spec, bool keep_for_retry = false);
   // Sends a cancel for a call already sent (no-op once it was answered).
   void cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result);
+  // Forgets a call already failed here (its deadline passed) and sends a
+  // cancel for it, so the host withdraws it if it has not started.
+  void withdraw(ActorId actor_id, const std::string& address, const StatePtr& result);
+  // Removes and returns the unanswered calls sent to `actor_id`: those sent
+  // to an incarnation below `below`, or all (nullopt). Their loans are not
+  // ended here (the caller ends them with end_loans once it is unlocked).
+  std::vector<SentCall> take_sent(ActorId actor_id, std::optional<std::uint32_t> below);
+  void end_loans(const std::vector<ObjectId>& lent);
+  std::size_t calls_in_flight();
   // Fetches object `id` from `location` as a `__fetch` call, failing with
   // object_lost if no answer comes within the fetch timeout.
   StatePtr fetch_by_call(const ObjectId& id, const std::string& location);
 
   // Completes the call `reply` answers (ignored if it was answered already).
   void on_reply(wire::CallReply::Reader reply);
-  // Fails every call sent to `actor_id` with `error` (it died: they will
-  // never be answered).
-  void fail_calls_to(ActorId actor_id, const std::exception_ptr& error);
   // Fails the fetches past their deadline with object_lost.
   void expire_fetches();
   // Removes every call in flight and returns their results (shutdown).
@@ -71,8 +85,12 @@ class OutboundCalls {
     // served from the table until the callee has answered.
     std::vector<ObjectId> lent;
     ActorId actor_id;  // 0 for fetches
-    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();  // fetches
+    std::uint32_t incarnation = 0;
+    std::optional<CallSpec> spec;  // kept for a resend
   };
+  // Removes the entry (its by_result_ index too); lock held.
+  std::unordered_map<std::uint64_t, Inflight>::iterator erase_locked(std::unordered_map<std::uint64_t, Inflight>::iterator it);
 
   const WorkerId worker_id_;
   const std::shared_ptr<transport::CallPlane> calls_;
@@ -81,6 +99,7 @@ class OutboundCalls {
   std::atomic<std::uint64_t> next_call_{1};
   std::mutex mutex_;
   std::unordered_map<std::uint64_t, Inflight> inflight_;
+  std::unordered_map<ObjectId, std::uint64_t> by_result_;  // a call's result id -> its call id (not fetches)
   std::size_t fetches_in_flight_ = 0;  // entries of inflight_ with a deadline
 };
 

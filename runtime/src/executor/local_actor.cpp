@@ -3,6 +3,7 @@
 #include "local_runtime.hpp"
 
 #include <algorithm>
+#include <optional>
 
 #include "troupe/runtime/logging.hpp"
 
@@ -48,7 +49,9 @@ LocalActor::LocalActor(std::shared_ptr<LocalRuntime> runtime, ActorId id, const 
       cls_(cls),
       options_(std::move(options)),
       max_concurrency_(options_.max_concurrency),
-      ctor_args_(std::move(ctor_args)) {}
+      ctor_args_(std::move(ctor_args)),
+      max_pending_(options_.max_pending_calls > 0 ? options_.max_pending_calls
+                                                  : ActorOptions::kDefaultMaxPendingCalls) {}
 
 LocalActor::~LocalActor() {
   // The last handle is gone: nothing can call this actor any more. Whatever
@@ -174,12 +177,46 @@ void LocalActor::construct() {
   schedule();
 }
 
-void LocalActor::submit(CallSpec call) { submit_from(std::move(call), caller_id(current_actor())); }
+void LocalActor::submit(CallSpec call) {
+  enqueue(std::move(call), caller_id(current_actor()), Admission::local);
+}
 
 void LocalActor::submit_from(CallSpec call, CallerId caller) {
+  enqueue(std::move(call), caller, Admission::remote);
+}
+
+std::exception_ptr LocalActor::wait_for_room_locked(std::unique_lock<std::mutex>& lock,
+                                                    std::chrono::steady_clock::time_point deadline) {
+  // A pool thread that waits gets a stand-in (the calls that make room
+  // may need a thread), made outside the lock.
+  std::optional<BlockingRegion> region;
+  while (pending_ >= max_pending_) {
+    if (state_ == ActorState::dead || !runtime_->running()) return nullptr;  // enqueue says why
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
+      return make_error(Errc::timeout, actor_label(cls_, options_.name, id_) + " had " +
+                                           std::to_string(pending_) +
+                                           " calls pending (max_pending_calls) until the call's deadline passed");
+    }
+    if (!region) {
+      lock.unlock();
+      region.emplace();
+      lock.lock();
+      continue;
+    }
+    ++room_waiters_;
+    room_.wait_until(lock, std::min(deadline, now + std::chrono::milliseconds(200)));
+    --room_waiters_;
+  }
+  return nullptr;
+}
+
+void LocalActor::enqueue(CallSpec call, CallerId caller, Admission admission) {
   auto task = std::make_shared<Task>();
   task->spec = std::move(call);
   task->caller = caller;
+  if (!task->spec.retries) task->spec.retries = options_.max_task_retries;
+  const auto deadline = task->spec.deadline;
   // The arguments still pending now; exactly these get a callback below
   // (one that completes in between runs its callback at registration).
   std::vector<StatePtr> pending;
@@ -189,24 +226,56 @@ void LocalActor::submit_from(CallSpec call, CallerId caller) {
   task->unresolved.store(static_cast<int>(pending.size()) + 1, std::memory_order_relaxed);  // +1: guard
   {
     std::unique_lock lock(mutex_);
-    if (state_ == ActorState::dead || !runtime_->running()) {
+    std::exception_ptr refused;
+    if (admission == Admission::remote) {
+      auto queue = queues_.find(caller);
+      if (queue != queues_.end() && queue->second.size() >= max_pending_) {
+        refused = make_error(Errc::overloaded, actor_label(cls_, options_.name, id_) + " has " +
+                                                   std::to_string(queue->second.size()) +
+                                                   " calls queued from this caller (max_pending_calls " +
+                                                   std::to_string(max_pending_) + "); not queued");
+      }
+    } else if (pending_ >= max_pending_ && state_ != ActorState::dead) {
+      // An actor calling itself would wait for itself: it fails instead.
+      if (options_.backpressure == Backpressure::fail || current_actor() == id_) {
+        refused = make_error(Errc::overloaded, actor_label(cls_, options_.name, id_) + " has " +
+                                                   std::to_string(pending_) + " calls pending (max_pending_calls " +
+                                                   std::to_string(max_pending_) + "); not queued");
+      } else {
+        refused = wait_for_room_locked(lock, deadline);
+      }
+    }
+    if (!refused && (state_ == ActorState::dead || !runtime_->running())) {
       std::string why = state_ == ActorState::dead ? status_ : "the runtime is shut down";
+      refused = make_error(runtime_->running() ? Errc::actor_died : Errc::cancelled,
+                           actor_label(cls_, options_.name, id_) + " cannot take calls: " + why);
+    }
+    if (refused) {
       lock.unlock();
-      task->spec.result->set_error(
-          make_error(runtime_->running() ? Errc::actor_died : Errc::cancelled,
-                     actor_label(cls_, options_.name, id_) + " cannot take calls: " + why));
+      task->spec.result->set_error(refused);
       return;
     }
     task->seq = next_seq_++;
+    task->where = Where::queued;
+    ++pending_;
     queues_[task->caller].push_back(task);
+    if (withdrawn_queued_ > 1024 && withdrawn_queued_ > pending_) sweep_withdrawn_locked();
   }
   std::weak_ptr<LocalActor> weak_self = weak_from_this();
   std::weak_ptr<Task> weak_task = task;
   task->spec.result->set_canceller([weak_self, weak_task] {
     auto self = weak_self.lock();
     auto t = weak_task.lock();
-    return self && t && self->cancel(t);
+    return self && t &&
+           self->withdraw(t, make_error(Errc::cancelled, t->spec.method->qualified + " was cancelled before it started"));
   });
+  if (deadline != std::chrono::steady_clock::time_point::max()) {
+    runtime_->deadlines().add(deadline, task->spec.result, [weak_self, weak_task] {
+      auto self = weak_self.lock();
+      auto t = weak_task.lock();
+      if (self && t) self->expire(t);
+    });
+  }
   if (!pending.empty()) {
     auto self = shared_from_this();
     for (const auto& ref : pending) {
@@ -223,7 +292,10 @@ LocalActor::TaskPtr LocalActor::pick_ready_locked() {
   std::deque<TaskPtr>* best_queue = nullptr;
   for (auto it = queues_.begin(); it != queues_.end();) {
     auto& queue = it->second;
-    while (!queue.empty() && queue.front()->cancelled) queue.pop_front();
+    while (!queue.empty() && queue.front()->where == Where::withdrawn) {
+      queue.pop_front();
+      --withdrawn_queued_;
+    }
     if (queue.empty()) {
       it = queues_.erase(it);
       continue;
@@ -235,7 +307,10 @@ LocalActor::TaskPtr LocalActor::pick_ready_locked() {
     }
     ++it;
   }
-  if (best) best_queue->pop_front();
+  if (best) {
+    best_queue->pop_front();
+    best->where = Where::running;
+  }
   return best;
 }
 
@@ -267,6 +342,7 @@ void LocalActor::run_loop(TaskPtr task) {
     run(task);
     std::lock_guard lock(mutex_);
     running_.erase(std::find(running_.begin(), running_.end(), task));
+    leave_locked(*task, Where::done);
     task.reset();
     if (state_ != ActorState::alive) break;
     if (i + 1 >= kBatch) break;
@@ -278,7 +354,18 @@ void LocalActor::run_loop(TaskPtr task) {
 
 void LocalActor::run(const TaskPtr& task) {
   auto& spec = task->spec;
-  if (spec.result->is_ready()) return;  // killed or cancelled meanwhile
+  std::shared_ptr<void> instance;
+  std::vector<int> gpus;
+  {
+    // From here on the call has started: a cancel or a deadline no longer
+    // withdraws it.
+    std::lock_guard lock(mutex_);
+    if (task->where == Where::withdrawn) return;
+    task->started = true;
+    instance = instance_;
+    gpus = gpus_;
+  }
+  if (spec.result->is_ready()) return;  // killed meanwhile
   ArgValues values;
   values.reserve(spec.args.size());
   for (auto& slot : spec.args) {
@@ -293,13 +380,6 @@ void LocalActor::run(const TaskPtr& task) {
     }
   }
   spec.args.clear();  // values now hold the only references a call owns
-  std::shared_ptr<void> instance;
-  std::vector<int> gpus;
-  {
-    std::lock_guard lock(mutex_);
-    instance = instance_;
-    gpus = gpus_;
-  }
   if (!instance) {
     spec.result->set_error(make_error(Errc::actor_died, "actor instance is gone"));
     return;
@@ -327,30 +407,83 @@ void LocalActor::run(const TaskPtr& task) {
   }
 }
 
-bool LocalActor::cancel(const TaskPtr& task) {
+void LocalActor::leave_locked(Task& task, Where to) {
+  if (task.where == Where::queued || task.where == Where::running) {
+    --pending_;
+    if (room_waiters_ > 0) room_.notify_all();
+  }
+  task.where = to;
+}
+
+bool LocalActor::withdraw(const TaskPtr& task, const std::exception_ptr& error) {
   {
     std::lock_guard lock(mutex_);
-    if (task->cancelled) return false;
-    if (std::find(running_.begin(), running_.end(), task) != running_.end()) return false;
-    auto queue = queues_.find(task->caller);
-    if (queue == queues_.end() ||
-        std::find(queue->second.begin(), queue->second.end(), task) == queue->second.end()) {
+    if (task->where == Where::queued) {
+      leave_locked(*task, Where::withdrawn);
+      ++withdrawn_queued_;
+    } else if (task->where == Where::running && !task->started) {
+      leave_locked(*task, Where::withdrawn);  // picked, not started: run() skips it
+    } else {
       return false;
     }
-    task->cancelled = true;
   }
-  bool cancelled = task->spec.result->set_error(
-      make_error(Errc::cancelled, task->spec.method->qualified + " was cancelled before it started"));
-  schedule();  // the cancelled call may have been blocking its caller's queue
-  return cancelled;
+  bool withdrawn = task->spec.result->set_error(error);
+  schedule();  // the withdrawn call may have been blocking its caller's queue
+  return withdrawn;
+}
+
+void LocalActor::expire(const TaskPtr& task) {
+  const std::string& method = task->spec.method->qualified;
+  if (withdraw(task, make_error(Errc::timeout, method + " did not start before its deadline; withdrawn, never run")))
+    return;
+  // Started already: the caller stops waiting, the method runs on.
+  task->spec.result->set_error(make_error(
+      Errc::timeout, method + " did not finish before its deadline; it runs on, its result is dropped"));
+}
+
+void LocalActor::sweep_withdrawn_locked() {
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    std::erase_if(it->second, [](const TaskPtr& task) { return task->where == Where::withdrawn; });
+    it = it->second.empty() ? queues_.erase(it) : std::next(it);
+  }
+  withdrawn_queued_ = 0;
 }
 
 void LocalActor::fail_queued_locked(std::vector<TaskPtr>& out) {
   for (auto& [caller, queue] : queues_) {
-    for (auto& task : queue) out.push_back(task);
+    for (auto& task : queue) {
+      if (task->where == Where::withdrawn) continue;
+      leave_locked(*task, Where::done);
+      out.push_back(task);
+    }
   }
   queues_.clear();
+  withdrawn_queued_ = 0;
   for (auto& task : running_) out.push_back(task);  // they finish, but their results are void
+  if (room_waiters_ > 0) room_.notify_all();
+}
+
+void LocalActor::keep_retried_locked(std::vector<TaskPtr>& out) {
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    auto& queue = it->second;
+    std::erase_if(queue, [&](const TaskPtr& task) {
+      if (task->where == Where::withdrawn) return true;
+      int& retries = *task->spec.retries;
+      if (retries == 0) {
+        leave_locked(*task, Where::done);
+        out.push_back(task);
+        return true;
+      }
+      if (retries > 0) --retries;
+      return false;  // stays queued for the new instance
+    });
+    it = queue.empty() ? queues_.erase(it) : std::next(it);
+  }
+  withdrawn_queued_ = 0;
+  // A running call ends on the old instance; with retries left its result
+  // stands (it ran once), without it fails as the instance is gone.
+  for (auto& task : running_)
+    if (*task->spec.retries == 0) out.push_back(task);
 }
 
 void LocalActor::release_resources_locked(std::optional<Allocation>& out) {
@@ -386,19 +519,22 @@ void LocalActor::kill(bool no_restart) {
     if (state_ == ActorState::dead) return;
     const bool can_restart = options_.max_restarts < 0 || restarts_ < options_.max_restarts;
     if (!no_restart && can_restart && state_ != ActorState::pending) {
-      // Ray semantics: calls in flight when the actor dies fail; the rebuilt
-      // actor (from the same constructor arguments) serves later calls.
+      // Ray semantics: calls in flight when the actor dies fail, unless
+      // they have retries left (max_task_retries): then the queued ones wait
+      // for the rebuilt actor (from the same constructor arguments), which
+      // serves them, in order, before later calls.
       state_ = ActorState::restarting;
       status_ = "restarting after kill";
       ++restarts_;
       instance_.reset();
-      fail_queued_locked(failed);
+      keep_retried_locked(failed);
       restart = true;
     } else {
       die_locked(no_restart ? "killed" : "killed, no restarts left", failed, freed);
     }
   }
-  const std::string message = actor_label(cls_, options_.name, id_) + " was killed";
+  const std::string message = actor_label(cls_, options_.name, id_) +
+                              (restart ? " was killed and restarted (the call had no retries left)" : " was killed");
   for (auto& task : failed) task->spec.result->set_error(make_error(Errc::actor_died, message));
   if (restart) {
     auto self = shared_from_this();

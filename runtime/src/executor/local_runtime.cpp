@@ -77,6 +77,8 @@ scheduler::ResourceRequest to_request(const ResourceSpec& spec) {
 void validate_actor_options(const ActorOptions& options) {
   if (options.max_concurrency < 1) throw_error(Errc::invalid_argument, "max_concurrency must be at least 1");
   if (options.max_restarts < -1) throw_error(Errc::invalid_argument, "max_restarts must be -1 or more");
+  if (options.max_task_retries < -1) throw_error(Errc::invalid_argument, "max_task_retries must be -1 or more");
+  if (options.max_pending_calls < 1) throw_error(Errc::invalid_argument, "max_pending_calls must be at least 1");
   if (options.placement_group.valid()) {
     const auto& group = *options.placement_group.core();
     if (options.bundle_index < -1 || options.bundle_index >= static_cast<int>(group.bundles.size())) {
@@ -108,7 +110,8 @@ static int pool_size(int requested) {
   return std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
-LocalRuntime::LocalRuntime(const InitOptions& options) : pool_(pool_size(options.num_threads)) {
+LocalRuntime::LocalRuntime(const InitOptions& options)
+    : pool_(pool_size(options.num_threads)), deadlines_(std::make_shared<DeadlineQueue>(pool_.context())) {
   scheduler::NodeInfo node;
   node.node_id = "local";
   std::string declared = options.gpus;
@@ -129,7 +132,10 @@ LocalRuntime::LocalRuntime(const InitOptions& options) : pool_(pool_size(options
   }
 }
 
-LocalRuntime::~LocalRuntime() { pool_.stop(); }
+LocalRuntime::~LocalRuntime() {
+  deadlines_->stop();
+  pool_.stop();
+}
 
 std::shared_ptr<ActorCore> LocalRuntime::create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                                       ActorOptions options) {
@@ -408,6 +414,7 @@ void LocalRuntime::shutdown() {
   }
   for (auto& actor : actors) actor->terminate(Errc::cancelled, "the runtime shut down");
   for (auto& group : groups) group->ready_promise.set_error(make_error(Errc::cancelled, "the runtime shut down"));
+  deadlines_->stop();
   pool_.stop();
   std::lock_guard lock(mutex_);
   named_.clear();

@@ -8,6 +8,7 @@
 // (this machine, with its detected or declared GPUs).
 #pragma once
 
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "deadline_queue.hpp"
 #include "thread_pool.hpp"
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/runtime.hpp"
@@ -87,8 +89,13 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   std::string status_message() const override;
   int restarts() const override;
   std::vector<int> gpu_ids() const override;
+  // A call from this process: past max_pending_calls pending calls (queued
+  // or running, all callers) it waits for room or fails with `overloaded`,
+  // as options().backpressure says (an actor calling itself never waits).
   void submit(CallSpec call) override;
-  // As submit(), for a call that arrived from `caller` over the wire.
+  // A call that arrived from `caller` over the wire (an actor host's call
+  // server): never waits; past max_pending_calls calls queued from that
+  // caller it fails at once with `overloaded`.
   void submit_from(CallSpec call, CallerId caller);
   void kill(bool no_restart) override;
 
@@ -100,14 +107,21 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   void terminate(Errc code, const std::string& why);
 
  private:
+  // Where a task is; guarded by mutex_. `pending_` counts the queued and
+  // running ones; a withdrawn task (cancelled, or past its deadline, before
+  // it started) stays in its queue (or running_, when picked but not
+  // started) until popped, swept or skipped.
+  enum class Where { queued, running, done, withdrawn };
   struct Task {
     CallSpec spec;
     std::uint64_t seq = 0;
     CallerId caller;
     std::atomic<int> unresolved{0};
-    bool cancelled = false;  // guarded by mutex_
+    Where where = Where::queued;
+    bool started = false;  // run() began it (a withdraw comes too late); guarded by mutex_
   };
   using TaskPtr = std::shared_ptr<Task>;
+  enum class Admission { local, remote };
 
   void start_construction();
   void construct();
@@ -115,8 +129,20 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   TaskPtr pick_ready_locked();
   void run_loop(TaskPtr task);
   void run(const TaskPtr& task);
-  bool cancel(const TaskPtr& task);
+  void enqueue(CallSpec call, CallerId caller, Admission admission);
+  // Waits (lock held on entry and exit) until fewer than max_pending_
+  // calls are pending; returns why not (dead, shut down, deadline) or null.
+  std::exception_ptr wait_for_room_locked(std::unique_lock<std::mutex>& lock,
+                                          std::chrono::steady_clock::time_point deadline);
+  // Takes a queued task out with `error` (true); false once it started.
+  bool withdraw(const TaskPtr& task, const std::exception_ptr& error);
+  void expire(const TaskPtr& task);
+  void leave_locked(Task& task, Where to);  // a queued or running task is done
+  void sweep_withdrawn_locked();
   void fail_queued_locked(std::vector<TaskPtr>& out);
+  // Restart: the queued tasks with retries left stay queued (one retry
+  // used), the others and the running ones without retries go to `out`.
+  void keep_retried_locked(std::vector<TaskPtr>& out);
   void release_resources_locked(std::optional<Allocation>& out);
   void die_locked(std::string reason, std::vector<TaskPtr>& failed, std::optional<Allocation>& freed);
   void finish_death(Errc code, const std::string& reason, std::vector<TaskPtr>& failed,
@@ -140,6 +166,11 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   std::vector<TaskPtr> running_;
   std::uint64_t next_seq_ = 0;
   int restarts_ = 0;
+  const std::size_t max_pending_;
+  std::size_t pending_ = 0;           // tasks queued or running
+  std::size_t withdrawn_queued_ = 0;  // withdrawn tasks still in queues_
+  std::condition_variable room_;      // pending_ fell, or the actor died
+  int room_waiters_ = 0;
 };
 
 class LocalRuntime final : public Backend, public std::enable_shared_from_this<LocalRuntime> {
@@ -160,6 +191,8 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
   std::shared_ptr<ActorCore> find(const ActorId& id) override;
   void forget(const LocalActor& actor);  // on death: drop name and index
   void release(const Allocation& allocation);
+  // Call deadlines (CallOptions::timeout), served on this runtime's pool.
+  DeadlineQueue& deadlines() noexcept { return *deadlines_; }
 
   PlacementGroup create_group(std::vector<ResourceSpec> bundles, PlacementStrategy strategy,
                               std::string name) override;
@@ -181,6 +214,7 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
   void retry_groups_locked();
 
   ThreadPool pool_;
+  std::shared_ptr<DeadlineQueue> deadlines_;  // after pool_: its timer goes first
   std::atomic<bool> running_{true};
   std::mutex mutex_;
   std::vector<scheduler::NodeState> nodes_;  // exactly one: this machine

@@ -72,6 +72,13 @@ PlacementGroup placement_group(std::vector<ResourceSpec> bundles,
 // Releases the reservation; actors placed in it are killed.
 void remove_placement_group(const PlacementGroup& group);
 
+// What a call does when its actor already has max_pending_calls calls
+// pending (queued, sent or running) from this process.
+enum class Backpressure {
+  block,  // the caller waits for room (until the call's deadline, if any)
+  fail,   // the call fails at once with OverloadedError (Errc::overloaded)
+};
+
 struct ActorOptions {
   std::string name;                         // unique among live actors; "" = anonymous
   std::map<std::string, double> resources;  // e.g. {{"GPU", 1}}; default: none
@@ -82,6 +89,30 @@ struct ActorOptions {
   int max_concurrency = 1;                  // calls that may run at once (>1: opt in, no order)
   PlacementGroup placement_group;           // optional
   int bundle_index = -1;                    // with placement_group; -1 = any bundle
+  // Calls in flight when the actor restarts: 0 fails them with
+  // ActorDiedError (at-most-once); N > 0 resends each up to N times to the
+  // new incarnation, in their order (at-least-once: a call may run twice);
+  // -1 resends without limit. Ray's max_task_retries.
+  int max_task_retries = 0;
+  // Calls of one caller process pending at once (not yet answered); past
+  // it `backpressure` applies. The actor's host bounds each caller's queue
+  // by the same number (a call past it is answered OverloadedError).
+  std::size_t max_pending_calls = kDefaultMaxPendingCalls;
+  Backpressure backpressure = Backpressure::block;
+
+  static constexpr std::size_t kDefaultMaxPendingCalls = 100000;
+};
+
+// Per-call options: `handle.with_options({.timeout = 2s}).call<&C::m>(...)`
+// (Ray's `.options()`, torch.distributed.rpc's `timeout=`).
+struct CallOptions {
+  // The call fails with TimeoutError once this much time has passed since
+  // it was made (zero: no deadline), wherever it is: waiting for room,
+  // queued, sent or running. A call that has not started by then is
+  // withdrawn and never runs; one that started runs on, its result dropped.
+  std::chrono::milliseconds timeout{0};
+  // Overrides ActorOptions::max_task_retries for these calls.
+  std::optional<int> max_task_retries;
 };
 
 namespace detail {
@@ -98,6 +129,12 @@ struct CallSpec {
   const MethodInfo* method = nullptr;
   std::vector<ArgSlot> args;
   StatePtr result;
+  // From CallOptions: when the call fails with TimeoutError (max: never),
+  // and the resends left after a restart (unset: the actor's
+  // max_task_retries; -1: no limit).
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  std::optional<int> retries;
+  std::uint64_t order = 0;  // set by a cluster submitter: the call's place among this caller's calls
 };
 
 // One actor as a backend sees it. Local mode implements it with an
@@ -169,10 +206,13 @@ class ActorHandle {
   ActorHandle() = default;
   explicit ActorHandle(std::shared_ptr<detail::ActorCore> core) : core_(std::move(core)) {}
 
-  // Calls a registered method; returns at once. Each argument may be a value
-  // or an ObjectRef<T> of the parameter's type, which is resolved before the
-  // method runs (a parameter declared ObjectRef<T> receives the ref itself).
-  // Calls from one caller run in the order they were made (max_concurrency 1).
+  // Calls a registered method; returns at once (unless the actor already
+  // has max_pending_calls calls pending from this process and its
+  // backpressure is `block`: then it waits for room). Each argument may be
+  // a value or an ObjectRef<T> of the parameter's type, which is resolved
+  // before the method runs (a parameter declared ObjectRef<T> receives the
+  // ref itself). Calls from one caller run in the order they were made
+  // (max_concurrency 1).
   template <auto Method, class... Args>
   auto call(Args&&... args) const {
     using Traits = detail::method_traits<decltype(Method)>;
@@ -185,10 +225,22 @@ class ActorHandle {
     spec.method = method;
     spec.args = detail::make_args<typename Traits::params>(std::forward<Args>(args)...);
     spec.result = std::make_shared<detail::ObjectState>();
+    if (options_.timeout.count() > 0) spec.deadline = std::chrono::steady_clock::now() + options_.timeout;
+    spec.retries = options_.max_task_retries;
     ObjectRef<Result> ref(spec.result);
     checked().submit(std::move(spec));
     return ref;
   }
+
+  // A handle to the same actor whose calls take `options` (a deadline,
+  // retries). Cheap; the options are not part of a handle passed to
+  // another process.
+  [[nodiscard]] ActorHandle with_options(CallOptions options) const {
+    ActorHandle copy(*this);
+    copy.options_ = std::move(options);
+    return copy;
+  }
+  const CallOptions& call_options() const noexcept { return options_; }
 
   bool valid() const noexcept { return core_ != nullptr; }
   // The actor's id, unique in the cluster (and across restarts of the actor).
@@ -221,6 +273,7 @@ class ActorHandle {
     return *core_;
   }
   std::shared_ptr<detail::ActorCore> core_;
+  CallOptions options_;
 };
 
 // Creates an actor: placement and construction happen asynchronously; calls
@@ -252,7 +305,9 @@ ActorHandle<A> get_actor(std::string_view name) {
 
 // Kills an actor: queued and running calls fail with ActorDiedError. With
 // no_restart = false an actor with restarts left is rebuilt from its
-// constructor arguments and serves later calls (Ray's ray.kill semantics).
+// constructor arguments and serves later calls (Ray's ray.kill semantics);
+// calls with retries left (max_task_retries) are then served by the new
+// instance instead of failing.
 template <class A>
 void kill(const ActorHandle<A>& handle, bool no_restart = true) {
   if (!handle.valid()) detail::throw_no_actor();

@@ -31,6 +31,7 @@ enum class Errc : int {
   unsupported,       // the feature is not available in this build or mode
   internal,          // a broken invariant inside troupe (a bug: please report)
   permission_denied, // not a member of the cluster (no or wrong token), or not the owner of that actor or job
+  overloaded,        // a bound was reached: an actor's pending calls (max_pending_calls), a host's queue for one caller, a peer's send queue
 };
 
 // Stable lower-case name of a code, e.g. "actor_died".
@@ -75,6 +76,10 @@ class TimeoutError : public Error {
 class CancelledError : public Error {
  public:
   explicit CancelledError(std::string message) : Error(Errc::cancelled, std::move(message)) {}
+};
+class OverloadedError : public Error {
+ public:
+  explicit OverloadedError(std::string message) : Error(Errc::overloaded, std::move(message)) {}
 };
 
 // Builds the most specific exception for `code` (TaskError for task_failed,

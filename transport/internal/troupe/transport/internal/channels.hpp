@@ -14,8 +14,10 @@
 // after its last send so that what was queued for it still goes out (at
 // most 256 linger at once; more close at once); a later send to that peer
 // opens a new socket. So any number of callers leaves the file descriptors
-// bounded. With membership() set at construction, the ROUTER is a CURVE
-// server admitting members only and the DEALERs are CURVE clients.
+// bounded. Each DEALER queues at most kSendHighWaterMark messages; a send
+// to a peer whose queue is full fails with `overloaded` at once. With
+// membership() set at construction, the ROUTER is a CURVE server admitting
+// members only and the DEALERs are CURVE clients.
 //
 // Both throw troupe::Error (timeout, cancelled once stopped, transport);
 // the runtime converts it at its boundary.
@@ -108,8 +110,12 @@ class CallPlane {
   // `on_message` runs on one of its threads inside `batch_scope`. One
   // thread at a time receives; messages are dispatched in arrival order.
   void start();
-  // Sends to the inbound socket of the process at `address`. Any thread.
+  // Sends to the inbound socket of the process at `address`. Any thread;
+  // never waits: at most kSendHighWaterMark messages queue per peer (in
+  // ZeroMQ, beside what the kernel's socket buffers hold), and a send
+  // past that fails with Error(overloaded).
   void send(const std::string& address, capnp::MallocMessageBuilder& message);
+  static constexpr int kSendHighWaterMark = 1 << 18;
   // The bound on outbound sockets (LRU); at least 1. Any thread.
   static constexpr std::size_t kDefaultMaxOutboundPeers = 256;
   static constexpr std::chrono::milliseconds kEvictedLinger{500};
