@@ -2,7 +2,9 @@
 // between two actors on a worker; the calls keep flowing while it is down;
 // the head restarted on the same session root recovers its state from the
 // store, the worker comes back, its actor hosts are adopted (same
-// incarnation, same pids), the driver carries on and its job finishes.
+// incarnation, same pids), the driver carries on and its job finishes. The
+// head stays down longer than the workers' fencing timeout: a head whose
+// port refuses connections is down, not cut off, and fences nobody.
 // TROUPE_TEST_LABELS: cluster slow
 #include <signal.h>
 
@@ -44,12 +46,18 @@ TEST(HeadRecovery, AHeadKilledAndRestartedAdoptsTheWorkersActorsAndTheJobCarries
   ASSERT_GT(head_pid, 0);
   ASSERT_EQ(::kill(head_pid, SIGKILL), 0);
   ASSERT_TRUE(eventually([&] { return ::kill(head_pid, 0) != 0; }, 10s));
+  const auto killed_at = std::chrono::steady_clock::now();
   const fs::path old_session = cluster.session();
 
   // Calls between actors never pass through the head.
   long at_death = read_count(progress);
   EXPECT_TRUE(eventually([&] { return read_count(progress) >= at_death + 20; }, 60s))
       << "calls stopped with the head (at " << at_death << ")";
+
+  // Down for longer than a worker's fencing timeout (under the whole
+  // detection time): the worker keeps its hosts all the same.
+  std::this_thread::sleep_until(killed_at + cluster.node_timeout() + 2s);
+  EXPECT_TRUE(read_count(progress) > at_death) << "the actors stopped while the head was down";
 
   // The head comes back on the same root: it finds the previous session's
   // state (as it finds its token) and recovers.

@@ -1,10 +1,15 @@
 #include "troupe/node/node_manager.hpp"
 
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -38,6 +43,43 @@ constexpr auto kFetchTimeout = std::chrono::seconds(60);
 // heartbeat's host list covers it).
 constexpr auto kReportResend = std::chrono::milliseconds(1000);
 constexpr std::size_t kMaxReports = 10000;
+
+// Whether nothing listens at `address` (HOST:PORT): a TCP connect is
+// refused at once. That is a head process that is not running (killed,
+// restarting), which cannot declare this node dead meanwhile; a partition
+// or a lost machine makes the connect time out or fail otherwise, and a
+// stalled head still accepts. False whenever it cannot tell.
+bool head_refuses_connections(const std::string& address, std::chrono::milliseconds timeout) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos) return false;
+  std::string host = address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  const std::string port = address.substr(colon + 1);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0 || found == nullptr) return false;
+  bool refused = false;
+  int fd = ::socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    int rc = ::connect(fd, found->ai_addr, found->ai_addrlen);
+    if (rc != 0 && errno == ECONNREFUSED) {
+      refused = true;
+    } else if (rc != 0 && errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      if (::poll(&p, 1, static_cast<int>(timeout.count())) == 1) {
+        int error = 0;
+        socklen_t length = sizeof error;
+        ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length);
+        refused = error == ECONNREFUSED;
+      }
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  return refused;
+}
 // (actor, incarnation) pairs whose host ended, remembered so that a
 // startActor sent again after the host ended does not start it twice.
 constexpr std::size_t kMaxFinished = 4096;
@@ -534,7 +576,7 @@ class NodeManager {
         }
       }
     }
-    if (now - last_contact_ > fence_after_ && (!hosts_.empty() || !fetches_.empty())) {
+    if (now - last_contact_ > fence_after_ && (!hosts_.empty() || !fetches_.empty()) && !head_process_down(now)) {
       fence("no word from the head at " + config_.head_address + " for " +
             std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - last_contact_).count()) +
             " ms");
@@ -547,6 +589,23 @@ class NodeManager {
         ++it;
       }
     }
+  }
+
+  // Fencing spares a head that is down, not cut off: while the head's port
+  // refuses connections no head runs there to restart this node's actors
+  // elsewhere, so they keep running for the restarted head to adopt
+  // (docs/fault-tolerance.md). Checked at most once a second.
+  bool head_process_down(Clock::time_point now) {
+    if (now < next_refusal_check_) return head_down_;
+    next_refusal_check_ = now + std::chrono::seconds(1);
+    const bool down = head_refuses_connections(config_.head_address, std::chrono::milliseconds(300));
+    if (down && !head_down_) {
+      TROUPE_LOG_WARN("node {}: the head at {} is not running (connection refused); keeping {} actor host(s) "
+                      "for it to adopt when it restarts",
+                      config_.node_id.short_hex(), config_.head_address, hosts_.size());
+    }
+    head_down_ = down;
+    return down;
   }
 
   // Stops every actor host of this node (their exits are reported as
@@ -613,6 +672,8 @@ class NodeManager {
   std::vector<std::pair<ActorId, std::uint32_t>> finished_;
   Clock::time_point last_contact_ = Clock::now();  // last message from the head
   std::chrono::milliseconds fence_after_{std::chrono::hours(24 * 365)};  // set at registration
+  Clock::time_point next_refusal_check_{};
+  bool head_down_ = false;  // the last check found the head's port refusing connections
 };
 
 }  // namespace
