@@ -604,6 +604,15 @@ class NodeManager {
                       "for it to adopt when it restarts",
                       config_.node_id.short_hex(), config_.head_address, hosts_.size());
     }
+    if (head_down_ && !down) {
+      // The head is back (its port accepts again): it has the fencing
+      // timeout from now to answer this node's registration, as at a start.
+      TROUPE_LOG_INFO("node {}: the head at {} accepts connections again", config_.node_id.short_hex(),
+                      config_.head_address);
+      head_down_ = false;
+      last_contact_ = now;
+      return true;
+    }
     head_down_ = down;
     return down;
   }
