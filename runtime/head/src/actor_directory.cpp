@@ -306,6 +306,10 @@ void ActorDirectory::send_start(ActorEntry& actor, const std::string& node_ident
 
 void ActorDirectory::resend_unacknowledged(Clock::time_point now) {
   const auto start_timeout = std::chrono::milliseconds(context_.config.actor_start_timeout_ms);
+  // Starts that timed out are ended after the walk: ending one may restart
+  // the actor, which changes start_requests_ under the iterator.
+  std::vector<std::pair<ActorId, std::uint32_t>> timed_out;
+  std::vector<std::string> timed_out_why;
   for (auto it = start_requests_.begin(); it != start_requests_.end();) {
     auto& sent = it->second;
     auto found = actors_.find(sent.actor);
@@ -319,12 +323,11 @@ void ActorDirectory::resend_unacknowledged(Clock::time_point now) {
     }
     ActorEntry& actor = found->second;
     if (now - sent.sent_at >= start_timeout) {
-      it = start_requests_.erase(it);
       std::string why = "did not start within " + std::to_string(start_timeout.count() / 1000) + " s on node " +
                         actor.node.short_hex() + (sent.acked ? "" : " (the node never acknowledged startActor)");
-      TROUPE_LOG_WARN("head: actor {} {}", actor.id.short_hex(), why);
-      send_kill_to_node(actor);  // a host that comes up late is stopped
-      actor_exited(actor, Errc::actor_died, why);
+      timed_out.emplace_back(actor.id, actor.incarnation);
+      timed_out_why.push_back(std::move(why));
+      it = start_requests_.erase(it);
       continue;
     }
     if (!sent.acked && now >= sent.resend_at) {
@@ -334,6 +337,16 @@ void ActorDirectory::resend_unacknowledged(Clock::time_point now) {
       send_start(actor, node->identity, it->first);
     }
     ++it;
+  }
+  for (std::size_t i = 0; i < timed_out.size(); ++i) {
+    auto found = actors_.find(timed_out[i].first);
+    if (found == actors_.end() || found->second.state == ActorState::DEAD ||
+        found->second.incarnation != timed_out[i].second)
+      continue;
+    ActorEntry& actor = found->second;
+    TROUPE_LOG_WARN("head: actor {} {}", actor.id.short_hex(), timed_out_why[i]);
+    send_kill_to_node(actor);  // a host that comes up late is stopped
+    actor_exited(actor, Errc::actor_died, timed_out_why[i]);
   }
   for (auto it = kill_requests_.begin(); it != kill_requests_.end();) {
     auto& sent = it->second;
