@@ -57,7 +57,9 @@ TEST(HeadRecovery, AHeadKilledAndRestartedAdoptsTheWorkersActorsAndTheJobCarries
   // Down for longer than a worker's fencing timeout (under the whole
   // detection time): the worker keeps its hosts all the same.
   std::this_thread::sleep_until(killed_at + cluster.node_timeout() + 2s);
-  EXPECT_TRUE(read_count(progress) > at_death) << "the actors stopped while the head was down";
+  // (The job rewrites its progress file: a read may catch it empty.)
+  EXPECT_TRUE(eventually([&] { return read_count(progress) >= at_death + 20; }, 30s))
+      << "the actors stopped while the head was down";
 
   // The head comes back on the same root: it finds the previous session's
   // state (as it finds its token) and recovers.
