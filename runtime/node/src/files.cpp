@@ -82,22 +82,40 @@ void ensure_private_directory(const fs::path& path) {
     throw_error(Errc::permission_denied, "cannot make " + path.string() + " private (chmod 700): " + std::strerror(errno));
 }
 
-bool file_matches_hash(const fs::path& path, const std::string& hash) {
+namespace {
+
+using HashKey = std::tuple<std::string, std::string, off_t, long, long, ino_t>;
+std::mutex g_hash_mutex;
+std::map<HashKey, bool> g_known_hashes;
+
+std::optional<HashKey> hash_key(const fs::path& path, const std::string& hash) {
   struct stat info{};
-  if (::stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) return false;
-  using Key = std::tuple<std::string, std::string, off_t, long, long, ino_t>;
-  Key key{path.string(), hash, info.st_size, info.st_mtim.tv_sec, info.st_mtim.tv_nsec, info.st_ino};
-  static std::mutex mutex;
-  static std::map<Key, bool> known;
+  if (::stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) return std::nullopt;
+  return HashKey{path.string(), hash, info.st_size, info.st_mtim.tv_sec, info.st_mtim.tv_nsec, info.st_ino};
+}
+
+}  // namespace
+
+std::optional<bool> known_file_hash_match(const fs::path& path, const std::string& hash) {
+  auto key = hash_key(path, hash);
+  if (!key) return false;
+  std::lock_guard lock(g_hash_mutex);
+  if (auto it = g_known_hashes.find(*key); it != g_known_hashes.end()) return it->second;
+  return std::nullopt;
+}
+
+bool file_matches_hash(const fs::path& path, const std::string& hash) {
+  auto key = hash_key(path, hash);
+  if (!key) return false;
   {
-    std::lock_guard lock(mutex);
-    if (auto it = known.find(key); it != known.end()) return it->second;
+    std::lock_guard lock(g_hash_mutex);
+    if (auto it = g_known_hashes.find(*key); it != g_known_hashes.end()) return it->second;
   }
   auto actual = transport::content_hash_of_file(path);
   bool ok = actual && *actual == hash;
-  std::lock_guard lock(mutex);
-  if (known.size() > 4096) known.clear();
-  known[key] = ok;
+  std::lock_guard lock(g_hash_mutex);
+  if (g_known_hashes.size() > 4096) g_known_hashes.clear();
+  g_known_hashes[*key] = ok;
   return ok;
 }
 

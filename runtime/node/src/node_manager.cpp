@@ -9,11 +9,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <map>
 #include <memory>
 #include <optional>
+#include <thread>
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
@@ -99,10 +101,20 @@ struct Report {  // an actorUpdate DEAD the head has not acknowledged yet
   Clock::time_point resend_at;
 };
 
+// A job binary checked against its hash off the node manager's loop (a
+// 200 MB binary takes seconds to hash: on the loop it would stall the
+// heartbeats and every other message).
+struct Verification {
+  std::atomic<bool> done{false};
+  std::string error;     // set before done: the binary cannot be used
+  bool missing = false;  // the file on disk did not match: fetch it again
+};
+
 struct PendingFetch {
   std::string hash;
   Clock::time_point deadline;
   std::vector<std::unique_ptr<capnp::MallocMessageBuilder>> starts;  // StartActor roots
+  std::shared_ptr<Verification> verifying;  // set while a verifier thread works on it
 };
 
 class NodeManager {
@@ -140,6 +152,7 @@ class NodeManager {
           TROUPE_LOG_ERROR("node: handling a message: {}", error.what());
         }
       }
+      finish_verifications();
       timers();
       reap();
     }
@@ -381,60 +394,113 @@ class NodeManager {
     if (started_already(from_wire<ActorId>(start.getSpec().getActorId()), start.getIncarnation())) return;
     auto copy = std::make_unique<capnp::MallocMessageBuilder>();
     copy->setRoot(start);
-    if (std::filesystem::exists(binary_path(hash))) {
-      if (file_matches_hash(binary_path(hash), hash)) {
-        spawn_host(copy->getRoot<wire::StartActor>());
-        return;
-      }
-      // Planted or damaged: never run it; fetch the real one from the head.
-      TROUPE_LOG_WARN("node {}: binaries/{} does not match its hash; removed it and fetching it again",
-                      config_.node_id.short_hex(), hash);
-      std::error_code ignored;
-      std::filesystem::remove(binary_path(hash), ignored);
-    }
     for (auto& [id, fetch] : fetches_) {
       if (fetch.hash == hash) {
         fetch.starts.push_back(std::move(copy));
         return;
       }
     }
-    capnp::MallocMessageBuilder message;
-    auto root = message.initRoot<ControlMessage>();
-    std::uint64_t fetch_id = next_request_id_++;
-    root.setRequestId(fetch_id);
-    root.initFetchBinary().setBinaryHash(hash);
     PendingFetch fetch;
     fetch.hash = hash;
     fetch.deadline = Clock::now() + kFetchTimeout;
     fetch.starts.push_back(std::move(copy));
+    if (std::filesystem::exists(binary_path(hash))) {
+      auto known = known_file_hash_match(binary_path(hash), hash);
+      if (known.value_or(false)) {
+        spawn_host(fetch.starts.front()->getRoot<wire::StartActor>());
+        return;
+      }
+      // Not hashed yet (a node manager restarted over its binary cache), or
+      // planted or damaged: checked off the loop, fetched again on mismatch.
+      verify_existing(std::move(fetch));
+      return;
+    }
+    request_binary(std::move(fetch));
+  }
+
+  void request_binary(PendingFetch fetch) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    std::uint64_t fetch_id = next_request_id_++;
+    root.setRequestId(fetch_id);
+    root.initFetchBinary().setBinaryHash(fetch.hash);
+    fetch.deadline = Clock::now() + kFetchTimeout;
+    fetch.verifying.reset();
     fetches_.emplace(fetch_id, std::move(fetch));
     send(message);
   }
 
+  void verify_existing(PendingFetch fetch) {
+    auto verification = std::make_shared<Verification>();
+    fetch.verifying = verification;
+    verifiers_.emplace_back(verification, std::thread([verification, path = binary_path(fetch.hash), hash = fetch.hash,
+                             node = config_.node_id.short_hex()] {
+      if (!file_matches_hash(path, hash)) {
+        // Planted or damaged: never run it; fetch the real one from the head.
+        TROUPE_LOG_WARN("node {}: binaries/{} does not match its hash; removed it and fetching it again", node, hash);
+        std::error_code ignored;
+        std::filesystem::remove(path, ignored);
+        verification->missing = true;
+      }
+      verification->done.store(true);
+    }));
+    fetches_.emplace(next_request_id_++, std::move(fetch));
+  }
+
   void on_binary(std::uint64_t request_id, wire::BinaryData::Reader data) {
     auto it = fetches_.find(request_id);
-    if (it == fetches_.end()) return;
-    PendingFetch fetch = std::move(it->second);
-    fetches_.erase(it);
-    try {
-      auto bytes = data.getBinary();
-      auto path = binary_path(fetch.hash);
-      if (transport::content_hash(std::string_view(reinterpret_cast<const char*>(bytes.begin()), bytes.size())) !=
-          fetch.hash) {
-        fail_fetch(fetch, "the head sent bytes that do not match the hash");
-        return;
+    if (it == fetches_.end() || it->second.verifying) return;
+    PendingFetch& fetch = it->second;
+    auto bytes = data.getBinary();
+    // One copy of the bytes for the verifier thread (the message is freed
+    // when this returns); hashing and writing happen there.
+    auto copy = std::make_shared<std::string>(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+    auto verification = std::make_shared<Verification>();
+    fetch.verifying = verification;
+    fetch.deadline = Clock::now() + kFetchTimeout;
+    verifiers_.emplace_back(verification, std::thread([verification, copy, path = binary_path(fetch.hash), hash = fetch.hash] {
+      try {
+        if (transport::content_hash(*copy) != hash) {
+          verification->error = "the head sent bytes that do not match the hash";
+        } else if (!file_matches_hash(path, hash)) {
+          write_file_atomic(path, *copy, 0700);
+          // Hashes the file as written, so spawning finds it known.
+          if (!file_matches_hash(path, hash)) verification->error = "the stored job binary does not match its hash";
+        }
+      } catch (const Error& error) {
+        verification->error = "cannot store the job binary: " + error.message();
+      } catch (const std::exception& error) {
+        verification->error = std::string("cannot store the job binary: ") + error.what();
       }
-      if (!file_matches_hash(path, fetch.hash)) {
-        write_file_atomic(path, std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size()), 0700);
+      verification->done.store(true);
+    }));
+  }
+
+  // Ends the verifications that are done: their starts spawn, fail, or
+  // wait for the binary fetched again.
+  void finish_verifications() {
+    for (auto it = fetches_.begin(); it != fetches_.end();) {
+      auto verification = it->second.verifying;
+      if (!verification || !verification->done.load()) {
+        ++it;
+        continue;
       }
-    } catch (const Error& error) {
-      fail_fetch(fetch, "cannot store the job binary: " + error.message());
-      return;
-    } catch (const std::exception& error) {
-      fail_fetch(fetch, std::string("cannot store the job binary: ") + error.what());
-      return;
+      PendingFetch fetch = std::move(it->second);
+      it = fetches_.erase(it);
+      if (!verification->error.empty()) {
+        fail_fetch(fetch, verification->error);
+      } else if (verification->missing) {
+        request_binary(std::move(fetch));
+      } else {
+        for (auto& start : fetch.starts) spawn_host(start->getRoot<wire::StartActor>());
+      }
     }
-    for (auto& start : fetch.starts) spawn_host(start->getRoot<wire::StartActor>());
+    // Threads that are done are joined here; the rest at shutdown.
+    std::erase_if(verifiers_, [](auto& verifier) {
+      if (!verifier.first->done.load()) return false;
+      verifier.second.join();  // it is returning
+      return true;
+    });
   }
 
   void fail_fetch(PendingFetch& fetch, const std::string& why) {
@@ -583,7 +649,7 @@ class NodeManager {
     }
     for (auto it = fetches_.begin(); it != fetches_.end();) {
       if (now >= it->second.deadline) {
-        fail_fetch(it->second, "no answer from the head");
+        fail_fetch(it->second, it->second.verifying ? "checking the job binary's hash took too long" : "no answer from the head");
         it = fetches_.erase(it);
       } else {
         ++it;
@@ -635,6 +701,8 @@ class NodeManager {
   }
 
   void shutdown() {
+    for (auto& [verification, thread] : verifiers_) thread.join();
+    verifiers_.clear();
     for (auto& host : hosts_) ::kill(host.pid, SIGKILL);
     for (auto& host : hosts_) ::waitpid(host.pid, nullptr, 0);
     hosts_.clear();
@@ -676,6 +744,7 @@ class NodeManager {
   std::chrono::milliseconds node_timeout_{3000};
   std::uint64_t heartbeat_seq_ = 0;
   std::vector<ActorHost> hosts_;
+  std::vector<std::pair<std::shared_ptr<Verification>, std::thread>> verifiers_;
   std::map<std::uint64_t, PendingFetch> fetches_;
   std::map<std::uint64_t, Report> reports_;  // by request id
   std::vector<std::pair<ActorId, std::uint32_t>> finished_;

@@ -29,6 +29,9 @@ void ensure_private_directory(const std::filesystem::path& path);
 // mtime, inode) so a binary is hashed once, not at every actor start.
 // Thread-safe.
 bool file_matches_hash(const std::filesystem::path& path, const std::string& hash);
+// What file_matches_hash remembers for this file as it is now, without
+// hashing it: nullopt when it has not been hashed (or changed since).
+std::optional<bool> known_file_hash_match(const std::filesystem::path& path, const std::string& hash);
 
 // The environment variables that give a child process (an actor host, a
 // job's driver) the cluster's membership: TROUPE_TOKEN_FILE=`token_file`,
