@@ -449,6 +449,30 @@ TEST_F(HeadStateTest, AHeadStoppedCleanlyLeavesNothingToRecover) {
   EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes().size(), 0u);
 }
 
+TEST_F(HeadStateTest, ASecondHeadOnTheSameSqliteStoreIsRefusedWhileTheFirstRuns) {
+  std::string store = (dir_ / "state").string();
+  start_head(store);
+  register_node(kNodeA, 4);
+  HeadConfig config;
+  config.session_dir = dir_ / "session";
+  config.head_node_id = NodeId{0, 2};
+  config.state_store = store;
+  try {
+    Head second(config, std::make_unique<transport::InProcessControlServer>());
+    FAIL() << "a second head opened a store another head is using";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::invalid_argument);
+    EXPECT_NE(std::string(e.what()).find("another head (pid " + std::to_string(::getpid()) + ")"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("--state-dir"), std::string::npos) << e.what();
+  }
+  // The first head's state is untouched, and a head that replaces it (the
+  // first gone) takes the store.
+  EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes().size(), 1u);
+  start_head(store);
+  EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes().size(), 1u);
+}
+
 TEST_F(HeadStateTest, AnUploadIsHashedOffTheHeadsThreadSoHeartbeatsAreAnsweredFirst) {
   start_head((dir_ / "state").string());
   register_node(kNodeA, 4);

@@ -1,7 +1,11 @@
 #include "state_store.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <hiredis/hiredis.h>
 #include <sqlite3.h>
@@ -17,6 +21,7 @@ class SqliteStateStore final : public StateStore {
  public:
   explicit SqliteStateStore(const std::filesystem::path& dir) : path_(dir / "head-state.db") {
     node::ensure_private_directory(dir);
+    lock_owner(dir / "head-state.lock");
     // Private (it holds the hosts' keys): SQLite would create it 0644, and
     // gives its -wal and -shm files the database's mode.
     if (int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600); fd >= 0) ::close(fd);
@@ -41,6 +46,7 @@ class SqliteStateStore final : public StateStore {
     sqlite3_finalize(put_);
     sqlite3_finalize(erase_);
     sqlite3_close(db_);
+    if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the lock
   }
 
   void apply(const std::vector<StateChange>& changes) override {
@@ -101,7 +107,36 @@ class SqliteStateStore final : public StateStore {
     return statement;
   }
 
+  // One head per store: two heads writing one store would each overwrite
+  // the other's view of the cluster. An exclusive flock, held for this
+  // store's life and released by the kernel whatever ends the process, so a
+  // killed head never blocks its restart. The file names the holder's pid.
+  void lock_owner(const std::filesystem::path& lock_path) {
+    lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd_ < 0)
+      throw Error(Errc::transport, "cannot open " + lock_path.string() + ": " + std::strerror(errno));
+    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int why = errno;
+      char holder[32] = {};
+      (void)::pread(lock_fd_, holder, sizeof holder - 1, 0);
+      ::close(lock_fd_);
+      lock_fd_ = -1;
+      if (why == EWOULDBLOCK) {
+        std::string pid(holder);
+        while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+        throw Error(Errc::invalid_argument,
+                    "another head" + (pid.empty() ? std::string() : " (pid " + pid + ")") +
+                        " is using the state store " + path_.string() +
+                        "; stop it first (troupe stop), or give this head its own --state-dir");
+      }
+      throw Error(Errc::transport, "cannot lock " + lock_path.string() + ": " + std::strerror(why));
+    }
+    const std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(lock_fd_, 0) == 0) (void)::pwrite(lock_fd_, pid.data(), pid.size(), 0);
+  }
+
   std::filesystem::path path_;
+  int lock_fd_ = -1;
   sqlite3* db_ = nullptr;
   sqlite3_stmt* put_ = nullptr;
   sqlite3_stmt* erase_ = nullptr;
