@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "binary_hash_cache.hpp"
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/logging.hpp"
 #include "troupe/runtime/serialization.hpp"
@@ -77,9 +78,10 @@ transport::ReceivedMessage HeadClient::request(capnp::MallocMessageBuilder& mess
 }
 
 JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& head_address) {
-  // Hosts run this very binary: the head keeps it by content hash.
-  const std::string bytes = read_whole_file("/proc/self/exe");
-  const std::string hash = transport::content_hash(bytes);
+  // Hosts run this very binary: the head keeps it by content hash. An
+  // unchanged binary's hash comes from the cache (binary_hash_cache.hpp),
+  // and its bytes are read only if the head asks for them.
+  const auto [hash, hash_cached] = self_binary_hash();
   capnp::MallocMessageBuilder message;
   auto reg = message.initRoot<wire::ControlMessage>().initRegisterDriver();
   reg.setProtocolVersion(wire::PROTOCOL_VERSION);
@@ -121,6 +123,9 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
   if (body.getNeedBinary()) {
     capnp::MallocMessageBuilder upload;
     auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
+    const std::string bytes = read_whole_file("/proc/self/exe");
+    if (hash_cached && transport::content_hash(bytes) != hash)
+      throw_error(Errc::invalid_argument, "this binary changed while it was starting; run it again");
     up.setBinaryHash(hash);
     up.setBinary(as_data(bytes));
     // Once: the head hashes and writes it (off its loop) before it answers.
