@@ -335,6 +335,11 @@ int start(const StartOptions& options) {
     if (config.head && address.empty()) {
       if (auto text = read_file(config.session_dir / "head_address")) {
         address = text->substr(0, text->find('\n'));
+        // A head recovered from its state store runs its node under the id
+        // that node had before the restart.
+        if (auto id_text = read_file(config.session_dir / "head_node_id")) {
+          if (auto id = NodeId::parse(id_text->substr(0, id_text->find('\n')))) config.node_id = *id;
+        }
       }
     }
     if (!address.empty() && head_lists_node(address, config.node_id).value_or(false)) {

@@ -183,12 +183,17 @@ int run_daemon(const DaemonConfig& config, bool foreground) {
       std::filesystem::remove(pid_file, ignored);
       return kExitFailure;
     }
+    // The head's node id first: `troupe start` waits for that node (a
+    // recovered head's node keeps its earlier id), and reads it once the
+    // address is there.
+    write_file_atomic(config.session_dir / "head_node_id", head->head_node_id().hex() + "\n");
     write_file_atomic(config.session_dir / "head_address", head->address() + "\n");
     TROUPE_LOG_INFO("head: listening on {} (session {}, state {})", head->address(), config.session_dir.string(),
                     config.state_store.empty() ? std::string("in memory only") : config.state_store);
     if (foreground) std::cout << head_banner(head->address(), config.session_dir, config.token_file) << std::flush;
     if (config.token_file.empty()) TROUPE_LOG_WARN("head: {}", insecure_warning(head->address()));
     node.head_address = head->address();
+    node.node_id = head->head_node_id();  // a recovered head's node keeps its id
     std::thread node_thread([&] { node::run_node_manager(node, g_stop); });
     try {
       head->run(g_stop);

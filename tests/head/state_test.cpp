@@ -473,6 +473,19 @@ TEST_F(HeadStateTest, ASecondHeadOnTheSameSqliteStoreIsRefusedWhileTheFirstRuns)
   EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes().size(), 1u);
 }
 
+TEST_F(HeadStateTest, TheHeadsOwnNodeKeepsItsIdAcrossARestart) {
+  std::string store = (dir_ / "state").string();
+  start_head(store);  // head node id {0, 1}
+  EXPECT_EQ(head_->head_node_id(), (NodeId{0, 1}));
+  head_.reset();
+  HeadConfig config;
+  config.session_dir = dir_ / "session";
+  config.head_node_id = NodeId{0, 7};  // what a restarted `troupe start --head` picks
+  config.state_store = store;
+  Head restarted(config, std::make_unique<transport::InProcessControlServer>());
+  EXPECT_EQ(restarted.head_node_id(), (NodeId{0, 1}));
+}
+
 TEST_F(HeadStateTest, AnUploadIsHashedOffTheHeadsThreadSoHeartbeatsAreAnsweredFirst) {
   start_head((dir_ / "state").string());
   register_node(kNodeA, 4);

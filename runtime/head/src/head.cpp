@@ -45,6 +45,13 @@ struct Head::Impl {
     if (!context.config.state_store.empty()) {
       store = open_state_store(context.config.state_store, context.config.state_prefix);
       recover();
+      // The head's own node keeps its id across restarts, so its node
+      // manager comes back as the node it was and its hosts are adopted;
+      // that node manager is a new connection (the old one ended with the
+      // previous head process), which may take the node over.
+      nodes.release_identity(context.config.head_node_id);
+      store->apply({{RecordKind::meta, "head_node", context.config.head_node_id.hex()}});
+      written[{static_cast<char>(RecordKind::meta), "head_node"}] = context.config.head_node_id.hex();
       context.hold_sends = true;
     }
     last_retention = context.now();
@@ -64,6 +71,13 @@ struct Head::Impl {
       return;
     }
     for (const auto& record : records) written[{static_cast<char>(record.kind), record.key}] = record.value;
+    for (const auto& record : records) {
+      if (record.kind != RecordKind::meta || record.key != "head_node") continue;
+      if (auto id = NodeId::parse(record.value)) {
+        TROUPE_LOG_INFO("head: its node keeps the id {} it had before the restart", id->short_hex());
+        context.config.head_node_id = *id;
+      }
+    }
     std::size_t counts[5] = {};
     for (RecordKind kind : {RecordKind::node, RecordKind::group, RecordKind::actor, RecordKind::job,
                             RecordKind::driver, RecordKind::binary}) {
@@ -102,7 +116,9 @@ struct Head::Impl {
       case RecordKind::job: return jobs.encode_job(key);
       case RecordKind::driver: return jobs.encode_driver(key);
       case RecordKind::binary: return binaries.encode(key);
-      case RecordKind::meta: return key == "stopped" && stopped_cleanly ? std::optional<std::string>("1") : std::nullopt;
+      case RecordKind::meta:
+        if (key == "head_node") return context.config.head_node_id.hex();
+        return key == "stopped" && stopped_cleanly ? std::optional<std::string>("1") : std::nullopt;
     }
     return std::nullopt;
   }
@@ -325,6 +341,7 @@ void Head::bind() {
 }
 
 std::string Head::address() const { return impl_->context.address(); }
+NodeId Head::head_node_id() const { return impl_->context.config.head_node_id; }
 
 void Head::handle(const std::string& identity, transport::ReceivedMessage& message) {
   impl_->dispatch(identity, message);

@@ -76,6 +76,10 @@ void NodeTable::forgive(Clock::duration gap, Clock::time_point now) {
   }
 }
 
+void NodeTable::release_identity(const NodeId& id) {
+  if (NodeEntry* node = find(id)) node->identity.clear();
+}
+
 void NodeTable::on_register_node(const std::string& identity, std::uint64_t request_id,
                                  wire::RegisterNode::Reader reg) {
   if (reg.getProtocolVersion() != wire::PROTOCOL_VERSION) {
@@ -89,7 +93,7 @@ void NodeTable::on_register_node(const std::string& identity, std::uint64_t requ
   // A node the head declared dead must stop its actor hosts (they were, or
   // are being, restarted elsewhere) before it serves again.
   bool declared_dead = node != nullptr && !node->alive;
-  if (node != nullptr && node->alive && node->identity != identity) {
+  if (node != nullptr && node->alive && !node->identity.empty() && node->identity != identity) {
     // A node id is public (getClusterState lists it): only the connection
     // that registered it may speak for it while it is alive.
     throw Error(Errc::permission_denied,

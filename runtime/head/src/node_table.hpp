@@ -81,6 +81,9 @@ class NodeTable {
   // for node_timeout() from now, like a node that just registered.
   std::optional<std::string> encode(const std::string& key);
   void restore(const std::string& value);
+  // The recovered node `id` (the head's own, whose node manager ended with
+  // the previous head process) may be registered again by a new connection.
+  void release_identity(const NodeId& id);
 
  private:
   HeadContext& context_;

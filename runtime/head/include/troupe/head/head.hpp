@@ -83,6 +83,10 @@ class Head {
   void bind();
   // "IP:PORT" once bound (empty with an in-process server).
   std::string address() const;
+  // The id of the node manager in the head's process: the configured one,
+  // or, on a recovered store, the one the head's node had before (start
+  // that node manager with this id).
+  NodeId head_node_id() const;
   // Serves requests until `stop` becomes true, then stops running job
   // drivers (SIGTERM, SIGKILL after 2 s). Call from the thread that bound.
   void run(const std::atomic<bool>& stop);
