@@ -23,6 +23,15 @@ void resources_to_wire(capnp::List<wire::Resource>::Builder list, const schedule
 
 void HeadContext::send_to(const std::string& identity, capnp::MallocMessageBuilder& message) {
   if (hold_sends) {
+    // Bounded: while the store cannot be written (Redis unreachable) the
+    // head keeps at most kMaxHeld messages; past that it drops new ones, as
+    // a lost message (the peer's request times out and is sent again; a
+    // state change is sent again by reconciliation once the store is back).
+    if (held.size() >= kMaxHeld) {
+      if (++held_dropped % 1000 == 1)
+        TROUPE_LOG_WARN("head: {} messages held for the state store; dropped {} so far", held.size(), held_dropped);
+      return;
+    }
     auto copy = std::make_unique<capnp::MallocMessageBuilder>();
     copy->setRoot(message.getRoot<wire::ControlMessage>().asReader());
     held.emplace_back(identity, std::move(copy));

@@ -48,6 +48,8 @@ struct HeadContext {
   // hears of a change before it is stored.
   bool hold_sends = false;
   std::vector<std::pair<std::string, std::unique_ptr<capnp::MallocMessageBuilder>>> held;
+  static constexpr std::size_t kMaxHeld = 16384;  // messages; each a few hundred bytes
+  std::uint64_t held_dropped = 0;                  // messages dropped at the cap, ever
   // Sends what was held, in order.
   void release_held();
 
