@@ -101,6 +101,10 @@ struct ActorOptions {
   Backpressure backpressure = Backpressure::block;
 
   static constexpr std::size_t kDefaultMaxPendingCalls = 100000;
+  // The actor gets max_concurrency threads of its own (CAF's detached
+  // actors): its constructor and methods run only there, so methods that
+  // block (sleep, I/O, locks) never hold the shared pool's threads.
+  bool detached = false;
 };
 
 // Per-call options: `handle.with_options({.timeout = 2s}).call<&C::m>(...)`
