@@ -130,3 +130,65 @@ TEST(ConformanceLocal, DetachedActorsThatBlockLeaveTheSharedPoolFree) {
 }
 
 }  // namespace
+
+namespace conformance_local {
+
+// ---- multiple inheritance ---------------------------------------------------
+
+// A first base with state and a vtable, so the second base sits at a
+// non-zero offset inside the actor object.
+class Named {
+ public:
+  virtual ~Named() = default;
+  virtual std::string label() const { return tag_; }
+
+ private:
+  std::string tag_ = "named";
+  long padding_[6] = {11, 12, 13, 14, 15, 16};
+};
+
+class Counted {
+ public:
+  long count() const { return count_; }
+  long bump(long by) { return count_ += by; }
+
+ protected:
+  long count_ = 0;
+};
+
+class Widget : public Named, public Counted {
+ public:
+  explicit Widget(long start) { count_ = start; }
+  long twice() const { return 2 * count_; }
+};
+
+// A second class registering the same inherited methods, with the bases
+// the other way round (each class must dispatch through its own entry).
+class Gadget : public Counted, public Named {
+ public:
+  explicit Gadget(long start) { count_ = start + 1000; }
+};
+
+}  // namespace conformance_local
+
+TROUPE_ACTOR(conformance_local::Widget, (long), count, bump, twice, label);
+TROUPE_ACTOR(conformance_local::Gadget, (long), count, bump, label);
+
+namespace {
+
+using namespace conformance_local;
+using namespace troupe::conformance;
+
+TEST(ConformanceLocal, AMethodOfASecondBaseClassSeesTheActorsOwnState) {
+  auto widget = troupe::actor<Widget>(5L);
+  auto gadget = troupe::actor<Gadget>(7L);
+  EXPECT_EQ(widget.call<&Counted::count>().get(kWait), 5) << mode_name();
+  EXPECT_EQ(gadget.call<&Counted::count>().get(kWait), 1007) << mode_name();
+  EXPECT_EQ(widget.call<&Counted::bump>(3L).get(kWait), 8) << mode_name();
+  EXPECT_EQ(gadget.call<&Counted::bump>(3L).get(kWait), 1010) << mode_name();
+  EXPECT_EQ(widget.call<&Widget::twice>().get(kWait), 16) << mode_name();
+  EXPECT_EQ(widget.call<&Named::label>().get(kWait), "named") << mode_name();
+  EXPECT_EQ(gadget.call<&Named::label>().get(kWait), "named") << mode_name();
+}
+
+}  // namespace

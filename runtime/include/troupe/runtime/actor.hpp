@@ -223,7 +223,7 @@ class ActorHandle {
     static_assert(std::is_base_of_v<typename Traits::class_type, A>,
                   "troupe: the method does not belong to this actor's class");
     using Result = detail::method_result_t<typename Traits::return_type>;
-    const detail::MethodInfo* method = detail::MethodSlot<Method>::info;
+    const detail::MethodInfo* method = detail::MethodSlot<A, Method>::info;
     if (method == nullptr) detail::throw_not_registered("method", typeid(A));
     detail::CallSpec spec;
     spec.method = method;
