@@ -192,3 +192,44 @@ TEST(ConformanceLocal, AMethodOfASecondBaseClassSeesTheActorsOwnState) {
 }
 
 }  // namespace
+
+namespace {
+
+using namespace conformance_local;
+using namespace troupe::conformance;
+
+// ---- then() -----------------------------------------------------------------
+
+TEST(ConformanceLocal, AThenContinuationThatThrowsFailsWithTaskErrorNamingTheException) {
+  auto sleeper = troupe::actor<Sleeper>();
+  auto ref = sleeper.call<&Sleeper::nap>(1L).then([](long) -> long { throw std::out_of_range("past the end"); });
+  try {
+    (void)ref.get(kWait);
+    FAIL() << "expected TaskError (" << mode_name() << ")";
+  } catch (const troupe::TaskError& e) {
+    EXPECT_NE(std::string(e.what()).find("past the end"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("std::out_of_range"), std::string::npos) << e.what();
+    EXPECT_EQ(e.remote_type(), "std::out_of_range") << e.what();
+  }
+  // A continuation of ObjectRef<void>, one returning nothing.
+  troupe::Promise<void> gate;
+  auto after = gate.ref().then([] { throw std::runtime_error("no way"); });
+  (void)gate.set_value();
+  EXPECT_THROW(after.get(kWait), troupe::TaskError) << mode_name();
+}
+
+TEST(ConformanceLocal, AnErrorBeforeAThenContinuationSkipsItUnchanged) {
+  troupe::ObjectRef<long> ref;
+  bool ran = false;
+  {
+    troupe::Promise<long> dropped;  // dropped unkept: CancelledError
+    ref = dropped.ref().then([&ran](long x) {
+      ran = true;
+      return x;
+    });
+  }
+  EXPECT_THROW(ref.get(kWait), troupe::CancelledError) << mode_name();
+  EXPECT_FALSE(ran);
+}
+
+}  // namespace
