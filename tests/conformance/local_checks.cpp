@@ -233,3 +233,62 @@ TEST(ConformanceLocal, AnErrorBeforeAThenContinuationSkipsItUnchanged) {
 }
 
 }  // namespace
+
+namespace conformance_local {
+
+// ---- cancel() -----------------------------------------------------------------
+
+// Set by a call, so the driver can see that another actor's call started.
+class Flag {
+ public:
+  void raise() { raised_ = true; }
+  bool raised() const { return raised_; }
+
+ private:
+  bool raised_ = false;
+};
+
+class Worker {
+ public:
+  // Raises `started`, then blocks for `ms`.
+  long hold(troupe::ActorHandle<Flag> started, long ms) {
+    started.call<&Flag::raise>().get(std::chrono::seconds(60));
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    return ms;
+  }
+  long quick(long x) { return x; }
+};
+
+}  // namespace conformance_local
+
+TROUPE_ACTOR(conformance_local::Flag, (), raise, raised);
+TROUPE_ACTOR(conformance_local::Worker, (), hold, quick);
+
+namespace {
+
+using namespace conformance_local;
+using namespace troupe::conformance;
+
+TEST(ConformanceLocal, CancelReturnsTrueExactlyWhenItWithdrewTheCall) {
+  auto worker = troupe::actor<Worker>();
+  auto flag = troupe::actor<Flag>();
+  EXPECT_EQ(worker.call<&Worker::quick>(1L).get(kWait), 1);  // alive
+  auto running = worker.call<&Worker::hold>(flag, 1500L);
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (!flag.call<&Flag::raised>().get(kWait) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // `running` has started; these two wait behind it (in a cluster, at the
+  // host once sent: give them the time to get there).
+  auto queued = worker.call<&Worker::quick>(2L);
+  auto kept = worker.call<&Worker::quick>(3L);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(queued.cancel()) << mode_name() << ": a call withdrawn before it ran";
+  EXPECT_FALSE(running.cancel()) << mode_name() << ": a call already running";
+  EXPECT_THROW(queued.get(kWait), troupe::CancelledError) << mode_name();
+  EXPECT_FALSE(queued.cancel()) << mode_name() << ": a call cancelled already";
+  EXPECT_EQ(running.get(kWait), 1500) << mode_name();
+  EXPECT_EQ(kept.get(kWait), 3) << mode_name();
+  EXPECT_FALSE(kept.cancel()) << mode_name() << ": a call that ran";
+}
+
+}  // namespace
