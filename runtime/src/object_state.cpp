@@ -134,6 +134,11 @@ void forward_state(const StatePtr& from, StatePtr to) {
   });
 }
 
+std::exception_ptr continuation_error(const std::exception_ptr& thrown) {
+  auto info = describe(thrown);
+  return make_error(Errc::task_failed, "a then() continuation threw " + info.type + ": " + info.message, info.type);
+}
+
 }  // namespace detail
 
 }  // namespace troupe

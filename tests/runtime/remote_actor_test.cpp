@@ -94,7 +94,7 @@ class FakeSender final : public CallSender {
     return taken;
   }
   void end_loans(const std::vector<ObjectId>&) override {}
-  void cancel_sent(ActorId, const std::string&, const StatePtr&) override {}
+  bool cancel_sent(ActorId, const std::string&, const StatePtr&) override { return false; }
   void withdraw_sent(ActorId, const std::string&, const StatePtr& result) override {
     std::lock_guard lock(mutex_);
     for (auto it = inflight_.begin(); it != inflight_.end(); ++it) {

@@ -67,6 +67,18 @@ struct CancelCall {
   actorId @1 :ActorId;
   callerId @2 :WorkerId;
   resultId @3 :ObjectId;    # the call's result, as its request named it
+  # issue 13
+  returnTo @4 :Text;
+  # Where the host pushes a CancelAnswer, after the call's reply if the
+  # cancel withdrew it; empty: no answer wanted.
+}
+
+struct CancelAnswer {
+  # host -> caller: whether a CancelCall withdrew the call before it started
+  # (what ObjectRef::cancel() returns).
+  callId @0 :UInt64;
+  actorId @1 :ActorId;      # the hosted actor; zero if this process hosts none
+  withdrawn @2 :Bool;
 }
 
 struct ReleaseObjects {
@@ -82,5 +94,6 @@ struct CallMessage {
     reply @1 :CallReply;
     cancel @2 :CancelCall;
     release @3 :ReleaseObjects;
+    cancelAnswer @4 :CancelAnswer;
   }
 }

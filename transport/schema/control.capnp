@@ -117,6 +117,7 @@ struct CreateActor {
   bundleIndex @12 :Int32;         # -1 = any bundle of the group
   # issue 12 (calls)
   maxPendingCalls @13 :UInt64;    # the host's bound on the calls queued from one caller (0 = default); past it a call is answered error overloaded
+  detached @14 :Bool;             # the actor runs on maxConcurrency threads of its own (ActorOptions::detached)
 }
 
 struct StartActor {

@@ -112,6 +112,7 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
       // Each caller's queue here is bounded by the actor's max_pending_calls
       // (its callers bound themselves by theirs): past it, `overloaded`.
       if (spec.getMaxPendingCalls() > 0) options.max_pending_calls = spec.getMaxPendingCalls();
+      options.detached = spec.getDetached();
       if (gpus > 0) options.resources = {{"GPU", static_cast<double>(gpus)}};
       auto actor = host_runtime_->create_actor_as(actor_id_, *cls, std::move(slots), options);
       while (actor->state() == ActorState::pending) std::this_thread::sleep_for(std::chrono::milliseconds(1));

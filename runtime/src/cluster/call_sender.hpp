@@ -52,9 +52,11 @@ class CallSender {
   virtual std::vector<SentCall> take_sent(ActorId actor_id, std::optional<std::uint32_t> below) = 0;
   // Ends loans of objects lent to calls taken by take_sent().
   virtual void end_loans(const std::vector<ObjectId>& lent) = 0;
-  // Asks the host to withdraw a call already sent; the reply says how it
-  // ended (no-op once it was answered).
-  virtual void cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) = 0;
+  // Asks the host to withdraw a call already sent and waits for its answer
+  // (one round trip): true when the call was withdrawn before it started
+  // (its result then holds CancelledError), false when it had started, was
+  // answered already, or no answer came.
+  virtual bool cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) = 0;
   // A call whose result was failed here (its deadline passed): forgets it
   // (a late reply is ignored) and asks the host to withdraw it if it has
   // not started.

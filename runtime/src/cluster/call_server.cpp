@@ -87,10 +87,18 @@ void CallServer::dispatch(wire::CallMessage::Reader root) {
       auto cancel = root.getCancel();
       if (!cancel.hasResultId()) throw Error(Errc::protocol, "a cancel that names no call result");
       // A call not started yet fails with CancelledError, and that is its
-      // reply; one that started runs to the end and answers as usual.
-      if (StatePtr result = table_->find(troupe::from_wire<ObjectId>(cancel.getResultId()))) result->cancel();
+      // reply; one that started runs to the end and answers as usual. The
+      // CancelAnswer (if asked for) follows the reply on the same connection.
+      bool withdrawn = false;
+      if (StatePtr result = table_->find(troupe::from_wire<ObjectId>(cancel.getResultId()))) withdrawn = result->cancel();
+      std::string return_to = cancel.getReturnTo();
+      if (return_to.empty()) break;
+      if (auto why = check_peer_address(return_to); !why.empty())
+        throw Error(Errc::protocol, "a cancel with no usable reply address: " + why);
+      answer_cancel(return_to, cancel.getCallId(), withdrawn);
       break;
     }
+    case wire::CallMessage::CANCEL_ANSWER: outbound_->on_cancel_answer(root.getCancelAnswer()); break;
     default:
       throw Error(Errc::protocol, "a message of unknown kind " + std::to_string(static_cast<int>(root.which())));
   }
@@ -127,6 +135,19 @@ void CallServer::answer_error(const std::string& address, std::uint64_t call_id,
   auto result = std::make_shared<ObjectState>();
   result->set_error(make_error(code, std::move(message)));
   reply_to(address, call_id, ActorId{}, result, false);
+}
+
+void CallServer::answer_cancel(const std::string& address, std::uint64_t call_id, bool withdrawn) {
+  capnp::MallocMessageBuilder message;
+  auto answer = message.initRoot<wire::CallMessage>().initCancelAnswer();
+  answer.setCallId(call_id);
+  troupe::to_wire(answer.initActorId(), host_ && host_->actor() ? host_->actor_id() : ActorId{});
+  answer.setWithdrawn(withdrawn);
+  try {
+    send_(address, message);
+  } catch (const std::exception& e) {
+    TROUPE_LOG_WARN("could not answer a cancel to {}: {}", address, e.what());
+  }
 }
 
 void CallServer::serve_fetch(wire::CallRequest::Reader request) {

@@ -2,7 +2,9 @@
 //   - request: a call to the hosted actor (actor hosts; any other process
 //     answers "hosts no actor"), or a `__fetch` of an object it holds;
 //   - reply: handed to OutboundCalls, which completes the call's result;
-//   - cancel: withdraws a call of the hosted actor not started yet;
+//   - cancel: withdraws a call of the hosted actor not started yet, and
+//     answers whether it did (a CancelAnswer, when the cancel asks for one);
+//   - cancel answer: handed to OutboundCalls, for the cancel() waiting on it;
 //   - release: the owner no longer needs objects this process holds.
 // A call's result is held in the ObjectTable under the id its caller chose
 // (so later calls and fetches can name it before it exists), published on
@@ -75,6 +77,7 @@ class CallServer final : public std::enable_shared_from_this<CallServer> {
   // Empty when the request may be used; else why not (a protocol error).
   std::string check_request(wire::CallRequest::Reader request);
   void answer_error(const std::string& address, std::uint64_t call_id, Errc code, std::string message);
+  void answer_cancel(const std::string& address, std::uint64_t call_id, bool withdrawn);
   void on_request(wire::CallRequest::Reader request);
   void serve_fetch(wire::CallRequest::Reader request);
   // Empty when `seq` is the one expected next from `caller`; else why not.

@@ -358,8 +358,8 @@ void ClusterRuntime::end_loans(const std::vector<ObjectId>& lent) {
   if (outbound_) outbound_->end_loans(lent);
 }
 
-void ClusterRuntime::cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) {
-  outbound_->cancel_sent(actor_id, address, result);
+bool ClusterRuntime::cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) {
+  return outbound_->cancel_sent(actor_id, address, result);
 }
 
 void ClusterRuntime::withdraw_sent(ActorId actor_id, const std::string& address, const StatePtr& result) {

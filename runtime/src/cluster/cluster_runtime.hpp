@@ -90,7 +90,7 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
                  std::uint64_t seq, CallSpec& spec, bool keep_for_retry) override;
   std::vector<SentCall> take_sent(ActorId actor_id, std::optional<std::uint32_t> below) override;
   void end_loans(const std::vector<ObjectId>& lent) override;
-  void cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) override;
+  bool cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) override;
   void withdraw_sent(ActorId actor_id, const std::string& address, const StatePtr& result) override;
   void kill_actor(ActorId actor_id, bool no_restart) override;
 

@@ -162,6 +162,7 @@ void HeadClient::create_actor(ActorId id, const JobId& job_id, const WorkerId& o
   create.setMaxConcurrency(static_cast<std::uint32_t>(options.max_concurrency));
   create.setBundleIndex(options.bundle_index);
   create.setMaxPendingCalls(options.max_pending_calls);
+  create.setDetached(options.detached);
   if (!group_id.nil()) troupe::to_wire(create.initPlacementGroupId(), group_id);
   (void)request(message);
 }

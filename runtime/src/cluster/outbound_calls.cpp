@@ -98,25 +98,63 @@ void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std:
   }
 }
 
-void OutboundCalls::cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) {
+bool OutboundCalls::cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result) {
+  if (address.empty()) return false;  // its actor is gone
   std::uint64_t call_id = 0;
+  auto wait = std::make_shared<CancelWait>();
   {
     std::lock_guard lock(mutex_);
     auto it = by_result_.find(result->id());
-    if (it != by_result_.end()) call_id = it->second;
+    if (it == by_result_.end()) return false;  // answered already
+    call_id = it->second;
+    auto [slot, fresh] = cancels_.emplace(call_id, wait);
+    if (!fresh) wait = slot->second;  // a second cancel of the same call waits for the same answer
   }
-  if (call_id == 0 || address.empty()) return;  // answered already, or its actor is gone
   capnp::MallocMessageBuilder message;
   auto cancel = message.initRoot<wire::CallMessage>().initCancel();
   cancel.setCallId(call_id);
   troupe::to_wire(cancel.initActorId(), actor_id);
   troupe::to_wire(cancel.initCallerId(), worker_id_);
   troupe::to_wire(cancel.initResultId(), result->id());
+  cancel.setReturnTo(calls_->address());
   try {
     calls_->send(address, message);
   } catch (const std::exception& e) {
     TROUPE_LOG_WARN("could not send a cancel to {}: {}", address, e.what());
+    wait->answer(false);
   }
+  bool withdrawn = false;
+  {
+    BlockingRegion region;  // on a pool thread: the answer is read by the pool
+    std::unique_lock lock(wait->mutex);
+    wait->answered.wait_for(lock, kCancelAnswerWait, [&] { return wait->withdrawn.has_value(); });
+    withdrawn = wait->withdrawn.value_or(false);
+  }
+  {
+    std::lock_guard lock(mutex_);
+    auto it = cancels_.find(call_id);
+    if (it != cancels_.end() && it->second == wait) cancels_.erase(it);
+  }
+  // The host's reply (CancelledError) comes first on the same connection;
+  // should it be held back, the result is failed here (whichever is first wins).
+  if (withdrawn) result->set_error(make_error(Errc::cancelled, "the call was cancelled before it started"));
+  return withdrawn;
+}
+
+void OutboundCalls::on_cancel_answer(wire::CancelAnswer::Reader answer) {
+  const ActorId from = troupe::from_wire<ActorId>(answer.getActorId());
+  std::shared_ptr<CancelWait> wait;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = cancels_.find(answer.getCallId());
+    if (it == cancels_.end()) return;  // no one waits (gave up, or a deadline's withdraw)
+    auto flight = inflight_.find(answer.getCallId());
+    if (flight != inflight_.end() && from != flight->second.actor_id)
+      throw Error(Errc::protocol, "a cancel answer for call " + std::to_string(answer.getCallId()) + " names actor " +
+                                      from.short_hex() + ", not the one called");
+    wait = it->second;
+  }
+  wait->answer(answer.getWithdrawn());
 }
 
 void OutboundCalls::withdraw(ActorId actor_id, const std::string& address, const StatePtr& result) {
@@ -161,6 +199,8 @@ std::vector<SentCall> OutboundCalls::take_sent(ActorId actor_id, std::optional<s
       continue;
     }
     taken.push_back(SentCall{flight.result, std::move(flight.spec), std::move(flight.lent), std::move(flight.borrowed)});
+    // A cancel() waiting for this call's host gets no answer now.
+    if (auto wait = cancels_.find(it->first); wait != cancels_.end()) wait->second->answer(false);
     it = erase_locked(it);
   }
   return taken;
@@ -264,6 +304,7 @@ std::vector<StatePtr> OutboundCalls::take_all() {
   std::vector<StatePtr> pending;
   std::lock_guard lock(mutex_);
   for (auto& [id, flight] : inflight_) pending.push_back(flight.result);
+  for (auto& [id, wait] : cancels_) wait->answer(false);
   inflight_.clear();
   by_result_.clear();
   fetches_in_flight_ = 0;

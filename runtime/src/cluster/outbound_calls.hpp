@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <exception>
 #include <memory>
@@ -53,8 +54,11 @@ class OutboundCalls {
   // take_sent), else it stays with the caller.
   void send_call(ActorId actor_id, const std::string& address, std::uint32_t incarnation, std::uint64_t seq,
                  CallSpec& spec, bool keep_for_retry = false);
-  // Sends a cancel for a call already sent (no-op once it was answered).
-  void cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result);
+  // Sends a cancel for a call already sent and waits (at most
+  // kCancelAnswerWait) for the host's CancelAnswer: true when the host
+  // withdrew the call unstarted (the result then holds CancelledError, from
+  // the reply or set here). False at once once it was answered.
+  bool cancel_sent(ActorId actor_id, const std::string& address, const StatePtr& result);
   // Forgets a call already failed here (its deadline passed) and sends a
   // cancel for it, so the host withdraws it if it has not started.
   void withdraw(ActorId actor_id, const std::string& address, const StatePtr& result);
@@ -70,6 +74,13 @@ class OutboundCalls {
 
   // Completes the call `reply` answers (ignored if it was answered already).
   void on_reply(wire::CallReply::Reader reply);
+  // Hands a host's answer to the cancel_sent() waiting for it (ignored if
+  // none waits).
+  void on_cancel_answer(wire::CancelAnswer::Reader answer);
+
+  // How long cancel_sent() waits for the host's answer (an answer is one
+  // round trip away; none comes from a host that is gone or stopped).
+  static constexpr std::chrono::seconds kCancelAnswerWait{10};
   // Fails the fetches past their deadline with object_lost.
   void expire_fetches();
   // Removes every call in flight and returns their results (shutdown).
@@ -89,6 +100,19 @@ class OutboundCalls {
     std::uint32_t incarnation = 0;
     std::optional<CallSpec> spec;  // kept for a resend
   };
+  // A cancel_sent() waiting for its answer.
+  struct CancelWait {
+    std::mutex mutex;
+    std::condition_variable answered;
+    std::optional<bool> withdrawn;
+    void answer(bool value) {
+      {
+        std::lock_guard lock(mutex);
+        if (!withdrawn) withdrawn = value;
+      }
+      answered.notify_all();
+    }
+  };
   // Removes the entry (its by_result_ index too); lock held.
   std::unordered_map<std::uint64_t, Inflight>::iterator erase_locked(std::unordered_map<std::uint64_t, Inflight>::iterator it);
 
@@ -101,6 +125,7 @@ class OutboundCalls {
   std::unordered_map<std::uint64_t, Inflight> inflight_;
   std::unordered_map<ObjectId, std::uint64_t> by_result_;  // a call's result id -> its call id (not fetches)
   std::size_t fetches_in_flight_ = 0;  // entries of inflight_ with a deadline
+  std::unordered_map<std::uint64_t, std::shared_ptr<CancelWait>> cancels_;  // by call id
 };
 
 }  // namespace troupe::detail

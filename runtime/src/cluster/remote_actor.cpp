@@ -188,10 +188,8 @@ bool RemoteActor::cancel(const StatePtr& result) {
   }
   // Not sent (or taken back for a resend): the pump drops it once failed.
   if (!method.empty()) return result->set_error(make_error(Errc::cancelled, method + " was cancelled before it was sent"));
-  // Sent already: ask the host to withdraw it. Whether it had started is
-  // known only when the reply comes (a CancelledError, or the result).
-  sender_.cancel_sent(id_, address, result);
-  return false;
+  // Sent already: the host withdraws it if it has not started, and says so.
+  return sender_.cancel_sent(id_, address, result);
 }
 
 bool RemoteActor::ready_to_send(const CallSpec& spec) const {

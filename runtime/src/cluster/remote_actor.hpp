@@ -78,7 +78,8 @@ class RemoteActor final : public ActorCore, public std::enable_shared_from_this<
   bool owned() const noexcept { return owned_; }
   void set_gpus(std::vector<int> gpus);
   // The canceller of a call's result: withdraws it from the outbox (true),
-  // or asks the host to withdraw it (false: the reply says how it ended).
+  // or asks the host to withdraw it and returns the host's answer (true:
+  // withdrawn before it started; false: started, answered, or no answer).
   bool cancel(const StatePtr& result);
   // Calls submitted and not answered yet (the count max_pending_calls bounds).
   std::size_t pending() const;

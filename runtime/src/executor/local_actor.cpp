@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <thread>
 
 #include "troupe/runtime/logging.hpp"
 
@@ -51,7 +52,14 @@ LocalActor::LocalActor(std::shared_ptr<LocalRuntime> runtime, ActorId id, const 
       max_concurrency_(options_.max_concurrency),
       ctor_args_(std::move(ctor_args)),
       max_pending_(options_.max_pending_calls > 0 ? options_.max_pending_calls
-                                                  : ActorOptions::kDefaultMaxPendingCalls) {}
+                                                  : ActorOptions::kDefaultMaxPendingCalls) {
+  if (options_.detached) own_threads_ = std::make_shared<ThreadPool>(max_concurrency_, ThreadPool::Growth::fixed);
+}
+
+void LocalActor::post_work(std::function<void()> fn) {
+  if (own_threads_) own_threads_->post(std::move(fn));
+  else runtime_->pool().post(std::move(fn));
+}
 
 LocalActor::~LocalActor() {
   // The last handle is gone: nothing can call this actor any more. Whatever
@@ -65,6 +73,11 @@ LocalActor::~LocalActor() {
   for (auto& task : failed)
     task->spec.result->set_error(make_error(Errc::actor_died, status_));
   if (freed && runtime_) runtime_->release(*freed);
+  if (own_threads_ && own_threads_->on_pool_thread()) {
+    // The last reference went on one of the actor's own threads, which
+    // cannot join itself: another thread stops them once this handler ends.
+    std::thread([threads = std::move(own_threads_)] { threads->stop(); }).detach();
+  }
 }
 
 ActorState LocalActor::state() const {
@@ -115,11 +128,11 @@ void LocalActor::start_construction() {
     if (!slot.value && slot.ref && !slot.ref->is_ready()) {
       unresolved->fetch_add(1);
       slot.ref->on_complete([self, unresolved] {
-        if (unresolved->fetch_sub(1) == 1) self->runtime_->pool().post([self] { self->construct(); });
+        if (unresolved->fetch_sub(1) == 1) self->post_work([self] { self->construct(); });
       });
     }
   }
-  if (unresolved->fetch_sub(1) == 1) runtime_->pool().post([self] { self->construct(); });
+  if (unresolved->fetch_sub(1) == 1) post_work([self] { self->construct(); });
 }
 
 void LocalActor::construct() {
@@ -328,6 +341,11 @@ void LocalActor::schedule() {
   }
   if (to_start.empty()) return;
   auto self = shared_from_this();
+  if (own_threads_) {
+    for (auto& task : to_start)
+      own_threads_->post([self, task = std::move(task)]() mutable { self->run_loop(std::move(task)); });
+    return;
+  }
   // post_or_defer: a call that arrived on the call plane may run on the
   // thread that received it (see CallPlane), saving a wake-up.
   auto& pool = runtime_->pool();
@@ -538,7 +556,7 @@ void LocalActor::kill(bool no_restart) {
   for (auto& task : failed) task->spec.result->set_error(make_error(Errc::actor_died, message));
   if (restart) {
     auto self = shared_from_this();
-    runtime_->pool().post([self] { self->construct(); });
+    post_work([self] { self->construct(); });
   } else {
     if (freed) runtime_->release(*freed);
     runtime_->forget(*this);

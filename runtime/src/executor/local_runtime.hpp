@@ -4,7 +4,10 @@
 // whose calls arrive over the call plane (cluster/call_server.hpp).
 // Each actor has a mailbox served by the runtime's thread pool, at most
 // max_concurrency calls at a time, started in the order each caller made
-// them. Placement uses the same scheduler code as the head, over one node
+// them (the pool adds spare threads while all of its threads are stuck in
+// long calls, so max_concurrency holds whatever its size). A detached actor
+// (ActorOptions::detached) has max_concurrency threads of its own instead:
+// its constructor and methods run only there, never on the shared pool. Placement uses the same scheduler code as the head, over one node
 // (this machine, with its detected or declared GPUs).
 #pragma once
 
@@ -125,6 +128,9 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
 
   void start_construction();
   void construct();
+  // Runs `fn` where this actor's work runs: its own threads when detached,
+  // else the runtime's pool.
+  void post_work(std::function<void()> fn);
   void schedule();
   TaskPtr pick_ready_locked();
   void run_loop(TaskPtr task);
@@ -154,6 +160,8 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   const ActorOptions options_;
   const int max_concurrency_;
   std::vector<ArgSlot> ctor_args_;
+  // A detached actor's own threads (max_concurrency of them); null otherwise.
+  std::shared_ptr<ThreadPool> own_threads_;
 
   mutable std::mutex mutex_;
   ActorState state_ = ActorState::pending;

@@ -101,6 +101,10 @@ struct ActorOptions {
   Backpressure backpressure = Backpressure::block;
 
   static constexpr std::size_t kDefaultMaxPendingCalls = 100000;
+  // The actor gets max_concurrency threads of its own (CAF's detached
+  // actors): its constructor and methods run only there, so methods that
+  // block (sleep, I/O, locks) never hold the shared pool's threads.
+  bool detached = false;
 };
 
 // Per-call options: `handle.with_options({.timeout = 2s}).call<&C::m>(...)`
@@ -219,7 +223,7 @@ class ActorHandle {
     static_assert(std::is_base_of_v<typename Traits::class_type, A>,
                   "troupe: the method does not belong to this actor's class");
     using Result = detail::method_result_t<typename Traits::return_type>;
-    const detail::MethodInfo* method = detail::MethodSlot<Method>::info;
+    const detail::MethodInfo* method = detail::MethodSlot<A, Method>::info;
     if (method == nullptr) detail::throw_not_registered("method", typeid(A));
     detail::CallSpec spec;
     spec.method = method;

@@ -58,10 +58,11 @@ class ObjectRefBase {
   }
   void wait() const { checked().wait(); }
   // Withdraws the call if it has not started: the ref then holds a
-  // CancelledError and true is returned. A started call runs to completion.
-  // Cluster mode: a call already sent to its actor's host is withdrawn
-  // there if it has not started; cancel() returns false at once and the
-  // ref then completes with the CancelledError (or the call's result).
+  // CancelledError and true is returned. A started (or finished) call runs
+  // to completion and false is returned. Same in both modes: in a cluster,
+  // a call already sent to its actor's host is withdrawn there, and
+  // cancel() waits for the host's answer (one round trip; false if none
+  // comes within 10 s).
   bool cancel() const { return checked().cancel(); }
 
   const detail::StatePtr& state() const noexcept { return state_; }

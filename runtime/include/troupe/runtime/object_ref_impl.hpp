@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <optional>
 
 #include "troupe/runtime/object_ref.hpp"
 
@@ -15,6 +16,9 @@ namespace detail {
 
 // Completes `to` with whatever `from` completes with.
 void forward_state(const StatePtr& from, StatePtr to);
+// What a then() continuation that threw `thrown` leaves in its result: a
+// TaskError naming the exception's type and what(), as for a method.
+std::exception_ptr continuation_error(const std::exception_ptr& thrown);
 
 // While alive on a runtime pool thread, the pool has one more thread, so a
 // method that blocks on another actor's result cannot starve the pool.
@@ -76,24 +80,38 @@ auto ObjectRef<T>::then(F&& fn) const {
         out->set_error(src->error());
         return;
       }
-      try {
-        if constexpr (is_object_ref_v<R>) {
-          R inner = [&] {
-            if constexpr (std::is_void_v<T>) return std::invoke(fn);
-            else return std::invoke(fn, detail::extract<T>(src));
-          }();
-          if (!inner.valid()) throw_error(Errc::invalid_argument, "then(): continuation returned an empty ObjectRef");
-          detail::forward_state(inner.state(), out);
-        } else if constexpr (std::is_void_v<R>) {
-          if constexpr (std::is_void_v<T>) std::invoke(fn);
-          else std::invoke(fn, detail::extract<T>(src));
-          out->set_value(nullptr);
-        } else {
-          if constexpr (std::is_void_v<T>) out->set_value(detail::make_value<R>(std::invoke(fn)));
-          else out->set_value(detail::make_value<R>(std::invoke(fn, detail::extract<T>(src))));
+      // What fn throws becomes a TaskError (docs/errors.md); the input's
+      // own errors (a value that does not decode) flow on unchanged.
+      auto run = [&](auto&&... value) {
+        try {
+          if constexpr (is_object_ref_v<R>) {
+            R inner = std::invoke(fn, std::forward<decltype(value)>(value)...);
+            if (!inner.valid()) {
+              out->set_error(make_error(Errc::invalid_argument, "then(): continuation returned an empty ObjectRef"));
+              return;
+            }
+            detail::forward_state(inner.state(), out);
+          } else if constexpr (std::is_void_v<R>) {
+            std::invoke(fn, std::forward<decltype(value)>(value)...);
+            out->set_value(nullptr);
+          } else {
+            out->set_value(detail::make_value<R>(std::invoke(fn, std::forward<decltype(value)>(value)...)));
+          }
+        } catch (...) {
+          out->set_error(detail::continuation_error(std::current_exception()));
         }
-      } catch (...) {
-        out->set_error(std::current_exception());
+      };
+      if constexpr (std::is_void_v<T>) {
+        run();
+      } else {
+        std::optional<T> value;
+        try {
+          value.emplace(detail::extract<T>(src));
+        } catch (...) {
+          out->set_error(std::current_exception());
+          return;
+        }
+        run(std::move(*value));
       }
     });
   });

@@ -66,7 +66,9 @@ template <class A>
 struct ClassSlot {
   static inline const ClassInfo* info = nullptr;
 };
-template <auto Method>
+// Keyed by the class too: an inherited method (&Base::f) registered by two
+// classes has an entry per class, each invoking through its own class.
+template <class A, auto Method>
 struct MethodSlot {
   static inline const MethodInfo* info = nullptr;
 };
@@ -133,12 +135,14 @@ P take_arg(ValuePtr& value) {
   }
 }
 
-template <auto Method>
+// `self` points to the actor, an A: it becomes the method's class C (a base
+// of A, maybe not at offset zero) through A, which adjusts the pointer.
+template <class A, auto Method>
 InvokeResult invoke_method(void* self, ArgValues& args) {
   using Traits = method_traits<decltype(Method)>;
   using C = typename Traits::class_type;
   using R = typename Traits::return_type;
-  auto* object = static_cast<C*>(self);
+  C* object = static_cast<A*>(self);
   return [&]<std::size_t... I>(std::index_sequence<I...>) -> InvokeResult {
     if constexpr (std::is_void_v<R>) {
       (object->*Method)(take_arg<stored_t<std::tuple_element_t<I, typename Traits::params>>>(args[I])...);
@@ -202,7 +206,7 @@ class ClassRegistrar {
     }(std::make_index_sequence<Traits::arity>{});
     using Result = method_result_t<typename Traits::return_type>;
     if constexpr (!std::is_void_v<Result>) check_serializable<Result>();
-    MethodSlot<Method>::info = &register_method(*cls_, name, Traits::arity, &invoke_method<Method>);
+    MethodSlot<A, Method>::info = &register_method(*cls_, name, Traits::arity, &invoke_method<A, Method>);
     return *this;
   }
 
