@@ -33,8 +33,8 @@ std::string_view to_string(ActorState state) noexcept;
 // What one actor or one placement-group bundle needs. Names are Ray's:
 // "CPU", "GPU" (fractions allowed), "memory" (bytes) and any custom name.
 struct ResourceSpec {
-  std::map<std::string, double> amounts;
-  std::string gpu_type;       // "H100" matches "H100-80GB" and "NVIDIA H100 80GB HBM3"
+  std::map<std::string, double> amounts{};
+  std::string gpu_type{};     // "H100" matches "H100-80GB" and "NVIDIA H100 80GB HBM3"
   std::uint64_t gpu_memory = 0;  // bytes of GPU memory the GPU must have
 };
 
@@ -80,14 +80,14 @@ enum class Backpressure {
 };
 
 struct ActorOptions {
-  std::string name;                         // unique among live actors; "" = anonymous
-  std::map<std::string, double> resources;  // e.g. {{"GPU", 1}}; default: none
-  std::string gpu_type;                     // implies GPU >= 1
+  std::string name{};                       // unique among live actors; "" = anonymous
+  std::map<std::string, double> resources{};  // e.g. {{"GPU", 1}}; default: none
+  std::string gpu_type{};                   // implies GPU >= 1
   std::uint64_t gpu_memory = 0;             // bytes; implies GPU >= 1
   std::uint64_t memory = 0;                 // host bytes reserved
   int max_restarts = 0;                     // -1: unlimited
   int max_concurrency = 1;                  // calls that may run at once (>1: opt in, no order)
-  PlacementGroup placement_group;           // optional
+  PlacementGroup placement_group{};         // optional
   int bundle_index = -1;                    // with placement_group; -1 = any bundle
   // Calls in flight when the actor restarts: 0 fails them with
   // ActorDiedError (at-most-once); N > 0 resends each up to N times to the
@@ -112,7 +112,7 @@ struct CallOptions {
   // withdrawn and never runs; one that started runs on, its result dropped.
   std::chrono::milliseconds timeout{0};
   // Overrides ActorOptions::max_task_retries for these calls.
-  std::optional<int> max_task_retries;
+  std::optional<int> max_task_retries{};
 };
 
 namespace detail {
