@@ -170,11 +170,22 @@ ArgSlot make_arg(Arg&& arg) {
     StatePtr state = arg.state();
     return {make_value<D>(std::forward<Arg>(arg)), std::move(state), /*pass_ref=*/true};
   } else if constexpr (is_object_ref_v<A>) {
-    static_assert(std::is_same_v<typename A::value_type, D>,
-                  "troupe: an ObjectRef<T> argument must hold exactly the parameter's type");
+    using T = typename A::value_type;
+    constexpr bool converts = std::is_same_v<T, D> || std::is_convertible_v<T, D>;
+    static_assert(converts,
+                  "troupe: an ObjectRef<T> argument must hold a value that converts to the parameter's type");
     if (!arg.valid()) throw_error(Errc::invalid_argument, "an empty ObjectRef was passed as an argument");
-    if (arg.state()->is_ready() && !arg.state()->has_error()) return {arg.state()->value(), arg.state()};
-    return {nullptr, arg.state()};
+    if constexpr (!converts) {
+      return {};
+    } else if constexpr (std::is_same_v<T, D>) {
+      if (arg.state()->is_ready() && !arg.state()->has_error()) return {arg.state()->value(), arg.state()};
+      return {nullptr, arg.state()};
+    } else {
+      // Resolved, then converted as a plain call would convert the value
+      // (int -> long): the call waits for the converted ref, in either mode.
+      ObjectRef<D> converted = arg.then([](T value) -> D { return static_cast<D>(std::move(value)); });
+      return {nullptr, converted.state()};
+    }
   } else {
     static_assert(std::is_constructible_v<D, Arg&&>,
                   "troupe: argument type does not convert to the method's parameter type");
