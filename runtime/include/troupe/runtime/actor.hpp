@@ -195,13 +195,13 @@ ArgSlot make_arg(Arg&& arg) {
 
 template <class Params, class... Args>
 std::vector<ArgSlot> make_args(Args&&... args) {
-  static_assert(std::tuple_size_v<Params> == sizeof...(Args),
-                "troupe: wrong number of arguments for this method or constructor");
   std::vector<ArgSlot> slots;
-  slots.reserve(sizeof...(Args));
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
-    (slots.push_back(make_arg<std::tuple_element_t<I, Params>>(std::forward<Args>(args))), ...);
-  }(std::index_sequence_for<Args...>{});
+  if constexpr (check_argument_count<std::tuple_size_v<Params>, sizeof...(Args)>()) {
+    slots.reserve(sizeof...(Args));
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (slots.push_back(make_arg<std::tuple_element_t<I, Params>>(std::forward<Args>(args))), ...);
+    }(std::index_sequence_for<Args...>{});
+  }
   return slots;
 }
 
@@ -225,6 +225,7 @@ class ActorHandle {
   // ref itself). Calls from one caller run in the order they were made
   // (max_concurrency 1).
   template <auto Method, class... Args>
+    requires(detail::check_method_pointer<Method>())
   auto call(Args&&... args) const {
     using Traits = detail::method_traits<decltype(Method)>;
     static_assert(std::is_base_of_v<typename Traits::class_type, A>,
@@ -292,10 +293,19 @@ class ActorHandle {
 // Throws Error(invalid_argument) for a duplicate name or bad options.
 template <class A, class... Args>
 ActorHandle<A> actor(ActorOptions options, Args&&... args) {
-  const detail::ClassInfo* cls = detail::ClassSlot<A>::info;
-  if (cls == nullptr) detail::throw_not_registered("actor class", typeid(A));
-  auto slots = detail::make_args<typename actor_traits<A>::constructor_args>(std::forward<Args>(args)...);
-  return ActorHandle<A>(detail::create_actor(*cls, std::move(slots), std::move(options)));
+  constexpr bool registered = requires { typename actor_traits<A>::constructor_args; };
+  static_assert(registered,
+                "troupe::actor<A>: A is not an actor class in this translation unit: register the class with "
+                "TROUPE_ACTOR(A, (constructor args), methods...) at global scope, before this call (a header "
+                "the callers include is fine)");
+  if constexpr (registered) {
+    const detail::ClassInfo* cls = detail::ClassSlot<A>::info;
+    if (cls == nullptr) detail::throw_not_registered("actor class", typeid(A));
+    auto slots = detail::make_args<typename actor_traits<A>::constructor_args>(std::forward<Args>(args)...);
+    return ActorHandle<A>(detail::create_actor(*cls, std::move(slots), std::move(options)));
+  } else {
+    return ActorHandle<A>();
+  }
 }
 template <class A, class... Args>
 ActorHandle<A> actor(Args&&... args) {
