@@ -26,6 +26,15 @@ class Numbers {
   std::string scale(const std::string& s) const { return s + s; }
 };
 
+class Start {
+ public:
+  explicit Start(long value) : value_(value) {}
+  long value() const { return value_; }
+
+ private:
+  long value_;
+};
+
 #define CONFORMANCE_API_METHOD(i) \
   int m##i() { return i; }
 class Wide {
@@ -54,6 +63,8 @@ class Wide {
 TROUPE_ACTOR(conformance_api::Numbers, (), seven, fail, twice, half, sum, (scale, int(int)),
              (scale, std::string(const std::string&) const));
 
+TROUPE_ACTOR(conformance_api::Start, (long), value);
+
 TROUPE_ACTOR(conformance_api::Wide, (), m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15,
              m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30, m31, m32, m33, m34, m35,
              m36, m37, m38, m39, m40, m41, m42, m43, m44, m45, m46, m47, m48, m49, m50, m51, m52, m53, m54, m55,
@@ -62,6 +73,7 @@ TROUPE_ACTOR(conformance_api::Wide, (), m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, 
 namespace {
 
 using conformance_api::Numbers;
+using conformance_api::Start;
 using conformance_api::Wide;
 using namespace troupe::conformance;
 
@@ -96,6 +108,12 @@ TEST(ConformanceApi, AnObjectRefOfIntIsResolvedThenConvertedForALongParameter) {
   } catch (const troupe::TaskError& e) {
     EXPECT_NE(std::string(e.what()).find("seven is gone"), std::string::npos) << e.what();
   }
+}
+
+TEST(ConformanceApi, AnObjectRefOfIntIsConvertedForALongConstructorParameter) {
+  auto n = troupe::actor<Numbers>();
+  auto start = troupe::actor<Start>(n.call<&Numbers::seven>());
+  EXPECT_EQ(start.call<&Start::value>().get(kWait), 7L) << mode_name();
 }
 
 TEST(ConformanceApi, AnActorCanRegisterSixtyFourMethods) {
