@@ -45,7 +45,7 @@ namespace troupe::actors {
 // Where and how often an actor checkpoints; part of its constructor argument
 // (StageSpec, ShardSpec), so a restarted actor finds the same directory.
 struct CheckpointSpec {
-  std::string directory;   // "" = no checkpoints
+  std::string directory{}; // "" = no checkpoints
   std::int64_t every = 0;  // a checkpoint after every `every`-th optimizer step; 0 = none
   int keep = 3;            // newest checkpoint files kept (>= 1)
 

@@ -96,8 +96,8 @@ std::string_view to_string(StageDevice device) noexcept;
 struct OptimizerSpec {
   enum class Kind : std::uint8_t { sgd, adam };
   Kind kind = Kind::sgd;
-  kernels::SgdOptions sgd;    // used when kind == sgd
-  kernels::AdamOptions adam;  // used when kind == adam
+  kernels::SgdOptions sgd{};    // used when kind == sgd
+  kernels::AdamOptions adam{};  // used when kind == adam
 
   static OptimizerSpec make_sgd(float lr, float momentum = 0.0f, float weight_decay = 0.0f);
   static OptimizerSpec make_adam(float lr, float weight_decay = 0.0f);
@@ -113,7 +113,7 @@ struct OptimizerSpec {
 // sizes.back(), each followed by `activation` except the model's very last
 // layer (the last layer of the stage with is_last), which gives logits.
 struct StageSpec {
-  std::vector<std::int64_t> sizes;           // >= 2 entries, each >= 1
+  std::vector<std::int64_t> sizes{};         // >= 2 entries, each >= 1
   Activation activation = Activation::relu;
   bool is_first = false;  // nobody needs its input gradient: backward skips dx and returns an undefined Tensor
   bool is_last = false;   // ends in logits: use forward_loss / backward_loss instead of forward / backward
@@ -121,7 +121,7 @@ struct StageSpec {
   // split_mlp gives stage k the seed of its first layer's index in the whole
   // model, so the split model starts from the same numbers as the unsplit one.
   std::uint32_t seed = 0;
-  OptimizerSpec optimizer;
+  OptimizerSpec optimizer{};
   StageDevice device = StageDevice::cpu;
   // Extra time each forward / backward call takes at least (the method
   // sleeps until that long after it started): benchmarks use it to give
@@ -135,7 +135,7 @@ struct StageSpec {
   // Checkpoints of the stage's state (parameters, optimizer state, step)
   // every `checkpoint.every` steps into `checkpoint.directory`, one directory
   // per stage (Pipeline fills it in from PipelineOptions). See PipelineStage.
-  CheckpointSpec checkpoint;
+  CheckpointSpec checkpoint{};
 
   std::int64_t layers() const noexcept { return sizes.empty() ? 0 : static_cast<std::int64_t>(sizes.size()) - 1; }
 
@@ -366,7 +366,7 @@ struct RecoveryStats {
 // the oldest of the last `keep_checkpoints` common checkpoints, to replay
 // from: do not overwrite a batch's tensors after submitting it.
 struct PipelineOptions {
-  std::string checkpoint_directory;
+  std::string checkpoint_directory{};
   std::int64_t checkpoint_every = 0;
   int keep_checkpoints = 3;
   std::chrono::milliseconds restart_timeout{120'000};
@@ -375,7 +375,7 @@ struct PipelineOptions {
   int max_recoveries = 10;
   // Called on the Pipeline's supervisor thread after each recovery (not for a
   // start that resumes an earlier run: see resume_step()).
-  std::function<void(const RecoveryEvent&)> on_recovery;
+  std::function<void(const RecoveryEvent&)> on_recovery{};
 
   bool fault_tolerant() const noexcept { return checkpoint_every > 0; }
 };

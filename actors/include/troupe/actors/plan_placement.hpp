@@ -29,7 +29,7 @@ namespace troupe::actors {
 
 struct LiveClusterOptions {
   // GPU figures searched before the built-in table (scheduler::find_gpu_type).
-  scheduler::GpuTypeTable gpu_types;
+  scheduler::GpuTypeTable gpu_types{};
   // troupe does not measure links; these are `troupe plan --address`'s
   // defaults: PCIe gen3 inside a node, 25 GbE between nodes.
   double intra_node_gbps = 16.0;
@@ -51,8 +51,8 @@ struct PlacePlanOptions {
   // stages then get the planned GPU types wherever they are free.
   bool pin_nodes = true;
   // Added to every bundle (and asked by every stage), e.g. {{"CPU", 1}}.
-  std::map<std::string, double> extra_resources;
-  std::string group_name;
+  std::map<std::string, double> extra_resources{};
+  std::string group_name{};
   PlacementStrategy strategy = PlacementStrategy::pack;
 };
 

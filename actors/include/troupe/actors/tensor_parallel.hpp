@@ -68,7 +68,7 @@ struct ShardSpec {
   bool use_gpu = true;  // compute on the actor's GPU when the process has it
   // Checkpoints of the shard's weight, bias and step every `every`
   // sgd_steps, one directory per shard; see LinearShard.
-  CheckpointSpec checkpoint;
+  CheckpointSpec checkpoint{};
 
   // The block of the split dimension (out_features for columns,
   // in_features for rows) this shard holds.

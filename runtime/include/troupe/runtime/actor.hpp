@@ -33,8 +33,8 @@ std::string_view to_string(ActorState state) noexcept;
 // What one actor or one placement-group bundle needs. Names are Ray's:
 // "CPU", "GPU" (fractions allowed), "memory" (bytes) and any custom name.
 struct ResourceSpec {
-  std::map<std::string, double> amounts;
-  std::string gpu_type;       // "H100" matches "H100-80GB" and "NVIDIA H100 80GB HBM3"
+  std::map<std::string, double> amounts{};
+  std::string gpu_type{};     // "H100" matches "H100-80GB" and "NVIDIA H100 80GB HBM3"
   std::uint64_t gpu_memory = 0;  // bytes of GPU memory the GPU must have
 };
 
@@ -80,14 +80,14 @@ enum class Backpressure {
 };
 
 struct ActorOptions {
-  std::string name;                         // unique among live actors; "" = anonymous
-  std::map<std::string, double> resources;  // e.g. {{"GPU", 1}}; default: none
-  std::string gpu_type;                     // implies GPU >= 1
+  std::string name{};                       // unique among live actors; "" = anonymous
+  std::map<std::string, double> resources{};  // e.g. {{"GPU", 1}}; default: none
+  std::string gpu_type{};                   // implies GPU >= 1
   std::uint64_t gpu_memory = 0;             // bytes; implies GPU >= 1
   std::uint64_t memory = 0;                 // host bytes reserved
   int max_restarts = 0;                     // -1: unlimited
   int max_concurrency = 1;                  // calls that may run at once (>1: opt in, no order)
-  PlacementGroup placement_group;           // optional
+  PlacementGroup placement_group{};         // optional
   int bundle_index = -1;                    // with placement_group; -1 = any bundle
   // Calls in flight when the actor restarts: 0 fails them with
   // ActorDiedError (at-most-once); N > 0 resends each up to N times to the
@@ -116,7 +116,7 @@ struct CallOptions {
   // withdrawn and never runs; one that started runs on, its result dropped.
   std::chrono::milliseconds timeout{0};
   // Overrides ActorOptions::max_task_retries for these calls.
-  std::optional<int> max_task_retries;
+  std::optional<int> max_task_retries{};
 };
 
 namespace detail {
@@ -174,11 +174,22 @@ ArgSlot make_arg(Arg&& arg) {
     StatePtr state = arg.state();
     return {make_value<D>(std::forward<Arg>(arg)), std::move(state), /*pass_ref=*/true};
   } else if constexpr (is_object_ref_v<A>) {
-    static_assert(std::is_same_v<typename A::value_type, D>,
-                  "troupe: an ObjectRef<T> argument must hold exactly the parameter's type");
+    using T = typename A::value_type;
+    constexpr bool converts = std::is_same_v<T, D> || std::is_convertible_v<T, D>;
+    static_assert(converts,
+                  "troupe: an ObjectRef<T> argument must hold a value that converts to the parameter's type");
     if (!arg.valid()) throw_error(Errc::invalid_argument, "an empty ObjectRef was passed as an argument");
-    if (arg.state()->is_ready() && !arg.state()->has_error()) return {arg.state()->value(), arg.state()};
-    return {nullptr, arg.state()};
+    if constexpr (!converts) {
+      return {};
+    } else if constexpr (std::is_same_v<T, D>) {
+      if (arg.state()->is_ready() && !arg.state()->has_error()) return {arg.state()->value(), arg.state()};
+      return {nullptr, arg.state()};
+    } else {
+      // Resolved, then converted as a plain call would convert the value
+      // (int -> long): the call waits for the converted ref, in either mode.
+      ObjectRef<D> converted = arg.then([](T value) -> D { return static_cast<D>(std::move(value)); });
+      return {nullptr, converted.state()};
+    }
   } else {
     static_assert(std::is_constructible_v<D, Arg&&>,
                   "troupe: argument type does not convert to the method's parameter type");
@@ -188,13 +199,13 @@ ArgSlot make_arg(Arg&& arg) {
 
 template <class Params, class... Args>
 std::vector<ArgSlot> make_args(Args&&... args) {
-  static_assert(std::tuple_size_v<Params> == sizeof...(Args),
-                "troupe: wrong number of arguments for this method or constructor");
   std::vector<ArgSlot> slots;
-  slots.reserve(sizeof...(Args));
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
-    (slots.push_back(make_arg<std::tuple_element_t<I, Params>>(std::forward<Args>(args))), ...);
-  }(std::index_sequence_for<Args...>{});
+  if constexpr (check_argument_count<std::tuple_size_v<Params>, sizeof...(Args)>()) {
+    slots.reserve(sizeof...(Args));
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (slots.push_back(make_arg<std::tuple_element_t<I, Params>>(std::forward<Args>(args))), ...);
+    }(std::index_sequence_for<Args...>{});
+  }
   return slots;
 }
 
@@ -218,6 +229,7 @@ class ActorHandle {
   // ref itself). Calls from one caller run in the order they were made
   // (max_concurrency 1).
   template <auto Method, class... Args>
+    requires(detail::check_method_pointer<Method>())
   auto call(Args&&... args) const {
     using Traits = detail::method_traits<decltype(Method)>;
     static_assert(std::is_base_of_v<typename Traits::class_type, A>,
@@ -285,10 +297,19 @@ class ActorHandle {
 // Throws Error(invalid_argument) for a duplicate name or bad options.
 template <class A, class... Args>
 ActorHandle<A> actor(ActorOptions options, Args&&... args) {
-  const detail::ClassInfo* cls = detail::ClassSlot<A>::info;
-  if (cls == nullptr) detail::throw_not_registered("actor class", typeid(A));
-  auto slots = detail::make_args<typename actor_traits<A>::constructor_args>(std::forward<Args>(args)...);
-  return ActorHandle<A>(detail::create_actor(*cls, std::move(slots), std::move(options)));
+  constexpr bool registered = requires { typename actor_traits<A>::constructor_args; };
+  static_assert(registered,
+                "troupe::actor<A>: A is not an actor class in this translation unit: register the class with "
+                "TROUPE_ACTOR(A, (constructor args), methods...) at global scope, before this call (a header "
+                "the callers include is fine)");
+  if constexpr (registered) {
+    const detail::ClassInfo* cls = detail::ClassSlot<A>::info;
+    if (cls == nullptr) detail::throw_not_registered("actor class", typeid(A));
+    auto slots = detail::make_args<typename actor_traits<A>::constructor_args>(std::forward<Args>(args)...);
+    return ActorHandle<A>(detail::create_actor(*cls, std::move(slots), std::move(options)));
+  } else {
+    return ActorHandle<A>();
+  }
 }
 template <class A, class... Args>
 ActorHandle<A> actor(Args&&... args) {

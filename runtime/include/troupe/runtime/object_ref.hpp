@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <initializer_list>
 #include <memory>
 #include <tuple>
 #include <type_traits>
@@ -162,6 +163,9 @@ ObjectRef<std::decay_t<T>> make_ready(T&& value) {
 // error (in completion order) as soon as one fails.
 template <class T>
 auto when_all(const std::vector<ObjectRef<T>>& refs);
+// A braced list: when_all({a, b}) is when_all(std::vector{a, b}).
+template <class T>
+auto when_all(std::initializer_list<ObjectRef<T>> refs);
 // Tuple form: when_all(a, b, c) -> ObjectRef<std::tuple<A, B, C>> (no void).
 template <class... Ts>
   requires(sizeof...(Ts) >= 1)
@@ -171,6 +175,8 @@ ObjectRef<std::tuple<Ts...>> when_all(const ObjectRef<Ts>&... refs);
 // An empty vector gives an invalid_argument error.
 template <class T>
 ObjectRef<std::size_t> when_any(const std::vector<ObjectRef<T>>& refs);
+template <class T>
+ObjectRef<std::size_t> when_any(std::initializer_list<ObjectRef<T>> refs);
 
 template <class T>
 struct WaitResult {
@@ -182,6 +188,10 @@ struct WaitResult {
 // passes, and splits them. Never throws TimeoutError; check ready.size().
 template <class T, class Rep, class Period>
 WaitResult<T> wait(const std::vector<ObjectRef<T>>& refs, std::size_t num_ready,
+                   std::chrono::duration<Rep, Period> timeout);
+// A braced list: wait({a, b}, 2, 1s).
+template <class T, class Rep, class Period>
+WaitResult<T> wait(std::initializer_list<ObjectRef<T>> refs, std::size_t num_ready,
                    std::chrono::duration<Rep, Period> timeout);
 
 }  // namespace troupe

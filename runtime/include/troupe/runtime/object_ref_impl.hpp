@@ -183,6 +183,11 @@ auto when_all(const std::vector<ObjectRef<T>>& refs) {
   return out;
 }
 
+template <class T>
+auto when_all(std::initializer_list<ObjectRef<T>> refs) {
+  return when_all(std::vector<ObjectRef<T>>(refs));
+}
+
 template <class... Ts>
   requires(sizeof...(Ts) >= 1)
 ObjectRef<std::tuple<Ts...>> when_all(const ObjectRef<Ts>&... refs) {
@@ -231,6 +236,17 @@ ObjectRef<std::size_t> when_any(const std::vector<ObjectRef<T>>& refs) {
     });
   }
   return ObjectRef<std::size_t>(std::move(out));
+}
+
+template <class T>
+ObjectRef<std::size_t> when_any(std::initializer_list<ObjectRef<T>> refs) {
+  return when_any(std::vector<ObjectRef<T>>(refs));
+}
+
+template <class T, class Rep, class Period>
+WaitResult<T> wait(std::initializer_list<ObjectRef<T>> refs, std::size_t num_ready,
+                   std::chrono::duration<Rep, Period> timeout) {
+  return wait(std::vector<ObjectRef<T>>(refs), num_ready, timeout);
 }
 
 template <class T, class Rep, class Period>

@@ -16,11 +16,11 @@
 namespace troupe {
 
 struct InitOptions {
-  std::string address;          // "" = TROUPE_ADDRESS, else local mode
-  std::string log_level;        // "" = TROUPE_LOG_LEVEL, else "warn"
+  std::string address{};        // "" = TROUPE_ADDRESS, else local mode
+  std::string log_level{};      // "" = TROUPE_LOG_LEVEL, else "warn"
   int num_threads = 0;          // local mode pool size; 0 = max(2, hardware threads)
-  std::string gpus;             // declared GPUs for local mode, e.g. "H100-80GB:2" ("" = TROUPE_GPUS, else detect)
-  std::map<std::string, double> resources;  // extra custom resources of the local node
+  std::string gpus{};           // declared GPUs for local mode, e.g. "H100-80GB:2" ("" = TROUPE_GPUS, else detect)
+  std::map<std::string, double> resources{};  // extra custom resources of the local node
 };
 
 enum class Mode { none, local, cluster };

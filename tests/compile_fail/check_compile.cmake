@@ -1,0 +1,55 @@
+# Compiles one tests/compile_fail source and checks the outcome it declares
+# (see compile_fail_tests.cmake). Run as
+#   cmake -DCXX=... -DCXX_FLAGS=... -DFLAGS_FILE=... -DSOURCE=... -P check_compile.cmake
+foreach(_var CXX FLAGS_FILE SOURCE)
+  if(NOT DEFINED ${_var})
+    message(FATAL_ERROR "check_compile.cmake: -D${_var}= is required")
+  endif()
+endforeach()
+include(${FLAGS_FILE})
+
+file(STRINGS ${SOURCE} _expected_errors REGEX "^// expect-error: ")
+file(STRINGS ${SOURCE} _expect_success REGEX "^// expect-success")
+file(STRINGS ${SOURCE} _extra_flags REGEX "^// flags: ")
+if(NOT _expected_errors AND NOT _expect_success)
+  message(FATAL_ERROR "${SOURCE}: says neither `// expect-error: TEXT` nor `// expect-success`")
+endif()
+
+separate_arguments(_flags UNIX_COMMAND "${CXX_FLAGS}")
+foreach(_line ${_extra_flags})
+  string(REGEX REPLACE "^// flags: " "" _line "${_line}")
+  separate_arguments(_more UNIX_COMMAND "${_line}")
+  list(APPEND _flags ${_more})
+endforeach()
+foreach(_dir ${CF_INCLUDES})
+  list(APPEND _flags "-I${_dir}")
+endforeach()
+foreach(_def ${CF_DEFINES})
+  list(APPEND _flags "-D${_def}")
+endforeach()
+
+execute_process(COMMAND ${CXX} ${_flags} -fsyntax-only ${SOURCE}
+                RESULT_VARIABLE _result OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
+# Quotes as the compiler prints them (GCC may use typographic ones).
+string(REPLACE "‘" "'" _out "${_out}")
+string(REPLACE "’" "'" _out "${_out}")
+
+if(_expect_success)
+  if(NOT _result EQUAL 0 OR NOT _out STREQUAL "")
+    message(FATAL_ERROR "${SOURCE} should compile without a diagnostic; the compiler said:\n${_out}")
+  endif()
+  message(STATUS "${SOURCE}: compiles cleanly")
+  return()
+endif()
+
+if(_result EQUAL 0)
+  message(FATAL_ERROR "${SOURCE} compiled, but it should fail with:\n${_expected_errors}")
+endif()
+foreach(_line ${_expected_errors})
+  string(REGEX REPLACE "^// expect-error: " "" _text "${_line}")
+  string(FIND "${_out}" "${_text}" _at)
+  if(_at EQUAL -1)
+    message(FATAL_ERROR "${SOURCE}: the compiler's output lacks \"${_text}\"; it said:\n${_out}")
+  endif()
+endforeach()
+message(STATUS "${SOURCE}: fails to compile, naming the fix")
