@@ -381,6 +381,7 @@ void ClusterRuntime::tick() {
   auto releases = table_->take_releases();
   outbound_->expire_fetches();
   table_->expire_waits(fetch_timeout_);  // a fetch of what never comes waits no longer than a fetch
+  table_->expire_loans(std::chrono::steady_clock::now());
   for (auto& [location, ids] : releases) {
     capnp::MallocMessageBuilder message;
     auto release = message.initRoot<wire::CallMessage>().initRelease();
