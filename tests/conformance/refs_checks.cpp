@@ -1,6 +1,7 @@
 // ObjectRefs that travel, in both modes: refs nested in parameters and
 // results (containers of refs, a ref to a ref), an answer that does not
-// wait for an ObjectRef parameter the method never got (issue 13).
+// wait for an ObjectRef parameter the method never got, and an actor
+// created from a constructor argument still pending (issue 13).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -73,15 +74,26 @@ class Consumer {
   std::vector<ObjectRef<long>> kept_;
 };
 
+class Gated {
+ public:
+  explicit Gated(long start) : start_(start) {}
+  long start() const { return start_; }
+
+ private:
+  long start_;
+};
+
 }  // namespace conformance_refs
 
 TROUPE_ACTOR(conformance_refs::Producer, (), square, make_refs, make_map);
 TROUPE_ACTOR(conformance_refs::Consumer, (), sum_all, unwrap, sum_map, value_or, give_up_after, keep, hand_back,
              read_kept);
+TROUPE_ACTOR(conformance_refs::Gated, (long), start);
 
 namespace {
 
 using conformance_refs::Consumer;
+using conformance_refs::Gated;
 using conformance_refs::Producer;
 using troupe::ObjectRef;
 using namespace troupe::conformance;
@@ -159,6 +171,26 @@ TEST(ConformanceRefs, AnAnswerIsNotWithheldUntilAnUnresolvedRefParameterArrives)
   EXPECT_LT(took, std::chrono::milliseconds(2500)) << mode_name() << ": answered after "
                                                   << std::chrono::duration<double>(took).count() << " s";
   never.set_value(1L);
+}
+
+TEST(ConformanceRefs, CreatingAnActorDoesNotWaitForAPendingConstructorArgument) {
+  troupe::Promise<long> start_value;
+  const auto start = Clock::now();
+  auto gated = troupe::actor<Gated>(start_value.ref());
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(1000)) << mode_name() << ": actor() blocked";
+  auto first = gated.call<&Gated::start>();  // queues until the actor is up
+  EXPECT_FALSE(first.wait_for(std::chrono::milliseconds(300))) << mode_name();
+  start_value.set_value(5L);
+  EXPECT_EQ(first.get(kWait), 5) << mode_name();
+  EXPECT_EQ(gated.call<&Gated::start>().get(kWait), 5);
+}
+
+TEST(ConformanceRefs, AFailedConstructorArgumentKillsTheActorAndFailsItsCalls) {
+  troupe::Promise<long> start_value;
+  auto gated = troupe::actor<Gated>(start_value.ref());
+  auto call = gated.call<&Gated::start>();
+  start_value.set_error(std::make_exception_ptr(std::runtime_error("no start value")));
+  EXPECT_THROW(call.get(kWait), troupe::ActorDiedError) << mode_name();
 }
 
 }  // namespace
