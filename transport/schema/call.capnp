@@ -45,6 +45,11 @@ struct CallRequest {
   # ObjectDescriptor owned by this host) before it exists.
   # issue 12 (calls)
   timeoutMs @9 :UInt64;
+  # issue 13 (refs)
+  refs @10 :List(ObjectDescriptor);
+  # The objects named by ObjectRefs inside the arguments' values (a
+  # parameter std::vector<ObjectRef<T>>, ObjectRef<ObjectRef<T>>, ...), by
+  # id; lent like passRef arguments.
   # The time left to the call's deadline when the caller sent it, in ms
   # (0 = no deadline). The host withdraws the call, answering error timeout
   # unrun, if it has not started by then (the caller has failed it already).
@@ -58,6 +63,24 @@ struct CallReply {
     ref @3 :ObjectDescriptor;     # result kept at the host; fetch over the data plane
     error @4 :ErrorInfo;          # the method threw, or the call could not run
   }
+  # issue 13 (refs)
+  loansKept @5 :Bool;
+  # The callee still fetches objects the call lent it (ObjectRef
+  # parameters, and refs nested in arguments): the caller keeps them served
+  # until a ReturnLoans names this call (or a bounded time passes: every
+  # fetch ends within the fetch timeout). False: the loans end with this reply.
+  refs @6 :List(ObjectDescriptor);
+  # The objects named by ObjectRefs inside an inline `value` (a result of
+  # type std::vector<ObjectRef<T>>, ...), by id. The caller fetches them at
+  # once and then sends ReturnLoans (the host lends them until it does).
+}
+
+struct ReturnLoans {
+  # The callee of call `callId` has every object that call lent it (or gave
+  # up on it): the lender may stop serving them.
+  callId @0 :UInt64;
+  actorId @1 :ActorId;   # the callee (nil: the reply's receiver returns a reply's loans)
+  callerId @2 :WorkerId; # the sender of this message
 }
 
 struct CancelCall {
@@ -95,5 +118,6 @@ struct CallMessage {
     cancel @2 :CancelCall;
     release @3 :ReleaseObjects;
     cancelAnswer @4 :CancelAnswer;
+    returnLoans @5 :ReturnLoans;
   }
 }

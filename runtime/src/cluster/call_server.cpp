@@ -83,6 +83,7 @@ void CallServer::dispatch(wire::CallMessage::Reader root) {
       table_->release(ids);
       break;
     }
+    case wire::CallMessage::RETURN_LOANS: outbound_->on_return_loans(root.getReturnLoans()); break;
     case wire::CallMessage::CANCEL: {
       auto cancel = root.getCancel();
       if (!cancel.hasResultId()) throw Error(Errc::protocol, "a cancel that names no call result");
@@ -126,6 +127,11 @@ std::string CallServer::check_request(wire::CallRequest::Reader request) {
     }
     if (!why.empty()) return "argument " + std::to_string(i) + ": " + why;
   }
+  auto refs = request.getRefs();
+  if (refs.size() > kMaxCallArgs) return std::to_string(refs.size()) + " nested refs";
+  for (unsigned i = 0; i < refs.size(); ++i)
+    if (auto why = ObjectTransfer::check_descriptor(refs[i]); !why.empty())
+      return "nested ref " + std::to_string(i) + ": " + why;
   if (fetch && (args.size() != 1 || !args[0].isRef()))
     return std::string(kFetchMethod) + " takes one object descriptor";
   return {};
@@ -231,15 +237,19 @@ void CallServer::on_request(wire::CallRequest::Reader request) {
   if (const std::uint64_t timeout_ms = request.getTimeoutMs(); timeout_ms > 0)
     spec.deadline = std::chrono::steady_clock::now() +
                     std::chrono::milliseconds(std::min<std::uint64_t>(timeout_ms, kMaxTimeoutMs));
-  std::vector<StatePtr> passed;  // ObjectRef parameters, fetched from their holders
+  // The objects the caller lends this call: ObjectRef parameters and the
+  // refs inside argument values, each fetched from its holder at once.
+  auto nested = transfer_->resolve_nested(request.getRefs());
+  std::vector<StatePtr> borrowed = nested ? *nested : std::vector<StatePtr>{};
   for (auto arg : request.getArgs()) {
     ArgSlot slot;
     switch (arg.which()) {
-      case wire::Arg::VALUE: slot.value = std::make_shared<EncodedValue>(from_data(arg.getValue())); break;
-      case wire::Arg::REF: slot.ref = transfer_->resolve(arg.getRef()); break;
+      case wire::Arg::VALUE: slot.value = std::make_shared<EncodedValue>(from_data(arg.getValue()), nested); break;
+      case wire::Arg::REF: slot.ref = transfer_->resolve(arg.getRef(), nested); break;
       case wire::Arg::PASS_REF: {
-        StatePtr state = transfer_->resolve(arg.getPassRef());
-        passed.push_back(state);
+        StatePtr state = transfer_->resolve(arg.getPassRef(), nested);
+        state = ObjectTransfer::same_id(std::move(state), troupe::from_wire<ObjectId>(arg.getPassRef().getId()));
+        borrowed.push_back(state);
         slot.value = std::make_shared<PassedRef>(std::move(state));
         slot.pass_ref = true;
         break;
@@ -255,32 +265,93 @@ void CallServer::on_request(wire::CallRequest::Reader request) {
   result->on_complete([transfer, weak, result_id] {
     if (auto s = weak.lock()) transfer->publish(result_id, s);  // a consumer may ask as soon as the caller knows
   });
-  // The reply waits for the ObjectRef parameters too: the caller lends
-  // them until it has the reply, so this process must hold its copies by
-  // then, even if the method never read them.
-  auto gate = std::make_shared<std::atomic<std::size_t>>(passed.size() + 1);
-  auto answer = [self, weak, gate, call_id, return_to, actor] {
-    if (gate->fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-    if (auto s = weak.lock()) self->reply_to(return_to, call_id, actor, s, /*allow_ref=*/true);
+  // The answer goes out as soon as the result is there (as in local mode),
+  // even while borrowed objects are still on their way: the reply then says
+  // so (loansKept), and the caller keeps lending them until this process
+  // has them all and says so (ReturnLoans, sent after the reply).
+  struct Borrowing {
+    std::mutex mutex;
+    std::size_t left = 0;  // borrowed objects not here yet
+    bool answered = false, kept = false, returned = false;
   };
-  for (auto& state : passed) state->on_complete(answer);
+  auto borrowing = std::make_shared<Borrowing>();
+  borrowing->left = borrowed.size();
+  auto arrived = [self, borrowing, call_id, return_to, actor] {
+    bool send = false;
+    {
+      std::lock_guard lock(borrowing->mutex);
+      --borrowing->left;
+      send = borrowing->left == 0 && borrowing->answered && borrowing->kept && !borrowing->returned;
+      if (send) borrowing->returned = true;
+    }
+    if (send) self->return_loans(return_to, call_id, actor);
+  };
+  const WorkerId caller = troupe::from_wire<WorkerId>(request.getCallerId());
+  auto answer = [self, weak, borrowing, call_id, return_to, actor, caller] {
+    auto s = weak.lock();
+    if (!s) return;
+    bool kept = false;
+    {
+      std::lock_guard lock(borrowing->mutex);
+      kept = borrowing->kept = borrowing->left > 0;
+    }
+    self->reply_to(return_to, call_id, actor, s, /*allow_ref=*/true, kept, caller);
+    bool send = false;
+    {
+      std::lock_guard lock(borrowing->mutex);
+      borrowing->answered = true;
+      send = borrowing->kept && borrowing->left == 0 && !borrowing->returned;
+      if (send) borrowing->returned = true;
+    }
+    if (send) self->return_loans(return_to, call_id, actor);
+  };
+  for (auto& state : borrowed) state->on_complete(arrived);
   result->on_complete(answer);
   host_->actor()->submit_from(std::move(spec), caller_id(troupe::from_wire<WorkerId>(request.getCallerId())));
 }
 
+void CallServer::return_loans(const std::string& address, std::uint64_t call_id, const ActorId& actor_id) {
+  capnp::MallocMessageBuilder message;
+  auto loans = message.initRoot<wire::CallMessage>().initReturnLoans();
+  loans.setCallId(call_id);
+  troupe::to_wire(loans.initActorId(), actor_id);
+  try {
+    send_(address, message);
+  } catch (const std::exception& e) {
+    TROUPE_LOG_DEBUG("could not return loans to {}: {}", address, e.what());  // they expire there
+  }
+}
+
 void CallServer::reply_to(const std::string& address, std::uint64_t call_id, ActorId actor_id,
-                          const StatePtr& result, bool allow_ref) {
+                          const StatePtr& result, bool allow_ref, bool loans_kept, const WorkerId& caller) {
   capnp::MallocMessageBuilder message(kFirstSegmentWords);
   auto reply = message.initRoot<wire::CallMessage>().initReply();
   reply.setCallId(call_id);
   troupe::to_wire(reply.initActorId(), actor_id);
+  reply.setLoansKept(loans_kept);
   if (result->has_error()) {
     fill_error(reply.initError(), result->error());
   } else {
     ObjectTransfer::Encoding encoding;
     try {
       if (allow_ref) {
+        // A result's ObjectRefs go alongside it (`refs`), lent to the
+        // caller until it has fetched them; such a result always goes inline.
+        NestedRefEncoder nested;
         encoding = transfer_->encode_for_transfer(result->value());
+        if (!nested.refs().empty()) {
+          if (encoding.by_descriptor) {
+            encoding.bytes = result->value()->encode();
+            encoding.by_descriptor = false;
+          }
+          std::vector<StatePtr> borrowed;
+          std::vector<ObjectId> lent;
+          transfer_->describe_nested(
+              nested, [&](unsigned n) { return reply.initRefs(n); }, borrowed, lent);
+          if (!borrowed.empty() || !lent.empty())
+            table_->keep_loans(caller, call_id, ActorId{}, std::move(borrowed), std::move(lent),
+                               std::chrono::steady_clock::now() + outbound_->kept_loans_limit());
+        }
       } else {
         const ValuePtr& value = result->value();
         encoding.bytes = value ? value->encode() : std::string();

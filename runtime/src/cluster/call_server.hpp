@@ -84,8 +84,14 @@ class CallServer final : public std::enable_shared_from_this<CallServer> {
   std::string check_seq(const WorkerId& caller, std::uint64_t seq);
   // Answers call `call_id` with `result` (finished). allow_ref: a large
   // result may stay here and be answered by descriptor.
+  // Tells the caller at `address` that the call `call_id` to `actor_id`
+  // has every object it lent (ReturnLoans).
+  void return_loans(const std::string& address, std::uint64_t call_id, const ActorId& actor_id);
+  // loans_kept: this process still fetches objects the call lent it (it
+  // sends ReturnLoans once it has them). `caller`: who the result's nested
+  // refs are lent to.
   void reply_to(const std::string& address, std::uint64_t call_id, ActorId actor_id, const StatePtr& result,
-                bool allow_ref);
+                bool allow_ref, bool loans_kept = false, const WorkerId& caller = WorkerId{});
 
   const ReplySender send_;
   const std::shared_ptr<ObjectTable> table_;

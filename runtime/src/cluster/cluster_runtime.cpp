@@ -134,20 +134,15 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
                                                         ActorOptions options) {
   if (!running()) throw_error(Errc::cancelled, "the runtime is shut down");
   validate_actor_options(options);
-  std::vector<std::string> encoded;
+  std::vector<StatePtr> unresolved;
   for (auto& slot : ctor_args) {
     if (slot.pass_ref) {
       throw_error(Errc::unsupported, cls.name +
                                          ": an ObjectRef constructor parameter cannot cross processes (the actor "
                                          "may restart long after it is gone); take the value, or pass the "
                                          "ObjectRef to a method");
-    } else if (slot.value) {
-      encoded.push_back(slot.value->encode());
-    } else {
-      slot.ref->wait();  // constructor arguments are resolved here, then shipped
-      slot.ref->rethrow_if_error();
-      encoded.push_back(slot.ref->value()->encode());
     }
+    if (!slot.value && !slot.ref->is_ready()) unresolved.push_back(slot.ref);
   }
   const ActorId id = ActorId::random();
   const PlacementGroupId group_id = options.placement_group.valid() ? options.placement_group.core()->id : PlacementGroupId{};
@@ -157,14 +152,80 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
     std::lock_guard lock(mutex_);
     actors_[id] = actor;
   }
-  try {
-    head_->create_actor(id, job_id_, worker_id_, cls, encoded, options, group_id);
-  } catch (...) {
-    std::lock_guard lock(mutex_);
-    actors_.erase(id);
-    throw;
+  if (unresolved.empty()) {
+    try {
+      head_->create_actor(id, job_id_, worker_id_, cls, encode_ctor_args(ctor_args), options, group_id);
+    } catch (...) {
+      std::lock_guard lock(mutex_);
+      actors_.erase(id);
+      throw;
+    }
+    return actor;
   }
+  // Creation is asynchronous (as in local mode): the head hears of the
+  // actor once every constructor argument is there; until then it is
+  // pending here and its calls wait in its outbox. A failure from then on
+  // (an argument's error, a refusal by the head) kills it.
+  {
+    std::lock_guard lock(mutex_);
+    deferred_.insert(id);
+  }
+  struct Creation {
+    std::vector<ArgSlot> args;
+    ActorOptions options;
+    std::atomic<std::size_t> left;
+  };
+  auto creation = std::make_shared<Creation>();
+  creation->args = std::move(ctor_args);
+  creation->options = std::move(options);
+  creation->left = unresolved.size();
+  std::weak_ptr<ClusterRuntime> weak = weak_from_this();
+  std::weak_ptr<RemoteActor> weak_actor = actor;
+  const ClassInfo* cls_ptr = &cls;
+  auto ready = [weak, weak_actor, creation, id, cls_ptr, group_id] {
+    if (creation->left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    auto self = weak.lock();
+    if (!self) return;
+    self->pool_->post([weak, weak_actor, creation, id, cls_ptr, group_id] {
+      auto self = weak.lock();
+      if (!self || !self->running()) return;
+      {
+        std::lock_guard lock(self->mutex_);
+        if (!self->deferred_.erase(id)) return;  // killed before it was created
+      }
+      std::string failure;
+      try {
+        auto encoded = encode_ctor_args(creation->args);
+        creation->args.clear();  // the refs: no longer needed here
+        self->head_->create_actor(id, self->job_id_, self->worker_id_, *cls_ptr, encoded, creation->options,
+                                  group_id);
+        return;
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+      TROUPE_LOG_WARN("actor {} of class {} could not be created: {}", id.short_hex(), cls_ptr->name, failure);
+      if (auto actor = weak_actor.lock()) actor->on_update(ActorState::dead, {}, 0, failure);
+    });
+  };
+  for (auto& state : unresolved) state->on_complete(ready);
   return actor;
+}
+
+std::vector<std::string> ClusterRuntime::encode_ctor_args(const std::vector<ArgSlot>& ctor_args) {
+  std::vector<std::string> encoded;
+  for (const auto& slot : ctor_args) {
+    if (slot.value) {
+      encoded.push_back(slot.value->encode());
+      continue;
+    }
+    if (slot.ref->has_error()) {
+      auto info = describe(slot.ref->error());
+      throw_error(Errc::actor_died, "a constructor argument failed: " + info.type + ": " + info.message);
+    }
+    const ValuePtr& value = slot.ref->value();
+    encoded.push_back(value ? value->encode() : std::string());
+  }
+  return encoded;
 }
 
 std::shared_ptr<RemoteActor> ClusterRuntime::actor_for_update(const ActorId& id) {
@@ -367,6 +428,16 @@ void ClusterRuntime::withdraw_sent(ActorId actor_id, const std::string& address,
 }
 
 void ClusterRuntime::kill_actor(ActorId actor_id, bool no_restart) {
+  bool deferred = false;
+  {
+    std::lock_guard lock(mutex_);
+    deferred = deferred_.erase(actor_id) > 0;
+  }
+  if (deferred) {
+    // Not created yet (a constructor argument is pending): it never will be.
+    if (auto actor = actor_for_update(actor_id)) actor->on_update(ActorState::dead, {}, 0, "killed before it was created");
+    return;
+  }
   if (!head_) throw_error(Errc::unsupported, "not connected to a head");
   head_->kill_actor(actor_id, no_restart);
 }
@@ -381,6 +452,7 @@ void ClusterRuntime::tick() {
   auto releases = table_->take_releases();
   outbound_->expire_fetches();
   table_->expire_waits(fetch_timeout_);  // a fetch of what never comes waits no longer than a fetch
+  table_->expire_loans(std::chrono::steady_clock::now());
   for (auto& [location, ids] : releases) {
     capnp::MallocMessageBuilder message;
     auto release = message.initRoot<wire::CallMessage>().initRelease();

@@ -25,6 +25,7 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -104,6 +105,9 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
   std::shared_ptr<RemoteActor> actor_for_update(const ActorId& id);
   // Asks the head for an actor by name, or by id when `name` is empty.
   std::shared_ptr<ActorCore> look_up(std::string_view name, ActorId actor_id);
+  // The encodings of resolved constructor arguments; an argument's error
+  // is thrown as actor_died ("a constructor argument failed: ...").
+  static std::vector<std::string> encode_ctor_args(const std::vector<ArgSlot>& ctor_args);
 
   Config config_;
   std::shared_ptr<ThreadPool> pool_;
@@ -127,6 +131,7 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
   // RemoteActor is called (its state(), on_update(), ...): copy, then call.
   std::mutex mutex_;
   std::map<ActorId, std::shared_ptr<RemoteActor>> actors_;
+  std::set<ActorId> deferred_;  // created here, not yet told to the head (a constructor argument is pending)
   std::map<PlacementGroupId, std::shared_ptr<GroupCore>> groups_;
 };
 

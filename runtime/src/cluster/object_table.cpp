@@ -108,6 +108,53 @@ void ObjectTable::end_loans(const std::vector<ObjectId>& lent) {
   }
 }
 
+void ObjectTable::keep_loans(const WorkerId& key, std::uint64_t call_id, const ActorId& borrower,
+                             std::vector<StatePtr> borrowed, std::vector<ObjectId> lent,
+                             std::chrono::steady_clock::time_point deadline) {
+  KeptLoans replaced;  // dropped outside the lock (a drop may queue a release)
+  {
+    std::lock_guard lock(mutex_);
+    auto& entry = kept_[{key, call_id}];
+    replaced = std::move(entry);
+    entry = KeptLoans{borrower, std::move(borrowed), std::move(lent), deadline};
+  }
+  end_loans(replaced.lent);
+}
+
+bool ObjectTable::return_loans(const WorkerId& key, std::uint64_t call_id, const ActorId& borrower) {
+  KeptLoans returned;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = kept_.find({key, call_id});
+    if (it == kept_.end() || it->second.borrower != borrower) return false;
+    returned = std::move(it->second);
+    kept_.erase(it);
+  }
+  end_loans(returned.lent);
+  return true;
+}
+
+void ObjectTable::expire_loans(std::chrono::steady_clock::time_point now) {
+  std::vector<KeptLoans> expired;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto it = kept_.begin(); it != kept_.end();) {
+      if (it->second.deadline <= now) {
+        expired.push_back(std::move(it->second));
+        it = kept_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& loans : expired) end_loans(loans.lent);
+}
+
+std::size_t ObjectTable::kept_loans() const {
+  std::lock_guard lock(mutex_);
+  return kept_.size();
+}
+
 void ObjectTable::release(const std::vector<ObjectId>& ids) {
   std::lock_guard lock(mutex_);
   for (const auto& id : ids) {
@@ -133,7 +180,9 @@ std::map<std::string, std::vector<ObjectId>> ObjectTable::take_releases() {
 }
 
 void ObjectTable::clear() {
+  std::map<std::pair<WorkerId, std::uint64_t>, KeptLoans> kept;  // dropped outside the lock
   std::lock_guard lock(mutex_);
+  kept.swap(kept_);
   table_.clear();
   wanted_.clear();
   parked_ = 0;

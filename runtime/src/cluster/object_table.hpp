@@ -56,6 +56,19 @@ class ObjectTable {
   void drop_unless_lent(const ObjectId& id);
   // Ends one loan of each id; an entry whose last loan ended leaves.
   void end_loans(const std::vector<ObjectId>& lent);
+  // Loans kept past a call's reply (CallReply.loansKept, or a reply's
+  // refs): `borrowed` stays referenced and `lent` served until
+  // return_loans names (key, call_id) (with `borrower`, the actor that
+  // borrowed, or nil for a reply's receiver), or until `deadline` (every
+  // fetch of them has ended by then).
+  void keep_loans(const WorkerId& key, std::uint64_t call_id, const ActorId& borrower,
+                  std::vector<StatePtr> borrowed, std::vector<ObjectId> lent,
+                  std::chrono::steady_clock::time_point deadline);
+  // Ends the loans kept for (key, call_id) if `borrower` is who borrowed
+  // them; false if there were none (returned already, or a forgery).
+  bool return_loans(const WorkerId& key, std::uint64_t call_id, const ActorId& borrower);
+  void expire_loans(std::chrono::steady_clock::time_point now);
+  std::size_t kept_loans() const;
   // The owner released these: they leave (held or parked).
   void release(const std::vector<ObjectId>& ids);
 
@@ -80,6 +93,13 @@ class ObjectTable {
   std::size_t parked_ = 0;             // states in wanted_
   std::map<ObjectId, int> loans_;                     // table_ entries lent to callees: count
   std::map<std::string, std::vector<ObjectId>> releases_;
+  struct KeptLoans {
+    ActorId borrower;
+    std::vector<StatePtr> borrowed;
+    std::vector<ObjectId> lent;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  std::map<std::pair<WorkerId, std::uint64_t>, KeptLoans> kept_;
 };
 
 }  // namespace troupe::detail

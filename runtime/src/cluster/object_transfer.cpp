@@ -11,6 +11,7 @@
 #include "troupe/runtime/tensor.hpp"
 #include "troupe/transport/ucx.hpp"
 #include "envelope.hpp"
+#include "troupe/runtime/object_ref.hpp"
 
 namespace troupe::detail {
 namespace {
@@ -159,27 +160,66 @@ void ObjectTransfer::describe_here(wire::ObjectDescriptor::Builder descriptor, c
 
 void ObjectTransfer::describe_passed_ref(wire::ObjectDescriptor::Builder descriptor, const StatePtr& ref,
                                          std::vector<StatePtr>& borrowed, std::vector<ObjectId>& lent) {
-  const ObjectId id = ref->id();
+  write_passed_ref(descriptor, plan_passed_ref(ref, true), borrowed, lent);
+}
+
+ObjectTransfer::PassedRefPlan ObjectTransfer::plan_passed_ref(const StatePtr& ref, bool nested_inline) const {
+  PassedRefPlan plan;
+  plan.ref = ref;
   if (held_elsewhere(ref)) {
     // Held by another process (an actor's result): the callee fetches it
     // from there, as for a resolved argument.
-    describe_elsewhere(descriptor, id, ref->location());
-    borrowed.push_back(ref);
-    return;
+    plan.kind = PassedRefPlan::Kind::elsewhere;
+    return plan;
   }
   if (ref->is_ready() && !ref->has_error()) {
-    auto encoding = encode_for_transfer(ref->value());
-    if (!encoding.by_descriptor) {
-      troupe::to_wire(descriptor.initId(), id);
-      descriptor.setRemote();
-      descriptor.setInlineData(as_data(encoding.bytes));
-      descriptor.setSizeBytes(encoding.bytes.size());
-      return;
+    Encoding encoding;
+    bool holds_refs = false;
+    if (nested_inline) {
+      encoding = encode_for_transfer(ref->value());
+    } else {
+      // An inline value that names refs of its own would need them beside
+      // it; it goes by reference instead (fetched from this process).
+      NestedRefEncoder probe;
+      try {
+        encoding = encode_for_transfer(ref->value());
+      } catch (const Error& e) {
+        if (e.code() != Errc::unsupported) throw;
+        encoding.by_descriptor = true;
+      }
+      holds_refs = !probe.refs().empty();
+    }
+    if (!encoding.by_descriptor && !holds_refs) {
+      plan.kind = PassedRefPlan::Kind::inline_value;
+      plan.bytes = std::move(encoding.bytes);
+      return plan;
     }
   }
-  // Only this process can serve it (pending here, failed, or large): lend it
-  // from the table, over the data plane when there is one, until the callee
-  // has answered; the callee fetches it before it answers.
+  // Only this process can serve it (pending here, failed, or large): lend it.
+  plan.kind = PassedRefPlan::Kind::lent;
+  return plan;
+}
+
+void ObjectTransfer::write_passed_ref(wire::ObjectDescriptor::Builder descriptor, const PassedRefPlan& plan,
+                                      std::vector<StatePtr>& borrowed, std::vector<ObjectId>& lent) {
+  const StatePtr& ref = plan.ref;
+  const ObjectId id = ref->id();
+  switch (plan.kind) {
+    case PassedRefPlan::Kind::elsewhere:
+      describe_elsewhere(descriptor, id, ref->location());
+      borrowed.push_back(ref);
+      return;
+    case PassedRefPlan::Kind::inline_value:
+      troupe::to_wire(descriptor.initId(), id);
+      descriptor.setRemote();
+      descriptor.setInlineData(as_data(plan.bytes));
+      descriptor.setSizeBytes(plan.bytes.size());
+      return;
+    case PassedRefPlan::Kind::lent: break;
+  }
+  // Lent from the table, over the data plane when there is one, until the
+  // callee has it (its ReturnLoans, or the reply when it had it by then);
+  // the callee fetches it at once.
   describe_here(descriptor, id, 0);
   const bool first = table_->lend(id, ref);
   if (first && data_) {
@@ -219,17 +259,35 @@ std::string ObjectTransfer::check_descriptor(wire::ObjectDescriptor::Reader desc
   return "a descriptor of unknown kind " + std::to_string(static_cast<int>(descriptor.which()));
 }
 
-StatePtr ObjectTransfer::resolve(wire::ObjectDescriptor::Reader descriptor) {
+std::shared_ptr<const std::vector<StatePtr>> ObjectTransfer::resolve_nested(
+    capnp::List<wire::ObjectDescriptor>::Reader refs) {
+  if (refs.size() == 0) return nullptr;
+  auto out = std::make_shared<std::vector<StatePtr>>();
+  out->reserve(refs.size());
+  for (auto descriptor : refs) out->push_back(same_id(resolve(descriptor), troupe::from_wire<ObjectId>(descriptor.getId())));
+  return out;
+}
+
+StatePtr ObjectTransfer::same_id(StatePtr state, const ObjectId& id) {
+  if (state->id() == id) return state;
+  auto named = std::make_shared<ObjectState>(id);
+  forward_state(state, named);
+  return named;
+}
+
+StatePtr ObjectTransfer::resolve(wire::ObjectDescriptor::Reader descriptor,
+                                 std::shared_ptr<const std::vector<StatePtr>> nested) {
   const ObjectId id = troupe::from_wire<ObjectId>(descriptor.getId());
   if (descriptor.isInlineData()) {
-    auto state = std::make_shared<ObjectState>();
+    // Under the sender's id: a nested ref that names it finds it by that id.
+    auto state = std::make_shared<ObjectState>(id);
     auto data = descriptor.getInlineData();
     if (descriptor.getSizeBytes() != 0 && descriptor.getSizeBytes() != data.size())
       state->set_error(make_error(Errc::protocol, "inline object " + id.hex() + " has " + std::to_string(data.size()) +
                                                       " bytes, its descriptor says " +
                                                       std::to_string(descriptor.getSizeBytes())));
     else
-      state->set_value(std::make_shared<EncodedValue>(from_data(data)));
+      state->set_value(std::make_shared<EncodedValue>(from_data(data), std::move(nested)));
     return state;
   }
   try {

@@ -25,6 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "nested_refs.hpp"
 #include "object_table.hpp"
 #include "thread_pool.hpp"
 #include "troupe/runtime/value.hpp"
@@ -87,6 +88,31 @@ class ObjectTransfer final : public std::enable_shared_from_this<ObjectTransfer>
   // loans to end then.
   void describe_passed_ref(wire::ObjectDescriptor::Builder descriptor, const StatePtr& ref,
                            std::vector<StatePtr>& borrowed, std::vector<ObjectId>& lent);
+  // describe_passed_ref in two steps, for the refs inside values (the
+  // `refs` of a request or reply, whose number is known only once every
+  // value is encoded): plan() encodes an inline value (recording the refs
+  // inside it with this thread's NestedRefEncoder, or, with
+  // `nested_inline` false, going by reference when it holds any), write()
+  // fills the descriptor and lends.
+  struct PassedRefPlan {
+    StatePtr ref;
+    enum class Kind { elsewhere, inline_value, lent } kind = Kind::lent;
+    std::string bytes;  // inline_value
+  };
+  PassedRefPlan plan_passed_ref(const StatePtr& ref, bool nested_inline) const;
+  void write_passed_ref(wire::ObjectDescriptor::Builder descriptor, const PassedRefPlan& plan,
+                        std::vector<StatePtr>& borrowed, std::vector<ObjectId>& lent);
+  // Describes into `list` (sized here) the refs recorded by `encoder` while
+  // the message's values were encoded, and those their inline values name.
+  template <class ListInit>
+  void describe_nested(NestedRefEncoder& encoder, ListInit init_list, std::vector<StatePtr>& borrowed,
+                       std::vector<ObjectId>& lent) {
+    std::vector<PassedRefPlan> plans;
+    for (std::size_t i = 0; i < encoder.refs().size(); ++i) plans.push_back(plan_passed_ref(encoder.refs()[i], false));
+    if (plans.empty()) return;
+    auto list = init_list(static_cast<unsigned>(plans.size()));
+    for (unsigned i = 0; i < plans.size(); ++i) write_passed_ref(list[i], plans[i], borrowed, lent);
+  }
   // Empty when a descriptor a peer sent may be resolved: it names an
   // object (id not nil), its kind is known, inline bytes match sizeBytes
   // (when set), a remote one names a tcp://host:port owner and a data
@@ -96,7 +122,14 @@ class ObjectTransfer final : public std::enable_shared_from_this<ObjectTransfer>
   // Callee side: the state a descriptor (checked by check_descriptor)
   // names, filled inline, from this process's table, or by a fetch from
   // its holder. Never throws: a failure to start the fetch fails the state.
-  StatePtr resolve(wire::ObjectDescriptor::Reader descriptor);
+  // `nested`: the objects the message's `refs` named, for the ObjectRefs
+  // inside an inline value.
+  StatePtr resolve(wire::ObjectDescriptor::Reader descriptor, std::shared_ptr<const std::vector<StatePtr>> nested = nullptr);
+  // The message's `refs`, each resolved (fetched at once from its holder).
+  std::shared_ptr<const std::vector<StatePtr>> resolve_nested(capnp::List<wire::ObjectDescriptor>::Reader refs);
+  // `state`, or a state completed with it that bears `id` (the id the
+  // sender's ObjectRef has: the receiver's copy keeps it).
+  static StatePtr same_id(StatePtr state, const ObjectId& id);
 
   // Starts fetching object `id` from the process whose call plane is at
   // `location`: over UCX when both have a data plane, else by `__fetch`.

@@ -52,6 +52,9 @@ void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std:
   std::vector<StatePtr> borrowed;
   std::vector<ObjectId> lent;
   try {
+    // ObjectRefs inside the values (and inside inline ObjectRef
+    // parameters) go alongside them, in `refs`.
+    NestedRefEncoder nested;
     for (unsigned i = 0; i < spec.args.size(); ++i) {
       auto& slot = spec.args[i];
       const StatePtr& ref = slot.ref;
@@ -69,6 +72,8 @@ void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std:
         args[i].setValue(as_data(bytes));
       }
     }
+    transfer_->describe_nested(
+        nested, [&](unsigned n) { return request.initRefs(n); }, borrowed, lent);
   } catch (...) {
     table_->end_loans(lent);
     throw;
@@ -240,6 +245,11 @@ void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
   // that a malformed (or forged) one leaves the call to its real reply.
   ValuePtr value;
   std::exception_ptr error;
+  const auto nested_refs = reply.getRefs();
+  for (unsigned i = 0; i < nested_refs.size(); ++i)
+    if (auto why = ObjectTransfer::check_descriptor(nested_refs[i]); !why.empty())
+      throw Error(Errc::protocol, "a reply's ref " + std::to_string(i) + ": " + why);
+  std::shared_ptr<const std::vector<StatePtr>> nested;
   switch (reply.which()) {
     case wire::CallReply::VALUE: {
       auto data = reply.getValue();
@@ -276,9 +286,64 @@ void OutboundCalls::on_reply(wire::CallReply::Reader reply) {
     lent = std::move(it->second.lent);
     erase_locked(it);
   }
-  table_->end_loans(lent);
+  const std::uint64_t call_id = reply.getCallId();
+  if (reply.getLoansKept() && (!borrowed.empty() || !lent.empty())) {
+    // The callee still fetches some of them; it says when it has them.
+    table_->keep_loans(worker_id_, call_id, from, std::move(borrowed), std::move(lent),
+                       std::chrono::steady_clock::now() + kept_loans_limit());
+  } else {
+    table_->end_loans(lent);
+  }
+  if (nested_refs.size() > 0 && !error) {
+    // The result's nested refs are fetched now; the host lends them until
+    // this process says it has them.
+    nested = transfer_->resolve_nested(nested_refs);
+    if (value && reply.isValue())
+      value = std::make_shared<EncodedValue>(std::move(static_cast<EncodedValue&>(*value).data), nested);
+    return_loans_when_done(*nested, result->location(), call_id, ActorId{});
+  }
   if (error) result->set_error(std::move(error));
   else result->set_value(std::move(value));
+}
+
+std::chrono::steady_clock::duration OutboundCalls::kept_loans_limit() const {
+  // A borrower fetches at once, and a fetch ends within the fetch timeout;
+  // past twice that, the borrower is gone or its message was lost.
+  return 2 * transfer_->fetch_timeout() + std::chrono::seconds(1);
+}
+
+void OutboundCalls::on_return_loans(wire::ReturnLoans::Reader message) {
+  const ActorId borrower = troupe::from_wire<ActorId>(message.getActorId());
+  // Loans of a call this process made are kept under its own id; loans of
+  // a reply it sent, under the id of the caller it answered.
+  const WorkerId key = borrower.nil() ? troupe::from_wire<WorkerId>(message.getCallerId()) : worker_id_;
+  table_->return_loans(key, message.getCallId(), borrower);
+}
+
+void OutboundCalls::send_return_loans(const std::string& address, std::uint64_t call_id, const ActorId& borrower) {
+  if (address.empty() || !calls_) return;
+  capnp::MallocMessageBuilder message;
+  auto loans = message.initRoot<wire::CallMessage>().initReturnLoans();
+  loans.setCallId(call_id);
+  troupe::to_wire(loans.initActorId(), borrower);
+  troupe::to_wire(loans.initCallerId(), worker_id_);
+  try {
+    calls_->send(address, message);
+  } catch (const std::exception& e) {
+    TROUPE_LOG_DEBUG("could not return loans to {}: {}", address, e.what());  // they expire there
+  }
+}
+
+void OutboundCalls::return_loans_when_done(const std::vector<StatePtr>& states, std::string address,
+                                           std::uint64_t call_id, ActorId borrower) {
+  auto left = std::make_shared<std::atomic<std::size_t>>(states.size() + 1);
+  std::weak_ptr<OutboundCalls> weak = weak_from_this();
+  auto done = [weak, left, address = std::move(address), call_id, borrower] {
+    if (left->fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    if (auto self = weak.lock()) self->send_return_loans(address, call_id, borrower);
+  };
+  for (const auto& state : states) state->on_complete(done);
+  done();
 }
 
 void OutboundCalls::expire_fetches() {

@@ -41,7 +41,7 @@ namespace troupe::detail {
 // troupe::Error with its code.
 void send_on(transport::CallPlane& plane, const std::string& address, capnp::MallocMessageBuilder& message);
 
-class OutboundCalls {
+class OutboundCalls : public std::enable_shared_from_this<OutboundCalls> {
  public:
   OutboundCalls(WorkerId worker_id, std::shared_ptr<transport::CallPlane> calls, std::shared_ptr<ObjectTable> table,
                 std::shared_ptr<ObjectTransfer> transfer);
@@ -81,6 +81,18 @@ class OutboundCalls {
   // How long cancel_sent() waits for the host's answer (an answer is one
   // round trip away; none comes from a host that is gone or stopped).
   static constexpr std::chrono::seconds kCancelAnswerWait{10};
+
+  // A borrower has the objects a call (or a reply) lent it: ends those loans.
+  void on_return_loans(wire::ReturnLoans::Reader message);
+  // Tells the lender at `address` that this process (`borrower`: the actor
+  // it hosts, for a call's loans; nil for a reply's) has every object
+  // (fetched or failed) lent for call `call_id`.
+  void send_return_loans(const std::string& address, std::uint64_t call_id, const ActorId& borrower);
+  // send_return_loans once every state completed (value or error).
+  void return_loans_when_done(const std::vector<StatePtr>& states, std::string address, std::uint64_t call_id,
+                              ActorId borrower);
+  // How long loans kept past a reply wait for their ReturnLoans.
+  std::chrono::steady_clock::duration kept_loans_limit() const;
   // Fails the fetches past their deadline with object_lost.
   void expire_fetches();
   // Removes every call in flight and returns their results (shutdown).

@@ -293,8 +293,11 @@ class ActorHandle {
 };
 
 // Creates an actor: placement and construction happen asynchronously; calls
-// made meanwhile queue up. Constructor arguments may be ObjectRefs too.
-// Throws Error(invalid_argument) for a duplicate name or bad options.
+// made meanwhile queue up. Constructor arguments may be ObjectRefs too: one
+// not ready yet delays the construction, never this call (if it fails, the
+// actor dies). Throws Error(invalid_argument) for a duplicate name or bad
+// options (in cluster mode, with a constructor argument pending, a
+// duplicate name kills the actor instead, once the argument is there).
 template <class A, class... Args>
 ActorHandle<A> actor(ActorOptions options, Args&&... args) {
   constexpr bool registered = requires { typename actor_traits<A>::constructor_args; };

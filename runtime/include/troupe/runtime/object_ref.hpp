@@ -70,6 +70,10 @@ class ObjectRefBase {
 
  protected:
   detail::ObjectState& checked() const;
+  const detail::StatePtr& checked_state() const {
+    checked();
+    return state_;
+  }
   template <class Rep, class Period>
   void wait_or_throw(std::chrono::duration<Rep, Period> timeout) const {
     if (!wait_for(timeout)) throw_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));

@@ -20,6 +20,15 @@ void forward_state(const StatePtr& from, StatePtr to);
 // TaskError naming the exception's type and what(), as for a method.
 std::exception_ptr continuation_error(const std::exception_ptr& thrown);
 
+// An ObjectRef inside a value that crosses processes (cluster mode): the
+// encoder the runtime set on this thread records `state` to send alongside
+// (throws Error(unsupported) where none is set: the value is not leaving in
+// a call's arguments or reply); decoding finds the object that arrived with
+// the value (NestedRefDecodeScope, value.hpp), else throws
+// Error(serialization).
+void encode_nested_ref(const StatePtr& state);
+StatePtr decode_nested_ref(const ObjectId& id);
+
 // While alive on a runtime pool thread, the pool has one more thread, so a
 // method that blocks on another actor's result cannot starve the pool.
 class BlockingRegion {
@@ -121,15 +130,17 @@ auto ObjectRef<T>::then(F&& fn) const {
 template <class T>
 template <class Archive>
 void ObjectRef<T>::save(Archive& ar) const {
-  const ObjectId& object_id = checked().id();
+  detail::encode_nested_ref(checked_state());
+  const ObjectId& object_id = state_->id();
   ar(object_id.hi(), object_id.lo());
 }
 
 template <class T>
 template <class Archive>
-void ObjectRef<T>::load(Archive&) {
-  throw_error(Errc::unsupported,
-              "an ObjectRef passed unresolved can only be decoded by a cluster-mode runtime");
+void ObjectRef<T>::load(Archive& ar) {
+  std::uint64_t hi = 0, lo = 0;
+  ar(hi, lo);
+  state_ = detail::decode_nested_ref(ObjectId(hi, lo));
 }
 
 template <class T>

@@ -10,6 +10,7 @@
 #include <typeindex>
 #include <typeinfo>
 #include <utility>
+#include <vector>
 
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/serialization.hpp"
@@ -38,6 +39,25 @@ class Value {
   // For an ObjectRef parameter received from another process: the state the
   // callee's ObjectRef wraps (take_arg in registry.hpp). nullptr otherwise.
   virtual std::shared_ptr<ObjectState> passed_state() const { return nullptr; }
+  // For bytes received from another process: the objects named by the
+  // ObjectRefs inside them, which arrived with them (nullptr: none).
+  virtual const std::vector<std::shared_ptr<ObjectState>>* nested_refs() const { return nullptr; }
+};
+
+// Cluster mode: ObjectRefs inside a value that crosses processes travel as
+// the ids of objects sent alongside it (the call's or reply's `refs`).
+// Encoding a ref records its state with the encoder the runtime set on this
+// thread (NestedRefEncoder, runtime/src/cluster); decoding one finds it in
+// the value's nested_refs(), made current by this scope around the decode.
+class NestedRefDecodeScope {
+ public:
+  explicit NestedRefDecodeScope(const std::vector<std::shared_ptr<ObjectState>>* refs) noexcept;
+  ~NestedRefDecodeScope();
+  NestedRefDecodeScope(const NestedRefDecodeScope&) = delete;
+  NestedRefDecodeScope& operator=(const NestedRefDecodeScope&) = delete;
+
+ private:
+  const std::vector<std::shared_ptr<ObjectState>>* previous_;
 };
 
 template <class T>
@@ -51,13 +71,19 @@ class TypedValue final : public Value {
 };
 
 // Bytes received from another process; decoded lazily by value_as / take_value.
+// `refs`: the objects its ObjectRefs name, received with it.
 class EncodedValue final : public Value {
  public:
   explicit EncodedValue(std::string data) : data(std::move(data)) {}
+  EncodedValue(std::string data, std::shared_ptr<const std::vector<std::shared_ptr<ObjectState>>> refs)
+      : data(std::move(data)), refs(std::move(refs)) {}
   const std::type_info& type() const noexcept override { return typeid(void); }
-  std::string encode() const override { return data; }
+  // Passed on as it came: its refs are recorded with the current encoder.
+  std::string encode() const override;
   const std::string* bytes() const override { return &data; }
+  const std::vector<std::shared_ptr<ObjectState>>* nested_refs() const override { return refs.get(); }
   std::string data;
+  std::shared_ptr<const std::vector<std::shared_ptr<ObjectState>>> refs;
 };
 
 using ValuePtr = std::shared_ptr<Value>;
@@ -83,11 +109,17 @@ T take_value(ValuePtr& value) {
   if (value->is_remote()) {
     if (std::shared_ptr<Value> fetched = value->resolved()) {
       if (fetched->type() == typeid(T)) return static_cast<TypedValue<T>*>(fetched.get())->value;  // shared: copy
-      if (const std::string* encoded = fetched->bytes()) return troupe::deserialize<T>(*encoded);
+      if (const std::string* encoded = fetched->bytes()) {
+        NestedRefDecodeScope scope(fetched->nested_refs());
+        return troupe::deserialize<T>(*encoded);
+      }
       throw_type_mismatch(typeid(T), fetched->type());
     }
   }
-  if (const std::string* encoded = value->bytes()) return troupe::deserialize<T>(*encoded);
+  if (const std::string* encoded = value->bytes()) {
+    NestedRefDecodeScope scope(value->nested_refs());
+    return troupe::deserialize<T>(*encoded);
+  }
   throw_type_mismatch(typeid(T), value->type());
 }
 
