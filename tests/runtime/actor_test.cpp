@@ -372,6 +372,25 @@ TEST_F(LocalMode, KilledActorWithRestartsLeftIsRebuiltFromItsConstructorArgument
   EXPECT_THROW((void)counter.call<&Counter::get>().get(1s), troupe::ActorDiedError);
 }
 
+TEST_F(LocalMode, ADetachedActorIsRebuiltOnItsOwnThreadsAndEndsCleanlyWhenDroppedMidCall) {
+  troupe::ActorOptions options;
+  options.max_restarts = 1;
+  options.detached = true;
+  auto counter = troupe::actor<Counter>(options, 5);
+  EXPECT_EQ(counter.call<&Counter::add>(1).get(2s), 6);
+  troupe::kill(counter, /*no_restart=*/false);
+  EXPECT_EQ(counter.call<&Counter::add>(1).get(2s), 6);  // rebuilt, served by its own threads again
+  // The last reference to the actor ends on its own thread (the running
+  // call holds it): another thread must stop its threads.
+  troupe::ObjectRef<int> last;
+  {
+    auto dropped = troupe::actor<Counter>(options, 1);
+    last = dropped.call<&Counter::slow_add>(1, 100);
+  }
+  EXPECT_EQ(last.get(2s), 2);
+  std::this_thread::sleep_for(50ms);  // the stopping thread runs meanwhile
+}
+
 TEST_F(LocalMode, ConstructorThatThrowsLeavesADeadActorWithTheReason) {
   auto bad = troupe::actor<demo::Fragile>(true);
   try {
