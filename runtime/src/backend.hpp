@@ -29,6 +29,9 @@ class Backend {
                                       std::string name) = 0;
   virtual void remove_group(const std::shared_ptr<GroupCore>& group) = 0;
   virtual std::string group_reason(const GroupCore& group) = 0;
+  // This job's groups not removed, in creation order; only the one named
+  // `name` when it is not empty.
+  virtual std::vector<PlacementGroup> list_groups(std::string_view name) = 0;
   virtual std::map<std::string, double> total_resources() = 0;
   virtual std::map<std::string, double> free_resources() = 0;
   virtual std::size_t live_actor_count() = 0;

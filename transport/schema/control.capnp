@@ -180,7 +180,7 @@ struct CreatePlacementGroup {
   # driver -> head. Reply: placementGroupUpdate, or error.
   placementGroupId @0 :PlacementGroupId;
   jobId @1 :JobId;
-  name @2 :Text;
+  name @2 :Text;                  # unique among the job's groups not removed, or empty
   bundles @3 :List(Bundle);
   strategy @4 :PlacementStrategy;
 }
@@ -197,6 +197,20 @@ struct PlacementGroupUpdate {
   state @1 :PlacementGroupState;
   bundleNodes @2 :List(NodeId);   # node of each bundle, in bundle order, once created
   reason @3 :ErrorInfo;
+  # issue 13 (cluster): what a lookup by name needs to rebuild the group's handle
+  name @4 :Text;
+  bundles @5 :List(Bundle);
+  strategy @6 :PlacementStrategy;
+}
+
+# issue 13 (cluster)
+struct GetPlacementGroups {
+  # driver or actor host -> head. Reply: clusterState holding only the
+  # job's placement groups that are not removed (only the one named `name`
+  # when it is not empty). The asker then gets those groups' later
+  # placementGroupUpdates too, as their creator does.
+  jobId @0 :JobId;
+  name @1 :Text;
 }
 
 struct RemovePlacementGroup {
@@ -348,5 +362,7 @@ struct ControlMessage {
     driverHeartbeat @28 :DriverHeartbeat;
     # issue 12 (detect)
     probeNode @29 :ProbeNode;
+    # issue 13 (cluster)
+    getPlacementGroups @30 :GetPlacementGroups;
   }
 }

@@ -313,6 +313,55 @@ void ClusterRuntime::remove_group(const std::shared_ptr<GroupCore>& group) {
   group->ready_promise.set_error(make_error(Errc::cancelled, "placement group removed"));
 }
 
+std::vector<PlacementGroup> ClusterRuntime::list_groups(std::string_view name) {
+  if (!running() || !head_) throw_error(Errc::cancelled, "the runtime is shut down");
+  auto reply = head_->get_groups(job_id_, name);
+  std::vector<PlacementGroup> out;
+  for (auto update : reply.root<wire::ControlMessage>().getClusterState().getPlacementGroups()) {
+    const PlacementGroupId id = troupe::from_wire<PlacementGroupId>(update.getPlacementGroupId());
+    std::shared_ptr<GroupCore> group;
+    bool ready = false;
+    {
+      std::lock_guard lock(mutex_);
+      if (auto it = groups_.find(id); it != groups_.end()) {
+        out.emplace_back(it->second);  // created or looked up here before: its updates arrive already
+        continue;
+      }
+      // A group created by another process of the job: its handle is
+      // rebuilt from the head's record, and its updates come here from now on.
+      std::vector<scheduler::Bundle> bundles;
+      for (auto bundle : update.getBundles()) {
+        scheduler::Bundle request;
+        for (auto resource : bundle.getResources()) {
+          std::string resource_name = resource.getName();
+          if (resource_name.rfind("GPU:", 0) == 0) request.gpu_type = resource_name.substr(4);
+          else request.amounts.set(resource_name, resource.getAmount());
+        }
+        bundles.push_back(std::move(request));
+      }
+      scheduler::Strategy strategy = scheduler::Strategy::PACK;
+      switch (update.getStrategy()) {
+        case wire::PlacementStrategy::PACK: break;
+        case wire::PlacementStrategy::SPREAD: strategy = scheduler::Strategy::SPREAD; break;
+        case wire::PlacementStrategy::STRICT_PACK: strategy = scheduler::Strategy::STRICT_PACK; break;
+        case wire::PlacementStrategy::STRICT_SPREAD: strategy = scheduler::Strategy::STRICT_SPREAD; break;
+      }
+      group = std::make_shared<GroupCore>(id, std::string(update.getName().cStr()), std::move(bundles), strategy);
+      const std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
+      switch (update.getState()) {
+        case wire::PlacementGroupState::CREATED: group->placed = true; ready = true; break;
+        case wire::PlacementGroupState::PENDING: group->reason = reason.empty() ? "pending" : reason; break;
+        case wire::PlacementGroupState::INFEASIBLE: group->reason = "infeasible: " + reason; break;
+        case wire::PlacementGroupState::REMOVED: continue;  // not listed by the head
+      }
+      groups_[id] = group;
+    }
+    if (ready) group->ready_promise.set_value();
+    out.emplace_back(group);
+  }
+  return out;
+}
+
 std::string ClusterRuntime::group_reason(const GroupCore& group) {
   std::lock_guard lock(mutex_);
   if (group.removed) return "removed";

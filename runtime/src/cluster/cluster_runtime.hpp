@@ -77,6 +77,7 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
                               std::string name) override;
   void remove_group(const std::shared_ptr<GroupCore>& group) override;
   std::string group_reason(const GroupCore& group) override;
+  std::vector<PlacementGroup> list_groups(std::string_view name) override;
   std::map<std::string, double> total_resources() override;
   std::map<std::string, double> free_resources() override;
   std::size_t live_actor_count() override;

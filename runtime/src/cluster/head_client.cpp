@@ -239,4 +239,15 @@ void HeadClient::remove_group(PlacementGroupId group_id) {
   (void)request(message);
 }
 
+transport::ReceivedMessage HeadClient::get_groups(const JobId& job_id, std::string_view name) {
+  capnp::MallocMessageBuilder message;
+  auto get = message.initRoot<wire::ControlMessage>().initGetPlacementGroups();
+  troupe::to_wire(get.initJobId(), job_id);
+  get.setName(std::string(name));
+  auto reply = request(message);
+  if (!reply.root<wire::ControlMessage>().isClusterState())
+    throw_error(Errc::protocol, "head answered getPlacementGroups with an unexpected message");
+  return reply;
+}
+
 }  // namespace troupe::detail

@@ -298,6 +298,15 @@ PlacementGroup LocalRuntime::create_group(std::vector<ResourceSpec> specs, Place
   std::shared_ptr<GroupCore> group;
   {
     std::lock_guard lock(mutex_);
+    // groups_ holds the groups not removed: a name is free again once its group is.
+    if (!name.empty()) {
+      for (const auto& other : groups_) {
+        if (other->name == name) {
+          throw_error(Errc::invalid_argument, "a placement group named \"" + name + "\" already exists in this job (" +
+                                                  other->id.short_hex() + "); remove it first or choose another name");
+        }
+      }
+    }
     group = std::make_shared<GroupCore>(PlacementGroupId::random(), std::move(name), std::move(bundles),
                                         to_scheduler(strategy));
     groups_.push_back(group);
@@ -335,6 +344,15 @@ void LocalRuntime::retry_groups_locked() {
     // Completion callbacks only post; safe under the lock.
     group->ready_promise.set_value();
   }
+}
+
+std::vector<PlacementGroup> LocalRuntime::list_groups(std::string_view name) {
+  std::lock_guard lock(mutex_);
+  std::vector<PlacementGroup> out;
+  for (const auto& group : groups_) {
+    if (name.empty() || group->name == name) out.emplace_back(group);
+  }
+  return out;
 }
 
 std::string LocalRuntime::group_reason(const GroupCore& group) {

@@ -60,17 +60,29 @@ class PlacementGroup {
   std::string pending_reason() const;
   std::size_t bundle_count() const;
   std::string id() const;
+  // The name it was created with ("" for none).
+  std::string name() const;
   const std::shared_ptr<detail::GroupCore>& core() const noexcept { return core_; }
 
  private:
   std::shared_ptr<detail::GroupCore> core_;
 };
 
+// A non-empty `name` names one group of this job until the group is removed
+// (as Ray): a second group of the same name is refused with
+// Error(invalid_argument), in both modes.
 PlacementGroup placement_group(std::vector<ResourceSpec> bundles,
                                PlacementStrategy strategy = PlacementStrategy::pack,
                                std::string name = {});
 // Releases the reservation; actors placed in it are killed.
 void remove_placement_group(const PlacementGroup& group);
+// The group of this job named `name` that is not removed (Ray's
+// get_placement_group), wherever it was created: in the driver or in one of
+// the job's actors. Throws Error(not_found) when there is none. Its ready()
+// completes as the creator's does.
+PlacementGroup get_placement_group(std::string_view name);
+// This job's groups that are not removed, in creation order.
+std::vector<PlacementGroup> placement_groups();
 
 // What a call does when its actor already has max_pending_calls calls
 // pending (queued, sent or running) from this process.
