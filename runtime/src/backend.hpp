@@ -23,7 +23,8 @@ class Backend {
   virtual bool running() const noexcept = 0;
   virtual std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                                   ActorOptions options) = 0;
-  virtual std::shared_ptr<ActorCore> find(std::string_view name) = 0;
+  // A live named actor; `name_space` "" is the job's own.
+  virtual std::shared_ptr<ActorCore> find(std::string_view name, std::string_view name_space) = 0;
   virtual std::shared_ptr<ActorCore> find(const ActorId& id) = 0;
   virtual PlacementGroup create_group(std::vector<ResourceSpec> bundles, PlacementStrategy strategy,
                                       std::string name) = 0;

@@ -27,7 +27,8 @@ TEST(ClusterConformance, EveryConformanceCheckPassesAgainstRealDaemons) {
   ASSERT_FALSE(cluster.add_worker("").empty());
   // Declared GPUs (none are needed): the GPU checks see node indices other than 0.
   ASSERT_FALSE(cluster.add_worker("T4-16GB:2").empty());
-  std::vector<std::string> command{"submit", "--", TROUPE_API_CONFORMANCE};
+  // A job variable: the checks see it reach the job's actors too.
+  std::vector<std::string> command{"submit", "--env", "CONFORMANCE_JOB_ENV=from-submit", "--", TROUPE_API_CONFORMANCE};
   if (const char* filter = std::getenv("TROUPE_CONFORMANCE_FILTER"); filter && *filter) {
     command.push_back(std::string("--gtest_filter=") + filter);
   }

@@ -1,10 +1,12 @@
 // Promises of the cluster-facing API that must hold the same in both modes
 // (issue 13): named placement groups (unique, listed, looked up), an actor
-// ending itself (exit_actor), its incarnation, its GPUs in both numberings.
+// ending itself (exit_actor), its incarnation, its GPUs in both numberings,
+// per-actor and per-job environment variables, name namespaces.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,6 +44,15 @@ class Mortal {
   long echo(long value) { return value; }
   std::vector<int> visible_gpus() const { return troupe::visible_gpu_ids(); }
   std::vector<int> node_gpus() const { return troupe::node_gpu_ids(); }
+  std::string env(const std::string& name) const {
+    const char* value = std::getenv(name.c_str());
+    return value ? value : "<unset>";
+  }
+  // The same variable as seen by an actor this actor creates.
+  std::string child_env(const std::string& name) const {
+    auto child = troupe::actor<Mortal>();
+    return child.call<&Mortal::env>(name).get(troupe::conformance::kWait);
+  }
 
  private:
   int born_as_;
@@ -50,7 +61,8 @@ class Mortal {
 }  // namespace conformance_cluster
 
 TROUPE_ACTOR(conformance_cluster::GroupFinder, (), find, count_named);
-TROUPE_ACTOR(conformance_cluster::Mortal, (), incarnation, born_as, leave, echo, visible_gpus, node_gpus);
+TROUPE_ACTOR(conformance_cluster::Mortal, (), incarnation, born_as, leave, echo, visible_gpus, node_gpus, env,
+             child_env);
 
 namespace {
 
@@ -187,6 +199,72 @@ TEST(ClusterActorGpus, VisibleIdsAreTheProcessesDeviceOrdinalsAndNodeIdsAreTheHa
       EXPECT_EQ(visible, node) << "local mode: the process sees every GPU";
     }
   }
+}
+
+TEST(ClusterActorEnv, AnActorsOwnVariablesAreSetInItsHostInAClusterAndRefusedWhenReserved) {
+  // Names the runtime sets itself are refused in both modes.
+  for (const char* reserved : {"CUDA_VISIBLE_DEVICES", "TROUPE_ADDRESS", "", "A=B"}) {
+    troupe::ActorOptions options;
+    options.env = {{reserved, "x"}};
+    EXPECT_THROW((void)troupe::actor<Mortal>(options), troupe::Error) << "'" << reserved << "'";
+  }
+  troupe::ActorOptions options;
+  options.env = {{"CONFORMANCE_ACTOR_ENV", "from-options"}};
+  auto actor = troupe::actor<Mortal>(options);
+  const auto seen = actor.call<&Mortal::env>(std::string("CONFORMANCE_ACTOR_ENV")).get(kWait);
+  if (troupe::mode() == troupe::Mode::local) {
+    // Local mode: every actor shares the driver's process; nothing is set.
+    EXPECT_EQ(seen, "<unset>");
+  } else {
+    EXPECT_EQ(seen, "from-options");
+  }
+}
+
+TEST(ClusterActorEnv, TheJobsSubmitEnvReachesItsActorsAndTheirActors) {
+  const char* driver = std::getenv("CONFORMANCE_JOB_ENV");
+  if (driver == nullptr) GTEST_SKIP() << "not run by `troupe submit --env CONFORMANCE_JOB_ENV=...`";
+  auto actor = troupe::actor<Mortal>();
+  EXPECT_EQ(actor.call<&Mortal::env>(std::string("CONFORMANCE_JOB_ENV")).get(kWait), driver) << mode_name();
+  EXPECT_EQ(actor.call<&Mortal::child_env>(std::string("CONFORMANCE_JOB_ENV")).get(kWait), driver) << mode_name();
+  // An actor's own value wins over the job's.
+  troupe::ActorOptions options;
+  options.env = {{"CONFORMANCE_JOB_ENV", "from-options"}};
+  auto own = troupe::actor<Mortal>(options);
+  EXPECT_EQ(own.call<&Mortal::env>(std::string("CONFORMANCE_JOB_ENV")).get(kWait),
+            troupe::mode() == troupe::Mode::cluster ? "from-options" : driver);
+}
+
+TEST(ClusterActorNamespaces, ANameLivesInItsNamespaceAndTheJobsOwnIsTheDefault) {
+  const std::string name = "conformance-cluster-ns-actor";
+  auto mine = troupe::actor<Mortal>({.name = name});
+  troupe::ActorOptions shared_options;
+  shared_options.name = name;
+  shared_options.namespace_ = "conformance-shared";
+  auto shared = troupe::actor<Mortal>(shared_options);  // the same name in another namespace
+  EXPECT_EQ(troupe::get_actor<Mortal>(name).id(), mine.id()) << mode_name();
+  EXPECT_EQ(troupe::get_actor<Mortal>(name, "conformance-shared").id(), shared.id()) << mode_name();
+  EXPECT_THROW((void)troupe::get_actor<Mortal>(name, "conformance-elsewhere"), troupe::Error);
+  try {
+    (void)troupe::actor<Mortal>(shared_options);
+    FAIL() << "a second actor of the same name and namespace was accepted (" << mode_name() << ")";
+  } catch (const troupe::Error& e) {
+    EXPECT_EQ(e.code(), troupe::Errc::invalid_argument) << e.what();
+    EXPECT_NE(std::string(e.what()).find("conformance-shared"), std::string::npos) << e.what();
+  }
+  // Once it is dead its name is free again.
+  troupe::kill(shared);
+  ASSERT_TRUE(eventually([&] {
+    try {
+      (void)troupe::get_actor<Mortal>(name, "conformance-shared");
+      return false;
+    } catch (const troupe::Error&) {
+      return true;
+    }
+  })) << mode_name();
+  auto again = troupe::actor<Mortal>(shared_options);
+  EXPECT_EQ(troupe::get_actor<Mortal>(name, "conformance-shared").id(), again.id()) << mode_name();
+  troupe::kill(again);
+  troupe::kill(mine);
 }
 
 }  // namespace

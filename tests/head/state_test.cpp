@@ -564,5 +564,51 @@ TEST_F(HeadStateTest, APlacementGroupNameStaysTakenAndFoundAfterAHeadRestart) {
   EXPECT_EQ(groups[0].getState(), wire::PlacementGroupState::CREATED);
 }
 
+// issue 13 (cluster): a name in a shared namespace is found from any job, a
+// name in a job's own namespace only from that job; both after a restart.
+TEST_F(HeadStateTest, ANamespacedActorNameIsSharedAcrossJobsAndSurvivesAHeadRestart) {
+  std::string store = (dir_ / "state").string();
+  start_head(store);
+  register_node(kNodeA, 4);
+  JobId job = register_driver();
+  const JobId other_job{0x77, 7};
+  for (auto [actor, actor_namespace] : {std::pair{kActor, "shared"}, std::pair{kStranger, ""}}) {
+    capnp::MallocMessageBuilder message;
+    auto create = request(message).initCreateActor();
+    to_wire(create.initActorId(), actor);
+    to_wire(create.initJobId(), job);
+    to_wire(create.initOwnerId(), kWorker);
+    create.setClassName("Counter");
+    create.setName("counter");
+    create.setActorNamespace(actor_namespace);
+    create.setMaxConcurrency(1);
+    create.setBundleIndex(-1);
+    deliver(kDriver, message);
+    auto replies = sent();
+    ASSERT_FALSE(replies.empty());
+    EXPECT_FALSE(replies.back().message.root<ControlMessage>().isError()) << "'counter' in '" << actor_namespace << "'";
+  }
+  auto look_up = [&](const JobId& asker, const char* actor_namespace) -> std::optional<ActorId> {
+    capnp::MallocMessageBuilder lookup;
+    auto get = request(lookup).initGetActorByName();
+    to_wire(get.initJobId(), asker);
+    get.setName("counter");
+    get.setActorNamespace(actor_namespace);
+    deliver(kCli, lookup);
+    for (auto& reply : sent()) {
+      auto reader = reply.message.root<ControlMessage>();
+      if (reader.isActorUpdate()) return from_wire<ActorId>(reader.getActorUpdate().getActorId());
+    }
+    return std::nullopt;
+  };
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(look_up(job, "shared"), kActor) << "round " << round;
+    EXPECT_EQ(look_up(other_job, "shared"), kActor) << "another job, round " << round;
+    EXPECT_EQ(look_up(job, ""), kStranger) << "the job's own, round " << round;
+    EXPECT_EQ(look_up(other_job, ""), std::nullopt) << "not another job's own, round " << round;
+    start_head(store);  // the crash and the restart
+  }
+}
+
 }  // namespace
 }  // namespace troupe::head

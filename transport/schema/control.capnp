@@ -106,7 +106,7 @@ struct CreateActor {
   jobId @1 :JobId;
   ownerId @2 :WorkerId;           # the driver; the actor dies with its job
   className @3 :Text;             # registered actor class
-  name @4 :Text;                  # unique within the job, or empty
+  name @4 :Text;                  # unique within its namespace (actorNamespace), or empty
   ctorArgs @5 :Data;              # serialized constructor arguments
   resources @6 :List(Resource);
   gpuType @7 :Text;               # required GPU model substring, or empty for any
@@ -117,6 +117,9 @@ struct CreateActor {
   bundleIndex @12 :Int32;         # -1 = any bundle of the group
   # issue 12 (calls)
   maxPendingCalls @13 :UInt64;    # the host's bound on the calls queued from one caller (0 = default); past it a call is answered error overloaded
+  # issue 13 (cluster)
+  env @14 :List(EnvVar);          # set in the actor host's environment (ActorOptions::env over the job's --env)
+  actorNamespace @15 :Text;       # where `name` lives: empty = the job's own, else shared by every job
 }
 
 struct StartActor {
@@ -161,6 +164,8 @@ struct GetActorByName {
   jobId @0 :JobId;
   name @1 :Text;
   actorId @2 :ActorId;
+  # issue 13 (cluster)
+  actorNamespace @3 :Text;        # empty: the job's own
 }
 
 # --- placement groups ---------------------------------------------------------

@@ -149,6 +149,22 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
       encoded.push_back(slot.ref->value()->encode());
     }
   }
+  // issue 13 (cluster): the job's own variables (`troupe submit --env`, named
+  // by the head in TROUPE_JOB_ENV_NAMES) go to every actor of the job, with
+  // the list itself, so the actors' actors get them too; the actor's own win.
+  if (const char* names = std::getenv("TROUPE_JOB_ENV_NAMES"); names && *names) {
+    std::map<std::string, std::string> env;
+    std::string list = names;
+    for (std::size_t start = 0; start <= list.size();) {
+      const std::size_t comma = std::min(list.find(',', start), list.size());
+      const std::string var = list.substr(start, comma - start);
+      if (const char* value = var.empty() ? nullptr : std::getenv(var.c_str())) env[var] = value;
+      start = comma + 1;
+    }
+    env["TROUPE_JOB_ENV_NAMES"] = list;
+    for (auto& [var, value] : options.env) env[var] = value;
+    options.env = std::move(env);
+  }
   const ActorId id = ActorId::random();
   const PlacementGroupId group_id = options.placement_group.valid() ? options.placement_group.core()->id : PlacementGroupId{};
   RemoteActor::Policy policy{options.max_task_retries, options.max_pending_calls, options.backpressure};
@@ -230,16 +246,19 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
   }
 }
 
-std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name) { return look_up(name, ActorId{}); }
+std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name, std::string_view name_space) {
+  return look_up(name, name_space, ActorId{});
+}
 
 std::shared_ptr<ActorCore> ClusterRuntime::find(const ActorId& id) {
   if (auto known = actor_for_update(id)) return known;
-  return look_up({}, id);  // a handle that came from another process
+  return look_up({}, {}, id);  // a handle that came from another process
 }
 
-std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, ActorId actor_id) {
+std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, std::string_view name_space,
+                                                   ActorId actor_id) {
   if (!head_) return nullptr;
-  auto reply = head_->get_actor(job_id_, name, actor_id);
+  auto reply = head_->get_actor(job_id_, name, name_space, actor_id);
   if (!reply) return nullptr;
   auto update = reply->root<wire::ControlMessage>().getActorUpdate();
   const ActorId id = troupe::from_wire<ActorId>(update.getActorId());

@@ -158,6 +158,14 @@ void HeadClient::create_actor(ActorId id, const JobId& job_id, const WorkerId& o
   create.setBundleIndex(options.bundle_index);
   create.setMaxPendingCalls(options.max_pending_calls);
   if (!group_id.nil()) troupe::to_wire(create.initPlacementGroupId(), group_id);
+  auto env = create.initEnv(static_cast<unsigned>(options.env.size()));
+  unsigned e = 0;
+  for (const auto& [var, value] : options.env) {
+    env[e].setName(var);
+    env[e].setValue(value);
+    ++e;
+  }
+  create.setActorNamespace(options.namespace_);
   (void)request(message);
 }
 
@@ -194,11 +202,12 @@ void HeadClient::kill_actor(ActorId actor_id, bool no_restart) {
 }
 
 std::optional<transport::ReceivedMessage> HeadClient::get_actor(const JobId& job_id, std::string_view name,
-                                                                ActorId actor_id) {
+                                                                std::string_view name_space, ActorId actor_id) {
   capnp::MallocMessageBuilder message;
   auto get = message.initRoot<wire::ControlMessage>().initGetActorByName();
   troupe::to_wire(get.initJobId(), job_id);
   get.setName(std::string(name));
+  get.setActorNamespace(std::string(name_space));
   if (name.empty()) troupe::to_wire(get.initActorId(), actor_id);
   try {
     auto reply = request(message);

@@ -208,7 +208,7 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
   // actor its driver named, so current_actor_id() there is the handle's id.
   std::shared_ptr<LocalActor> create_actor_as(ActorId id, const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                               ActorOptions options);
-  std::shared_ptr<ActorCore> find(std::string_view name) override;
+  std::shared_ptr<ActorCore> find(std::string_view name, std::string_view name_space) override;
   std::shared_ptr<ActorCore> find(const ActorId& id) override;
   void forget(const LocalActor& actor);  // on death: drop name and index
   void release(const Allocation& allocation);
@@ -241,6 +241,7 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
   std::mutex mutex_;
   std::vector<scheduler::NodeState> nodes_;  // exactly one: this machine
   std::unordered_map<ActorId, std::weak_ptr<LocalActor>> by_id_;
+  // Keyed by named_key(namespace, name).
   std::map<std::string, std::shared_ptr<LocalActor>, std::less<>> named_;
   std::vector<std::weak_ptr<LocalActor>> waiting_;  // unplaced, in creation order
   std::vector<std::shared_ptr<GroupCore>> groups_;

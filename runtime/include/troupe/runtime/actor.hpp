@@ -111,6 +111,16 @@ struct ActorOptions {
   // by the same number (a call past it is answered OverloadedError).
   std::size_t max_pending_calls = kDefaultMaxPendingCalls;
   Backpressure backpressure = Backpressure::block;
+  // issue 13 (cluster): variables set in the environment of the actor's host
+  // process, over its job's (`troupe submit --env`). Cluster mode only: in
+  // local mode every actor shares the driver's process and nothing is set.
+  // Names may not be empty, hold '=', start with TROUPE_ or be
+  // CUDA_VISIBLE_DEVICES (the runtime sets those).
+  std::map<std::string, std::string> env = {};
+  // The namespace of `name` (Ray's namespace): "" is the job's own (names
+  // seen only by the job, as before); any other namespace is shared by
+  // every job of the cluster. get_actor(name, namespace_) looks there.
+  std::string namespace_ = {};
 
   static constexpr std::size_t kDefaultMaxPendingCalls = 100000;
 };
@@ -168,7 +178,7 @@ class ActorCore {
 
 std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                         ActorOptions options);
-std::shared_ptr<ActorCore> find_actor(std::string_view name);
+std::shared_ptr<ActorCore> find_actor(std::string_view name, std::string_view name_space = {});
 std::shared_ptr<ActorCore> find_actor(const ActorId& id);
 
 template <class P, class Arg>
@@ -303,12 +313,16 @@ ActorHandle<A> actor(Args&&... args) {
   return actor<A>(ActorOptions{}, std::forward<Args>(args)...);
 }
 
-// Looks up a live named actor. Throws Error(not_found) when there is none,
+// Looks up a live named actor in `name_space` ("": the job's own, see
+// ActorOptions::namespace_). Throws Error(not_found) when there is none,
 // Error(invalid_argument) when it is of another class.
 template <class A>
-ActorHandle<A> get_actor(std::string_view name) {
-  auto core = detail::find_actor(name);
-  if (!core) throw_error(Errc::not_found, "no live actor named '" + std::string(name) + "'");
+ActorHandle<A> get_actor(std::string_view name, std::string_view name_space = {}) {
+  auto core = detail::find_actor(name, name_space);
+  if (!core) {
+    throw_error(Errc::not_found, "no live actor named '" + std::string(name) + "'" +
+                                     (name_space.empty() ? std::string() : " in namespace '" + std::string(name_space) + "'"));
+  }
   if (core->cls().type != &typeid(A) && *core->cls().type != typeid(A)) {
     throw_error(Errc::invalid_argument, "actor '" + std::string(name) + "' is a " + core->cls().name);
   }
