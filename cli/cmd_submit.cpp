@@ -144,7 +144,8 @@ void add_submit_command(CLI::App& app) {
       "submit", "Run a job: ship BINARY to the cluster, run it as the driver, stream its output");
   add_head_options(*command, options->head);
   command->add_option("--name", options->name, "Job name (default: the binary's file name)");
-  command->add_option("--env", options->env, "Environment variable for the driver, NAME=VALUE (repeatable)")
+  command->add_option("--env", options->env,
+                      "Environment variable for the driver and every actor of the job, NAME=VALUE (repeatable)")
       ->allow_extra_args(false);
   command->add_flag("--no-wait", options->no_wait, "Print the job id and return without following the output");
   command->add_option("command", options->command, "-- BINARY [ARGS...]")->required();

@@ -23,12 +23,16 @@ class Backend {
   virtual bool running() const noexcept = 0;
   virtual std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                                   ActorOptions options) = 0;
-  virtual std::shared_ptr<ActorCore> find(std::string_view name) = 0;
+  // A live named actor; `name_space` "" is the job's own.
+  virtual std::shared_ptr<ActorCore> find(std::string_view name, std::string_view name_space) = 0;
   virtual std::shared_ptr<ActorCore> find(const ActorId& id) = 0;
   virtual PlacementGroup create_group(std::vector<ResourceSpec> bundles, PlacementStrategy strategy,
                                       std::string name) = 0;
   virtual void remove_group(const std::shared_ptr<GroupCore>& group) = 0;
   virtual std::string group_reason(const GroupCore& group) = 0;
+  // This job's groups not removed, in creation order; only the one named
+  // `name` when it is not empty.
+  virtual std::vector<PlacementGroup> list_groups(std::string_view name) = 0;
   virtual std::map<std::string, double> total_resources() = 0;
   virtual std::map<std::string, double> free_resources() = 0;
   virtual std::size_t live_actor_count() = 0;

@@ -166,7 +166,34 @@ std::vector<int> get_gpu_ids() {
   return *context->gpus;
 }
 
+std::vector<int> visible_gpu_ids() { return get_gpu_ids(); }
+
+std::vector<int> node_gpu_ids() {
+  auto* context = detail::current_context();
+  if (!context || !context->gpus) return {};
+  // An actor host's executor numbers its GPUs as CUDA_VISIBLE_DEVICES does;
+  // the head said which of the node's they are.
+  const auto& hosted = detail::hosted_actor_info();
+  if (hosted.hosted) return hosted.node_gpus;
+  return *context->gpus;
+}
+
 ActorId current_actor_id() noexcept { return detail::current_actor(); }
+
+int actor_incarnation() {
+  auto* context = detail::current_context();
+  if (!context) throw_error(Errc::invalid_argument, "troupe::actor_incarnation() called outside an actor");
+  return detail::hosted_actor_info().incarnation + context->incarnation;
+}
+
+void exit_actor() {
+  auto* context = detail::current_context();
+  if (!context || !context->in_method) {
+    throw_error(Errc::invalid_argument, "troupe::exit_actor() called outside an actor method (it may not be "
+                                        "called from a constructor or from another thread)");
+  }
+  context->exit_requested = true;
+}
 
 std::map<std::string, double> cluster_resources() { return require_runtime()->total_resources(); }
 std::map<std::string, double> available_resources() { return require_runtime()->free_resources(); }
@@ -185,6 +212,17 @@ void remove_placement_group(const PlacementGroup& group) {
   if (!group.valid()) throw_error(Errc::invalid_argument, "use of an empty PlacementGroup");
   require_runtime()->remove_group(group.core());
 }
+
+PlacementGroup get_placement_group(std::string_view name) {
+  if (name.empty()) throw_error(Errc::invalid_argument, "get_placement_group needs a name");
+  auto found = require_runtime()->list_groups(name);
+  if (found.empty()) throw_error(Errc::not_found, "no placement group named '" + std::string(name) + "' in this job");
+  return found.front();
+}
+
+std::vector<PlacementGroup> placement_groups() { return require_runtime()->list_groups({}); }
+
+std::string PlacementGroup::name() const { return core_ ? core_->name : std::string(); }
 
 ObjectRef<void> PlacementGroup::ready() const {
   if (!core_) throw_error(Errc::invalid_argument, "use of an empty PlacementGroup");

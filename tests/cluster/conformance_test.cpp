@@ -25,8 +25,10 @@ TEST(ClusterConformance, EveryConformanceCheckPassesAgainstRealDaemons) {
   TestCluster cluster{kHeartbeatMs, kMisses};
   ASSERT_EQ(cluster.start_head().exit_code, 0);
   ASSERT_FALSE(cluster.add_worker("").empty());
-  ASSERT_FALSE(cluster.add_worker("").empty());
-  std::vector<std::string> command{"submit", "--", TROUPE_API_CONFORMANCE};
+  // Declared GPUs (none are needed): the GPU checks see node indices other than 0.
+  ASSERT_FALSE(cluster.add_worker("T4-16GB:2").empty());
+  // A job variable: the checks see it reach the job's actors too.
+  std::vector<std::string> command{"submit", "--env", "CONFORMANCE_JOB_ENV=from-submit", "--", TROUPE_API_CONFORMANCE};
   if (const char* filter = std::getenv("TROUPE_CONFORMANCE_FILTER"); filter && *filter) {
     command.push_back(std::string("--gtest_filter=") + filter);
   }

@@ -550,5 +550,102 @@ TEST_F(HeadStateTest, TheCostOfAStoredChangeIsMeasured) {
   EXPECT_GT(sqlite, 0);
 }
 
+// issue 13 (cluster): a group's name stays taken across a head restart, and
+// a lookup by name (from another process of the job) finds it there.
+TEST_F(HeadStateTest, APlacementGroupNameStaysTakenAndFoundAfterAHeadRestart) {
+  std::string store = (dir_ / "state").string();
+  start_head(store);
+  register_node(kNodeA, 4);
+  JobId job = register_driver();
+  auto create_named = [&](const PlacementGroupId& id) {
+    capnp::MallocMessageBuilder message;
+    auto root = request(message);
+    const std::uint64_t request_id = root.getRequestId();
+    auto create = root.initCreatePlacementGroup();
+    to_wire(create.initPlacementGroupId(), id);
+    to_wire(create.initJobId(), job);
+    create.setName("pipeline");
+    auto resources = create.initBundles(1)[0].initResources(1);
+    resources[0].setName("CPU");
+    resources[0].setAmount(1);
+    deliver(kDriver, message);
+    for (auto& reply : sent()) {
+      auto reader = reply.message.root<ControlMessage>();
+      if (reader.getRequestId() != request_id) continue;
+      return reader.isError() ? errc_from_wire(reader.getError().getCode()) : Errc::ok;
+    }
+    ADD_FAILURE() << "no reply to createPlacementGroup";
+    return Errc::internal;
+  };
+  ASSERT_EQ(create_named(kGroup), Errc::ok);
+  head_->tick();
+  EXPECT_EQ(create_named(kGroup), Errc::ok) << "a resent creation is acknowledged again";
+
+  start_head(store);  // the crash and the restart
+  EXPECT_EQ(create_named(PlacementGroupId{0x9, 10}), Errc::invalid_argument) << "the name is still taken";
+  capnp::MallocMessageBuilder lookup;
+  auto root = request(lookup);
+  auto get = root.initGetPlacementGroups();
+  to_wire(get.initJobId(), job);
+  get.setName("pipeline");
+  deliver("act-looker", lookup);
+  auto replies = sent();
+  ASSERT_EQ(replies.size(), 1u);
+  auto reader = replies[0].message.root<ControlMessage>();
+  ASSERT_TRUE(reader.isClusterState());
+  auto groups = reader.getClusterState().getPlacementGroups();
+  ASSERT_EQ(groups.size(), 1u);
+  EXPECT_EQ(from_wire<PlacementGroupId>(groups[0].getPlacementGroupId()), kGroup);
+  EXPECT_EQ(std::string(groups[0].getName().cStr()), "pipeline");
+  EXPECT_EQ(groups[0].getBundles().size(), 1u);
+  EXPECT_EQ(groups[0].getState(), wire::PlacementGroupState::CREATED);
+}
+
+// issue 13 (cluster): a name in a shared namespace is found from any job, a
+// name in a job's own namespace only from that job; both after a restart.
+TEST_F(HeadStateTest, ANamespacedActorNameIsSharedAcrossJobsAndSurvivesAHeadRestart) {
+  std::string store = (dir_ / "state").string();
+  start_head(store);
+  register_node(kNodeA, 4);
+  JobId job = register_driver();
+  const JobId other_job{0x77, 7};
+  for (auto [actor, actor_namespace] : {std::pair{kActor, "shared"}, std::pair{kStranger, ""}}) {
+    capnp::MallocMessageBuilder message;
+    auto create = request(message).initCreateActor();
+    to_wire(create.initActorId(), actor);
+    to_wire(create.initJobId(), job);
+    to_wire(create.initOwnerId(), kWorker);
+    create.setClassName("Counter");
+    create.setName("counter");
+    create.setActorNamespace(actor_namespace);
+    create.setMaxConcurrency(1);
+    create.setBundleIndex(-1);
+    deliver(kDriver, message);
+    auto replies = sent();
+    ASSERT_FALSE(replies.empty());
+    EXPECT_FALSE(replies.back().message.root<ControlMessage>().isError()) << "'counter' in '" << actor_namespace << "'";
+  }
+  auto look_up = [&](const JobId& asker, const char* actor_namespace) -> std::optional<ActorId> {
+    capnp::MallocMessageBuilder lookup;
+    auto get = request(lookup).initGetActorByName();
+    to_wire(get.initJobId(), asker);
+    get.setName("counter");
+    get.setActorNamespace(actor_namespace);
+    deliver(kCli, lookup);
+    for (auto& reply : sent()) {
+      auto reader = reply.message.root<ControlMessage>();
+      if (reader.isActorUpdate()) return from_wire<ActorId>(reader.getActorUpdate().getActorId());
+    }
+    return std::nullopt;
+  };
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(look_up(job, "shared"), kActor) << "round " << round;
+    EXPECT_EQ(look_up(other_job, "shared"), kActor) << "another job, round " << round;
+    EXPECT_EQ(look_up(job, ""), kStranger) << "the job's own, round " << round;
+    EXPECT_EQ(look_up(other_job, ""), std::nullopt) << "not another job's own, round " << round;
+    start_head(store);  // the crash and the restart
+  }
+}
+
 }  // namespace
 }  // namespace troupe::head

@@ -106,7 +106,7 @@ struct CreateActor {
   jobId @1 :JobId;
   ownerId @2 :WorkerId;           # the driver; the actor dies with its job
   className @3 :Text;             # registered actor class
-  name @4 :Text;                  # unique within the job, or empty
+  name @4 :Text;                  # unique within its namespace (actorNamespace), or empty
   ctorArgs @5 :Data;              # serialized constructor arguments
   resources @6 :List(Resource);
   gpuType @7 :Text;               # required GPU model substring, or empty for any
@@ -118,6 +118,9 @@ struct CreateActor {
   # issue 12 (calls)
   maxPendingCalls @13 :UInt64;    # the host's bound on the calls queued from one caller (0 = default); past it a call is answered error overloaded
   detached @14 :Bool;             # the actor runs on maxConcurrency threads of its own (ActorOptions::detached)
+  # issue 13 (cluster)
+  env @15 :List(EnvVar);          # set in the actor host's environment (ActorOptions::env over the job's --env)
+  actorNamespace @16 :Text;       # where `name` lives: empty = the job's own, else shared by every job
 }
 
 struct StartActor {
@@ -162,6 +165,8 @@ struct GetActorByName {
   jobId @0 :JobId;
   name @1 :Text;
   actorId @2 :ActorId;
+  # issue 13 (cluster)
+  actorNamespace @3 :Text;        # empty: the job's own
 }
 
 # --- placement groups ---------------------------------------------------------
@@ -181,7 +186,7 @@ struct CreatePlacementGroup {
   # driver -> head. Reply: placementGroupUpdate, or error.
   placementGroupId @0 :PlacementGroupId;
   jobId @1 :JobId;
-  name @2 :Text;
+  name @2 :Text;                  # unique among the job's groups not removed, or empty
   bundles @3 :List(Bundle);
   strategy @4 :PlacementStrategy;
 }
@@ -198,6 +203,20 @@ struct PlacementGroupUpdate {
   state @1 :PlacementGroupState;
   bundleNodes @2 :List(NodeId);   # node of each bundle, in bundle order, once created
   reason @3 :ErrorInfo;
+  # issue 13 (cluster): what a lookup by name needs to rebuild the group's handle
+  name @4 :Text;
+  bundles @5 :List(Bundle);
+  strategy @6 :PlacementStrategy;
+}
+
+# issue 13 (cluster)
+struct GetPlacementGroups {
+  # driver or actor host -> head. Reply: clusterState holding only the
+  # job's placement groups that are not removed (only the one named `name`
+  # when it is not empty). The asker then gets those groups' later
+  # placementGroupUpdates too, as their creator does.
+  jobId @0 :JobId;
+  name @1 :Text;
 }
 
 struct RemovePlacementGroup {
@@ -349,5 +368,7 @@ struct ControlMessage {
     driverHeartbeat @28 :DriverHeartbeat;
     # issue 12 (detect)
     probeNode @29 :ProbeNode;
+    # issue 13 (cluster)
+    getPlacementGroups @30 :GetPlacementGroups;
   }
 }

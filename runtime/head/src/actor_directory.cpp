@@ -15,6 +15,13 @@
 namespace troupe::head {
 
 namespace {
+// Where an actor's name lives (ActorDirectory::names_).
+std::string name_scope(const JobId& job, std::string_view actor_namespace) {
+  return actor_namespace.empty() ? "job:" + job.hex() : "ns:" + std::string(actor_namespace);
+}
+}  // namespace
+
+namespace {
 // 16 bytes from the CSPRNG (ids are predictable, keys must not be).
 std::string random_host_key() { return transport::random_bytes(16); }
 
@@ -80,7 +87,7 @@ void ActorDirectory::set_actor_state(ActorEntry& actor, ActorState state, Errc c
   if (state == ActorState::DEAD) {
     auto name = std::string(actor.create().getName().cStr());
     if (!name.empty()) {
-      auto it = names_.find({actor.job, name});
+      auto it = names_.find({name_scope(actor.job, actor.create().getActorNamespace().cStr()), name});
       if (it != names_.end() && it->second == actor.id) names_.erase(it);
     }
   }
@@ -398,10 +405,14 @@ void ActorDirectory::on_create_actor(const std::string& identity, std::uint64_t 
   }
   std::string name = create.getName().cStr();
   if (!name.empty()) {
-    if (names_.count({actor.job, name}) != 0) {
-      throw Error(Errc::invalid_argument, "an actor named \"" + name + "\" already exists in this job");
+    const std::string actor_namespace = create.getActorNamespace().cStr();
+    const auto key = std::make_pair(name_scope(actor.job, actor_namespace), name);
+    if (names_.count(key) != 0) {
+      throw Error(Errc::invalid_argument,
+                  "an actor named \"" + name + "\" already exists " +
+                      (actor_namespace.empty() ? std::string("in this job") : "in namespace \"" + actor_namespace + "\""));
     }
-    names_[{actor.job, name}] = id;
+    names_[key] = id;
   }
   actor.binary_hash = jobs_.binary_hash_for(actor.owner, actor.job);
   actor.reason = "waiting to be scheduled";
@@ -513,7 +524,8 @@ void ActorDirectory::on_get_actor_by_name(const std::string& identity, std::uint
     if (it == actors_.end()) throw Error(Errc::not_found, "no actor with that id");
     actor = &it->second;
   } else {
-    auto it = names_.find({from_wire<JobId>(get.getJobId()), std::string(get.getName().cStr())});
+    auto it = names_.find({name_scope(from_wire<JobId>(get.getJobId()), get.getActorNamespace().cStr()),
+                           std::string(get.getName().cStr())});
     if (it == names_.end()) {
       throw Error(Errc::not_found, "no actor named \"" + std::string(get.getName().cStr()) + "\"");
     }
@@ -678,7 +690,8 @@ void ActorDirectory::restore(const std::string& value) {
     }
   }
   std::string name = create.getName().cStr();
-  if (actor.state != ActorState::DEAD && !name.empty()) names_[{actor.job, name}] = actor.id;
+  if (actor.state != ActorState::DEAD && !name.empty())
+    names_[{name_scope(actor.job, create.getActorNamespace().cStr()), name}] = actor.id;
   next_sequence_ = std::max(next_sequence_, actor.sequence + 1);
   ActorId id = actor.id;
   actors_.emplace(id, std::move(actor));

@@ -150,7 +150,9 @@ class ActorDirectory {
   JobManager& jobs_;
   std::map<ActorId, ActorEntry> actors_;
   std::vector<ActorId> order_;
-  std::map<std::pair<JobId, std::string>, ActorId> names_;
+  // Live named actors by (scope, name): scope "job:<hex>" for a job's own
+  // namespace, "ns:<namespace>" for one shared by every job (issue 13).
+  std::map<std::pair<std::string, std::string>, ActorId> names_;
   struct SentRequest {  // a startActor or killActor not yet answered (a start: not yet ALIVE)
     ActorId actor;
     std::uint32_t incarnation = 0;

@@ -266,6 +266,7 @@ struct Head::Impl {
         case ControlMessage::GET_ACTOR_BY_NAME: actors.on_get_actor_by_name(identity, request_id, reader.getGetActorByName()); break;
         case ControlMessage::CREATE_PLACEMENT_GROUP: groups.on_create_group(identity, request_id, reader.getCreatePlacementGroup()); break;
         case ControlMessage::REMOVE_PLACEMENT_GROUP: groups.on_remove_group(identity, request_id, reader.getRemovePlacementGroup()); break;
+        case ControlMessage::GET_PLACEMENT_GROUPS: groups.on_get_groups(identity, request_id, reader.getGetPlacementGroups()); break;
         case ControlMessage::SUBMIT_JOB: jobs.on_submit_job(identity, request_id, reader.getSubmitJob()); break;
         case ControlMessage::STOP_JOB: jobs.on_stop_job(identity, request_id, reader.getStopJob()); break;
         case ControlMessage::GET_CLUSTER_STATE: on_get_cluster_state(identity, request_id, reader.getGetClusterState()); break;

@@ -273,7 +273,15 @@ void JobManager::start_job(const std::string& identity, std::uint64_t request_id
   for (const char* name : {"TROUPE_ACTOR_SPEC", "TROUPE_HEAD_ADDRESS", "TROUPE_NODE_ID", "TROUPE_NODE_IP"}) {
     spawn.env.erase(name);
   }
-  for (auto var : submit.getEnv()) spawn.env[var.getName().cStr()] = var.getValue().cStr();
+  // issue 13 (cluster): the names of the job's own variables (--env) let
+  // the driver hand them on to every actor it creates (cluster_runtime.cpp).
+  std::string job_env_names;
+  for (auto var : submit.getEnv()) {
+    spawn.env[var.getName().cStr()] = var.getValue().cStr();
+    if (!job_env_names.empty()) job_env_names += ",";
+    job_env_names += var.getName().cStr();
+  }
+  if (!job_env_names.empty()) spawn.env["TROUPE_JOB_ENV_NAMES"] = job_env_names;
   node::set_membership_env(spawn.env, context_.config.token_file);
   spawn.env["TROUPE_ADDRESS"] = context_.address();
   spawn.env["TROUPE_JOB_ID"] = job.id.hex();

@@ -77,16 +77,61 @@ void PlacementGroupManager::fill_group_update(wire::PlacementGroupUpdate::Builde
   auto reason = update.initReason();
   reason.setCode(wire_code(group.reason_code));
   reason.setMessage(group.reason);
+  update.setName(group.name);
+  auto bundles = update.initBundles(static_cast<unsigned>(group.bundles.size()));
+  for (unsigned b = 0; b < group.bundles.size(); ++b) {
+    // As drivers send them: a GPU type travels as Ray's "GPU:<type>".
+    const auto& bundle = group.bundles[b];
+    std::vector<std::pair<std::string, double>> items(bundle.amounts.amounts().begin(),
+                                                      bundle.amounts.amounts().end());
+    if (!bundle.gpu_type.empty()) items.emplace_back("GPU:" + bundle.gpu_type, bundle.amounts.get(scheduler::kGpu));
+    auto resources = bundles[b].initResources(static_cast<unsigned>(items.size()));
+    for (unsigned i = 0; i < items.size(); ++i) {
+      resources[i].setName(items[i].first);
+      resources[i].setAmount(items[i].second);
+    }
+  }
+  switch (group.strategy) {
+    case scheduler::Strategy::PACK: update.setStrategy(wire::PlacementStrategy::PACK); break;
+    case scheduler::Strategy::SPREAD: update.setStrategy(wire::PlacementStrategy::SPREAD); break;
+    case scheduler::Strategy::STRICT_PACK: update.setStrategy(wire::PlacementStrategy::STRICT_PACK); break;
+    case scheduler::Strategy::STRICT_SPREAD: update.setStrategy(wire::PlacementStrategy::STRICT_SPREAD); break;
+  }
 }
 
 void PlacementGroupManager::notify_group(GroupEntry& group) {
   context_.touch('g', group.id.hex());  // every change of a group is notified
-  if (group.owner_identity.empty()) return;
+  if (group.owner_identity.empty() && group.watchers.empty()) return;
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<ControlMessage>();
   root.setRequestId(0);
   fill_group_update(root.initPlacementGroupUpdate(), group);
-  context_.send_to(group.owner_identity, message);
+  if (!group.owner_identity.empty()) context_.send_to(group.owner_identity, message);
+  for (const auto& watcher : group.watchers) context_.send_to(watcher, message);
+}
+
+void PlacementGroupManager::on_get_groups(const std::string& identity, std::uint64_t request_id,
+                                          wire::GetPlacementGroups::Reader get) {
+  const JobId job = from_wire<JobId>(get.getJobId());
+  const std::string name = get.getName().cStr();
+  std::vector<GroupEntry*> shown;
+  for (const auto& id : order_) {
+    auto& group = groups_.at(id);
+    if (group.job != job || group.state == PlacementGroupState::REMOVED) continue;
+    if (!name.empty() && group.name != name) continue;
+    shown.push_back(&group);
+    if (identity != group.owner_identity &&
+        std::find(group.watchers.begin(), group.watchers.end(), identity) == group.watchers.end()) {
+      group.watchers.push_back(identity);
+      context_.touch('g', group.id.hex());
+    }
+  }
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<ControlMessage>();
+  root.setRequestId(request_id);
+  auto list = root.initClusterState().initPlacementGroups(static_cast<unsigned>(shown.size()));
+  for (unsigned i = 0; i < shown.size(); ++i) fill_group_update(list[i], *shown[i]);
+  context_.send_to(identity, message);
 }
 
 void PlacementGroupManager::on_create_group(const std::string& identity, std::uint64_t request_id,
@@ -101,6 +146,16 @@ void PlacementGroupManager::on_create_group(const std::string& identity, std::ui
   group.id = id;
   group.job = from_wire<JobId>(create.getJobId());
   group.name = create.getName().cStr();
+  // issue 13 (cluster): as Ray, a name names one group (of the job) until it is removed.
+  if (!group.name.empty()) {
+    for (const auto& [other_id, other] : groups_) {
+      if (other.job == group.job && other.name == group.name && other.state != PlacementGroupState::REMOVED) {
+        throw Error(Errc::invalid_argument, "a placement group named \"" + group.name +
+                                                "\" already exists in this job (" + other_id.short_hex() +
+                                                "); remove it first or choose another name");
+      }
+    }
+  }
   group.owner_identity = identity;
   if (create.getBundles().size() == 0) throw Error(Errc::invalid_argument, "a placement group needs bundles");
   // A list of empty structs costs its sender nothing per element (found by
@@ -301,6 +356,8 @@ std::optional<std::string> PlacementGroupManager::encode(const std::string& key)
   }
   out.u64(group.lost_bundles.size());
   for (int b : group.lost_bundles) out.i64(b);
+  out.u64(group.watchers.size());  // issue 13 (cluster)
+  for (const auto& watcher : group.watchers) out.str(watcher);
   return out.take();
 }
 
@@ -332,6 +389,9 @@ void PlacementGroupManager::restore(const std::string& value) {
     group.placements.push_back(std::move(placement));
   }
   for (auto n = in.u64(); n > 0; --n) group.lost_bundles.push_back(static_cast<int>(in.i64()));
+  if (!in.done()) {  // issue 13 (cluster); absent from records of an older head
+    for (auto n = in.u64(); n > 0; --n) group.watchers.push_back(in.str());
+  }
   group.removed_since = context_.now();
   if (group.state == PlacementGroupState::CREATED) {
     // Its reservations are taken from its nodes again, as when it was placed.

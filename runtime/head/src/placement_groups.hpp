@@ -47,6 +47,9 @@ struct GroupEntry {
   // CREATED: its other bundles and their actors are untouched.
   std::vector<int> lost_bundles;
   std::uint64_t sequence = 0;       // issue 12 (persist): creation order (stored)
+  // issue 13 (cluster): connections that looked the group up; they get its
+  // updates as its creator does (stored).
+  std::vector<std::string> watchers;
   Clock::time_point removed_since;  // when it was removed (not stored: a restart starts it again)
 };
 
@@ -59,6 +62,10 @@ class PlacementGroupManager {
                        wire::CreatePlacementGroup::Reader create);
   void on_remove_group(const std::string& identity, std::uint64_t request_id,
                        wire::RemovePlacementGroup::Reader remove);
+  // issue 13 (cluster): the job's groups not removed (or the one so named),
+  // as a clusterState reply; the asker watches them from now on.
+  void on_get_groups(const std::string& identity, std::uint64_t request_id,
+                     wire::GetPlacementGroups::Reader get);
 
   // Places pending groups and reserves lost bundles again, in creation order.
   void place_pending();

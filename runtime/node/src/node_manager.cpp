@@ -569,6 +569,9 @@ class NodeManager {
       options.env = current_environment();
       options.env.erase("TROUPE_ADDRESS");
       options.env.erase("TROUPE_JOB_ID");
+      // issue 13 (cluster): the actor's own variables (ActorOptions::env, and
+      // its job's `troupe submit --env`); the runtime's own below win.
+      for (auto var : start.getSpec().getEnv()) options.env[var.getName().cStr()] = var.getValue().cStr();
       options.env["TROUPE_ACTOR_SPEC"] = spec_path.string();
       options.env["TROUPE_HEAD_ADDRESS"] = config_.head_address;
       options.env["TROUPE_NODE_ID"] = config_.node_id.hex();

@@ -74,6 +74,12 @@ ActorHost::ActorHost(const std::string& spec_path) {
   actor_id_ = troupe::from_wire<ActorId>(spec.getActorId());
   incarnation_ = start.getIncarnation();
   job_id_ = troupe::from_wire<JobId>(spec.getJobId());
+  // issue 13 (cluster): what troupe::actor_incarnation() and node_gpu_ids() say.
+  auto& hosted = hosted_actor_info();
+  hosted.hosted = true;
+  hosted.incarnation = static_cast<int>(incarnation_);
+  hosted.node_gpus.clear();
+  for (auto index : start.getGpuIndices()) hosted.node_gpus.push_back(static_cast<int>(index));
   if (const char* node = std::getenv("TROUPE_NODE_ID"); node && *node) {
     if (auto id = NodeId::parse(node)) node_id_ = *id;
   }
@@ -115,6 +121,22 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
       options.detached = spec.getDetached();
       if (gpus > 0) options.resources = {{"GPU", static_cast<double>(gpus)}};
       auto actor = host_runtime_->create_actor_as(actor_id_, *cls, std::move(slots), options);
+      // troupe::exit_actor(): the head hears it is DEAD for good, then this
+      // process ends, after a pause that lets the replies already queued
+      // on the call plane (the exiting call's result, the calls refused
+      // meanwhile) leave.
+      actor->set_exit_hook([this, &head, call_address, data_address](const std::string& reason) {
+        std::thread([this, &head, call_address, data_address, reason] {
+          try {
+            report(head, reason, call_address, data_address);
+          } catch (const std::exception& error) {
+            TROUPE_LOG_ERROR("actor host for {}: reporting its exit: {}", actor_id_.hex(), error.what());
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(500));
+          std::fflush(nullptr);
+          std::_Exit(0);
+        }).detach();
+      });
       while (actor->state() == ActorState::pending) std::this_thread::sleep_for(std::chrono::milliseconds(1));
       if (actor->state() == ActorState::dead) failure = actor->status_message();
       hosted_ = std::move(actor);
@@ -122,6 +144,20 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
       failure = e.what();
     }
   }
+  report(head, failure, call_address, data_address);
+  if (!failure.empty()) {
+    TROUPE_LOG_ERROR("actor host failed to start: {}", failure);
+    std::fflush(nullptr);
+    std::_Exit(3);
+  }
+  TROUPE_LOG_INFO("actor host for {} serving at {}", actor_id_.hex(), call_address);
+}
+
+void ActorHost::report(HeadClient& head, const std::string& failure, const std::string& call_address,
+                       const std::string& data_address) {
+  auto message = transport::ReceivedMessage::copy_of(spec_bytes_.data(), spec_bytes_.size());
+  auto start = message.root<wire::StartActor>();
+  auto spec = start.getSpec();
   capnp::MallocMessageBuilder update;
   auto body = update.initRoot<wire::ControlMessage>().initActorUpdate();
   troupe::to_wire(body.initActorId(), actor_id_);
@@ -141,12 +177,6 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
     reason.setMessage(failure);
   }
   (void)head.request(update);
-  if (!failure.empty()) {
-    TROUPE_LOG_ERROR("actor host failed to start: {}", failure);
-    std::fflush(nullptr);
-    std::_Exit(3);
-  }
-  TROUPE_LOG_INFO("actor host for {} serving at {}", actor_id_.hex(), call_address);
 }
 
 void ActorHost::shutdown() {

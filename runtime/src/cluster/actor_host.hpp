@@ -49,6 +49,11 @@ class ActorHost {
   [[noreturn]] static void serve_forever();
 
  private:
+  // Tells the head the actor is DEAD (for good: it is not restarted),
+  // or ALIVE at these addresses when `failure` is empty.
+  void report(HeadClient& head, const std::string& failure, const std::string& call_address,
+              const std::string& data_address);
+
   std::string spec_bytes_;  // the StartActor message
   ActorId actor_id_;
   JobId job_id_;

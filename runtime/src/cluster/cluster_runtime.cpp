@@ -144,6 +144,22 @@ std::shared_ptr<ActorCore> ClusterRuntime::create_actor(const ClassInfo& cls, st
     }
     if (!slot.value && !slot.ref->is_ready()) unresolved.push_back(slot.ref);
   }
+  // issue 13 (cluster): the job's own variables (`troupe submit --env`, named
+  // by the head in TROUPE_JOB_ENV_NAMES) go to every actor of the job, with
+  // the list itself, so the actors' actors get them too; the actor's own win.
+  if (const char* names = std::getenv("TROUPE_JOB_ENV_NAMES"); names && *names) {
+    std::map<std::string, std::string> env;
+    std::string list = names;
+    for (std::size_t start = 0; start <= list.size();) {
+      const std::size_t comma = std::min(list.find(',', start), list.size());
+      const std::string var = list.substr(start, comma - start);
+      if (const char* value = var.empty() ? nullptr : std::getenv(var.c_str())) env[var] = value;
+      start = comma + 1;
+    }
+    env["TROUPE_JOB_ENV_NAMES"] = list;
+    for (auto& [var, value] : options.env) env[var] = value;
+    options.env = std::move(env);
+  }
   const ActorId id = ActorId::random();
   const PlacementGroupId group_id = options.placement_group.valid() ? options.placement_group.core()->id : PlacementGroupId{};
   RemoteActor::Policy policy{options.max_task_retries, options.max_pending_calls, options.backpressure};
@@ -291,16 +307,19 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
   }
 }
 
-std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name) { return look_up(name, ActorId{}); }
+std::shared_ptr<ActorCore> ClusterRuntime::find(std::string_view name, std::string_view name_space) {
+  return look_up(name, name_space, ActorId{});
+}
 
 std::shared_ptr<ActorCore> ClusterRuntime::find(const ActorId& id) {
   if (auto known = actor_for_update(id)) return known;
-  return look_up({}, id);  // a handle that came from another process
+  return look_up({}, {}, id);  // a handle that came from another process
 }
 
-std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, ActorId actor_id) {
+std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, std::string_view name_space,
+                                                   ActorId actor_id) {
   if (!head_) return nullptr;
-  auto reply = head_->get_actor(job_id_, name, actor_id);
+  auto reply = head_->get_actor(job_id_, name, name_space, actor_id);
   if (!reply) return nullptr;
   auto update = reply->root<wire::ControlMessage>().getActorUpdate();
   const ActorId id = troupe::from_wire<ActorId>(update.getActorId());
@@ -372,6 +391,55 @@ void ClusterRuntime::remove_group(const std::shared_ptr<GroupCore>& group) {
     groups_.erase(group->id);
   }
   group->ready_promise.set_error(make_error(Errc::cancelled, "placement group removed"));
+}
+
+std::vector<PlacementGroup> ClusterRuntime::list_groups(std::string_view name) {
+  if (!running() || !head_) throw_error(Errc::cancelled, "the runtime is shut down");
+  auto reply = head_->get_groups(job_id_, name);
+  std::vector<PlacementGroup> out;
+  for (auto update : reply.root<wire::ControlMessage>().getClusterState().getPlacementGroups()) {
+    const PlacementGroupId id = troupe::from_wire<PlacementGroupId>(update.getPlacementGroupId());
+    std::shared_ptr<GroupCore> group;
+    bool ready = false;
+    {
+      std::lock_guard lock(mutex_);
+      if (auto it = groups_.find(id); it != groups_.end()) {
+        out.emplace_back(it->second);  // created or looked up here before: its updates arrive already
+        continue;
+      }
+      // A group created by another process of the job: its handle is
+      // rebuilt from the head's record, and its updates come here from now on.
+      std::vector<scheduler::Bundle> bundles;
+      for (auto bundle : update.getBundles()) {
+        scheduler::Bundle request;
+        for (auto resource : bundle.getResources()) {
+          std::string resource_name = resource.getName();
+          if (resource_name.rfind("GPU:", 0) == 0) request.gpu_type = resource_name.substr(4);
+          else request.amounts.set(resource_name, resource.getAmount());
+        }
+        bundles.push_back(std::move(request));
+      }
+      scheduler::Strategy strategy = scheduler::Strategy::PACK;
+      switch (update.getStrategy()) {
+        case wire::PlacementStrategy::PACK: break;
+        case wire::PlacementStrategy::SPREAD: strategy = scheduler::Strategy::SPREAD; break;
+        case wire::PlacementStrategy::STRICT_PACK: strategy = scheduler::Strategy::STRICT_PACK; break;
+        case wire::PlacementStrategy::STRICT_SPREAD: strategy = scheduler::Strategy::STRICT_SPREAD; break;
+      }
+      group = std::make_shared<GroupCore>(id, std::string(update.getName().cStr()), std::move(bundles), strategy);
+      const std::string reason = update.hasReason() ? std::string(update.getReason().getMessage()) : std::string();
+      switch (update.getState()) {
+        case wire::PlacementGroupState::CREATED: group->placed = true; ready = true; break;
+        case wire::PlacementGroupState::PENDING: group->reason = reason.empty() ? "pending" : reason; break;
+        case wire::PlacementGroupState::INFEASIBLE: group->reason = "infeasible: " + reason; break;
+        case wire::PlacementGroupState::REMOVED: continue;  // not listed by the head
+      }
+      groups_[id] = group;
+    }
+    if (ready) group->ready_promise.set_value();
+    out.emplace_back(group);
+  }
+  return out;
 }
 
 std::string ClusterRuntime::group_reason(const GroupCore& group) {

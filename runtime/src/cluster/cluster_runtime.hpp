@@ -72,12 +72,13 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
   bool running() const noexcept override { return running_.load(); }
   std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                           ActorOptions options) override;
-  std::shared_ptr<ActorCore> find(std::string_view name) override;
+  std::shared_ptr<ActorCore> find(std::string_view name, std::string_view name_space) override;
   std::shared_ptr<ActorCore> find(const ActorId& id) override;
   PlacementGroup create_group(std::vector<ResourceSpec> bundles, PlacementStrategy strategy,
                               std::string name) override;
   void remove_group(const std::shared_ptr<GroupCore>& group) override;
   std::string group_reason(const GroupCore& group) override;
+  std::vector<PlacementGroup> list_groups(std::string_view name) override;
   std::map<std::string, double> total_resources() override;
   std::map<std::string, double> free_resources() override;
   std::size_t live_actor_count() override;
@@ -104,7 +105,7 @@ class ClusterRuntime final : public Backend, public CallSender, public std::enab
   void tick();
   std::shared_ptr<RemoteActor> actor_for_update(const ActorId& id);
   // Asks the head for an actor by name, or by id when `name` is empty.
-  std::shared_ptr<ActorCore> look_up(std::string_view name, ActorId actor_id);
+  std::shared_ptr<ActorCore> look_up(std::string_view name, std::string_view name_space, ActorId actor_id);
   // The encodings of resolved constructor arguments; an argument's error
   // is thrown as actor_died ("a constructor argument failed: ...").
   static std::vector<std::string> encode_ctor_args(const std::vector<ArgSlot>& ctor_args);

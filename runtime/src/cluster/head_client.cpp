@@ -164,6 +164,14 @@ void HeadClient::create_actor(ActorId id, const JobId& job_id, const WorkerId& o
   create.setMaxPendingCalls(options.max_pending_calls);
   create.setDetached(options.detached);
   if (!group_id.nil()) troupe::to_wire(create.initPlacementGroupId(), group_id);
+  auto env = create.initEnv(static_cast<unsigned>(options.env.size()));
+  unsigned e = 0;
+  for (const auto& [var, value] : options.env) {
+    env[e].setName(var);
+    env[e].setValue(value);
+    ++e;
+  }
+  create.setActorNamespace(options.namespace_);
   (void)request(message);
 }
 
@@ -200,11 +208,12 @@ void HeadClient::kill_actor(ActorId actor_id, bool no_restart) {
 }
 
 std::optional<transport::ReceivedMessage> HeadClient::get_actor(const JobId& job_id, std::string_view name,
-                                                                ActorId actor_id) {
+                                                                std::string_view name_space, ActorId actor_id) {
   capnp::MallocMessageBuilder message;
   auto get = message.initRoot<wire::ControlMessage>().initGetActorByName();
   troupe::to_wire(get.initJobId(), job_id);
   get.setName(std::string(name));
+  get.setActorNamespace(std::string(name_space));
   if (name.empty()) troupe::to_wire(get.initActorId(), actor_id);
   try {
     auto reply = request(message);
@@ -243,6 +252,17 @@ void HeadClient::remove_group(PlacementGroupId group_id) {
   auto remove = message.initRoot<wire::ControlMessage>().initRemovePlacementGroup();
   troupe::to_wire(remove.initPlacementGroupId(), group_id);
   (void)request(message);
+}
+
+transport::ReceivedMessage HeadClient::get_groups(const JobId& job_id, std::string_view name) {
+  capnp::MallocMessageBuilder message;
+  auto get = message.initRoot<wire::ControlMessage>().initGetPlacementGroups();
+  troupe::to_wire(get.initJobId(), job_id);
+  get.setName(std::string(name));
+  auto reply = request(message);
+  if (!reply.root<wire::ControlMessage>().isClusterState())
+    throw_error(Errc::protocol, "head answered getPlacementGroups with an unexpected message");
+  return reply;
 }
 
 }  // namespace troupe::detail

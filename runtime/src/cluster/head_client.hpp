@@ -71,10 +71,13 @@ class HeadClient {
   // The head's answer to a lookup by name (or by id when `name` is empty):
   // an ActorUpdate reply, or nothing when there is no such actor.
   std::optional<transport::ReceivedMessage> get_actor(const JobId& job_id, std::string_view name,
-                                                      ActorId actor_id);
+                                                      std::string_view name_space, ActorId actor_id);
   // Sums the resources of the alive nodes: their totals, or what is free.
   std::map<std::string, double> cluster_totals(bool available);
   void remove_group(PlacementGroupId group_id);
+  // The job's groups not removed (only the one so named when `name` is not
+  // empty), as a clusterState reply; their later updates come as pushes.
+  transport::ReceivedMessage get_groups(const JobId& job_id, std::string_view name);
   void stop();
 
  private:

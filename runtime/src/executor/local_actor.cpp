@@ -22,7 +22,8 @@ std::string actor_label(const ClassInfo& cls, const std::string& name, const Act
 }
 
 struct ContextScope {
-  ContextScope(ActorId actor_id, const std::vector<int>* gpus) : context{actor_id, gpus} {
+  ContextScope(ActorId actor_id, const std::vector<int>* gpus, int incarnation, bool in_method)
+      : context{actor_id, gpus, incarnation, in_method} {
     previous = current_context();
     current_context() = &context;
   }
@@ -36,6 +37,11 @@ struct ContextScope {
 ActorContext*& current_context() noexcept {
   thread_local ActorContext* context = nullptr;
   return context;
+}
+
+HostedActorInfo& hosted_actor_info() noexcept {
+  static HostedActorInfo info;
+  return info;
 }
 
 ActorId current_actor() noexcept {
@@ -137,11 +143,13 @@ void LocalActor::start_construction() {
 
 void LocalActor::construct() {
   std::vector<int> gpus;
+  int incarnation = 0;
   {
     std::lock_guard lock(mutex_);
     if (state_ == ActorState::dead || constructing_) return;
     constructing_ = true;
     gpus = gpus_;
+    incarnation = restarts_;
   }
   std::string failure;
   std::shared_ptr<void> instance;
@@ -159,7 +167,7 @@ void LocalActor::construct() {
     }
   }
   if (failure.empty()) {
-    ContextScope scope(id_, &gpus);
+    ContextScope scope(id_, &gpus, incarnation, /*in_method=*/false);
     try {
       instance = std::shared_ptr<void>(cls_.construct(values), cls_.destroy);
     } catch (...) {
@@ -374,6 +382,7 @@ void LocalActor::run(const TaskPtr& task) {
   auto& spec = task->spec;
   std::shared_ptr<void> instance;
   std::vector<int> gpus;
+  int incarnation = 0;
   {
     // From here on the call has started: a cancel or a deadline no longer
     // withdraws it.
@@ -382,6 +391,7 @@ void LocalActor::run(const TaskPtr& task) {
     task->started = true;
     instance = instance_;
     gpus = gpus_;
+    incarnation = restarts_;
   }
   if (spec.result->is_ready()) return;  // killed meanwhile
   ArgValues values;
@@ -403,18 +413,27 @@ void LocalActor::run(const TaskPtr& task) {
     return;
   }
   InvokeResult result;
+  bool exit_requested = false;
   try {
-    ContextScope scope(id_, &gpus);
+    ContextScope scope(id_, &gpus, incarnation, /*in_method=*/true);
+    // Read when the method is left, by return or by exception.
+    struct ExitFlag {
+      const ActorContext& context;
+      bool& out;
+      ~ExitFlag() { out = context.exit_requested; }
+    } exit_flag{scope.context, exit_requested};
     result = spec.method->invoke(instance.get(), values);
   } catch (const ArgumentDecodeError& e) {
     spec.result->set_error(make_error(Errc::serialization, spec.method->qualified +
                                                                ": an argument could not be decoded: " + e.message()));
+    if (exit_requested) exit_self(spec.method->qualified);
     return;
   } catch (...) {
     auto info = describe(std::current_exception());
     spec.result->set_error(make_error(Errc::task_failed,
                                       spec.method->qualified + " threw " + info.type + ": " + info.message,
                                       info.type));
+    if (exit_requested) exit_self(spec.method->qualified);
     return;
   }
   values.clear();
@@ -423,6 +442,29 @@ void LocalActor::run(const TaskPtr& task) {
   } else {
     spec.result->set_value(std::move(result.value));
   }
+  // The exiting call's result is out first; then the actor ends.
+  if (exit_requested) exit_self(spec.method->qualified);
+}
+
+void LocalActor::set_exit_hook(std::function<void(const std::string& reason)> hook) {
+  std::lock_guard lock(mutex_);
+  exit_hook_ = std::move(hook);
+}
+
+void LocalActor::exit_self(const std::string& method) {
+  std::vector<TaskPtr> failed;
+  std::optional<Allocation> freed;
+  std::function<void(const std::string&)> hook;
+  const std::string reason = "it exited: " + method + " called troupe::exit_actor()";
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == ActorState::dead) return;
+    die_locked(reason, failed, freed);  // for good: exit_actor() never restarts it
+    hook = exit_hook_;
+  }
+  TROUPE_LOG_INFO("actor {} {}", actor_label(cls_, options_.name, id_), reason);
+  finish_death(Errc::actor_died, reason, failed, freed);
+  if (hook) hook(reason);
 }
 
 void LocalActor::leave_locked(Task& task, Where to) {

@@ -74,7 +74,28 @@ scheduler::ResourceRequest to_request(const ResourceSpec& spec) {
   }
 }
 
+namespace {
+// One process is one job: the job's own namespace is "".
+std::string named_key(std::string_view name_space, std::string_view name) {
+  std::string key(name_space);
+  key += '\0';
+  key += name;
+  return key;
+}
+}  // namespace
+
 void validate_actor_options(const ActorOptions& options) {
+  for (const auto& [name, value] : options.env) {
+    if (name.empty() || name.find('=') != std::string::npos || name.find('\0') != std::string::npos ||
+        name.rfind("TROUPE_", 0) == 0 || name == "CUDA_VISIBLE_DEVICES") {
+      throw_error(Errc::invalid_argument, "ActorOptions::env: '" + name +
+                                              "' cannot be set for an actor (empty, holds '=', or the runtime "
+                                              "sets it: TROUPE_*, CUDA_VISIBLE_DEVICES)");
+    }
+    if (value.find('\0') != std::string::npos) {
+      throw_error(Errc::invalid_argument, "ActorOptions::env: the value of '" + name + "' holds a NUL byte");
+    }
+  }
   if (options.max_concurrency < 1) throw_error(Errc::invalid_argument, "max_concurrency must be at least 1");
   if (options.max_restarts < -1) throw_error(Errc::invalid_argument, "max_restarts must be -1 or more");
   if (options.max_task_retries < -1) throw_error(Errc::invalid_argument, "max_task_retries must be -1 or more");
@@ -150,13 +171,15 @@ std::shared_ptr<LocalActor> LocalRuntime::create_actor_as(ActorId id, const Clas
   std::shared_ptr<LocalActor> actor;
   {
     std::lock_guard lock(mutex_);
-    if (!options.name.empty() && named_.count(options.name)) {
-      throw_error(Errc::invalid_argument, "an actor named '" + options.name + "' already exists");
+    if (!options.name.empty() && named_.count(named_key(options.namespace_, options.name))) {
+      throw_error(Errc::invalid_argument,
+                  "an actor named '" + options.name + "' already exists" +
+                      (options.namespace_.empty() ? std::string() : " in namespace '" + options.namespace_ + "'"));
     }
     actor = std::make_shared<LocalActor>(shared_from_this(), id, cls, std::move(ctor_args),
                                          std::move(options));
     by_id_[actor->id()] = actor;
-    if (!actor->name().empty()) named_[actor->name()] = actor;
+    if (!actor->name().empty()) named_[named_key(actor->options().namespace_, actor->name())] = actor;
     waiting_.push_back(actor);
   }
   retry_waiting();
@@ -257,7 +280,7 @@ void LocalRuntime::forget(const LocalActor& actor) {
   std::lock_guard lock(mutex_);
   by_id_.erase(actor.id());
   if (!actor.name().empty()) {
-    auto it = named_.find(actor.name());
+    auto it = named_.find(named_key(actor.options().namespace_, actor.name()));
     if (it != named_.end() && it->second.get() == &actor) {
       keep_alive = std::move(it->second);
       named_.erase(it);
@@ -265,9 +288,9 @@ void LocalRuntime::forget(const LocalActor& actor) {
   }
 }
 
-std::shared_ptr<ActorCore> LocalRuntime::find(std::string_view name) {
+std::shared_ptr<ActorCore> LocalRuntime::find(std::string_view name, std::string_view name_space) {
   std::lock_guard lock(mutex_);
-  auto it = named_.find(name);
+  auto it = named_.find(named_key(name_space, name));
   if (it == named_.end()) return nullptr;
   return it->second;
 }
@@ -298,6 +321,15 @@ PlacementGroup LocalRuntime::create_group(std::vector<ResourceSpec> specs, Place
   std::shared_ptr<GroupCore> group;
   {
     std::lock_guard lock(mutex_);
+    // groups_ holds the groups not removed: a name is free again once its group is.
+    if (!name.empty()) {
+      for (const auto& other : groups_) {
+        if (other->name == name) {
+          throw_error(Errc::invalid_argument, "a placement group named \"" + name + "\" already exists in this job (" +
+                                                  other->id.short_hex() + "); remove it first or choose another name");
+        }
+      }
+    }
     group = std::make_shared<GroupCore>(PlacementGroupId::random(), std::move(name), std::move(bundles),
                                         to_scheduler(strategy));
     groups_.push_back(group);
@@ -337,6 +369,15 @@ void LocalRuntime::retry_groups_locked() {
   }
 }
 
+std::vector<PlacementGroup> LocalRuntime::list_groups(std::string_view name) {
+  std::lock_guard lock(mutex_);
+  std::vector<PlacementGroup> out;
+  for (const auto& group : groups_) {
+    if (name.empty() || group->name == name) out.emplace_back(group);
+  }
+  return out;
+}
+
 std::string LocalRuntime::group_reason(const GroupCore& group) {
   std::lock_guard lock(mutex_);
   if (group.removed) return "removed";
@@ -362,7 +403,10 @@ void LocalRuntime::remove_group(const std::shared_ptr<GroupCore>& group) {
     groups_.erase(std::remove(groups_.begin(), groups_.end(), group), groups_.end());
     for (auto& actor : victims) {
       by_id_.erase(actor->id());
-      if (!actor->name().empty()) named_.erase(actor->name());
+      if (!actor->name().empty()) {
+        auto it = named_.find(named_key(actor->options().namespace_, actor->name()));
+        if (it != named_.end() && it->second == actor) named_.erase(it);
+      }
     }
     retry_groups_locked();
   }
@@ -446,10 +490,10 @@ std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlo
   return runtime->create_actor(cls, std::move(ctor_args), std::move(options));
 }
 
-std::shared_ptr<ActorCore> find_actor(std::string_view name) {
+std::shared_ptr<ActorCore> find_actor(std::string_view name, std::string_view name_space) {
   auto runtime = backend();
   if (!runtime) throw_error(Errc::invalid_argument, "troupe::init() has not been called");
-  return runtime->find(name);
+  return runtime->find(name, name_space);
 }
 
 std::shared_ptr<ActorCore> find_actor(const ActorId& id) {

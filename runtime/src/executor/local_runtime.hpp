@@ -13,6 +13,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -39,8 +40,22 @@ class LocalRuntime;
 struct ActorContext {
   ActorId actor_id;
   const std::vector<int>* gpus = nullptr;
+  int incarnation = 0;          // restarts of the actor in this executor
+  bool in_method = false;       // false while the constructor runs
+  bool exit_requested = false;  // troupe::exit_actor() was called by this method
 };
 ActorContext*& current_context() noexcept;
+
+// In an actor host (cluster mode), what the head said about the one actor
+// this process runs: its incarnation and its GPUs' indices on the node (the
+// executor sees them renumbered from 0, as CUDA_VISIBLE_DEVICES does).
+// Set once by the ActorHost, before the actor is constructed.
+struct HostedActorInfo {
+  bool hosted = false;
+  int incarnation = 0;
+  std::vector<int> node_gpus;
+};
+HostedActorInfo& hosted_actor_info() noexcept;
 // The actor running on this thread; nil outside actors.
 ActorId current_actor() noexcept;
 
@@ -108,6 +123,9 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   void set_pending_reason(std::string reason);
   // Fails everything and drops the instance; used by shutdown and group removal.
   void terminate(Errc code, const std::string& why);
+  // Called (on the thread of the call that exited) once the actor ended
+  // itself with troupe::exit_actor(); an actor host reports it to the head.
+  void set_exit_hook(std::function<void(const std::string& reason)> hook);
 
  private:
   // Where a task is; guarded by mutex_. `pending_` counts the queued and
@@ -153,6 +171,8 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   void die_locked(std::string reason, std::vector<TaskPtr>& failed, std::optional<Allocation>& freed);
   void finish_death(Errc code, const std::string& reason, std::vector<TaskPtr>& failed,
                     std::optional<Allocation>& freed);
+  // troupe::exit_actor() was called by `method`, which has returned.
+  void exit_self(const std::string& method);
 
   std::shared_ptr<LocalRuntime> runtime_;
   const ActorId id_;
@@ -179,6 +199,7 @@ class LocalActor final : public ActorCore, public std::enable_shared_from_this<L
   std::size_t withdrawn_queued_ = 0;  // withdrawn tasks still in queues_
   std::condition_variable room_;      // pending_ fell, or the actor died
   int room_waiters_ = 0;
+  std::function<void(const std::string&)> exit_hook_;
 };
 
 class LocalRuntime final : public Backend, public std::enable_shared_from_this<LocalRuntime> {
@@ -195,7 +216,7 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
   // actor its driver named, so current_actor_id() there is the handle's id.
   std::shared_ptr<LocalActor> create_actor_as(ActorId id, const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                               ActorOptions options);
-  std::shared_ptr<ActorCore> find(std::string_view name) override;
+  std::shared_ptr<ActorCore> find(std::string_view name, std::string_view name_space) override;
   std::shared_ptr<ActorCore> find(const ActorId& id) override;
   void forget(const LocalActor& actor);  // on death: drop name and index
   void release(const Allocation& allocation);
@@ -206,6 +227,7 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
                               std::string name) override;
   void remove_group(const std::shared_ptr<GroupCore>& group) override;
   std::string group_reason(const GroupCore& group) override;
+  std::vector<PlacementGroup> list_groups(std::string_view name) override;
 
   std::map<std::string, double> total_resources() override;
   std::vector<NodeDescription> nodes() override;
@@ -227,6 +249,7 @@ class LocalRuntime final : public Backend, public std::enable_shared_from_this<L
   std::mutex mutex_;
   std::vector<scheduler::NodeState> nodes_;  // exactly one: this machine
   std::unordered_map<ActorId, std::weak_ptr<LocalActor>> by_id_;
+  // Keyed by named_key(namespace, name).
   std::map<std::string, std::shared_ptr<LocalActor>, std::less<>> named_;
   std::vector<std::weak_ptr<LocalActor>> waiting_;  // unplaced, in creation order
   std::vector<std::shared_ptr<GroupCore>> groups_;

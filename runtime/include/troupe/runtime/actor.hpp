@@ -60,17 +60,29 @@ class PlacementGroup {
   std::string pending_reason() const;
   std::size_t bundle_count() const;
   std::string id() const;
+  // The name it was created with ("" for none).
+  std::string name() const;
   const std::shared_ptr<detail::GroupCore>& core() const noexcept { return core_; }
 
  private:
   std::shared_ptr<detail::GroupCore> core_;
 };
 
+// A non-empty `name` names one group of this job until the group is removed
+// (as Ray): a second group of the same name is refused with
+// Error(invalid_argument), in both modes.
 PlacementGroup placement_group(std::vector<ResourceSpec> bundles,
                                PlacementStrategy strategy = PlacementStrategy::pack,
                                std::string name = {});
 // Releases the reservation; actors placed in it are killed.
 void remove_placement_group(const PlacementGroup& group);
+// The group of this job named `name` that is not removed (Ray's
+// get_placement_group), wherever it was created: in the driver or in one of
+// the job's actors. Throws Error(not_found) when there is none. Its ready()
+// completes as the creator's does.
+PlacementGroup get_placement_group(std::string_view name);
+// This job's groups that are not removed, in creation order.
+std::vector<PlacementGroup> placement_groups();
 
 // What a call does when its actor already has max_pending_calls calls
 // pending (queued, sent or running) from this process.
@@ -99,12 +111,22 @@ struct ActorOptions {
   // by the same number (a call past it is answered OverloadedError).
   std::size_t max_pending_calls = kDefaultMaxPendingCalls;
   Backpressure backpressure = Backpressure::block;
-
-  static constexpr std::size_t kDefaultMaxPendingCalls = 100000;
+  // issue 13 (cluster): variables set in the environment of the actor's host
+  // process, over its job's (`troupe submit --env`). Cluster mode only: in
+  // local mode every actor shares the driver's process and nothing is set.
+  // Names may not be empty, hold '=', start with TROUPE_ or be
+  // CUDA_VISIBLE_DEVICES (the runtime sets those).
+  std::map<std::string, std::string> env = {};
+  // The namespace of `name` (Ray's namespace): "" is the job's own (names
+  // seen only by the job, as before); any other namespace is shared by
+  // every job of the cluster. get_actor(name, namespace_) looks there.
+  std::string namespace_ = {};
   // The actor gets max_concurrency threads of its own (CAF's detached
   // actors): its constructor and methods run only there, so methods that
   // block (sleep, I/O, locks) never hold the shared pool's threads.
   bool detached = false;
+
+  static constexpr std::size_t kDefaultMaxPendingCalls = 100000;
 };
 
 // Per-call options: `handle.with_options({.timeout = 2s}).call<&C::m>(...)`
@@ -160,7 +182,7 @@ class ActorCore {
 
 std::shared_ptr<ActorCore> create_actor(const ClassInfo& cls, std::vector<ArgSlot> ctor_args,
                                         ActorOptions options);
-std::shared_ptr<ActorCore> find_actor(std::string_view name);
+std::shared_ptr<ActorCore> find_actor(std::string_view name, std::string_view name_space = {});
 std::shared_ptr<ActorCore> find_actor(const ActorId& id);
 
 template <class P, class Arg>
@@ -319,12 +341,16 @@ ActorHandle<A> actor(Args&&... args) {
   return actor<A>(ActorOptions{}, std::forward<Args>(args)...);
 }
 
-// Looks up a live named actor. Throws Error(not_found) when there is none,
+// Looks up a live named actor in `name_space` ("": the job's own, see
+// ActorOptions::namespace_). Throws Error(not_found) when there is none,
 // Error(invalid_argument) when it is of another class.
 template <class A>
-ActorHandle<A> get_actor(std::string_view name) {
-  auto core = detail::find_actor(name);
-  if (!core) throw_error(Errc::not_found, "no live actor named '" + std::string(name) + "'");
+ActorHandle<A> get_actor(std::string_view name, std::string_view name_space = {}) {
+  auto core = detail::find_actor(name, name_space);
+  if (!core) {
+    throw_error(Errc::not_found, "no live actor named '" + std::string(name) + "'" +
+                                     (name_space.empty() ? std::string() : " in namespace '" + std::string(name_space) + "'"));
+  }
   if (core->cls().type != &typeid(A) && *core->cls().type != typeid(A)) {
     throw_error(Errc::invalid_argument, "actor '" + std::string(name) + "' is a " + core->cls().name);
   }
