@@ -217,8 +217,12 @@ class Stage {
 // ---- flags --------------------------------------------------------------------------------------
 
 struct Flags {
-  // Beside this source file (__FILE__ is absolute in troupe's builds).
+  // Beside this source file.
+#ifdef PIPELINE_SERVING_DIR
+  std::string model = std::string(PIPELINE_SERVING_DIR) + "/model.json";
+#else
   std::string model = (std::filesystem::path(__FILE__).parent_path() / "model.json").string();
+#endif
   std::string cluster;    // a cluster file to plan over instead of the running GPUs
   std::string gpu_table;  // extra GPU figures
   int requests = 64;
