@@ -147,6 +147,16 @@ TEST(ConformanceRefs, RefsReturnedInsideAResultStayReadableAfterTheCallFinished)
   EXPECT_EQ(consumer.call<&Consumer::sum_all>(refs).get(kWait), 60) << mode_name();
 }
 
+TEST(ConformanceRefs, AResultHoldingRefsPassedOnBeforeItIsReadyReachesTheNextActor) {
+  auto producer = troupe::actor<Producer>();
+  auto consumer = troupe::actor<Consumer>();
+  // Neither result is read here: each goes straight into the next call.
+  auto sum = consumer.call<&Consumer::sum_all>(producer.call<&Producer::make_refs>(4L));
+  auto sum_map = consumer.call<&Consumer::sum_map>(producer.call<&Producer::make_map>());
+  EXPECT_EQ(sum.get(kWait), 100) << mode_name();
+  EXPECT_EQ(sum_map.get(kWait), 3) << mode_name();
+}
+
 TEST(ConformanceRefs, ABorrowedRefKeptByTheCalleeResolvesWhenItsValueArrivesLater) {
   auto consumer = troupe::actor<Consumer>();
   troupe::Promise<long> later;

@@ -77,6 +77,76 @@ TEST_F(CallServerTest, AnswersAGoodCall) {
   EXPECT_EQ(deserialize<std::string>(answer.value), "abc");
 }
 
+TEST_F(CallServerTest, TheAnswerDoesNotWaitForALentObjectAndTheLoansAreReturnedOnceItArrives) {
+  // A call that borrows an object its caller has not produced yet (a ref
+  // inside an argument, held by "this" process, so the fetch parks): the
+  // method's answer goes out at once, saying the loans are kept; once the
+  // object arrives, a ReturnLoans naming the call follows.
+  const ObjectId lent = ObjectId::random();
+  capnp::MallocMessageBuilder message;
+  harness_.build_call(message, "add", {serialize(1)}, ++call_id_);
+  auto refs = message.getRoot<wire::CallMessage>().getRequest().initRefs(1);
+  to_wire(refs[0].initId(), lent);
+  refs[0].setOwnerAddress(CallServerHarness::kOwnAddress);
+  refs[0].setRemote();
+  harness_.deliver(message);
+  harness_.took_seq();
+  auto replies = harness_.take_replies(1);
+  ASSERT_EQ(replies.size(), 1u);
+  {
+    capnp::FlatArrayMessageReader reader(replies[0].words);
+    auto reply = reader.getRoot<wire::CallMessage>().getReply();
+    ASSERT_TRUE(reply.isValue());
+    EXPECT_EQ(deserialize<int>(read_reply(replies[0]).value), 6);
+    EXPECT_TRUE(reply.getLoansKept());
+  }
+  EXPECT_EQ(harness_.reply_count(), 0u);  // nothing more until the object is there
+  auto value = std::make_shared<detail::ObjectState>(lent);
+  value->set_value(detail::make_value<int>(9));
+  harness_.table().hold(lent, value);
+  replies = harness_.take_replies(1);
+  ASSERT_EQ(replies.size(), 1u);
+  capnp::FlatArrayMessageReader reader(replies[0].words);
+  auto root = reader.getRoot<wire::CallMessage>();
+  ASSERT_TRUE(root.isReturnLoans());
+  EXPECT_EQ(root.getReturnLoans().getCallId(), call_id_);
+  EXPECT_EQ(from_wire<ActorId>(root.getReturnLoans().getActorId()), harness_.actor_id());
+  // Without borrowed objects still on their way, the loans end with the reply.
+  capnp::MallocMessageBuilder plain;
+  harness_.build_call(plain, "add", {serialize(2)}, ++call_id_);
+  harness_.deliver(plain);
+  harness_.took_seq();
+  replies = harness_.take_replies(1);
+  ASSERT_EQ(replies.size(), 1u);
+  capnp::FlatArrayMessageReader plain_reader(replies[0].words);
+  EXPECT_FALSE(plain_reader.getRoot<wire::CallMessage>().getReply().getLoansKept());
+}
+
+TEST(ObjectTableLoans, KeptLoansEndOnTheirBorrowersReturnOrTheirDeadline) {
+  std::vector<ObjectId> dropped;
+  detail::ObjectTable table([&](const ObjectId& id) { dropped.push_back(id); });
+  const ObjectId a = ObjectId::random(), b = ObjectId::random();
+  auto state_a = std::make_shared<detail::ObjectState>(a);
+  auto state_b = std::make_shared<detail::ObjectState>(b);
+  table.lend(a, state_a);
+  table.lend(b, state_b);
+  const WorkerId me = WorkerId::random();
+  const ActorId callee = ActorId::random();
+  const auto now = std::chrono::steady_clock::now();
+  table.keep_loans(me, 1, callee, {state_a}, {a}, now + std::chrono::hours(1));
+  table.keep_loans(me, 2, callee, {state_b}, {b}, now + std::chrono::milliseconds(1));
+  EXPECT_EQ(table.kept_loans(), 2u);
+  EXPECT_FALSE(table.return_loans(me, 1, ActorId::random()));  // not its borrower: refused
+  EXPECT_TRUE(table.find(a));
+  EXPECT_TRUE(table.return_loans(me, 1, callee));
+  EXPECT_FALSE(table.find(a));
+  EXPECT_FALSE(table.return_loans(me, 1, callee));  // once
+  table.expire_loans(now + std::chrono::seconds(1));
+  EXPECT_FALSE(table.find(b));
+  EXPECT_EQ(table.kept_loans(), 0u);
+  EXPECT_EQ(dropped, (std::vector<ObjectId>{a, b}));
+}
+
 TEST_F(CallServerTest, LengthBombArgumentGetsASerializationErrorAndTheHostServesOn) {
   std::string bomb(8, '\0');
   const std::uint64_t claim = std::uint64_t{1} << 40;

@@ -86,7 +86,8 @@ void RemoteActor::submit(CallSpec call) {
   const MethodInfo* method = call.method;
   std::vector<StatePtr> refs;
   for (auto& slot : call.args)
-    if (!slot.value && slot.ref && !slot.ref->is_ready() && slot.ref->location().empty()) refs.push_back(slot.ref);
+    if (!slot.value && slot.ref && !slot.ref->is_ready() && (slot.ref->location().empty() || slot.resolve_here))
+      refs.push_back(slot.ref);
   std::weak_ptr<RemoteActor> weak_self = weak_from_this();
   std::weak_ptr<ObjectState> weak_result = result;
   result->set_canceller([weak_self, weak_result] {
@@ -194,7 +195,8 @@ bool RemoteActor::cancel(const StatePtr& result) {
 
 bool RemoteActor::ready_to_send(const CallSpec& spec) const {
   for (const auto& slot : spec.args) {
-    if (!slot.value && slot.ref && !slot.ref->is_ready() && slot.ref->location().empty()) return false;
+    if (!slot.value && slot.ref && !slot.ref->is_ready() && (slot.ref->location().empty() || slot.resolve_here))
+      return false;
   }
   return true;
 }

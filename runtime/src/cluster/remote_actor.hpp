@@ -13,7 +13,8 @@
 // original order, with fresh seqs; without, they fail with ActorDiedError
 // saying the actor restarted. A DEAD update fails every call queued or in
 // flight. A call waits in the outbox while the actor is pending or
-// restarting, or while an argument produced in this process is not ready.
+// restarting, or while an argument produced in this process (or one whose
+// value holds ObjectRefs: ArgSlot::resolve_here) is not ready.
 //
 // Bounds: at most max_pending_calls calls are pending (submitted and not
 // answered) at once; past it a submit waits for room or fails with

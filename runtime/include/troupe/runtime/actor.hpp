@@ -12,6 +12,7 @@
 //   int v = s.get();
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -19,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "troupe/runtime/ids.hpp"
@@ -149,7 +151,23 @@ struct ArgSlot {
   // An ObjectRef parameter: `value` holds the ObjectRef itself, `ref` its
   // state. Cluster mode sends it as a descriptor the callee wraps, unresolved.
   bool pass_ref = false;
+  // A ref whose value holds ObjectRefs (a parameter of a type like
+  // std::vector<ObjectRef<T>>): cluster mode resolves it in the caller and
+  // sends the value with its refs, since such a value cannot be fetched
+  // from its holder by a third process.
+  bool resolve_here = false;
 };
+
+// Whether values of type T may hold ObjectRefs, for the standard types
+// serialization.hpp covers (a user type holding refs is not seen).
+template <class T>
+struct may_hold_refs : std::false_type {};
+template <class T>
+struct may_hold_refs<ObjectRef<T>> : std::true_type {};
+template <template <class...> class C, class... Ts>
+struct may_hold_refs<C<Ts...>> : std::bool_constant<(may_hold_refs<std::remove_cv_t<Ts>>::value || ...)> {};
+template <class T, std::size_t N>
+struct may_hold_refs<std::array<T, N>> : may_hold_refs<T> {};
 
 struct CallSpec {
   const MethodInfo* method = nullptr;
@@ -205,7 +223,7 @@ ArgSlot make_arg(Arg&& arg) {
       return {};
     } else if constexpr (std::is_same_v<T, D>) {
       if (arg.state()->is_ready() && !arg.state()->has_error()) return {arg.state()->value(), arg.state()};
-      return {nullptr, arg.state()};
+      return {nullptr, arg.state(), false, may_hold_refs<D>::value};
     } else {
       // Resolved, then converted as a plain call would convert the value
       // (int -> long): the call waits for the converted ref, in either mode.
