@@ -645,7 +645,12 @@ class NodeManager {
         }
       }
     }
-    if (now - last_contact_ > fence_after_ && (!hosts_.empty() || !fetches_.empty()) && !head_process_down(now)) {
+    // Silence fences running hosts only. A binary fetch alone is no reason:
+    // the head's answer (tens of MB) holds back its acks behind it, which
+    // on a loaded machine can outlast fence_after_ although the head hears
+    // this node throughout; a fetch ends at its own deadline, and a host it
+    // starts after the head gave this node up is reconciled away.
+    if (now - last_contact_ > fence_after_ && !hosts_.empty() && !head_process_down(now)) {
       fence("no word from the head at " + config_.head_address + " for " +
             std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - last_contact_).count()) +
             " ms");
