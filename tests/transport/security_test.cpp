@@ -294,8 +294,11 @@ TEST_F(Security, CallPlaneOutboundSocketsAreBoundedByLru) {
     if (i % 100 == 0) peak = std::max(peak, open_fds());
   }
   EXPECT_LE(sender.plane->outbound_peers(), CallPlane::kDefaultMaxOutboundPeers);
-  // Sockets: 256 kept + at most 256 lingering, a few descriptors each.
-  EXPECT_LT(peak - baseline, 4 * 512) << "peak " << peak << ", baseline " << baseline;
+  // Sockets: 256 kept + those closed but not yet reaped by ZeroMQ's reaper
+  // thread, a few descriptors each. The reaper lags on a loaded machine
+  // (2,607 seen beside a parallel ctest), so the bound is on growth: 2,000
+  // peers kept open would hold well over 6,000 descriptors.
+  EXPECT_LT(peak - baseline, 6 * 512) << "peak " << peak << ", baseline " << baseline;
   EXPECT_TRUE(eventually([&] { return open_fds() - baseline < 3 * 256 + 64; }))
       << open_fds() << " open, baseline " << baseline << "\n" << fd_kinds();
   // An evicted peer is reached again through a new socket.
