@@ -58,8 +58,39 @@ class Mortal {
   int born_as_;
 };
 
+// Holds its caller for a while.
+class Napper {
+ public:
+  Napper() = default;
+  long nap(long ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    return ms;
+  }
+};
+
+// Calls a Napper it looks up by name (in a cluster: from another process).
+class NapCaller {
+ public:
+  NapCaller() = default;
+  // Two calls at once through a handle looked up by name: "ok/ok", or how
+  // the second failed.
+  std::string two_calls(const std::string& name) {
+    auto napper = troupe::get_actor<Napper>(name);
+    auto first = napper.call<&Napper::nap>(400L);
+    std::string second;
+    try {
+      second = std::to_string(napper.call<&Napper::nap>(1L).get(troupe::conformance::kWait));
+    } catch (const troupe::Error& e) {
+      second = std::string(troupe::to_string(e.code()));
+    }
+    return std::to_string(first.get(troupe::conformance::kWait)) + "/" + second;
+  }
+};
+
 }  // namespace conformance_cluster
 
+TROUPE_ACTOR(conformance_cluster::Napper, (), nap);
+TROUPE_ACTOR(conformance_cluster::NapCaller, (), two_calls);
 TROUPE_ACTOR(conformance_cluster::GroupFinder, (), find, count_named);
 TROUPE_ACTOR(conformance_cluster::Mortal, (), incarnation, born_as, leave, echo, visible_gpus, node_gpus, env,
              child_env);
@@ -67,6 +98,8 @@ TROUPE_ACTOR(conformance_cluster::Mortal, (), incarnation, born_as, leave, echo,
 namespace {
 
 using conformance_cluster::GroupFinder;
+using conformance_cluster::NapCaller;
+using conformance_cluster::Napper;
 using conformance_cluster::Mortal;
 using namespace troupe::conformance;
 
@@ -265,6 +298,22 @@ TEST(ClusterActorNamespaces, ANameLivesInItsNamespaceAndTheJobsOwnIsTheDefault) 
   EXPECT_EQ(troupe::get_actor<Mortal>(name, "conformance-shared").id(), again.id()) << mode_name();
   troupe::kill(again);
   troupe::kill(mine);
+}
+
+// A handle looked up by name calls the actor under its creator's
+// caller-side options (max_pending_calls with Backpressure::fail here), in
+// another process too (issue 12).
+TEST(ClusterActorLookup, AHandleLookedUpByNameKeepsTheCreatorsCallOptions) {
+  const std::string name = "conformance-cluster-napper";
+  troupe::ActorOptions options;
+  options.name = name;
+  options.max_pending_calls = 1;
+  options.backpressure = troupe::Backpressure::fail;
+  auto napper = troupe::actor<Napper>(options);
+  auto caller = troupe::actor<NapCaller>();
+  EXPECT_EQ(caller.call<&NapCaller::two_calls>(name).get(kWait), "400/overloaded") << mode_name();
+  troupe::kill(caller);
+  troupe::kill(napper);
 }
 
 }  // namespace

@@ -121,6 +121,10 @@ struct CreateActor {
   # issue 13 (cluster)
   env @15 :List(EnvVar);          # set in the actor host's environment (ActorOptions::env over the job's --env)
   actorNamespace @16 :Text;       # where `name` lives: empty = the job's own, else shared by every job
+  # issue 12 (calls): the creator's caller-side policy, kept so that a
+  # handle looked up by name or id calls the actor the same way
+  maxTaskRetries @17 :Int32;      # ActorOptions::max_task_retries (-1 = no limit)
+  failWhenOverloaded @18 :Bool;   # ActorOptions::backpressure == fail
 }
 
 struct StartActor {
@@ -147,6 +151,11 @@ struct ActorUpdate {
   reason @8 :ErrorInfo;           # why it is restarting or dead, else code ok
   gpuIndices @9 :List(UInt32);    # the node's GPUs assigned to it, once placed
   hostKey @10 :Data;              # actor host -> head only: StartActor.hostKey, proving it is the host the head started
+  # issue 12 (calls): the creator's caller-side policy (CreateActor), for a
+  # handle made from this update by a lookup
+  maxTaskRetries @11 :Int32;
+  maxPendingCalls @12 :UInt64;    # 0 = the default
+  failWhenOverloaded @13 :Bool;
 }
 
 struct KillActor {

@@ -60,6 +60,9 @@ void ActorDirectory::fill_actor_update(wire::ActorUpdate::Builder update, ActorE
   auto reason = update.initReason();
   reason.setCode(wire_code(actor.reason_code));
   reason.setMessage(actor.reason);
+  update.setMaxTaskRetries(actor.create().getMaxTaskRetries());
+  update.setMaxPendingCalls(actor.create().getMaxPendingCalls());
+  update.setFailWhenOverloaded(actor.create().getFailWhenOverloaded());
 }
 
 // The owner and every process that looked the actor up learn each change

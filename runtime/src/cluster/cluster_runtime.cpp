@@ -331,7 +331,14 @@ std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, std::s
     throw_error(Errc::protocol, "the head named actor " + id.short_hex() + " at a bad address: " + why);
   if (!address.empty() && update.getDataAddress().size() > 0)
     transfer_->note_data_address(address, from_data(update.getDataAddress()));
-  auto actor = std::make_shared<RemoteActor>(*this, id, *cls, std::string(update.getName().cStr()), false);
+  // The handle calls the actor as its creator's do (Ray keeps
+  // max_task_retries with the actor too): the head returns the creator's
+  // caller-side policy with the actor.
+  RemoteActor::Policy policy;
+  policy.max_task_retries = update.getMaxTaskRetries();
+  if (update.getMaxPendingCalls() > 0) policy.max_pending_calls = update.getMaxPendingCalls();
+  policy.backpressure = update.getFailWhenOverloaded() ? Backpressure::fail : Backpressure::block;
+  auto actor = std::make_shared<RemoteActor>(*this, id, *cls, std::string(update.getName().cStr()), false, policy);
   {
     std::lock_guard lock(mutex_);
     auto [it, added] = actors_.emplace(id, actor);

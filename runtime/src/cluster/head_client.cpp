@@ -163,6 +163,8 @@ void HeadClient::create_actor(ActorId id, const JobId& job_id, const WorkerId& o
   create.setBundleIndex(options.bundle_index);
   create.setMaxPendingCalls(options.max_pending_calls);
   create.setDetached(options.detached);
+  create.setMaxTaskRetries(options.max_task_retries);
+  create.setFailWhenOverloaded(options.backpressure == Backpressure::fail);
   if (!group_id.nil()) troupe::to_wire(create.initPlacementGroupId(), group_id);
   auto env = create.initEnv(static_cast<unsigned>(options.env.size()));
   unsigned e = 0;
