@@ -34,6 +34,7 @@
 #include "troupe/transport/content_hash.hpp"
 #include "troupe/transport/internal/control_socket.hpp"
 #include "troupe/transport/schema/control.capnp.h"
+#include "state_store.hpp"
 
 namespace troupe::head {
 namespace {
@@ -130,7 +131,8 @@ class HeadStateTest : public ::testing::Test {
 
   // A head on `store` (replacing the one before, which is destroyed: as a
   // crash leaves the store, since nothing is written on destruction).
-  void start_head(const std::string& store, std::chrono::seconds retention = std::chrono::seconds(3600)) {
+  void start_head(const std::string& store, std::chrono::seconds retention = std::chrono::seconds(3600),
+                  std::chrono::milliseconds lease = {}) {
     head_.reset();
     HeadConfig config;
     config.heartbeat_ms = 500;
@@ -140,6 +142,7 @@ class HeadStateTest : public ::testing::Test {
     config.clock = [this] { return now_; };
     config.state_store = store;
     config.retention = retention;
+    config.state_lease = lease;
     auto server = std::make_unique<transport::InProcessControlServer>();
     server_ = server.get();
     head_ = std::make_unique<Head>(config, std::move(server));
@@ -447,6 +450,110 @@ TEST_F(HeadStateTest, AHeadStoppedCleanlyLeavesNothingToRecover) {
   head_->run(stop);
   start_head(store);
   EXPECT_EQ(cluster_state().root<ControlMessage>().getClusterState().getNodes().size(), 0u);
+}
+
+// A Redis store has one owner, as SQLite's flock gives: a second head waits
+// one lease and is refused while the first renews it; once the first stops
+// renewing (hung, partitioned from the server) the second takes the store
+// over and the first cannot write one more record; a head that stops hands
+// the store over at once, and so does one that died on this host.
+TEST_F(HeadStateTest, ARedisStoreHasOneOwnerHeadAtATime) {
+  if (::system("command -v redis-server > /dev/null 2>&1") != 0) GTEST_SKIP() << "no redis-server installed";
+  fs::create_directories(dir_ / "redis");
+  redis_ = std::make_unique<RedisServer>(dir_ / "redis");
+  ASSERT_TRUE(redis_->ready()) << "redis-server did not start";
+  const auto lease = std::chrono::milliseconds(600);
+  auto first = open_redis_store(redis_->url(), "x", lease);
+  first->apply({{RecordKind::job, "one", "first"}});
+  {
+    std::atomic<bool> done{false};
+    std::thread renew([&] {
+      while (!done.load()) {
+        first->keep_alive();
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    });
+    auto started = std::chrono::steady_clock::now();
+    try {
+      auto second = open_redis_store(redis_->url(), "x", lease);
+      ADD_FAILURE() << "a second head opened a Redis store another head renews";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::invalid_argument);
+      EXPECT_NE(std::string(e.what()).find("another head"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(" " + std::to_string(::getpid()) + ")"), std::string::npos) << e.what();
+    }
+    EXPECT_GE(std::chrono::steady_clock::now() - started, lease) << "refused before the lease could have expired";
+    done = true;
+    renew.join();
+  }
+  // The first stops renewing: after its lease the store is the second's.
+  std::this_thread::sleep_for(lease + std::chrono::milliseconds(100));
+  auto second = open_redis_store(redis_->url(), "x", lease);
+  try {
+    first->apply({{RecordKind::job, "two", "first"}});
+    ADD_FAILURE() << "a head whose lease was taken over wrote to the store";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::permission_denied) << e.what();
+    EXPECT_NE(std::string(e.what()).find("took it over"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(
+      [&] {
+        std::this_thread::sleep_for(lease / 2);
+        first->keep_alive();
+      }(),
+      Error);
+  second->apply({{RecordKind::job, "three", "second"}});
+  std::map<std::string, std::string> jobs;
+  for (auto& record : second->load_all())
+    if (record.kind == RecordKind::job) jobs[record.key] = record.value;
+  EXPECT_EQ(jobs, (std::map<std::string, std::string>{{"one", "first"}, {"three", "second"}}));
+  first.reset();  // its release does not touch the second's lease
+  second->apply({{RecordKind::job, "four", "second"}});
+  // A head that stops hands over at once.
+  second.reset();
+  auto started = std::chrono::steady_clock::now();
+  auto third = open_redis_store(redis_->url(), "x", std::chrono::seconds(30));
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
+  third.reset();
+  // A head killed on this host (no release): the next takes over at once.
+  pid_t child = ::fork();
+  if (child == 0) {
+    try {
+      auto dying = open_redis_store(redis_->url(), "x", std::chrono::seconds(30));
+      dying->apply({{RecordKind::job, "five", "killed"}});
+      ::_exit(0);  // no destructor: the lease stays behind, as after kill -9
+    } catch (...) {
+      ::_exit(1);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  started = std::chrono::steady_clock::now();
+  auto fourth = open_redis_store(redis_->url(), "x", std::chrono::seconds(30));
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
+  fourth->apply({{RecordKind::job, "six", "fourth"}});
+}
+
+// The head stops when another head took its store over: it must not answer
+// or decide anything more for a cluster that is no longer its own.
+TEST_F(HeadStateTest, AHeadWhoseRedisStoreWasTakenOverStops) {
+  if (::system("command -v redis-server > /dev/null 2>&1") != 0) GTEST_SKIP() << "no redis-server installed";
+  fs::create_directories(dir_ / "redis");
+  redis_ = std::make_unique<RedisServer>(dir_ / "redis");
+  ASSERT_TRUE(redis_->ready()) << "redis-server did not start";
+  const auto lease = std::chrono::milliseconds(500);
+  start_head(redis_->url(), std::chrono::seconds(3600), lease);
+  register_node(kNodeA, 4);
+  head_->tick();
+  std::this_thread::sleep_for(lease + std::chrono::milliseconds(100));  // the head hangs
+  auto other = open_redis_store(redis_->url(), "troupe", lease);
+  try {
+    head_->tick();
+    FAIL() << "a head went on after another took its store over";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::permission_denied) << e.what();
+  }
 }
 
 TEST_F(HeadStateTest, ASecondHeadOnTheSameSqliteStoreIsRefusedWhileTheFirstRuns) {

@@ -43,7 +43,7 @@ struct Head::Impl {
     context.config = std::move(config);
     context.server = server.get();
     if (!context.config.state_store.empty()) {
-      store = open_state_store(context.config.state_store, context.config.state_prefix);
+      store = open_state_store(context.config.state_store, context.config.state_prefix, context.config.state_lease);
       recover();
       // The head's own node keeps its id across restarts, so its node
       // manager comes back as the node it was and its hosts are adopted;
@@ -144,13 +144,12 @@ struct Head::Impl {
       }
       try {
         store->apply(changes);
+      } catch (const Error& error) {
+        if (error.code() == Errc::permission_denied) fenced(error);
+        warn_store(changes.size(), error.what());
+        return;
       } catch (const std::exception& error) {
-        auto now = context.now();
-        if (now - last_store_warning > std::chrono::seconds(5)) {
-          last_store_warning = now;
-          TROUPE_LOG_ERROR("head: cannot write the state store {} ({} changes, {} replies held): {}",
-                           store->describe(), changes.size(), context.held.size(), error.what());
-        }
+        warn_store(changes.size(), error.what());
         return;
       }
       context.dirty.clear();
@@ -160,6 +159,35 @@ struct Head::Impl {
       }
     }
     context.release_held();
+  }
+
+  void warn_store(std::size_t changes, const char* what) {
+    auto now = context.now();
+    if (now - last_store_warning > std::chrono::seconds(5)) {
+      last_store_warning = now;
+      TROUPE_LOG_ERROR("head: cannot write the state store {} ({} changes, {} replies held): {}", store->describe(),
+                       changes, context.held.size(), what);
+    }
+  }
+
+  // Keeps this head the store's owner (a Redis lease).
+  void keep_store() {
+    if (!store) return;
+    try {
+      store->keep_alive();
+    } catch (const Error& error) {
+      if (error.code() == Errc::permission_denied) fenced(error);
+      throw;
+    }
+  }
+
+  // Another head owns the store: this one must not answer, write or kill
+  // anything more (its jobs and hosts are the other head's now). Run()
+  // ends with the error; the daemon exits.
+  [[noreturn]] void fenced(const Error& error) {
+    TROUPE_LOG_ERROR("head: stopping: {}", error.message());
+    context.held.clear();
+    throw error;
   }
 
   void forget_old(Clock::time_point now) {
@@ -356,6 +384,7 @@ void Head::tick() {
   impl_->jobs.reap(now);
   impl_->forget_old(now);
   impl_->schedule_if_needed();
+  impl_->keep_store();
   impl_->commit();
 }
 
@@ -420,6 +449,7 @@ void Head::run(const std::atomic<bool>& stop) {
     impl.jobs.reap(now);
     impl.forget_old(now);
     impl.schedule_if_needed();
+    impl.keep_store();
     impl.commit();
   }
   impl.jobs.stop_all();

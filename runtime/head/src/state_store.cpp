@@ -4,13 +4,20 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <thread>
 
 #include <hiredis/hiredis.h>
 #include <sqlite3.h>
 
 #include "troupe/node/files.hpp"
+#include "troupe/runtime/logging.hpp"
 
 namespace troupe::head {
 namespace {
@@ -144,43 +151,77 @@ class SqliteStateStore final : public StateStore {
 
 // --- Redis ----------------------------------------------------------------------------
 
-// One hash per kind: <prefix>:<kind char> maps key -> value. A batch is one
-// MULTI ... EXEC, pipelined: one round trip.
+// One hash per kind: <prefix>:<kind char> maps key -> value.
+//
+// One head per store, as SQLite's flock gives: the head owns the store
+// through a lease, the key <prefix>:owner holding "HOST PID RANDOM" with a
+// time to live (kLeaseMs by default). Every batch is one Lua script that
+// checks the owner, renews the lease and writes the changes, atomically in
+// the server: a head whose lease another head took over cannot write one
+// more record (it gets Errc::permission_denied and stops). keep_alive()
+// renews the lease between batches. A head that stops releases it; one
+// that dies leaves it to expire, unless the next head runs on the same host
+// and finds the holder's pid gone: it then takes over at once.
 class RedisStateStore final : public StateStore {
  public:
-  RedisStateStore(std::string host, int port, std::string prefix)
-      : host_(std::move(host)), port_(port), prefix_(std::move(prefix)) {
+  RedisStateStore(std::string host, int port, std::string prefix, std::chrono::milliseconds lease)
+      : host_(std::move(host)), port_(port), prefix_(std::move(prefix)), lease_(lease) {
     connect();
+    acquire();
   }
   ~RedisStateStore() override {
+    try {
+      if (context_ == nullptr) connect();
+      append({"EVAL", kReleaseScript, "1", owner_key(), token_});
+      freeReplyObject(read_reply());
+    } catch (const std::exception&) {
+      // the lease expires by itself
+    }
     if (context_ != nullptr) redisFree(context_);
   }
 
   void apply(const std::vector<StateChange>& changes) override {
     if (changes.empty()) return;
+    // EVAL script 1 owner-key token lease-ms then (op, hash, key, value) per change.
+    std::vector<std::string> words{"EVAL", kApplyScript, "1", owner_key(), token_, std::to_string(lease_.count())};
+    words.reserve(words.size() + 4 * changes.size());
+    for (const auto& change : changes) {
+      words.push_back(change.value ? "S" : "D");
+      words.push_back(hash_of(change.kind));
+      words.push_back(change.key);
+      words.push_back(change.value ? *change.value : std::string());
+    }
     for (int attempt = 0;; ++attempt) {
       try {
         if (context_ == nullptr) connect();
-        append({"MULTI"});
-        for (const auto& change : changes) {
-          if (change.value) append({"HSET", hash_of(change.kind), change.key, *change.value});
-          else append({"HDEL", hash_of(change.kind), change.key});
-        }
-        append({"EXEC"});
-        // MULTI's +OK, one +QUEUED per change, then EXEC's array.
-        for (std::size_t i = 0; i < changes.size() + 1; ++i) check(read_reply(), false);
-        redisReply* exec = read_reply();
-        bool aborted = exec->type != REDIS_REPLY_ARRAY;
-        std::string why = exec->type == REDIS_REPLY_ERROR ? std::string(exec->str, exec->len) : "EXEC aborted";
-        freeReplyObject(exec);
-        if (aborted) throw Error(Errc::transport, "redis " + where() + ": " + why);
+        append(words);
+        redisReply* reply = read_reply();
+        check_owner_reply(reply);
+        renewed_ = std::chrono::steady_clock::now();
         return;
-      } catch (const Error&) {
+      } catch (const Error& error) {
+        if (error.code() == Errc::permission_denied) throw;
         // A dropped connection (a server restart): reconnect once, resend.
         redisFree(context_);
         context_ = nullptr;
         if (attempt >= 1) throw;
       }
+    }
+  }
+
+  void keep_alive() override {
+    if (std::chrono::steady_clock::now() - renewed_ < lease_ / 4) return;
+    try {
+      if (context_ == nullptr) connect();
+      append({"EVAL", kRenewScript, "1", owner_key(), token_, std::to_string(lease_.count())});
+      check_owner_reply(read_reply());
+      renewed_ = std::chrono::steady_clock::now();
+    } catch (const Error& error) {
+      if (error.code() == Errc::permission_denied) throw;
+      // The server is away: the next batch or renewal tries again (and
+      // finds out then if another head took the store meanwhile).
+      if (context_ != nullptr) redisFree(context_);
+      context_ = nullptr;
     }
   }
 
@@ -214,6 +255,115 @@ class RedisStateStore final : public StateStore {
   std::string describe() const override { return "redis://" + where() + "/" + prefix_; }
 
  private:
+  // KEYS[1] the owner key; ARGV[1] our token, ARGV[2] the lease in ms.
+  static constexpr const char* kApplyScript =
+      "local owner = redis.call('GET', KEYS[1]) "
+      "if owner ~= ARGV[1] then return redis.error_reply('TROUPE_NOT_OWNER ' .. tostring(owner)) end "
+      "redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+      "for i = 3, #ARGV, 4 do "
+      "  if ARGV[i] == 'S' then redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) "
+      "  else redis.call('HDEL', ARGV[i + 1], ARGV[i + 2]) end "
+      "end "
+      "return 'OK'";
+  static constexpr const char* kRenewScript =
+      "local owner = redis.call('GET', KEYS[1]) "
+      "if owner ~= ARGV[1] then return redis.error_reply('TROUPE_NOT_OWNER ' .. tostring(owner)) end "
+      "redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 'OK'";
+  static constexpr const char* kReleaseScript =
+      "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 'OK'";
+  // Deletes the lease only if it still names that (dead) holder.
+  static constexpr const char* kTakeOverScript =
+      "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 'OK'";
+
+  std::string owner_key() const { return prefix_ + ":owner"; }
+
+  // "HOST PID" of a token, for messages.
+  static std::string holder_of(const std::string& token) {
+    auto last = token.rfind(' ');
+    return last == std::string::npos ? token : token.substr(0, last);
+  }
+
+  static std::string my_host() {
+    char name[256] = {};
+    if (::gethostname(name, sizeof name - 1) != 0) return "unknown";
+    return name;
+  }
+
+  // The holder ran on this host and its process is gone (killed, crashed).
+  static bool holder_is_dead_here(const std::string& token) {
+    std::istringstream in(token);
+    std::string host;
+    long pid = 0;
+    if (!(in >> host >> pid) || host != my_host() || pid <= 0 || pid == ::getpid()) return false;
+    return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+  }
+
+  void acquire() {
+    unsigned char random[8];
+    std::ifstream("/dev/urandom", std::ios::binary).read(reinterpret_cast<char*>(random), sizeof random);
+    char hex[17];
+    for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", random[i]);
+    token_ = my_host() + " " + std::to_string(::getpid()) + " " + hex;
+    // A live holder renews its lease every lease/4: waiting one lease (and
+    // a little) tells a live head from a dead one.
+    const auto until = std::chrono::steady_clock::now() + lease_ + std::chrono::milliseconds(500);
+    bool told = false;
+    for (;;) {
+      append({"SET", owner_key(), token_, "NX", "PX", std::to_string(lease_.count())});
+      redisReply* reply = read_reply();
+      const bool got = reply->type == REDIS_REPLY_STATUS;
+      const bool error = reply->type == REDIS_REPLY_ERROR;
+      std::string why = error ? std::string(reply->str, reply->len) : std::string();
+      freeReplyObject(reply);
+      if (error) throw Error(Errc::transport, "redis " + where() + ": " + why);
+      if (got) {
+        renewed_ = std::chrono::steady_clock::now();
+        return;
+      }
+      append({"GET", owner_key()});
+      reply = read_reply();
+      std::string holder = reply->type == REDIS_REPLY_STRING ? std::string(reply->str, reply->len) : std::string();
+      freeReplyObject(reply);
+      if (holder.empty()) continue;  // expired meanwhile
+      if (holder_is_dead_here(holder)) {
+        TROUPE_LOG_WARN("head: the previous head on {} ({}) is gone; taking its state store over", describe(),
+                        holder_of(holder));
+        append({"EVAL", kTakeOverScript, "1", owner_key(), holder});
+        freeReplyObject(read_reply());
+        continue;
+      }
+      if (std::chrono::steady_clock::now() >= until) {
+        throw Error(Errc::invalid_argument,
+                    "another head (" + holder_of(holder) + ") is using the state store " + describe() +
+                        "; stop it first (troupe stop), or give this head its own prefix "
+                        "(--state-store redis://HOST:PORT/PREFIX)");
+      }
+      if (!told) {
+        told = true;
+        TROUPE_LOG_INFO("head: the state store {} is held by another head ({}); waiting up to {} ms for its lease",
+                        describe(), holder_of(holder), lease_.count());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+
+  // An OK, or the owner script's refusal (permission_denied), or another error (transport).
+  void check_owner_reply(redisReply* reply) {
+    const bool error = reply->type == REDIS_REPLY_ERROR;
+    std::string why = error ? std::string(reply->str, reply->len) : std::string();
+    freeReplyObject(reply);
+    if (!error) return;
+    const std::string refusal = "TROUPE_NOT_OWNER ";
+    if (auto at = why.find(refusal); at != std::string::npos) {
+      std::string holder = why.substr(at + refusal.size());
+      throw Error(Errc::permission_denied,
+                  "this head no longer owns the state store " + describe() + ": " +
+                      (holder == "false" ? std::string("its lease expired")
+                                         : "another head (" + holder_of(holder) + ") took it over"));
+    }
+    throw Error(Errc::transport, "redis " + where() + ": " + why);
+  }
+
   std::string where() const { return host_ + ":" + std::to_string(port_); }
   std::string hash_of(RecordKind kind) const { return prefix_ + ":" + std::string(1, static_cast<char>(kind)); }
 
@@ -230,8 +380,16 @@ class RedisStateStore final : public StateStore {
   }
 
   void append(std::initializer_list<std::string_view> words) {
+    append(std::vector<std::string_view>(words.begin(), words.end()));
+  }
+  void append(const std::vector<std::string>& words) {
+    append(std::vector<std::string_view>(words.begin(), words.end()));
+  }
+  void append(const std::vector<std::string_view>& words) {
     std::vector<const char*> argv;
     std::vector<std::size_t> lengths;
+    argv.reserve(words.size());
+    lengths.reserve(words.size());
     for (auto word : words) {
       argv.push_back(word.data());
       lengths.push_back(word.size());
@@ -260,6 +418,9 @@ class RedisStateStore final : public StateStore {
   std::string host_;
   int port_;
   std::string prefix_;
+  std::chrono::milliseconds lease_;
+  std::string token_;
+  std::chrono::steady_clock::time_point renewed_{};
   redisContext* context_ = nullptr;
 };
 
@@ -269,7 +430,8 @@ std::unique_ptr<StateStore> open_sqlite_store(const std::filesystem::path& dir) 
   return std::make_unique<SqliteStateStore>(dir);
 }
 
-std::unique_ptr<StateStore> open_redis_store(const std::string& url, const std::string& default_prefix) {
+std::unique_ptr<StateStore> open_redis_store(const std::string& url, const std::string& default_prefix,
+                                             std::chrono::milliseconds lease) {
   const std::string scheme = "redis://";
   if (url.rfind(scheme, 0) != 0) throw Error(Errc::invalid_argument, "a Redis store is redis://HOST:PORT[/prefix]");
   std::string rest = url.substr(scheme.size());
@@ -291,11 +453,13 @@ std::unique_ptr<StateStore> open_redis_store(const std::string& url, const std::
   if (host.empty() || port <= 0 || port > 65535)
     throw Error(Errc::invalid_argument, "bad Redis state store \"" + url + "\" (want redis://HOST:PORT[/prefix])");
   if (prefix.empty()) prefix = "troupe";
-  return std::make_unique<RedisStateStore>(host, port, prefix);
+  if (lease.count() <= 0) lease = kRedisLease;
+  return std::make_unique<RedisStateStore>(host, port, prefix, lease);
 }
 
-std::unique_ptr<StateStore> open_state_store(const std::string& spec, const std::string& default_prefix) {
-  if (spec.rfind("redis://", 0) == 0) return open_redis_store(spec, default_prefix);
+std::unique_ptr<StateStore> open_state_store(const std::string& spec, const std::string& default_prefix,
+                                             std::chrono::milliseconds redis_lease) {
+  if (spec.rfind("redis://", 0) == 0) return open_redis_store(spec, default_prefix, redis_lease);
   if (spec.rfind("sqlite:", 0) == 0) return open_sqlite_store(spec.substr(7));
   return open_sqlite_store(spec);
 }

@@ -19,6 +19,7 @@
 // holds its replies back and retries. One thread uses a store at a time.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -68,6 +69,11 @@ class StateStore {
   virtual void clear() = 0;
   // "sqlite:/path/state.db" or "redis://host:port/prefix", for logs.
   virtual std::string describe() const = 0;
+  // Called on every turn of the head's loop: keeps this head the store's
+  // one owner (Redis renews its lease, rate-limited). Throws troupe::Error
+  // (Errc::permission_denied) when another head owns the store now; apply()
+  // throws the same. The head then stops: it no longer speaks for the cluster.
+  virtual void keep_alive() {}
 };
 
 // The SQLite store in `dir` (created 0700 if missing): dir/head-state.db.
@@ -75,9 +81,15 @@ std::unique_ptr<StateStore> open_sqlite_store(const std::filesystem::path& dir);
 // The Redis store at `url` (redis://HOST:PORT[/prefix]); `default_prefix`
 // when the URL names none. Throws troupe::Error (invalid_argument for a bad
 // URL, transport when the server cannot be reached).
-std::unique_ptr<StateStore> open_redis_store(const std::string& url, const std::string& default_prefix);
+// The head owns a Redis store through a lease of `lease` (kRedisLease when
+// zero), renewed every lease/4; a second head on the same server and prefix
+// waits one lease for it, then is refused (Errc::invalid_argument).
+inline constexpr std::chrono::milliseconds kRedisLease{10000};
+std::unique_ptr<StateStore> open_redis_store(const std::string& url, const std::string& default_prefix,
+                                             std::chrono::milliseconds lease = {});
 // `spec`: "redis://..." or "sqlite:DIR" or a plain directory (SQLite).
-std::unique_ptr<StateStore> open_state_store(const std::string& spec, const std::string& default_prefix);
+std::unique_ptr<StateStore> open_state_store(const std::string& spec, const std::string& default_prefix,
+                                             std::chrono::milliseconds redis_lease = {});
 
 // A record's value: fixed-width little-endian integers and length-prefixed
 // strings, in an order each kind's encoder and decoder agree on.

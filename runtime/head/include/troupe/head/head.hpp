@@ -60,6 +60,9 @@ struct HeadConfig {
   std::string state_store;
   // The Redis key prefix when the URL names none: two clusters can share a server.
   std::string state_prefix = "troupe";
+  // A Redis store's owner lease (zero: 10 s): a head that dies leaves the
+  // store to the next head after this long (at once on the same host).
+  std::chrono::milliseconds state_lease{0};
   // Finished jobs, gone drivers, DEAD actors and REMOVED groups are
   // forgotten once they are older than `retention` or beyond the newest
   // `retention_count` of their kind (Ray keeps 1000 dead actors).
