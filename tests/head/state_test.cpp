@@ -465,6 +465,10 @@ TEST_F(HeadStateTest, ARedisStoreHasOneOwnerHeadAtATime) {
   const auto lease = std::chrono::milliseconds(600);
   auto first = open_redis_store(redis_->url(), "x", lease);
   first->apply({{RecordKind::job, "one", "first"}});
+  // A head that stalled past its lease, the store taken by nobody, goes on.
+  std::this_thread::sleep_for(lease + std::chrono::milliseconds(100));
+  first->apply({{RecordKind::job, "one", "first"}});
+  first->keep_alive();
   {
     std::atomic<bool> done{false};
     std::thread renew([&] {
@@ -507,10 +511,11 @@ TEST_F(HeadStateTest, ARedisStoreHasOneOwnerHeadAtATime) {
   for (auto& record : second->load_all())
     if (record.kind == RecordKind::job) jobs[record.key] = record.value;
   EXPECT_EQ(jobs, (std::map<std::string, std::string>{{"one", "first"}, {"three", "second"}}));
-  first.reset();  // its release does not touch the second's lease
-  second->apply({{RecordKind::job, "four", "second"}});
-  // A head that stops hands over at once.
+  // A head that stops hands over at once (below); a head fenced before
+  // never takes the released store back by itself.
   second.reset();
+  EXPECT_THROW(first->apply({{RecordKind::job, "four", "first"}}), Error);
+  first.reset();  // its release does not touch the store
   auto started = std::chrono::steady_clock::now();
   auto third = open_redis_store(redis_->url(), "x", std::chrono::seconds(30));
   EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));

@@ -183,7 +183,8 @@ class RedisStateStore final : public StateStore {
   void apply(const std::vector<StateChange>& changes) override {
     if (changes.empty()) return;
     // EVAL script 1 owner-key token lease-ms then (op, hash, key, value) per change.
-    std::vector<std::string> words{"EVAL", kApplyScript, "1", owner_key(), token_, std::to_string(lease_.count())};
+    std::vector<std::string> words{"EVAL", kApplyScript, "2", owner_key(), epoch_key(), token_,
+                                   std::to_string(lease_.count()), epoch_};
     words.reserve(words.size() + 4 * changes.size());
     for (const auto& change : changes) {
       words.push_back(change.value ? "S" : "D");
@@ -213,7 +214,7 @@ class RedisStateStore final : public StateStore {
     if (std::chrono::steady_clock::now() - renewed_ < lease_ / 4) return;
     try {
       if (context_ == nullptr) connect();
-      append({"EVAL", kRenewScript, "1", owner_key(), token_, std::to_string(lease_.count())});
+      append({"EVAL", kRenewScript, "2", owner_key(), epoch_key(), token_, std::to_string(lease_.count()), epoch_});
       check_owner_reply(read_reply());
       renewed_ = std::chrono::steady_clock::now();
     } catch (const Error& error) {
@@ -255,20 +256,31 @@ class RedisStateStore final : public StateStore {
   std::string describe() const override { return "redis://" + where() + "/" + prefix_; }
 
  private:
-  // KEYS[1] the owner key; ARGV[1] our token, ARGV[2] the lease in ms.
+  // KEYS[1] the owner key, KEYS[2] the epoch key; ARGV[1] our token,
+  // ARGV[2] the lease in ms, ARGV[3] the epoch we took the store in. A
+  // lapsed lease (this head stalled) is taken again if no other head took
+  // the store since (the epoch is ours still); another owner fences us.
+#define TROUPE_REDIS_OWNER_CHECK                                                                                           \
+  "local owner = redis.call('GET', KEYS[1]) "                                                                \
+  "if owner == false and redis.call('GET', KEYS[2]) == ARGV[3] then "                                         \
+  "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) owner = ARGV[1] end "                                 \
+  "if owner ~= ARGV[1] then return redis.error_reply('TROUPE_NOT_OWNER ' .. tostring(owner)) end "            \
+  "redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
   static constexpr const char* kApplyScript =
-      "local owner = redis.call('GET', KEYS[1]) "
-      "if owner ~= ARGV[1] then return redis.error_reply('TROUPE_NOT_OWNER ' .. tostring(owner)) end "
-      "redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
-      "for i = 3, #ARGV, 4 do "
+      TROUPE_REDIS_OWNER_CHECK
+      "for i = 4, #ARGV, 4 do "
       "  if ARGV[i] == 'S' then redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) "
       "  else redis.call('HDEL', ARGV[i + 1], ARGV[i + 2]) end "
       "end "
       "return 'OK'";
-  static constexpr const char* kRenewScript =
+  static constexpr const char* kRenewScript = TROUPE_REDIS_OWNER_CHECK "return 'OK'";
+#undef TROUPE_REDIS_OWNER_CHECK
+  // Takes a free store: {1, epoch} (a new epoch), or {0, holder}.
+  static constexpr const char* kAcquireScript =
       "local owner = redis.call('GET', KEYS[1]) "
-      "if owner ~= ARGV[1] then return redis.error_reply('TROUPE_NOT_OWNER ' .. tostring(owner)) end "
-      "redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 'OK'";
+      "if owner ~= false then return {0, owner} end "
+      "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+      "return {1, tostring(redis.call('INCR', KEYS[2]))}";
   static constexpr const char* kReleaseScript =
       "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 'OK'";
   // Deletes the lease only if it still names that (dead) holder.
@@ -276,6 +288,7 @@ class RedisStateStore final : public StateStore {
       "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 'OK'";
 
   std::string owner_key() const { return prefix_ + ":owner"; }
+  std::string epoch_key() const { return prefix_ + ":owner-epoch"; }
 
   // "HOST PID" of a token, for messages.
   static std::string holder_of(const std::string& token) {
@@ -309,22 +322,23 @@ class RedisStateStore final : public StateStore {
     const auto until = std::chrono::steady_clock::now() + lease_ + std::chrono::milliseconds(500);
     bool told = false;
     for (;;) {
-      append({"SET", owner_key(), token_, "NX", "PX", std::to_string(lease_.count())});
+      append({"EVAL", kAcquireScript, "2", owner_key(), epoch_key(), token_, std::to_string(lease_.count())});
       redisReply* reply = read_reply();
-      const bool got = reply->type == REDIS_REPLY_STATUS;
-      const bool error = reply->type == REDIS_REPLY_ERROR;
-      std::string why = error ? std::string(reply->str, reply->len) : std::string();
+      if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 || reply->element[0]->type != REDIS_REPLY_INTEGER ||
+          reply->element[1]->type != REDIS_REPLY_STRING) {
+        std::string why = reply->type == REDIS_REPLY_ERROR ? std::string(reply->str, reply->len) : "unexpected reply";
+        freeReplyObject(reply);
+        throw Error(Errc::transport, "redis " + where() + ": taking the state store: " + why);
+      }
+      const bool got = reply->element[0]->integer == 1;
+      std::string value(reply->element[1]->str, reply->element[1]->len);
       freeReplyObject(reply);
-      if (error) throw Error(Errc::transport, "redis " + where() + ": " + why);
       if (got) {
+        epoch_ = std::move(value);
         renewed_ = std::chrono::steady_clock::now();
         return;
       }
-      append({"GET", owner_key()});
-      reply = read_reply();
-      std::string holder = reply->type == REDIS_REPLY_STRING ? std::string(reply->str, reply->len) : std::string();
-      freeReplyObject(reply);
-      if (holder.empty()) continue;  // expired meanwhile
+      std::string holder = std::move(value);
       if (holder_is_dead_here(holder)) {
         TROUPE_LOG_WARN("head: the previous head on {} ({}) is gone; taking its state store over", describe(),
                         holder_of(holder));
@@ -420,6 +434,7 @@ class RedisStateStore final : public StateStore {
   std::string prefix_;
   std::chrono::milliseconds lease_;
   std::string token_;
+  std::string epoch_;  // the owner epoch this head took the store in
   std::chrono::steady_clock::time_point renewed_{};
   redisContext* context_ = nullptr;
 };
