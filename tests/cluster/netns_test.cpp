@@ -252,6 +252,11 @@ class NetnsPair {
     return ip(full, timeout);
   }
 
+  // A partition of namespace k: its veth's root side goes down, so packets
+  // either way are dropped (no reset, no refusal: a cut cable). heal() undoes it.
+  bool cut(int k) const { return ip({"link", "set", host_dev(k), "down"}).exit_code == 0; }
+  bool heal(int k) const { return ip({"link", "set", host_dev(k), "up"}).exit_code == 0; }
+
   std::string ns(int k) const { return "troupe-netns-" + pid_ + "-" + std::to_string(k + 1); }
   std::string host_ip(int k) const { return "10.213." + std::to_string(octet_[k]) + ".1"; }
   std::string ns_ip(int k) const { return "10.213." + std::to_string(octet_[k]) + ".2"; }
@@ -320,6 +325,30 @@ std::string node_of(const std::string& output, const std::string& label) {
   return "";
 }
 
+// Starts a worker in namespace k (`extra`: more `troupe start` options);
+// returns its node id ("" when none appeared).
+std::string start_netns_worker(TestCluster& cluster, const NetnsPair& net, const std::string& head_address, int k,
+                               const NetnsWorker& worker, const std::vector<std::string>& extra) {
+  auto before = cluster.node_ids();
+  // Namespaces on one kernel share /dev/shm and SysV IPC, so UCX takes
+  // their processes for one host and picks shared memory, whose wake-up
+  // goes through abstract unix sockets that a network namespace isolates:
+  // fetches between the namespaces would never be answered. Distinct
+  // hosts use TCP anyway; so do these "hosts" (the workers' actor hosts
+  // inherit UCX_TLS from their node manager).
+  ::setenv("UCX_TLS", "tcp,self", 1);
+  std::vector<std::string> args{"start", "--address", head_address, "--node-ip", net.ns_ip(k), "--num-cpus", "2",
+                                "--temp-dir", worker.root().string(), "--token-file",
+                                (cluster.session() / "token").string()};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto result = net.exec_in(k, TestCluster::cli(), args);
+  ::unsetenv("UCX_TLS");
+  EXPECT_EQ(result.exit_code, 0) << result.all();
+  for (const auto& id : cluster.node_ids())
+    if (std::find(before.begin(), before.end(), id) == before.end()) return id;
+  return "";
+}
+
 // The cluster part; returns early on a failed assertion, after which the
 // caller still removes the namespaces and checks that none is left.
 void run_job_across_namespaces(const NetnsPair& net) {
@@ -335,28 +364,8 @@ void run_job_across_namespaces(const NetnsPair& net) {
   ASSERT_EQ(ids_before.size(), 1u);
   const std::string head_node = ids_before[0];
 
-  // Worker k runs in namespace k; returns its node id.
-  auto start_worker = [&](int k, const NetnsWorker& worker, const std::string& gpus) -> std::string {
-    auto before = cluster.node_ids();
-    // Namespaces on one kernel share /dev/shm and SysV IPC, so UCX takes
-    // their processes for one host and picks shared memory, whose wake-up
-    // goes through abstract unix sockets that a network namespace isolates:
-    // fetches between the namespaces would never be answered. Distinct
-    // hosts use TCP anyway; so do these "hosts" (the workers' actor hosts
-    // inherit UCX_TLS from their node manager).
-    ::setenv("UCX_TLS", "tcp,self", 1);
-    auto result = net.exec_in(k, TestCluster::cli(),
-                              {"start", "--address", head_address, "--node-ip", net.ns_ip(k), "--gpus", gpus,
-                               "--num-cpus", "2", "--temp-dir", worker.root().string(),
-                               "--token-file", (cluster.session() / "token").string()});
-    EXPECT_EQ(result.exit_code, 0) << result.all();
-    for (const auto& id : cluster.node_ids())
-      if (std::find(before.begin(), before.end(), id) == before.end()) return id;
-    return "";
-  };
-  const std::string t4 = start_worker(0, w1, "T4-16GB:1");
-  const std::string h100 = start_worker(1, w2, "H100-80GB:1");
-  ::unsetenv("UCX_TLS");
+  const std::string t4 = start_netns_worker(cluster, net, head_address, 0, w1, {"--gpus", "T4-16GB:1"});
+  const std::string h100 = start_netns_worker(cluster, net, head_address, 1, w2, {"--gpus", "H100-80GB:1"});
   ASSERT_FALSE(t4.empty());
   ASSERT_FALSE(h100.empty());
 
@@ -389,6 +398,107 @@ TEST(ClusterNetns, WorkersInSeparateNetworkNamespacesRunAJobChainingCallsBetween
     GTEST_SKIP() << "network namespaces unavailable: " << why;
   }
   run_job_across_namespaces(net);
+  net.teardown();
+  EXPECT_TRUE(net.leftover_namespaces().empty());
+}
+
+// CLOCK_MONOTONIC in ns, the clock the job's actors report their birth on.
+long monotonic_ns() {
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<long>(now.tv_sec) * 1000000000L + now.tv_nsec;
+}
+
+// A process that no longer runs (gone, or a zombie not yet reaped).
+bool process_gone(long pid) {
+  std::string stat = read_text("/proc/" + std::to_string(pid) + "/stat");
+  if (stat.empty()) return true;
+  auto paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] == 'Z' || stat[paren + 2] == 'X';
+}
+
+// "KEY ... pid P born B" -> {P, B}, from the first line starting with KEY.
+std::pair<long, long> pid_and_birth(const std::string& lines, const std::string& key) {
+  std::smatch match;
+  std::regex pattern(key + " .* pid ([0-9]+) born ([0-9]+)");
+  if (std::regex_search(lines, match, pattern)) return {std::atol(match[1].str().c_str()), std::atol(match[2].str().c_str())};
+  return {0, 0};
+}
+
+// issue 12 (fencing): a node cut off from the head by a partition (packets
+// dropped, not refused) stops its actor hosts before the head declares it
+// lost and restarts the actor elsewhere, so two incarnations never run at
+// once: the old host is gone before the new one is born.
+void run_partition(const NetnsPair& net) {
+  TestCluster cluster(200, 15);  // nodes lost after 3 s of silence; fencing after 2 s
+  NetnsWorker w1, w2;
+  auto head = cluster.start_head({"--gpus", "", "--node-ip", net.host_ip(0)});
+  ASSERT_EQ(head.exit_code, 0) << head.all();
+  const std::string head_address = net.host_ip(0) + ":" + std::to_string(cluster.port());
+  const std::vector<std::string> far{"--gpus", "", "--resources", "{\"far\": 1}"};
+  const std::string cut_node = start_netns_worker(cluster, net, head_address, 0, w1, far);
+  ASSERT_FALSE(cut_node.empty());
+
+  const fs::path lines_file = w2.root() / "partition-lines";
+  RunResult job;
+  std::thread submit([&] {
+    job = cluster.troupe({"submit", "--name", "partition", "--", TROUPE_CLUSTER_JOB, "partition", lines_file.string()},
+                         240s);
+  });
+  struct Joiner {
+    std::thread& t;
+    ~Joiner() {
+      if (t.joinable()) t.join();
+    }
+  } joiner{submit};
+  auto wait_for_line = [&](const std::string& key, std::chrono::seconds limit) {
+    for (auto until = std::chrono::steady_clock::now() + limit; std::chrono::steady_clock::now() < until;) {
+      std::string text = read_text(lines_file);
+      if (text.find(key) != std::string::npos || text.find("JOB FAILED") != std::string::npos) return text;
+      std::this_thread::sleep_for(20ms);
+    }
+    return read_text(lines_file);
+  };
+  const std::string first = wait_for_line("FIRST", 120s);
+  const auto [old_pid, old_born] = pid_and_birth(first, "FIRST");
+  ASSERT_GT(old_pid, 0) << first;
+  ASSERT_NE(first.find(cut_node), std::string::npos) << "not placed on the node with \"far\": " << first;
+
+  ASSERT_TRUE(net.cut(0));
+  const long cut_at = monotonic_ns();
+  // A node the head can reach, for the restart.
+  const std::string other_node = start_netns_worker(cluster, net, head_address, 1, w2, far);
+  EXPECT_FALSE(other_node.empty());
+  long gone_at = 0;
+  for (auto until = std::chrono::steady_clock::now() + 60s; std::chrono::steady_clock::now() < until;) {
+    if (process_gone(old_pid)) {
+      gone_at = monotonic_ns();
+      break;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  const std::string lines = wait_for_line("RESTARTED", 150s);
+  EXPECT_TRUE(net.heal(0));
+  submit.join();
+  ASSERT_GT(gone_at, 0) << "the cut-off node's actor host " << old_pid << " still runs 60 s after the partition";
+  const auto [new_pid, new_born] = pid_and_birth(lines, "RESTARTED");
+  ASSERT_GT(new_pid, 0) << lines << job.all();
+  EXPECT_NE(lines.find("RESTARTED fenced " + other_node), std::string::npos) << lines;
+  EXPECT_LT(gone_at, new_born) << "the new incarnation was born " << (gone_at - new_born) / 1000000
+                               << " ms before the old host stopped";
+  std::printf("partition: the old host stopped %ld ms after the cut; the new incarnation was born %ld ms after that\n",
+              (gone_at - cut_at) / 1000000, (new_born - gone_at) / 1000000);
+  EXPECT_EQ(job.exit_code, 0) << job.all();
+  EXPECT_NE(job.out.find("JOB OK"), std::string::npos) << job.all();
+}
+
+TEST(ClusterNetns, APartitionedNodeStopsItsActorsBeforeTheHeadRestartsThemElsewhere) {
+  NetnsPair net;
+  if (std::string why = net.setup(); !why.empty()) {
+    net.teardown();
+    GTEST_SKIP() << "network namespaces unavailable: " << why;
+  }
+  run_partition(net);
   net.teardown();
   EXPECT_TRUE(net.leftover_namespaces().empty());
 }
