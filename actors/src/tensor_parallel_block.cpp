@@ -248,6 +248,23 @@ void TransformerBlockShard::adamw_step(std::int64_t step, float lr, float weight
   }
 }
 
+double TransformerBlockShard::grad_sum_of_squares() const {
+  std::vector<Tensor> counted;
+  const std::vector<Tensor> all = g_.list();
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const bool replicated = i == 0 || i == 1 || i == 6 || i == 7;  // the layer norms
+    if (all[i].defined() && (!replicated || spec_.index == 0)) counted.push_back(all[i]);
+  }
+  const double norm = kernels::global_norm(counted);
+  return norm * norm;
+}
+
+void TransformerBlockShard::scale_grads(float factor) {
+  for (Tensor* g : grads()) {
+    if (g->defined()) kernels::scale_(*g, factor);
+  }
+}
+
 // ---- collectives and the driver ---------------------------------------------------------
 
 std::vector<ObjectRef<Tensor>> all_reduce(const BlockShardHandles& shards,
@@ -341,8 +358,20 @@ ObjectRef<void> TensorParallelBlock::adamw_step(std::int64_t step, float lr, flo
   return when_all(done);
 }
 
+std::vector<ObjectRef<double>> TensorParallelBlock::grad_sums_of_squares() const {
+  std::vector<ObjectRef<double>> sums;
+  for (const auto& shard : shards_) sums.push_back(shard.call<&TransformerBlockShard::grad_sum_of_squares>());
+  return sums;
+}
+
+ObjectRef<void> TensorParallelBlock::scale_grads(float factor) const {
+  std::vector<ObjectRef<void>> done;
+  for (const auto& shard : shards_) done.push_back(shard.call<&TransformerBlockShard::scale_grads>(factor));
+  return when_all(done);
+}
+
 }  // namespace troupe::actors
 
 TROUPE_ACTOR(troupe::actors::TransformerBlockShard, (troupe::actors::BlockSpec), attention_partial, mlp_partial,
              output, backward_mlp, backward_attention, backward_output, sum, hold, parameters, gradients, zero_grad,
-             sgd_step, adamw_step, spec);
+             sgd_step, adamw_step, grad_sum_of_squares, scale_grads, spec);

@@ -35,6 +35,9 @@ struct DeviceFree {
   void operator()(void* p) const noexcept { (void)cudaFree(p); }
 };
 using DeviceBuffer = std::unique_ptr<void, DeviceFree>;
+struct StreamFree {
+  void operator()(void* p) const noexcept { (void)cudaFreeAsync(p, kStream); }
+};
 
 DeviceBuffer device_alloc(std::size_t nbytes, std::string_view what) {
   void* p = nullptr;
@@ -343,9 +346,14 @@ void causal_attention_backward(int device, const float* dout, const float* qkv, 
   const AttentionDims s{batch, seq_len, heads, head_dim};
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   const std::int64_t rows = batch * heads * seq_len;
-  // The buffer is freed when this returns; cudaFree waits for the kernels using it.
-  DeviceBuffer delta_buffer = device_alloc(static_cast<std::size_t>(rows) * sizeof(float), "attention delta");
-  auto* delta = static_cast<float*>(delta_buffer.get());
+  // Allocated and freed in stream order (cudaMallocAsync / cudaFreeAsync on
+  // the legacy stream), so the free follows the kernels that read it and
+  // nothing here waits.
+  void* delta_memory = nullptr;
+  cuda::check(cudaMallocAsync(&delta_memory, static_cast<std::size_t>(rows) * sizeof(float), kStream),
+              "cudaMallocAsync (attention delta)");
+  const std::unique_ptr<void, StreamFree> delta_buffer(delta_memory);
+  auto* delta = static_cast<float*>(delta_memory);
   attention_delta_kernel<<<blocks_for(rows), kThreads, 0, kStream>>>(dout, out, delta, s);
   check_launch("attention_delta_kernel");
   attention_dq_kernel<<<blocks_for(rows), kThreads, 0, kStream>>>(dout, qkv, lse, delta, dqkv, s, scale);

@@ -84,6 +84,18 @@ TEST_P(TensorParallelBlockShards, ForwardBackwardAndStepEqualTheUnsplitBlock) {
     }
   }
 
+  // The shards' gradient sums of squares add up to the unsplit block's
+  // (replicated layer norms counted once); scaling scales the norm.
+  double sum_of_squares = 0.0;
+  for (const auto& part : block.grad_sums_of_squares()) sum_of_squares += part.get(kWait);
+  const double whole_norm = std::sqrt(whole.grad_sum_of_squares());
+  EXPECT_NEAR(std::sqrt(sum_of_squares), whole_norm, 1e-5 * whole_norm);
+  block.scale_grads(0.5f).get(kWait);
+  sum_of_squares = 0.0;
+  for (const auto& part : block.grad_sums_of_squares()) sum_of_squares += part.get(kWait);
+  EXPECT_NEAR(std::sqrt(sum_of_squares), 0.5 * whole_norm, 1e-5 * whole_norm);
+  block.scale_grads(2.0f).get(kWait);
+
   // One AdamW step, then a second forward: still the unsplit block's output.
   whole.adamw_step(1, 1e-2f, 0.1f);
   block.adamw_step(1, 1e-2f, 0.1f).get(kWait);

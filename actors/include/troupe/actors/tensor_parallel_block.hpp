@@ -101,8 +101,16 @@ class TransformerBlockShard {
   std::vector<Tensor> gradients() const;
   void zero_grad();
   void sgd_step(float lr);
-  // AdamW on every parameter (moments kept here); `step` is 1-based.
+  // AdamW on every parameter (moments kept here); `step` is 1-based. Weight
+  // decay applies to the matrices only, not to biases and layer norms.
   void adamw_step(std::int64_t step, float lr, float weight_decay);
+
+  // For global-norm clipping across shards (and stages): the sum of squares
+  // of this shard's gradients, counting the replicated layer norms on shard 0
+  // only, so the shards' sums add up to the unsplit block's. The caller adds
+  // the sums, takes the root and, when clipping, has every shard scale_grads.
+  double grad_sum_of_squares() const;
+  void scale_grads(float factor);
 
   BlockSpec spec() const { return spec_; }
 
@@ -146,6 +154,9 @@ class TensorParallelBlock {
   ObjectRef<void> zero_grad() const;
   ObjectRef<void> sgd_step(float lr) const;
   ObjectRef<void> adamw_step(std::int64_t step, float lr, float weight_decay) const;
+  // Every shard's grad_sum_of_squares (add them for the block's).
+  std::vector<ObjectRef<double>> grad_sums_of_squares() const;
+  ObjectRef<void> scale_grads(float factor) const;
 
   const BlockShardHandles& shards() const noexcept { return shards_; }
 

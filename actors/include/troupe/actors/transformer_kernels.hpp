@@ -65,7 +65,7 @@ struct AttentionShape {
   std::int64_t head_dim = 0;  // D
   // Host only: the query and key rows per block of scores. The host never
   // holds more than block x block scores (per call, one head at a time).
-  std::int64_t block = 32;
+  std::int64_t block = 64;
   std::int64_t channels() const { return heads * head_dim; }
 };
 
