@@ -43,7 +43,7 @@ if ! "$ROOT/scripts/configure-build.sh" "${build_args[@]}"; then
 fi
 
 # GPU tests are the ones whose suite or name says Cuda (CudaDevice, TensorCuda,
-# KernelsCuda, UcxCudaTransfer, ...).
+# KernelsCuda, TransformerKernelsCuda, UcxCudaTransfer, ...).
 pattern='Cuda|CUDA'
 log="$BUILD_DIR/gpu-tests.log"
 set +e
