@@ -453,6 +453,8 @@ void validate(const ModelProfile& model) {
     require_non_negative(layer.flops, where, "flops");
     require_non_negative(layer.param_bytes, where, "param_bytes");
     require_non_negative(layer.activation_bytes, where, "activation_bytes");
+    if (layer.tp_bytes) require_non_negative(*layer.tp_bytes, where, "tp_bytes");
+    if (layer.grad_bytes) require_non_negative(*layer.grad_bytes, where, "grad_bytes");
   }
 }
 
@@ -475,6 +477,12 @@ void validate(const ClusterSpec& cluster) {
     }
   }
   if (cluster.gpu_count() == 0) throw SpecError("the cluster has no GPUs: every node's \"gpus\" is empty");
+  for (const auto& [t, efficiency] : cluster.tp_efficiency) {
+    if (t != 1 && t != 2 && t != 4 && t != 8) {
+      throw SpecError(fmt::format("cluster: tp_efficiency has key \"{}\"; only 1, 2, 4 and 8 are allowed", t));
+    }
+    require_positive(efficiency, "cluster", fmt::format("tp_efficiency[\"{}\"]", t));
+  }
   if (cluster.nodes.size() > static_cast<std::size_t>(std::numeric_limits<std::int16_t>::max())) {
     throw SpecError(fmt::format("the cluster has {} nodes, too many", cluster.nodes.size()));
   }
