@@ -514,8 +514,9 @@ std::string infeasible_reason(const ModelProfile& model, const CostModelV2& cost
     return fmt::format("the model's parameters need {} but all {} GPUs have {} together", gb(params), gpus,
                        gb(together));
   }
-  const std::string split = limits.max_tp == 1 ? "one GPU per tensor-parallel group"
-                                               : fmt::format("split over t <= {} GPUs", limits.max_tp);
+  const std::string split = limits.max_tp == 1 && limits.max_dp == 1 ? "one GPU per stage"
+                            : limits.max_tp == 1                      ? "no tensor parallelism"
+                                                                      : fmt::format("split over t <= {} GPUs", limits.max_tp);
   if (limits.max_stages < natural) {
     return fmt::format("no assignment fits memory with at most {} stage{} (parameters plus (S-k) micro-batches of "
                        "activations per stage, {})",
