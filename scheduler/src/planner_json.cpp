@@ -8,6 +8,7 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <tuple>
 #include <utility>
 
 #include <fmt/format.h>
@@ -69,6 +70,15 @@ const json& array(const json& object, std::string_view key, const std::string& w
     throw SpecError(fmt::format("{}: \"{}\" must be an array, got {}", where, key, shown(value)));
   }
   return value;
+}
+
+// A plan stage's "layers": [first, last].
+std::pair<int, int> layer_range(const json& stage, const std::string& where) {
+  const json& layers = array(stage, "layers", where);
+  if (layers.size() != 2) {
+    throw SpecError(fmt::format("{}: \"layers\" must be [first, last], got {}", where, shown(layers)));
+  }
+  return {integer(layers[0], where + ".layers[0]"), integer(layers[1], where + ".layers[1]")};
 }
 
 std::string optional_string(const json& object, std::string_view key, const std::string& where) {
@@ -218,12 +228,7 @@ Plan parse_plan(const json& document) {
     PlanStage stage;
     stage.node = string(stages[k], "node", where);
     stage.gpu = integer(member(stages[k], "gpu", where), where + ".gpu");
-    const json& layers = array(stages[k], "layers", where);
-    if (layers.size() != 2) {
-      throw SpecError(fmt::format("{}: \"layers\" must be [first, last], got {}", where, shown(layers)));
-    }
-    stage.first_layer = integer(layers[0], where + ".layers[0]");
-    stage.last_layer = integer(layers[1], where + ".layers[1]");
+    std::tie(stage.first_layer, stage.last_layer) = layer_range(stages[k], where);
     plan.stages.push_back(std::move(stage));
   }
   return plan;
@@ -261,12 +266,7 @@ PlanV2 parse_plan_v2(const json& document) {
       }
     }
     stage.tp = stages[k].contains("tp") ? integer(stages[k]["tp"], where + ".tp") : 1;
-    const json& layers = array(stages[k], "layers", where);
-    if (layers.size() != 2) {
-      throw SpecError(fmt::format("{}: \"layers\" must be [first, last], got {}", where, shown(layers)));
-    }
-    stage.first_layer = integer(layers[0], where + ".layers[0]");
-    stage.last_layer = integer(layers[1], where + ".layers[1]");
+    std::tie(stage.first_layer, stage.last_layer) = layer_range(stages[k], where);
     plan.stages.push_back(std::move(stage));
   }
   return plan;

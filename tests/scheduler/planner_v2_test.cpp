@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "troupe/scheduler/error.hpp"
+#include "planner_test_support.hpp"
 
 namespace troupe::scheduler {
 namespace {
@@ -33,37 +34,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)
+using namespace planner_testing;
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-bool close(double a, double b, double relative = 1e-9) { return std::abs(a - b) <= relative * std::abs(b); }
-
-fs::path copied_planner_dir() { return fs::path(TROUPE_SOURCE_DIR) / "tests" / "scheduler" / "data" / "planner"; }
-
-std::optional<fs::path> shared_planner_dir() {
-  std::vector<fs::path> candidates;
-  if (const char* shared = std::getenv("TROUPE_SHARED_DIR")) candidates.push_back(fs::path(shared) / "planner");
-  candidates.push_back(fs::path(TROUPE_SOURCE_DIR).parent_path() / "shared" / "planner");
-  for (const fs::path& dir : candidates) {
-    if (fs::exists(dir / "cases-v2.json")) return dir;
-  }
-  return std::nullopt;
-}
-
-std::string read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-fs::path resolve(const fs::path& planner_dir, const std::string& path) {
-  const std::string prefix = "shared/planner/";
-  EXPECT_EQ(path.rfind(prefix, 0), 0u) << path;
-  return planner_dir / path.substr(prefix.size());
-}
 
 std::string stage_summary(const PlanV2& plan) {
   std::string text = std::to_string(plan.stages.size()) + " stages:";
@@ -148,13 +120,13 @@ void check_cases(const fs::path& planner_dir) {
 TEST(PlannerV2Cases, TheCopiedCasesReproduceEveryOptimumAndBaseline) { check_cases(copied_planner_dir()); }
 
 TEST(PlannerV2Cases, TheSharedCasesReproduceEveryOptimumAndBaseline) {
-  const std::optional<fs::path> shared = shared_planner_dir();
+  const std::optional<fs::path> shared = shared_planner_dir("cases-v2.json");
   if (!shared) GTEST_SKIP() << "no shared/planner with cases-v2.json beside the repository (set TROUPE_SHARED_DIR)";
   check_cases(*shared);
 }
 
 TEST(PlannerV2Cases, TheCopyEqualsTheSharedFiles) {
-  const std::optional<fs::path> shared = shared_planner_dir();
+  const std::optional<fs::path> shared = shared_planner_dir("cases-v2.json");
   if (!shared) GTEST_SKIP() << "no shared/planner with cases-v2.json beside the repository (set TROUPE_SHARED_DIR)";
   const fs::path copy = copied_planner_dir();
   EXPECT_EQ(read_bytes(copy / "cases-v2.json"), read_bytes(*shared / "cases-v2.json"))
