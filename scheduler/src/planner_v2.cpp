@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "planner_search.hpp"
 #include "troupe/scheduler/error.hpp"
 
 namespace troupe::scheduler {
@@ -46,8 +47,10 @@ int tp_index(int t) {
 // which the search's early exits rely on.
 class CostModelV2 {
  public:
-  CostModelV2(const ModelProfile& model, const ClusterSpec& cluster, int micro_batches)
-      : micro_batches_(micro_batches) {
+  // `one_gpu_stages`: version 1's model for plan_pipeline(), which never
+  // splits a stage, ignores tp_efficiency and has no memory tolerance.
+  CostModelV2(const ModelProfile& model, const ClusterSpec& cluster, int micro_batches, bool one_gpu_stages = false)
+      : micro_batches_(micro_batches), memory_tolerance_(one_gpu_stages ? 0.0 : kMemoryTolerance) {
     const std::size_t layers = model.layers.size();
     flops_.assign(layers + 1, 0.0);
     params_.assign(layers + 1, 0.0);
@@ -67,7 +70,9 @@ class CostModelV2 {
     }
     for (const ClusterNode& node : cluster.nodes) intra_bytes_per_s_.push_back(node.intra_node_gbps * 1e9);
     inter_bytes_per_s_ = cluster.inter_node_gbps * 1e9;
-    for (const int t : kTensorParallelDegrees) efficiency_[static_cast<std::size_t>(t)] = tp_efficiency(cluster, t);
+    for (const int t : kTensorParallelDegrees) {
+      efficiency_[static_cast<std::size_t>(t)] = one_gpu_stages ? 1.0 : tp_efficiency(cluster, t);
+    }
   }
 
   int layers() const noexcept { return static_cast<int>(output_bytes_.size()); }
@@ -97,6 +102,8 @@ class CostModelV2 {
   double memory_bytes(int first, int last, int in_flight, int t) const noexcept {
     return (params(first, last) + static_cast<double>(in_flight) * activations(first, last)) / t;
   }
+  // What fits in `capacity_bytes`, with the model's tolerance.
+  double memory_limit(double capacity_bytes) const noexcept { return capacity_bytes * (1 + memory_tolerance_); }
   double intra(int node) const noexcept { return intra_bytes_per_s_[static_cast<std::size_t>(node)]; }
   double inter() const noexcept { return inter_bytes_per_s_; }
   double link_bytes_per_s(int node, int next_node) const noexcept {
@@ -105,6 +112,7 @@ class CostModelV2 {
 
  private:
   int micro_batches_;
+  double memory_tolerance_;
   std::vector<double> flops_, params_, activations_, tp_bytes_, grad_bytes_;  // prefix sums, size L+1
   std::vector<int> unsplittable_;  // prefix counts of layers without tp_bytes
   std::vector<double> output_bytes_;
@@ -279,7 +287,7 @@ class SearchV2 {
       int next_node = -1;
       for (std::size_t c = 0; c < classes_.size(); ++c) {
         if (classes_[c].node != node) continue;
-        const double limit = memory_limit(classes_[c].memory_bytes);
+        const double limit = cost_.memory_limit(classes_[c].memory_bytes);
         for (const Split& split : splits_[c]) {
           if (split.gpus > count(u, c)) break;
           const std::size_t rest = u - static_cast<std::size_t>(split.gpus) * stride_[c];
@@ -377,7 +385,7 @@ class SearchV2 {
     ++states_evaluated_;
     const GpuClass& gpu = classes_[c];
     const int t = split.t, d = split.d;
-    const double limit = memory_limit(gpu.memory_bytes);
+    const double limit = cost_.memory_limit(gpu.memory_bytes);
     double& slot = value_[at(u, s, gpu.node, i)];
     // Only values below both the slot and the best plan matter: the scan over
     // b stops when the stage's own time reaches that level or its memory
@@ -527,6 +535,15 @@ std::string infeasible_reason(const ModelProfile& model, const CostModelV2& cost
                      limits.max_stages, split);
 }
 
+std::string too_large_reason(const std::vector<GpuClass>& classes, int nodes, int layers, int max_stages,
+                             std::optional<std::size_t> bytes, std::size_t max_table_bytes) {
+  return fmt::format(
+      "the exact search over {} GPU classes (GPUs that differ in node, tflops or memory_gb) on {} nodes, {} layers "
+      "and up to {} stages needs {} of tables, more than the limit of {}",
+      classes.size(), nodes, layers, max_stages, bytes ? gb(static_cast<double>(*bytes)) : std::string("too many bytes"),
+      gb(static_cast<double>(max_table_bytes)));
+}
+
 struct SearchOutcome {
   PlanStatus status = PlanStatus::infeasible;
   PlanV2 plan;  // evaluated, when optimal
@@ -546,12 +563,7 @@ SearchOutcome search(const ModelProfile& model, const ClusterSpec& cluster, cons
   const std::optional<std::size_t> bytes = engine.table_bytes();
   if (!bytes || *bytes > max_table_bytes) {
     out.status = PlanStatus::search_too_large;
-    out.reason = fmt::format(
-        "the exact search over {} GPU classes (GPUs that differ in node, tflops or memory_gb) on {} nodes, {} layers "
-        "and up to {} stages needs {} of tables, more than the limit of {}",
-        classes.size(), nodes, cost.layers(), limits.max_stages,
-        bytes ? gb(static_cast<double>(*bytes)) : std::string("too many bytes"),
-        gb(static_cast<double>(max_table_bytes)));
+    out.reason = too_large_reason(classes, nodes, cost.layers(), limits.max_stages, bytes, max_table_bytes);
     return out;
   }
   out.table_bytes = *bytes;
@@ -596,6 +608,40 @@ SearchOutcome search(const ModelProfile& model, const ClusterSpec& cluster, cons
 }
 
 }  // namespace
+
+namespace detail {
+
+OneGpuSearch search_one_gpu_stages(const ModelProfile& model, const ClusterSpec& cluster, int max_stages,
+                                   std::size_t max_table_bytes) {
+  const CostModelV2 cost(model, cluster, 1, /*one_gpu_stages=*/true);
+  const std::vector<GpuClass> classes = gpu_classes(cluster);
+  const int nodes = static_cast<int>(cluster.nodes.size());
+  OneGpuSearch out;
+  out.gpu_classes = classes.size();
+  SearchV2 engine(cost, classes, nodes, {max_stages, 1, 1});
+  const std::optional<std::size_t> bytes = engine.table_bytes();
+  if (!bytes || *bytes > max_table_bytes) {
+    out.status = PlanStatus::search_too_large;
+    out.reason = too_large_reason(classes, nodes, cost.layers(), max_stages, bytes, max_table_bytes);
+    return out;
+  }
+  const bool found = engine.run(kInfinity);
+  out.states_evaluated = engine.states_evaluated();
+  if (!found) {
+    out.status = PlanStatus::infeasible;
+    return out;
+  }
+  std::vector<std::size_t> taken(classes.size(), 0);
+  for (const SearchV2::Stage& stage : engine.stages()) {
+    const auto [node, gpu] = classes[stage.gpu_class].gpus[taken[stage.gpu_class]++];
+    out.stages.push_back({node, gpu, stage.first_layer, stage.last_layer});
+  }
+  out.status = PlanStatus::optimal;
+  out.bottleneck_s = engine.best();
+  return out;
+}
+
+}  // namespace detail
 
 double tp_efficiency(const ClusterSpec& cluster, int t) {
   if (auto it = cluster.tp_efficiency.find(t); it != cluster.tp_efficiency.end()) {

@@ -203,7 +203,9 @@ struct PlanResult {
 // every stage count. The node of the first stage is what the stage before it
 // needs to price its send. Branches are cut with the best complete plan found
 // so far and with a compute lower bound (flops / total tflops of the GPUs
-// left); neither cut can discard a strictly better plan. Cost is about
+// left); neither cut can discard a strictly better plan. (The code is
+// plan_pipeline_v2's search with t = d = 1, which keys each multiset with
+// exactly one stage count, |u|.) Cost is about
 // (#class multisets) x (#nodes) x L x (layers per stage) steps: 16 GPUs in 4
 // classes with 100 layers take milliseconds.
 //
