@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "planner_search.hpp"
 #include "troupe/scheduler/error.hpp"
 
 namespace troupe::scheduler {
@@ -45,12 +46,11 @@ struct FlatGpu {
   double memory_bytes = 0;   // memory_gb * 1e9
 };
 
-// The cost model of planner.hpp over prefix sums. evaluate() and the search
-// both price stages through these functions, so the planner's optimum and
+// The cost model of planner.hpp over prefix sums, for evaluate() and the
+// infeasibility reasons. The search (planner_search.hpp) prices stages with
+// planner_v2.cpp's model at t = d = 1, which does the same operations in the
+// same order (x / (1 * F * 1.0 * 1) is x / F), so the planner's optimum and
 // the evaluation of the plan it returns are the same floating-point numbers.
-// Every function is monotone in the way the search relies on: compute_s and
-// memory_bytes never decrease when a range grows (prefix sums of values >= 0
-// are non-decreasing and IEEE subtraction is monotone).
 class CostModel {
  public:
   CostModel(const ModelProfile& model, const ClusterSpec& cluster) {
@@ -94,9 +94,7 @@ class CostModel {
   double link_bytes_per_s(int node, int next_node) const noexcept {
     return node == next_node ? intra_bytes_per_s_[static_cast<std::size_t>(node)] : inter_bytes_per_s_;
   }
-  double inter_bytes_per_s() const noexcept { return inter_bytes_per_s_; }
   double send_s(int last, double bytes_per_s) const noexcept { return output_bytes_[last] / bytes_per_s; }
-  double flops(int first, int last) const noexcept { return flops_[last + 1] - flops_[first]; }
 
  private:
   std::vector<double> flops_, params_, activations_;  // prefix sums, size L+1
@@ -109,282 +107,6 @@ class CostModel {
 std::string layer_label(const ModelProfile& model, int layer) {
   return fmt::format("layer {} ({})", layer, model.layers[static_cast<std::size_t>(layer)].name);
 }
-
-// ---- the exact search -------------------------------------------------------
-
-// GPUs with equal (node, tflops, memory_gb) are interchangeable: the search
-// counts how many of each class a suffix uses instead of naming GPUs.
-struct GpuClass {
-  int node = 0;
-  double flops_per_s = 0;
-  double memory_bytes = 0;
-  std::vector<int> gpus;  // indexes into CostModel::gpus(), ascending
-};
-
-std::vector<GpuClass> gpu_classes(const CostModel& cost) {
-  std::vector<GpuClass> classes;
-  for (std::size_t g = 0; g < cost.gpus().size(); ++g) {
-    const FlatGpu& gpu = cost.gpus()[g];
-    auto same = [&](const GpuClass& c) {
-      return c.node == gpu.node && c.flops_per_s == gpu.flops_per_s && c.memory_bytes == gpu.memory_bytes;
-    };
-    auto it = std::find_if(classes.begin(), classes.end(), same);
-    if (it == classes.end()) {
-      classes.push_back({gpu.node, gpu.flops_per_s, gpu.memory_bytes, {}});
-      it = std::prev(classes.end());
-    }
-    it->gpus.push_back(static_cast<int>(g));
-  }
-  return classes;
-}
-
-// The suffix dynamic program of plan_pipeline() (see planner.hpp).
-//
-// A multiset u of classes is encoded in mixed radix: u = sum count[c] *
-// stride[c]. value(u, n, i) is the smallest bottleneck of covering layers
-// i..L-1 with exactly the GPUs of u, one stage each, the first stage on node
-// n -- or infinity when that is impossible or not below the bound `best_`
-// that held when the entry was computed. Entries below their bound are exact,
-// which is all the recurrence and the reconstruction need: an entry pruned as
-// ">= bound" can never be part of a plan better than the bound.
-class Search {
- public:
-  Search(const CostModel& cost, std::vector<GpuClass> classes, int node_count, int max_stages)
-      : cost_(cost), classes_(std::move(classes)), nodes_(node_count), layers_(cost.layers()),
-        max_stages_(max_stages) {
-    suffix_count_ = 1;
-    for (const GpuClass& c : classes_) {
-      stride_.push_back(suffix_count_);
-      suffix_count_ *= c.gpus.size() + 1;
-    }
-  }
-
-  // Bytes the tables take; checked against the limit before run().
-  static std::optional<std::size_t> table_bytes(const std::vector<GpuClass>& classes, int nodes, int layers) {
-    std::size_t count = 1;
-    for (const GpuClass& c : classes) {
-      if (count > std::numeric_limits<std::size_t>::max() / (c.gpus.size() + 1)) return std::nullopt;
-      count *= c.gpus.size() + 1;
-    }
-    const std::size_t per_suffix = static_cast<std::size_t>(layers) * (8 * static_cast<std::size_t>(nodes) + 18);
-    if (count > std::numeric_limits<std::size_t>::max() / per_suffix) return std::nullopt;
-    return count * per_suffix;
-  }
-
-  // Fills the tables; returns false when no valid plan exists.
-  bool run() {
-    const std::size_t layers = static_cast<std::size_t>(layers_);
-    value_.assign(suffix_count_ * static_cast<std::size_t>(nodes_) * layers, kInfinity);
-    best_value_.assign(suffix_count_ * layers, kInfinity);
-    second_value_.assign(suffix_count_ * layers, kInfinity);
-    best_node_.assign(suffix_count_ * layers, -1);
-
-    // Per multiset: its size and summed FLOP/s (for the compute lower bound).
-    std::vector<int> size(suffix_count_, 0);
-    speed_.assign(suffix_count_, 0.0);
-    std::vector<std::vector<std::size_t>> by_size(static_cast<std::size_t>(max_stages_) + 1);
-    for (std::size_t u = 0; u < suffix_count_; ++u) {
-      for (std::size_t c = 0; c < classes_.size(); ++c) {
-        const int count = this->count(u, c);
-        size[u] += count;
-        speed_[u] += classes_[c].flops_per_s * count;
-      }
-      if (size[u] >= 1 && size[u] <= max_stages_) by_size[static_cast<std::size_t>(size[u])].push_back(u);
-    }
-
-    for (int stages = 1; stages <= max_stages_; ++stages) {
-      for (const std::size_t u : by_size[static_cast<std::size_t>(stages)]) {
-        // Layers 0..i-1 go to GPUs outside u (the complement multiset is
-        // suffix_count_ - 1 - u in mixed radix): with none left, or no stage
-        // left under max_stages, only i = 0 is a useful start.
-        const double rest_speed = speed_[suffix_count_ - 1 - u];
-        const bool prefix_possible = stages < max_stages_ && size[u] < gpu_count();
-        const int last_start = prefix_possible ? layers_ - stages : 0;
-        for (std::size_t c = 0; c < classes_.size(); ++c) {
-          if (count(u, c) == 0) continue;
-          for (int i = 0; i <= last_start; ++i) {
-            if (best_ < kInfinity) {
-              // Compute bound: bottleneck * (sum of FLOP/s) >= FLOP of the
-              // range, for the suffix on u and the prefix on the rest. The
-              // 1e-12 margin keeps rounding from cutting a plan below best_.
-              double bound = cost_.flops(i, layers_ - 1) / speed_[u];
-              if (i > 0) bound = std::max(bound, cost_.flops(0, i - 1) / rest_speed);
-              if (bound * (1 - 1e-12) >= best_) continue;
-            }
-            relax(u, c, stages, i);
-          }
-        }
-        summarize(u);
-        for (int n = 0; n < nodes_; ++n) {
-          const double complete = value(u, n, 0);
-          if (complete < best_) {
-            best_ = complete;
-            best_suffix_ = u;
-            best_first_node_ = n;
-          }
-        }
-      }
-    }
-    return best_ < kInfinity;
-  }
-
-  double best() const noexcept { return best_; }
-  std::uint64_t states_evaluated() const noexcept { return states_evaluated_; }
-
-  struct Stage {
-    std::size_t gpu_class;
-    int first_layer;
-    int last_layer;
-  };
-
-  // The stages of the best plan, by walking the tables from the best complete
-  // state and taking, at each state, the choice that attains its value.
-  std::vector<Stage> stages() const {
-    std::vector<Stage> result;
-    std::size_t u = best_suffix_;
-    int node = best_first_node_;
-    int first = 0;
-    for (;;) {
-      const int stages_left = size_of(u);
-      double best = kInfinity;
-      Stage chosen{};
-      int next_node = -1;
-      for (std::size_t c = 0; c < classes_.size(); ++c) {
-        if (classes_[c].node != node || count(u, c) == 0) continue;
-        const GpuClass& gpu = classes_[c];
-        if (stages_left == 1) {
-          if (cost_.memory_bytes(first, layers_ - 1, 1) > gpu.memory_bytes) continue;
-          const double time = cost_.compute_s(first, layers_ - 1, gpu.flops_per_s);
-          if (time < best) best = time, chosen = {c, first, layers_ - 1}, next_node = -1;
-          continue;
-        }
-        const std::size_t rest = u - stride_[c];
-        for (int last = first; last <= layers_ - stages_left; ++last) {
-          if (cost_.memory_bytes(first, last, stages_left) > gpu.memory_bytes) break;
-          const double compute = cost_.compute_s(first, last, gpu.flops_per_s);
-          for (int n = 0; n < nodes_; ++n) {
-            const double after = value(rest, n, last + 1);
-            if (after == kInfinity) continue;
-            const double time = compute + cost_.send_s(last, cost_.link_bytes_per_s(node, n));
-            if (const double candidate = std::max(time, after); candidate < best) {
-              best = candidate, chosen = {c, first, last}, next_node = n;
-            }
-          }
-        }
-      }
-      if (best == kInfinity) throw std::logic_error("planner: no choice attains a finite table entry");
-      result.push_back(chosen);
-      if (next_node < 0) return result;
-      u -= stride_[chosen.gpu_class];
-      node = next_node;
-      first = chosen.last_layer + 1;
-    }
-  }
-
- private:
-  int count(std::size_t u, std::size_t c) const noexcept {
-    return static_cast<int>((u / stride_[c]) % (classes_[c].gpus.size() + 1));
-  }
-  int size_of(std::size_t u) const noexcept {
-    int total = 0;
-    for (std::size_t c = 0; c < classes_.size(); ++c) total += count(u, c);
-    return total;
-  }
-  int gpu_count() const noexcept {
-    int total = 0;
-    for (const GpuClass& c : classes_) total += static_cast<int>(c.gpus.size());
-    return total;
-  }
-  std::size_t at(std::size_t u, int node, int layer) const noexcept {
-    return (u * static_cast<std::size_t>(nodes_) + static_cast<std::size_t>(node)) * static_cast<std::size_t>(layers_) +
-           static_cast<std::size_t>(layer);
-  }
-  std::size_t summary_at(std::size_t u, int layer) const noexcept {
-    return u * static_cast<std::size_t>(layers_) + static_cast<std::size_t>(layer);
-  }
-  double value(std::size_t u, int node, int layer) const noexcept { return value_[at(u, node, layer)]; }
-
-  // value(u, node of c, i) = min over the first stage's last layer b and the
-  // next stage's node of max(time of i..b on c, value(u - c, next, b+1)).
-  void relax(std::size_t u, std::size_t c, int stages, int i) {
-    ++states_evaluated_;
-    const GpuClass& gpu = classes_[c];
-    double& slot = value_[at(u, gpu.node, i)];
-    // Only values below both the slot and the best plan matter, so the scan
-    // over b stops as soon as compute alone reaches that level (compute only
-    // grows with b) or memory overflows (memory only grows with b).
-    double level = std::min(slot, best_);
-    if (stages == 1) {
-      if (cost_.memory_bytes(i, layers_ - 1, 1) <= gpu.memory_bytes) {
-        level = std::min(level, cost_.compute_s(i, layers_ - 1, gpu.flops_per_s));
-      }
-    } else {
-      const std::size_t rest = u - stride_[c];
-      const double intra = cost_.link_bytes_per_s(gpu.node, gpu.node);
-      const double inter = cost_.inter_bytes_per_s();
-      // value(rest, *, j) >= flops(j..L-1) / speed(rest), which shrinks as j
-      // grows: first stages ending before the first j where that bound is
-      // below `level` cannot help, so the scan starts there.
-      int first_useful = i + 1;
-      if (level < kInfinity) {
-        int high = layers_ - stages + 1;
-        while (first_useful < high) {
-          const int mid = first_useful + (high - first_useful) / 2;
-          if (cost_.flops(mid, layers_ - 1) / speed_[rest] * (1 - 1e-12) < level) high = mid;
-          else first_useful = mid + 1;
-        }
-      }
-      for (int b = first_useful - 1; b <= layers_ - stages; ++b) {
-        if (cost_.memory_bytes(i, b, stages) > gpu.memory_bytes) break;
-        const double compute = cost_.compute_s(i, b, gpu.flops_per_s);
-        if (compute >= level) break;
-        const std::size_t next = summary_at(rest, b + 1);
-        const double same = value(rest, gpu.node, b + 1);
-        if (same < level) level = std::min(level, std::max(compute + cost_.send_s(b, intra), same));
-        const double other = best_node_[next] != gpu.node ? best_value_[next] : second_value_[next];
-        if (other < level) level = std::min(level, std::max(compute + cost_.send_s(b, inter), other));
-      }
-    }
-    if (level < best_) slot = level;
-  }
-
-  // Per start layer: the best value over first nodes and the best over the
-  // other nodes, so relax() finds "next stage on a different node" in O(1).
-  void summarize(std::size_t u) {
-    for (int i = 0; i < layers_; ++i) {
-      double first = kInfinity, second = kInfinity;
-      int first_node = -1;
-      for (int n = 0; n < nodes_; ++n) {
-        const double v = value(u, n, i);
-        if (v < first) second = first, first = v, first_node = n;
-        else if (v < second) second = v;
-      }
-      const std::size_t k = summary_at(u, i);
-      best_value_[k] = first;
-      second_value_[k] = second;
-      best_node_[k] = static_cast<std::int16_t>(first_node);
-    }
-  }
-
-  const CostModel& cost_;
-  std::vector<GpuClass> classes_;
-  int nodes_;
-  int layers_;
-  int max_stages_;
-  std::vector<std::size_t> stride_;
-  std::size_t suffix_count_ = 1;
-  std::vector<double> speed_;  // [u]: summed FLOP/s of the GPUs of u
-
-  std::vector<double> value_;           // [u][node][layer]
-  std::vector<double> best_value_;      // [u][layer]: min over nodes
-  std::vector<double> second_value_;    // [u][layer]: min over the other nodes
-  std::vector<std::int16_t> best_node_; // [u][layer]: the node of best_value_, -1 if none
-
-  double best_ = kInfinity;  // the best complete plan so far
-  std::size_t best_suffix_ = 0;
-  int best_first_node_ = -1;
-  std::uint64_t states_evaluated_ = 0;
-};
 
 // Why no valid plan exists, naming the constraint that fails.
 std::string infeasible_reason(const ModelProfile& model, const CostModel& cost, int max_stages,
@@ -453,6 +175,8 @@ void validate(const ModelProfile& model) {
     require_non_negative(layer.flops, where, "flops");
     require_non_negative(layer.param_bytes, where, "param_bytes");
     require_non_negative(layer.activation_bytes, where, "activation_bytes");
+    if (layer.tp_bytes) require_non_negative(*layer.tp_bytes, where, "tp_bytes");
+    if (layer.grad_bytes) require_non_negative(*layer.grad_bytes, where, "grad_bytes");
   }
 }
 
@@ -475,6 +199,12 @@ void validate(const ClusterSpec& cluster) {
     }
   }
   if (cluster.gpu_count() == 0) throw SpecError("the cluster has no GPUs: every node's \"gpus\" is empty");
+  for (const auto& [t, efficiency] : cluster.tp_efficiency) {
+    if (t != 1 && t != 2 && t != 4 && t != 8) {
+      throw SpecError(fmt::format("cluster: tp_efficiency has key \"{}\"; only 1, 2, 4 and 8 are allowed", t));
+    }
+    require_positive(efficiency, "cluster", fmt::format("tp_efficiency[\"{}\"]", t));
+  }
   if (cluster.nodes.size() > static_cast<std::size_t>(std::numeric_limits<std::int16_t>::max())) {
     throw SpecError(fmt::format("the cluster has {} nodes, too many", cluster.nodes.size()));
   }
@@ -608,38 +338,27 @@ PlanResult plan_pipeline(const ModelProfile& model, const ClusterSpec& cluster, 
   const int max_stages = options.max_stages == 0 ? natural : std::min(natural, options.max_stages);
 
   PlanResult result;
-  std::vector<GpuClass> classes = gpu_classes(cost);
-  result.gpu_classes = classes.size();
-  const int nodes = static_cast<int>(cluster.nodes.size());
-  const std::optional<std::size_t> bytes = Search::table_bytes(classes, nodes, cost.layers());
-  if (!bytes || *bytes > options.max_table_bytes) {
+  // The search is version 2's with t = d = 1 (planner_search.hpp).
+  const detail::OneGpuSearch search =
+      detail::search_one_gpu_stages(model, cluster, max_stages, options.max_table_bytes);
+  result.gpu_classes = search.gpu_classes;
+  result.states_evaluated = search.states_evaluated;
+  if (search.status == PlanStatus::search_too_large) {
     result.status = PlanStatus::search_too_large;
-    result.reason = fmt::format(
-        "the exact search over {} GPU classes (GPUs that differ in node, tflops or memory_gb) on {} nodes "
-        "and {} layers needs {} of tables, more than the limit of {}",
-        classes.size(), nodes, cost.layers(), bytes ? gb(static_cast<double>(*bytes)) : std::string("too many bytes"),
-        gb(static_cast<double>(options.max_table_bytes)));
+    result.reason = search.reason;
     return result;
   }
-
-  Search search(cost, classes, nodes, max_stages);
-  const bool found = search.run();
-  result.states_evaluated = search.states_evaluated();
-  if (!found) {
+  if (search.status != PlanStatus::optimal) {
     result.status = PlanStatus::infeasible;
     result.reason = infeasible_reason(model, cost, max_stages, natural);
     return result;
   }
 
-  // Name GPUs: each stage takes its class's lowest-index GPU not yet taken.
-  std::vector<std::size_t> taken(classes.size(), 0);
   Plan plan;
-  for (const Search::Stage& stage : search.stages()) {
-    const int flat = classes[stage.gpu_class].gpus[taken[stage.gpu_class]++];
-    const FlatGpu& gpu = cost.gpus()[static_cast<std::size_t>(flat)];
+  for (const detail::OneGpuStage& stage : search.stages) {
     PlanStage out;
-    out.node = cluster.nodes[static_cast<std::size_t>(gpu.node)].name;
-    out.gpu = gpu.index;
+    out.node = cluster.nodes[static_cast<std::size_t>(stage.node)].name;
+    out.gpu = stage.gpu;
     out.first_layer = stage.first_layer;
     out.last_layer = stage.last_layer;
     plan.stages.push_back(std::move(out));
@@ -648,9 +367,9 @@ PlanResult plan_pipeline(const ModelProfile& model, const ClusterSpec& cluster, 
   // The same arithmetic gives the same number; the margin only allows for a
   // compiler contracting the two call sites differently.
   if (!evaluation.valid ||
-      std::abs(evaluation.plan.bottleneck_s - search.best()) > 1e-12 * std::abs(search.best())) {
+      std::abs(evaluation.plan.bottleneck_s - search.bottleneck_s) > 1e-12 * std::abs(search.bottleneck_s)) {
     throw std::logic_error(fmt::format("planner: the plan found (bottleneck {} s) evaluates as {} with {} s: {}",
-                                       search.best(), evaluation.valid ? "valid" : "invalid",
+                                       search.bottleneck_s, evaluation.valid ? "valid" : "invalid",
                                        evaluation.plan.bottleneck_s, evaluation.reason));
   }
   result.status = PlanStatus::optimal;

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <tuple>
 #include <utility>
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 
 #include "text.hpp"
 #include "troupe/scheduler/error.hpp"
+#include "troupe/scheduler/planner_v2.hpp"
 
 namespace troupe::scheduler {
 
@@ -68,6 +70,15 @@ const json& array(const json& object, std::string_view key, const std::string& w
     throw SpecError(fmt::format("{}: \"{}\" must be an array, got {}", where, key, shown(value)));
   }
   return value;
+}
+
+// A plan stage's "layers": [first, last].
+std::pair<int, int> layer_range(const json& stage, const std::string& where) {
+  const json& layers = array(stage, "layers", where);
+  if (layers.size() != 2) {
+    throw SpecError(fmt::format("{}: \"layers\" must be [first, last], got {}", where, shown(layers)));
+  }
+  return {integer(layers[0], where + ".layers[0]"), integer(layers[1], where + ".layers[1]")};
 }
 
 std::string optional_string(const json& object, std::string_view key, const std::string& where) {
@@ -140,6 +151,14 @@ ModelProfile parse_model(const json& document) {
     layer.flops = number(layers[l], "flops", where);
     layer.param_bytes = number(layers[l], "param_bytes", where);
     layer.activation_bytes = number(layers[l], "activation_bytes", where);
+    // Version 2: null or absent tp_bytes = the layer cannot be split; absent
+    // grad_bytes = param_bytes / 4.
+    if (layers[l].contains("tp_bytes") && !layers[l]["tp_bytes"].is_null()) {
+      layer.tp_bytes = number(layers[l], "tp_bytes", where);
+    }
+    if (layers[l].contains("grad_bytes") && !layers[l]["grad_bytes"].is_null()) {
+      layer.grad_bytes = number(layers[l], "grad_bytes", where);
+    }
     model.layers.push_back(std::move(layer));
   }
   validate(model);
@@ -155,6 +174,21 @@ ClusterSpec parse_cluster(const json& document) {
   }
   cluster.name = optional_string(document, "name", "cluster");
   cluster.inter_node_gbps = number(document, "inter_node_gbps", "cluster");
+  if (document.contains("tp_efficiency")) {
+    const json& efficiency = document["tp_efficiency"];
+    if (!efficiency.is_object()) {
+      throw SpecError(fmt::format("cluster: \"tp_efficiency\" must be an object {{\"2\": 0.95, ...}}, got {}",
+                                  shown(efficiency)));
+    }
+    for (const auto& [key, value] : efficiency.items()) {
+      if (key != "1" && key != "2" && key != "4" && key != "8") {
+        throw SpecError(fmt::format("cluster: tp_efficiency has key \"{}\"; only \"1\", \"2\", \"4\" and \"8\" are "
+                                    "allowed",
+                                    key));
+      }
+      cluster.tp_efficiency[std::stoi(key)] = number(efficiency, key, "cluster.tp_efficiency");
+    }
+  }
   const json& nodes = array(document, "nodes", "cluster");
   for (std::size_t n = 0; n < nodes.size(); ++n) {
     const std::string where = fmt::format("nodes[{}]", n);
@@ -194,12 +228,45 @@ Plan parse_plan(const json& document) {
     PlanStage stage;
     stage.node = string(stages[k], "node", where);
     stage.gpu = integer(member(stages[k], "gpu", where), where + ".gpu");
-    const json& layers = array(stages[k], "layers", where);
-    if (layers.size() != 2) {
-      throw SpecError(fmt::format("{}: \"layers\" must be [first, last], got {}", where, shown(layers)));
+    std::tie(stage.first_layer, stage.last_layer) = layer_range(stages[k], where);
+    plan.stages.push_back(std::move(stage));
+  }
+  return plan;
+}
+
+json plan_v2_to_json(const PlanV2& plan, int micro_batches) {
+  json stages = json::array();
+  for (const PlanStageV2& stage : plan.stages) {
+    stages.push_back({{"node", stage.node},
+                      {"gpus", stage.gpus},
+                      {"tp", stage.tp},
+                      {"layers", {stage.first_layer, stage.last_layer}}});
+  }
+  json document{{"stages", std::move(stages)}};
+  if (micro_batches > 0) document["micro_batches"] = micro_batches;
+  document["bottleneck_s"] = plan.bottleneck_s;
+  return document;
+}
+
+PlanV2 parse_plan_v2(const json& document) {
+  PlanV2 plan;
+  const json& stages = array(document, "stages", "plan");
+  for (std::size_t k = 0; k < stages.size(); ++k) {
+    const std::string where = fmt::format("stages[{}]", k);
+    PlanStageV2 stage;
+    stage.node = string(stages[k], "node", where);
+    const bool one = stages[k].contains("gpu"), many = stages[k].contains("gpus");
+    if (one && many) throw SpecError(fmt::format("{}: has both \"gpu\" and \"gpus\"; give one", where));
+    if (one) {
+      stage.gpus = {integer(stages[k]["gpu"], where + ".gpu")};
+    } else {
+      const json& gpus = array(stages[k], "gpus", where);
+      for (std::size_t g = 0; g < gpus.size(); ++g) {
+        stage.gpus.push_back(integer(gpus[g], fmt::format("{}.gpus[{}]", where, g)));
+      }
     }
-    stage.first_layer = integer(layers[0], where + ".layers[0]");
-    stage.last_layer = integer(layers[1], where + ".layers[1]");
+    stage.tp = stages[k].contains("tp") ? integer(stages[k]["tp"], where + ".tp") : 1;
+    std::tie(stage.first_layer, stage.last_layer) = layer_range(stages[k], where);
     plan.stages.push_back(std::move(stage));
   }
   return plan;

@@ -7,11 +7,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <vector>
 
 #include "troupe/scheduler/planner.hpp"
+#include "troupe/scheduler/planner_v2.hpp"
 #include "troupe/troupe.hpp"
 
 namespace {
@@ -137,6 +139,85 @@ TEST_F(PlanPlacement, StagesOnNodesOrGpusTheClusterLacksAreInvalidArguments) {
     EXPECT_NE(std::string(e.what()).find("has 3 GPUs"), std::string::npos) << e.what();
   }
   EXPECT_THROW((void)troupe::actors::place_plan(sched::Plan{}, cluster), troupe::Error);
+}
+
+// Version 2: a stage's t x d GPUs are one bundle on the planned node.
+class PlanPlacementV2 : public ::testing::Test {
+ protected:
+  void SetUp() override { troupe::init({.num_threads = 4, .gpus = "T4-16GB:1,H100-80GB:2,T4-16GB:1"}); }
+  void TearDown() override { troupe::shutdown(); }
+};
+
+TEST_F(PlanPlacementV2, ATensorParallelStageGetsItsGpusAsOneBundleOfThePlannedType) {
+  // The 100 GB middle layer fits only split over the two H100s (t = 2); the
+  // 10 GB layers cannot be split and go to a T4 each.
+  sched::ModelProfile model = memory_bound_model();
+  model.layers[1].param_bytes = 100e9;
+  model.layers[1].tp_bytes = 1e8;
+  const sched::ClusterSpec cluster = troupe::actors::live_cluster_spec();
+  const sched::PlanResultV2 result = sched::plan_pipeline_v2(model, cluster);
+  ASSERT_TRUE(result.feasible()) << result.reason;
+  ASSERT_EQ(result.plan.stages.size(), 3u);
+  EXPECT_EQ(result.plan.stages[1].tp, 2);
+  EXPECT_EQ(result.plan.stages[1].gpus, (std::vector<int>{1, 2}));
+
+  const auto placed = troupe::actors::place_plan(result.plan, cluster, {.extra_resources = {{"CPU", 0.25}}});
+  ASSERT_EQ(placed.stages.size(), 3u);
+  EXPECT_EQ(placed.bundles[1].amounts.at("GPU"), 2.0);
+  EXPECT_EQ(placed.bundles[1].amounts.at("CPU"), 0.5);  // per GPU's actor
+  EXPECT_EQ(placed.bundles[1].gpu_type, "H100-80GB");
+  EXPECT_EQ(placed.bundles[1].amounts.at("node:local"), sched::kNodeResourceRequest);
+  EXPECT_EQ(placed.stages[1].tp, 2);
+  EXPECT_EQ(placed.stages[1].dp, 1);
+  ASSERT_EQ(placed.stages[1].gpus.size(), 2u);
+  placed.group.ready().get(30s);
+
+  const auto gpus = troupe::nodes()[0].gpus;
+  std::vector<int> taken;
+  std::vector<decltype(troupe::actor<Probe>(placed.stages[0].gpus[0], 0))> alive;  // hold every GPU at once
+  for (std::size_t k = 0; k < placed.stages.size(); ++k) {
+    for (const troupe::ActorOptions& options : placed.stages[k].gpus) {
+      EXPECT_EQ(options.bundle_index, static_cast<int>(k));
+      alive.push_back(troupe::actor<Probe>(options, static_cast<int>(k)));
+      const std::vector<int> ids = alive.back().call<&Probe::gpus>().get(30s);
+      ASSERT_EQ(ids.size(), 1u) << "stage " << k;
+      EXPECT_EQ(gpus.at(static_cast<std::size_t>(ids[0])).model, result.plan.stages[k].gpu_type) << "stage " << k;
+      taken.push_back(ids[0]);
+    }
+  }
+  std::sort(taken.begin(), taken.end());
+  EXPECT_EQ(taken, (std::vector<int>{0, 1, 2, 3}));  // every GPU once
+  EXPECT_EQ(troupe::available_resources()["GPU"], 0.0);
+}
+
+TEST_F(PlanPlacementV2, ReplicasShareTheirStagesBundleAndBadStagesAreInvalidArguments) {
+  const sched::ClusterSpec cluster = troupe::actors::live_cluster_spec();
+  sched::PlanV2 plan;
+  plan.stages = {{"local", {1, 2}, 1, 0, 1}};  // d = 2 replicas on the H100s
+  const auto placed = troupe::actors::place_plan(plan, cluster);
+  EXPECT_EQ(placed.stages[0].dp, 2);
+  EXPECT_EQ(&placed.stages[0].shard(1, 0), &placed.stages[0].gpus[1]);
+  placed.group.ready().get(30s);
+  auto first = troupe::actor<Probe>(placed.stages[0].shard(0, 0), 0);
+  auto second = troupe::actor<Probe>(placed.stages[0].shard(1, 0), 0);
+  const int a = first.call<&Probe::gpus>().get(30s).at(0), b = second.call<&Probe::gpus>().get(30s).at(0);
+  EXPECT_NE(a, b);
+  for (const int id : {a, b}) EXPECT_EQ(troupe::nodes()[0].gpus.at(static_cast<std::size_t>(id)).model, "H100-80GB");
+
+  for (const sched::PlanStageV2& bad : std::vector<sched::PlanStageV2>{{"local", {0, 1}, 1, 0, 1},  // T4 + H100
+                                                                        {"local", {1, 2}, 4, 0, 1},  // tp 4 of 2
+                                                                        {"local", {}, 1, 0, 1},
+                                                                        {"local", {4}, 1, 0, 1},
+                                                                        {"elsewhere", {0}, 1, 0, 1}}) {
+    sched::PlanV2 wrong;
+    wrong.stages = {bad};
+    try {
+      (void)troupe::actors::place_plan(wrong, cluster);
+      ADD_FAILURE() << "accepted a stage on " << bad.node << " with " << bad.gpus.size() << " GPUs, tp " << bad.tp;
+    } catch (const troupe::Error& e) {
+      EXPECT_EQ(e.code(), troupe::Errc::invalid_argument);
+    }
+  }
 }
 
 TEST(ClusterSpecOfNodes, UnknownGpuModelsNeedTheirFiguresAndNodesWithoutGpusAreLeftOut) {

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "troupe/scheduler/error.hpp"
+#include "planner_test_support.hpp"
 
 namespace troupe::scheduler {
 namespace {
@@ -34,42 +35,10 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-bool close(double a, double b, double relative = 1e-9) { return std::abs(a - b) <= relative * std::abs(b); }
+using namespace planner_testing;
 
 // ---- the cases ---------------------------------------------------------------
 
-fs::path copied_planner_dir() { return fs::path(TROUPE_SOURCE_DIR) / "tests" / "scheduler" / "data" / "planner"; }
-
-// shared/planner beside the repository ($TROUPE_SHARED_DIR/planner first).
-std::optional<fs::path> shared_planner_dir() {
-  std::vector<fs::path> candidates;
-  if (const char* shared = std::getenv("TROUPE_SHARED_DIR")) candidates.push_back(fs::path(shared) / "planner");
-  candidates.push_back(fs::path(TROUPE_SOURCE_DIR).parent_path() / "shared" / "planner");
-  for (const fs::path& dir : candidates) {
-    if (fs::exists(dir / "cases.json")) return dir;
-  }
-  return std::nullopt;
-}
-
-std::string read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-// cases.json names files relative to the folder holding shared/:
-// "shared/planner/models/vgg16.json" -> <planner dir>/models/vgg16.json.
-fs::path resolve(const fs::path& planner_dir, const std::string& path) {
-  const std::string prefix = "shared/planner/";
-  EXPECT_EQ(path.rfind(prefix, 0), 0u) << path;
-  return planner_dir / path.substr(prefix.size());
-}
 
 // "5 stages: h100 0-11, h100 12-40, ..." for the log.
 std::string stage_summary(const Plan& plan) {

@@ -15,6 +15,8 @@
 // go to that node; its GPU:1 with the plan's GPU type picks the GPU there.
 // GPUs of one type on one node are interchangeable for the planner (it
 // groups them into one class), so the bundle names the type, not the index.
+// A version-2 plan (scheduler::plan_pipeline_v2) gets one bundle of t x d
+// GPUs per stage and one ActorOptions per GPU (shard s of replica r).
 #pragma once
 
 #include <map>
@@ -24,6 +26,7 @@
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/nodes.hpp"
 #include "troupe/scheduler/planner.hpp"
+#include "troupe/scheduler/planner_v2.hpp"
 
 namespace troupe::actors {
 
@@ -69,5 +72,36 @@ struct PlacedPlan {
 // `cluster` does not have, or the plan has no stages.
 PlacedPlan place_plan(const scheduler::Plan& plan, const scheduler::ClusterSpec& cluster,
                       const PlacePlanOptions& options = {});
+
+// ---- version-2 plans (scheduler::plan_pipeline_v2) ----------------------------
+
+struct PlacedStageV2 {
+  int tp = 1;  // t: tensor-parallel shards per replica
+  int dp = 1;  // d: replicas
+  // One per GPU of the stage, replica-major: gpus[r * tp + s] is shard s of
+  // replica r; each asks for {"GPU": 1} of the planned type in the stage's bundle.
+  std::vector<ActorOptions> gpus;
+  const ActorOptions& shard(int replica, int shard) const {
+    return gpus.at(static_cast<std::size_t>(replica * tp + shard));
+  }
+};
+
+struct PlacedPlanV2 {
+  PlacementGroup group;               // bundle k reserves stage k's t x d GPUs together
+  std::vector<ResourceSpec> bundles;  // bundle k: {"GPU": t*d} of the planned type, pinned to the node
+  std::vector<PlacedStageV2> stages;
+};
+
+// place_plan for a version-2 plan: one bundle per stage holding all of its
+// t x d GPUs (of the planned type, pinned to the planned node unless
+// pin_nodes is off), so a stage's tensor-parallel shards and replicas are
+// reserved together on one node; each GPU's actor options ask for one of
+// them. extra_resources are asked by every GPU's actor, so a bundle holds
+// them t x d times. Throws Error(invalid_argument) when a stage names a node
+// or GPU that `cluster` lacks, has no GPUs, mixes GPU types, has a tp that
+// is not 1, 2, 4 or 8 or does not divide its GPU count, or the plan has no
+// stages.
+PlacedPlanV2 place_plan(const scheduler::PlanV2& plan, const scheduler::ClusterSpec& cluster,
+                        const PlacePlanOptions& options = {});
 
 }  // namespace troupe::actors

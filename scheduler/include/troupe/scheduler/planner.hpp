@@ -45,6 +45,13 @@ struct LayerProfile {
   double flops = 0;             // FLOP, forward + backward, one micro-batch
   double param_bytes = 0;       // always resident: weights, gradients, optimizer state
   double activation_bytes = 0;  // the layer's output for one micro-batch (sent on a cut after it)
+  // Version 2 only (planner_v2.hpp); version 1 ignores them.
+  // Bytes all-reduced within a tensor-parallel group for one micro-batch when
+  // the layer is split; nullopt: the layer cannot be split (t = 1).
+  std::optional<double> tp_bytes;
+  // Bytes of the layer's gradients, all-reduced by data-parallel replicas once
+  // per iteration; nullopt: param_bytes / 4.
+  std::optional<double> grad_bytes;
 };
 
 struct ModelProfile {
@@ -68,15 +75,20 @@ struct ClusterSpec {
   std::string name;            // informational
   double inter_node_gbps = 0;  // 10^9 bytes/s between GPUs of different nodes
   std::vector<ClusterNode> nodes;
+  // Version 2 only: t (1, 2, 4 or 8) -> fraction of the ideal speed-up a
+  // tensor-parallel group of t GPUs reaches on compute; a missing key takes
+  // its default (1: 1.0, 2: 0.95, 4: 0.9, 8: 0.85). Version 1 ignores it.
+  std::map<int, double> tp_efficiency;
 
   std::size_t gpu_count() const noexcept;
 };
 
 // Checks what the formats require of values built in code as well as read
-// from files: at least one layer; every number finite and >= 0; tflops,
-// memory_gb and both bandwidths > 0; node names non-empty and unique; at least
-// one GPU in the cluster. Throws SpecError naming the field, e.g.
-// `layers[3] ("conv2"): flops must be a finite number >= 0, got -1`.
+// from files: at least one layer; every number finite and >= 0 (tp_bytes and
+// grad_bytes too, when present); tflops, memory_gb and both bandwidths > 0;
+// node names non-empty and unique; at least one GPU in the cluster;
+// tp_efficiency keys in {1, 2, 4, 8} with finite values > 0. Throws
+// SpecError naming the field, e.g. `layers[3] ("conv2"): flops must be a finite number >= 0, got -1`.
 void validate(const ModelProfile& model);
 void validate(const ClusterSpec& cluster);
 
@@ -85,7 +97,10 @@ void validate(const ClusterSpec& cluster);
 // "activation_bytes"; a cluster's "inter_node_gbps" and "nodes" (non-empty),
 // each node's "name", "intra_node_gbps" and "gpus", each GPU's "type",
 // "tflops" and "memory_gb". Top-level "name" is optional; other keys
-// ("source", "batch_size", "description") are ignored. Throws SpecError
+// ("source", "batch_size", "description") are ignored. Version 2's optional
+// keys are read too: a layer's "tp_bytes" (a number, or null: not splittable)
+// and "grad_bytes", a cluster's "tp_efficiency" ({"2": 0.95, ...}, keys 1, 2,
+// 4, 8 only). Throws SpecError
 // naming the missing or bad field; the load_ functions prefix the path and
 // also report unreadable files and JSON syntax errors that way.
 ModelProfile parse_model(const nlohmann::json& json);
@@ -188,7 +203,9 @@ struct PlanResult {
 // every stage count. The node of the first stage is what the stage before it
 // needs to price its send. Branches are cut with the best complete plan found
 // so far and with a compute lower bound (flops / total tflops of the GPUs
-// left); neither cut can discard a strictly better plan. Cost is about
+// left); neither cut can discard a strictly better plan. (The code is
+// plan_pipeline_v2's search with t = d = 1, which keys each multiset with
+// exactly one stage count, |u|.) Cost is about
 // (#class multisets) x (#nodes) x L x (layers per stage) steps: 16 GPUs in 4
 // classes with 100 layers take milliseconds.
 //
