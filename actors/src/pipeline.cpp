@@ -95,20 +95,6 @@ std::string_view to_string(StageDevice device) noexcept {
   return "?";
 }
 
-std::string_view to_string(Schedule schedule) noexcept {
-  switch (schedule) {
-    case Schedule::gpipe: return "gpipe";
-    case Schedule::one_f_one_b: return "1f1b";
-  }
-  return "?";
-}
-
-Schedule parse_schedule(std::string_view name) {
-  if (name == "gpipe") return Schedule::gpipe;
-  if (name == "1f1b" || name == "one_f_one_b") return Schedule::one_f_one_b;
-  throw_error(Errc::invalid_argument, "unknown schedule '" + std::string(name) + "' (gpipe or 1f1b)");
-}
-
 OptimizerSpec OptimizerSpec::make_sgd(float lr, float momentum, float weight_decay) {
   OptimizerSpec spec;
   spec.kind = Kind::sgd;
@@ -522,32 +508,6 @@ StageStats PipelineStage::stats() const {
   return s;
 }
 
-// ---- schedules ----------------------------------------------------------------------------
-
-std::vector<PipelineOp> schedule_order(Schedule schedule, int stage, int stages, int micro_batches) {
-  if (stages < 1 || micro_batches < 1 || stage < 0 || stage >= stages) {
-    fail("schedule_order", "want stages >= 1, micro_batches >= 1 and 0 <= stage < stages; got stage " +
-                               std::to_string(stage) + " of " + std::to_string(stages) + ", " +
-                               std::to_string(micro_batches) + " micro-batches");
-  }
-  using Kind = PipelineOp::Kind;
-  std::vector<PipelineOp> ops;
-  ops.reserve(2 * static_cast<std::size_t>(micro_batches));
-  if (schedule == Schedule::gpipe) {
-    for (int i = 0; i < micro_batches; ++i) ops.push_back({Kind::forward, i});
-    for (int i = 0; i < micro_batches; ++i) ops.push_back({Kind::backward, i});
-    return ops;
-  }
-  const int warmup = std::min(stages - stage - 1, micro_batches);
-  for (int i = 0; i < warmup; ++i) ops.push_back({Kind::forward, i});
-  for (int i = 0; i + warmup < micro_batches; ++i) {
-    ops.push_back({Kind::forward, i + warmup});
-    ops.push_back({Kind::backward, i});
-  }
-  for (int i = micro_batches - warmup; i < micro_batches; ++i) ops.push_back({Kind::backward, i});
-  return ops;
-}
-
 // ---- Pipeline ---------------------------------------------------------------------------------
 
 Pipeline::Pipeline(std::vector<StageSpec> specs, std::vector<ActorOptions> options, PipelineOptions pipeline_options)
@@ -653,6 +613,9 @@ BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& sta
                               const Tensor& labels, int micro_batches, Schedule schedule,
                               std::int64_t& next_micro_batch) {
   const std::string where = "Pipeline::submit_batch";
+  if (schedule != Schedule::gpipe && schedule != Schedule::one_f_one_b) {
+    fail(where, "PipelineStage runs gpipe and 1f1b; " + std::string(to_string(schedule)) + " is not supported yet");
+  }
   const std::int64_t batch = x.size(0);
   const std::vector<Tensor> xs = x.chunk(micro_batches);  // views, no copy
   const std::vector<Tensor> ys = labels.chunk(micro_batches);

@@ -69,6 +69,7 @@
 
 #include "troupe/actors/checkpoint.hpp"
 #include "troupe/actors/kernels.hpp"
+#include "troupe/actors/schedule.hpp"
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/object_ref.hpp"
 #include "troupe/runtime/serialization.hpp"
@@ -305,24 +306,7 @@ class PipelineStage {
 
 // ---- the driver side -----------------------------------------------------------------
 
-enum class Schedule : std::uint8_t { gpipe, one_f_one_b };
-// "gpipe", "1f1b"; parse_schedule also takes "one_f_one_b" and throws
-// Error(invalid_argument) for anything else.
-std::string_view to_string(Schedule schedule) noexcept;
-Schedule parse_schedule(std::string_view name);
-
-struct PipelineOp {
-  enum class Kind : std::uint8_t { forward, backward };
-  Kind kind = Kind::forward;
-  int micro_batch = 0;
-  friend bool operator==(const PipelineOp&, const PipelineOp&) = default;
-};
-
-// The order in which stage `stage` (0-based) of `stages` runs the forwards
-// and backwards of `micro_batches` micro-batches under `schedule` (see the
-// top of this file). Throws Error(invalid_argument) for counts < 1 or a
-// stage out of range.
-std::vector<PipelineOp> schedule_order(Schedule schedule, int stage, int stages, int micro_batches);
+// Schedule, PipelineOp and schedule_order are in schedule.hpp.
 
 // ---- fault tolerance ----------------------------------------------------------------
 
