@@ -612,78 +612,15 @@ namespace detail {
 BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& stages, const Tensor& x,
                               const Tensor& labels, int micro_batches, Schedule schedule,
                               std::int64_t& next_micro_batch) {
-  const std::string where = "Pipeline::submit_batch";
-  if (schedule != Schedule::gpipe && schedule != Schedule::one_f_one_b) {
-    fail(where, "PipelineStage runs gpipe and 1f1b; " + std::string(to_string(schedule)) + " is not supported yet");
+  if (splits_backward(schedule) || schedule == Schedule::interleaved_1f1b) {
+    fail("Pipeline::submit_batch", "PipelineStage runs gpipe and 1f1b; " + std::string(to_string(schedule)) +
+                                       " needs a stage with a split backward or chunks (stage.hpp, StagePipeline)");
   }
-  const std::int64_t batch = x.size(0);
   const std::vector<Tensor> xs = x.chunk(micro_batches);  // views, no copy
   const std::vector<Tensor> ys = labels.chunk(micro_batches);
-  const int m = static_cast<int>(xs.size());  // fewer than asked when batch < micro_batches
-  const int S = static_cast<int>(stages.size());
   const std::int64_t first_id = next_micro_batch;
-  next_micro_batch += m;
-
-  BatchCalls out;
-  // Every stage's order, then one walk that submits, from any stage, the
-  // next op whose inputs exist (see the header on why this cannot deadlock).
-  std::vector<std::vector<PipelineOp>> orders;
-  for (int k = 0; k < S; ++k) orders.push_back(schedule_order(schedule, k, S, m));
-  std::vector<std::vector<ObjectRef<Tensor>>> activations(S, std::vector<ObjectRef<Tensor>>(m));
-  std::vector<std::vector<ObjectRef<Tensor>>> gradients(S, std::vector<ObjectRef<Tensor>>(m));
-  std::vector<std::vector<bool>> forwarded(S, std::vector<bool>(m, false));
-  out.losses.resize(m);
-  std::vector<std::size_t> next(S, 0);
-  std::size_t left = 2 * static_cast<std::size_t>(m) * static_cast<std::size_t>(S);
-  while (left > 0) {
-    bool progressed = false;
-    for (int k = 0; k < S; ++k) {
-      while (next[k] < orders[k].size()) {
-        const PipelineOp op = orders[k][next[k]];
-        const int i = op.micro_batch;
-        const std::int64_t id = first_id + i;
-        const bool last = k == S - 1;
-        if (op.kind == PipelineOp::Kind::forward) {
-          if (k > 0 && !activations[k - 1][i].valid()) break;
-          const Tensor input = k == 0 ? xs[i] : Tensor();
-          if (last) {
-            out.losses[i] = k == 0 ? stages[k].call<&PipelineStage::forward_loss>(id, input, ys[i], batch)
-                                   : stages[k].call<&PipelineStage::forward_loss>(id, activations[k - 1][i], ys[i],
-                                                                                   batch);
-            out.calls.push_back(out.losses[i]);
-          } else {
-            activations[k][i] = k == 0 ? stages[k].call<&PipelineStage::forward>(id, input)
-                                       : stages[k].call<&PipelineStage::forward>(id, activations[k - 1][i]);
-            out.calls.push_back(activations[k][i]);
-          }
-          forwarded[k][i] = true;
-        } else {
-          if (!forwarded[k][i]) {
-            throw_error(Errc::internal, where + ": the " + std::string(to_string(schedule)) + " order of stage " +
-                                            std::to_string(k) + " runs backward " + std::to_string(i) +
-                                            " before its forward");
-          }
-          if (!last && !gradients[k + 1][i].valid()) break;
-          gradients[k][i] = last ? stages[k].call<&PipelineStage::backward_loss>(id)
-                                 : stages[k].call<&PipelineStage::backward>(id, gradients[k + 1][i]);
-          out.calls.push_back(gradients[k][i]);
-        }
-        ++next[k];
-        --left;
-        progressed = true;
-      }
-    }
-    if (!progressed) {
-      throw_error(Errc::internal, where + ": the " + std::string(to_string(schedule)) +
-                                      " orders of the stages wait on each other; nothing was left to submit");
-    }
-  }
-  // The step runs after the stage's last backward (the actor's call order).
-  for (const auto& stage : stages) {
-    out.steps.push_back(stage.call<&PipelineStage::step>(std::int64_t{m}));
-    out.calls.push_back(out.steps.back());
-  }
-  return out;
+  next_micro_batch += static_cast<std::int64_t>(xs.size());  // fewer than asked when batch < micro_batches
+  return submit_stage_calls(stages, xs, ys, x.size(0), schedule, 1, first_id);
 }
 
 }  // namespace detail

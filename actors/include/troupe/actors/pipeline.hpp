@@ -70,6 +70,7 @@
 #include "troupe/actors/checkpoint.hpp"
 #include "troupe/actors/kernels.hpp"
 #include "troupe/actors/schedule.hpp"
+#include "troupe/actors/stage.hpp"
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/object_ref.hpp"
 #include "troupe/runtime/serialization.hpp"
@@ -182,7 +183,8 @@ struct StageStats {
 
 // ---- the stage actor ---------------------------------------------------------------
 
-// One pipeline stage. Registered with TROUPE_ACTOR (below), so it runs in
+// One pipeline stage: troupe's own implementation of the stage concept
+// (stage.hpp; activation type Tensor, target the labels Tensor), for MLPs. Registered with TROUPE_ACTOR (below), so it runs in
 // local mode and in actor hosts of a cluster; it can also be used as a plain
 // object (the single-process reference of the examples and tests).
 //
@@ -444,13 +446,8 @@ class Pipeline {
 namespace detail {
 
 // The calls of one batch (Pipeline::submit_batch's walk), for the
-// supervisor too: every stage's forwards and backwards in the schedule's
-// order, then step on every stage.
-struct BatchCalls {
-  std::vector<ObjectRef<float>> losses;        // per micro-batch
-  std::vector<ObjectRef<std::int64_t>> steps;  // per stage
-  std::vector<ObjectRefBase> calls;            // every call made, for cancel()
-};
+// supervisor too: submit_stage_calls (stage.hpp) on micro-batches of x.
+using BatchCalls = StageBatchCalls;
 BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& stages, const Tensor& x,
                               const Tensor& labels, int micro_batches, Schedule schedule,
                               std::int64_t& next_micro_batch);
@@ -458,6 +455,8 @@ BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& sta
 }  // namespace detail
 
 }  // namespace troupe::actors
+
+static_assert(troupe::actors::PipelineStageClass<troupe::actors::PipelineStage>);
 
 // Every binary that includes this header registers the stage class (the
 // registry takes the same class twice as one), so drivers and actor hosts
