@@ -395,6 +395,79 @@ Tensor PipelineStage::backward_loss(std::int64_t micro_batch) {
   return dx;
 }
 
+Tensor PipelineStage::backward_input_from(std::int64_t micro_batch, Stash stash, Tensor dy) {
+  Tensor g = dy.to(device_);
+  Tensor dx;
+  stash.grads.assign(layers_.size(), Tensor());
+  for (std::size_t j = layers_.size(); j-- > 0;) {
+    if (activated(j)) {
+      g = spec_.activation == Activation::relu ? kernels::relu_backward(g, stash.preacts[j])
+                                               : kernels::gelu_backward(g, stash.preacts[j]);
+    }
+    stash.grads[j] = g;
+    if (j == 0 && spec_.is_first) break;
+    g = kernels::matmul(g, layers_[j].weight, {.transpose_b = true});
+    if (j == 0) dx = to_output(g);
+  }
+  stash.preacts.clear();
+  stash.dlogits = Tensor();
+  stash.bytes = 0;
+  for (const Tensor& t : stash.inputs) stash.bytes += bytes_of(t);
+  for (const Tensor& t : stash.grads) stash.bytes += bytes_of(t);
+  stash_bytes_ += stash.bytes;
+  peak_stash_bytes_ = std::max(peak_stash_bytes_, stash_bytes_);
+  deferred_.insert_or_assign(micro_batch, std::move(stash));
+  return dx;
+}
+
+Tensor PipelineStage::backward_input(std::int64_t micro_batch, Tensor dy) {
+  const auto start = std::chrono::steady_clock::now();
+  require_restored("backward_input");
+  if (spec_.is_last) fail("PipelineStage::backward_input", "the last stage takes backward_input_loss");
+  const std::int64_t rows = stash_.count(micro_batch) ? stash_.at(micro_batch).inputs.front().size(0) : -1;
+  if (!dy.defined() || dy.dim() != 2 || dy.size(1) != spec_.sizes.back() || (rows >= 0 && dy.size(0) != rows)) {
+    fail("PipelineStage::backward_input", "dy is " + shape_string(dy) + "; expected [" +
+                                              (rows >= 0 ? std::to_string(rows) : std::string("rows")) + ", " +
+                                              std::to_string(spec_.sizes.back()) + "] f32");
+  }
+  Tensor dx = backward_input_from(micro_batch, take_stash(micro_batch, "backward_input"), std::move(dy));
+  pause_until(start, spec_.simulated_backward_us / 2);
+  return dx;
+}
+
+Tensor PipelineStage::backward_input_loss(std::int64_t micro_batch) {
+  const auto start = std::chrono::steady_clock::now();
+  require_restored("backward_input_loss");
+  if (!spec_.is_last) fail("PipelineStage::backward_input_loss", "only the last stage computes the loss");
+  Stash stash = take_stash(micro_batch, "backward_input_loss");
+  Tensor dlogits = stash.dlogits;
+  Tensor dx = backward_input_from(micro_batch, std::move(stash), std::move(dlogits));
+  pause_until(start, spec_.simulated_backward_us / 2);
+  return dx;
+}
+
+std::int64_t PipelineStage::backward_weight(std::int64_t micro_batch) {
+  const auto start = std::chrono::steady_clock::now();
+  require_restored("backward_weight");
+  auto it = deferred_.find(micro_batch);
+  if (it == deferred_.end()) {
+    fail("PipelineStage::backward_weight", "no backward_input ran for micro-batch " + std::to_string(micro_batch) +
+                                               " (it failed or never ran, or its weights were already done)");
+  }
+  Stash stash = std::move(it->second);
+  deferred_.erase(it);
+  stash_bytes_ -= stash.bytes;
+  for (std::size_t j = 0; j < layers_.size(); ++j) {
+    kernels::Linear& layer = layers_[j];
+    kernels::matmul_into(stash.inputs[j], stash.grads[j], layer.weight_grad, {.transpose_a = true, .accumulate = true});
+    kernels::bias_grad_into(stash.grads[j], layer.bias_grad, /*accumulate=*/true);
+  }
+  ++backwards_;
+  ++backwards_since_step_;
+  pause_until(start, spec_.simulated_backward_us - spec_.simulated_backward_us / 2);
+  return backwards_;
+}
+
 Tensor PipelineStage::predict(Tensor x) {
   require_restored("predict");
   Tensor y = run_layers(std::move(x), nullptr);
@@ -407,16 +480,18 @@ Tensor PipelineStage::predict(Tensor x) {
 void PipelineStage::drop_batch() {
   for (kernels::Linear& layer : layers_) layer.zero_grad();
   stash_.clear();
+  deferred_.clear();
   stash_bytes_ = 0;
   backwards_since_step_ = 0;
 }
 
 std::int64_t PipelineStage::step(std::int64_t micro_batches) {
   require_restored("step");
-  if (backwards_since_step_ != micro_batches || !stash_.empty()) {
+  if (backwards_since_step_ != micro_batches || !stash_.empty() || !deferred_.empty()) {
     const std::string why = "expected " + std::to_string(micro_batches) + " backward passes since the last step, saw " +
                             std::to_string(backwards_since_step_) + " with " + std::to_string(stash_.size()) +
-                            " forwards still stashed; the batch's gradients were dropped";
+                            " forwards still stashed and " + std::to_string(deferred_.size()) +
+                            " weight gradients deferred; the batch's gradients were dropped";
     drop_batch();
     fail("PipelineStage::step", why);
   }
@@ -612,9 +687,9 @@ namespace detail {
 BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& stages, const Tensor& x,
                               const Tensor& labels, int micro_batches, Schedule schedule,
                               std::int64_t& next_micro_batch) {
-  if (splits_backward(schedule) || schedule == Schedule::interleaved_1f1b) {
-    fail("Pipeline::submit_batch", "PipelineStage runs gpipe and 1f1b; " + std::string(to_string(schedule)) +
-                                       " needs a stage with a split backward or chunks (stage.hpp, StagePipeline)");
+  if (schedule == Schedule::interleaved_1f1b) {
+    fail("Pipeline::submit_batch", "PipelineStage holds one chunk; interleaved-1f1b needs a chunked stage class "
+                                   "(stage.hpp, StagePipeline)");
   }
   const std::vector<Tensor> xs = x.chunk(micro_batches);  // views, no copy
   const std::vector<Tensor> ys = labels.chunk(micro_batches);

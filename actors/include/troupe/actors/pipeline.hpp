@@ -32,6 +32,10 @@
 //          alternates F(w+i), B(i), then drains the last w backwards: at most
 //          w + 1 micro-batches stashed. Both have the same bubble, (S-1)
 //          slots of (t_forward + t_backward) per batch.
+//   ZB-H1:  backward_input / backward_weight instead of backward, the
+//          weight halves deferred into the bubbles (schedule.hpp).
+// Interleaved 1F1B needs a stage class holding several chunks: write one
+// against stage.hpp and drive it with StagePipeline.
 // Deadlock freedom. A call can only be given a ref that already exists, that
 // is, whose producing call was submitted earlier; and an actor's FIFO makes
 // a call wait only for calls submitted earlier to the same actor. Every wait
@@ -233,6 +237,16 @@ class PipelineStage {
   // Last stage: backward from the stashed dlogits; returns dx (undefined when
   // the last stage is also the first).
   Tensor backward_loss(std::int64_t micro_batch);
+  // The backward split for zero-bubble schedules (Schedule::zero_bubble_h1):
+  // backward_input (backward_input_loss on the last stage) returns dx as
+  // backward does, frees the pre-activations and keeps the layer inputs and
+  // the layers' output gradients; backward_weight(micro_batch) then adds
+  // the parameter gradients and counts as the micro-batch's backward for
+  // step(). Each takes half of spec.simulated_backward_us. The same errors
+  // as backward, and for a backward_weight without its backward_input.
+  Tensor backward_input(std::int64_t micro_batch, Tensor dy);
+  Tensor backward_input_loss(std::int64_t micro_batch);
+  std::int64_t backward_weight(std::int64_t micro_batch);
   // Forward without stashing or counting (evaluation); the last stage returns
   // logits, in host memory.
   Tensor predict(Tensor x);
@@ -270,12 +284,14 @@ class PipelineStage {
     std::vector<Tensor> inputs;  // per layer: its input
     std::vector<Tensor> preacts;  // per layer: x W + b before the activation (undefined without one)
     Tensor dlogits;               // last stage
+    std::vector<Tensor> grads;    // per layer: gradient of its output (backward_input, for backward_weight)
     std::int64_t bytes = 0;
   };
 
   bool activated(std::size_t layer) const;
   Tensor run_layers(Tensor x, Stash* stash);
   Tensor backward_from(Stash stash, Tensor dy);
+  Tensor backward_input_from(std::int64_t micro_batch, Stash stash, Tensor dy);
   Stash take_stash(std::int64_t micro_batch, const char* op);
   void keep_stash(std::int64_t micro_batch, Stash stash, const char* op);
   Tensor to_output(const Tensor& t) const;
@@ -293,6 +309,7 @@ class PipelineStage {
   std::vector<Tensor> adam_m_;
   std::vector<Tensor> adam_v_;
   std::map<std::int64_t, Stash> stash_;
+  std::map<std::int64_t, Stash> deferred_;  // backward_input done, backward_weight not yet
   std::int64_t stash_bytes_ = 0;
   std::int64_t peak_stashed_ = 0;
   std::int64_t peak_stash_bytes_ = 0;
@@ -462,5 +479,5 @@ static_assert(troupe::actors::PipelineStageClass<troupe::actors::PipelineStage>)
 // registry takes the same class twice as one), so drivers and actor hosts
 // built from it always agree, also when the library is linked statically.
 TROUPE_ACTOR(troupe::actors::PipelineStage, (troupe::actors::StageSpec), forward, backward, forward_loss,
-             backward_loss, predict, step, get_parameters, get_gradients, set_parameters, stats, spec,
+             backward_loss, backward_input, backward_input_loss, backward_weight, predict, step, get_parameters, get_gradients, set_parameters, stats, spec,
              checkpoint_info, restore);
