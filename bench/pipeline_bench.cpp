@@ -15,19 +15,66 @@
 // measured the same way in a plain thread); `overhead_net` takes the
 // 2 (m + S - 1) late wake-ups of the critical path off.
 //
+// Second table (rows `stage_<schedule>_m<m>_...`): every schedule of
+// schedule.hpp on a stage class of this file (SleepStage: chunked, with the
+// backward split into backward_input and backward_weight, each sleeping its
+// calibrated time: --forward-us, --backward-input-us, --backward-weight-us,
+// a chunk 1/v of them) driven by StagePipeline, against the schedule's own
+// theoretical time (theoretical_batch_time: GPipe and 1F1B (m+S-1)(t_f+t_b);
+// interleaved m(t_f+t_b) + (S-1)(t_f+t_b)/v; ZB-H1 m(t_f+t_b) +
+// (S-1)(t_f+t_bi-t_w)), with the measured bubble fraction, 1 - m(t_f+t_b) /
+// measured, beside the theoretical one.
+//
 // Local mode, with enough pool threads that every sleeping stage has one.
 // Each figure is the median over repeats, schedules and sizes interleaved.
 #include "bench_util.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "troupe/actors/kernels.hpp"
 #include "troupe/actors/pipeline.hpp"
+#include "troupe/actors/stage.hpp"
 #include "troupe/troupe.hpp"
+
+// A stage that only takes time: each op sleeps until its calibrated time
+// after it started (a chunk's share of the stage's); the tensor passes through.
+class SleepStage {
+ public:
+  SleepStage(std::int64_t forward_us, std::int64_t backward_input_us, std::int64_t backward_weight_us, int chunks)
+      : forward_us_(forward_us / chunks), input_us_(backward_input_us / chunks), weight_us_(backward_weight_us / chunks) {}
+  troupe::Tensor forward(int, std::int64_t, troupe::Tensor x) { return pass(x, forward_us_); }
+  float forward_loss(int, std::int64_t, troupe::Tensor x, troupe::Tensor, std::int64_t) {
+    (void)pass(x, forward_us_);
+    dy_ = x;
+    return 0.0f;
+  }
+  troupe::Tensor backward(int, std::int64_t, troupe::Tensor dy) { return pass(dy, input_us_ + weight_us_); }
+  troupe::Tensor backward_loss(int, std::int64_t) { return pass(dy_, input_us_ + weight_us_); }
+  troupe::Tensor backward_input(int, std::int64_t, troupe::Tensor dy) { return pass(dy, input_us_); }
+  troupe::Tensor backward_input_loss(int, std::int64_t) { return pass(dy_, input_us_); }
+  std::int64_t backward_weight(int, std::int64_t) {
+    (void)pass(dy_, weight_us_);
+    return 0;
+  }
+  std::int64_t step(std::int64_t micro_batches) { return micro_batches; }
+
+ private:
+  static troupe::Tensor pass(troupe::Tensor x, std::int64_t us) {
+    std::this_thread::sleep_for(std::chrono::microseconds(us));
+    return x;
+  }
+  std::int64_t forward_us_, input_us_, weight_us_;
+  troupe::Tensor dy_;
+};
+
+TROUPE_ACTOR(SleepStage, (std::int64_t, std::int64_t, std::int64_t, int), forward, forward_loss, backward,
+             backward_loss, backward_input, backward_input_loss, backward_weight, step);
 
 namespace {
 
@@ -62,6 +109,12 @@ int main(int argc, char** argv) {
   cli.add_int("--stages", &stages, "pipeline stages S (default 4)");
   cli.add_int("--forward-us", &forward_us, "time of each forward call, microseconds (default 10000)");
   cli.add_int("--backward-us", &backward_us, "time of each backward call, microseconds (default 10000)");
+  int backward_input_us = 10000;
+  int backward_weight_us = 10000;
+  cli.add_int("--backward-input-us", &backward_input_us,
+              "second table: time of each backward_input (t_bi), microseconds (default 10000)");
+  cli.add_int("--backward-weight-us", &backward_weight_us,
+              "second table: time of each backward_weight (t_w), microseconds (default 10000)");
   cli.add_int("--threads", &threads, "local-mode pool threads (default: stages + 2)");
   cli.add_int("--rows", &rows, "rows per micro-batch (default 8)");
   const auto options = cli.parse(argc, argv);
@@ -117,6 +170,56 @@ int main(int argc, char** argv) {
       }
     }
   }
+  // Second table: every schedule on SleepStage actors through StagePipeline.
+  struct StageRun {
+    Schedule schedule;
+    int v;
+    std::string name;
+  };
+  const std::vector<StageRun> stage_runs = {{Schedule::gpipe, 1, "gpipe"},
+                                            {Schedule::one_f_one_b, 1, "1f1b"},
+                                            {Schedule::interleaved_1f1b, 2, "interleaved2"},
+                                            {Schedule::zero_bubble_h1, 1, "zbh1"}};
+  const std::vector<int> stage_ms = options.quick ? std::vector<int>{8} : std::vector<int>{8, 16};
+  std::vector<std::vector<std::vector<double>>> stage_figures(stage_runs.size(),
+                                                              std::vector<std::vector<double>>(stage_ms.size()));
+  {
+    std::vector<troupe::actors::StagePipeline<SleepStage>> drivers;
+    std::vector<std::vector<troupe::ActorHandle<SleepStage>>> actors;
+    for (const StageRun& run : stage_runs) {
+      std::vector<troupe::ActorHandle<SleepStage>> handles;
+      for (int k = 0; k < stages; ++k) {
+        handles.push_back(troupe::actor<SleepStage>(std::int64_t{forward_us}, std::int64_t{backward_input_us},
+                                                    std::int64_t{backward_weight_us}, run.v));
+      }
+      actors.push_back(handles);
+      drivers.emplace_back(handles, run.v);
+    }
+    const auto micro_inputs = [&](int m) {
+      Tensor x = Tensor::zeros({static_cast<std::int64_t>(m) * 2, 4}, troupe::DType::f32);
+      Tensor y = Tensor::zeros({static_cast<std::int64_t>(m) * 2}, troupe::DType::i64);
+      return std::pair{x.chunk(m), y.chunk(m)};
+    };
+    for (std::size_t s = 0; s < stage_runs.size(); ++s) {  // warm-up
+      const auto [xs, ys] = micro_inputs(stages);
+      (void)drivers[s].train_batch(xs, ys, 1, stage_runs[s].schedule);
+    }
+    for (int r = 0; r < std::max(1, repeats - 2); ++r) {
+      for (std::size_t i = 0; i < stage_ms.size(); ++i) {
+        const auto [xs, ys] = micro_inputs(stage_ms[i]);
+        for (std::size_t n = 0; n < stage_runs.size(); ++n) {
+          const std::size_t s = (n + static_cast<std::size_t>(r)) % stage_runs.size();
+          const auto start = Clock::now();
+          (void)drivers[s].train_batch(xs, ys, 1, stage_runs[s].schedule);
+          stage_figures[s][i].push_back(troupe::bench::seconds_since(start));
+        }
+      }
+    }
+    for (const auto& handles : actors) {
+      for (const auto& handle : handles) troupe::kill(handle);
+    }
+  }
+
   // The most micro-batches stage 0 held at once (at the largest m).
   std::vector<std::int64_t> peak_stash;
   for (const Pipeline& pipeline : pipelines) peak_stash.push_back(pipeline.stats()[0].peak_stashed_micro_batches);
@@ -146,6 +249,21 @@ int main(int argc, char** argv) {
     }
     report.add(name + "_stage0_peak_stash", static_cast<double>(peak_stash[s]), "micro-batches", Better::lower);
   }
+  const double t_f = forward_us / 1e3, t_bi = backward_input_us / 1e3, t_w = backward_weight_us / 1e3;
+  for (std::size_t s = 0; s < stage_runs.size(); ++s) {
+    for (std::size_t i = 0; i < stage_ms.size(); ++i) {
+      const int m = stage_ms[i];
+      const double measured_ms = troupe::bench::median(stage_figures[s][i]) * 1e3;
+      const double theory_ms =
+          troupe::actors::theoretical_batch_time(stage_runs[s].schedule, stages, m, stage_runs[s].v, t_f, t_bi, t_w);
+      const double work_ms = m * (t_f + t_bi + t_w);
+      const std::string prefix = "stage_" + stage_runs[s].name + "_m" + std::to_string(m);
+      report.add(prefix + "_batch_time", measured_ms, "ms", Better::lower, theory_ms);
+      report.add(prefix + "_vs_own_bound", theory_ms / measured_ms, "x", Better::higher);
+      report.add(prefix + "_bubble", 1.0 - work_ms / measured_ms, "fraction", Better::lower,
+                 1.0 - work_ms / theory_ms);
+    }
+  }
   report.add("sleep_overshoot", overshoot, "us", Better::lower);
   char setup[320];
   std::snprintf(setup, sizeof setup,
@@ -158,6 +276,11 @@ int main(int argc, char** argv) {
   report.note("subtracts 2 (m + S - 1) * sleep_overshoot, the late wake-ups on the critical path.");
   report.note("stage0_peak_stash: the most micro-batches stage 0 held for their backward at once (m = " +
               std::to_string(micro_batch_counts.back()) + "): GPipe holds m, 1F1B at most S.");
+  report.note("stage_*: every schedule on SleepStage actors (t_f = " + std::to_string(forward_us / 1000.0).substr(0, 4) +
+              " ms, t_bi = " + std::to_string(backward_input_us / 1000.0).substr(0, 4) + " ms, t_w = " +
+              std::to_string(backward_weight_us / 1000.0).substr(0, 4) +
+              " ms; interleaved2: v = 2, chunks of half those) through StagePipeline; the second column of");
+  report.note("batch_time is the schedule's own theoretical time, of bubble the theoretical bubble fraction.");
   report.print_table();
   return 0;
 }

@@ -95,20 +95,6 @@ std::string_view to_string(StageDevice device) noexcept {
   return "?";
 }
 
-std::string_view to_string(Schedule schedule) noexcept {
-  switch (schedule) {
-    case Schedule::gpipe: return "gpipe";
-    case Schedule::one_f_one_b: return "1f1b";
-  }
-  return "?";
-}
-
-Schedule parse_schedule(std::string_view name) {
-  if (name == "gpipe") return Schedule::gpipe;
-  if (name == "1f1b" || name == "one_f_one_b") return Schedule::one_f_one_b;
-  throw_error(Errc::invalid_argument, "unknown schedule '" + std::string(name) + "' (gpipe or 1f1b)");
-}
-
 OptimizerSpec OptimizerSpec::make_sgd(float lr, float momentum, float weight_decay) {
   OptimizerSpec spec;
   spec.kind = Kind::sgd;
@@ -409,6 +395,79 @@ Tensor PipelineStage::backward_loss(std::int64_t micro_batch) {
   return dx;
 }
 
+Tensor PipelineStage::backward_input_from(std::int64_t micro_batch, Stash stash, Tensor dy) {
+  Tensor g = dy.to(device_);
+  Tensor dx;
+  stash.grads.assign(layers_.size(), Tensor());
+  for (std::size_t j = layers_.size(); j-- > 0;) {
+    if (activated(j)) {
+      g = spec_.activation == Activation::relu ? kernels::relu_backward(g, stash.preacts[j])
+                                               : kernels::gelu_backward(g, stash.preacts[j]);
+    }
+    stash.grads[j] = g;
+    if (j == 0 && spec_.is_first) break;
+    g = kernels::matmul(g, layers_[j].weight, {.transpose_b = true});
+    if (j == 0) dx = to_output(g);
+  }
+  stash.preacts.clear();
+  stash.dlogits = Tensor();
+  stash.bytes = 0;
+  for (const Tensor& t : stash.inputs) stash.bytes += bytes_of(t);
+  for (const Tensor& t : stash.grads) stash.bytes += bytes_of(t);
+  stash_bytes_ += stash.bytes;
+  peak_stash_bytes_ = std::max(peak_stash_bytes_, stash_bytes_);
+  deferred_.insert_or_assign(micro_batch, std::move(stash));
+  return dx;
+}
+
+Tensor PipelineStage::backward_input(std::int64_t micro_batch, Tensor dy) {
+  const auto start = std::chrono::steady_clock::now();
+  require_restored("backward_input");
+  if (spec_.is_last) fail("PipelineStage::backward_input", "the last stage takes backward_input_loss");
+  const std::int64_t rows = stash_.count(micro_batch) ? stash_.at(micro_batch).inputs.front().size(0) : -1;
+  if (!dy.defined() || dy.dim() != 2 || dy.size(1) != spec_.sizes.back() || (rows >= 0 && dy.size(0) != rows)) {
+    fail("PipelineStage::backward_input", "dy is " + shape_string(dy) + "; expected [" +
+                                              (rows >= 0 ? std::to_string(rows) : std::string("rows")) + ", " +
+                                              std::to_string(spec_.sizes.back()) + "] f32");
+  }
+  Tensor dx = backward_input_from(micro_batch, take_stash(micro_batch, "backward_input"), std::move(dy));
+  pause_until(start, spec_.simulated_backward_us / 2);
+  return dx;
+}
+
+Tensor PipelineStage::backward_input_loss(std::int64_t micro_batch) {
+  const auto start = std::chrono::steady_clock::now();
+  require_restored("backward_input_loss");
+  if (!spec_.is_last) fail("PipelineStage::backward_input_loss", "only the last stage computes the loss");
+  Stash stash = take_stash(micro_batch, "backward_input_loss");
+  Tensor dlogits = stash.dlogits;
+  Tensor dx = backward_input_from(micro_batch, std::move(stash), std::move(dlogits));
+  pause_until(start, spec_.simulated_backward_us / 2);
+  return dx;
+}
+
+std::int64_t PipelineStage::backward_weight(std::int64_t micro_batch) {
+  const auto start = std::chrono::steady_clock::now();
+  require_restored("backward_weight");
+  auto it = deferred_.find(micro_batch);
+  if (it == deferred_.end()) {
+    fail("PipelineStage::backward_weight", "no backward_input ran for micro-batch " + std::to_string(micro_batch) +
+                                               " (it failed or never ran, or its weights were already done)");
+  }
+  Stash stash = std::move(it->second);
+  deferred_.erase(it);
+  stash_bytes_ -= stash.bytes;
+  for (std::size_t j = 0; j < layers_.size(); ++j) {
+    kernels::Linear& layer = layers_[j];
+    kernels::matmul_into(stash.inputs[j], stash.grads[j], layer.weight_grad, {.transpose_a = true, .accumulate = true});
+    kernels::bias_grad_into(stash.grads[j], layer.bias_grad, /*accumulate=*/true);
+  }
+  ++backwards_;
+  ++backwards_since_step_;
+  pause_until(start, spec_.simulated_backward_us - spec_.simulated_backward_us / 2);
+  return backwards_;
+}
+
 Tensor PipelineStage::predict(Tensor x) {
   require_restored("predict");
   Tensor y = run_layers(std::move(x), nullptr);
@@ -421,16 +480,18 @@ Tensor PipelineStage::predict(Tensor x) {
 void PipelineStage::drop_batch() {
   for (kernels::Linear& layer : layers_) layer.zero_grad();
   stash_.clear();
+  deferred_.clear();
   stash_bytes_ = 0;
   backwards_since_step_ = 0;
 }
 
 std::int64_t PipelineStage::step(std::int64_t micro_batches) {
   require_restored("step");
-  if (backwards_since_step_ != micro_batches || !stash_.empty()) {
+  if (backwards_since_step_ != micro_batches || !stash_.empty() || !deferred_.empty()) {
     const std::string why = "expected " + std::to_string(micro_batches) + " backward passes since the last step, saw " +
                             std::to_string(backwards_since_step_) + " with " + std::to_string(stash_.size()) +
-                            " forwards still stashed; the batch's gradients were dropped";
+                            " forwards still stashed and " + std::to_string(deferred_.size()) +
+                            " weight gradients deferred; the batch's gradients were dropped";
     drop_batch();
     fail("PipelineStage::step", why);
   }
@@ -520,32 +581,6 @@ StageStats PipelineStage::stats() const {
   s.steps = steps_;
   s.device = device_.to_string();
   return s;
-}
-
-// ---- schedules ----------------------------------------------------------------------------
-
-std::vector<PipelineOp> schedule_order(Schedule schedule, int stage, int stages, int micro_batches) {
-  if (stages < 1 || micro_batches < 1 || stage < 0 || stage >= stages) {
-    fail("schedule_order", "want stages >= 1, micro_batches >= 1 and 0 <= stage < stages; got stage " +
-                               std::to_string(stage) + " of " + std::to_string(stages) + ", " +
-                               std::to_string(micro_batches) + " micro-batches");
-  }
-  using Kind = PipelineOp::Kind;
-  std::vector<PipelineOp> ops;
-  ops.reserve(2 * static_cast<std::size_t>(micro_batches));
-  if (schedule == Schedule::gpipe) {
-    for (int i = 0; i < micro_batches; ++i) ops.push_back({Kind::forward, i});
-    for (int i = 0; i < micro_batches; ++i) ops.push_back({Kind::backward, i});
-    return ops;
-  }
-  const int warmup = std::min(stages - stage - 1, micro_batches);
-  for (int i = 0; i < warmup; ++i) ops.push_back({Kind::forward, i});
-  for (int i = 0; i + warmup < micro_batches; ++i) {
-    ops.push_back({Kind::forward, i + warmup});
-    ops.push_back({Kind::backward, i});
-  }
-  for (int i = micro_batches - warmup; i < micro_batches; ++i) ops.push_back({Kind::backward, i});
-  return ops;
 }
 
 // ---- Pipeline ---------------------------------------------------------------------------------
@@ -652,75 +687,15 @@ namespace detail {
 BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& stages, const Tensor& x,
                               const Tensor& labels, int micro_batches, Schedule schedule,
                               std::int64_t& next_micro_batch) {
-  const std::string where = "Pipeline::submit_batch";
-  const std::int64_t batch = x.size(0);
+  if (schedule == Schedule::interleaved_1f1b) {
+    fail("Pipeline::submit_batch", "PipelineStage holds one chunk; interleaved-1f1b needs a chunked stage class "
+                                   "(stage.hpp, StagePipeline)");
+  }
   const std::vector<Tensor> xs = x.chunk(micro_batches);  // views, no copy
   const std::vector<Tensor> ys = labels.chunk(micro_batches);
-  const int m = static_cast<int>(xs.size());  // fewer than asked when batch < micro_batches
-  const int S = static_cast<int>(stages.size());
   const std::int64_t first_id = next_micro_batch;
-  next_micro_batch += m;
-
-  BatchCalls out;
-  // Every stage's order, then one walk that submits, from any stage, the
-  // next op whose inputs exist (see the header on why this cannot deadlock).
-  std::vector<std::vector<PipelineOp>> orders;
-  for (int k = 0; k < S; ++k) orders.push_back(schedule_order(schedule, k, S, m));
-  std::vector<std::vector<ObjectRef<Tensor>>> activations(S, std::vector<ObjectRef<Tensor>>(m));
-  std::vector<std::vector<ObjectRef<Tensor>>> gradients(S, std::vector<ObjectRef<Tensor>>(m));
-  std::vector<std::vector<bool>> forwarded(S, std::vector<bool>(m, false));
-  out.losses.resize(m);
-  std::vector<std::size_t> next(S, 0);
-  std::size_t left = 2 * static_cast<std::size_t>(m) * static_cast<std::size_t>(S);
-  while (left > 0) {
-    bool progressed = false;
-    for (int k = 0; k < S; ++k) {
-      while (next[k] < orders[k].size()) {
-        const PipelineOp op = orders[k][next[k]];
-        const int i = op.micro_batch;
-        const std::int64_t id = first_id + i;
-        const bool last = k == S - 1;
-        if (op.kind == PipelineOp::Kind::forward) {
-          if (k > 0 && !activations[k - 1][i].valid()) break;
-          const Tensor input = k == 0 ? xs[i] : Tensor();
-          if (last) {
-            out.losses[i] = k == 0 ? stages[k].call<&PipelineStage::forward_loss>(id, input, ys[i], batch)
-                                   : stages[k].call<&PipelineStage::forward_loss>(id, activations[k - 1][i], ys[i],
-                                                                                   batch);
-            out.calls.push_back(out.losses[i]);
-          } else {
-            activations[k][i] = k == 0 ? stages[k].call<&PipelineStage::forward>(id, input)
-                                       : stages[k].call<&PipelineStage::forward>(id, activations[k - 1][i]);
-            out.calls.push_back(activations[k][i]);
-          }
-          forwarded[k][i] = true;
-        } else {
-          if (!forwarded[k][i]) {
-            throw_error(Errc::internal, where + ": the " + std::string(to_string(schedule)) + " order of stage " +
-                                            std::to_string(k) + " runs backward " + std::to_string(i) +
-                                            " before its forward");
-          }
-          if (!last && !gradients[k + 1][i].valid()) break;
-          gradients[k][i] = last ? stages[k].call<&PipelineStage::backward_loss>(id)
-                                 : stages[k].call<&PipelineStage::backward>(id, gradients[k + 1][i]);
-          out.calls.push_back(gradients[k][i]);
-        }
-        ++next[k];
-        --left;
-        progressed = true;
-      }
-    }
-    if (!progressed) {
-      throw_error(Errc::internal, where + ": the " + std::string(to_string(schedule)) +
-                                      " orders of the stages wait on each other; nothing was left to submit");
-    }
-  }
-  // The step runs after the stage's last backward (the actor's call order).
-  for (const auto& stage : stages) {
-    out.steps.push_back(stage.call<&PipelineStage::step>(std::int64_t{m}));
-    out.calls.push_back(out.steps.back());
-  }
-  return out;
+  next_micro_batch += static_cast<std::int64_t>(xs.size());  // fewer than asked when batch < micro_batches
+  return submit_stage_calls(stages, xs, ys, x.size(0), schedule, 1, first_id);
 }
 
 }  // namespace detail

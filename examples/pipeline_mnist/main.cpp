@@ -196,6 +196,8 @@ bool parse_flags(int argc, char** argv, Flags& flags, bool& help) {
     } else if (arg == "--schedule") {
       try {
         flags.schedule = troupe::actors::parse_schedule(value);
+        // PipelineStage holds one chunk: interleaving needs a chunked stage class.
+        if (flags.schedule == troupe::actors::Schedule::interleaved_1f1b) throw troupe::Error(troupe::Errc::invalid_argument, value);
       } catch (const troupe::Error&) {
         return bad("--schedule wants gpipe or 1f1b, got '" + value + "'");
       }

@@ -307,6 +307,13 @@ TEST_F(PipelineTest, OneFOneBMatchesTheUnpipelinedModelForEveryMicroBatchCount) 
   }
 }
 
+TEST_F(PipelineTest, ZeroBubbleH1MatchesTheUnpipelinedModelForEveryMicroBatchCount) {
+  for (int m : {1, 2, 3, 4, 8, 16}) {
+    expect_matches_reference({Schedule::zero_bubble_h1, m, 32, OptimizerSpec::make_adam(0.001f)});
+  }
+  expect_matches_reference({Schedule::zero_bubble_h1, 4, 32, OptimizerSpec::make_sgd(0.05f, 0.9f), Activation::gelu});
+}
+
 TEST_F(PipelineTest, SgdWithMomentumAndGeluMatchTheUnpipelinedModel) {
   for (Schedule schedule : {Schedule::gpipe, Schedule::one_f_one_b}) {
     expect_matches_reference({schedule, 4, 24, OptimizerSpec::make_sgd(0.1f, 0.9f), Activation::gelu}, 4);

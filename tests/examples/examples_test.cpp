@@ -27,6 +27,7 @@ namespace {
 
 const std::string kPipelineLocal = TROUPE_BINARY_DIR "/examples/pipeline_local";
 const std::string kCustomActor = TROUPE_BINARY_DIR "/examples/custom_actor";
+const std::string kPipelineCustomStage = TROUPE_BINARY_DIR "/examples/pipeline_custom_stage";
 const std::string kPipelineServing = TROUPE_BINARY_DIR "/examples/pipeline_serving";
 const std::string kTroupe = TROUPE_BINARY_DIR "/cli/troupe";
 
@@ -251,6 +252,15 @@ TEST(CustomActorExample, ShowsNamedLookupErrorsTimeoutsAndChaining) {
                         "no key 'durian'",
                         "TimeoutError:",
                         "banana = banana pie"});
+}
+
+// ---- examples/pipeline_custom_stage -------------------------------------------
+
+TEST(PipelineCustomStageExample, TheUsersStagesMatchTheUnpipelinedLossesUnderEachSchedule) {
+  REQUIRE_BINARY(kPipelineCustomStage);
+  ProcessResult r = run({kPipelineCustomStage, "--steps", "3"});
+  ASSERT_TRUE(ExitedWith(r, 0));
+  expect_all_in(r.out, {"unpipelined", "1f1b", "zb-h1", "interleaved-1f1b", "(match)"});
 }
 
 // ---- the troupe CLI --------------------------------------------------------------

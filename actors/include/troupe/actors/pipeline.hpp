@@ -32,6 +32,10 @@
 //          alternates F(w+i), B(i), then drains the last w backwards: at most
 //          w + 1 micro-batches stashed. Both have the same bubble, (S-1)
 //          slots of (t_forward + t_backward) per batch.
+//   ZB-H1:  backward_input / backward_weight instead of backward, the
+//          weight halves deferred into the bubbles (schedule.hpp).
+// Interleaved 1F1B needs a stage class holding several chunks: write one
+// against stage.hpp and drive it with StagePipeline.
 // Deadlock freedom. A call can only be given a ref that already exists, that
 // is, whose producing call was submitted earlier; and an actor's FIFO makes
 // a call wait only for calls submitted earlier to the same actor. Every wait
@@ -69,6 +73,8 @@
 
 #include "troupe/actors/checkpoint.hpp"
 #include "troupe/actors/kernels.hpp"
+#include "troupe/actors/schedule.hpp"
+#include "troupe/actors/stage.hpp"
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/object_ref.hpp"
 #include "troupe/runtime/serialization.hpp"
@@ -181,7 +187,8 @@ struct StageStats {
 
 // ---- the stage actor ---------------------------------------------------------------
 
-// One pipeline stage. Registered with TROUPE_ACTOR (below), so it runs in
+// One pipeline stage: troupe's own implementation of the stage concept
+// (stage.hpp; activation type Tensor, target the labels Tensor), for MLPs. Registered with TROUPE_ACTOR (below), so it runs in
 // local mode and in actor hosts of a cluster; it can also be used as a plain
 // object (the single-process reference of the examples and tests).
 //
@@ -230,6 +237,16 @@ class PipelineStage {
   // Last stage: backward from the stashed dlogits; returns dx (undefined when
   // the last stage is also the first).
   Tensor backward_loss(std::int64_t micro_batch);
+  // The backward split for zero-bubble schedules (Schedule::zero_bubble_h1):
+  // backward_input (backward_input_loss on the last stage) returns dx as
+  // backward does, frees the pre-activations and keeps the layer inputs and
+  // the layers' output gradients; backward_weight(micro_batch) then adds
+  // the parameter gradients and counts as the micro-batch's backward for
+  // step(). Each takes half of spec.simulated_backward_us. The same errors
+  // as backward, and for a backward_weight without its backward_input.
+  Tensor backward_input(std::int64_t micro_batch, Tensor dy);
+  Tensor backward_input_loss(std::int64_t micro_batch);
+  std::int64_t backward_weight(std::int64_t micro_batch);
   // Forward without stashing or counting (evaluation); the last stage returns
   // logits, in host memory.
   Tensor predict(Tensor x);
@@ -267,12 +284,14 @@ class PipelineStage {
     std::vector<Tensor> inputs;  // per layer: its input
     std::vector<Tensor> preacts;  // per layer: x W + b before the activation (undefined without one)
     Tensor dlogits;               // last stage
+    std::vector<Tensor> grads;    // per layer: gradient of its output (backward_input, for backward_weight)
     std::int64_t bytes = 0;
   };
 
   bool activated(std::size_t layer) const;
   Tensor run_layers(Tensor x, Stash* stash);
   Tensor backward_from(Stash stash, Tensor dy);
+  Tensor backward_input_from(std::int64_t micro_batch, Stash stash, Tensor dy);
   Stash take_stash(std::int64_t micro_batch, const char* op);
   void keep_stash(std::int64_t micro_batch, Stash stash, const char* op);
   Tensor to_output(const Tensor& t) const;
@@ -290,6 +309,7 @@ class PipelineStage {
   std::vector<Tensor> adam_m_;
   std::vector<Tensor> adam_v_;
   std::map<std::int64_t, Stash> stash_;
+  std::map<std::int64_t, Stash> deferred_;  // backward_input done, backward_weight not yet
   std::int64_t stash_bytes_ = 0;
   std::int64_t peak_stashed_ = 0;
   std::int64_t peak_stash_bytes_ = 0;
@@ -305,24 +325,7 @@ class PipelineStage {
 
 // ---- the driver side -----------------------------------------------------------------
 
-enum class Schedule : std::uint8_t { gpipe, one_f_one_b };
-// "gpipe", "1f1b"; parse_schedule also takes "one_f_one_b" and throws
-// Error(invalid_argument) for anything else.
-std::string_view to_string(Schedule schedule) noexcept;
-Schedule parse_schedule(std::string_view name);
-
-struct PipelineOp {
-  enum class Kind : std::uint8_t { forward, backward };
-  Kind kind = Kind::forward;
-  int micro_batch = 0;
-  friend bool operator==(const PipelineOp&, const PipelineOp&) = default;
-};
-
-// The order in which stage `stage` (0-based) of `stages` runs the forwards
-// and backwards of `micro_batches` micro-batches under `schedule` (see the
-// top of this file). Throws Error(invalid_argument) for counts < 1 or a
-// stage out of range.
-std::vector<PipelineOp> schedule_order(Schedule schedule, int stage, int stages, int micro_batches);
+// Schedule, PipelineOp and schedule_order are in schedule.hpp.
 
 // ---- fault tolerance ----------------------------------------------------------------
 
@@ -460,13 +463,8 @@ class Pipeline {
 namespace detail {
 
 // The calls of one batch (Pipeline::submit_batch's walk), for the
-// supervisor too: every stage's forwards and backwards in the schedule's
-// order, then step on every stage.
-struct BatchCalls {
-  std::vector<ObjectRef<float>> losses;        // per micro-batch
-  std::vector<ObjectRef<std::int64_t>> steps;  // per stage
-  std::vector<ObjectRefBase> calls;            // every call made, for cancel()
-};
+// supervisor too: submit_stage_calls (stage.hpp) on micro-batches of x.
+using BatchCalls = StageBatchCalls;
 BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& stages, const Tensor& x,
                               const Tensor& labels, int micro_batches, Schedule schedule,
                               std::int64_t& next_micro_batch);
@@ -475,9 +473,11 @@ BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& sta
 
 }  // namespace troupe::actors
 
+static_assert(troupe::actors::PipelineStageClass<troupe::actors::PipelineStage>);
+
 // Every binary that includes this header registers the stage class (the
 // registry takes the same class twice as one), so drivers and actor hosts
 // built from it always agree, also when the library is linked statically.
 TROUPE_ACTOR(troupe::actors::PipelineStage, (troupe::actors::StageSpec), forward, backward, forward_loss,
-             backward_loss, predict, step, get_parameters, get_gradients, set_parameters, stats, spec,
+             backward_loss, backward_input, backward_input_loss, backward_weight, predict, step, get_parameters, get_gradients, set_parameters, stats, spec,
              checkpoint_info, restore);

@@ -1,0 +1,314 @@
+// Pipelines of the user's own stages: the stage concept, and the driver
+// that runs any stage actor class under any schedule of schedule.hpp.
+//
+// A stage is any registered actor class (TROUPE_ACTOR) with these methods,
+// where A is what travels between stages (a Tensor, or a serializable
+// struct of several tensors: a residual stream and a mask) and L the
+// labels or targets the last stage's loss takes:
+//
+//   A            forward(std::int64_t micro_batch, A x);          // not the last stage
+//   A            backward(std::int64_t micro_batch, A dy);        // returns dx (anything on the first stage)
+//   float        forward_loss(std::int64_t micro_batch, A x, L target, std::int64_t batch_size);  // last stage
+//   A            backward_loss(std::int64_t micro_batch);         // last stage: dx from its loss
+//   std::int64_t step(std::int64_t micro_batches);               // optimizer step after the batch
+// and, to run under zero-bubble schedules (zero_bubble_h1), the backward split:
+//   A            backward_input(std::int64_t micro_batch, A dy); // dx only; keeps what W needs
+//   A            backward_input_loss(std::int64_t micro_batch);  // last stage
+//   R            backward_weight(std::int64_t micro_batch);      // the weight gradients (any result)
+//
+// A stage that holds several model chunks (interleaved_1f1b, v > 1) takes
+// the chunk first in every method but step: forward(int chunk, std::int64_t
+// micro_batch, A x), ...; chunk c of stage k is virtual stage c*S + k, so
+// the first chunk of stage 0 takes the batch's input and the last chunk of
+// the last stage computes the loss (forward_loss / backward_loss there).
+//
+// Contract the driver relies on. Micro-batch ids are unique over a
+// pipeline's life (one id may be in flight once per chunk); forward(i) stashes
+// what backward(i) needs. `step(n)` runs after the stage's last backward
+// (or backward_weight) of the batch, with n the number of micro-batches
+// (times chunks) the driver submitted; it should refuse to step (throw) when
+// it saw another number, which is how a batch that failed half-way leaves
+// the parameters alone. forward_loss returns the micro-batch's share of the
+// batch loss (divide by batch_size), so the driver's sum is the batch's.
+//
+// Data path. The driver passes the ref of stage k's result straight into
+// stage k+1's call (ActorHandle::call with an ObjectRef argument): a value
+// of A, whatever it holds, goes stage to stage and never through the driver.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "troupe/actors/schedule.hpp"
+#include "troupe/runtime/actor.hpp"
+#include "troupe/runtime/error.hpp"
+#include "troupe/runtime/object_ref.hpp"
+
+namespace troupe::actors {
+
+namespace stage_detail {
+
+template <auto M>
+using params_t = typename troupe::detail::method_traits<decltype(M)>::params;
+template <auto M>
+using result_t = troupe::detail::method_result_t<typename troupe::detail::method_traits<decltype(M)>::return_type>;
+template <auto M, std::size_t I>
+using param_t = std::remove_cvref_t<std::tuple_element_t<I, params_t<M>>>;
+
+template <class T>
+concept has_stage_methods = requires {
+  &T::forward;
+  &T::backward;
+  &T::forward_loss;
+  &T::backward_loss;
+  &T::step;
+};
+
+template <class T>
+concept has_split_backward = requires {
+  &T::backward_input;
+  &T::backward_input_loss;
+  &T::backward_weight;
+};
+
+}  // namespace stage_detail
+
+// What the driver reads off a stage class.
+template <class T>
+  requires stage_detail::has_stage_methods<T>
+struct stage_traits {
+  // forward(int chunk, id, A) rather than forward(id, A).
+  static constexpr bool chunked = std::tuple_size_v<stage_detail::params_t<&T::forward>> == 3;
+  static constexpr std::size_t offset = chunked ? 1 : 0;
+  using activation_type = stage_detail::param_t<&T::forward, offset + 1>;
+  using target_type = stage_detail::param_t<&T::forward_loss, offset + 2>;
+  static constexpr bool splits_backward = stage_detail::has_split_backward<T>;
+};
+
+namespace stage_detail {
+
+template <class T>
+constexpr bool well_formed_stage() {
+  using Tr = stage_traits<T>;
+  using A = typename Tr::activation_type;
+  constexpr std::size_t o = Tr::offset;
+  bool ok = std::tuple_size_v<params_t<&T::forward>> == o + 2 &&
+            std::tuple_size_v<params_t<&T::backward>> == o + 2 &&
+            std::tuple_size_v<params_t<&T::forward_loss>> == o + 4 &&
+            std::tuple_size_v<params_t<&T::backward_loss>> == o + 1 &&
+            std::tuple_size_v<params_t<&T::step>> == 1;
+  if constexpr (std::tuple_size_v<params_t<&T::backward>> == o + 2) {
+    ok = ok && std::is_same_v<param_t<&T::backward, o + 1>, A>;
+  }
+  ok = ok && std::is_same_v<result_t<&T::forward>, A> && std::is_same_v<result_t<&T::backward>, A> &&
+       std::is_same_v<result_t<&T::backward_loss>, A> && std::is_convertible_v<result_t<&T::forward_loss>, float> &&
+       std::is_same_v<result_t<&T::step>, std::int64_t>;
+  if constexpr (has_split_backward<T>) {
+    ok = ok && std::tuple_size_v<params_t<&T::backward_input>> == o + 2 &&
+         std::tuple_size_v<params_t<&T::backward_input_loss>> == o + 1 &&
+         std::tuple_size_v<params_t<&T::backward_weight>> == o + 1 &&
+         std::is_same_v<result_t<&T::backward_input>, A> && std::is_same_v<result_t<&T::backward_input_loss>, A>;
+  }
+  return ok;
+}
+
+}  // namespace stage_detail
+
+// A class the pipeline driver can drive (see the top of this file).
+template <class T>
+concept PipelineStageClass = stage_detail::has_stage_methods<T> && stage_detail::well_formed_stage<T>();
+
+// The calls of one batch: per micro-batch loss refs, per stage step refs,
+// and every call made (for cancel()).
+struct StageBatchCalls {
+  std::vector<ObjectRef<float>> losses;
+  std::vector<ObjectRef<std::int64_t>> steps;
+  std::vector<ObjectRefBase> calls;
+};
+
+namespace stage_detail {
+
+template <auto Method, class Stage, class... Args>
+auto call_stage(const ActorHandle<Stage>& stage, int chunk, Args&&... args) {
+  if constexpr (stage_traits<Stage>::chunked) {
+    return stage.template call<Method>(chunk, std::forward<Args>(args)...);
+  } else {
+    return stage.template call<Method>(std::forward<Args>(args)...);
+  }
+}
+
+[[noreturn]] inline void fail(const std::string& what) {
+  throw_error(Errc::invalid_argument, "pipeline driver: " + what);
+}
+
+}  // namespace stage_detail
+
+// Submits one batch to `stages` (stage k = stages[k]) under `schedule`:
+// every stage's ops in the schedule's order, taking, from any stage, the
+// next op whose input refs exist (the walk pipeline.hpp explains: no wait
+// can point forward, so nothing deadlocks), then step(m * v) on every
+// stage. inputs[i] and targets[i] are micro-batch i's; micro-batch i gets
+// id first_id + i. Returns at once. Throws Error(invalid_argument) for
+// empty or mismatched inputs, v > 1 on a stage that is not chunked, a
+// zero-bubble schedule on a stage without the split backward, and
+// Error(internal) for a schedule whose orders wait on each other.
+template <PipelineStageClass Stage>
+StageBatchCalls submit_stage_calls(const std::vector<ActorHandle<Stage>>& stages,
+                                   const std::vector<typename stage_traits<Stage>::activation_type>& inputs,
+                                   const std::vector<typename stage_traits<Stage>::target_type>& targets,
+                                   std::int64_t batch_size, Schedule schedule, int virtual_stages,
+                                   std::int64_t first_id) {
+  using Traits = stage_traits<Stage>;
+  using A = typename Traits::activation_type;
+  using Kind = PipelineOp::Kind;
+  const int S = static_cast<int>(stages.size());
+  const int m = static_cast<int>(inputs.size());
+  const int v = virtual_stages;
+  if (S < 1) stage_detail::fail("no stages");
+  if (m < 1 || targets.size() != inputs.size()) {
+    stage_detail::fail(std::to_string(inputs.size()) + " micro-batch inputs and " + std::to_string(targets.size()) +
+                       " targets (want the same number, at least 1)");
+  }
+  if (v > 1 && !Traits::chunked) {
+    stage_detail::fail("virtual_stages " + std::to_string(v) +
+                       " needs a stage class whose methods take the chunk (forward(int chunk, id, x), ...)");
+  }
+  if (splits_backward(schedule) && !Traits::splits_backward) {
+    stage_detail::fail(std::string(to_string(schedule)) +
+                       " needs a stage class with backward_input, backward_input_loss and backward_weight");
+  }
+  const std::vector<std::vector<PipelineOp>> orders = schedule_orders(schedule, S, m, v);
+  const int G = S * v;
+  StageBatchCalls out;
+  out.losses.resize(m);
+  std::vector<std::vector<ObjectRef<A>>> activations(G, std::vector<ObjectRef<A>>(m));
+  std::vector<std::vector<ObjectRef<A>>> gradients(G, std::vector<ObjectRef<A>>(m));
+  std::vector<std::vector<char>> forwarded(G, std::vector<char>(m, 0));
+  std::vector<std::size_t> next(S, 0);
+  std::size_t left = 0;
+  for (const auto& order : orders) left += order.size();
+  while (left > 0) {
+    bool progressed = false;
+    for (int k = 0; k < S; ++k) {
+      const ActorHandle<Stage>& stage = stages[k];
+      while (next[k] < orders[k].size()) {
+        const PipelineOp op = orders[k][next[k]];
+        const int i = op.micro_batch;
+        const int c = op.chunk;
+        const int g = c * S + k;
+        const std::int64_t id = first_id + i;
+        const bool last = g == G - 1;
+        if (op.kind == Kind::forward) {
+          if (g > 0 && !activations[g - 1][i].valid()) break;
+          if (last) {
+            out.losses[i] = g == 0 ? stage_detail::call_stage<&Stage::forward_loss>(stage, c, id, inputs[i], targets[i],
+                                                                                   batch_size)
+                                   : stage_detail::call_stage<&Stage::forward_loss>(stage, c, id, activations[g - 1][i],
+                                                                                   targets[i], batch_size);
+            out.calls.push_back(out.losses[i]);
+          } else {
+            activations[g][i] = g == 0 ? stage_detail::call_stage<&Stage::forward>(stage, c, id, inputs[i])
+                                       : stage_detail::call_stage<&Stage::forward>(stage, c, id, activations[g - 1][i]);
+            out.calls.push_back(activations[g][i]);
+          }
+          forwarded[g][i] = 1;
+        } else if (op.kind == Kind::backward || op.kind == Kind::backward_input) {
+          if (!forwarded[g][i]) {
+            throw_error(Errc::internal, "pipeline driver: the " + std::string(to_string(schedule)) +
+                                            " order of stage " + std::to_string(k) + " runs backward " +
+                                            std::to_string(i) + " before its forward");
+          }
+          if (!last && !gradients[g + 1][i].valid()) break;
+          if (op.kind == Kind::backward) {
+            gradients[g][i] = last ? stage_detail::call_stage<&Stage::backward_loss>(stage, c, id)
+                                   : stage_detail::call_stage<&Stage::backward>(stage, c, id, gradients[g + 1][i]);
+          } else if constexpr (Traits::splits_backward) {
+            gradients[g][i] = last ? stage_detail::call_stage<&Stage::backward_input_loss>(stage, c, id)
+                                   : stage_detail::call_stage<&Stage::backward_input>(stage, c, id, gradients[g + 1][i]);
+          }
+          out.calls.push_back(gradients[g][i]);
+        } else {
+          if constexpr (Traits::splits_backward) {
+            out.calls.push_back(stage_detail::call_stage<&Stage::backward_weight>(stage, c, id));
+          }
+        }
+        ++next[k];
+        --left;
+        progressed = true;
+      }
+    }
+    if (!progressed) {
+      throw_error(Errc::internal, "pipeline driver: the " + std::string(to_string(schedule)) +
+                                      " orders of the stages wait on each other; nothing was left to submit");
+    }
+  }
+  // The step runs after the stage's last backward (the actor's call order).
+  for (const auto& stage : stages) {
+    out.steps.push_back(stage.template call<&Stage::step>(std::int64_t{m} * v));
+    out.calls.push_back(out.steps.back());
+  }
+  return out;
+}
+
+// The driver of a pipeline of the user's stage actors. The caller creates
+// the actors (troupe::actor<Stage>(options, args...), placed as it likes,
+// e.g. by place_plan) and keeps owning them; StagePipeline only submits
+// calls. Use one from one thread at a time.
+//
+//   std::vector<ActorHandle<MyStage>> stages = ...;
+//   troupe::actors::StagePipeline<MyStage> pipeline(stages);
+//   float loss = pipeline.train_batch(micro_inputs, micro_labels, batch_rows, Schedule::zero_bubble_h1);
+template <PipelineStageClass Stage>
+class StagePipeline {
+ public:
+  using activation_type = typename stage_traits<Stage>::activation_type;
+  using target_type = typename stage_traits<Stage>::target_type;
+
+  // `virtual_stages` chunks per stage (> 1 only for a chunked stage class,
+  // under interleaved_1f1b; the other schedules then refuse to run).
+  explicit StagePipeline(std::vector<ActorHandle<Stage>> stages, int virtual_stages = 1)
+      : stages_(std::move(stages)), virtual_stages_(virtual_stages) {
+    if (stages_.empty()) stage_detail::fail("no stages");
+    if (virtual_stages_ < 1) stage_detail::fail("virtual_stages must be >= 1");
+    if (virtual_stages_ > 1 && !stage_traits<Stage>::chunked) {
+      stage_detail::fail("virtual_stages > 1 needs a chunked stage class");
+    }
+  }
+
+  const std::vector<ActorHandle<Stage>>& stages() const noexcept { return stages_; }
+  int virtual_stages() const noexcept { return virtual_stages_; }
+
+  // One training step on the micro-batches (inputs[i], targets[i]);
+  // batch_size is passed to every forward_loss. Returns at once; the ref
+  // completes, once every stage stepped, with the sum of the micro-batch
+  // losses (in micro-batch order), or with the first error.
+  [[nodiscard]] ObjectRef<float> submit_batch(const std::vector<activation_type>& inputs,
+                                              const std::vector<target_type>& targets, std::int64_t batch_size,
+                                              Schedule schedule) {
+    StageBatchCalls calls =
+        submit_stage_calls(stages_, inputs, targets, batch_size, schedule, virtual_stages_, next_id_);
+    next_id_ += static_cast<std::int64_t>(inputs.size());
+    return when_all(when_all(calls.losses), when_all(calls.steps))
+        .then([](std::tuple<std::vector<float>, std::vector<std::int64_t>> done) {
+          double sum = 0;
+          for (const float loss : std::get<0>(done)) sum += loss;
+          return static_cast<float>(sum);
+        });
+  }
+  // submit_batch(...).get().
+  float train_batch(const std::vector<activation_type>& inputs, const std::vector<target_type>& targets,
+                    std::int64_t batch_size, Schedule schedule) {
+    return submit_batch(inputs, targets, batch_size, schedule).get();
+  }
+
+ private:
+  std::vector<ActorHandle<Stage>> stages_;
+  int virtual_stages_ = 1;
+  std::int64_t next_id_ = 0;
+};
+
+}  // namespace troupe::actors
