@@ -1126,6 +1126,20 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, std::string_view
       return UCS_OK;
     }
     if (!it->second.transfer) {
+      // A push of this object is already arriving (the holder was asked to
+      // push it here): the reply is dropped before its bytes move (a
+      // rendezvous reply's bytes never leave the holder), and the fetch
+      // waits for the push (asking again if the push fails). One message
+      // replies only: a staged reply's later chunks would find no transfer.
+      if (header.offset == 0 && length == header.total) {
+        for (const auto& [transfer_id, push] : pushes_in_) {
+          if (push->key == key && !push->refused && !push->finished && !push->error &&
+              push->destination == destination_for(it->second.destination, it->second.follow_source, push->destination)) {
+            it->second.awaiting_push = true;
+            return UCS_OK;
+          }
+        }
+      }
       t = std::make_shared<Transfer>();
       t->id = header.transfer_id;
       t->key = key;
@@ -1151,7 +1165,16 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, std::string_view
       const auto source = static_cast<MemoryType>(header.memory);
       t->destination = source == MemoryType::cuda && (options_.allocator || cuda() != nullptr) ? MemoryType::cuda
                                                                                                : MemoryType::host;
-      if (fetches_by_key_.count(key) == 0) {
+      bool reply_arriving = false;  // a fetch of it whose reply's bytes are already coming
+      auto [begin, end] = fetches_by_key_.equal_range(key);
+      for (auto f = begin; f != end; ++f) {
+        auto fetch = fetches_.find(f->second);
+        reply_arriving = reply_arriving || (fetch != fetches_.end() && fetch->second.transfer != nullptr);
+      }
+      if (reply_arriving) {
+        t->refused = true;  // the same bytes are on their way as the reply
+        ++stats_.pushes_refused;
+      } else if (fetches_by_key_.count(key) == 0) {
         if (recently_fetched_.count(key) != 0) {
           t->refused = true;  // it crossed the reply that brought the object
           ++stats_.pushes_refused;
@@ -1348,6 +1371,7 @@ void DataPlane::Impl::maybe_finish(const TransferPtr& t) {
   if (!t->push) return complete_fetch(t->id, std::move(t->buffer), nullptr);
 
   pushes_in_.erase(t->id);
+  const bool reserved = t->counted;  // accepted with an inbox place (no fetch was waiting then)
   release_inbox_place(*t);
   ++stats_.pushes_received;
   // Fetches of this id (into this memory type) that are waiting for the
@@ -1369,6 +1393,13 @@ void DataPlane::Impl::maybe_finish(const TransferPtr& t) {
   }
   unwait_push(t->key);
   if (closed_) return;
+  // Accepted for a fetch that the holder's reply completed meanwhile (the
+  // two crossed), or without an inbox place: nobody will claim it, and it
+  // must not hold memory beyond the inbox's bounds.
+  if (recently_fetched_.count(t->key) != 0 || (!reserved && !inbox_has_room(t->buffer.size))) {
+    ++stats_.pushes_refused;
+    return;
+  }
   const auto expires = Clock::now() + options_.inbox_ttl;
   auto& entry = inbox_[t->key];
   inbox_bytes_ -= entry.buffer.size;  // a second push of the same id replaces the first
