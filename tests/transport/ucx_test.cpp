@@ -475,6 +475,25 @@ TEST(UcxDataPlane, AConsumerThatAlsoFetchesGetsTheBytesOnce) {
   EXPECT_EQ(consumer.plane->stats().get().inbox_objects, 0u);
 }
 
+// A requested push and the consumer's own fetch racing each other, whatever
+// their interleaving (push first, reply first, both in flight): the fetch
+// gets the exact bytes and no second copy stays behind in the inbox.
+TEST(UcxDataPlane, APushAndAFetchThatCrossLeaveNoCopyBehind) {
+  Node holder(kShm), consumer(kShm), caller(kShm);
+  for (std::uint64_t round = 0; round < 20; ++round) {
+    const ObjectId id{24, round};
+    const auto original = pattern(round % 2 == 0 ? 4 * MiB : 1000, 24 + round);
+    holder.plane->publish(id, original);
+    caller.plane->request_push(holder.plane->address(), id, consumer.plane->address(), 5s);
+    if (round % 4 == 1) std::this_thread::sleep_for(1ms);
+    EXPECT_TRUE(same_bytes(consumer.plane->fetch(holder.plane->address(), id).get(), original)) << round;
+  }
+  std::this_thread::sleep_for(100ms);  // late pushes land (or are refused) by now
+  const auto stats = consumer.plane->stats().get();
+  EXPECT_EQ(stats.inbox_objects, 0u);
+  EXPECT_EQ(stats.inbox_bytes, 0u);
+}
+
 // A pushed object nobody fetches is dropped after inbox_ttl: no leak.
 TEST(UcxDataPlane, AnUnclaimedRequestedPushIsDroppedAfterItsTtl) {
   DataPlaneOptions short_ttl;
