@@ -88,6 +88,13 @@ using troupe::bench::write_all;
 using troupe::bench::write_blob;
 
 ObjectId key_of(std::size_t size) { return ObjectId{0xbe, size}; }
+// A tensor as the runtime publishes it: one object whose meta is the
+// envelope (one trip), or, as before, the envelope and the bytes as two
+// objects fetched one after the other (two trips).
+ObjectId tensor_key(std::size_t size) { return ObjectId{0xbf, size}; }
+ObjectId envelope_key(std::size_t size) { return ObjectId{0xc0, size}; }
+constexpr std::size_t kEnvelopeBytes = 27;  // a 2-d float tensor's envelope
+constexpr std::size_t kTensorSizes[] = {64, std::size_t{1} << 20};
 
 UcxOptions ucx_options(const Transport& transport, bool detect_peer_failure, int busy_poll_us) {
   UcxOptions options;
@@ -114,6 +121,14 @@ UcxOptions ucx_options(const Transport& transport, bool detect_peer_failure, int
       auto buffer = ObjectBuffer::allocate_host(size);
       std::memset(buffer.data, 0x5a, size);
       plane.publish(key_of(size), buffer);
+    }
+    for (std::size_t size : kTensorSizes) {
+      auto buffer = ObjectBuffer::allocate_host(size);
+      std::memset(buffer.data, 0x5a, size);
+      plane.publish(key_of(size), buffer);
+      buffer.meta.assign(kEnvelopeBytes, 'e');
+      plane.publish(tensor_key(size), buffer);
+      plane.publish(envelope_key(size), ObjectBuffer::copy_of(std::string(kEnvelopeBytes, 'e')));
     }
     if (!write_blob(fd, plane.address())) throw std::runtime_error("cannot reach the parent");
     char byte;
@@ -322,6 +337,8 @@ struct Figures {
   double troupe_p50 = 0, raw_p50 = 0;                // us
   std::vector<double> secure_bw, secure_peak;        // the secure plane, per size
   double secure_p50 = 0;
+  // Per kTensorSizes: one trip (meta + bytes), two trips (envelope, then bytes), raw; p50 us.
+  std::vector<double> tensor_one_p50, tensor_two_p50, tensor_raw_p50;
   std::string lanes;
 };
 
@@ -438,6 +455,42 @@ Figures measure(const Transport& transport, Children& children, bool detect, int
       }
     });
   }
+  for (std::size_t size : kTensorSizes) {
+    troupe::bench::Samples one, two, raw_samples;
+    const int n = size > kSmall ? latency_n / 4 : latency_n;
+    for (int rep = 0; rep < repeats; ++rep) {
+      raw_phase([&] {
+        // Which of one and two trips goes first alternates: the first after
+        // the raw fetch also pays for waking troupe's progress thread.
+        auto one_trip = [&] {
+          timed(one, [&] {
+            auto buffer = plane.fetch(holder_address, tensor_key(size)).get();
+            if (buffer.size != size || buffer.meta.size() != kEnvelopeBytes) throw std::runtime_error("short fetch");
+          });
+        };
+        auto two_trips = [&] {
+          timed(two, [&] {
+            auto envelope = plane.fetch(holder_address, envelope_key(size)).get();
+            auto buffer = plane.fetch(holder_address, key_of(size)).get();
+            if (buffer.size != size || envelope.size != kEnvelopeBytes) throw std::runtime_error("short fetch");
+          });
+        };
+        for (int i = 0; i < n; ++i) {
+          if (i % 2 == 0) {
+            one_trip();
+            two_trips();
+          } else {
+            two_trips();
+            one_trip();
+          }
+          timed(raw_samples, [&] { raw.fetch(size); });
+        }
+      });
+    }
+    figures.tensor_one_p50.push_back(one.p50() * 1e6);
+    figures.tensor_two_p50.push_back(two.p50() * 1e6);
+    figures.tensor_raw_p50.push_back(raw_samples.p50() * 1e6);
+  }
   figures.troupe_p50 = tp.p50() * 1e6;
   figures.raw_p50 = rp.p50() * 1e6;
   figures.secure_p50 = sp.p50() * 1e6;
@@ -531,6 +584,13 @@ int main(int argc, char** argv) {
     }
     report.add(transport.name + "_fetch_latency_p50_64B", figures.troupe_p50, "us", Better::lower, figures.raw_p50);
     report.add(transport.name + "_target_bw_ratio_min_1MiB_up", worst, "x", Better::higher, 0.9);
+    for (std::size_t s = 0; s < std::size(kTensorSizes); ++s) {
+      const std::string size = kTensorSizes[s] < KiB ? std::to_string(kTensorSizes[s]) + "B" : size_name(kTensorSizes[s]);
+      report.add(transport.name + "_tensor_fetch_p50_" + size + "_one_trip", figures.tensor_one_p50[s], "us",
+                 Better::lower, figures.tensor_raw_p50[s]);
+      report.add(transport.name + "_tensor_fetch_p50_" + size + "_two_trips", figures.tensor_two_p50[s], "us",
+                 Better::lower, figures.tensor_raw_p50[s]);
+    }
     // Secure (tags on headers) beside insecure: reference = the insecure figure.
     double secure_worst = 1e9, secure_worst_peak = 1e9;
     for (std::size_t s = 0; s < std::size(kSizes); ++s) {
@@ -556,7 +616,9 @@ int main(int argc, char** argv) {
     report.note("fetch_bw: size / median time of one fetch, troupe's default allocator (its host block cache); "
                 "fetch_bw_reused: an allocator handing out one reused buffer, as the raw client receives into one. "
                 "Fetches of troupe (both) and raw UCX alternate, one each in turn; 64B latency likewise. "
-                "fetch_bw_peak: size / fastest single fetch (the least disturbed by other load).");
+                "fetch_bw_peak: size / fastest single fetch (the least disturbed by other load). "
+                "tensor_fetch_p50_*: a tensor as the runtime publishes it, its envelope as the object's meta "
+                "(one trip, since this issue-14 change) or as a separate object fetched first (two trips, before).");
     char verdict[200];
     std::snprintf(verdict, sizeof verdict,
                   ">= 90%% of raw UCX bandwidth from 1 MiB up: %s (worst %.0f%% by median, %.0f%% by fastest fetch)",

@@ -59,7 +59,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       wire::DataHeader h;
       std::memcpy(&h, data, std::min(sizeof h, size));
       h.magic = wire::kDataMagic;
-      auto encoded = wire::encode_data(h, k);
+      // Meta (a tensor's envelope) from the input, within its limit.
+      std::string_view meta(reinterpret_cast<const char*>(rest.data()), std::min(rest.size(), wire::kMaxMetaBytes));
+      auto encoded = wire::encode_data(h, k, meta);
       (void)wire::parse_data(std::span<const std::byte>(encoded.bytes.data(), encoded.size), rest.size(), k);
       break;
     }

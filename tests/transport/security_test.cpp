@@ -333,6 +333,21 @@ TEST(UcxWire, RequestRoundTripsWithAndWithoutAKey) {
   }
 }
 
+TEST(UcxWire, APushRequestIsAuthenticatedLikeAFetch) {
+  const ucx_wire::MessageKey key(ClusterSecret::generate().data_mac_key());
+  const ucx_wire::MessageKey other(ClusterSecret::generate().data_mac_key());
+  ucx_wire::RequestHeader header;
+  header.magic = ucx_wire::kPushRequestMagic;
+  const auto data = std::as_bytes(std::span(kRequester));
+  const auto parsed = ucx_wire::parse_request(as_span(ucx_wire::encode_request(header, kRequester, &key)), data, &key);
+  ASSERT_EQ(parsed.error, nullptr) << parsed.error;
+  EXPECT_TRUE(parsed.push);
+  auto foreign = ucx_wire::parse_request(as_span(ucx_wire::encode_request(header, kRequester, &other)), data, &key);
+  EXPECT_TRUE(foreign.error && foreign.unauthenticated);
+  header.magic = 0x12345678;
+  EXPECT_TRUE(ucx_wire::parse_request(as_span(ucx_wire::encode_request(header, kRequester, &key)), data, &key).error);
+}
+
 TEST(UcxWire, RequestWithoutAValidTagIsRefusedAsUnauthenticated) {
   const ucx_wire::MessageKey key(ClusterSecret::generate().data_mac_key());
   const ucx_wire::MessageKey other(ClusterSecret::generate().data_mac_key());
@@ -389,6 +404,41 @@ TEST(UcxWire, TruncatedAndOversizedInputsAreRefused) {
     odd.memory = 7;
     EXPECT_TRUE(ucx_wire::parse_data(as_span(ucx_wire::encode_data(odd, k)), 0, k).error);
   }
+}
+
+TEST(UcxWire, MetaTravelsInsideTheAuthenticatedHeader) {
+  const ucx_wire::MessageKey key(ClusterSecret::generate().data_mac_key());
+  ucx_wire::DataHeader data;
+  data.total = 10;
+  const std::string meta = "tensor envelope";
+  for (const ucx_wire::MessageKey* k : {&key, static_cast<const ucx_wire::MessageKey*>(nullptr)}) {
+    const auto encoded = ucx_wire::encode_data(data, k, meta);
+    const auto parsed = ucx_wire::parse_data(as_span(encoded), 10, k);
+    ASSERT_EQ(parsed.error, nullptr) << parsed.error;
+    EXPECT_EQ(parsed.meta, meta);
+    EXPECT_EQ(parsed.header.meta_length, meta.size());
+    // Truncated anywhere: refused.
+    for (std::size_t n = 0; n < encoded.size; ++n)
+      EXPECT_TRUE(ucx_wire::parse_data(as_span(encoded).first(n), 0, k).error) << n;
+    // Meta only on an ok message at offset 0.
+    ucx_wire::DataHeader later = data;
+    later.offset = 4;
+    EXPECT_TRUE(ucx_wire::parse_data(as_span(ucx_wire::encode_data(later, k, meta)), 0, k).error);
+    ucx_wire::DataHeader status = data;
+    status.status = ucx_wire::kNotFound;
+    status.total = 0;
+    EXPECT_TRUE(ucx_wire::parse_data(as_span(ucx_wire::encode_data(status, k, meta)), 0, k).error);
+  }
+  // A changed meta byte breaks the tag; without a key, a meta length that
+  // disagrees with the header's size is refused.
+  auto tampered = ucx_wire::encode_data(data, &key, meta);
+  tampered.bytes[sizeof(ucx_wire::DataHeader) + 2] ^= std::byte{1};
+  const auto refused = ucx_wire::parse_data(as_span(tampered), 0, &key);
+  EXPECT_TRUE(refused.error && refused.unauthenticated);
+  auto lying = ucx_wire::encode_data(data, nullptr, meta);
+  lying.bytes[offsetof(ucx_wire::DataHeader, meta_length)] = std::byte{3};
+  EXPECT_TRUE(ucx_wire::parse_data(as_span(lying), 0, nullptr).error);
+  EXPECT_THROW(ucx_wire::encode_data(data, &key, std::string(ucx_wire::kMaxMetaBytes + 1, 'm')), Error);
 }
 
 // --- the data plane between members and strangers -------------------------------

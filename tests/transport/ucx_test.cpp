@@ -294,6 +294,32 @@ TEST_P(UcxTransfer, PushThenFetchNeedsNoRoundTrip) {
   EXPECT_EQ(holder.plane->stats().get().fetches_served, 0u);
 }
 
+// One trip per object: a fetch brings the object's meta (the runtime's
+// envelope) and its bytes in answer to one request, the bytes by
+// rendezvous from 64 KiB; a push carries the meta into the inbox too.
+TEST_P(UcxTransfer, AFetchBringsMetaAndBytesInOneTrip) {
+  Node holder(GetParam().tls), consumer(GetParam().tls);
+  auto original = pattern(GetParam().size, 5);
+  original.meta = std::string("\x01tensor-envelope\0with a zero", 29);
+  holder.plane->publish({5, 6}, original);
+  auto fetched = consumer.plane->fetch(holder.plane->address(), {5, 6}).get();
+  EXPECT_TRUE(same_bytes(fetched, original));
+  EXPECT_EQ(fetched.meta, original.meta);
+  EXPECT_EQ(holder.plane->stats().get().fetches_served, 1u);  // one request answered: one trip
+
+  holder.plane->push(consumer.plane->address(), {7, 8}, original).get();
+  for (int i = 0; i < 2000 && consumer.plane->stats().get().inbox_objects == 0; ++i) std::this_thread::sleep_for(1ms);
+  auto pushed = consumer.plane->fetch(holder.plane->address(), {7, 8}).get();
+  EXPECT_TRUE(same_bytes(pushed, original));
+  EXPECT_EQ(pushed.meta, original.meta);
+
+  // Meta past the limit is refused at publish and at push.
+  auto oversized = original;
+  oversized.meta.assign(kMaxObjectMetaBytes + 1, 'm');
+  EXPECT_THROW(holder.plane->publish({5, 7}, oversized), Error);
+  EXPECT_EQ(error_of(holder.plane->push(consumer.plane->address(), {5, 7}, oversized)), Errc::invalid_argument);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Matrix, UcxTransfer,
     testing::Values(MatrixCase{kShm, 0}, MatrixCase{kShm, 1}, MatrixCase{kShm, 8 * KiB}, MatrixCase{kShm, 1 * MiB},
@@ -392,6 +418,99 @@ TEST(UcxDataPlane, APushCompletesAFetchAlreadyWaiting) {
   holder.plane->push(consumer.plane->address(), {12, 1}, original).get();
   EXPECT_TRUE(same_bytes(pending.get(), original));
   EXPECT_EQ(consumer.plane->stats().get().inbox_objects, 0u);
+}
+
+// Activations pushed: a third party (the caller) asks the holder to push an
+// object to the consumer; it goes the moment it is published, and the
+// consumer's fetch finds it waiting (no request to the holder).
+TEST(UcxDataPlane, ARequestedPushReachesTheConsumerWhenPublished) {
+  Node holder(kShm), consumer(kShm), caller(kShm);
+  for (std::size_t size : {std::size_t{64}, 2 * MiB}) {
+    const ObjectId id{20, size};
+    auto original = pattern(size, 20);
+    original.meta = "envelope";
+    const auto before = consumer.plane->stats().get().fetches_from_inbox;
+    caller.plane->request_push(holder.plane->address(), id, consumer.plane->address(), 5s);
+    std::this_thread::sleep_for(20ms);  // parked at the holder: not published yet
+    holder.plane->publish(id, original);
+    for (int i = 0; i < 5000 && consumer.plane->stats().get().inbox_objects == 0; ++i) std::this_thread::sleep_for(1ms);
+    ASSERT_EQ(consumer.plane->stats().get().inbox_objects, 1u) << size;
+    auto fetched = consumer.plane->fetch(holder.plane->address(), id).get();
+    EXPECT_TRUE(same_bytes(fetched, original));
+    EXPECT_EQ(fetched.meta, "envelope");
+    EXPECT_EQ(consumer.plane->stats().get().fetches_from_inbox, before + 1);
+  }
+  // Already published: pushed at once.
+  const auto published = pattern(1000, 21);
+  holder.plane->publish({21, 1}, published);
+  caller.plane->request_push(holder.plane->address(), {21, 1}, consumer.plane->address(), 5s);
+  for (int i = 0; i < 5000 && consumer.plane->stats().get().inbox_objects == 0; ++i) std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(same_bytes(consumer.plane->fetch(holder.plane->address(), {21, 1}).get(), published));
+  const auto stats = holder.plane->stats().get();
+  EXPECT_EQ(stats.pushes_requested, 3u);
+  EXPECT_EQ(stats.fetches_served, 0u);
+}
+
+// The consumer asked the holder itself before the object existed: the holder
+// answers its fetch and does not push the same bytes a second time; a late
+// push of an object already fetched is refused, not kept.
+TEST(UcxDataPlane, AConsumerThatAlsoFetchesGetsTheBytesOnce) {
+  Node holder(kShm), consumer(kShm), caller(kShm);
+  const auto original = pattern(2 * MiB, 22);
+  FetchOptions options;
+  options.wait_for_publish = true;
+  auto pending = consumer.plane->fetch(holder.plane->address(), {22, 1}, options);
+  caller.plane->request_push(holder.plane->address(), {22, 1}, consumer.plane->address(), 5s);
+  std::this_thread::sleep_for(30ms);  // both parked
+  holder.plane->publish({22, 1}, original);
+  EXPECT_TRUE(same_bytes(pending.get(), original));
+  std::this_thread::sleep_for(30ms);
+  auto stats = holder.plane->stats().get();
+  EXPECT_EQ(stats.fetches_served, 1u);
+  EXPECT_EQ(stats.pushes_requested, 0u);
+  // A push that crosses the reply (requested after the fetch got it) is refused.
+  caller.plane->request_push(holder.plane->address(), {22, 1}, consumer.plane->address(), 5s);
+  for (int i = 0; i < 5000 && consumer.plane->stats().get().pushes_refused == 0; ++i) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(consumer.plane->stats().get().pushes_refused, 1u);
+  EXPECT_EQ(consumer.plane->stats().get().inbox_objects, 0u);
+}
+
+// A requested push and the consumer's own fetch racing each other, whatever
+// their interleaving (push first, reply first, both in flight): the fetch
+// gets the exact bytes and no second copy stays behind in the inbox.
+TEST(UcxDataPlane, APushAndAFetchThatCrossLeaveNoCopyBehind) {
+  Node holder(kShm), consumer(kShm), caller(kShm);
+  for (std::uint64_t round = 0; round < 20; ++round) {
+    const ObjectId id{24, round};
+    const auto original = pattern(round % 2 == 0 ? 4 * MiB : 1000, 24 + round);
+    holder.plane->publish(id, original);
+    caller.plane->request_push(holder.plane->address(), id, consumer.plane->address(), 5s);
+    if (round % 4 == 1) std::this_thread::sleep_for(1ms);
+    EXPECT_TRUE(same_bytes(consumer.plane->fetch(holder.plane->address(), id).get(), original)) << round;
+  }
+  std::this_thread::sleep_for(100ms);  // late pushes land (or are refused) by now
+  const auto stats = consumer.plane->stats().get();
+  EXPECT_EQ(stats.inbox_objects, 0u);
+  EXPECT_EQ(stats.inbox_bytes, 0u);
+}
+
+// A pushed object nobody fetches is dropped after inbox_ttl: no leak.
+TEST(UcxDataPlane, AnUnclaimedRequestedPushIsDroppedAfterItsTtl) {
+  DataPlaneOptions short_ttl;
+  short_ttl.inbox_ttl = 200ms;
+  Node holder(kShm), consumer(kShm, short_ttl), caller(kShm);
+  holder.plane->publish({23, 1}, pattern(4096, 23));
+  caller.plane->request_push(holder.plane->address(), {23, 1}, consumer.plane->address(), 5s);
+  for (int i = 0; i < 5000 && consumer.plane->stats().get().inbox_objects == 0; ++i) std::this_thread::sleep_for(1ms);
+  ASSERT_EQ(consumer.plane->stats().get().inbox_objects, 1u);
+  for (int i = 0; i < 3000 && consumer.plane->stats().get().inbox_objects != 0; ++i) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(consumer.plane->stats().get().inbox_objects, 0u);
+  EXPECT_EQ(consumer.plane->stats().get().inbox_bytes, 0u);
+  // A push request for an object never published is never answered and
+  // never pushed: the holder forgets it at its deadline.
+  caller.plane->request_push(holder.plane->address(), {23, 2}, consumer.plane->address(), 50ms);
+  std::this_thread::sleep_for(150ms);
+  EXPECT_EQ(holder.plane->stats().get().pushes_requested, 1u);
 }
 
 TEST(UcxDataPlane, AnAllocatorChoosesWhereFetchedBytesLand) {

@@ -8,6 +8,7 @@
 // deferred to the tick that follows it.
 #include "troupe/transport/ucx.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +40,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 using namespace ucx_wire;
+static_assert(kMaxMetaBytes == kMaxObjectMetaBytes, "one limit for object meta");
 
 std::shared_ptr<spdlog::logger> log() {
   auto logger = spdlog::get("troupe");
@@ -192,6 +194,7 @@ class DataPlane::Impl {
   // --- public operations (progress thread) -------------------------------
   void start_fetch(std::string peer, ObjectId id, FetchOptions options, FetchCallback done);
   void start_push(std::string peer, ObjectId id, ObjectBuffer buffer, PushCallback done);
+  void start_push_request(std::string holder, ObjectId id, std::string consumer, std::chrono::milliseconds wait);
   void wake_parked(ObjectId id);
   std::string peer_transports(const std::string& peer);
   Stats stats() const;
@@ -213,6 +216,7 @@ class DataPlane::Impl {
     MemoryType destination = MemoryType::host;
     bool staged = false;  // CUDA destination through pinned slots
     ObjectBuffer buffer;
+    std::string meta;  // from the message at offset 0
     bool allocated = false;
     std::uint64_t total = 0;
     std::uint64_t landed = 0;  // bytes in their final place
@@ -239,9 +243,11 @@ class DataPlane::Impl {
     FetchCallback done;
     Clock::time_point deadline;
     MemoryType destination = MemoryType::host;
+    bool follow_source = false;
     std::shared_ptr<Endpoint> ep;
     TransferPtr transfer;
     std::uint32_t wait_ms = 0;  // wait-for-publish time the holder was asked for
+    bool awaiting_push = false;  // no request sent: a push of the object is arriving
   };
 
   // Send state of one object (a reply or a push).
@@ -286,8 +292,9 @@ class DataPlane::Impl {
 
   struct Parked {
     std::uint64_t request_id;
-    std::string address;
+    std::string address;  // the requester, or for a push request the consumer
     Clock::time_point deadline;
+    bool push = false;    // a push request: never answered
   };
   struct InboxEntry {
     ObjectBuffer buffer;
@@ -313,7 +320,10 @@ class DataPlane::Impl {
   void evict_idle_endpoints();
   void close_endpoint(Endpoint& ep);
   void handle_failed_endpoints();
-  void handle_request(RequestHeader header, std::string address);
+  void handle_request(RequestHeader header, std::string address, bool push);
+  void send_request(std::uint64_t request_id);
+  // Fetches that waited for a push of `key` in flight ask the holder after all.
+  void unwait_push(ObjectId key);
   void reply_status(const std::shared_ptr<Endpoint>& ep, std::uint64_t request_id, ObjectId key, Status status);
   void start_send(const OutgoingPtr& out);
   void pump_staged(const OutgoingPtr& out);
@@ -328,7 +338,9 @@ class DataPlane::Impl {
                     MemoryType memory, void* slot);
   void send_finished(const OutgoingPtr& out);
 
-  ucs_status_t on_data(const DataHeader& header, void* data, std::size_t length, bool rndv);
+  ucs_status_t on_data(const DataHeader& header, std::string_view meta, void* data, std::size_t length, bool rndv);
+  // Where a fetch's bytes land when its holder's copy is in `source`.
+  MemoryType destination_for(MemoryType asked, bool follow_source, MemoryType source);
   void receive_rndv(const TransferPtr& t, void* descriptor, std::uint64_t offset, std::size_t length, void* slot);
   void start_waiting_receives(const TransferPtr& t);
   void landed(const TransferPtr& t, std::size_t length);
@@ -376,6 +388,13 @@ class DataPlane::Impl {
   std::size_t inbox_bytes_ = 0;
   std::size_t inbox_reserved_ = 0;
   std::size_t pushes_accepted_in_flight_ = 0;
+
+  // Objects a fetch received lately (FIFO, bounded, inbox_ttl): a push of
+  // one that arrives afterwards (it crossed the fetch's reply) is refused
+  // rather than left in the inbox unclaimed.
+  std::unordered_map<ObjectId, Clock::time_point> recently_fetched_;
+  std::deque<std::pair<Clock::time_point, ObjectId>> recently_fetched_order_;
+  void note_fetched(ObjectId key);
 
   std::unordered_map<ObjectId, std::vector<Parked>> parked_;
   Clock::time_point next_parked_deadline_ = Clock::time_point::max();
@@ -600,7 +619,10 @@ Clock::time_point DataPlane::Impl::tick() {
       for (auto p = list.begin(); p != list.end();) {
         if (p->deadline <= now) {
           std::exception_ptr error;
-          if (auto ep = endpoint(p->address, error)) reply_status(ep, p->request_id, it->first, kNotFound);
+          if (p->push) {
+          } else if (auto ep = endpoint(p->address, error)) {
+            reply_status(ep, p->request_id, it->first, kNotFound);
+          }
           p = list.erase(p);
           --parked_count_;
         } else {
@@ -651,6 +673,9 @@ void DataPlane::Impl::drop_stalled_pushes(Clock::time_point now) {
 // --- holder side -------------------------------------------------------------------
 
 void DataPlane::Impl::publish(ObjectId id, ObjectBuffer buffer) {
+  if (buffer.meta.size() > kMaxMetaBytes)
+    throw_error(Errc::invalid_argument, "object meta of " + std::to_string(buffer.meta.size()) + " bytes (at most " +
+                                            std::to_string(kMaxMetaBytes) + ")");
   bool wake;
   {
     std::lock_guard lock(served_mutex_);
@@ -689,16 +714,15 @@ ucs_status_t DataPlane::Impl::on_request_am(void* arg, const void* header, size_
     }
     // Connecting to the requester may need UCX calls not allowed inside a
     // callback: answer in the tick right after this progress call.
-    self->deferred_.push_back([self, request = parsed.header, address = std::string(parsed.requester)] {
-      self->handle_request(request, address);
-    });
+    self->deferred_.push_back([self, request = parsed.header, address = std::string(parsed.requester),
+                               push = parsed.push] { self->handle_request(request, address, push); });
   } catch (const std::exception& e) {
     log()->warn("data plane: a request failed: {}", e.what());
   }
   return UCS_OK;
 }
 
-void DataPlane::Impl::handle_request(RequestHeader request, std::string address) {
+void DataPlane::Impl::handle_request(RequestHeader request, std::string address, bool push) {
   std::exception_ptr error;
   auto ep = endpoint(address, error);
   if (!ep) return;  // cannot answer; the requester times out or sees our failure
@@ -720,14 +744,25 @@ void DataPlane::Impl::handle_request(RequestHeader request, std::string address)
       const auto wait = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(request.wait_ms),
                                                              options_.max_park_wait);
       const auto deadline = Clock::now() + wait;
-      parked_[key].push_back(Parked{request.request_id, address, deadline});
+      parked_[key].push_back(Parked{request.request_id, address, deadline, push});
       next_parked_deadline_ = std::min(next_parked_deadline_, deadline);
       return;
     }
   }
   if (busy) {
     ++stats_.requests_busy;
+    if (push) return;  // the consumer pulls instead
     return reply_status(ep, request.request_id, key, kBusy);
+  }
+  if (push) {
+    // Pushed to the consumer the moment it exists (now, or when published);
+    // nothing answers a push request: a consumer whose push does not come
+    // fetches as usual.
+    if (!found) return;
+    ++stats_.pushes_requested;
+    // Its failure (refused by a consumer that has the object already, or
+    // whose inbox is full) needs no action here: the consumer pulls.
+    return start_push(address, key, std::move(buffer), [](std::exception_ptr) {});
   }
   if (!found) return reply_status(ep, request.request_id, key, kNotFound);
   if (buffer.memory == MemoryType::cuda && !worker_->context()->cuda_native() && cuda() == nullptr)
@@ -750,12 +785,16 @@ void DataPlane::Impl::wake_parked(ObjectId id) {
   parked_.erase(it);
   parked_count_ -= list.size();
   for (auto& p : list) {
+    // A consumer that asked for the object itself gets the reply; the push
+    // to it would carry the same bytes a second time.
+    if (p.push && std::any_of(list.begin(), list.end(), [&](const Parked& o) { return !o.push && o.address == p.address; }))
+      continue;
     RequestHeader request;
     request.request_id = p.request_id;
     request.id_hi = id.hi();
     request.id_lo = id.lo();
     request.wait_ms = 0;  // published now; if unpublished again meanwhile: not_found
-    handle_request(request, p.address);
+    handle_request(request, p.address, p.push);
   }
 }
 
@@ -841,7 +880,7 @@ void DataPlane::Impl::send_message(const OutgoingPtr& out, std::uint64_t offset,
   }
   auto* op = new SendOp{this, out, out->header, slot};
   op->header.offset = offset;
-  op->wire = encode_data(op->header, key());
+  op->wire = encode_data(op->header, key(), offset == 0 ? std::string_view(out->buffer.meta) : std::string_view());
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS |
                        UCP_OP_ATTR_FIELD_MEMORY_TYPE;
@@ -896,7 +935,8 @@ void DataPlane::Impl::start_fetch(std::string peer, ObjectId id, FetchOptions op
     ObjectBuffer buffer = std::move(it->second.buffer);
     inbox_bytes_ -= buffer.size;
     inbox_.erase(it);  // its inbox_order_ entry expires harmlessly
-    if (buffer.memory == options.destination || buffer.size == 0) {
+    if (buffer.memory == destination_for(options.destination, options.follow_source, buffer.memory) ||
+        buffer.size == 0) {
       ++stats_.fetches_from_inbox;
       return done(std::move(buffer), nullptr);
     }
@@ -912,26 +952,46 @@ void DataPlane::Impl::start_fetch(std::string peer, ObjectId id, FetchOptions op
   fetch.done = std::move(done);
   fetch.deadline = Clock::now() + timeout;
   fetch.destination = options.destination;
+  fetch.follow_source = options.follow_source;
   fetch.ep = ep;
   fetch.wait_ms = options.wait_for_publish
                       ? static_cast<std::uint32_t>(std::min<std::int64_t>(timeout.count(), 0xffffffff))
                       : 0;
+  // A push of this object already arriving (one the holder was asked for)
+  // completes the fetch: asking the holder too would send the bytes twice.
+  for (const auto& [transfer_id, t] : pushes_in_) {
+    if (t->key == id && !t->refused && !t->finished && !t->error &&
+        (destination_for(options.destination, options.follow_source, t->destination) == t->destination || t->total == 0)) {
+      fetch.awaiting_push = true;
+      break;
+    }
+  }
+  const bool awaiting_push = fetch.awaiting_push;
   fetch_deadlines_.emplace(fetch.deadline, request_id);
   fetches_by_key_.emplace(id, request_id);
   fetches_.emplace(request_id, std::move(fetch));
+  if (!awaiting_push) send_request(request_id);
+}
 
-  auto* op = new RequestOp{this, request_id, {}, address_, ep};
+void DataPlane::Impl::send_request(std::uint64_t request_id) {
+  const Fetch& fetch = fetches_.at(request_id);
+  const ObjectId id = fetch.key;
+  auto* op = new RequestOp{this, request_id, {}, address_, fetch.ep};
   op->header.request_id = request_id;
   op->header.id_hi = id.hi();
   op->header.id_lo = id.lo();
-  op->header.wait_ms = fetches_.at(request_id).wait_ms;
+  op->header.wait_ms = fetch.wait_ms;
   op->wire = encode_request(op->header, op->address, key());
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMORY_TYPE;
   param.cb.send = &Impl::on_request_sent;
   param.user_data = op;
   param.memory_type = UCS_MEMORY_TYPE_HOST;
-  ucs_status_ptr_t request = ucp_am_send_nbx(ep->ep, kRequestAm, op->wire.bytes.data(), op->wire.size,
+  if (fetch.ep->ep == nullptr || fetch.ep->failed) {
+    const auto status = fetch.ep->failed ? fetch.ep->failure : UCS_ERR_CANCELED;
+    return on_request_sent(nullptr, status, op);
+  }
+  ucs_status_ptr_t request = ucp_am_send_nbx(fetch.ep->ep, kRequestAm, op->wire.bytes.data(), op->wire.size,
                                              op->address.data(), op->address.size(), &param);
   if (request == nullptr) {
     on_request_sent(nullptr, UCS_OK, op);
@@ -969,9 +1029,35 @@ void DataPlane::Impl::erase_fetch(std::unordered_map<std::uint64_t, Fetch>::iter
   fetches_.erase(it);
 }
 
+void DataPlane::Impl::note_fetched(ObjectId key) {
+  const auto now = Clock::now();
+  while (!recently_fetched_order_.empty() &&
+         (recently_fetched_order_.front().first + options_.inbox_ttl <= now || recently_fetched_order_.size() >= 4096)) {
+    auto [when, old] = recently_fetched_order_.front();
+    recently_fetched_order_.pop_front();
+    if (auto f = recently_fetched_.find(old); f != recently_fetched_.end() && f->second == when) recently_fetched_.erase(f);
+  }
+  recently_fetched_[key] = now;
+  recently_fetched_order_.emplace_back(now, key);
+}
+
+void DataPlane::Impl::unwait_push(ObjectId key) {
+  std::vector<std::uint64_t> waiting;
+  auto [begin, end] = fetches_by_key_.equal_range(key);
+  for (auto it = begin; it != end; ++it) {
+    auto fetch = fetches_.find(it->second);
+    if (fetch != fetches_.end() && fetch->second.awaiting_push) {
+      fetch->second.awaiting_push = false;
+      waiting.push_back(it->second);
+    }
+  }
+  for (auto request_id : waiting) send_request(request_id);
+}
+
 void DataPlane::Impl::complete_fetch(std::uint64_t request_id, ObjectBuffer buffer, std::exception_ptr error) {
   auto it = fetches_.find(request_id);
   if (it == fetches_.end()) return;
+  if (!error) note_fetched(it->second.key);
   auto done = std::move(it->second.done);
   auto transfer = std::move(it->second.transfer);
   erase_fetch(it);
@@ -1000,14 +1086,20 @@ ucs_status_t DataPlane::Impl::on_data_am(void* arg, const void* header, size_t h
       self->refuse(parsed.error, parsed.unauthenticated);
       return rndv ? UCS_ERR_REJECTED : UCS_OK;
     }
-    return self->on_data(parsed.header, data, length, rndv);
+    return self->on_data(parsed.header, parsed.meta, data, length, rndv);
   } catch (const std::exception& e) {
     log()->warn("data plane: receiving a message failed: {}", e.what());
     return rndv ? UCS_ERR_REJECTED : UCS_OK;
   }
 }
 
-ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std::size_t length, bool rndv) {
+MemoryType DataPlane::Impl::destination_for(MemoryType asked, bool follow_source, MemoryType source) {
+  if (!follow_source) return asked;
+  return source == MemoryType::cuda && (options_.allocator || cuda() != nullptr) ? MemoryType::cuda : asked;
+}
+
+ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, std::string_view meta, void* data, std::size_t length,
+                                      bool rndv) {
   const ObjectId key{header.id_hi, header.id_lo};
   if (closed_) return UCS_OK;
   TransferPtr t;
@@ -1034,10 +1126,25 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std:
       return UCS_OK;
     }
     if (!it->second.transfer) {
+      // A push of this object is already arriving (the holder was asked to
+      // push it here): the reply is dropped before its bytes move (a
+      // rendezvous reply's bytes never leave the holder), and the fetch
+      // waits for the push (asking again if the push fails). One message
+      // replies only: a staged reply's later chunks would find no transfer.
+      if (header.offset == 0 && length == header.total) {
+        for (const auto& [transfer_id, push] : pushes_in_) {
+          if (push->key == key && !push->refused && !push->finished && !push->error &&
+              push->destination == destination_for(it->second.destination, it->second.follow_source, push->destination)) {
+            it->second.awaiting_push = true;
+            return UCS_OK;
+          }
+        }
+      }
       t = std::make_shared<Transfer>();
       t->id = header.transfer_id;
       t->key = key;
-      t->destination = it->second.destination;
+      t->destination = destination_for(it->second.destination, it->second.follow_source,
+                                       static_cast<MemoryType>(header.memory));
       it->second.transfer = t;
     } else {
       t = it->second.transfer;
@@ -1058,8 +1165,20 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std:
       const auto source = static_cast<MemoryType>(header.memory);
       t->destination = source == MemoryType::cuda && (options_.allocator || cuda() != nullptr) ? MemoryType::cuda
                                                                                                : MemoryType::host;
-      if (fetches_by_key_.count(key) == 0) {
-        if (!inbox_has_room(header.total)) {
+      bool reply_arriving = false;  // a fetch of it whose reply's bytes are already coming
+      auto [begin, end] = fetches_by_key_.equal_range(key);
+      for (auto f = begin; f != end; ++f) {
+        auto fetch = fetches_.find(f->second);
+        reply_arriving = reply_arriving || (fetch != fetches_.end() && fetch->second.transfer != nullptr);
+      }
+      if (reply_arriving) {
+        t->refused = true;  // the same bytes are on their way as the reply
+        ++stats_.pushes_refused;
+      } else if (fetches_by_key_.count(key) == 0) {
+        if (recently_fetched_.count(key) != 0) {
+          t->refused = true;  // it crossed the reply that brought the object
+          ++stats_.pushes_refused;
+        } else if (!inbox_has_room(header.total)) {
           t->refused = true;
           ++stats_.pushes_refused;
         } else {
@@ -1089,6 +1208,7 @@ ucs_status_t DataPlane::Impl::on_data(const DataHeader& header, void* data, std:
     return UCS_OK;
   }
   t->seen += length;
+  if (!meta.empty()) t->meta.assign(meta);
   if (!t->allocated) {
     t->total = header.total;
     try {
@@ -1247,9 +1367,11 @@ void DataPlane::Impl::landed(const TransferPtr& t, std::size_t length) {
 void DataPlane::Impl::maybe_finish(const TransferPtr& t) {
   if (t->finished || t->error || t->landed < t->total || t->in_flight > 0) return;
   t->finished = true;
+  t->buffer.meta = std::move(t->meta);
   if (!t->push) return complete_fetch(t->id, std::move(t->buffer), nullptr);
 
   pushes_in_.erase(t->id);
+  const bool reserved = t->counted;  // accepted with an inbox place (no fetch was waiting then)
   release_inbox_place(*t);
   ++stats_.pushes_received;
   // Fetches of this id (into this memory type) that are waiting for the
@@ -1258,14 +1380,26 @@ void DataPlane::Impl::maybe_finish(const TransferPtr& t) {
   auto [begin, end] = fetches_by_key_.equal_range(t->key);
   for (auto it = begin; it != end; ++it) {
     auto fetch = fetches_.find(it->second);
-    if (fetch != fetches_.end() && (fetch->second.destination == t->buffer.memory || t->total == 0))
+    if (fetch != fetches_.end() &&
+        (destination_for(fetch->second.destination, fetch->second.follow_source, t->buffer.memory) ==
+             t->buffer.memory ||
+         t->total == 0))
       waiting.push_back(it->second);
   }
   if (!waiting.empty()) {
     for (auto request_id : waiting) complete_fetch(request_id, t->buffer, nullptr);
+    unwait_push(t->key);  // any left wanted another memory type
     return;
   }
+  unwait_push(t->key);
   if (closed_) return;
+  // Accepted for a fetch that the holder's reply completed meanwhile (the
+  // two crossed), or without an inbox place: nobody will claim it, and it
+  // must not hold memory beyond the inbox's bounds.
+  if (recently_fetched_.count(t->key) != 0 || (!reserved && !inbox_has_room(t->buffer.size))) {
+    ++stats_.pushes_refused;
+    return;
+  }
   const auto expires = Clock::now() + options_.inbox_ttl;
   auto& entry = inbox_[t->key];
   inbox_bytes_ -= entry.buffer.size;  // a second push of the same id replaces the first
@@ -1283,6 +1417,7 @@ void DataPlane::Impl::transfer_failed(const TransferPtr& t, std::exception_ptr e
     pushes_in_.erase(t->id);
     release_inbox_place(*t);
     t->finished = true;
+    if (!closed_) unwait_push(t->key);  // fetches that counted on it ask the holder
     return;
   }
   t->finished = true;
@@ -1331,6 +1466,9 @@ detail::CudaSupport* DataPlane::Impl::cuda() {
 
 void DataPlane::Impl::start_push(std::string peer, ObjectId id, ObjectBuffer buffer, PushCallback done) {
   if (closed_) return done(make_error(Errc::cancelled, "the data plane is shut down"));
+  if (buffer.meta.size() > kMaxMetaBytes)
+    return done(make_error(Errc::invalid_argument, "object meta of " + std::to_string(buffer.meta.size()) + " bytes (at most " +
+                                                       std::to_string(kMaxMetaBytes) + ")"));
   std::exception_ptr error;
   auto ep = endpoint(peer, error);
   if (!ep) return done(error);
@@ -1344,6 +1482,35 @@ void DataPlane::Impl::start_push(std::string peer, ObjectId id, ObjectBuffer buf
   out->header.id_hi = id.hi();
   out->header.id_lo = id.lo();
   start_send(out);
+}
+
+void DataPlane::Impl::start_push_request(std::string holder, ObjectId id, std::string consumer,
+                                         std::chrono::milliseconds wait) {
+  if (closed_) return;
+  if (consumer.size() < kMinAddressBytes || consumer.size() > kMaxAddressBytes) return;
+  std::exception_ptr error;
+  auto ep = endpoint(holder, error);
+  if (!ep || ep->ep == nullptr) return;  // the consumer pulls instead
+  auto* op = new RequestOp{this, 0, {}, std::move(consumer), ep};
+  op->header.magic = kPushRequestMagic;
+  op->header.id_hi = id.hi();
+  op->header.id_lo = id.lo();
+  op->header.wait_ms = static_cast<std::uint32_t>(std::clamp<std::int64_t>(wait.count(), 0, 0xffffffff));
+  op->wire = encode_request(op->header, op->address, key());
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+  param.cb.send = &Impl::on_request_sent;  // request id 0: no fetch to fail
+  param.user_data = op;
+  param.memory_type = UCS_MEMORY_TYPE_HOST;
+  ucs_status_ptr_t request = ucp_am_send_nbx(ep->ep, kRequestAm, op->wire.bytes.data(), op->wire.size,
+                                             op->address.data(), op->address.size(), &param);
+  if (request == nullptr) {
+    on_request_sent(nullptr, UCS_OK, op);
+  } else if (UCS_PTR_IS_ERR(request)) {
+    on_request_sent(nullptr, UCS_PTR_STATUS(request), op);
+  } else {
+    ++outstanding_;
+  }
 }
 
 std::string DataPlane::Impl::peer_transports(const std::string& peer) {
@@ -1441,6 +1608,13 @@ std::future<void> DataPlane::push(std::string_view peer, ObjectId id, ObjectBuff
     else promise->set_value();
   });
   return future;
+}
+
+void DataPlane::request_push(std::string_view holder, ObjectId id, std::string_view consumer,
+                             std::chrono::milliseconds wait) {
+  impl_->worker_->post([impl = impl_.get(), holder = std::string(holder), id, consumer = std::string(consumer), wait] {
+    impl->start_push_request(holder, id, consumer, wait);
+  });
 }
 
 std::future<std::string> DataPlane::peer_transports(std::string_view peer) {

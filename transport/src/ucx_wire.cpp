@@ -50,12 +50,16 @@ EncodedHeader encode_request(const RequestHeader& header, std::string_view reque
   return out;
 }
 
-EncodedHeader encode_data(const DataHeader& header, const MessageKey* key) {
+EncodedHeader encode_data(const DataHeader& header, const MessageKey* key, std::string_view meta) {
   EncodedHeader out;
-  std::memcpy(out.bytes.data(), &header, sizeof header);
-  out.size = sizeof header;
+  if (meta.size() > kMaxMetaBytes) throw_error(Errc::invalid_argument, "object meta over the data plane's limit");
+  DataHeader copy = header;
+  copy.meta_length = static_cast<std::uint32_t>(meta.size());
+  std::memcpy(out.bytes.data(), &copy, sizeof copy);
+  if (!meta.empty()) std::memcpy(out.bytes.data() + sizeof copy, meta.data(), meta.size());
+  out.size = sizeof copy + meta.size();
   if (key != nullptr) {
-    const Tag tag = key->sign(std::span(out.bytes.data(), sizeof header));
+    const Tag tag = key->sign(std::span(out.bytes.data(), out.size));
     std::memcpy(out.bytes.data() + out.size, tag.data(), tag.size());
     out.size += tag.size();
   }
@@ -80,7 +84,8 @@ ParsedRequest parse_request(std::span<const std::byte> header, std::span<const s
     return parsed;
   }
   std::memcpy(&parsed.header, header.data(), sizeof(RequestHeader));
-  if (parsed.header.magic != kRequestMagic) {
+  parsed.push = parsed.header.magic == kPushRequestMagic;
+  if (parsed.header.magic != kRequestMagic && !parsed.push) {
     parsed.error = "request with a wrong magic number";
     return parsed;
   }
@@ -94,21 +99,23 @@ ParsedRequest parse_request(std::span<const std::byte> header, std::span<const s
 
 ParsedData parse_data(std::span<const std::byte> header, std::size_t payload_length, const MessageKey* key) {
   ParsedData parsed;
-  const std::size_t expected = sizeof(DataHeader) + (key != nullptr ? kTagBytes : 0);
-  if (header.size() != expected) {
+  const std::size_t tag_bytes = key != nullptr ? kTagBytes : 0;
+  if (header.size() < sizeof(DataHeader) + tag_bytes || header.size() > sizeof(DataHeader) + kMaxMetaBytes + tag_bytes) {
     parsed.unauthenticated = key != nullptr;
     parsed.error = key != nullptr ? "data header without a valid authenticator (wrong length)"
                                   : "data header of the wrong length (an authenticated message to an insecure "
                                     "data plane?)";
     return parsed;
   }
-  if (key != nullptr && !key->verify(header.first(sizeof(DataHeader)), {}, header.subspan(sizeof(DataHeader)))) {
+  const std::size_t signed_bytes = header.size() - tag_bytes;
+  if (key != nullptr && !key->verify(header.first(signed_bytes), {}, header.subspan(signed_bytes))) {
     parsed.unauthenticated = true;
     parsed.error = "data message with a wrong authenticator (not a member of this cluster)";
     return parsed;
   }
   DataHeader& h = parsed.header;
   std::memcpy(&h, header.data(), sizeof h);
+  const std::size_t meta_bytes = signed_bytes - sizeof(DataHeader);
   if (h.magic != kDataMagic) {
     parsed.error = "data message with a wrong magic number";
   } else if (h.kind != kReply && h.kind != kPush) {
@@ -121,6 +128,12 @@ ParsedData parse_data(std::span<const std::byte> header, std::size_t payload_len
     parsed.error = "a status reply that carries bytes";
   } else if (h.offset > h.total || payload_length > h.total - h.offset) {
     parsed.error = "data message with bytes outside its object";
+  } else if (h.meta_length != meta_bytes) {
+    parsed.error = "data header whose meta length does not match its size";
+  } else if (meta_bytes != 0 && (h.status != kOk || h.offset != 0)) {
+    parsed.error = "meta on a status reply or on a message past offset 0";
+  } else {
+    parsed.meta = std::string_view(reinterpret_cast<const char*>(header.data()) + sizeof(DataHeader), meta_bytes);
   }
   return parsed;
 }

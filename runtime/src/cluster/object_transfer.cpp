@@ -83,7 +83,11 @@ void ObjectTransfer::start(std::string own_address, CallFetch call_fetch) {
     transport::UcxOptions options;
     options.listen_ip = own_address_;  // tcp://IP:port of the call plane: UCX listens on IP's interface only
     auto worker = transport::UcxWorker::create(transport::UcxContext::create(options));
-    data_ = std::make_shared<transport::DataPlane>(std::move(worker));
+    transport::DataPlaneOptions plane_options;
+    // An activation pushed here ahead of its call waits at most as long as
+    // a fetch would: one whose call never comes is dropped then.
+    plane_options.inbox_ttl = std::min<std::chrono::milliseconds>(fetch_timeout_, std::chrono::seconds(60));
+    data_ = std::make_shared<transport::DataPlane>(std::move(worker), plane_options);
     TROUPE_LOG_DEBUG("data plane: UCX {}", data_->worker()->context()->describe());
   } catch (const std::exception& e) {
     TROUPE_LOG_WARN("UCX data plane unavailable ({}); objects will move over the call plane", e.what());
@@ -324,6 +328,15 @@ ValuePtr ObjectTransfer::remote_value(const ObjectId& id, const std::string& loc
   return std::make_shared<RemoteValue>(weak_from_this(), id, location);
 }
 
+void ObjectTransfer::request_push(const ObjectId& id, const std::string& holder, const std::string& consumer) {
+  auto data = data_;
+  if (!data || holder.empty() || consumer.empty() || holder == consumer) return;
+  const std::string holder_data = data_address_of(holder);
+  const std::string consumer_data = data_address_of(consumer);
+  if (holder_data.empty() || consumer_data.empty()) return;
+  data->request_push(holder_data, id, consumer_data, fetch_timeout_);
+}
+
 void ObjectTransfer::unpublish(const ObjectId& id) {
   if (!data_) return;
   data_->unpublish(id);
@@ -343,10 +356,18 @@ void ObjectTransfer::publish(const ObjectId& id, const StatePtr& result) {
       // The bytes go out straight from the tensor's storage, kept alive by
       // the published buffer until every send of it completed.
       auto keep = std::make_shared<Tensor>(tensor);
-      data_->publish(payload_key(id),
-                     transport::ObjectBuffer::wrap(tensor.nbytes() ? keep->raw_data() : nullptr, tensor.nbytes(), keep,
-                                                   meta.memory ? transport::MemoryType::cuda : transport::MemoryType::host));
+      auto payload = transport::ObjectBuffer::wrap(tensor.nbytes() ? keep->raw_data() : nullptr, tensor.nbytes(), keep,
+                                                   meta.memory ? transport::MemoryType::cuda : transport::MemoryType::host);
       *envelope = tensor_envelope(meta);
+      if (envelope->size() <= transport::kMaxObjectMetaBytes) {
+        // One trip: the envelope rides as the payload's meta, in the reply's
+        // header; the bytes follow in the same message (eager) or by
+        // rendezvous into the consumer's buffer.
+        payload.meta = std::move(*envelope);
+        data_->publish(id, std::move(payload));
+        return;
+      }
+      data_->publish(payload_key(id), std::move(payload));  // a rank too large for meta: two trips
     } else {
       *envelope = plain_envelope(value ? value->encode() : std::string());
     }
@@ -364,6 +385,8 @@ StatePtr ObjectTransfer::fetch_over_data_plane(const ObjectId& id, const std::st
   transport::FetchOptions options;
   options.timeout = fetch_timeout_;
   options.wait_for_publish = true;  // the producing call may still run: the holder answers when it is done
+  // A CUDA tensor lands in CUDA memory where this process has a GPU.
+  options.follow_source = troupe::cuda::device_count() > 0;
   std::weak_ptr<ObjectTransfer> weak = weak_from_this();
   data_->fetch(data_address, id, options,
                [weak, state, id, data_address](transport::ObjectBuffer buffer, std::exception_ptr error) {
@@ -387,6 +410,21 @@ StatePtr ObjectTransfer::fetch_over_data_plane(const ObjectId& id, const std::st
 void ObjectTransfer::on_envelope(const ObjectId& id, const std::string& data_address, const StatePtr& state,
                                  transport::ObjectBuffer& buffer) {
   try {
+    if (!buffer.meta.empty()) {
+      // One trip: a tensor's envelope as the meta, its bytes as the object.
+      Envelope envelope = decode_envelope(buffer.meta);  // every field checked: it is a peer's
+      if (envelope.form != EnvelopeForm::tensor)
+        throw_error(Errc::protocol, "object " + id.hex() + ": a payload whose envelope is not a tensor's");
+      check_tensor_payload(envelope.tensor, buffer.size);
+      const bool on_cuda = buffer.memory == transport::MemoryType::cuda;
+      auto keep = buffer.keepalive;
+      auto storage = Storage::wrap(buffer.data, buffer.size, on_cuda ? Device::cuda(0) : Device::cpu(), [keep](void*) {});
+      state->set_value(make_value<Tensor>(Tensor(std::move(storage), envelope.tensor.shape,
+                                                 static_cast<DType>(envelope.tensor.dtype))));
+      return;
+    }
+    if (buffer.memory != transport::MemoryType::host)
+      throw_error(Errc::protocol, "object " + id.hex() + ": an envelope in device memory");
     Envelope envelope = decode_envelope(buffer.view());  // every field checked: it is a peer's
     if (envelope.form == EnvelopeForm::plain) {
       if (envelope.value.empty()) state->set_value(nullptr);

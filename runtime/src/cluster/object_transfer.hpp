@@ -140,6 +140,12 @@ class ObjectTransfer final : public std::enable_shared_from_this<ObjectTransfer>
   // A value still held at `location`, fetched on first read.
   ValuePtr remote_value(const ObjectId& id, const std::string& location);
 
+  // Caller side, once a call went to the host at `consumer` with object
+  // `id` (held at `holder`) as an argument: asks the holder's data plane to
+  // push it there as soon as it exists (DataPlane::request_push). No-op
+  // without a data plane or either data-plane address, or when holder and
+  // consumer are one process; the consumer's fetch is the fallback.
+  void request_push(const ObjectId& id, const std::string& holder, const std::string& consumer);
   // Holder side: makes a finished result fetchable over UCX (no-op
   // without a data plane).
   void publish(const ObjectId& id, const StatePtr& result);

@@ -51,6 +51,7 @@ void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std:
   auto args = request.initArgs(static_cast<unsigned>(spec.args.size()));
   std::vector<StatePtr> borrowed;
   std::vector<ObjectId> lent;
+  std::vector<std::pair<ObjectId, std::string>> to_push;  // arguments another process produces
   try {
     // ObjectRefs inside the values (and inside inline ObjectRef
     // parameters) go alongside them, in `refs`.
@@ -66,6 +67,7 @@ void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std:
       if (ObjectTransfer::held_elsewhere(ref)) {
         transfer_->describe_elsewhere(args[i].initRef(), ref->id(), ref->location());
         borrowed.push_back(ref);
+        to_push.emplace_back(ref->id(), ref->location());
       } else {
         const ValuePtr& value = slot.value ? slot.value : ref->value();
         std::string bytes = value ? value->encode() : std::string();
@@ -87,6 +89,14 @@ void OutboundCalls::send_call(ActorId actor_id, const std::string& address, std:
     by_result_[result_id] = call_id;
     inflight_[call_id] = std::move(flight);
   }
+  // Activations pushed: each argument's producer sends it to the callee's
+  // host the moment it exists, so the call finds its input waiting (the
+  // callee's fetch takes it from its inbox, or waits for it in flight);
+  // without data-plane addresses for both, the callee pulls as before.
+  // Asked before the call leaves, so that the push (two hops) is ahead of
+  // the callee's own request (three); should the send fail, the pushed
+  // copy is dropped at the callee after the fetch timeout.
+  for (const auto& [id, holder] : to_push) transfer_->request_push(id, holder, address);
   try {
     send_on(*calls_, address, message);
   } catch (...) {

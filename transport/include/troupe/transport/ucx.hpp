@@ -24,13 +24,17 @@
 //            worker address (the holder answers on its own cached endpoint).
 //   data     header {magic, kind reply|push, status ok|not_found|unsupported|
 //            busy, transfer_id (= request_id for a reply), id, total size,
-//            offset}, data = the
-//            bytes [offset, offset + length) of the object. Host objects (and
+//            offset, meta_length}, then the object's meta (ObjectBuffer::
+//            meta, on the message at offset 0), data = the
+//            bytes [offset, offset + length) of the object. One request
+//            brings meta and bytes together (one trip per object: the
+//            runtime's tensor envelope is the meta, the tensor's bytes
+//            the object). Host objects (and
 //            CUDA objects when UCX is CUDA-capable) go as one message; CUDA
 //            objects staged through pinned host memory go in chunks.
 //   In a secure process (membership() set when the DataPlane is made) each
 //   header is followed by a keyed BLAKE2b-256 tag (a MAC) keyed by the cluster's
-//   data-plane key, over the header (and a request's requester address),
+//   data-plane key, over the header with its meta (and a request's requester address),
 //   checked before anything else; messages without a valid tag are dropped
 //   and counted. Payload bytes are neither encrypted nor authenticated.
 //   Messages of `DataPlaneOptions::rndv_threshold` bytes or more are sent
@@ -66,6 +70,9 @@ struct ucp_worker;
 namespace troupe::transport {
 
 enum class MemoryType : std::uint8_t { host = 0, cuda = 1 };
+
+// The most bytes of ObjectBuffer::meta an object may carry.
+inline constexpr std::size_t kMaxObjectMetaBytes = 1024;
 std::string_view to_string(MemoryType memory) noexcept;
 
 // An object's id on the wire: the runtime's 128-bit ObjectId (hi, lo).
@@ -80,6 +87,12 @@ struct ObjectBuffer {
   std::size_t size = 0;
   MemoryType memory = MemoryType::host;
   std::shared_ptr<const void> keepalive;  // owns (or pins) the storage
+  // Small bytes that travel with the object in the same message's header
+  // (at most kMaxObjectMetaBytes; authenticated in a secure plane, unlike
+  // the bytes): what the consumer needs to interpret them, e.g. the
+  // runtime's tensor envelope. A fetch or push delivers them beside the
+  // bytes, so envelope and payload cost one trip.
+  std::string meta;
 
   // Uninitialised host storage, 64-byte aligned (not zeroed: received bytes
   // overwrite it).
@@ -267,6 +280,11 @@ struct FetchOptions {
   // it does (or until `timeout`) instead of answering not_found at once:
   // for objects whose producer may still be running.
   bool wait_for_publish = false;
+  // Land the bytes in CUDA memory when the holder's copy is in CUDA memory
+  // and this process can receive into it (an allocator, or CUDA here),
+  // else in `destination`: the consumer asks for the source's memory type
+  // without knowing it in advance (one trip: no envelope first).
+  bool follow_source = false;
 };
 
 // Exactly one call per fetch, on the progress thread: `error` null and the
@@ -293,6 +311,7 @@ class DataPlane {
 
   // --- holder side (thread-safe) -------------------------------------------
   // Makes `id` fetchable until unpublished; replaces an earlier buffer.
+  // Throws Error(invalid_argument) for meta over kMaxObjectMetaBytes.
   // Once this returns, every fetch of `id` that reaches this process finds
   // it. Sends in flight keep their own reference to the buffer.
   void publish(ObjectId id, ObjectBuffer buffer);
@@ -315,6 +334,21 @@ class DataPlane {
   void push(std::string_view peer, ObjectId id, ObjectBuffer buffer, PushCallback done);
   [[nodiscard]] std::future<void> push(std::string_view peer, ObjectId id, ObjectBuffer buffer);
 
+  // Asks the holder whose worker address is `holder` to push `id` to the
+  // consumer whose worker address is `consumer` the moment it is published
+  // (at once if it is), waiting for the publish at most `wait` (capped by
+  // the holder's max_park_wait). Fire and forget: nothing answers it, and a
+  // consumer whose push never comes (holder busy, push refused or lost)
+  // fetches as usual. A fetch of `id` started while the push is arriving
+  // waits for it instead of asking the holder; a consumer whose own fetch
+  // request is parked at the holder beside the push request gets the reply
+  // only (the bytes go once); a push that arrives after a fetch already
+  // brought the object is refused. For activations: the caller that sends
+  // a call whose argument another actor produces asks the producer to
+  // push it to the callee's host (the runtime's ObjectTransfer).
+  void request_push(std::string_view holder, ObjectId id, std::string_view consumer,
+                    std::chrono::milliseconds wait);
+
   // The transports of the lanes UCX chose for the endpoint to `peer`
   // (connecting if needed), e.g. "posix,cma" or "tcp".
   [[nodiscard]] std::future<std::string> peer_transports(std::string_view peer);
@@ -323,7 +357,8 @@ class DataPlane {
     std::uint64_t fetches_served = 0;   // replies sent with data
     std::uint64_t fetches_from_inbox = 0;
     std::uint64_t pushes_received = 0;  // accepted into the inbox or a waiting fetch
-    std::uint64_t pushes_refused = 0;   // inbox full, or too many pushes arriving
+    std::uint64_t pushes_refused = 0;   // inbox full, too many pushes arriving, or already fetched
+    std::uint64_t pushes_requested = 0; // holder: pushes started for push requests
     // Secure planes: messages dropped for a missing or wrong authenticator
     // (a stranger, or another cluster's member); any plane: malformed ones.
     std::uint64_t unauthenticated_refused = 0;

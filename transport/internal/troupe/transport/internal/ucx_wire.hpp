@@ -8,12 +8,17 @@
 // troupe of the same build on the same architecture):
 //   request (AM 116)  header = RequestHeader [+ tag]; data = the requester's
 //                     UCX worker address (the holder answers there).
-//   data    (AM 117)  header = DataHeader [+ tag]; data = the bytes
-//                     [offset, offset + length) of the object.
+//   data    (AM 117)  header = DataHeader, then meta_length bytes of the
+//                     object's meta (the runtime's envelope, at most
+//                     kMaxMetaBytes, on the message at offset 0 only)
+//                     [+ tag]; data = the bytes [offset, offset + length)
+//                     of the object. Meta rides in the header so that a
+//                     fetch is one trip: envelope and payload together,
+//                     the payload by rendezvous when large.
 // In a secure cluster every header is followed by a 32-byte tag: keyed
 // BLAKE2b-256 (libsodium crypto_generichash_blake2b with a key: a MAC, RFC
-// 7693), keyed by ClusterSecret::data_mac_key(), over the header bytes and,
-// for a request, the requester address. (HMAC-SHA512-256 cost about 9 us a
+// 7693), keyed by ClusterSecret::data_mac_key(), over the header bytes
+// (a data header's meta included) and, for a request, the requester address. (HMAC-SHA512-256 cost about 9 us a
 // fetch here, keyed BLAKE2b about a third of it.) The object's bytes are not covered (bandwidth):
 // the data plane authenticates who asks and what they are told, but does
 // not encrypt or authenticate payloads (docs/security.md). An insecure
@@ -36,7 +41,10 @@ namespace troupe::transport::ucx_wire {
 constexpr unsigned kRequestAm = 116;
 constexpr unsigned kDataAm = 117;
 constexpr std::uint32_t kRequestMagic = 0x54525131;  // "TRQ1"
-constexpr std::uint32_t kDataMagic = 0x54524431;     // "TRD1"
+// A push request: "push this object to the worker whose address is the
+// data, as soon as it is published" (DataPlane::request_push); never answered.
+constexpr std::uint32_t kPushRequestMagic = 0x54525031;  // "TRP1"
+constexpr std::uint32_t kDataMagic = 0x54524432;     // "TRD2" (meta after the header)
 
 enum Kind : std::uint8_t { kReply = 1, kPush = 2 };
 // kBusy: the holder has too many parked requests to park this one.
@@ -59,9 +67,15 @@ struct DataHeader {
   std::uint64_t id_hi = 0, id_lo = 0;
   std::uint64_t total = 0;   // object size
   std::uint64_t offset = 0;  // of this message's bytes in the object
+  std::uint32_t meta_length = 0;  // meta bytes after this header (offset 0 only)
+  std::uint32_t reserved2 = 0;
 };
 
-static_assert(sizeof(RequestHeader) == 32 && sizeof(DataHeader) == 48, "wire layout");
+static_assert(sizeof(RequestHeader) == 32 && sizeof(DataHeader) == 56, "wire layout");
+
+// An object's meta (ObjectBuffer::meta) travels in the data header: at most
+// this many bytes (transport::kMaxObjectMetaBytes).
+constexpr std::size_t kMaxMetaBytes = 1024;
 
 constexpr std::size_t kTagBytes = 32;
 using Tag = std::array<std::uint8_t, kTagBytes>;
@@ -71,8 +85,8 @@ using Tag = std::array<std::uint8_t, kTagBytes>;
 constexpr std::size_t kMinAddressBytes = 16;
 constexpr std::size_t kMaxAddressBytes = 8192;
 
-// The largest header on the wire (a tagged data header).
-constexpr std::size_t kMaxHeaderBytes = sizeof(DataHeader) + kTagBytes;
+// The largest header on the wire (a tagged data header with full meta).
+constexpr std::size_t kMaxHeaderBytes = sizeof(DataHeader) + kMaxMetaBytes + kTagBytes;
 
 // Keyed BLAKE2b-256 with the data plane's key. The keyed state is computed
 // once, so a tag costs one BLAKE2b block for a header. Thread-safe (const).
@@ -94,19 +108,23 @@ struct EncodedHeader {
   std::size_t size = 0;
 };
 EncodedHeader encode_request(const RequestHeader& header, std::string_view requester, const MessageKey* key);
-EncodedHeader encode_data(const DataHeader& header, const MessageKey* key);
+// `meta` (at most kMaxMetaBytes) follows the header; header.meta_length is
+// set from it.
+EncodedHeader encode_data(const DataHeader& header, const MessageKey* key, std::string_view meta = {});
 
 // What a receiver acts on, or why the message is refused (`error` set,
 // a static string). `unauthenticated`: the tag was missing or wrong (a
 // stranger, or a member of another cluster), as opposed to malformed.
 struct ParsedRequest {
   RequestHeader header;
-  std::string_view requester;  // points into `data`
+  std::string_view requester;  // points into `data`; a push request: the consumer to push to
+  bool push = false;            // a push request (kPushRequestMagic)
   const char* error = nullptr;
   bool unauthenticated = false;
 };
 struct ParsedData {
   DataHeader header;
+  std::string_view meta;  // points into the header bytes
   const char* error = nullptr;
   bool unauthenticated = false;
 };
@@ -119,7 +137,9 @@ struct ParsedData {
 ParsedRequest parse_request(std::span<const std::byte> header, std::span<const std::byte> data,
                             const MessageKey* key);
 // `payload_length`: the bytes that came with this header. Checks the
-// length, the tag, the magic, kind/status/memory values, and that
+// length (header, at most kMaxMetaBytes of meta, the tag), the tag, the
+// magic, that meta_length is the meta's length and meta rides only on an
+// ok message at offset 0, kind/status/memory values, and that
 // [offset, offset + payload_length) lies inside [0, total).
 ParsedData parse_data(std::span<const std::byte> header, std::size_t payload_length, const MessageKey* key);
 
