@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -30,6 +31,10 @@ struct StageClock::Call {
   std::int64_t submitted_ns = 0;
   std::atomic<std::int64_t> done_ns{0};  // 0: not complete
   std::atomic<bool> failed{false};
+  // To tell a call not complete from one whose callback is about to run: a
+  // waiter on the ref can wake before the completing thread ran the
+  // callbacks. Weak, so the clock keeps no result alive.
+  std::weak_ptr<detail::ObjectState> state;
 };
 
 StageClock::StageClock(std::size_t stages) : stages_(stages) {
@@ -50,6 +55,7 @@ StageClock::Op StageClock::record(std::size_t stage, const ObjectRefBase& result
   call->input = input;
   call->unit = unit;
   call->submitted_ns = now_ns();
+  call->state = result.state();
   // The callback runs on the completing thread once the state is visible
   // (or here, now, if it already is): the raw state pointer is alive then.
   detail::ObjectState* state = result.state().get();
@@ -74,6 +80,18 @@ std::vector<StageMeasure> StageClock::measure() const {
   for (std::size_t i = 0; i < calls_.size(); ++i) {
     const Call& c = *calls_[i];
     done[i] = c.done_ns.load(std::memory_order_acquire);
+    if (done[i] == 0) {
+      // Complete, callback not run yet: it runs next on the completing
+      // thread and is short (a bounded wait, in case it never comes).
+      const auto state = c.state.lock();
+      if (state != nullptr && state->is_ready()) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+        while ((done[i] = c.done_ns.load(std::memory_order_acquire)) == 0 &&
+               std::chrono::steady_clock::now() < deadline) {
+          std::this_thread::yield();
+        }
+      }
+    }
     const std::size_t k = c.stage;
     if (done[i] == 0) {
       broken[k] = true;

@@ -35,6 +35,8 @@
 // next stage) is for one micro-batch's forward and backward when the
 // profile's flops count both (docs/planner.md), its forward alone when they
 // count only the forward (a serving profile): record units to match.
+// StagePipeline::set_stage_clock (stage.hpp) records a training driver's
+// calls that way, with the micro-batch as the unit.
 //
 // Threads: record() and measure() from one thread (the driver's); the
 // completion callbacks they install may run on any.
