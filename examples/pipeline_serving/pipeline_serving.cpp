@@ -16,8 +16,10 @@
 //    chained futures: stage k's result ref goes straight into stage k+1's
 //    call, up to --inflight requests at once, so the stages work on
 //    different requests at the same time and activations never pass through
-//    the driver. Prints latency p50/p99 and throughput, and checks the first
-//    responses against the same model run in one thread.
+//    the driver. Prints latency p50/p99 and throughput, each stage's measured
+//    time per request beside the plan's predicted one
+//    (troupe::actors::StageClock), and checks the first responses against
+//    the same model run in one thread.
 //
 //   ./pipeline_serving --requests 200 --inflight 8           # local mode, declared GPUs
 //   troupe submit -- ./build/examples/pipeline_serving/pipeline_serving   # on a cluster
@@ -50,6 +52,7 @@
 
 #include <troupe/actors/kernels.hpp>
 #include <troupe/actors/plan_placement.hpp>
+#include <troupe/actors/stage_times.hpp>
 #include <troupe/runtime/cuda.hpp>
 #include <troupe/scheduler/error.hpp>
 #include <troupe/scheduler/planner.hpp>
@@ -443,13 +446,19 @@ int run(const Flags& flags, const Model& model, const sched::ClusterSpec& cluste
 
   const std::int64_t rows = flags.batch > 0 ? flags.batch : model.batch_size;
   const std::int64_t features = model.layers.front().in;
-  auto submit = [&](int request) {
+  // Every served request's calls are timed per stage (not the warm-up's).
+  troupe::actors::StageClock clock(stages.size());
+  auto submit = [&](int request, bool timed) {
     troupe::ObjectRef<Tensor> activation =
         stages[0].call<&Stage::forward>(request_input(rows, features, flags.seed * 1000003ULL + request));
-    for (std::size_t k = 1; k < stages.size(); ++k) activation = stages[k].call<&Stage::forward>(activation);
+    auto op = timed ? clock.record(0, activation) : troupe::actors::StageClock::kNoInput;
+    for (std::size_t k = 1; k < stages.size(); ++k) {
+      activation = stages[k].call<&Stage::forward>(activation);
+      if (timed) op = clock.record(k, activation, op);
+    }
     return activation;
   };
-  (void)submit(-1).get(120s);  // warm-up: every stage has run once
+  (void)submit(-1, false).get(120s);  // warm-up: every stage has run once
 
   // Closed loop: at most `inflight` requests outstanding; each completion
   // (a continuation on the runtime's pool) records its latency and lets the
@@ -474,7 +483,7 @@ int run(const Flags& flags, const Model& model, const sched::ClusterSpec& cluste
       }
     }
     const auto submitted = Clock::now();
-    troupe::ObjectRef<Tensor> response = submit(r);
+    troupe::ObjectRef<Tensor> response = submit(r, true);
     done.push_back(response.then([books, r, submitted](const Tensor&) {
       books->latency_ms[static_cast<std::size_t>(r)] =
           std::chrono::duration<double, std::milli>(Clock::now() - submitted).count();
@@ -490,6 +499,12 @@ int run(const Flags& flags, const Model& model, const sched::ClusterSpec& cluste
   std::printf("latency p50 %.2f ms, p99 %.2f ms; throughput %.1f requests/s (%.0f rows/s)\n",
               percentile(latency_ms, 0.50), percentile(latency_ms, 0.99), flags.requests / seconds,
               static_cast<double>(flags.requests * rows) / seconds);
+  // What each stage took per request (its own time, not its queue) beside
+  // what the plan predicted for its GPU; on declared GPUs the math runs on
+  // the CPU, so expect ratios well above 1 there.
+  std::printf("stage times per request, measured beside the plan's:\n%s",
+              troupe::actors::format_stage_time_report(troupe::actors::stage_time_report(plan, clock.measure()))
+                  .c_str());
 
   // The first responses against the whole model in this thread.
   std::vector<kernels::Linear> reference;

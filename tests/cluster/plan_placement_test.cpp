@@ -124,6 +124,7 @@ TEST(PlanPlacement, TheServingExampleRunsAsAJobWithEveryStageWhereItsPlanSays) {
   EXPECT_THAT(result.out, HasSubstr("cluster: running cluster, 4 GPUs on 2 nodes")) << result.out;
   EXPECT_THAT(result.out, HasSubstr("placement: every stage is on its planned node and GPU type")) << result.out;
   EXPECT_THAT(result.out, HasSubstr("latency p50")) << result.out;
+  EXPECT_THAT(result.out, HasSubstr("PREDICTED ms  MEASURED ms")) << result.out;
   EXPECT_THAT(result.out, HasSubstr("result: OK, 2 of 2 checked requests match")) << result.out;
 }
 

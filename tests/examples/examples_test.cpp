@@ -209,6 +209,8 @@ TEST(PipelineServingExample, PlansOverTheDeclaredGpusPlacesStagesAsPlannedAndSer
                         "serving 12 requests of 8 rows, up to 4 in flight",
                         "latency p50",
                         "requests/s",
+                        "stage times per request, measured beside the plan's",
+                        "STAGE  LAYERS   GPU                   PREDICTED ms  MEASURED ms     RATIO",
                         "result: OK, 3 of 3 checked requests match"});
   EXPECT_FALSE(contains(r.out, "MISPLACED")) << r.out;
 }

@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "troupe/actors/schedule.hpp"
+#include "troupe/actors/stage_times.hpp"
 #include "troupe/runtime/actor.hpp"
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/object_ref.hpp"
@@ -156,12 +157,17 @@ auto call_stage(const ActorHandle<Stage>& stage, int chunk, Args&&... args) {
 // empty or mismatched inputs, v > 1 on a stage that is not chunked, a
 // zero-bubble schedule on a stage without the split backward, and
 // Error(internal) for a schedule whose orders wait on each other.
+// With a `clock` (stage_times.hpp; as many stages as `stages`), every
+// forward, backward and loss call is recorded there, stage k as stage k,
+// its input the call whose result it takes, its unit the micro-batch id:
+// a stage's measured time is then one micro-batch's forward plus backward
+// (over all its chunks), the unit of the planner's stage time.
 template <PipelineStageClass Stage>
 StageBatchCalls submit_stage_calls(const std::vector<ActorHandle<Stage>>& stages,
                                    const std::vector<typename stage_traits<Stage>::activation_type>& inputs,
                                    const std::vector<typename stage_traits<Stage>::target_type>& targets,
                                    std::int64_t batch_size, Schedule schedule, int virtual_stages,
-                                   std::int64_t first_id) {
+                                   std::int64_t first_id, StageClock* clock = nullptr) {
   using Traits = stage_traits<Stage>;
   using A = typename Traits::activation_type;
   using Kind = PipelineOp::Kind;
@@ -188,6 +194,15 @@ StageBatchCalls submit_stage_calls(const std::vector<ActorHandle<Stage>>& stages
   std::vector<std::vector<ObjectRef<A>>> activations(G, std::vector<ObjectRef<A>>(m));
   std::vector<std::vector<ObjectRef<A>>> gradients(G, std::vector<ObjectRef<A>>(m));
   std::vector<std::vector<char>> forwarded(G, std::vector<char>(m, 0));
+  if (clock != nullptr && clock->num_stages() != stages.size()) {
+    stage_detail::fail("a StageClock of " + std::to_string(clock->num_stages()) + " stages for " + std::to_string(S));
+  }
+  // The clock's op of each activation and gradient (what a later call takes).
+  std::vector<std::vector<StageClock::Op>> activation_op(G, std::vector<StageClock::Op>(m, StageClock::kNoInput));
+  std::vector<std::vector<StageClock::Op>> gradient_op(G, std::vector<StageClock::Op>(m, StageClock::kNoInput));
+  auto timed = [&](int k, const ObjectRefBase& ref, StageClock::Op input, std::int64_t id) {
+    return clock != nullptr ? clock->record(static_cast<std::size_t>(k), ref, input, id) : StageClock::kNoInput;
+  };
   std::vector<std::size_t> next(S, 0);
   std::size_t left = 0;
   for (const auto& order : orders) left += order.size();
@@ -210,10 +225,12 @@ StageBatchCalls submit_stage_calls(const std::vector<ActorHandle<Stage>>& stages
                                    : stage_detail::call_stage<&Stage::forward_loss>(stage, c, id, activations[g - 1][i],
                                                                                    targets[i], batch_size);
             out.calls.push_back(out.losses[i]);
+            (void)timed(k, out.losses[i], g > 0 ? activation_op[g - 1][i] : StageClock::kNoInput, id);
           } else {
             activations[g][i] = g == 0 ? stage_detail::call_stage<&Stage::forward>(stage, c, id, inputs[i])
                                        : stage_detail::call_stage<&Stage::forward>(stage, c, id, activations[g - 1][i]);
             out.calls.push_back(activations[g][i]);
+            activation_op[g][i] = timed(k, activations[g][i], g > 0 ? activation_op[g - 1][i] : StageClock::kNoInput, id);
           }
           forwarded[g][i] = 1;
         } else if (op.kind == Kind::backward || op.kind == Kind::backward_input) {
@@ -231,9 +248,11 @@ StageBatchCalls submit_stage_calls(const std::vector<ActorHandle<Stage>>& stages
                                    : stage_detail::call_stage<&Stage::backward_input>(stage, c, id, gradients[g + 1][i]);
           }
           out.calls.push_back(gradients[g][i]);
+          gradient_op[g][i] = timed(k, gradients[g][i], last ? StageClock::kNoInput : gradient_op[g + 1][i], id);
         } else {
           if constexpr (Traits::splits_backward) {
             out.calls.push_back(stage_detail::call_stage<&Stage::backward_weight>(stage, c, id));
+            (void)timed(k, out.calls.back(), StageClock::kNoInput, id);
           }
         }
         ++next[k];
@@ -282,6 +301,13 @@ class StagePipeline {
   const std::vector<ActorHandle<Stage>>& stages() const noexcept { return stages_; }
   int virtual_stages() const noexcept { return virtual_stages_; }
 
+  // Records the calls of every batch submitted from now on in `clock`
+  // (nullptr: stop), which must outlive those submissions and have one
+  // stage per stage actor: stage_time_report(plan, clock->measure()) then
+  // shows each stage's measured forward + backward per micro-batch beside
+  // the plan's prediction (stage_times.hpp).
+  void set_stage_clock(StageClock* clock) { clock_ = clock; }
+
   // One training step on the micro-batches (inputs[i], targets[i]);
   // batch_size is passed to every forward_loss. Returns at once; the ref
   // completes, once every stage stepped, with the sum of the micro-batch
@@ -290,7 +316,7 @@ class StagePipeline {
                                               const std::vector<target_type>& targets, std::int64_t batch_size,
                                               Schedule schedule) {
     StageBatchCalls calls =
-        submit_stage_calls(stages_, inputs, targets, batch_size, schedule, virtual_stages_, next_id_);
+        submit_stage_calls(stages_, inputs, targets, batch_size, schedule, virtual_stages_, next_id_, clock_);
     next_id_ += static_cast<std::int64_t>(inputs.size());
     return when_all(when_all(calls.losses), when_all(calls.steps))
         .then([](std::tuple<std::vector<float>, std::vector<std::int64_t>> done) {
@@ -309,6 +335,7 @@ class StagePipeline {
   std::vector<ActorHandle<Stage>> stages_;
   int virtual_stages_ = 1;
   std::int64_t next_id_ = 0;
+  StageClock* clock_ = nullptr;
 };
 
 }  // namespace troupe::actors
