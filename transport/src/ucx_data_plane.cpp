@@ -309,6 +309,7 @@ class DataPlane::Impl {
   static void on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status);
   static void on_send_done(void* request, ucs_status_t status, void* user_data);
   static void on_request_sent(void* request, ucs_status_t status, void* user_data);
+  void send_request_am(ucp_ep_h ep, RequestOp* op, const ucp_request_param_t& param);
   static void on_recv_done(void* request, ucs_status_t status, size_t length, void* user_data);
 
   Clock::time_point tick();
@@ -991,15 +992,7 @@ void DataPlane::Impl::send_request(std::uint64_t request_id) {
     const auto status = fetch.ep->failed ? fetch.ep->failure : UCS_ERR_CANCELED;
     return on_request_sent(nullptr, status, op);
   }
-  ucs_status_ptr_t request = ucp_am_send_nbx(fetch.ep->ep, kRequestAm, op->wire.bytes.data(), op->wire.size,
-                                             op->address.data(), op->address.size(), &param);
-  if (request == nullptr) {
-    on_request_sent(nullptr, UCS_OK, op);
-  } else if (UCS_PTR_IS_ERR(request)) {
-    on_request_sent(nullptr, UCS_PTR_STATUS(request), op);
-  } else {
-    ++outstanding_;
-  }
+  send_request_am(fetch.ep->ep, op, param);
 }
 
 void DataPlane::Impl::on_request_sent(void* request, ucs_status_t status, void* user_data) {
@@ -1502,7 +1495,13 @@ void DataPlane::Impl::start_push_request(std::string holder, ObjectId id, std::s
   param.cb.send = &Impl::on_request_sent;  // request id 0: no fetch to fail
   param.user_data = op;
   param.memory_type = UCS_MEMORY_TYPE_HOST;
-  ucs_status_ptr_t request = ucp_am_send_nbx(ep->ep, kRequestAm, op->wire.bytes.data(), op->wire.size,
+  send_request_am(ep->ep, op, param);
+}
+
+// Sends a request's header and the asker's address as one active message;
+// on_request_sent runs when it left (at once when it left inline or failed).
+void DataPlane::Impl::send_request_am(ucp_ep_h ep, RequestOp* op, const ucp_request_param_t& param) {
+  ucs_status_ptr_t request = ucp_am_send_nbx(ep, kRequestAm, op->wire.bytes.data(), op->wire.size,
                                              op->address.data(), op->address.size(), &param);
   if (request == nullptr) {
     on_request_sent(nullptr, UCS_OK, op);
