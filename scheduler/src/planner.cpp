@@ -237,9 +237,7 @@ PlanEvaluation evaluate(const ModelProfile& model, const ClusterSpec& cluster, c
   }
   std::vector<int> stage_node(plan.stages.size(), -1);
   std::vector<const ClusterGpu*> stage_gpu(plan.stages.size(), nullptr);
-  std::vector<bool> range_ok(plan.stages.size(), false);
   std::set<std::pair<int, int>> used;
-  int expected_first = 0;
   for (int k = 0; k < stage_count; ++k) {
     const PlanStage& s = plan.stages[static_cast<std::size_t>(k)];
     if (auto it = node_index.find(s.node); it == node_index.end()) {
@@ -254,20 +252,8 @@ PlanEvaluation evaluate(const ModelProfile& model, const ClusterSpec& cluster, c
         fail(fmt::format("{}: GPU {} of node \"{}\" is already used by an earlier stage", stage_label(k), s.gpu, s.node));
       }
     }
-    if (s.first_layer < 0 || s.last_layer >= layers || s.first_layer > s.last_layer) {
-      fail(fmt::format("{}: not a non-empty range of the model's layers 0-{}", stage_label(k), layers - 1));
-    } else {
-      range_ok[static_cast<std::size_t>(k)] = true;
-    }
-    if (s.first_layer != expected_first) {
-      fail(fmt::format("{}: starts at layer {} but must start at layer {}{}", stage_label(k), s.first_layer,
-                       expected_first, k == 0 ? "" : " (right after the previous stage)"));
-    }
-    expected_first = s.last_layer + 1;
   }
-  if (stage_count > 0 && expected_first != layers) {
-    fail(fmt::format("the stages end at layer {} but the model's last layer is {}", expected_first - 1, layers - 1));
-  }
+  const std::vector<bool> range_ok = detail::check_layer_tiling(plan.stages, layers, stage_label, fail);
 
   // Costs of every stage that resolves; then memory.
   for (int k = 0; k < stage_count; ++k) {
@@ -293,13 +279,7 @@ PlanEvaluation evaluate(const ModelProfile& model, const ClusterSpec& cluster, c
                      gb(cost.activations(s.first_layer, s.last_layer)), s.gpu_type, gb(s.memory_capacity_bytes)));
   }
 
-  for (int k = 0; k < stage_count; ++k) {
-    const PlanStage& s = result.plan.stages[static_cast<std::size_t>(k)];
-    if (result.plan.bottleneck_stage < 0 || s.time_s > result.plan.bottleneck_s) {
-      result.plan.bottleneck_s = s.time_s;
-      result.plan.bottleneck_stage = k;
-    }
-  }
+  detail::pick_bottleneck(result.plan);
   result.valid = result.reason.empty();
   return result;
 }

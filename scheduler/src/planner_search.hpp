@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "troupe/scheduler/planner.hpp"
 
 namespace troupe::scheduler::detail {
@@ -34,5 +36,45 @@ struct OneGpuSearch {
 // its class's lowest-index free GPU.
 OneGpuSearch search_one_gpu_stages(const ModelProfile& model, const ClusterSpec& cluster, int max_stages,
                                    std::size_t max_table_bytes);
+
+// Checks shared by evaluate_plan() and evaluate_plan_v2(): every stage's
+// layers are a non-empty range of the model's, and the ranges tile the chain
+// in order. Calls fail(reason) for each fault; returns which stages' ranges
+// are usable.
+template <class Stages, class Label, class Fail>
+std::vector<bool> check_layer_tiling(const Stages& stages, int layers, const Label& stage_label, const Fail& fail) {
+  std::vector<bool> range_ok(stages.size(), false);
+  int expected_first = 0;
+  for (std::size_t k = 0; k < stages.size(); ++k) {
+    const auto& s = stages[k];
+    const int index = static_cast<int>(k);
+    if (s.first_layer < 0 || s.last_layer >= layers || s.first_layer > s.last_layer) {
+      fail(fmt::format("{}: not a non-empty range of the model's layers 0-{}", stage_label(index), layers - 1));
+    } else {
+      range_ok[k] = true;
+    }
+    if (s.first_layer != expected_first) {
+      fail(fmt::format("{}: starts at layer {} but must start at layer {}{}", stage_label(index), s.first_layer,
+                       expected_first, k == 0 ? "" : " (right after the previous stage)"));
+    }
+    expected_first = s.last_layer + 1;
+  }
+  if (!stages.empty() && expected_first != layers) {
+    fail(fmt::format("the stages end at layer {} but the model's last layer is {}", expected_first - 1, layers - 1));
+  }
+  return range_ok;
+}
+
+// The slowest stage of an evaluated plan (the first of equals).
+template <class Plan>
+void pick_bottleneck(Plan& plan) {
+  for (std::size_t k = 0; k < plan.stages.size(); ++k) {
+    const auto& s = plan.stages[k];
+    if (plan.bottleneck_stage < 0 || s.time_s > plan.bottleneck_s) {
+      plan.bottleneck_s = s.time_s;
+      plan.bottleneck_stage = static_cast<int>(k);
+    }
+  }
+}
 
 }  // namespace troupe::scheduler::detail

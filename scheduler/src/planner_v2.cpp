@@ -707,9 +707,8 @@ PlanEvaluationV2 evaluate_v2(const ModelProfile& model, const ClusterSpec& clust
   if (plan.stages.empty()) fail("the plan has no stages");
   std::vector<int> stage_node(plan.stages.size(), -1);
   std::vector<const ClusterGpu*> stage_gpu(plan.stages.size(), nullptr);  // its first GPU, when all resolve alike
-  std::vector<bool> range_ok(plan.stages.size(), false), split_ok(plan.stages.size(), false);
+  std::vector<bool> split_ok(plan.stages.size(), false);
   std::set<std::pair<int, int>> used;
-  int expected_first = 0;
   for (int k = 0; k < stage_count; ++k) {
     const std::size_t sk = static_cast<std::size_t>(k);
     const PlanStageV2& s = plan.stages[sk];
@@ -756,25 +755,16 @@ PlanEvaluationV2 evaluate_v2(const ModelProfile& model, const ClusterSpec& clust
     } else if (g > 0) {
       split_ok[sk] = true;
     }
-    if (s.first_layer < 0 || s.last_layer >= layers || s.first_layer > s.last_layer) {
-      fail(fmt::format("{}: not a non-empty range of the model's layers 0-{}", stage_label(k), layers - 1));
-    } else {
-      range_ok[sk] = true;
-      if (s.tp > 1 && !cost.splittable(s.first_layer, s.last_layer)) {
-        int layer = s.first_layer;
-        while (cost.splittable(layer, layer)) ++layer;
-        fail(fmt::format("{}: tp {} but {} has no tp_bytes and cannot be split", stage_label(k), s.tp,
-                         layer_label(model, layer)));
-      }
-    }
-    if (s.first_layer != expected_first) {
-      fail(fmt::format("{}: starts at layer {} but must start at layer {}{}", stage_label(k), s.first_layer,
-                       expected_first, k == 0 ? "" : " (right after the previous stage)"));
-    }
-    expected_first = s.last_layer + 1;
   }
-  if (stage_count > 0 && expected_first != layers) {
-    fail(fmt::format("the stages end at layer {} but the model's last layer is {}", expected_first - 1, layers - 1));
+  const std::vector<bool> range_ok = detail::check_layer_tiling(plan.stages, layers, stage_label, fail);
+  for (int k = 0; k < stage_count; ++k) {
+    const PlanStageV2& s = plan.stages[static_cast<std::size_t>(k)];
+    if (range_ok[static_cast<std::size_t>(k)] && s.tp > 1 && !cost.splittable(s.first_layer, s.last_layer)) {
+      int layer = s.first_layer;
+      while (cost.splittable(layer, layer)) ++layer;
+      fail(fmt::format("{}: tp {} but {} has no tp_bytes and cannot be split", stage_label(k), s.tp,
+                       layer_label(model, layer)));
+    }
   }
 
   for (int k = 0; k < stage_count; ++k) {
@@ -811,13 +801,7 @@ PlanEvaluationV2 evaluate_v2(const ModelProfile& model, const ClusterSpec& clust
                      gb(s.memory_capacity_bytes)));
   }
 
-  for (int k = 0; k < stage_count; ++k) {
-    const PlanStageV2& s = result.plan.stages[static_cast<std::size_t>(k)];
-    if (result.plan.bottleneck_stage < 0 || s.time_s > result.plan.bottleneck_s) {
-      result.plan.bottleneck_s = s.time_s;
-      result.plan.bottleneck_stage = k;
-    }
-  }
+  detail::pick_bottleneck(result.plan);
   result.valid = result.reason.empty();
   return result;
 }
