@@ -640,6 +640,7 @@ Pipeline::Pipeline(Pipeline&& other) noexcept
     : specs_(std::move(other.specs_)),
       stages_(std::exchange(other.stages_, {})),
       next_micro_batch_(other.next_micro_batch_),
+      clock_(std::exchange(other.clock_, nullptr)),
       supervisor_(std::move(other.supervisor_)) {}
 
 Pipeline& Pipeline::operator=(Pipeline&& other) noexcept {
@@ -648,6 +649,7 @@ Pipeline& Pipeline::operator=(Pipeline&& other) noexcept {
     specs_ = std::move(other.specs_);
     stages_ = std::exchange(other.stages_, {});
     next_micro_batch_ = other.next_micro_batch_;
+    clock_ = std::exchange(other.clock_, nullptr);
     supervisor_ = std::move(other.supervisor_);
   }
   return *this;
@@ -686,7 +688,7 @@ namespace detail {
 
 BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& stages, const Tensor& x,
                               const Tensor& labels, int micro_batches, Schedule schedule,
-                              std::int64_t& next_micro_batch) {
+                              std::int64_t& next_micro_batch, StageClock* clock) {
   if (schedule == Schedule::interleaved_1f1b) {
     fail("Pipeline::submit_batch", "PipelineStage holds one chunk; interleaved-1f1b needs a chunked stage class "
                                    "(stage.hpp, StagePipeline)");
@@ -695,7 +697,7 @@ BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& sta
   const std::vector<Tensor> ys = labels.chunk(micro_batches);
   const std::int64_t first_id = next_micro_batch;
   next_micro_batch += static_cast<std::int64_t>(xs.size());  // fewer than asked when batch < micro_batches
-  return submit_stage_calls(stages, xs, ys, x.size(0), schedule, 1, first_id);
+  return submit_stage_calls(stages, xs, ys, x.size(0), schedule, 1, first_id, clock);
 }
 
 }  // namespace detail
@@ -705,13 +707,25 @@ ObjectRef<float> Pipeline::submit_batch(const Tensor& x, const Tensor& labels, i
   if (stages_.empty()) fail("Pipeline::submit_batch", "the pipeline has no stages (moved from?)");
   check_batch(specs_, x, labels, micro_batches);
   if (supervisor_) return supervisor_->submit_batch(x, labels, micro_batches, schedule);
-  detail::BatchCalls calls = detail::submit_batch_calls(stages_, x, labels, micro_batches, schedule, next_micro_batch_);
+  detail::BatchCalls calls =
+      detail::submit_batch_calls(stages_, x, labels, micro_batches, schedule, next_micro_batch_, clock_);
   return when_all(when_all(calls.losses), when_all(calls.steps))
       .then([](std::tuple<std::vector<float>, std::vector<std::int64_t>> done) {
         double sum = 0;  // micro-batch order: the same sum every time
         for (const float loss : std::get<0>(done)) sum += loss;
         return static_cast<float>(sum);
       });
+}
+
+void Pipeline::set_stage_clock(StageClock* clock) {
+  if (clock != nullptr && supervisor_) {
+    fail("Pipeline::set_stage_clock", "fault tolerance is on: a recovery replays calls, which would be timed twice");
+  }
+  if (clock != nullptr && clock->num_stages() != stages_.size()) {
+    fail("Pipeline::set_stage_clock", "a StageClock of " + std::to_string(clock->num_stages()) + " stages for " +
+                                          std::to_string(stages_.size()));
+  }
+  clock_ = clock;
 }
 
 float Pipeline::train_batch(const Tensor& x, const Tensor& labels, int micro_batches, Schedule schedule) {

@@ -183,6 +183,40 @@ TEST_F(StageTimes, AStagePipelineMeasuresForwardPlusBackwardPerMicroBatch) {
                troupe::Error);
 }
 
+TEST_F(StageTimes, ThePipelineDriverOfMlpStagesMeasuresForwardPlusBackwardPerMicroBatch) {
+  auto specs = troupe::actors::split_mlp({8, 16, 4}, 2, {.seed = 3});
+  const int forward_ms[] = {4, 2};
+  for (std::size_t k = 0; k < specs.size(); ++k) {
+    specs[k].simulated_forward_us = forward_ms[k] * 1000;
+    specs[k].simulated_backward_us = 2 * forward_ms[k] * 1000;
+  }
+  troupe::actors::Pipeline pipeline(specs);
+  constexpr int kMicro = 4, kRows = 8;
+  troupe::Tensor x = troupe::Tensor::empty({kRows, 8}, troupe::DType::f32);
+  for (std::int64_t j = 0; j < x.numel(); ++j) x.data<float>()[j] = 0.01f * static_cast<float>(j % 13);
+  troupe::Tensor y = troupe::Tensor::empty({kRows}, troupe::DType::i32);
+  for (std::int64_t j = 0; j < kRows; ++j) y.data<std::int32_t>()[j] = static_cast<std::int32_t>(j % 4);
+  sched::Plan plan;
+  plan.stages = {{"local", 0, 0, 0, "T4-16GB", 0.012, 0, 0.012}, {"local", 1, 1, 1, "T4-16GB", 0.006, 0, 0.006}};
+
+  troupe::actors::StageClock clock(2);
+  pipeline.set_stage_clock(&clock);
+  EXPECT_GT(pipeline.train_batch(x, y, kMicro, troupe::actors::Schedule::one_f_one_b), 0);
+  pipeline.set_stage_clock(nullptr);
+  (void)pipeline.train_batch(x, y, kMicro, troupe::actors::Schedule::one_f_one_b);  // not recorded
+  const auto rows = troupe::actors::stage_time_report(plan, clock.measure());
+  ASSERT_EQ(rows.size(), 2u);
+  for (std::size_t k = 0; k < rows.size(); ++k) {
+    SCOPED_TRACE(k);
+    const double want_ms = 3.0 * forward_ms[k];
+    EXPECT_EQ(rows[k].units, kMicro);
+    EXPECT_GE(rows[k].measured_ms, want_ms * 0.75);
+    EXPECT_LT(rows[k].measured_ms, want_ms * 2.0 + 10);
+  }
+  troupe::actors::StageClock wrong(3);
+  EXPECT_THROW(pipeline.set_stage_clock(&wrong), troupe::Error);
+}
+
 TEST_F(StageTimes, BadUseIsRefused) {
   EXPECT_THROW(troupe::actors::StageClock(0), troupe::Error);
   troupe::actors::StageClock clock(2);

@@ -431,6 +431,16 @@ class Pipeline {
   // submit_batch(...).get(): blocks, throws the batch's error.
   float train_batch(const Tensor& x, const Tensor& labels, int micro_batches, Schedule schedule);
 
+  // Records every forward, backward and loss call of the batches submitted
+  // after it in `clock` (stage_times.hpp; stage k as stage k, the unit the
+  // micro-batch), so stage_time_report(plan, clock->measure()) puts each
+  // stage's forward + backward per micro-batch beside the plan's time, as
+  // StagePipeline::set_stage_clock does. nullptr stops recording; the clock
+  // must outlive the calls recorded. Throws Error(invalid_argument) for a
+  // clock of another stage count, and with fault tolerance on (a replay
+  // would time calls twice).
+  void set_stage_clock(StageClock* clock);
+
   // The model's logits for x [rows, in], through every stage's predict (no
   // stash, no gradient), in host memory whatever the last stage's device (the
   // activations between stages stay on the stages' devices). Returns at once.
@@ -457,6 +467,7 @@ class Pipeline {
   std::vector<StageSpec> specs_;
   std::vector<ActorHandle<PipelineStage>> stages_;
   std::int64_t next_micro_batch_ = 0;
+  StageClock* clock_ = nullptr;  // not owned
   std::unique_ptr<detail::PipelineSupervisor> supervisor_;
 };
 
@@ -467,7 +478,7 @@ namespace detail {
 using BatchCalls = StageBatchCalls;
 BatchCalls submit_batch_calls(const std::vector<ActorHandle<PipelineStage>>& stages, const Tensor& x,
                               const Tensor& labels, int micro_batches, Schedule schedule,
-                              std::int64_t& next_micro_batch);
+                              std::int64_t& next_micro_batch, StageClock* clock = nullptr);
 
 }  // namespace detail
 
