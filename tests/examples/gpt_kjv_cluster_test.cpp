@@ -25,7 +25,8 @@ TEST(GptKjvCluster, FourStagesOfTwoShardsOnTwoNodesMatchTheUnsplitModel) {
   troupe::testing::TestCluster cluster(200, 15);
   ASSERT_EQ(cluster.start_head({"--gpus", "T4-16GB:4"}).exit_code, 0);
   ASSERT_FALSE(cluster.add_worker("T4-16GB:4").empty());
-  const auto r = cluster.troupe({"submit", "--name", "gpt", "--", kExample, "--layers", "4", "--channels", "16",
+  // A long answer timeout: storing the 80 MB job binary stalls a loaded 2-core head.
+  const auto r = cluster.troupe({"submit", "--timeout", "120", "--name", "gpt", "--", kExample, "--layers", "4", "--channels", "16",
                                  "--heads", "2", "--hidden", "32", "--seq-len", "16", "--batch", "8",
                                  "--micro-batches", "4", "--steps", "3", "--eval-every", "3", "--eval-batches", "1",
                                  "--sample", "10", "--tp", "2", "--check-against-single", "3", "--model-json", ""},
