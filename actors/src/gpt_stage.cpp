@@ -38,7 +38,7 @@ std::string describe_place(Device device) {
     node = std::string(id).substr(0, 12);
   }
   std::string gpus;
-  for (const int g : get_gpu_ids()) gpus += (gpus.empty() ? "" : ",") + std::to_string(g);
+  for (const int g : node_gpu_ids()) gpus += (gpus.empty() ? "" : ",") + std::to_string(g);  // as the node lists them
   return "node " + node + " gpus [" + gpus + "] math on " + device.to_string();
 }
 

@@ -8,7 +8,8 @@
 //    text) are held out for validation. The vocabulary is every character.
 // 2. Profile. Each layer of the model (block l; the embeddings ride with
 //    block 0, the final norm, head and loss with the last block) is run
-//    forward and backward on one micro-batch on this machine; its time
+//    forward and backward on one micro-batch on this machine; its time (the
+//    fastest of 5 runs: the machine may be shared)
 //    becomes the planner's "flops" as the work that takes that long on a
 //    --profile-gpu (default T4-16GB: the measured times stand for that GPU),
 //    its parameters, gradients and AdamW moments its "param_bytes", its
@@ -330,14 +331,9 @@ Batch val_batch(const Corpus& c, const Flags& f, int i, int n) {
 // ---- profile ------------------------------------------------------------------------------------
 
 struct LayerProfile {
-  double seconds = 0;  // forward + backward of one micro-batch, median
+  double seconds = 0;  // forward + backward of one micro-batch: the fastest of 5 runs (others share the machine)
   double param_bytes = 0, activation_bytes = 0, tp_bytes = 0;
 };
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 // Layer l = stage l of L with one block: block l, the embeddings on 0, the
 // head and loss on L-1; run on a micro-batch here, in this process.
@@ -364,7 +360,7 @@ std::vector<LayerProfile> profile_layers(const GptSpec& spec, const Batch& micro
       if (rep > 0) times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
     }
     LayerProfile p;
-    p.seconds = median(times);
+    p.seconds = *std::min_element(times.begin(), times.end());
     double params = 4 * C * C + 4 * C + 2 * C * F + F + C + 4 * C;  // a block (see BlockParameters)
     if (l == 0) params += V * C + T * C;
     if (l == L - 1) params += 2 * C + C * V + V;
