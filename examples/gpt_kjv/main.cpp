@@ -8,8 +8,8 @@
 //    text) are held out for validation. The vocabulary is every character.
 // 2. Profile. Each layer of the model (block l; the embeddings ride with
 //    block 0, the final norm, head and loss with the last block) is run
-//    forward and backward on one micro-batch on this machine; its time (the
-//    fastest of 5 runs: the machine may be shared)
+//    forward and backward on one micro-batch on this machine, the layers
+//    taking turns; its time (the fastest of 6 runs: the machine may be shared)
 //    becomes the planner's "flops" as the work that takes that long on a
 //    --profile-gpu (default T4-16GB: the measured times stand for that GPU),
 //    its parameters, gradients and AdamW moments its "param_bytes", its
@@ -331,36 +331,45 @@ Batch val_batch(const Corpus& c, const Flags& f, int i, int n) {
 // ---- profile ------------------------------------------------------------------------------------
 
 struct LayerProfile {
-  double seconds = 0;  // forward + backward of one micro-batch: the fastest of 5 runs (others share the machine)
+  double seconds = 0;  // forward + backward of one micro-batch: the fastest of 6 runs (others share the machine)
   double param_bytes = 0, activation_bytes = 0, tp_bytes = 0;
 };
 
 // Layer l = stage l of L with one block: block l, the embeddings on 0, the
-// head and loss on L-1; run on a micro-batch here, in this process.
+// head and loss on L-1; run on a micro-batch here, in this process. The
+// layers take turns (rounds of one run each) and each keeps its fastest
+// run, so load from others on a shared machine skews no layer against
+// the rest (the planner would merge layers that merely looked cheap).
 std::vector<LayerProfile> profile_layers(const GptSpec& spec, const Batch& micro) {
+  constexpr int kRounds = 7;  // the first is a warm-up
   const int L = spec.layers;
   const double C = static_cast<double>(spec.channels), F = static_cast<double>(spec.hidden);
   const double V = static_cast<double>(spec.vocab), T = static_cast<double>(spec.seq_len);
   const double rows = static_cast<double>(micro.targets.numel());
-  std::vector<LayerProfile> out;
   Tensor h = Tensor::empty({micro.targets.numel(), spec.channels}, troupe::DType::f32);
   troupe::kernels::uniform_(h, 1.0f, 3u);
-  for (int l = 0; l < L; ++l) {
-    GptStage layer(GptStageSpec{spec, l, L, l, l}, {});
-    std::vector<double> times;
-    for (int rep = 0; rep < 6; ++rep) {
+  std::vector<GptStage> layers;
+  for (int l = 0; l < L; ++l) layers.emplace_back(GptStageSpec{spec, l, L, l, l}, troupe::actors::GptShardHandles{});
+  std::vector<double> fastest(static_cast<std::size_t>(L), INFINITY);
+  for (int round = 0; round < kRounds; ++round) {
+    for (int l = 0; l < L; ++l) {
+      GptStage& layer = layers[static_cast<std::size_t>(l)];
       const auto start = Clock::now();
       if (l == L - 1) {
-        (void)layer.forward_loss(rep, l == 0 ? micro.tokens : h, micro.targets, micro.targets.numel());
-        (void)layer.backward_loss(rep);
+        (void)layer.forward_loss(round, l == 0 ? micro.tokens : h, micro.targets, micro.targets.numel());
+        (void)layer.backward_loss(round);
       } else {
-        const Tensor y = layer.forward(rep, l == 0 ? micro.tokens : h);
-        (void)layer.backward(rep, y);
+        const Tensor y = layer.forward(round, l == 0 ? micro.tokens : h);
+        (void)layer.backward(round, y);
       }
-      if (rep > 0) times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+      const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      if (round > 0) fastest[static_cast<std::size_t>(l)] = std::min(fastest[static_cast<std::size_t>(l)], seconds);
     }
+  }
+  std::vector<LayerProfile> out;
+  for (int l = 0; l < L; ++l) {
     LayerProfile p;
-    p.seconds = *std::min_element(times.begin(), times.end());
+    p.seconds = fastest[static_cast<std::size_t>(l)];
     double params = 4 * C * C + 4 * C + 2 * C * F + F + C + 4 * C;  // a block (see BlockParameters)
     if (l == 0) params += V * C + T * C;
     if (l == L - 1) params += 2 * C + C * V + V;
