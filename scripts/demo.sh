@@ -20,7 +20,15 @@
 # Without ARGS, pipeline_mnist in cluster mode gets --gpu-stages: each stage
 # asks for one of the cluster's (declared) GPUs, so the scheduler spreads the
 # 4 stages over the head's H100s and the worker's T4s.
-# DEMO_TIMEOUT (seconds, default 900) stops a demo that hangs (exit 124).
+# DEMO_EXAMPLE=gpt_kjv trains a character-level GPT on the King James Bible
+# (Debian's bible-kjv) as 4 pipeline stages of 2 tensor-parallel shards,
+# planned and placed over the cluster's GPUs; its cluster is a head and a
+# worker with 4 declared T4s each, and it trains for 10 minutes unless ARGS
+# say otherwise (e.g. -- --minutes 15, or -- --tp 1).
+# DEMO_HEAD_GPUS / DEMO_WORKER_GPUS override the declared GPUs of the head
+# and the worker (defaults: H100-80GB:2 / T4-16GB:2; T4-16GB:4 each for gpt_kjv).
+# DEMO_TIMEOUT (seconds, default 900; 1500 for gpt_kjv) stops a demo that
+# hangs (exit 124).
 # BUILD_DIR, BUILD_TYPE, TROUPE_CUDA, JOBS as in scripts/configure-build.sh.
 set -euo pipefail
 
@@ -29,7 +37,6 @@ BUILD_DIR="${BUILD_DIR:-build}"
 [[ $BUILD_DIR == /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
 export BUILD_DIR
 DEMO_MODE="${DEMO_MODE:-cluster}"
-DEMO_TIMEOUT="${DEMO_TIMEOUT:-900}"
 PREFERRED_EXAMPLES=(pipeline_mnist pipeline_local)
 
 build_args=()
@@ -85,16 +92,25 @@ run_cluster() {
   export TROUPE_TEMP_DIR="$session"
   trap '"$TROUPE_BIN" stop --force > /dev/null 2>&1 || true; rm -rf "$DEMO_SESSION"' EXIT
   echo "demo.sh: starting a local cluster (session under $session)"
-  "$troupe" start --head --port "$port" --gpus "H100-80GB:2" || return
-  "$troupe" start --address "127.0.0.1:$port" --gpus "T4-16GB:2" || return
+  "$troupe" start --head --port "$port" --gpus "$DEMO_HEAD_GPUS" || return
+  "$troupe" start --address "127.0.0.1:$port" --gpus "$DEMO_WORKER_GPUS" || return
   echo "demo.sh: submitting ${exe#"$ROOT"/}"
   local status=0
-  timeout --foreground -k 10 "$DEMO_TIMEOUT" "$troupe" submit --name demo -- "$exe" "$@" || status=$?
+  # A long answer timeout: storing the job binary (70-80 MB) stalls a loaded 2-core head.
+  timeout --foreground -k 10 "$DEMO_TIMEOUT" "$troupe" submit --timeout 120 --name demo -- "$exe" "$@" || status=$?
   "$troupe" status || true
   return "$status"
 }
 
 example=$(pick_example)
+if [[ $example == gpt_kjv ]]; then
+  DEMO_TIMEOUT="${DEMO_TIMEOUT:-1500}"
+  DEMO_HEAD_GPUS="${DEMO_HEAD_GPUS:-T4-16GB:4}"
+  DEMO_WORKER_GPUS="${DEMO_WORKER_GPUS:-T4-16GB:4}"
+fi
+DEMO_TIMEOUT="${DEMO_TIMEOUT:-900}"
+DEMO_HEAD_GPUS="${DEMO_HEAD_GPUS:-H100-80GB:2}"
+DEMO_WORKER_GPUS="${DEMO_WORKER_GPUS:-T4-16GB:2}"
 targets=(--target "example_$example")
 [[ $DEMO_MODE == cluster ]] && targets+=(--target troupe_cli)
 "$ROOT/scripts/configure-build.sh" "${build_args[@]}" "${targets[@]}"

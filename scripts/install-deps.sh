@@ -22,6 +22,7 @@ PACKAGES=(
   clang libclang-rt-dev                # libFuzzer targets (scripts/fuzz.sh)
   dataset-fashion-mnist                # data for the pipeline example
   zlib1g-dev                           # reads that data (gzipped IDX files)
+  bible-kjv bible-kjv-text             # text for the GPT example (examples/gpt_kjv)
   iproute2 procps                      # network namespaces, process tools in tests
 )
 

@@ -205,6 +205,32 @@ Tensor TransformerBlockShard::sum(const Tensor& a, const Tensor& b) {
 
 Tensor TransformerBlockShard::hold(const Tensor& value) { return value.to(device_); }
 
+std::int64_t TransformerBlockShard::stash(std::int64_t key) {
+  if (!a_.defined()) fail("TransformerBlockShard::stash", "no forward to stash");
+  stashed_[key] = Activations{std::move(x_), std::move(qkv_), std::move(y_), std::move(h_),
+                              std::move(a_), std::move(n1_), std::move(n2_), std::move(attention_)};
+  x_ = qkv_ = y_ = h_ = a_ = Tensor();
+  n1_ = n2_ = kernels::LayerNormResult{};
+  attention_ = kernels::AttentionResult{};
+  return static_cast<std::int64_t>(stashed_.size());
+}
+
+std::int64_t TransformerBlockShard::restore(std::int64_t key) {
+  auto it = stashed_.find(key);
+  if (it == stashed_.end()) fail("TransformerBlockShard::restore", "nothing stashed under " + std::to_string(key));
+  Activations& a = it->second;
+  x_ = std::move(a.x);
+  qkv_ = std::move(a.qkv);
+  y_ = std::move(a.y);
+  h_ = std::move(a.h);
+  a_ = std::move(a.a);
+  n1_ = std::move(a.n1);
+  n2_ = std::move(a.n2);
+  attention_ = std::move(a.attention);
+  stashed_.erase(it);
+  return static_cast<std::int64_t>(stashed_.size());
+}
+
 std::vector<Tensor> TransformerBlockShard::parameters() const {
   std::vector<Tensor> out = p_.list();
   for (Tensor& t : out) t = host_copy(t);
@@ -373,5 +399,5 @@ ObjectRef<void> TensorParallelBlock::scale_grads(float factor) const {
 }  // namespace troupe::actors
 
 TROUPE_ACTOR(troupe::actors::TransformerBlockShard, (troupe::actors::BlockSpec), attention_partial, mlp_partial,
-             output, backward_mlp, backward_attention, backward_output, sum, hold, parameters, gradients, zero_grad,
+             output, backward_mlp, backward_attention, backward_output, sum, hold, stash, restore, parameters, gradients, zero_grad,
              sgd_step, adamw_step, grad_sum_of_squares, scale_grads, spec);

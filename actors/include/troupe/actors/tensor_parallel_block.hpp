@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #include "troupe/actors/transformer_kernels.hpp"
@@ -96,6 +97,14 @@ class TransformerBlockShard {
   Tensor sum(const Tensor& a, const Tensor& b);
   Tensor hold(const Tensor& value);
 
+  // Pipelines keep several micro-batches in flight (gpt_stage.hpp): stash
+  // moves the latest forward's activations aside under `key` (the shard then
+  // has none), restore brings them back, and forgets them, before that
+  // micro-batch's backward. restore of an unknown key throws
+  // Error(invalid_argument). Both return the number of stashed keys left.
+  std::int64_t stash(std::int64_t key);
+  std::int64_t restore(std::int64_t key);
+
   // Host copies, in BlockParameters order (undefined b_o, b_2 off shard 0).
   std::vector<Tensor> parameters() const;
   std::vector<Tensor> gradients() const;
@@ -124,11 +133,17 @@ class TransformerBlockShard {
   BlockParameters p_;
   BlockParameters g_;
   std::vector<Tensor> adam_m_, adam_v_;
-  // The latest forward's activations.
+  // The latest forward's activations, and those stashed by key.
+  struct Activations {
+    Tensor x, qkv, y, h, a;
+    kernels::LayerNormResult n1, n2;
+    kernels::AttentionResult attention;
+  };
   Tensor x_, qkv_, y_, h_, a_;
   kernels::LayerNormResult n1_, n2_;
   kernels::AttentionResult attention_;
   Tensor dz_, dy_;
+  std::map<std::int64_t, Activations> stashed_;
 };
 
 using BlockShardHandles = std::vector<ActorHandle<TransformerBlockShard>>;
