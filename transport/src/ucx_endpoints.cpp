@@ -106,7 +106,7 @@ void DataPlane::Impl::handle_failed_endpoints() {
 
 // Transport names of an endpoint's lanes from ucp_ep_print_info, e.g.
 // "lane[0]:  4:posix/memory.0 md[3] ..." -> "posix"; each once, in lane order.
-std::string lane_transports(ucp_ep_h ep) {
+std::string data_plane_detail::lane_transports(ucp_ep_h ep) {
   char* text = nullptr;
   std::size_t size = 0;
   FILE* stream = ::open_memstream(&text, &size);
@@ -146,6 +146,7 @@ DataPlane::Stats DataPlane::Impl::stats() const {
   stats.inbox_objects = inbox_.size();
   stats.inbox_bytes = inbox_bytes_;
   stats.endpoints = endpoints_.size();
+  stats.message_streams = streams_.size();
   return stats;
 }
 
