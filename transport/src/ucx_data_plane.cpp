@@ -19,6 +19,8 @@ DataPlane::Impl::Impl(std::shared_ptr<UcxWorker> worker, DataPlaneOptions option
   options_.max_parked_requests = std::max<std::size_t>(options_.max_parked_requests, 1);
   options_.max_endpoints = std::max<std::size_t>(options_.max_endpoints, 1);
   options_.max_incoming_pushes = std::max<std::size_t>(options_.max_incoming_pushes, 1);
+  options_.max_message_streams = std::max<std::size_t>(options_.max_message_streams, 2);
+  options_.max_held_messages = std::max<std::size_t>(options_.max_held_messages, 1);
   if (auto secret = membership()) mac_.emplace(secret->data_mac_key());
 }
 
@@ -34,13 +36,13 @@ void DataPlane::Impl::refuse(const char* what, bool unauthenticated) {
 
 void DataPlane::Impl::start() {
   ucp_worker_ = worker_->handle();
-  for (unsigned id : {kRequestAm, kDataAm}) {
+  for (unsigned id : {kRequestAm, kDataAm, kMessageAm}) {
     ucp_am_handler_param_t handler{};
     handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
                          UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
     handler.id = id;
     handler.flags = UCP_AM_FLAG_WHOLE_MSG;
-    handler.cb = id == kRequestAm ? &Impl::on_request_am : &Impl::on_data_am;
+    handler.cb = id == kRequestAm ? &Impl::on_request_am : id == kDataAm ? &Impl::on_data_am : &Impl::on_message_am;
     handler.arg = this;
     if (ucs_status_t status = ucp_worker_set_am_recv_handler(ucp_worker_, &handler); status != UCS_OK)
       throw_from_ucs(status, "ucp_worker_set_am_recv_handler");
@@ -51,7 +53,7 @@ void DataPlane::Impl::start() {
 void DataPlane::Impl::close() {
   closed_ = true;
   // No handler may reference this object once it is gone.
-  for (unsigned id : {kRequestAm, kDataAm}) {
+  for (unsigned id : {kRequestAm, kDataAm, kMessageAm}) {
     ucp_am_handler_param_t handler{};
     handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB;
     handler.id = id;
@@ -78,6 +80,9 @@ void DataPlane::Impl::close() {
   inbox_.clear();
   inbox_order_.clear();
   inbox_bytes_ = 0;
+  streams_.clear();
+  stream_lru_.clear();
+  message_handlers_ = {};
 }
 
 std::size_t DataPlane::Impl::drain_outstanding() {
@@ -155,6 +160,10 @@ Clock::time_point DataPlane::Impl::tick() {
   // Rendezvous and fragmented transfers move only while both sides
   // progress: keep polling while any is in flight (see UcxWorker::Tick).
   if (outstanding_ > 0) return Clock::time_point::min();
+  // Messages (calls and replies) come in bursts: keep polling a little
+  // after the last one, so that the answer to a call just sent, or the
+  // next call of a busy caller, costs no wake-up.
+  if (now - last_message_ < options_.message_poll_window) return Clock::time_point::min();
   return next;
 }
 
@@ -213,6 +222,19 @@ DataPlane::~DataPlane() {
 }
 
 const std::string& DataPlane::address() const noexcept { return impl_->address_; }
+
+void DataPlane::enable_messages(std::string name, MessageHandlers handlers) {
+  run_on(*impl_->worker_, [impl = impl_.get(), &name, &handlers] {
+    impl->enable_messages(std::move(name), std::move(handlers));
+  });
+}
+
+void DataPlane::send_message(std::string_view peer, ObjectBuffer bytes, PushCallback done) {
+  impl_->worker_->post([impl = impl_.get(), peer = std::string(peer), bytes = std::move(bytes),
+                        done = std::move(done)]() mutable {
+    impl->start_send_message(std::move(peer), std::move(bytes), std::move(done));
+  });
+}
 const std::shared_ptr<UcxWorker>& DataPlane::worker() const noexcept { return impl_->worker_; }
 
 void DataPlane::publish(ObjectId id, ObjectBuffer buffer) { impl_->publish(id, std::move(buffer)); }

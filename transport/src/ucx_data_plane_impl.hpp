@@ -5,6 +5,7 @@
 //   ucx_holder.cpp        published objects, requests, sending replies/pushes
 //   ucx_fetch.cpp         fetches and receiving replies and pushes
 //   ucx_push.cpp          pushes and push requests
+//   ucx_messages.cpp      ordered byte messages (the runtime's call plane)
 //
 // Everything below the public methods runs on the worker's progress thread,
 // except the published-object table (served_), which publish() fills from
@@ -25,6 +26,7 @@
 #include <deque>
 #include <limits>
 #include <list>
+#include <map>
 #include <optional>
 #include <mutex>
 #include <random>
@@ -165,6 +167,10 @@ struct Endpoint {
   bool failed = false;
   ucs_status_t failure = UCS_OK;
   DataPlane::Impl* plane = nullptr;
+  // Messages: this endpoint's outgoing stream (0 until its hello is sent)
+  // and the seq of its next message.
+  std::uint64_t stream = 0;
+  std::uint64_t next_seq = 1;
 };
 
 class DataPlane::Impl {
@@ -182,6 +188,8 @@ class DataPlane::Impl {
   void wake_parked(ObjectId id);
   std::string peer_transports(const std::string& peer);
   Stats stats() const;
+  void enable_messages(std::string name, MessageHandlers handlers);
+  void start_send_message(std::string peer, ObjectBuffer bytes, PushCallback done);
 
   // --- published objects (any thread) -------------------------------------
   void publish(ObjectId id, ObjectBuffer buffer);
@@ -295,6 +303,9 @@ class DataPlane::Impl {
   static void on_request_sent(void* request, ucs_status_t status, void* user_data);
   void send_request_am(ucp_ep_h ep, RequestOp* op, const ucp_request_param_t& param);
   static void on_recv_done(void* request, ucs_status_t status, size_t length, void* user_data);
+  static ucs_status_t on_message_am(void* arg, const void* header, size_t header_length, void* data,
+                                    size_t length, const ucp_am_recv_param_t* param);
+  static void on_message_sent(void* request, ucs_status_t status, void* user_data);
 
   Clock::time_point tick();
   const MessageKey* key() const { return mac_ ? &*mac_ : nullptr; }
@@ -386,6 +397,36 @@ class DataPlane::Impl {
 
   std::size_t outstanding_ = 0;  // UCX requests and CUDA copies whose callbacks have not run
   Stats stats_;
+
+  // Messages (ucx_messages.cpp).
+  struct MessageOp {
+    Impl* plane;
+    std::shared_ptr<Endpoint> ep;
+    ObjectBuffer bytes;  // a hello's: the address it announces
+    PushCallback done;
+    EncodedHeader wire{};
+  };
+  struct HeldMessage {
+    std::uint8_t kind;
+    std::string name;
+    ObjectBuffer bytes;
+  };
+  struct IncomingStream {
+    std::uint64_t next_seq = 0;
+    std::map<std::uint64_t, HeldMessage> held;  // arrived ahead of next_seq
+    std::list<std::uint64_t>::iterator lru;
+  };
+  void send_message_am(const std::shared_ptr<Endpoint>& ep, const MessageHeader& header, std::string_view name,
+                       ObjectBuffer bytes, PushCallback done);
+  void receive_message(const MessageHeader& header, std::string_view name, ObjectBuffer bytes);
+  void deliver_message(std::uint8_t kind, std::string name, ObjectBuffer bytes);
+  std::string message_name_;
+  MessageHandlers message_handlers_;
+  bool messages_enabled_ = false;
+  std::unordered_map<std::uint64_t, IncomingStream> streams_;
+  std::list<std::uint64_t> stream_lru_;  // most recently active first
+  std::mt19937_64 stream_ids_{std::random_device{}()};
+  Clock::time_point last_message_{};
 
   bool cuda_tried_ = false;
   std::unique_ptr<detail::CudaSupport> cuda_;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -45,6 +46,9 @@ struct UcxWorker::Loop {
   int event_fd = -1;                        // the worker's, from ucp_worker_get_efd
   std::thread thread;
   std::thread::id thread_id;
+  // The progress thread is (about to be) asleep in poll(): a post must
+  // wake it. While it polls, a post only queues (no system call).
+  std::atomic<bool> sleeping{false};
   bool stopping = false;  // progress thread only
   Tick tick;              // progress thread only
 
@@ -117,7 +121,9 @@ void UcxWorker::post(std::function<void()> task) {
     was_empty = loop_->tasks.empty();
     loop_->tasks.push_back(std::move(task));
   }
-  if (was_empty) loop_->wake();
+  // The loop sets `sleeping` before it looks at the tasks one last time
+  // (under the mutex), so a task queued after that look sees it set.
+  if (was_empty && loop_->sleeping.load()) loop_->wake();
 }
 
 bool UcxWorker::on_progress_thread() const noexcept {
@@ -196,8 +202,17 @@ void UcxWorker::run(std::promise<void>& started) {
       timeout_ms = static_cast<int>(std::min<long long>((left + 999) / 1000, 60000));
     }
     if (status != UCS_OK) timeout_ms = 1;  // cannot arm: fall back to polling every ms
+    loop.sleeping.store(true);
+    {
+      std::lock_guard lock(loop.mutex);
+      if (!loop.tasks.empty()) {
+        loop.sleeping.store(false);
+        continue;
+      }
+    }
     pollfd fds[2] = {{loop.event_fd, POLLIN, 0}, {loop.wake_fd, POLLIN, 0}};
     const int ready = ::poll(fds, 2, timeout_ms);
+    loop.sleeping.store(false);
     if (ready > 0 && (fds[1].revents & POLLIN) != 0) loop.drain_wake();
   }
   loop.tick = nullptr;

@@ -114,6 +114,14 @@ void ClusterRuntime::start() {
     if (!outbound) throw_error(Errc::cancelled, "the runtime shut down");
     return outbound->fetch_by_call(id, location);
   });
+  // Calls over UCX active messages on the data plane's worker, ZeroMQ for
+  // peers without one (docs/architecture.md, "Planes").
+  // TROUPE_CALL_PLANE=zmq: this process sends over ZeroMQ only (and still
+  // takes the calls of peers that send over UCX).
+  if (auto data = transfer_->data_plane()) {
+    const char* mode = std::getenv("TROUPE_CALL_PLANE");
+    calls_->attach_ucx(data, !(mode && std::string_view(mode) == "zmq"));
+  }
   g_cluster = this;
   set_release_hook(&release_hook);
   auto on_push = [this](wire::ControlMessage::Reader m) { on_control_push(m); };
@@ -296,8 +304,11 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
       return;
     }
     auto incarnation = update.getIncarnation();
-    if (!address.empty() && update.getDataAddress().size() > 0)
+    if (!address.empty() && update.getDataAddress().size() > 0) {
+      // Before the actor learns its address below: its first call goes over UCX.
+      calls_->note_ucx_peer(address, from_data(update.getDataAddress()));
       transfer_->note_data_address(address, from_data(update.getDataAddress()));
+    }
     // The actor fails or resends the calls a restart or death leaves
     // unanswered (RemoteActor::on_update); updates handled out of order
     // are recognised there.
@@ -329,8 +340,10 @@ std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, std::s
   const std::string address = update.getAddress();
   if (auto why = check_peer_address(address); !address.empty() && !why.empty())
     throw_error(Errc::protocol, "the head named actor " + id.short_hex() + " at a bad address: " + why);
-  if (!address.empty() && update.getDataAddress().size() > 0)
+  if (!address.empty() && update.getDataAddress().size() > 0) {
+    calls_->note_ucx_peer(address, from_data(update.getDataAddress()));
     transfer_->note_data_address(address, from_data(update.getDataAddress()));
+  }
   // The handle calls the actor as its creator's do (Ray keeps
   // max_task_retries with the actor too): the head returns the creator's
   // caller-side policy with the actor.
