@@ -370,6 +370,13 @@ class DataPlane::Impl {
   std::unordered_map<std::string, CachedEndpoint> endpoints_;
   std::list<std::string> endpoint_lru_;
   std::vector<std::shared_ptr<Endpoint>> failed_endpoints_;
+  // Peers whose endpoint failed lately: for kReconnectHoldoff, operations
+  // to them fail at once instead of each opening (and failing) a new
+  // endpoint, which for a dead peer's backlog of messages would keep this
+  // thread busy connecting for seconds. Bounded (stale entries go first).
+  static constexpr std::chrono::milliseconds kReconnectHoldoff{1000};
+  std::unordered_map<std::string, Clock::time_point> recently_failed_;
+  void note_failed_peer(const std::string& address);
   std::vector<std::function<void()>> deferred_;
 
   std::uint64_t next_request_id_ = 1;

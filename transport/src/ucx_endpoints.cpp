@@ -14,6 +14,13 @@ std::shared_ptr<Endpoint> DataPlane::Impl::endpoint(const std::string& address, 
     endpoint_lru_.splice(endpoint_lru_.begin(), endpoint_lru_, it->second.lru);
     return it->second.ep;
   }
+  if (auto failed = recently_failed_.find(address); failed != recently_failed_.end()) {
+    if (Clock::now() - failed->second < kReconnectHoldoff) {
+      error = make_error(Errc::object_lost, "the peer worker's endpoint failed less than a second ago");
+      return nullptr;
+    }
+    recently_failed_.erase(failed);
+  }
   // UCX trusts a worker address's contents; its length at least is checked
   // here (a request's was checked by parse_request, after its tag).
   if (address.size() < kMinAddressBytes || address.size() > kMaxAddressBytes) {
@@ -79,6 +86,7 @@ void DataPlane::Impl::on_ep_error(void* arg, ucp_ep_h, ucs_status_t status) {
     ep->failed = true;
     ep->failure = status;
     auto* self = ep->plane;
+    if (!self->closed_) self->note_failed_peer(ep->address);
     auto it = self->endpoints_.find(ep->address);
     if (it != self->endpoints_.end() && it->second.ep.get() == ep) {
       self->failed_endpoints_.push_back(it->second.ep);
@@ -86,6 +94,16 @@ void DataPlane::Impl::on_ep_error(void* arg, ucp_ep_h, ucs_status_t status) {
       self->endpoints_.erase(it);
     }
   });
+}
+
+void DataPlane::Impl::note_failed_peer(const std::string& address) {
+  const auto now = Clock::now();
+  if (recently_failed_.size() >= 4096) {
+    for (auto it = recently_failed_.begin(); it != recently_failed_.end();)
+      it = now - it->second >= kReconnectHoldoff ? recently_failed_.erase(it) : std::next(it);
+    if (recently_failed_.size() >= 4096) recently_failed_.erase(recently_failed_.begin());
+  }
+  recently_failed_[address] = now;
 }
 
 void DataPlane::Impl::handle_failed_endpoints() {

@@ -101,17 +101,16 @@ void DataPlane::Impl::on_message_sent(void* request, ucs_status_t status, void* 
     } else {
       error = make_error_from_ucs(status, "sending a message to a peer worker");
       // The rest of this stream is lost with the endpoint: the next send
-      // opens a new one (a new stream) rather than leave a gap the receiver
-      // would wait on.
-      if (!op->ep->failed) {
+      // opens a new one (a new stream; endpoint() replaces a failed one)
+      // rather than leave a gap the receiver would wait on. The endpoint
+      // tables are not touched here: this callback may run inside a loop
+      // over them (a forced close completes pending sends at once); the
+      // tick closes it.
+      if (!op->ep->failed && !self->closed_) {
         op->ep->failed = true;
         op->ep->failure = status;
-        auto it = self->endpoints_.find(op->ep->address);
-        if (it != self->endpoints_.end() && it->second.ep == op->ep) {
-          self->failed_endpoints_.push_back(it->second.ep);
-          self->endpoint_lru_.erase(it->second.lru);
-          self->endpoints_.erase(it);
-        }
+        self->failed_endpoints_.push_back(op->ep);
+        self->note_failed_peer(op->ep->address);
       }
     }
     op->bytes = {};

@@ -37,6 +37,8 @@ void log_failure(const char* what, const char* why) noexcept {
 // How long the loop keeps polling after UCX last made progress while
 // operations are in flight (see UcxWorker::Tick).
 constexpr auto kInFlightSpin = std::chrono::milliseconds(5);
+// The longest the thread sleeps on the event fd without looking.
+constexpr auto kMaxSleep = std::chrono::milliseconds(100);
 
 // State shared between posting threads and the progress thread.
 struct UcxWorker::Loop {
@@ -194,12 +196,16 @@ void UcxWorker::run(std::promise<void>& started) {
     // BUSY means events arrived since the last progress call.
     status = ucp_worker_arm(worker);
     if (status == UCS_ERR_BUSY) continue;
-    int timeout_ms = -1;
+    // Never asleep for long: a wake-up that UCX's transports lose (a peer's
+    // connection request arriving just as this thread armed) would
+    // otherwise leave that peer's messages unread for good; looking every
+    // kMaxSleep costs an idle process about ten wake-ups a second.
+    int timeout_ms = static_cast<int>(kMaxSleep.count());
     if (in_flight) {
       timeout_ms = 1;  // stalled in flight: look again soon
     } else if (next != Clock::time_point::max()) {
       const auto left = std::chrono::duration_cast<std::chrono::microseconds>(next - now).count();
-      timeout_ms = static_cast<int>(std::min<long long>((left + 999) / 1000, 60000));
+      timeout_ms = static_cast<int>(std::min<long long>((left + 999) / 1000, kMaxSleep.count()));
     }
     if (status != UCS_OK) timeout_ms = 1;  // cannot arm: fall back to polling every ms
     loop.sleeping.store(true);

@@ -10,12 +10,16 @@
 //               owns it. Every UCX call happens on that thread; other threads
 //               post work to it (mutex + queue + eventfd). Between bursts of
 //               work the thread sleeps in poll() on the worker's event fd
-//               (armed with ucp_worker_arm) and the wake-up eventfd.
+//               (armed with ucp_worker_arm) and the wake-up eventfd, at
+//               most 100 ms at a time; a post writes the eventfd only
+//               while it sleeps.
 //   DataPlane   the object protocol on one worker: a holder publishes
 //               objects by id; a consumer fetches them by (holder worker
 //               address, id), or a holder pushes them to a consumer ahead of
 //               the fetch. Endpoints (cached per peer address, with
-//               UCP_ERR_HANDLING_MODE_PEER) live inside it.
+//               UCP_ERR_HANDLING_MODE_PEER) live inside it; a peer whose
+//               endpoint failed is not reconnected for 1 s (what is sent
+//               or fetched there meanwhile fails at once, object_lost).
 //
 // Wire protocol (AM ids 116 and 117, all integers in host byte
 // order: both ends are troupe of the same build on the same architecture;

@@ -26,9 +26,10 @@
 // secure cluster) instead of ZeroMQ. A peer's address is known from the
 // head's actorUpdate (note_ucx_peer, before the first call to that actor)
 // or from the hello that opens every UCX stream, so a callee answers over
-// UCX whoever called it over UCX. Peers without one (no UCX, or
-// TROUPE_DATA_PLANE=zmq / TROUPE_CALL_PLANE=zmq on either side) keep
-// ZeroMQ; the ROUTER stays bound either way. A peer is moved to UCX at most
+// UCX whoever called it over UCX (when it may send over UCX: see
+// attach_ucx's `send`; the runtime's default is not to, unless
+// TROUPE_CALL_PLANE=ucx). Peers without one (no UCX, TROUPE_DATA_PLANE=zmq)
+// keep ZeroMQ; the ROUTER stays bound either way. A peer is moved to UCX at most
 // once (when its address becomes known) and never back while the plane
 // runs, so the messages of one caller to one peer keep their order.
 //
@@ -148,7 +149,7 @@ class CallPlane {
   // ROUTER's. Once; the plane keeps a weak reference (the data plane's
   // owner decides when it goes; after that, ZeroMQ again). `send` false:
   // receive over UCX (peers that chose it) but send over ZeroMQ only
-  // (TROUPE_CALL_PLANE=zmq in this process).
+  // (the runtime's default; TROUPE_CALL_PLANE=ucx sends over UCX).
   void attach_ucx(const std::shared_ptr<DataPlane>& data, bool send = true);
   // The peer whose call-plane address is `address` has its UCX worker at
   // `worker_address` (from the head's actorUpdate). Any thread.
