@@ -410,10 +410,10 @@ TEST_F(SecureCluster, AStrangerCannotCallAnActor) {
   expect_target_serves();
 }
 
-// The serve job's driver called the target over UCX and now sleeps: the
-// host's UCX progress thread polls only briefly after a message, then
-// sleeps on the worker's event fd, so an idle actor host uses (almost) no
-// CPU (measured: utime + stime from /proc over 3 s).
+// The serve job's driver called the target once and now sleeps: the host's
+// UCX progress thread (data plane, and calls over UCX when opted in) polls
+// only briefly after a message, then sleeps on the worker's event fd, so an
+// idle actor host uses (almost) no CPU (utime + stime from /proc over 3 s).
 TEST_F(SecureCluster, AnIdleActorHostUsesAlmostNoCpu) {
   const long pid = target_pid();
   ASSERT_GT(pid, 0);
