@@ -19,7 +19,9 @@
 
 #include <fstream>
 #include <random>
+#include <iterator>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include "cluster/cluster_harness.hpp"
@@ -406,6 +408,36 @@ TEST_F(SecureCluster, AStrangerCannotCallAnActor) {
     EXPECT_FALSE(stranger.reply_to(7, 1500ms).has_value()) << (wrong_secret ? "another cluster's token" : "no token");
   }
   expect_target_serves();
+}
+
+// The serve job's driver called the target once and now sleeps: the host's
+// UCX progress thread (data plane, and calls over UCX when opted in) polls
+// only briefly after a message, then sleeps on the worker's event fd, so an
+// idle actor host uses (almost) no CPU (utime + stime from /proc over 3 s).
+TEST_F(SecureCluster, AnIdleActorHostUsesAlmostNoCpu) {
+  const long pid = target_pid();
+  ASSERT_GT(pid, 0);
+  auto cpu_ticks = [pid] {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && fields >> field; ++i) {
+      if (i == 14) utime = std::stol(field);
+      if (i == 15) stime = std::stol(field);
+    }
+    return utime + stime;
+  };
+  std::this_thread::sleep_for(200ms);  // past the poll window after our own call
+  const long before = cpu_ticks();
+  const auto start = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(3s);
+  const long used = cpu_ticks() - before;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double share = static_cast<double>(used) / static_cast<double>(::sysconf(_SC_CLK_TCK)) / seconds;
+  std::fprintf(stderr, "  idle actor host: %.2f%% of a core over %.1f s\n", share * 100, seconds);
+  EXPECT_LT(share, 0.05);
 }
 
 TEST_F(SecureCluster, TheCliWithoutTheTokenIsRefusedAndSaysWhy) {

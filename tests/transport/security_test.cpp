@@ -11,6 +11,8 @@
 
 #include <atomic>
 #include <map>
+#include <mutex>
+#include <span>
 #include <unistd.h>
 #include <chrono>
 #include <cstring>
@@ -489,6 +491,59 @@ TEST_F(Security, DataPlaneMembersFetchAndStrangersAreRefused) {
   EXPECT_TRUE(eventually([&] { return member.plane->stats().get().unauthenticated_refused >= 1; }));
   EXPECT_EQ(member.plane->stats().get().inbox_objects, 0u);
   EXPECT_EQ(member.plane->fetch(holder.plane->address(), id).get().view(), "the members' object");
+}
+
+// The call plane over UCX: every message (hello and call) carries the
+// authenticator over its header and bytes; a stranger's and a plain
+// process's are dropped and counted, never delivered, and a forged
+// message (a member's header on other bytes) is dropped too.
+TEST_F(Security, UcxCallMessagesOfStrangersAreDroppedAndMembersAreDelivered) {
+  DataNode host(members), member(members), stranger(others), plain(std::nullopt);
+  std::mutex mutex;
+  std::vector<std::string> delivered, peers;
+  DataPlane::MessageHandlers handlers;
+  handlers.on_peer = [&](std::string name, std::string) {
+    std::lock_guard lock(mutex);
+    peers.push_back(std::move(name));
+  };
+  handlers.on_message = [&](ObjectBuffer bytes) {
+    std::lock_guard lock(mutex);
+    delivered.emplace_back(bytes.view());
+  };
+  host.plane->enable_messages("tcp://host:1", std::move(handlers));
+  member.plane->enable_messages("tcp://member:2", {});
+  stranger.plane->enable_messages("tcp://stranger:3", {});
+  plain.plane->enable_messages("tcp://plain:4", {});
+  for (DataNode* outsider : {&stranger, &plain})
+    outsider->plane->send_message(host.plane->address(), ObjectBuffer::copy_of("a stranger's call"), nullptr);
+  member.plane->send_message(host.plane->address(), ObjectBuffer::copy_of("a member's call"), nullptr);
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard lock(mutex);
+    return !delivered.empty();
+  }));
+  // Each outsider's hello and message: four refusals.
+  EXPECT_TRUE(eventually([&] { return host.plane->stats().get().unauthenticated_refused >= 4; }));
+  std::this_thread::sleep_for(100ms);
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(delivered, std::vector<std::string>{"a member's call"});
+  EXPECT_EQ(peers, std::vector<std::string>{"tcp://member:2"});
+  EXPECT_EQ(host.plane->stats().get().messages_received, 1u);
+
+  // The authenticator covers the bytes: a member's header with other bytes fails.
+  const ucx_wire::MessageKey key(members.data_mac_key());
+  ucx_wire::MessageHeader header;
+  header.stream = 7;
+  header.seq = 1;
+  const std::string bytes = "pay 1 coin";
+  auto wire = ucx_wire::encode_message(header, {}, std::as_bytes(std::span(bytes)), &key);
+  const std::string forged = "pay 9 coin";
+  auto span = std::span(wire.bytes.data(), wire.size);
+  EXPECT_EQ(ucx_wire::parse_message(span, std::as_bytes(std::span(bytes)), &key).error, nullptr);
+  auto refused = ucx_wire::parse_message(span, std::as_bytes(std::span(forged)), &key);
+  EXPECT_NE(refused.error, nullptr);
+  EXPECT_TRUE(refused.unauthenticated);
+  EXPECT_NE(ucx_wire::parse_message(span, std::as_bytes(std::span(bytes)), nullptr).error, nullptr)
+      << "an authenticated message to an insecure plane is refused (wrong length)";
 }
 
 TEST_F(Security, DataPlaneBoundsParkedRequests) {

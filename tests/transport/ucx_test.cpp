@@ -8,9 +8,13 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <future>
+#include <mutex>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -630,8 +634,154 @@ TEST_P(UcxProcesses, AHolderThatDiesDuringAFetchFailsItAsObjectLost) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
 }
 
+TEST_P(UcxProcesses, AMessageToAPeerThatDiedFailsItsSendInsteadOfHanging) {
+  HolderProcess holder(GetParam().tls);
+  Node sender(GetParam());
+  sender.plane->enable_messages("tcp://sender:1", {});
+  auto send = [&] {
+    auto done = std::make_shared<std::promise<void>>();
+    auto result = done->get_future();
+    sender.plane->send_message(holder.address(), ObjectBuffer::copy_of("hello"), [done](std::exception_ptr error) {
+      if (error) done->set_exception(error);
+      else done->set_value();
+    });
+    return result;
+  };
+  ASSERT_EQ(send().wait_for(5s), std::future_status::ready);  // connected (the holder drops it: no handlers)
+  holder.kill();
+  // Messages already queued or sent after the death fail once UCX notices
+  // (at once on a closed socket, else within the 1 s keepalive), not never.
+  const auto start = std::chrono::steady_clock::now();
+  Errc failure = Errc::ok;
+  while (failure == Errc::ok && std::chrono::steady_clock::now() - start < 8s) {
+    auto sent = send();
+    ASSERT_EQ(sent.wait_for(8s), std::future_status::ready) << "a send to a dead peer hung";
+    try {
+      sent.get();
+      std::this_thread::sleep_for(20ms);
+    } catch (const Error& e) {
+      failure = e.code();
+    }
+  }
+  EXPECT_EQ(failure, Errc::object_lost);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 6s);
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, UcxProcesses, testing::Values(kShm, kTcp),
                          [](const testing::TestParamInfo<Tls>& info) { return std::string(info.param.name); });
+
+// --- messages (the call plane over UCX) ---------------------------------------------
+
+// What a receiver saw, in order.
+struct Inbox {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<std::pair<std::string, std::string>> peers;  // (name, address)
+  std::vector<std::string> messages;
+  std::vector<std::size_t> peers_before_message;  // peers.size() when each message arrived
+  DataPlane::MessageHandlers handlers() {
+    DataPlane::MessageHandlers h;
+    h.on_peer = [this](std::string name, std::string address) {
+      std::lock_guard lock(mutex);
+      peers.emplace_back(std::move(name), std::move(address));
+    };
+    h.on_message = [this](ObjectBuffer bytes) {
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(bytes.data) % 8, 0u) << "message bytes must be word-aligned";
+      std::lock_guard lock(mutex);
+      peers_before_message.push_back(peers.size());
+      messages.emplace_back(bytes.view());
+      changed.notify_all();
+    };
+    return h;
+  }
+  bool wait_for(std::size_t count, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, timeout, [&] { return messages.size() >= count; });
+  }
+};
+
+TEST(UcxMessages, AStreamOpensWithAHelloThatNamesItsSender) {
+  Node a(kShm), b(kShm);
+  Inbox at_b;
+  a.plane->enable_messages("tcp://a:1", {});
+  b.plane->enable_messages("tcp://b:2", at_b.handlers());
+  a.plane->send_message(b.plane->address(), ObjectBuffer::copy_of("first"), nullptr);
+  ASSERT_TRUE(at_b.wait_for(1, 5s));
+  std::lock_guard lock(at_b.mutex);
+  ASSERT_EQ(at_b.peers.size(), 1u);
+  EXPECT_EQ(at_b.peers[0].first, "tcp://a:1");
+  EXPECT_EQ(at_b.peers[0].second, a.plane->address());
+  EXPECT_EQ(at_b.peers_before_message[0], 1u) << "the hello comes before the stream's first message";
+  EXPECT_EQ(at_b.messages[0], "first");
+}
+
+class UcxMessageOrder : public testing::TestWithParam<Tls> {};
+
+// Each sending thread's messages arrive in the order it sent them, all of
+// them, once, whatever their sizes (eager fragments of the large ones
+// included), with several threads sending at once.
+TEST_P(UcxMessageOrder, ManyConcurrentSendersKeepEachSendersOrder) {
+  Node a(GetParam()), b(GetParam());
+  Inbox at_b;
+  a.plane->enable_messages("tcp://a:1", {});
+  b.plane->enable_messages("tcp://b:2", at_b.handlers());
+  constexpr int kThreads = 4, kEach = 3000;
+  std::atomic<int> failed{0};
+  std::vector<std::thread> senders;
+  for (int t = 0; t < kThreads; ++t) {
+    senders.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        std::string text = std::to_string(t) + ":" + std::to_string(i) + ":";
+        // Mostly small, some past UCX's eager fragment size.
+        text.resize(i % 97 == 0 ? 200 * KiB : 16 + i % 300, 'x');
+        a.plane->send_message(b.plane->address(), ObjectBuffer::copy_of(text), [&](std::exception_ptr error) {
+          if (error) ++failed;
+        });
+      }
+    });
+  }
+  for (auto& s : senders) s.join();
+  ASSERT_TRUE(at_b.wait_for(kThreads * kEach, 30s)) << at_b.messages.size() << " arrived";
+  EXPECT_EQ(failed.load(), 0);
+  std::lock_guard lock(at_b.mutex);
+  EXPECT_EQ(at_b.messages.size(), static_cast<std::size_t>(kThreads * kEach));
+  std::vector<int> next(kThreads, 0);
+  for (const auto& m : at_b.messages) {
+    const int t = std::stoi(m);
+    const int i = std::stoi(m.substr(m.find(':') + 1));
+    ASSERT_EQ(i, next[t]) << "thread " << t << "'s messages out of order";
+    ++next[t];
+  }
+  EXPECT_EQ(at_b.peers.size(), 1u) << "one stream: one endpoint per peer";
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, UcxMessageOrder, testing::Values(kShm, kTcp),
+                         [](const testing::TestParamInfo<Tls>& info) { return std::string(info.param.name); });
+
+// The progress thread polls only briefly after the last message
+// (DataPlaneOptions::message_poll_window), then sleeps on the event fd:
+// a process whose plane is idle uses (almost) no CPU.
+TEST(UcxMessages, AnIdlePlaneUsesAlmostNoCpu) {
+  Node a(kShm), b(kShm);
+  Inbox at_b;
+  a.plane->enable_messages("tcp://a:1", {});
+  b.plane->enable_messages("tcp://b:2", at_b.handlers());
+  for (int i = 0; i < 200; ++i) a.plane->send_message(b.plane->address(), ObjectBuffer::copy_of("ping"), nullptr);
+  ASSERT_TRUE(at_b.wait_for(200, 5s));
+  std::this_thread::sleep_for(100ms);  // past the poll window
+  auto cpu = [] {
+    timespec t{};
+    ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return std::chrono::seconds(t.tv_sec) + std::chrono::nanoseconds(t.tv_nsec);
+  };
+  const auto cpu_before = cpu();
+  const auto wall_before = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(2s);
+  const double used = std::chrono::duration<double>(cpu() - cpu_before).count() /
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_before).count();
+  std::fprintf(stderr, "  idle CPU of two planes: %.3f%% of a core\n", used * 100);
+  EXPECT_LT(used, 0.05);
+}
 
 }  // namespace
 }  // namespace troupe::transport

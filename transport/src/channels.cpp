@@ -215,6 +215,16 @@ void ControlChannel::loop() {
 
 // ---- CallPlane ------------------------------------------------------------------
 
+// A peer reached over UCX: its worker address, and its messages not yet
+// left (bounded like a DEALER's queue).
+struct CallPlane::UcxPeer {
+  UcxPeer(std::string address, std::string worker) : address(std::move(address)), worker(std::move(worker)) {}
+  const std::string address;
+  const std::string worker;
+  std::atomic<int> queued{0};
+  std::atomic<std::int64_t> last_failure_log_ns{0};
+};
+
 // What the context's handlers touch; they hold it by shared_ptr, so it
 // outlives a handler still queued when the CallPlane goes away.
 struct CallPlane::Core {
@@ -243,6 +253,23 @@ struct CallPlane::Core {
   bool wait_pending = false;  // an async_wait on `readable` is outstanding
   bool post_pending = false;  // a posted on_readable is outstanding
   FramingLimits limits;
+
+  // UCX: the data plane carrying messages to the peers in `ucx_peers`
+  // (guarded by ucx_mutex, which is only ever held briefly: the progress
+  // thread takes it).
+  std::mutex ucx_mutex;
+  std::weak_ptr<DataPlane> ucx;
+  std::atomic<bool> ucx_attached{false};
+  bool ucx_send = true;  // guarded by ucx_mutex
+  std::atomic<bool> stopping{false};  // set by stop() first
+  bool stopped_flag() const { return stopping.load(); }
+  std::unordered_map<std::string, std::shared_ptr<UcxPeer>> ucx_peers;
+  std::deque<ObjectBuffer> ucx_inbox;  // received, not yet dispatched
+  bool ucx_draining = false;           // a drain_ucx is posted or running
+
+  void note_ucx_peer(const std::string& address, std::string worker_address);
+  void on_ucx_message(const std::shared_ptr<Core>& self, ObjectBuffer bytes);
+  void drain_ucx(const std::shared_ptr<Core>& self);
 
   // Watches the fd again (at most one wait outstanding), then looks at the
   // socket once more: an edge that came between the last look and the
@@ -332,6 +359,87 @@ struct CallPlane::Core {
   }
 };
 
+void CallPlane::Core::note_ucx_peer(const std::string& address, std::string worker_address) {
+  if (address.empty() || worker_address.empty()) return;
+  std::lock_guard lock(ucx_mutex);
+  if (!ucx_send) return;
+  auto it = ucx_peers.find(address);
+  if (it != ucx_peers.end()) {
+    // The same process (a restarted actor has a new call address); a
+    // different worker at the same address is a new process on a reused
+    // port: its messages go there from now on.
+    if (it->second->worker == worker_address) return;
+    it->second = std::make_shared<UcxPeer>(address, std::move(worker_address));
+    return;
+  }
+  if (ucx_peers.size() >= kMaxUcxPeers) {
+    // Bounded: forget an idle peer (it falls back to ZeroMQ until named again).
+    for (auto old = ucx_peers.begin(); old != ucx_peers.end(); ++old) {
+      if (old->second->queued.load() == 0) {
+        ucx_peers.erase(old);
+        break;
+      }
+    }
+    if (ucx_peers.size() >= kMaxUcxPeers) return;
+  }
+  ucx_peers.emplace(address, std::make_shared<UcxPeer>(address, std::move(worker_address)));
+}
+
+// On the UCX progress thread: queue, and make sure one drain is on its way.
+void CallPlane::Core::on_ucx_message(const std::shared_ptr<Core>& self, ObjectBuffer bytes) {
+  bool post;
+  {
+    std::lock_guard lock(ucx_mutex);
+    ucx_inbox.push_back(std::move(bytes));
+    post = !ucx_draining;
+    ucx_draining = true;
+  }
+  if (post) boost::asio::post(context, [self] { self->drain_ucx(self); });
+}
+
+// One drain at a time (ucx_draining), so messages are dispatched in the
+// order the data plane delivered them, in batches like the ROUTER's.
+void CallPlane::Core::drain_ucx(const std::shared_ptr<Core>& self) {
+  auto batch = [&] {
+    {
+      std::lock_guard lock(mutex);
+      if (stopped) return;
+      constexpr int kBatch = 256;
+      for (int n = 0; n < kBatch; ++n) {
+        ObjectBuffer bytes;
+        {
+          std::lock_guard inbox(ucx_mutex);
+          if (ucx_inbox.empty()) break;
+          bytes = std::move(ucx_inbox.front());
+          ucx_inbox.pop_front();
+        }
+        try {
+          // The frame borrows the buffer (64-byte aligned: read in place).
+          auto* owner = new ObjectBuffer(std::move(bytes));
+          zmq::message_t frame(
+              owner->data, owner->size, [](void*, void* hint) { delete static_cast<ObjectBuffer*>(hint); }, owner);
+          ReceivedMessage message(std::move(frame), limits);
+          on_message(message);
+        } catch (const std::exception& e) {
+          log()->warn("dropping a bad call-plane message (UCX): {}", e.what());
+        }
+      }
+    }
+    // Hand on before the batch's deferred work (a call run on this thread)
+    // starts, so that later messages (another caller's call, a cancel) do
+    // not wait for it.
+    bool again;
+    {
+      std::lock_guard lock(ucx_mutex);
+      again = !ucx_inbox.empty() && !stopped_flag();
+      ucx_draining = again;
+    }
+    if (again) boost::asio::post(context, [self] { self->drain_ucx(self); });
+  };
+  if (batch_scope) batch_scope(batch);
+  else batch();
+}
+
 CallPlane::CallPlane(const std::string& bind_ip, boost::asio::io_context& context, Handler on_message,
                      BatchScope batch_scope)
     : core_(std::make_shared<Core>(context, std::move(on_message), std::move(batch_scope))) {
@@ -358,6 +466,7 @@ void CallPlane::start() {
 
 void CallPlane::stop() {
   if (stopped_.exchange(true)) return;
+  core_->stopping.store(true);
   {
     std::lock_guard lock(core_->mutex);
     core_->stopped = true;
@@ -370,6 +479,67 @@ void CallPlane::stop() {
   std::lock_guard lock(out_mutex_);
   outbound_.clear();
   lru_.clear();
+  std::lock_guard ucx_lock(core_->ucx_mutex);
+  core_->ucx_inbox.clear();
+}
+
+void CallPlane::attach_ucx(const std::shared_ptr<DataPlane>& data, bool send) {
+  if (!data || core_->ucx_attached.load()) return;
+  {
+    std::lock_guard lock(core_->ucx_mutex);
+    core_->ucx_send = send;
+  }
+  std::weak_ptr<Core> weak = core_;
+  DataPlane::MessageHandlers handlers;
+  handlers.on_peer = [weak](std::string name, std::string worker) {
+    if (auto core = weak.lock()) core->note_ucx_peer(name, std::move(worker));
+  };
+  handlers.on_message = [weak](ObjectBuffer bytes) {
+    if (auto core = weak.lock(); core && !core->stopping.load()) core->on_ucx_message(core, std::move(bytes));
+  };
+  data->enable_messages(address_, std::move(handlers));
+  {
+    std::lock_guard lock(core_->ucx_mutex);
+    core_->ucx = data;
+  }
+  core_->note_ucx_peer(address_, data->address());  // calls to this process's own actors
+  core_->ucx_attached.store(true);
+}
+
+void CallPlane::note_ucx_peer(const std::string& address, std::string worker_address) {
+  core_->note_ucx_peer(address, std::move(worker_address));
+}
+
+bool CallPlane::over_ucx(const std::string& address) const {
+  if (!core_->ucx_attached.load()) return false;
+  std::lock_guard lock(core_->ucx_mutex);
+  return !core_->ucx.expired() && core_->ucx_peers.count(address) != 0;
+}
+
+void CallPlane::send_over_ucx(const std::shared_ptr<DataPlane>& data, const std::shared_ptr<UcxPeer>& peer,
+                              capnp::MallocMessageBuilder& message) {
+  if (peer->queued.fetch_add(1) >= kUcxSendHighWaterMark) {
+    peer->queued.fetch_sub(1);
+    throw_error(Errc::overloaded, "the call plane's UCX queue to " + peer->address + " is full (" +
+                                      std::to_string(kUcxSendHighWaterMark) + " messages): not sent");
+  }
+  auto words = std::make_shared<kj::Array<capnp::word>>(capnp::messageToFlatArray(message));
+  auto bytes = words->asBytes();
+  auto buffer = ObjectBuffer::wrap(bytes.begin(), bytes.size(), std::shared_ptr<const void>(words, words.get()));
+  data->send_message(peer->worker, std::move(buffer), [peer](std::exception_ptr error) {
+    peer->queued.fetch_sub(1);
+    if (!error) return;
+    // The peer is unreachable or died (its calls fail through the head's
+    // actorUpdate and their deadlines); say so at most once a second.
+    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    auto last = peer->last_failure_log_ns.load();
+    if (now - last < 1'000'000'000 || !peer->last_failure_log_ns.compare_exchange_strong(last, now)) return;
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      log()->warn("call plane: a message to {} over UCX was lost: {}", peer->address, e.what());
+    }
+  });
 }
 
 void CallPlane::set_periodic(std::chrono::milliseconds period, std::function<void()> tick) {
@@ -428,6 +598,21 @@ zmq::socket_t CallPlane::new_outbound_socket() {
 }
 
 void CallPlane::send(const std::string& address, capnp::MallocMessageBuilder& message) {
+  if (core_->ucx_attached.load(std::memory_order_acquire)) {
+    std::shared_ptr<UcxPeer> peer;
+    std::shared_ptr<DataPlane> data;
+    {
+      std::lock_guard lock(core_->ucx_mutex);
+      if (auto it = core_->ucx_peers.find(address); it != core_->ucx_peers.end()) {
+        peer = it->second;
+        data = core_->ucx.lock();
+      }
+    }
+    if (data) {
+      if (stopped_.load()) throw_error(Errc::cancelled, "call plane is closed");
+      return send_over_ucx(data, peer, message);
+    }
+  }
   std::lock_guard lock(out_mutex_);
   if (stopped_.load()) throw_error(Errc::cancelled, "call plane is closed");
   auto it = outbound_.find(address);

@@ -138,4 +138,61 @@ ParsedData parse_data(std::span<const std::byte> header, std::size_t payload_len
   return parsed;
 }
 
+EncodedHeader encode_message(const MessageHeader& header, std::string_view name, std::span<const std::byte> data,
+                             const MessageKey* key) {
+  EncodedHeader out;
+  if (name.size() > kMaxNameBytes) throw_error(Errc::invalid_argument, "a message stream's name over its limit");
+  MessageHeader copy = header;
+  copy.name_length = static_cast<std::uint32_t>(name.size());
+  std::memcpy(out.bytes.data(), &copy, sizeof copy);
+  if (!name.empty()) std::memcpy(out.bytes.data() + sizeof copy, name.data(), name.size());
+  out.size = sizeof copy + name.size();
+  if (key != nullptr) {
+    const Tag tag = key->sign(std::span(out.bytes.data(), out.size), data);
+    std::memcpy(out.bytes.data() + out.size, tag.data(), tag.size());
+    out.size += tag.size();
+  }
+  return out;
+}
+
+ParsedMessage parse_message(std::span<const std::byte> header, std::span<const std::byte> data,
+                            const MessageKey* key) {
+  ParsedMessage parsed;
+  const std::size_t tag_bytes = key != nullptr ? kTagBytes : 0;
+  if (header.size() < sizeof(MessageHeader) + tag_bytes ||
+      header.size() > sizeof(MessageHeader) + kMaxNameBytes + tag_bytes) {
+    parsed.unauthenticated = key != nullptr;
+    parsed.error = key != nullptr ? "message header without a valid authenticator (wrong length)"
+                                  : "message header of the wrong length (an authenticated message to an "
+                                    "insecure plane?)";
+    return parsed;
+  }
+  const std::size_t signed_bytes = header.size() - tag_bytes;
+  if (key != nullptr && !key->verify(header.first(signed_bytes), data, header.subspan(signed_bytes))) {
+    parsed.unauthenticated = true;
+    parsed.error = "message with a wrong authenticator (not a member of this cluster)";
+    return parsed;
+  }
+  MessageHeader& h = parsed.header;
+  std::memcpy(&h, header.data(), sizeof h);
+  const std::size_t name_bytes = signed_bytes - sizeof(MessageHeader);
+  if (h.magic != kMessageMagic) {
+    parsed.error = "message with a wrong magic number";
+  } else if (h.kind != kHello && h.kind != kMessage) {
+    parsed.error = "message of an unknown kind";
+  } else if (h.name_length != name_bytes) {
+    parsed.error = "message header whose name length does not match its size";
+  } else if (h.stream == 0) {
+    parsed.error = "message of stream 0";
+  } else if (h.kind == kHello && (h.seq != 0 || name_bytes == 0 || data.size() < kMinAddressBytes ||
+                                  data.size() > kMaxAddressBytes)) {
+    parsed.error = "hello that is not its stream's first, has no name or a bad address";
+  } else if (h.kind == kMessage && (h.seq == 0 || name_bytes != 0 || data.size() > kMaxMessageBytes)) {
+    parsed.error = "message at seq 0, with a name, or too large";
+  } else {
+    parsed.name = std::string_view(reinterpret_cast<const char*>(header.data()) + sizeof(MessageHeader), name_bytes);
+  }
+  return parsed;
+}
+
 }  // namespace troupe::transport::ucx_wire

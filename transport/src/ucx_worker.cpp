@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -36,6 +37,8 @@ void log_failure(const char* what, const char* why) noexcept {
 // How long the loop keeps polling after UCX last made progress while
 // operations are in flight (see UcxWorker::Tick).
 constexpr auto kInFlightSpin = std::chrono::milliseconds(5);
+// The longest the thread sleeps on the event fd without looking.
+constexpr auto kMaxSleep = std::chrono::milliseconds(100);
 
 // State shared between posting threads and the progress thread.
 struct UcxWorker::Loop {
@@ -45,6 +48,9 @@ struct UcxWorker::Loop {
   int event_fd = -1;                        // the worker's, from ucp_worker_get_efd
   std::thread thread;
   std::thread::id thread_id;
+  // The progress thread is (about to be) asleep in poll(): a post must
+  // wake it. While it polls, a post only queues (no system call).
+  std::atomic<bool> sleeping{false};
   bool stopping = false;  // progress thread only
   Tick tick;              // progress thread only
 
@@ -117,7 +123,9 @@ void UcxWorker::post(std::function<void()> task) {
     was_empty = loop_->tasks.empty();
     loop_->tasks.push_back(std::move(task));
   }
-  if (was_empty) loop_->wake();
+  // The loop sets `sleeping` before it looks at the tasks one last time
+  // (under the mutex), so a task queued after that look sees it set.
+  if (was_empty && loop_->sleeping.load()) loop_->wake();
 }
 
 bool UcxWorker::on_progress_thread() const noexcept {
@@ -188,16 +196,29 @@ void UcxWorker::run(std::promise<void>& started) {
     // BUSY means events arrived since the last progress call.
     status = ucp_worker_arm(worker);
     if (status == UCS_ERR_BUSY) continue;
-    int timeout_ms = -1;
+    // Never asleep for long: a wake-up that UCX's transports lose (a peer's
+    // connection request arriving just as this thread armed) would
+    // otherwise leave that peer's messages unread for good; looking every
+    // kMaxSleep costs an idle process about ten wake-ups a second.
+    int timeout_ms = static_cast<int>(kMaxSleep.count());
     if (in_flight) {
       timeout_ms = 1;  // stalled in flight: look again soon
     } else if (next != Clock::time_point::max()) {
       const auto left = std::chrono::duration_cast<std::chrono::microseconds>(next - now).count();
-      timeout_ms = static_cast<int>(std::min<long long>((left + 999) / 1000, 60000));
+      timeout_ms = static_cast<int>(std::min<long long>((left + 999) / 1000, kMaxSleep.count()));
     }
     if (status != UCS_OK) timeout_ms = 1;  // cannot arm: fall back to polling every ms
+    loop.sleeping.store(true);
+    {
+      std::lock_guard lock(loop.mutex);
+      if (!loop.tasks.empty()) {
+        loop.sleeping.store(false);
+        continue;
+      }
+    }
     pollfd fds[2] = {{loop.event_fd, POLLIN, 0}, {loop.wake_fd, POLLIN, 0}};
     const int ready = ::poll(fds, 2, timeout_ms);
+    loop.sleeping.store(false);
     if (ready > 0 && (fds[1].revents & POLLIN) != 0) loop.drain_wake();
   }
   loop.tick = nullptr;

@@ -114,6 +114,18 @@ void ClusterRuntime::start() {
     if (!outbound) throw_error(Errc::cancelled, "the runtime shut down");
     return outbound->fetch_by_call(id, location);
   });
+  // Calls over UCX active messages on the data plane's worker are opt-in
+  // for now (TROUPE_CALL_PLANE=ucx: this process sends its calls, replies
+  // and releases over UCX to peers with a data plane); by default it sends
+  // over ZeroMQ. Either way it takes the calls of peers that send over UCX
+  // (docs/architecture.md, "Planes").
+  // TODO(perf): make UCX the default once ClusterCalls.CallsMadeWhileThe-
+  // ActorIsKilledEachEnd passes reliably over it (a first call to a new
+  // actor occasionally stays unanswered after earlier actors were killed).
+  if (auto data = transfer_->data_plane()) {
+    const char* mode = std::getenv("TROUPE_CALL_PLANE");
+    calls_->attach_ucx(data, mode != nullptr && std::string_view(mode) == "ucx");
+  }
   g_cluster = this;
   set_release_hook(&release_hook);
   auto on_push = [this](wire::ControlMessage::Reader m) { on_control_push(m); };
@@ -296,8 +308,11 @@ void ClusterRuntime::on_control_push(wire::ControlMessage::Reader message) {
       return;
     }
     auto incarnation = update.getIncarnation();
-    if (!address.empty() && update.getDataAddress().size() > 0)
+    if (!address.empty() && update.getDataAddress().size() > 0) {
+      // Before the actor learns its address below: its first call goes over UCX.
+      calls_->note_ucx_peer(address, from_data(update.getDataAddress()));
       transfer_->note_data_address(address, from_data(update.getDataAddress()));
+    }
     // The actor fails or resends the calls a restart or death leaves
     // unanswered (RemoteActor::on_update); updates handled out of order
     // are recognised there.
@@ -329,8 +344,10 @@ std::shared_ptr<ActorCore> ClusterRuntime::look_up(std::string_view name, std::s
   const std::string address = update.getAddress();
   if (auto why = check_peer_address(address); !address.empty() && !why.empty())
     throw_error(Errc::protocol, "the head named actor " + id.short_hex() + " at a bad address: " + why);
-  if (!address.empty() && update.getDataAddress().size() > 0)
+  if (!address.empty() && update.getDataAddress().size() > 0) {
+    calls_->note_ucx_peer(address, from_data(update.getDataAddress()));
     transfer_->note_data_address(address, from_data(update.getDataAddress()));
+  }
   // The handle calls the actor as its creator's do (Ray keeps
   // max_task_retries with the actor too): the head returns the creator's
   // caller-side policy with the actor.

@@ -60,6 +60,9 @@ class ObjectTransfer final : public std::enable_shared_from_this<ObjectTransfer>
   std::string info() const;
   // This process's data-plane (UCX worker) address; empty without one.
   std::string own_data_address() const;
+  // The UCX data plane, or null (UCX unavailable, TROUPE_DATA_PLANE=zmq):
+  // the call plane carries its messages over it too (CallPlane::attach_ucx).
+  std::shared_ptr<transport::DataPlane> data_plane() const { return data_; }
   std::chrono::milliseconds fetch_timeout() const noexcept { return fetch_timeout_; }
 
   // The one rule for a value leaving this process: inline when its

@@ -10,12 +10,16 @@
 //               owns it. Every UCX call happens on that thread; other threads
 //               post work to it (mutex + queue + eventfd). Between bursts of
 //               work the thread sleeps in poll() on the worker's event fd
-//               (armed with ucp_worker_arm) and the wake-up eventfd.
+//               (armed with ucp_worker_arm) and the wake-up eventfd, at
+//               most 100 ms at a time; a post writes the eventfd only
+//               while it sleeps.
 //   DataPlane   the object protocol on one worker: a holder publishes
 //               objects by id; a consumer fetches them by (holder worker
 //               address, id), or a holder pushes them to a consumer ahead of
 //               the fetch. Endpoints (cached per peer address, with
-//               UCP_ERR_HANDLING_MODE_PEER) live inside it.
+//               UCP_ERR_HANDLING_MODE_PEER) live inside it; a peer whose
+//               endpoint failed is not reconnected for 1 s (what is sent
+//               or fetched there meanwhile fails at once, object_lost).
 //
 // Wire protocol (AM ids 116 and 117, all integers in host byte
 // order: both ends are troupe of the same build on the same architecture;
@@ -32,6 +36,11 @@
 //            the object). Host objects (and
 //            CUDA objects when UCX is CUDA-capable) go as one message; CUDA
 //            objects staged through pinned host memory go in chunks.
+//   message  (AM 118) the runtime's call plane: ordered byte messages
+//            (DataPlane::send_message), a stream per sending endpoint that
+//            opens with a hello naming the sender, delivered in the order
+//            sent (each carries its stream's seq; UCX itself does not
+//            promise order for active messages).
 //   In a secure process (membership() set when the DataPlane is made) each
 //   header is followed by a keyed BLAKE2b-256 tag (a MAC) keyed by the cluster's
 //   data-plane key, over the header with its meta (and a request's requester address),
@@ -271,6 +280,17 @@ struct DataPlaneOptions {
   // Pushes being received (accepted or refused but not fully arrived): more
   // are dropped; one that stalls longer than `inbox_ttl` is dropped too.
   std::size_t max_incoming_pushes = 1024;
+
+  // Messages (send_message): after a message was sent or received the
+  // progress thread keeps polling this long before it arms the worker's
+  // event fd and sleeps. A reply that comes within it costs no wake-up; an
+  // idle process stops using CPU once it passes.
+  std::chrono::microseconds message_poll_window{2000};
+  // Incoming message streams remembered (least recently used forgotten
+  // first), and messages of one stream held while an earlier one is
+  // missing (past it the stream is dropped: a gap UCX never fills).
+  std::size_t max_message_streams = 65536;
+  std::size_t max_held_messages = 4096;
 };
 
 struct FetchOptions {
@@ -349,6 +369,32 @@ class DataPlane {
   void request_push(std::string_view holder, ObjectId id, std::string_view consumer,
                     std::chrono::milliseconds wait);
 
+  // --- messages (thread-safe): the runtime's call plane over UCX -----------
+  // Byte messages between workers, on the endpoints objects use. Each
+  // endpoint this plane opens is a stream whose first message is a hello
+  // naming this process (`name` of enable_messages), so a receiver learns
+  // where to answer before the stream's first message; a receiver delivers
+  // each stream's messages in the order they were sent, each once. In a
+  // secure plane every message is authenticated, its bytes included (not
+  // encrypted); unauthenticated ones are dropped and counted.
+  struct MessageHandlers {
+    // A peer's stream began: `name` is reached at worker address `address`.
+    std::function<void(std::string name, std::string address)> on_peer;
+    // One message's bytes (host memory, 64-byte aligned, owned by `bytes`).
+    std::function<void(ObjectBuffer bytes)> on_message;
+  };
+  // Handlers run on the progress thread and must not block. Call once,
+  // before sending; `name` is 1 to 512 bytes. Messages that arrive before
+  // it are dropped.
+  void enable_messages(std::string name, MessageHandlers handlers);
+  // Sends `bytes` (host memory, kept referenced until sent) to the worker
+  // at `peer`; messages to one peer arrive in the order of these calls.
+  // `done` (progress thread): null once the message left, else the error
+  // (object_lost when the peer is unreachable or died: the messages queued
+  // for it are lost, and the next send opens a new stream; cancelled once
+  // shut down; invalid_argument for a bad address or size).
+  void send_message(std::string_view peer, ObjectBuffer bytes, PushCallback done);
+
   // The transports of the lanes UCX chose for the endpoint to `peer`
   // (connecting if needed), e.g. "posix,cma" or "tcp".
   [[nodiscard]] std::future<std::string> peer_transports(std::string_view peer);
@@ -364,6 +410,9 @@ class DataPlane {
     std::uint64_t unauthenticated_refused = 0;
     std::uint64_t malformed_refused = 0;
     std::uint64_t requests_busy = 0;    // answered "busy": too many parked requests
+    std::uint64_t messages_sent = 0;
+    std::uint64_t messages_received = 0;  // delivered to on_message
+    std::size_t message_streams = 0;      // incoming streams remembered now
     std::size_t endpoints = 0;          // cached endpoints now
     std::size_t inbox_objects = 0;
     std::size_t inbox_bytes = 0;

@@ -19,6 +19,20 @@
 // membership() set at construction, the ROUTER is a CURVE server admitting
 // members only and the DEALERs are CURVE clients.
 //
+// Over UCX (attach_ucx): once the process's data plane is up, messages to a
+// peer whose UCX worker address is known go as UCX active messages on the
+// data plane's worker (DataPlane::send_message: one endpoint per peer, the
+// messages of each endpoint delivered in the order sent, authenticated in a
+// secure cluster) instead of ZeroMQ. A peer's address is known from the
+// head's actorUpdate (note_ucx_peer, before the first call to that actor)
+// or from the hello that opens every UCX stream, so a callee answers over
+// UCX whoever called it over UCX (when it may send over UCX: see
+// attach_ucx's `send`; the runtime's default is not to, unless
+// TROUPE_CALL_PLANE=ucx). Peers without one (no UCX, TROUPE_DATA_PLANE=zmq)
+// keep ZeroMQ; the ROUTER stays bound either way. A peer is moved to UCX at most
+// once (when its address becomes known) and never back while the plane
+// runs, so the messages of one caller to one peer keep their order.
+//
 // Both throw troupe::Error (timeout, cancelled once stopped, transport);
 // the runtime converts it at its boundary.
 #pragma once
@@ -46,6 +60,7 @@
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/call.capnp.h"
 #include "troupe/transport/schema/control.capnp.h"
+#include "troupe/transport/ucx.hpp"
 
 namespace troupe::transport {
 
@@ -128,10 +143,31 @@ class CallPlane {
   // Stops receiving; on return no handler runs `on_message` or `tick` again.
   void stop();
 
+  // Carries messages over `data`'s worker from now on (see above): this
+  // plane's address becomes its name there; received messages go to
+  // `on_message` in each stream's order, one batch at a time, like the
+  // ROUTER's. Once; the plane keeps a weak reference (the data plane's
+  // owner decides when it goes; after that, ZeroMQ again). `send` false:
+  // receive over UCX (peers that chose it) but send over ZeroMQ only
+  // (the runtime's default; TROUPE_CALL_PLANE=ucx sends over UCX).
+  void attach_ucx(const std::shared_ptr<DataPlane>& data, bool send = true);
+  // The peer whose call-plane address is `address` has its UCX worker at
+  // `worker_address` (from the head's actorUpdate). Any thread.
+  void note_ucx_peer(const std::string& address, std::string worker_address);
+  // Whether messages to `address` go over UCX now (for tests and `info`).
+  bool over_ucx(const std::string& address) const;
+  // Messages per UCX peer that may wait to leave; past it a send fails
+  // with `overloaded`, as on ZeroMQ.
+  static constexpr int kUcxSendHighWaterMark = kSendHighWaterMark;
+  static constexpr std::size_t kMaxUcxPeers = 65536;
+
  private:
   struct Core;
   std::shared_ptr<Core> core_;
   std::string address_;
+  struct UcxPeer;
+  void send_over_ucx(const std::shared_ptr<DataPlane>& data, const std::shared_ptr<UcxPeer>& peer,
+                     capnp::MallocMessageBuilder& message);
   void evict_oldest_locked();
   static zmq::socket_t new_outbound_socket();
   mutable std::mutex out_mutex_;

@@ -15,6 +15,15 @@
 //                     of the object. Meta rides in the header so that a
 //                     fetch is one trip: envelope and payload together,
 //                     the payload by rendezvous when large.
+//   message (AM 118)  header = MessageHeader, then name_length bytes of the
+//                     sender's name (a hello only) [+ tag]; data = a hello's
+//                     sender worker address, or a message's bytes (the
+//                     runtime's call plane: one Cap'n Proto CallMessage).
+//                     Sent eager only. Each sending endpoint is a stream
+//                     (random id): a hello at seq 0, then messages at 1, 2,
+//                     ...; the receiver delivers a stream's in seq order (UCX
+//                     does not promise order for active messages).
+//                     A message's tag covers its data too (unlike objects').
 // In a secure cluster every header is followed by a 32-byte tag: keyed
 // BLAKE2b-256 (libsodium crypto_generichash_blake2b with a key: a MAC, RFC
 // 7693), keyed by ClusterSecret::data_mac_key(), over the header bytes
@@ -46,7 +55,11 @@ constexpr std::uint32_t kRequestMagic = 0x54525131;  // "TRQ1"
 constexpr std::uint32_t kPushRequestMagic = 0x54525031;  // "TRP1"
 constexpr std::uint32_t kDataMagic = 0x54524432;     // "TRD2" (meta after the header)
 
+constexpr unsigned kMessageAm = 118;
+constexpr std::uint32_t kMessageMagic = 0x54524d31;  // "TRM1"
+
 enum Kind : std::uint8_t { kReply = 1, kPush = 2 };
+enum MessageKind : std::uint8_t { kHello = 1, kMessage = 2 };
 // kBusy: the holder has too many parked requests to park this one.
 enum Status : std::uint8_t { kOk = 0, kNotFound = 1, kUnsupported = 2, kBusy = 3 };
 
@@ -71,7 +84,26 @@ struct DataHeader {
   std::uint32_t reserved2 = 0;
 };
 
-static_assert(sizeof(RequestHeader) == 32 && sizeof(DataHeader) == 56, "wire layout");
+// A stream's first message (kHello, seq 0) names its sender: `name` (the
+// sender's call-plane address) is reached at the worker address in its
+// data. Every later one (kMessage, seq 1, 2, ...) carries one message.
+struct MessageHeader {
+  std::uint32_t magic = kMessageMagic;
+  std::uint8_t kind = kMessage;
+  std::uint8_t reserved[3] = {0, 0, 0};
+  std::uint64_t stream = 0;  // the sending endpoint's stream id (random, never 0)
+  std::uint64_t seq = 0;
+  std::uint32_t name_length = 0;  // hello only
+  std::uint32_t reserved2 = 0;
+};
+
+static_assert(sizeof(RequestHeader) == 32 && sizeof(DataHeader) == 56 && sizeof(MessageHeader) == 32,
+              "wire layout");
+
+// A hello's name: at most this many bytes. A message's bytes: at most
+// kMaxMessageBytes (the call plane's frame limit).
+constexpr std::size_t kMaxNameBytes = 512;
+constexpr std::size_t kMaxMessageBytes = std::size_t{256} << 20;
 
 // An object's meta (ObjectBuffer::meta) travels in the data header: at most
 // this many bytes (transport::kMaxObjectMetaBytes).
@@ -112,6 +144,11 @@ EncodedHeader encode_request(const RequestHeader& header, std::string_view reque
 // set from it.
 EncodedHeader encode_data(const DataHeader& header, const MessageKey* key, std::string_view meta = {});
 
+// A message's header bytes: the header, a hello's name, then the tag over
+// both and `data` when `key`.
+EncodedHeader encode_message(const MessageHeader& header, std::string_view name, std::span<const std::byte> data,
+                             const MessageKey* key);
+
 // What a receiver acts on, or why the message is refused (`error` set,
 // a static string). `unauthenticated`: the tag was missing or wrong (a
 // stranger, or a member of another cluster), as opposed to malformed.
@@ -142,5 +179,17 @@ ParsedRequest parse_request(std::span<const std::byte> header, std::span<const s
 // ok message at offset 0, kind/status/memory values, and that
 // [offset, offset + payload_length) lies inside [0, total).
 ParsedData parse_data(std::span<const std::byte> header, std::size_t payload_length, const MessageKey* key);
+
+struct ParsedMessage {
+  MessageHeader header;
+  std::string_view name;  // a hello's; points into the header bytes
+  const char* error = nullptr;
+  bool unauthenticated = false;
+};
+// Checks the length, the tag (over header, name and data), the magic, the
+// kind, a hello's seq 0, name and address bounds, a message's size bound
+// and that only a hello has a name.
+ParsedMessage parse_message(std::span<const std::byte> header, std::span<const std::byte> data,
+                            const MessageKey* key);
 
 }  // namespace troupe::transport::ucx_wire
