@@ -103,7 +103,11 @@ int submit(const SubmitOptions& options) {
   if (!contents) throw Error(Errc::not_found, "cannot read " + binary.string());
   const std::string hash = transport::content_hash(*contents);
 
-  ControlClient client(address, request_timeout(options.head));
+  // The head hashes and stores the binary before it answers: on a loaded
+  // machine an 80 MB binary alone took over 10 s. The wait grows with it by
+  // one second per 8 MB on top of --timeout.
+  const auto upload_allowance = std::chrono::milliseconds(contents->size() / (8 * 1000));
+  ControlClient client(address, request_timeout(options.head) + upload_allowance);
   capnp::MallocMessageBuilder message;
   auto submit = message.initRoot<wire::ControlMessage>().initSubmitJob();
   submit.setProtocolVersion(wire::PROTOCOL_VERSION);
@@ -149,7 +153,9 @@ void add_submit_command(CLI::App& app) {
       ->allow_extra_args(false);
   command->add_flag("--no-wait", options->no_wait, "Print the job id and return without following the output");
   command->add_option("command", options->command, "-- BINARY [ARGS...]")->required();
-  command->footer("Example: troupe submit --env STEPS=10 -- ./build/examples/pipeline --batch 8");
+  command->footer(
+      "The head stores the binary before it answers, so the wait is --timeout plus one second per 8 MB of "
+      "binary.\nExample: troupe submit --env STEPS=10 -- ./build/examples/pipeline --batch 8");
   set_action(*command, [options] { return submit(*options); });
 }
 

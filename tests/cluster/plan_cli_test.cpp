@@ -215,7 +215,8 @@ TEST_F(PlanCli, V2AndV1FlagsChooseTheVersionForAnyInput) {
   auto limited = plan({"--model", model_v2("gpt-30b"), "--cluster", cluster("h100-a100-2node"), "--json",
                        "--max-tp", "2", "--max-dp", "1"});
   ASSERT_EQ(limited.exit_code, 0) << limited.all();
-  for (const auto& stage : nlohmann::json::parse(limited.out)["stages"]) {
+  const nlohmann::json limited_doc = nlohmann::json::parse(limited.out);  // the loop must not outlive it
+  for (const auto& stage : limited_doc["stages"]) {
     EXPECT_LE(stage["tp"].get<int>(), 2);
     EXPECT_EQ(stage["gpus"].size(), stage["tp"].get<std::size_t>());  // d = 1
   }

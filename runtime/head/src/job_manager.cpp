@@ -219,7 +219,10 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
   if (submit.getArgv().size() == 0) throw Error(Errc::invalid_argument, "submitJob with an empty argv");
   std::string hash = submit.getBinaryHash().cStr();
   if (!transport::valid_hash_name(hash)) throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
-  if (submit.getBinary().size() == 0 && !binaries_.has(hash)) {
+  // Read the binary once: every read counts against the frame's traversal
+  // limit (twice the largest frame), so three reads of a 200 MB binary fail.
+  const capnp::Data::Reader binary = submit.getBinary();
+  if (binary.size() == 0 && !binaries_.has(hash)) {
     throw Error(Errc::not_found, "the head has no binary " + hash + "; send it with the job");
   }
   // issue 12 (persist): the binary is checked (and stored) on the binary
@@ -233,9 +236,8 @@ void JobManager::on_submit_job(const std::string& identity, std::uint64_t reques
   copy.setBinaryHash(hash);
   copy.setResources(submit.getResources());
   std::shared_ptr<std::string> bytes;
-  if (submit.getBinary().size() > 0) {
-    auto data = submit.getBinary();
-    bytes = std::make_shared<std::string>(reinterpret_cast<const char*>(data.begin()), data.size());
+  if (binary.size() > 0) {
+    bytes = std::make_shared<std::string>(reinterpret_cast<const char*>(binary.begin()), binary.size());
   }
   binaries_.prepare(hash, std::move(bytes), [this, identity, request_id, request](std::optional<Error> failure) {
     if (failure) {

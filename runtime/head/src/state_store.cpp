@@ -167,7 +167,14 @@ class RedisStateStore final : public StateStore {
   RedisStateStore(std::string host, int port, std::string prefix, std::chrono::milliseconds lease)
       : host_(std::move(host)), port_(port), prefix_(std::move(prefix)), lease_(lease) {
     connect();
-    acquire();
+    try {
+      acquire();
+    } catch (...) {
+      // No destructor runs for a store that never was: close the connection here.
+      redisFree(context_);
+      context_ = nullptr;
+      throw;
+    }
   }
   ~RedisStateStore() override {
     try {
