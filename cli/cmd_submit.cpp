@@ -14,6 +14,7 @@
 #include "cluster_commands.hpp"
 #include "control_client.hpp"
 #include "session.hpp"
+#include "troupe/transport/upload_limit.hpp"
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/ids.hpp"
 #include "troupe/transport/content_hash.hpp"
@@ -101,6 +102,12 @@ int submit(const SubmitOptions& options) {
   const std::string address = resolve_head_address(options.head.address, temp_root(options.head.temp_dir));
   auto contents = read_file(binary);
   if (!contents) throw Error(Errc::not_found, "cannot read " + binary.string());
+  if (contents->size() > transport::kMaxBinaryBytes) {
+    throw Error(Errc::invalid_argument, binary.string() + " is " + std::to_string(contents->size() >> 20) +
+                                            " MiB; the head takes job binaries of at most " +
+                                            std::to_string(transport::kMaxBinaryBytes >> 20) +
+                                            " MiB (strip its debug information)");
+  }
   const std::string hash = transport::content_hash(*contents);
 
   // The head hashes and stores the binary before it answers: on a loaded

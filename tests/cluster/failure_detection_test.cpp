@@ -222,7 +222,8 @@ TEST(FailureDetection, ADriverUploadingABigBinaryIsNotLostAndItsActorStillRestar
   // declared dead meanwhile.
   TestCluster cluster(100, 3, 3000);
   ASSERT_EQ(cluster.start_head().exit_code, 0);
-  // The job binary with 200 MB appended (an ELF file ignores it). The head's
+  // The job binary with 150 MiB appended (an ELF file ignores it), under
+  // transport::kMaxBinaryBytes (255 MiB) with the binary itself. The head's
   // own test (ADriverUploadingItsBinaryIsNotLostAndAnyMessageCountsAsLife,
   // fake clock) is the deterministic check of the upload grace; this one
   // runs the whole path: upload, heartbeats from the start, a restart.
@@ -231,7 +232,7 @@ TEST(FailureDetection, ADriverUploadingABigBinaryIsNotLostAndItsActorStillRestar
   {
     std::ofstream out(big, std::ios::binary | std::ios::app);
     std::string chunk(1 << 20, '\0');
-    for (int i = 0; i < 200; ++i) out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    for (int i = 0; i < 150; ++i) out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
   }
   ::chmod(big.c_str(), 0755);
   auto result = run_process(big.string(), {"restart"},
@@ -241,6 +242,32 @@ TEST(FailureDetection, ADriverUploadingABigBinaryIsNotLostAndItsActorStillRestar
                             180s);
   EXPECT_EQ(result.exit_code, 0) << result.all();
   EXPECT_NE(result.out.find("JOB OK"), std::string::npos) << result.all();
+}
+
+TEST(FailureDetection, ADriverWhoseBinaryIsTooBigToUploadSaysSoAtOnce) {
+  TestCluster cluster(100, 3, 3000);
+  ASSERT_EQ(cluster.start_head().exit_code, 0);
+  // Over transport::kMaxBinaryBytes: the head's socket would drop the frame
+  // unread, so the driver must refuse before sending, not time out.
+  fs::path big = cluster.root() / "too_big_cluster_job";
+  fs::copy_file(TROUPE_CLUSTER_JOB, big);
+  {
+    std::ofstream out(big, std::ios::binary | std::ios::app);
+    std::string chunk(1 << 20, '\0');
+    for (int i = 0; i < 256; ++i) out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+  }
+  ::chmod(big.c_str(), 0755);
+  const auto started = std::chrono::steady_clock::now();
+  auto result = run_process(big.string(), {"restart"},
+                            {{"TROUPE_ADDRESS", cluster.address()},
+                             {"TROUPE_TEMP_DIR", cluster.root().string()},
+                             {"TROUPE_TOKEN_FILE", cluster.token_file().string()}},
+                            120s);
+  EXPECT_NE(result.exit_code, 0) << result.all();
+  EXPECT_NE(result.all().find("the head takes job binaries of at most 255 MiB"), std::string::npos) << result.all();
+  // Far less than the upload's 60 s answer timeout.
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 45s);
+  fs::remove(big);
 }
 
 }  // namespace

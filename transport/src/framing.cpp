@@ -1,4 +1,5 @@
 #include "troupe/transport/framing.hpp"
+#include "troupe/transport/upload_limit.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -13,6 +14,9 @@
 #include <kj/io.h>
 
 namespace troupe::transport {
+
+static_assert(kMaxBinaryBytes + (std::size_t{1} << 20) == FramingLimits{}.max_frame_bytes,
+              "upload_limit.hpp's kMaxBinaryBytes must follow the frame bound");
 namespace {
 
 using Clock = std::chrono::steady_clock;

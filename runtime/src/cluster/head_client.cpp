@@ -12,6 +12,7 @@
 #include "troupe/runtime/logging.hpp"
 #include "troupe/runtime/serialization.hpp"
 #include "troupe/transport/content_hash.hpp"
+#include "troupe/transport/upload_limit.hpp"
 
 namespace troupe::detail {
 transport::ReceivedMessage request_head(transport::ControlChannel& channel, capnp::MallocMessageBuilder& message,
@@ -124,6 +125,11 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
     capnp::MallocMessageBuilder upload;
     auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
     const std::string bytes = read_whole_file("/proc/self/exe");
+    if (bytes.size() > transport::kMaxBinaryBytes) {
+      throw_error(Errc::invalid_argument,
+                  "this binary is " + std::to_string(bytes.size() >> 20) + " MiB; the head takes job binaries of at most " +
+                      std::to_string(transport::kMaxBinaryBytes >> 20) + " MiB (strip its debug information)");
+    }
     if (hash_cached && transport::content_hash(bytes) != hash)
       throw_error(Errc::invalid_argument, "this binary changed while it was starting; run it again");
     up.setBinaryHash(hash);
