@@ -1,7 +1,9 @@
 // A real cluster on loopback for tests: the `troupe` executable started as
 // head and workers in a private temp dir on a free port, and always stopped
 // (`troupe stop --force`, then any pid left in a pid file) when the
-// TestCluster goes away, also when a test fails.
+// TestCluster goes away, also when a test fails, and also when the test
+// process dies without unwinding (killed by ctest's timeout, a crash): a
+// reaper process outside the test's process tree stops the cluster then.
 #pragma once
 
 #include <fcntl.h>
@@ -157,6 +159,7 @@ class TestCluster {
     std::string pattern = (fs::temp_directory_path() / "troupe-cluster-test-XXXXXX").string();
     root_ = ::mkdtemp(pattern.data());
     port_ = free_port();
+    start_reaper();
   }
   ~TestCluster() { teardown(); }
   TestCluster(const TestCluster&) = delete;
@@ -246,9 +249,64 @@ class TestCluster {
     }
     if (std::getenv("TROUPE_KEEP_TEST_DIRS") == nullptr) fs::remove_all(root_, error);
     root_.clear();
+    if (reaper_fd_ >= 0) {  // stood down: the cluster is gone
+      (void)::send(reaper_fd_, "done\n", 5, MSG_NOSIGNAL);
+      ::close(reaper_fd_);
+      reaper_fd_ = -1;
+    }
   }
 
  private:
+  // The daemons detach from this process (`troupe start` daemonizes), so
+  // nothing ends them if this process is killed before teardown() runs; a
+  // test killed by ctest's timeout used to leave its whole cluster running.
+  // The reaper: a shell in its own session, reparented away from this
+  // process (so that killing this process tree leaves it), blocked reading
+  // a socket whose only other end is this process. teardown() writes "done" and
+  // it exits; if this process dies first, the read sees end-of-file and the
+  // reaper stops the cluster as teardown() would.
+  void start_reaper() {
+    int fds[2];  // a socket pair, not a pipe: a send to a reaper that is gone must not raise SIGPIPE
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return;
+    static const char* const kScript =
+        "if read -r _; then exit 0; fi; "
+        "TROUPE_TEMP_DIR=\"$1\" \"$0\" stop --force; "
+        "for f in \"$1\"/session_*/pids/*.pid; do [ -f \"$f\" ] && kill -9 \"$(cat \"$f\")\"; done; "
+        "[ -n \"$2\" ] || rm -rf \"$1\"";
+    const std::string cli_path = cli();
+    const std::string root = root_.string();
+    const char* keep = std::getenv("TROUPE_KEEP_TEST_DIRS");
+    const std::string keep_flag = keep != nullptr ? "keep" : "";
+    // The outer shell starts the reaper in the background and exits at once.
+    // The socket is its fd 3: a background command's standard input is
+    // /dev/null unless redirected explicitly.
+    const std::string outer =
+        std::string("setsid /bin/sh -c '") + kScript + "' \"$0\" \"$1\" \"$2\" <&3 3<&- &";
+    std::vector<std::string> argv_strings{"/bin/sh", "-c", outer, cli_path, root, keep_flag};
+    std::vector<char*> argv;
+    for (auto& a : argv_strings) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&actions, fds[0], 3);
+    // Not ctest's output pipe: ctest waits for every writer of it to close.
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid = 0;
+    const int rc = ::posix_spawn(&pid, "/bin/sh", &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(fds[0]);
+    if (rc != 0) {
+      ::close(fds[1]);
+      return;
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    reaper_fd_ = fds[1];
+  }
+
+  int reaper_fd_ = -1;
   int heartbeat_ms_;
   int heartbeat_misses_;
   int probe_timeout_ms_;
