@@ -17,6 +17,8 @@
 
 #include "troupe/runtime/error.hpp"
 #include "troupe/runtime/ids.hpp"
+#include "troupe/node/files.hpp"
+#include "troupe/transport/content_hash.hpp"
 #include "troupe/transport/internal/control_socket.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 
@@ -564,6 +566,80 @@ TEST_F(HeadTest, ADriverUploadingItsBinaryIsNotLostAndAnyMessageCountsAsLife) {
   head_->tick();
   auto after = cluster_state();
   EXPECT_EQ(after.root<ControlMessage>().getClusterState().getJobs()[0].getState(), wire::JobState::STOPPED);
+}
+
+// A node fetches a job binary in chunks, so that the head's heartbeat acks
+// to it never wait behind tens of MB on their shared connection.
+TEST_F(HeadTest, AJobBinaryIsServedInChunksFromAnyOffsetAndWholeToAnOldNode) {
+  std::string bytes(10 * 1000 * 1000 + 7, '\0');
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 2654435761u) >> 13);
+  const std::string hash = transport::content_hash(bytes);
+  node::write_file_atomic(session_ / "binaries" / hash, bytes, 0755);
+  register_node(kNodeA, 2);
+  sent();
+  struct Reply {
+    bool ok = false;
+    std::string data, error;
+    std::uint64_t offset = 0, total = 0;
+  };
+  auto fetch = [&](std::uint64_t offset, std::uint32_t max_bytes) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<ControlMessage>();
+    const std::uint64_t request = next_request_++;
+    root.setRequestId(request);
+    auto body = root.initFetchBinary();
+    body.setBinaryHash(hash);
+    body.setOffset(offset);
+    body.setMaxBytes(max_bytes);
+    deliver(node_identity(kNodeA), message);
+    EXPECT_TRUE(head_->wait_for_background_work(std::chrono::seconds(60)));
+    head_->tick();
+    Reply reply;
+    for (auto& out : sent()) {
+      auto reader = out.message.root<ControlMessage>();
+      if (out.identity != node_identity(kNodeA) || reader.getRequestId() != request) continue;
+      if (reader.isBinaryData()) {
+        auto data = reader.getBinaryData();
+        reply.ok = true;
+        reply.data.assign(reinterpret_cast<const char*>(data.getBinary().begin()), data.getBinary().size());
+        reply.offset = data.getOffset();
+        reply.total = data.getTotalBytes();
+      } else if (reader.isError()) {
+        reply.error = reader.getError().getMessage();
+      }
+    }
+    return reply;
+  };
+  constexpr std::uint32_t kChunk = 4u << 20;
+  std::string joined;
+  int chunks = 0;
+  while (joined.size() < bytes.size()) {
+    Reply reply = fetch(joined.size(), kChunk);
+    ASSERT_TRUE(reply.ok) << "offset " << joined.size() << ": " << reply.error;
+    EXPECT_EQ(reply.offset, joined.size());
+    EXPECT_EQ(reply.total, bytes.size());
+    ASSERT_LE(reply.data.size(), kChunk);
+    ASSERT_GT(reply.data.size(), 0u);
+    joined += reply.data;
+    ++chunks;
+  }
+  EXPECT_EQ(chunks, 3);
+  EXPECT_TRUE(joined == bytes);
+  // Past the end: a clear error, not an empty chunk.
+  Reply past = fetch(bytes.size(), kChunk);
+  EXPECT_FALSE(past.ok);
+  EXPECT_NE(past.error.find("no chunk at offset"), std::string::npos) << past.error;
+  // maxBytes 0: the whole binary in one message (a node from before chunks).
+  Reply whole = fetch(0, 0);
+  ASSERT_TRUE(whole.ok) << whole.error;
+  EXPECT_TRUE(whole.data == bytes);
+  // A damaged copy is refused at the first chunk.
+  std::string damaged = bytes;
+  damaged[12345] ^= 1;
+  node::write_file_atomic(session_ / "binaries" / hash, damaged, 0755);
+  Reply bad = fetch(0, kChunk);
+  EXPECT_FALSE(bad.ok);
+  EXPECT_NE(bad.error.find("does not match its hash"), std::string::npos) << bad.error;
 }
 
 TEST_F(HeadTest, AnActorOfALostNodeRestartsOnAnotherNode) {

@@ -311,13 +311,22 @@ struct UploadBinary {
   binaryHash @0 :Text;
   binary @1 :Data;
 }
-# Node manager -> head: fetch a job binary by hash (reply: binaryData).
+# Node manager -> head: fetch a job binary by hash (reply: binaryData),
+# in chunks (maxBytes > 0) so that the head's other messages to the node
+# (heartbeat acks) never wait behind tens of MB; maxBytes 0 asks for the
+# whole binary in one message.
 struct FetchBinary {
   binaryHash @0 :Text;
+  offset @1 :UInt64;
+  maxBytes @2 :UInt32;
 }
+# Head -> node: bytes [offset, offset + binary.size()) of a binary of
+# totalBytes bytes (totalBytes 0: the whole binary).
 struct BinaryData {
   binaryHash @0 :Text;
   binary @1 :Data;
+  offset @2 :UInt64;
+  totalBytes @3 :UInt64;
 }
 # CLI -> head: read a job's combined stdout/stderr from byte `offset`.
 struct JobLogs {

@@ -1,5 +1,9 @@
 #include "binary_store.hpp"
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
 #include "state_store.hpp"
 #include "troupe/node/files.hpp"
 #include "troupe/runtime/logging.hpp"
@@ -154,13 +158,38 @@ void BinaryStore::on_fetch_binary(const std::string& identity, std::uint64_t req
                                   wire::FetchBinary::Reader fetch) {
   std::string hash = fetch.getBinaryHash().cStr();
   if (!transport::valid_hash_name(hash)) throw Error(Errc::invalid_argument, "bad binary hash \"" + hash + "\"");
+  const std::uint64_t offset = fetch.getOffset();
+  const std::uint32_t max_bytes = fetch.getMaxBytes();  // 0: the whole binary
   auto file = path(hash);
-  post([this, identity, request_id, hash, file] {
-    auto data = std::make_shared<std::optional<std::string>>(node::read_file(file));
+  post([this, identity, request_id, hash, file, offset, max_bytes] {
+    // The bytes asked for, and the binary's size. The first chunk (or the
+    // whole binary) checks the stored copy against its hash first.
+    auto data = std::make_shared<std::string>();
+    std::uint64_t total = 0;
     std::string problem;
-    if (!*data) problem = "the head has no binary " + hash;
-    else if (transport::content_hash(**data) != hash) problem = "the head's copy of binary " + hash + " does not match its hash";
-    complete([this, identity, request_id, hash, data, problem] {
+    try {
+      std::error_code error;
+      total = std::filesystem::file_size(file, error);
+      if (error) {
+        problem = "the head has no binary " + hash;
+      } else if (offset == 0 && !node::file_matches_hash(file, hash)) {
+        problem = "the head's copy of binary " + hash + " does not match its hash";
+      } else if (offset > total || (offset == total && total > 0)) {
+        problem = "binary " + hash + " has " + std::to_string(total) + " bytes: no chunk at offset " +
+                  std::to_string(offset);
+      } else {
+        const std::uint64_t length = max_bytes == 0 ? total - offset : std::min<std::uint64_t>(max_bytes, total - offset);
+        std::ifstream in(file, std::ios::binary);
+        data->resize(length);
+        if (!in.seekg(static_cast<std::streamoff>(offset)) ||
+            !in.read(data->data(), static_cast<std::streamsize>(length))) {
+          problem = "cannot read binary " + hash;
+        }
+      }
+    } catch (const std::exception& e) {
+      problem = std::string("cannot read binary ") + hash + ": " + e.what();
+    }
+    complete([this, identity, request_id, hash, data, problem, offset, total] {
       if (!problem.empty()) {
         context_.reply_error(identity, request_id, Errc::not_found, problem);
         return;
@@ -170,7 +199,9 @@ void BinaryStore::on_fetch_binary(const std::string& identity, std::uint64_t req
       root.setRequestId(request_id);
       auto reply = root.initBinaryData();
       reply.setBinaryHash(hash);
-      reply.setBinary(kj::arrayPtr(reinterpret_cast<const kj::byte*>((*data)->data()), (*data)->size()));
+      reply.setOffset(offset);
+      reply.setTotalBytes(total);
+      reply.setBinary(kj::arrayPtr(reinterpret_cast<const kj::byte*>(data->data()), data->size()));
       context_.send_to(identity, message);
     });
   });

@@ -31,6 +31,7 @@
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
 #include "troupe/transport/ucx.hpp"
+#include "troupe/transport/upload_limit.hpp"
 
 namespace troupe::node {
 namespace {
@@ -39,7 +40,12 @@ using Clock = std::chrono::steady_clock;
 using wire::ControlMessage;
 
 constexpr auto kMaxBackoff = std::chrono::milliseconds(2000);
-constexpr auto kFetchTimeout = std::chrono::seconds(60);
+constexpr auto kFetchTimeout = std::chrono::seconds(60);  // per chunk of a job binary
+// A job binary comes in chunks of this size: the head's heartbeat acks to
+// this node travel on the same connection and wait behind each chunk, so
+// a whole 65 MB binary in one message could hold them back past the
+// fencing timeout on a loaded machine (a healthy node stopping its actors).
+constexpr std::uint32_t kBinaryChunkBytes = 4u << 20;
 // DEAD reports not acknowledged are sent again this often; at most this
 // many wait (the oldest is dropped: the head's reconciliation of the
 // heartbeat's host list covers it).
@@ -115,6 +121,7 @@ struct PendingFetch {
   Clock::time_point deadline;
   std::vector<std::unique_ptr<capnp::MallocMessageBuilder>> starts;  // StartActor roots
   std::shared_ptr<Verification> verifying;  // set while a verifier thread works on it
+  std::shared_ptr<std::string> received;    // the chunks so far
 };
 
 class NodeManager {
@@ -419,11 +426,20 @@ class NodeManager {
   }
 
   void request_binary(PendingFetch fetch) {
+    fetch.received = std::make_shared<std::string>();
+    request_chunk(std::move(fetch));
+  }
+
+  // Asks for the next chunk: from the end of what was received.
+  void request_chunk(PendingFetch fetch) {
     capnp::MallocMessageBuilder message;
     auto root = message.initRoot<ControlMessage>();
     std::uint64_t fetch_id = next_request_id_++;
     root.setRequestId(fetch_id);
-    root.initFetchBinary().setBinaryHash(fetch.hash);
+    auto request = root.initFetchBinary();
+    request.setBinaryHash(fetch.hash);
+    request.setOffset(fetch.received ? fetch.received->size() : 0);
+    request.setMaxBytes(kBinaryChunkBytes);
     fetch.deadline = Clock::now() + kFetchTimeout;
     fetch.verifying.reset();
     fetches_.emplace(fetch_id, std::move(fetch));
@@ -452,9 +468,31 @@ class NodeManager {
     if (it == fetches_.end() || it->second.verifying) return;
     PendingFetch& fetch = it->second;
     auto bytes = data.getBinary();
-    // One copy of the bytes for the verifier thread (the message is freed
-    // when this returns); hashing and writing happen there.
-    auto copy = std::make_shared<std::string>(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+    const std::uint64_t total = data.getTotalBytes();
+    if (!fetch.received) fetch.received = std::make_shared<std::string>();
+    std::string& received = *fetch.received;
+    if (total == 0) {  // the whole binary in one message
+      received.assign(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+    } else {
+      if (data.getOffset() != received.size() || bytes.size() == 0 || total > transport::kMaxBinaryBytes ||
+          received.size() + bytes.size() > total) {
+        fail_fetch(fetch, "the head sent a chunk of the job binary out of place (offset " +
+                              std::to_string(data.getOffset()) + ", " + std::to_string(bytes.size()) + " of " +
+                              std::to_string(total) + " bytes, " + std::to_string(received.size()) + " received)");
+        fetches_.erase(it);
+        return;
+      }
+      if (received.empty()) received.reserve(total);
+      received.append(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+      if (received.size() < total) {  // more to come: ask for the next chunk
+        PendingFetch next = std::move(fetch);
+        fetches_.erase(it);
+        request_chunk(std::move(next));
+        return;
+      }
+    }
+    // The whole binary, for the verifier thread: hashing and writing happen there.
+    auto copy = std::move(fetch.received);
     auto verification = std::make_shared<Verification>();
     fetch.verifying = verification;
     fetch.deadline = Clock::now() + kFetchTimeout;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -78,7 +79,25 @@ transport::ReceivedMessage HeadClient::request(capnp::MallocMessageBuilder& mess
   }
 }
 
+namespace {
+
+// A binary the head cannot take (its frame would pass the head's bound, and
+// the head's socket would drop it unread) is refused here, with its size.
+void check_binary_size(std::uintmax_t bytes) {
+  if (bytes > transport::kMaxBinaryBytes) {
+    throw_error(Errc::invalid_argument,
+                "this binary is " + std::to_string(bytes >> 20) + " MiB; the head takes job binaries of at most " +
+                    std::to_string(transport::kMaxBinaryBytes >> 20) + " MiB (strip its debug information)");
+  }
+}
+
+}  // namespace
+
 JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& head_address) {
+  // At once, before hashing hundreds of MB: a binary too big to upload.
+  std::error_code size_error;
+  const std::uintmax_t size = std::filesystem::file_size("/proc/self/exe", size_error);
+  if (!size_error) check_binary_size(size);
   // Hosts run this very binary: the head keeps it by content hash. An
   // unchanged binary's hash comes from the cache (binary_hash_cache.hpp),
   // and its bytes are read only if the head asks for them.
@@ -125,11 +144,7 @@ JobId HeadClient::register_driver(const WorkerId& worker_id, const std::string& 
     capnp::MallocMessageBuilder upload;
     auto up = upload.initRoot<wire::ControlMessage>().initUploadBinary();
     const std::string bytes = read_whole_file("/proc/self/exe");
-    if (bytes.size() > transport::kMaxBinaryBytes) {
-      throw_error(Errc::invalid_argument,
-                  "this binary is " + std::to_string(bytes.size() >> 20) + " MiB; the head takes job binaries of at most " +
-                      std::to_string(transport::kMaxBinaryBytes >> 20) + " MiB (strip its debug information)");
-    }
+    check_binary_size(bytes.size());
     if (hash_cached && transport::content_hash(bytes) != hash)
       throw_error(Errc::invalid_argument, "this binary changed while it was starting; run it again");
     up.setBinaryHash(hash);
