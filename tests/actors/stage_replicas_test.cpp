@@ -206,6 +206,9 @@ TEST_F(StageReplicasTest, ReplicasOfAStageClassWithoutGradientSyncOrWithoutActor
   troupe::actors::StageReplicas<PlainStage> plain{{troupe::actor<PlainStage>(1.0f)},
                                                    {troupe::actor<PlainStage>(1.0f), troupe::actor<PlainStage>(1.0f)}};
   expect_invalid([&] { troupe::actors::StagePipeline<PlainStage> p(plain); }, "no take_gradients");
+  // The README's braced form: {{stage 0}, {replica a, replica b}}.
+  expect_invalid([&] { troupe::actors::StagePipeline<PlainStage> p({{plain[0][0]}, {plain[1][0], plain[1][1]}}); },
+                 "stage 1 has 2 replicas");
   const std::vector<Tensor> xs{Tensor::zeros({1, 1}, troupe::DType::f32)};
   expect_invalid([&] { (void)troupe::actors::submit_stage_calls(plain, xs, xs, 1, Schedule::gpipe, 1, 0); },
                  "stage 1 has 2 replicas");
