@@ -485,16 +485,25 @@ void PipelineStage::drop_batch() {
   backwards_since_step_ = 0;
 }
 
-std::int64_t PipelineStage::step(std::int64_t micro_batches) {
-  require_restored("step");
+void PipelineStage::check_batch_complete(std::int64_t micro_batches, const char* op) {
   if (backwards_since_step_ != micro_batches || !stash_.empty() || !deferred_.empty()) {
     const std::string why = "expected " + std::to_string(micro_batches) + " backward passes since the last step, saw " +
                             std::to_string(backwards_since_step_) + " with " + std::to_string(stash_.size()) +
                             " forwards still stashed and " + std::to_string(deferred_.size()) +
                             " weight gradients deferred; the batch's gradients were dropped";
     drop_batch();
-    fail("PipelineStage::step", why);
+    fail(std::string("PipelineStage::") + op, why);
   }
+}
+
+std::int64_t PipelineStage::step(std::int64_t micro_batches) {
+  require_restored("step");
+  check_batch_complete(micro_batches, "step");
+  apply_step();
+  return steps_;
+}
+
+void PipelineStage::apply_step() {
   const OptimizerSpec& optimizer = spec_.optimizer;
   std::size_t p = 0;
   ++steps_;
@@ -520,6 +529,63 @@ std::int64_t PipelineStage::step(std::int64_t micro_batches) {
       TROUPE_LOG_WARN("PipelineStage: {}", checkpoint_note_);
     }
   }
+}
+
+std::int64_t PipelineStage::flat_gradient_size() const {
+  std::int64_t n = 0;
+  for (const kernels::Linear& layer : layers_) n += layer.weight_grad.numel() + layer.bias_grad.numel();
+  return n;
+}
+
+Tensor PipelineStage::take_gradients(std::int64_t micro_batches) {
+  require_restored("take_gradients");
+  check_batch_complete(micro_batches, "take_gradients");
+  Tensor flat = Tensor::empty({flat_gradient_size()}, DType::f32, device_);
+  std::int64_t offset = 0;
+  for (kernels::Linear& layer : layers_) {
+    for (const Tensor* grad : {&layer.weight_grad, &layer.bias_grad}) {
+      flat.slice(offset, offset + grad->numel()).copy_from(grad->reshape({grad->numel()}));
+      offset += grad->numel();
+    }
+    layer.zero_grad();
+  }
+  backwards_since_step_ = 0;
+  return to_output(flat);
+}
+
+Tensor PipelineStage::sum_gradients(Tensor a, Tensor b) {
+  const std::int64_t n = flat_gradient_size();
+  for (const Tensor* t : {&a, &b}) {
+    if (!t->defined() || t->dim() != 1 || t->size(0) != n || t->dtype() != DType::f32) {
+      fail("PipelineStage::sum_gradients", "got " + shape_string(*t) + "; expected f32 [" + std::to_string(n) + "]");
+    }
+  }
+  // a may share storage with its producer (local mode): add into a copy.
+  Tensor out = a.device() == device_ ? a.clone() : a.to(device_);
+  kernels::add_(out, b.to(device_));
+  return to_output(out);
+}
+
+std::int64_t PipelineStage::step_with_gradients(Tensor total) {
+  require_restored("step_with_gradients");
+  const std::int64_t n = flat_gradient_size();
+  if (!total.defined() || total.dim() != 1 || total.size(0) != n || total.dtype() != DType::f32) {
+    fail("PipelineStage::step_with_gradients",
+         "got " + shape_string(total) + "; expected f32 [" + std::to_string(n) + "] (the flattened gradients)");
+  }
+  if (backwards_since_step_ != 0 || !stash_.empty() || !deferred_.empty()) {
+    drop_batch();
+    fail("PipelineStage::step_with_gradients", "backwards ran since take_gradients; the batch's gradients were dropped");
+  }
+  const Tensor flat = total.to(device_);
+  std::int64_t offset = 0;
+  for (kernels::Linear& layer : layers_) {
+    for (Tensor* grad : {&layer.weight_grad, &layer.bias_grad}) {
+      grad->copy_from(flat.slice(offset, offset + grad->numel()).reshape(grad->shape()));
+      offset += grad->numel();
+    }
+  }
+  apply_step();
   return steps_;
 }
 

@@ -200,14 +200,35 @@ int peak_deferred_weights(const std::vector<PipelineOp>& order) {
   return peak;
 }
 
+std::vector<PipelineOp> replica_order(const std::vector<PipelineOp>& order, int replicas, int replica) {
+  if (replicas < 1 || replica < 0 || replica >= replicas) {
+    fail("replica_order", "replica " + std::to_string(replica) + " of " + std::to_string(replicas));
+  }
+  std::vector<PipelineOp> out;
+  for (const PipelineOp& op : order) {
+    if (op.micro_batch % replicas == replica) out.push_back(op);
+  }
+  return out;
+}
+
 SimulatedRun simulate_schedule(const std::vector<std::vector<PipelineOp>>& orders, int micro_batches,
                                int virtual_stages, const std::function<double(const PipelineOp&, int)>& duration) {
+  return simulate_replicated_schedule(orders, micro_batches, virtual_stages, std::vector<int>(orders.size(), 1),
+                                      [&](const PipelineOp& op, int stage, int) { return duration(op, stage); });
+}
+
+SimulatedRun simulate_replicated_schedule(const std::vector<std::vector<PipelineOp>>& orders, int micro_batches,
+                                          int virtual_stages, const std::vector<int>& replicas,
+                                          const std::function<double(const PipelineOp&, int, int)>& duration) {
   using Kind = PipelineOp::Kind;
   const int S = static_cast<int>(orders.size());
   const int v = virtual_stages;
   const int G = S * v;
   const int m = micro_batches;
   if (S < 1 || m < 1 || v < 1) fail("simulate_schedule", "want stages, micro_batches and virtual_stages >= 1");
+  if (replicas.size() != orders.size()) {
+    fail("simulate_schedule", std::to_string(replicas.size()) + " replica counts for " + std::to_string(S) + " stages");
+  }
   constexpr double kUnknown = -1;
   // Finish times per virtual stage and micro-batch: forward, gradient (B or
   // BI: what the previous virtual stage waits for), weight (W).
@@ -216,10 +237,19 @@ SimulatedRun simulate_schedule(const std::vector<std::vector<PipelineOp>>& order
   std::vector<std::vector<double>> w_done(G, std::vector<double>(m, kUnknown));
   SimulatedRun run;
   run.busy.assign(S, 0.0);
-  run.peak_stashed.resize(S);
+  run.peak_stashed.assign(S, 0);
   run.finish.resize(S);
+  // One lane per actor (stage k, replica r): the indexes of its ops in orders[k].
+  struct Lane {
+    int stage = 0;
+    int replica = 0;
+    std::vector<std::size_t> ops;
+    std::size_t next = 0;
+    double free_at = 0;
+  };
+  std::vector<Lane> lanes;
   for (int k = 0; k < S; ++k) {
-    run.peak_stashed[k] = peak_stashed(orders[k]);
+    if (replicas[k] < 1) fail("simulate_schedule", "stage " + std::to_string(k) + " has no replica");
     run.finish[k].assign(orders[k].size(), kUnknown);
     for (const PipelineOp& op : orders[k]) {
       if (op.micro_batch < 0 || op.micro_batch >= m || op.chunk < 0 || op.chunk >= v) {
@@ -227,17 +257,25 @@ SimulatedRun simulate_schedule(const std::vector<std::vector<PipelineOp>>& order
                                       std::to_string(op.micro_batch) + " chunk " + std::to_string(op.chunk));
       }
     }
+    for (int r = 0; r < replicas[k]; ++r) {
+      Lane lane{k, r, {}, 0, 0};
+      for (std::size_t j = 0; j < orders[k].size(); ++j) {
+        if (orders[k][j].micro_batch % replicas[k] == r) lane.ops.push_back(j);
+      }
+      run.peak_stashed[k] = std::max(run.peak_stashed[k], peak_stashed(replica_order(orders[k], replicas[k], r)));
+      lanes.push_back(std::move(lane));
+    }
   }
-  std::vector<std::size_t> next(S, 0);
-  std::vector<double> free_at(S, 0.0);
   for (bool progressed = true; progressed;) {
     progressed = false;
-    for (int k = 0; k < S; ++k) {
-      while (next[k] < orders[k].size()) {
-        const PipelineOp& op = orders[k][next[k]];
+    for (Lane& lane : lanes) {
+      const int k = lane.stage;
+      while (lane.next < lane.ops.size()) {
+        const std::size_t j = lane.ops[lane.next];
+        const PipelineOp& op = orders[k][j];
         const int g = op.chunk * S + k;
         const int i = op.micro_batch;
-        double ready = free_at[k];
+        double ready = lane.free_at;
         const auto need = [&](double done) {
           if (done == kUnknown) return false;
           ready = std::max(ready, done);
@@ -262,18 +300,18 @@ SimulatedRun simulate_schedule(const std::vector<std::vector<PipelineOp>>& order
         }
         if (!ok) break;
         if (*mark != kUnknown) fail("simulate_schedule", "stage " + std::to_string(k) + " runs an op twice");
-        const double d = duration(op, k);
+        const double d = duration(op, k, lane.replica);
         *mark = ready + d;
-        free_at[k] = ready + d;
+        lane.free_at = ready + d;
         run.busy[k] += d;
-        run.finish[k][next[k]] = ready + d;
+        run.finish[k][j] = ready + d;
         run.makespan = std::max(run.makespan, ready + d);
-        ++next[k];
+        ++lane.next;
         progressed = true;
       }
     }
   }
-  for (int k = 0; k < S; ++k) run.deadlocked = run.deadlocked || next[k] < orders[k].size();
+  for (const Lane& lane : lanes) run.deadlocked = run.deadlocked || lane.next < lane.ops.size();
   return run;
 }
 

@@ -7,6 +7,7 @@
 // under zero-bubble schedules). Header-only so the example's test can use it.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -233,12 +234,108 @@ class ResidualStage {
     return ++backwards_;
   }
   std::int64_t step(std::int64_t micro_batches) {
+    check_batch_complete(micro_batches, "step");
+    return apply_step();
+  }
+
+  // Data-parallel replicas (the stage concept's gradient sync): every
+  // gradient of the stage flattened into one f32 vector, in a fixed order
+  // (per block up W, b, down W, b, gamma, beta; then the head's W, b).
+  Tensor take_gradients(std::int64_t micro_batches) {
+    check_batch_complete(micro_batches, "take_gradients");
+    const std::vector<Tensor> grads = gradient_tensors();
+    Tensor flat = Tensor::empty({flat_size()}, troupe::DType::f32);
+    std::int64_t offset = 0;
+    for (const Tensor& g : grads) {
+      flat.slice(offset, offset + g.numel()).copy_from(g.reshape({g.numel()}));
+      kernels::zero_(g);
+      offset += g.numel();
+    }
+    backwards_ = 0;
+    return flat;
+  }
+  // Every parameter, flattened in the order of take_gradients (to compare replicas).
+  Tensor parameters() const {
+    std::vector<Tensor> all;
+    for (const Block& block : blocks_) {
+      for (const Tensor& p : {block.up.weight, block.up.bias, block.down.weight, block.down.bias, block.gamma,
+                              block.beta}) {
+        all.push_back(p);
+      }
+    }
+    if (has_head_) {
+      all.push_back(head_.weight);
+      all.push_back(head_.bias);
+    }
+    std::int64_t n = 0;
+    for (const Tensor& p : all) n += p.numel();
+    Tensor flat = Tensor::empty({n}, troupe::DType::f32);
+    std::int64_t offset = 0;
+    for (const Tensor& p : all) {
+      flat.slice(offset, offset + p.numel()).copy_from(p.reshape({p.numel()}));
+      offset += p.numel();
+    }
+    return flat;
+  }
+  Tensor sum_gradients(Tensor a, Tensor b) {
+    check_flat(a, "sum_gradients");
+    check_flat(b, "sum_gradients");
+    Tensor out = a.clone();  // a may be its producer's storage (local mode)
+    kernels::add_(out, b);
+    return out;
+  }
+  std::int64_t step_with_gradients(Tensor total) {
+    check_flat(total, "step_with_gradients");
+    if (backwards_ != 0 || !saved_.empty()) {
+      check_batch_complete(-1, "step_with_gradients");  // drops the batch and throws
+    }
+    std::int64_t offset = 0;
+    for (const Tensor& g : gradient_tensors()) {
+      Tensor target = g;
+      target.copy_from(total.slice(offset, offset + g.numel()).reshape(g.shape()));
+      offset += g.numel();
+    }
+    return apply_step();
+  }
+
+ private:
+  void check_batch_complete(std::int64_t micro_batches, const char* op) {
     if (micro_batches != backwards_ || !saved_.empty()) {
       saved_.clear();
       head_saved_.clear();
       backwards_ = 0;
-      throw troupe::Error(troupe::Errc::invalid_argument, "ResidualStage::step: the batch did not complete");
+      for (const Tensor& g : gradient_tensors()) kernels::zero_(g);
+      throw troupe::Error(troupe::Errc::invalid_argument,
+                          std::string("ResidualStage::") + op + ": the batch did not complete");
     }
+  }
+  std::vector<Tensor> gradient_tensors() const {
+    std::vector<Tensor> out;
+    for (const Block& block : blocks_) {
+      for (const Tensor& g : {block.up.weight_grad, block.up.bias_grad, block.down.weight_grad,
+                              block.down.bias_grad, block.dgamma, block.dbeta}) {
+        out.push_back(g);
+      }
+    }
+    if (has_head_) {
+      out.push_back(head_.weight_grad);
+      out.push_back(head_.bias_grad);
+    }
+    return out;
+  }
+  std::int64_t flat_size() const {
+    std::int64_t n = 0;
+    for (const Tensor& g : gradient_tensors()) n += g.numel();
+    return n;
+  }
+  void check_flat(const Tensor& t, const char* op) const {
+    if (!t.defined() || t.dim() != 1 || t.size(0) != flat_size() || t.dtype() != troupe::DType::f32) {
+      throw troupe::Error(troupe::Errc::invalid_argument, std::string("ResidualStage::") + op + ": got " +
+                                                              t.to_string() + ", want f32 [" +
+                                                              std::to_string(flat_size()) + "]");
+    }
+  }
+  std::int64_t apply_step() {
     for (Block& block : blocks_) block.sgd_step(spec_.lr);
     if (has_head_) {
       head_.sgd_step(spec_.lr);
@@ -248,7 +345,6 @@ class ResidualStage {
     return ++steps_;
   }
 
- private:
   ModelSpec spec_;
   int stage_ = 0;
   int stages_ = 1;
@@ -262,6 +358,7 @@ class ResidualStage {
 };
 
 static_assert(troupe::actors::PipelineStageClass<ResidualStage>);
+static_assert(troupe::actors::stage_traits<ResidualStage>::syncs_gradients);
 
 // ---- the same model, unpipelined -------------------------------------------------------------------
 
@@ -318,26 +415,68 @@ inline std::pair<Tensor, Tensor> make_batch(const ModelSpec& spec, std::int64_t 
   return {x, labels};
 }
 
+// What train_replicated returns: the batch losses, and the largest
+// difference between a replicated stage's replicas' parameters at the end
+// (0: bit-identical).
+struct PipelinedRun {
+  std::vector<float> losses;
+  double replica_spread = 0;
+};
+
 // Trains `steps` batches of `rows` rows (two batches, alternating:
-// make_batch seeds 0 and 1), `micro_batches` each, on stage
-// actors (`stages` of them, spec.blocks / stages chunks each) under
-// `schedule`; returns the batch losses. The actors are killed at the end.
-inline std::vector<float> train_pipelined(const ModelSpec& spec, int stages, troupe::actors::Schedule schedule,
-                                          int steps, std::int64_t rows, int micro_batches) {
+// make_batch seeds 0 and 1), `micro_batches` each, on stage actors
+// (`stages` of them, spec.blocks / stages chunks each; stage k as
+// replicas[k] replica actors, 1 each when `replicas` is empty) under
+// `schedule`. The actors are killed at the end.
+inline PipelinedRun train_replicated(const ModelSpec& spec, int stages, troupe::actors::Schedule schedule, int steps,
+                                     std::int64_t rows, int micro_batches, const std::vector<int>& replicas) {
   const int chunks = spec.blocks / stages;
   if (chunks * stages != spec.blocks) {
     throw troupe::Error(troupe::Errc::invalid_argument, "blocks must be a multiple of stages");
   }
-  std::vector<troupe::ActorHandle<ResidualStage>> handles;
-  for (int k = 0; k < stages; ++k) handles.push_back(troupe::actor<ResidualStage>(spec, k, stages, chunks));
-  troupe::actors::StagePipeline<ResidualStage> pipeline(handles, chunks);
-  std::vector<float> losses;
-  for (int step = 0; step < steps; ++step) {
-    const auto [x, labels] = make_batch(spec, rows, static_cast<std::uint64_t>(step % 2));
-    losses.push_back(pipeline.train_batch(x.chunk(micro_batches), labels.chunk(micro_batches), rows, schedule));
+  if (!replicas.empty() && replicas.size() != static_cast<std::size_t>(stages)) {
+    throw troupe::Error(troupe::Errc::invalid_argument, std::to_string(replicas.size()) + " replica counts for " +
+                                                            std::to_string(stages) + " stages");
   }
-  for (const auto& handle : handles) troupe::kill(handle);
-  return losses;
+  troupe::actors::StageReplicas<ResidualStage> handles(static_cast<std::size_t>(stages));
+  for (int k = 0; k < stages; ++k) {
+    const int d = replicas.empty() ? 1 : replicas[static_cast<std::size_t>(k)];
+    for (int r = 0; r < d; ++r) handles[k].push_back(troupe::actor<ResidualStage>(spec, k, stages, chunks));
+  }
+  const auto kill_all = [&] {
+    for (const auto& stage : handles) {
+      for (const auto& handle : stage) troupe::kill(handle);
+    }
+  };
+  PipelinedRun run;
+  try {
+    troupe::actors::StagePipeline<ResidualStage> pipeline(handles, chunks);
+    for (int step = 0; step < steps; ++step) {
+      const auto [x, labels] = make_batch(spec, rows, static_cast<std::uint64_t>(step % 2));
+      run.losses.push_back(pipeline.train_batch(x.chunk(micro_batches), labels.chunk(micro_batches), rows, schedule));
+    }
+    for (const auto& stage : handles) {
+      const Tensor first = stage.front().call<&ResidualStage::parameters>().get();
+      for (std::size_t r = 1; r < stage.size(); ++r) {
+        const Tensor other = stage[r].call<&ResidualStage::parameters>().get();
+        for (std::int64_t j = 0; j < first.numel(); ++j) {
+          run.replica_spread = std::max(
+              run.replica_spread, static_cast<double>(std::abs(first.data<float>()[j] - other.data<float>()[j])));
+        }
+      }
+    }
+  } catch (...) {
+    kill_all();
+    throw;
+  }
+  kill_all();
+  return run;
+}
+
+// train_replicated with one actor per stage; the batch losses.
+inline std::vector<float> train_pipelined(const ModelSpec& spec, int stages, troupe::actors::Schedule schedule,
+                                          int steps, std::int64_t rows, int micro_batches) {
+  return train_replicated(spec, stages, schedule, steps, rows, micro_batches, {}).losses;
 }
 
 // The same batches through the unpipelined Model.
@@ -354,4 +493,5 @@ inline std::vector<float> train_unpipelined(const ModelSpec& spec, int steps, st
 }  // namespace residual
 
 TROUPE_ACTOR(residual::ResidualStage, (residual::ModelSpec, int, int, int), forward, forward_loss, backward,
-             backward_loss, backward_input, backward_input_loss, backward_weight, step);
+             backward_loss, backward_input, backward_input_loss, backward_weight, step, take_gradients, sum_gradients,
+             step_with_gradients, parameters);

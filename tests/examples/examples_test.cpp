@@ -262,7 +262,10 @@ TEST(PipelineCustomStageExample, TheUsersStagesMatchTheUnpipelinedLossesUnderEac
   REQUIRE_BINARY(kPipelineCustomStage);
   ProcessResult r = run({kPipelineCustomStage, "--steps", "3"});
   ASSERT_TRUE(ExitedWith(r, 0));
-  expect_all_in(r.out, {"unpipelined", "1f1b", "zb-h1", "interleaved-1f1b", "(match)"});
+  expect_all_in(r.out, {"unpipelined", "1f1b", "zb-h1", "interleaved-1f1b", "1,2,1,1", "(match)", "(bit-identical)"});
+  ProcessResult bad = run({kPipelineCustomStage, "--replicas", "1,0,1,1"});
+  EXPECT_TRUE(ExitedWith(bad, 2));
+  EXPECT_TRUE(contains(bad.err, "--replicas wants 4 counts")) << bad.err;
 }
 
 // ---- the troupe CLI --------------------------------------------------------------

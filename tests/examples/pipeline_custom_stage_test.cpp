@@ -79,4 +79,28 @@ TEST_F(CustomStageTest, LossesEqualTheUnpipelinedModelsUnderOneFOneBZeroBubbleAn
   EXPECT_LT(want.back(), want.front());
 }
 
+// Data-parallel replicas of the user's stages: the losses stay the
+// unpipelined model's and the replicas of a stage end bit-identical,
+// whichever stage is replicated and under every schedule.
+TEST_F(CustomStageTest, ReplicatedStagesTrainAsTheUnpipelinedModelWithBitIdenticalReplicas) {
+  const residual::ModelSpec spec{.dim = 8, .hidden = 16, .classes = 3, .blocks = 4, .seed = 5, .lr = 0.1f};
+  constexpr int steps = 3;
+  constexpr std::int64_t rows = 24;
+  const std::vector<float> want = residual::train_unpipelined(spec, steps, rows);
+  struct Case {
+    Schedule schedule;
+    int stages;
+    std::vector<int> replicas;
+  };
+  for (const Case& c : {Case{Schedule::one_f_one_b, 4, {1, 2, 1, 1}}, Case{Schedule::zero_bubble_h1, 4, {2, 1, 1, 3}},
+                        Case{Schedule::gpipe, 4, {1, 1, 2, 1}}, Case{Schedule::interleaved_1f1b, 2, {1, 2}},
+                        Case{Schedule::interleaved_1f1b, 2, {3, 2}}}) {
+    SCOPED_TRACE(std::string(to_string(c.schedule)) + " on " + std::to_string(c.stages) + " stages");
+    const residual::PipelinedRun got = residual::train_replicated(spec, c.stages, c.schedule, steps, rows, 6, c.replicas);
+    ASSERT_EQ(got.losses.size(), want.size());
+    for (std::size_t i = 0; i < got.losses.size(); ++i) EXPECT_NEAR(got.losses[i], want[i], 1e-5) << "step " << i;
+    EXPECT_EQ(got.replica_spread, 0.0);
+  }
+}
+
 }  // namespace

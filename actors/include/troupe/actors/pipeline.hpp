@@ -257,6 +257,17 @@ class PipelineStage {
   // dropped, the parameters are left alone and Error(invalid_argument) says
   // so. Returns the number of optimizer steps taken so far.
   std::int64_t step(std::int64_t micro_batches);
+  // Data-parallel replicas of a stage (stage.hpp, "Replicated stages"):
+  // take_gradients checks the stage ran `micro_batches` backwards since
+  // the last step (else, as step, drops the batch and throws) and returns
+  // its gradients flattened, W0, b0, W1, b1, ... into one f32 vector in
+  // the stage's memory, zeroing its own; sum_gradients(a, b) is a + b
+  // there; step_with_gradients(total) takes the optimizer step of step()
+  // with `total` (a flattened sum over the replicas) as the gradients.
+  // Errors: Error(invalid_argument) for a vector of another size.
+  Tensor take_gradients(std::int64_t micro_batches);
+  Tensor sum_gradients(Tensor a, Tensor b);
+  std::int64_t step_with_gradients(Tensor total);
 
   // Copies of the parameters in host memory: W0, b0, W1, b1, ...
   std::vector<Tensor> get_parameters() const;
@@ -297,6 +308,9 @@ class PipelineStage {
   Tensor to_output(const Tensor& t) const;
   void pause_until(std::chrono::steady_clock::time_point start, std::int64_t micro_seconds) const;
   void drop_batch();
+  void check_batch_complete(std::int64_t micro_batches, const char* op);
+  void apply_step();
+  std::int64_t flat_gradient_size() const;
   void init_state();
   std::vector<Tensor> state_tensors() const;
   void apply_checkpoint(const CheckpointData& data);
@@ -490,5 +504,6 @@ static_assert(troupe::actors::PipelineStageClass<troupe::actors::PipelineStage>)
 // registry takes the same class twice as one), so drivers and actor hosts
 // built from it always agree, also when the library is linked statically.
 TROUPE_ACTOR(troupe::actors::PipelineStage, (troupe::actors::StageSpec), forward, backward, forward_loss,
-             backward_loss, backward_input, backward_input_loss, backward_weight, predict, step, get_parameters, get_gradients, set_parameters, stats, spec,
+             backward_loss, backward_input, backward_input_loss, backward_weight, predict, step, take_gradients, sum_gradients,
+             step_with_gradients, get_parameters, get_gradients, set_parameters, stats, spec,
              checkpoint_info, restore);

@@ -21,6 +21,7 @@
 
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "troupe/runtime/actor.hpp"
@@ -103,5 +104,47 @@ struct PlacedPlanV2 {
 // stages.
 PlacedPlanV2 place_plan(const scheduler::PlanV2& plan, const scheduler::ClusterSpec& cluster,
                         const PlacePlanOptions& options = {});
+
+// The actors of a placed version-2 plan's stages, one per replica, for
+// StagePipeline's replicated constructor (stage.hpp): out[k][r] =
+// make(k, r, shards), shards being replica r's t ActorOptions (shard(r, s)
+// for s < t; one entry when t = 1), each holding one of the stage's GPUs
+// in its bundle. make creates the actor there (troupe::actor<Stage>(shards[0],
+// ...), or a stage class that drives its own t tensor-parallel shards) and
+// returns its handle. If make throws, the actors made so far are killed and
+// the exception goes on.
+//
+//   auto placed = troupe::actors::place_plan(result.plan, cluster);
+//   auto replicas = troupe::actors::create_stage_replicas(placed, [&](int k, int r, const auto& shards) {
+//     return troupe::actor<MyStage>(shards.front(), k, ...);   // the same initial parameters for every r
+//   });
+//   troupe::actors::StagePipeline<MyStage> pipeline(replicas);
+template <class Make>
+auto create_stage_replicas(const PlacedPlanV2& placed, Make&& make)
+    -> std::vector<std::vector<std::invoke_result_t<Make&, int, int, const std::vector<ActorOptions>&>>> {
+  using Handle = std::invoke_result_t<Make&, int, int, const std::vector<ActorOptions>&>;
+  std::vector<std::vector<Handle>> out(placed.stages.size());
+  try {
+    for (std::size_t k = 0; k < placed.stages.size(); ++k) {
+      const PlacedStageV2& stage = placed.stages[k];
+      for (int r = 0; r < stage.dp; ++r) {
+        std::vector<ActorOptions> shards;
+        for (int s = 0; s < stage.tp; ++s) shards.push_back(stage.shard(r, s));
+        out[k].push_back(make(static_cast<int>(k), r, static_cast<const std::vector<ActorOptions>&>(shards)));
+      }
+    }
+  } catch (...) {
+    for (const auto& stage : out) {
+      for (const auto& handle : stage) {
+        try {
+          troupe::kill(handle);
+        } catch (...) {  // NOLINT(bugprone-empty-catch): already gone is what we want
+        }
+      }
+    }
+    throw;
+  }
+  return out;
+}
 
 }  // namespace troupe::actors

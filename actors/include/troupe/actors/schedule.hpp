@@ -110,6 +110,22 @@ struct SimulatedRun {
 SimulatedRun simulate_schedule(const std::vector<std::vector<PipelineOp>>& orders, int micro_batches,
                                int virtual_stages, const std::function<double(const PipelineOp&, int)>& duration);
 
+// Replicated stages (stage.hpp): stage k run by d_k actors, micro-batch i
+// on replica i mod d_k. Replica r of a stage runs the ops of its
+// micro-batches in the stage's order: replica_order(order, d, r) is that
+// subsequence. Throws Error(invalid_argument) unless 0 <= replica < replicas.
+std::vector<PipelineOp> replica_order(const std::vector<PipelineOp>& order, int replicas, int replica);
+
+// simulate_schedule with stage k run by replicas[k] >= 1 actors, replica r
+// running replica_order(orders[k], replicas[k], r); duration(op, stage,
+// replica). busy[k] sums over the stage's replicas, peak_stashed[k] is the
+// highest of its replicas', finish[k][j] is when op j of orders[k] finished
+// (on whichever replica ran it). Throws as simulate_schedule, and for a
+// replicas vector of another length or a count < 1.
+SimulatedRun simulate_replicated_schedule(const std::vector<std::vector<PipelineOp>>& orders, int micro_batches,
+                                          int virtual_stages, const std::vector<int>& replicas,
+                                          const std::function<double(const PipelineOp&, int, int)>& duration);
+
 // The schedule's ideal batch time for stages whose ops take t_forward,
 // t_backward_input and t_backward_weight (t_b = t_bi + t_w) per micro-batch
 // and whole stage (a chunk takes 1/v of it): GPipe and 1F1B

@@ -38,6 +38,13 @@
 // StagePipeline::set_stage_clock (stage.hpp) records a training driver's
 // calls that way, with the micro-batch as the unit.
 //
+// Replicas. A stage run by d data-parallel replica actors (stage.hpp)
+// records each call with its replica: the previous call a call waits for is
+// the one submitted to the same replica before it. A unit's time is then
+// its time on a replica, and the stage's throughput time, the time per
+// micro-batch of the stage as a whole, is the mean over d: the planner's
+// version-2 stage time (compute / d) is that one.
+//
 // Threads: record() and measure() from one thread (the driver's); the
 // completion callbacks they install may run on any.
 #pragma once
@@ -50,13 +57,16 @@
 
 #include "troupe/runtime/object_ref.hpp"
 #include "troupe/scheduler/planner.hpp"
+#include "troupe/scheduler/planner_v2.hpp"
 
 namespace troupe::actors {
 
 struct StageMeasure {
   std::int64_t units = 0;  // units (calls, without a unit) measured
-  double mean_ms = 0;      // mean time of one unit; 0 when units == 0
+  double mean_ms = 0;      // mean time of one unit (on one replica); 0 when units == 0
   double max_ms = 0;
+  int replicas = 1;        // the replicas recorded (1 + the highest replica index)
+  double throughput_ms = 0;  // mean_ms / replicas: the stage's time per unit with its replicas side by side
 };
 
 class StageClock {
@@ -68,11 +78,13 @@ class StageClock {
   explicit StageClock(std::size_t stages);
 
   // Records a call submitted now (call it right after submitting) to
-  // `stage`, whose result is `result` and whose input is the result of the
-  // recorded call `input` (kNoInput: none). Returns the call's Op, to pass as
-  // a later call's input. Throws Error(invalid_argument) for a stage out of
-  // range, an invalid ref or an unknown input.
-  Op record(std::size_t stage, const ObjectRefBase& result, Op input = kNoInput, std::int64_t unit = -1);
+  // replica `replica` of `stage`, whose result is `result` and whose input
+  // is the result of the recorded call `input` (kNoInput: none). Returns
+  // the call's Op, to pass as a later call's input. Throws
+  // Error(invalid_argument) for a stage out of range, a negative replica,
+  // an invalid ref or an unknown input.
+  Op record(std::size_t stage, const ObjectRefBase& result, Op input = kNoInput, std::int64_t unit = -1,
+            int replica = 0);
 
   // Per stage (index k: stage k), what the calls complete so far measured.
   std::vector<StageMeasure> measure() const;
@@ -94,16 +106,28 @@ struct StageTimeRow {
   int gpu = 0;
   std::string gpu_type;
   double predicted_ms = 0;  // PlanStage::time_s in ms
-  double measured_ms = 0;   // StageMeasure::mean_ms
+  double measured_ms = 0;   // StageMeasure::throughput_ms (mean_ms when the stage has one replica)
   std::int64_t units = 0;
   double ratio = 0;  // measured / predicted (0 when nothing was predicted or measured)
+  // Version-2 plans: the stage's t and d, and one replica's time per unit
+  // (StageMeasure::mean_ms; measured_ms is it over the replicas measured).
+  int tp = 1;
+  int dp = 1;
+  double replica_ms = 0;
 };
 
 // Pairs plan.stages[k] with measured[k]. Throws Error(invalid_argument)
 // when the two differ in length.
 std::vector<StageTimeRow> stage_time_report(const scheduler::Plan& plan, const std::vector<StageMeasure>& measured);
+// The same for a version-2 plan (evaluated: PlanStageV2::time_s, the
+// stage's time per micro-batch with its d replicas, is the prediction);
+// gpu is the stage's first GPU. Also throws when a stage's measure has
+// more replicas than the plan gives it.
+std::vector<StageTimeRow> stage_time_report(const scheduler::PlanV2& plan, const std::vector<StageMeasure>& measured);
 // The table: STAGE / LAYERS / GPU / PREDICTED ms / MEASURED ms / RATIO, a
-// header line and one line per row, each ending in '\n'.
+// header line and one line per row, each ending in '\n'. When a row has
+// tp or dp above 1, GPU reads "t x d" and a REPLICA ms column (one
+// replica's time per micro-batch) comes before PREDICTED.
 std::string format_stage_time_report(const std::vector<StageTimeRow>& rows);
 
 }  // namespace troupe::actors
