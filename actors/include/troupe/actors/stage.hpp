@@ -162,12 +162,15 @@ auto call_stage(const ActorHandle<Stage>& stage, int chunk, Args&&... args) {
 // its input the call whose result it takes, its unit the micro-batch id:
 // a stage's measured time is then one micro-batch's forward plus backward
 // (over all its chunks), the unit of the planner's stage time.
+// With `with_step` false no step is submitted (out.steps stays empty): the
+// caller steps each stage itself, e.g. after clipping the gradients by a
+// norm over all stages (gpt_stage.hpp's gpt_pipeline_step).
 template <PipelineStageClass Stage>
 StageBatchCalls submit_stage_calls(const std::vector<ActorHandle<Stage>>& stages,
                                    const std::vector<typename stage_traits<Stage>::activation_type>& inputs,
                                    const std::vector<typename stage_traits<Stage>::target_type>& targets,
                                    std::int64_t batch_size, Schedule schedule, int virtual_stages,
-                                   std::int64_t first_id, StageClock* clock = nullptr) {
+                                   std::int64_t first_id, StageClock* clock = nullptr, bool with_step = true) {
   using Traits = stage_traits<Stage>;
   using A = typename Traits::activation_type;
   using Kind = PipelineOp::Kind;
@@ -266,7 +269,7 @@ StageBatchCalls submit_stage_calls(const std::vector<ActorHandle<Stage>>& stages
     }
   }
   // The step runs after the stage's last backward (the actor's call order).
-  for (const auto& stage : stages) {
+  for (const auto& stage : with_step ? stages : std::vector<ActorHandle<Stage>>{}) {
     out.steps.push_back(stage.template call<&Stage::step>(std::int64_t{m} * v));
     out.calls.push_back(out.steps.back());
   }
@@ -324,6 +327,24 @@ class StagePipeline {
           for (const float loss : std::get<0>(done)) sum += loss;
           return static_cast<float>(sum);
         });
+  }
+  // The batch's forward and backward passes only, as submit_batch without
+  // the step: the ref completes with the sum of the micro-batch losses once
+  // every loss is computed (backwards may still run). The caller must then
+  // call every stage's step (or its own optimizer method) with
+  // inputs.size() * virtual_stages() micro-batches; calls it makes to a
+  // stage run after that stage's last backward (the actor's call order).
+  [[nodiscard]] ObjectRef<float> submit_passes(const std::vector<activation_type>& inputs,
+                                               const std::vector<target_type>& targets, std::int64_t batch_size,
+                                               Schedule schedule) {
+    StageBatchCalls calls = submit_stage_calls(stages_, inputs, targets, batch_size, schedule, virtual_stages_,
+                                               next_id_, clock_, false);
+    next_id_ += static_cast<std::int64_t>(inputs.size());
+    return when_all(calls.losses).then([](std::vector<float> losses) {
+      double sum = 0;
+      for (const float loss : losses) sum += loss;
+      return static_cast<float>(sum);
+    });
   }
   // submit_batch(...).get().
   float train_batch(const std::vector<activation_type>& inputs, const std::vector<target_type>& targets,
