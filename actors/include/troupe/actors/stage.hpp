@@ -269,8 +269,8 @@ StageBatchCalls submit_stage_calls(const std::vector<ActorHandle<Stage>>& stages
     }
   }
   // The step runs after the stage's last backward (the actor's call order).
-  for (const auto& stage : with_step ? stages : std::vector<ActorHandle<Stage>>{}) {
-    out.steps.push_back(stage.template call<&Stage::step>(std::int64_t{m} * v));
+  for (std::size_t k = 0; with_step && k < stages.size(); ++k) {
+    out.steps.push_back(stages[k].template call<&Stage::step>(std::int64_t{m} * v));
     out.calls.push_back(out.steps.back());
   }
   return out;
