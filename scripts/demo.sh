@@ -23,8 +23,8 @@
 # DEMO_EXAMPLE=gpt_kjv trains a character-level GPT on the King James Bible
 # (Debian's bible-kjv) as 4 pipeline stages of 2 tensor-parallel shards,
 # planned and placed over the cluster's GPUs; its cluster is a head and a
-# worker with 4 declared T4s each, and it trains for 10 minutes unless ARGS
-# say otherwise (e.g. -- --minutes 15, or -- --tp 1).
+# worker with 4 declared T4s each, and it trains for 15 minutes unless ARGS
+# say otherwise (e.g. -- --minutes 5, or -- --tp 1).
 # DEMO_HEAD_GPUS / DEMO_WORKER_GPUS override the declared GPUs of the head
 # and the worker (defaults: H100-80GB:2 / T4-16GB:2; T4-16GB:4 each for gpt_kjv).
 # DEMO_TIMEOUT (seconds, default 900; 1500 for gpt_kjv) stops a demo that

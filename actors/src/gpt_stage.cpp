@@ -1,8 +1,11 @@
 // The GPT pipeline stage and its tensor-parallel shard actors (gpt_stage.hpp).
 #include "troupe/actors/gpt_stage.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
+#include <exception>
 #include <set>
 #include <string>
 #include <utility>
@@ -132,7 +135,7 @@ std::vector<GptStageSpec> gpt_even_stages(const GptSpec& spec, int stages) {
 // ---- GptShard ------------------------------------------------------------------------
 
 GptShard::GptShard(GptStageSpec spec, int index, int count)
-    : spec_(std::move(spec)), device_(pick_device(spec_.model.use_gpu)) {
+    : spec_(std::move(spec)), index_(index), device_(pick_device(spec_.model.use_gpu)) {
   spec_.validate();
   for (int b = spec_.first_block; b <= spec_.last_block; ++b) {
     blocks_.push_back(std::make_unique<TransformerBlockShard>(gpt_block_spec(spec_.model, b, index, count)));
@@ -167,12 +170,25 @@ std::int64_t GptShard::restore(std::int64_t id) {
   return static_cast<std::int64_t>(stashed_.size());
 }
 
-std::int64_t GptShard::adamw_step(std::int64_t step) {
+double GptShard::grad_sum_of_squares() {
+  double sum = 0;
+  for (const auto& b : blocks_) sum += b->grad_sum_of_squares();
+  return sum;
+}
+
+std::int64_t GptShard::adamw_step(std::int64_t step, float lr, float grad_scale) {
   for (auto& b : blocks_) {
-    b->adamw_step(step, spec_.model.lr, spec_.model.weight_decay);
+    if (grad_scale != 1.0f) b->scale_grads(grad_scale);
+    b->adamw_step(step, lr, spec_.model.weight_decay);
     b->zero_grad();
   }
   return step;
+}
+
+std::int64_t GptShard::parameter_count() const {
+  std::int64_t n = 0;
+  for (const auto& b : blocks_) n += b->parameter_count();
+  return n;
 }
 
 std::int64_t GptShard::reset() {
@@ -372,22 +388,51 @@ void GptStage::fail_batch(const std::string& what) {
   throw_error(Errc::invalid_argument, "GptStage::step: " + what);
 }
 
-std::int64_t GptStage::step(std::int64_t micro_batches) {
+std::int64_t GptStage::step(std::int64_t micro_batches) { return adamw_step(micro_batches, spec_.model.lr, 1.0f); }
+
+double GptStage::grad_sum_of_squares() {
+  std::vector<ObjectRef<double>> shard_sums;
+  for (const auto& shard : shards_) shard_sums.push_back(shard.call<&GptShard::grad_sum_of_squares>());
+  double sum = 0;
+  for (const auto& b : blocks_) sum += b->grad_sum_of_squares();
+  if (!grads_.empty()) {
+    const double norm = kernels::global_norm(grads_);
+    sum += norm * norm;
+  }
+  for (const auto& ref : shard_sums) sum += ref.get(kShardWait);
+  return sum;
+}
+
+std::int64_t GptStage::parameter_count() const {
+  std::int64_t n = 0;
+  for (const Tensor& p : params_) n += p.numel();
+  for (const auto& b : blocks_) n += b->parameter_count();
+  for (const auto& shard : shards_) n += shard.call<&GptShard::parameter_count>().get(kShardWait);
+  return n;
+}
+
+std::int64_t GptStage::adamw_step(std::int64_t micro_batches, float lr, float grad_scale) {
   if (micro_batches != backwards_ || !saved_.empty()) {
     fail_batch("the batch did not complete (" + std::to_string(backwards_) + " backwards of " +
                std::to_string(micro_batches) + ")");
   }
+  if (!(lr >= 0) || !std::isfinite(lr) || !(grad_scale > 0) || !std::isfinite(grad_scale)) {
+    fail_batch("lr " + std::to_string(lr) + " and grad_scale " + std::to_string(grad_scale) +
+               " (want lr >= 0 and grad_scale > 0, finite)");
+  }
   ++steps_;
   const GptSpec& m = spec_.model;
   std::vector<ObjectRef<std::int64_t>> shard_steps;
-  for (const auto& shard : shards_) shard_steps.push_back(shard.call<&GptShard::adamw_step>(steps_));
+  for (const auto& shard : shards_) shard_steps.push_back(shard.call<&GptShard::adamw_step>(steps_, lr, grad_scale));
   for (auto& b : blocks_) {
-    b->adamw_step(steps_, m.lr, m.weight_decay);
+    if (grad_scale != 1.0f) b->scale_grads(grad_scale);
+    b->adamw_step(steps_, lr, m.weight_decay);
     b->zero_grad();
   }
   for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (grad_scale != 1.0f) kernels::scale_(grads_[i], grad_scale);
     kernels::adamw_step(params_[i], grads_[i], adam_m_[i], adam_v_[i], steps_,
-                        {.lr = m.lr, .weight_decay = params_[i].dim() == 2 ? m.weight_decay : 0.0f});
+                        {.lr = lr, .weight_decay = params_[i].dim() == 2 ? m.weight_decay : 0.0f});
     kernels::zero_(grads_[i]);
   }
   for (const auto& ref : shard_steps) (void)ref.get(kShardWait);
@@ -427,11 +472,79 @@ std::vector<std::string> GptStage::where() const {
   return out;
 }
 
+float gpt_clip_scale(double norm, double clip_norm) {
+  if (!(clip_norm > 0)) return 1.0f;
+  return static_cast<float>(std::min(1.0, clip_norm / (norm + 1e-6)));
+}
+
+std::int64_t gpt_parameter_count(const GptSpec& spec) {
+  spec.validate();
+  const std::int64_t C = spec.channels, F = spec.hidden, V = spec.vocab, T = spec.seq_len;
+  const std::int64_t block = 4 * C * C + 2 * C * F + 9 * C + F;  // BlockParameters: 2C + 3C^2+3C + C^2+C + 2C + CF+F + FC+C
+  return spec.layers * block + V * C + T * C + 2 * C + C * V + V;
+}
+
 float gpt_train_step(GptStage& model, const Tensor& tokens, const Tensor& targets) {
   const float loss = model.forward_loss(0, tokens, targets, targets.numel());
   (void)model.backward_loss(0);
   (void)model.step(1);
   return loss;
+}
+
+GptStepResult gpt_train_step(GptStage& model, const Tensor& tokens, const Tensor& targets,
+                             const GptStepOptions& options) {
+  GptStepResult result;
+  result.loss = model.forward_loss(0, tokens, targets, targets.numel());
+  (void)model.backward_loss(0);
+  if (options.clip_norm > 0) {
+    result.grad_norm = std::sqrt(model.grad_sum_of_squares());
+    result.grad_scale = gpt_clip_scale(result.grad_norm, options.clip_norm);
+  }
+  (void)model.adamw_step(1, options.lr, result.grad_scale);
+  return result;
+}
+
+GptStepResult gpt_pipeline_step(StagePipeline<GptStage>& pipeline, const std::vector<Tensor>& inputs,
+                                const std::vector<Tensor>& targets, std::int64_t batch_size, Schedule schedule,
+                                const GptStepOptions& options, std::chrono::milliseconds wait) {
+  if (!(options.clip_norm >= 0) || !std::isfinite(options.clip_norm)) {
+    fail("gpt_pipeline_step", "clip_norm must be >= 0 (0: off), got " + std::to_string(options.clip_norm));
+  }
+  const ObjectRef<float> loss = pipeline.submit_passes(inputs, targets, batch_size, schedule);
+  std::int64_t micro_batches = static_cast<std::int64_t>(inputs.size()) * pipeline.virtual_stages();
+  GptStepResult result;
+  std::exception_ptr failed;
+  if (options.clip_norm > 0) {
+    // Each stage's sum runs after its last backward (the actor's call order).
+    std::vector<ObjectRef<double>> sums;
+    for (const auto& stage : pipeline.stages()) sums.push_back(stage.call<&GptStage::grad_sum_of_squares>());
+    double total = 0;
+    for (const auto& ref : sums) {
+      try {
+        total += ref.get(wait);
+      } catch (...) {
+        if (!failed) failed = std::current_exception();
+      }
+    }
+    result.grad_norm = std::sqrt(total);
+    result.grad_scale = gpt_clip_scale(result.grad_norm, options.clip_norm);
+    // Without the global norm no stage may step: a count no stage saw makes
+    // every one refuse (gradients dropped, parameters untouched).
+    if (failed) micro_batches = -1;
+  }
+  std::vector<ObjectRef<std::int64_t>> steps;
+  for (const auto& stage : pipeline.stages()) {
+    steps.push_back(stage.call<&GptStage::adamw_step>(micro_batches, options.lr, result.grad_scale));
+  }
+  for (const auto& ref : steps) {
+    if (!ref.wait_for(wait) && !failed) {
+      failed = std::make_exception_ptr(Error(Errc::timeout, "gpt_pipeline_step: a stage's step did not finish"));
+    }
+  }
+  if (failed) std::rethrow_exception(failed);
+  result.loss = loss.get(wait);
+  for (const auto& ref : steps) (void)ref.get(wait);
+  return result;
 }
 
 }  // namespace troupe::actors

@@ -285,6 +285,16 @@ double TransformerBlockShard::grad_sum_of_squares() const {
   return norm * norm;
 }
 
+std::int64_t TransformerBlockShard::parameter_count() const {
+  std::int64_t n = 0;
+  const std::vector<Tensor> all = p_.list();
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const bool replicated = i == 0 || i == 1 || i == 6 || i == 7;  // the layer norms
+    if (all[i].defined() && (!replicated || spec_.index == 0)) n += all[i].numel();
+  }
+  return n;
+}
+
 void TransformerBlockShard::scale_grads(float factor) {
   for (Tensor* g : grads()) {
     if (g->defined()) kernels::scale_(*g, factor);

@@ -23,12 +23,15 @@
 //    its GPU, one with t >= 2 has t GptShard actors on its GPUs (shard i of
 //    each block: its heads and hidden units, all-reduces shard to shard) and
 //    a GptStage actor in the same bundle that holds the embeddings or head.
-// 5. Train under --schedule (1f1b or gpipe) with AdamW, printing the loss
-//    curve (training loss, validation loss every --eval-every steps), the
+// 5. Train under --schedule (1f1b or gpipe) with AdamW (linear warmup, then a
+//    cosine to the end of the run; gradients clipped to a global norm over
+//    every stage and shard: gpt_pipeline_step), printing the loss curve
+//    (training loss, validation loss every --eval-every steps, learning rate,
+//    gradient norm before clipping), the
 //    plan's predicted stage times beside the measured ones, and a sample
 //    generated from the first validation verse.
 //
-//   ./gpt_kjv                                     # local mode, 4 stages, tp 2, 10 minutes
+//   ./gpt_kjv                                     # local mode, 4 stages, tp 2, 15 minutes
 //   ./gpt_kjv --steps 200 --tp 1
 //   ./gpt_kjv --steps 5 --check-against-single 5  # losses equal the unsplit model's to 1e-4
 //   troupe submit -- ./build/examples/gpt_kjv      # on a cluster
@@ -97,8 +100,11 @@ struct Flags {
   int batch = 32;
   int micro_batches = 4;
   int steps = 0;         // 0: until --minutes
-  double minutes = 10;   // training time limit
+  double minutes = 15;   // training time limit
   double lr = 3e-3;
+  double lr_min = -1;     // the cosine's floor; < 0: lr / 10
+  int warmup = 100;       // steps of linear warmup
+  double clip_norm = 1.0; // largest global gradient norm; 0: no clipping
   double weight_decay = 0.01;
   int eval_every = 100;
   int eval_batches = 4;
@@ -111,14 +117,19 @@ struct Flags {
 constexpr const char* kUsage =
     "usage: gpt_kjv [--stages S] [--tp T] [--layers L] [--channels C] [--heads H] [--hidden F]\n"
     "               [--seq-len T] [--batch B] [--micro-batches M] [--steps N] [--minutes X] [--lr R]\n"
-    "               [--weight-decay W] [--schedule 1f1b|gpipe] [--eval-every N] [--eval-batches N]\n"
+    "               [--lr-min R] [--warmup N] [--clip-norm X] [--weight-decay W] [--schedule 1f1b|gpipe]\n"
+    "               [--eval-every N] [--eval-batches N]\n"
     "               [--log-every N] [--sample CHARS] [--check-against-single N] [--seed N]\n"
     "               [--text FILE] [--val-from BOOK] [--model-json FILE] [--profile-gpu TYPE]\n"
     "  --stages/--tp     at most S pipeline stages, each tensor-parallel over at most T GPUs (4, 2)\n"
     "  --layers ...      the model: L blocks (4) of C channels (64), H heads (4), MLP width F (256),\n"
     "                    T characters of context (64)\n"
     "  --batch/--micro-batches  sequences per step (32) and micro-batches per step (4)\n"
-    "  --steps/--minutes training length: N steps, else X minutes (10)\n"
+    "  --steps/--minutes training length: N steps, else X minutes (15)\n"
+    "  --lr/--lr-min/--warmup  AdamW's learning rate: linear warmup to R (3e-3) over N steps (100),\n"
+    "                    then a cosine down to --lr-min (R/10) at the end of the run (of --steps,\n"
+    "                    else of --minutes of training time)\n"
+    "  --clip-norm X     clip the gradients to global norm X over all stages and shards (1; 0: off)\n"
     "  --check-against-single N  also train the unsplit model in this process for N steps and\n"
     "                    require equal losses (1e-4)\n"
     "  --text FILE       bible -f output to read instead of running bible\n"
@@ -175,6 +186,9 @@ bool parse_flags(int argc, char** argv, Flags& f, bool& help) {
     else if (arg == "--steps") ok = whole(0, 1 << 30, f.steps);
     else if (arg == "--minutes") ok = number(0, f.minutes);
     else if (arg == "--lr") ok = number(0, f.lr);
+    else if (arg == "--lr-min") ok = number(0, f.lr_min);
+    else if (arg == "--warmup") ok = whole(0, 1 << 30, f.warmup);
+    else if (arg == "--clip-norm") ok = number(0, f.clip_norm);
     else if (arg == "--weight-decay") ok = number(0, f.weight_decay);
     else if (arg == "--eval-every") ok = whole(1, 1 << 30, f.eval_every);
     else if (arg == "--eval-batches") ok = whole(1, 1 << 16, f.eval_batches);
@@ -448,6 +462,16 @@ sched::Plan as_report_plan(const sched::PlanV2& v2) {
 
 // ---- the run ------------------------------------------------------------------------------------
 
+// The learning rate of step `step` (0-based): linear warmup over --warmup
+// steps, then a cosine from --lr to --lr-min as `progress` goes from 0 to 1
+// (the fraction of --steps, or of --minutes of training time, done).
+double learning_rate(const Flags& f, int step, double progress) {
+  if (step < f.warmup) return f.lr * (step + 1) / f.warmup;
+  const double floor = f.lr_min < 0 ? f.lr / 10 : f.lr_min;
+  const double p = std::clamp(progress, 0.0, 1.0);
+  return floor + 0.5 * (f.lr - floor) * (1 + std::cos(M_PI * p));
+}
+
 struct Pipeline {
   std::vector<ActorHandle<GptStage>> stages;
   std::vector<ActorHandle<GptShard>> shards;
@@ -527,18 +551,19 @@ int run(const Flags& f) {
                .weight_decay = static_cast<float>(f.weight_decay),
                .use_gpu = true};
   spec.validate();
-  const double params = static_cast<double>(f.layers) *
-                            (4.0 * f.channels * f.channels + 2.0 * f.channels * f.hidden + 9.0 * f.channels + f.hidden) +
-                        static_cast<double>(spec.vocab + f.seq_len + 1) * f.channels + 2.0 * f.channels +
-                        static_cast<double>(spec.vocab);
-  std::printf("gpt_kjv: %d blocks, %d channels, %d heads, MLP %d, context %d, vocabulary %lld: %.0fk parameters\n",
-              f.layers, f.channels, f.heads, f.hidden, f.seq_len, static_cast<long long>(spec.vocab), params / 1e3);
+  const std::int64_t params = troupe::actors::gpt_parameter_count(spec);
+  std::printf("gpt_kjv: %d blocks, %d channels, %d heads, MLP %d, context %d, vocabulary %lld: %lld parameters\n",
+              f.layers, f.channels, f.heads, f.hidden, f.seq_len, static_cast<long long>(spec.vocab),
+              static_cast<long long>(params));
   std::printf("  text: %zu verses, %zu training / %zu validation characters (books from %s held out, %zu verses), "
               "%.1f s to load\n",
               corpus.verses, corpus.train.size(), corpus.val.size(), f.val_from.c_str(), corpus.val_verses,
               std::chrono::duration<double>(Clock::now() - load_start).count());
-  std::printf("  batch %d x %d characters in %d micro-batches, AdamW lr %g weight decay %g, %s, %s mode\n", f.batch,
-              f.seq_len, f.micro_batches, f.lr, f.weight_decay, f.schedule.c_str(), cluster_mode ? "cluster" : "local");
+  std::printf("  batch %d x %d characters in %d micro-batches, AdamW lr %g (warmup %d steps, cosine to %g) weight "
+              "decay %g, clip norm %g%s, %s, %s mode\n",
+              f.batch, f.seq_len, f.micro_batches, f.lr, f.warmup, f.lr_min < 0 ? f.lr / 10 : f.lr_min,
+              f.weight_decay, f.clip_norm, f.clip_norm > 0 ? "" : " (off)", f.schedule.c_str(),
+              cluster_mode ? "cluster" : "local");
 
   // Profile, plan.
   const Batch first = train_batch(corpus, f, 0);
@@ -619,16 +644,14 @@ int run(const Flags& f) {
   std::printf("%d pipeline stages (%s schedule), tensor-parallel %d, %s mode\n", S, f.schedule.c_str(), max_tp,
               cluster_mode ? "cluster" : "local");
 
-  // The unsplit model's losses, for --check-against-single.
+  // The unsplit model, for --check-against-single: it takes the first
+  // steps beside the pipeline, with the same learning rates and clipping.
   std::vector<float> single;
+  std::optional<GptStage> whole;
   if (f.check > 0) {
     GptSpec whole_spec = spec;
     whole_spec.use_gpu = false;
-    GptStage whole(GptStageSpec{whole_spec, 0, 1, 0, f.layers - 1}, {});
-    for (int step = 0; step < f.check; ++step) {
-      const Batch b = train_batch(corpus, f, step);
-      single.push_back(troupe::actors::gpt_train_step(whole, b.tokens, b.targets));
-    }
+    whole.emplace(GptStageSpec{whole_spec, 0, 1, 0, f.layers - 1}, troupe::actors::GptShardHandles{});
   }
 
   troupe::actors::StagePipeline<GptStage> pipeline(pipe.stages);
@@ -651,36 +674,55 @@ int run(const Flags& f) {
   } else {
     std::printf("training: %g minutes\n", f.minutes);
   }
-  std::printf("  %6s  %8s  %10s  %10s\n", "STEP", "TIME s", "TRAIN", "VALIDATION");
+  std::printf("  %6s  %8s  %10s  %10s  %9s  %9s\n", "STEP", "TIME s", "TRAIN", "VALIDATION", "LR", "GRAD NORM");
   int step = 0;
+  double recent_norm = 0;
+  int clipped = 0;
   for (; step < total && trained_s < limit_s; ++step) {
     const Batch b = train_batch(corpus, f, step);
+    const double progress = f.steps > 0 ? static_cast<double>(step - f.warmup) / std::max(1, f.steps - f.warmup)
+                                        : trained_s / limit_s;
+    const troupe::actors::GptStepOptions options{.lr = static_cast<float>(learning_rate(f, step, progress)),
+                                                 .clip_norm = static_cast<float>(f.clip_norm)};
     const auto start = Clock::now();
-    const float loss = pipeline.submit_batch(b.tokens.chunk(f.micro_batches), b.targets.chunk(f.micro_batches),
-                                             b.targets.numel(), schedule)
-                           .get(kWait);
+    const troupe::actors::GptStepResult result =
+        troupe::actors::gpt_pipeline_step(pipeline, b.tokens.chunk(f.micro_batches),
+                                          b.targets.chunk(f.micro_batches), b.targets.numel(), schedule, options, kWait);
     trained_s += std::chrono::duration<double>(Clock::now() - start).count();
+    if (whole && step < f.check) {
+      single.push_back(troupe::actors::gpt_train_step(*whole, b.tokens, b.targets, options).loss);
+    }
+    const float loss = result.loss;
     losses.push_back(loss);
     recent += loss;
+    recent_norm += result.grad_norm;
+    if (result.grad_scale < 1.0f) ++clipped;
     ++recent_n;
     const bool last = step + 1 == total || trained_s >= limit_s;
     const bool eval = (step + 1) % f.eval_every == 0 || last;
     if ((step + 1) % f.log_every == 0 || eval || step == 0) {
       const double val = eval ? validation_loss(pipe, corpus, f) : NAN;
       curve.push_back({step + 1, trained_s, recent / recent_n, val});
+      char norm[32] = "-";  // the mean global gradient norm before clipping
+      if (f.clip_norm > 0) std::snprintf(norm, sizeof norm, "%.3f", recent_norm / recent_n);
       if (eval) {
-        std::printf("  %6d  %8.1f  %10.4f  %10.4f\n", step + 1, trained_s, recent / recent_n, val);
+        std::printf("  %6d  %8.1f  %10.4f  %10.4f  %9.2e  %9s\n", step + 1, trained_s, recent / recent_n, val,
+                    static_cast<double>(options.lr), norm);
       } else {
-        std::printf("  %6d  %8.1f  %10.4f\n", step + 1, trained_s, recent / recent_n);
+        std::printf("  %6d  %8.1f  %10.4f  %10s  %9.2e  %9s\n", step + 1, trained_s, recent / recent_n, "",
+                    static_cast<double>(options.lr), norm);
       }
       std::fflush(stdout);
       recent = 0;
+      recent_norm = 0;
       recent_n = 0;
     }
   }
   const double final_val = curve.empty() ? NAN : curve.back().val;
-  std::printf("steps: %d in %.1f s of training, %.2f steps/s, %.0f characters/s\n", step, trained_s,
+  std::printf("steps: %d in %.1f s of training, %.2f steps/s, %.0f characters/s", step, trained_s,
               step / trained_s, step * static_cast<double>(f.batch) * f.seq_len / trained_s);
+  if (f.clip_norm > 0) std::printf("; %d of %d steps clipped to norm %g", clipped, step, f.clip_norm);
+  std::printf("\n");
   std::printf("stage times per micro-batch (forward + backward), measured beside the plan's:\n%s",
               troupe::actors::format_stage_time_report(
                   troupe::actors::stage_time_report(as_report_plan(plan), clock.measure()))

@@ -6,13 +6,20 @@ and position embeddings, pre-norm blocks (layer norm, causal multi-head
 attention with a fused QKV projection and an output projection, layer norm,
 GELU (tanh) MLP, residual adds), a final layer norm, a linear head with bias
 and cross-entropy per character; AdamW (betas 0.9/0.999, eps 1e-8) with
-weight decay on matrices only, no gradient clipping. The same text: `bible -f
+weight decay on matrices only, gradients clipped to global norm --clip-norm
+(torch.nn.utils.clip_grad_norm_), the learning rate warmed up linearly over
+--warmup steps, then a cosine down to --lr-min at the end of the run (of
+--steps, else of --minutes of training time). The same text: `bible -f
 'Genesis 1:1 - Revelation 22:21'`, verse labels dropped, the books from
 --val-from (1Pet) held out. Trains for --minutes (or --steps) on the CPU and
 prints the loss curve and the final validation loss in nats per character.
 
   python3 examples/gpt_kjv/reference.py --minutes 15
   python3 examples/gpt_kjv/reference.py --steps 200 --threads 2
+
+--list-parameters prints every tensor's shape and size (the model has
+L (4C^2 + 2CF + 9C + F) + 2VC + TC + 2C + V parameters, as troupe's
+gpt_parameter_count).
 
 Needs Debian's python3-torch (1.13); troupe's build and tests do not.
 """
@@ -100,6 +107,9 @@ def main():
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr-min", type=float, default=-1.0, help="the cosine's floor (default: lr / 10)")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--clip-norm", type=float, default=1.0, help="0: no clipping")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--minutes", type=float, default=10)
     p.add_argument("--steps", type=int, default=0)
@@ -109,6 +119,7 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--text", default="")
     p.add_argument("--val-from", default="1Pet")
+    p.add_argument("--list-parameters", action="store_true")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
@@ -125,8 +136,20 @@ def main():
     no_decay = [x for x in model.parameters() if x.dim() != 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
-    print(f"reference: PyTorch {torch.__version__}, {a.threads} threads, {params / 1e3:.0f}k parameters, "
+    print(f"reference: PyTorch {torch.__version__}, {a.threads} threads, {params} parameters, "
           f"vocabulary {len(chars)}, {len(train)} training / {len(val)} validation characters")
+    lr_min = a.lr / 10 if a.lr_min < 0 else a.lr_min
+    print(f"  batch {a.batch} x {T}, AdamW lr {a.lr:g} (warmup {a.warmup} steps, cosine to {lr_min:g}) "
+          f"weight decay {a.weight_decay:g}, clip norm {a.clip_norm:g}")
+    if a.list_parameters:
+        for name, x in model.named_parameters():
+            print(f"  {name:20s} {str(list(x.shape)):12s} {x.numel():8d}")
+
+    def learning_rate(step, progress):
+        if step < a.warmup:
+            return a.lr * (step + 1) / a.warmup
+        progress = min(max(progress, 0.0), 1.0)
+        return lr_min + 0.5 * (a.lr - lr_min) * (1 + math.cos(math.pi * progress))
 
     def windows(stream, offsets):
         idx = torch.tensor(offsets).unsqueeze(1) + torch.arange(T + 1)
@@ -143,23 +166,35 @@ def main():
 
     trained, step, recent = 0.0, 0, []
     limit = math.inf if a.steps else a.minutes * 60
-    print(f"  {'STEP':>6}  {'TIME s':>8}  {'TRAIN':>10}  {'VALIDATION':>10}")
+    print(f"  {'STEP':>6}  {'TIME s':>8}  {'TRAIN':>10}  {'VALIDATION':>10}  {'LR':>9}  {'GRAD NORM':>9}")
+    norms, clipped = [], 0
     while (a.steps == 0 or step < a.steps) and trained < limit:
         x, y = windows(train, torch.randint(0, len(train) - T - 1, (a.batch,)).tolist())
+        progress = (step - a.warmup) / max(1, a.steps - a.warmup) if a.steps else trained / limit
+        lr = learning_rate(step, progress)
+        for group in opt.param_groups:
+            group["lr"] = lr
         start = time.perf_counter()
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if a.clip_norm > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip_norm))
+            norms.append(norm)
+            clipped += norm > a.clip_norm
         opt.step()
         trained += time.perf_counter() - start
         recent.append(loss.item())
         step += 1
         last = (a.steps and step == a.steps) or trained >= limit
         if step % a.eval_every == 0 or last:
-            print(f"  {step:6d}  {trained:8.1f}  {sum(recent) / len(recent):10.4f}  {val_loss():10.4f}", flush=True)
-            recent = []
+            norm = f"{sum(norms) / len(norms):.3f}" if norms else "-"
+            print(f"  {step:6d}  {trained:8.1f}  {sum(recent) / len(recent):10.4f}  {val_loss():10.4f}  {lr:9.2e}  "
+                  f"{norm:>9}", flush=True)
+            recent, norms = [], []
     print(f"result: validation loss {val_loss():.4f} nats/char after {step} steps, {trained:.1f} s of training "
-          f"({step / trained:.2f} steps/s)")
+          f"({step / trained:.2f} steps/s)" + (f"; {clipped} of {step} steps clipped to norm {a.clip_norm:g}"
+                                               if a.clip_norm > 0 else ""))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ TEST(GptKjvCluster, FourStagesOfTwoShardsOnTwoNodesMatchTheUnsplitModel) {
       << r.all();
   EXPECT_NE(r.out.find("cluster: 8 GPUs on 2 nodes"), std::string::npos) << r.all();
   EXPECT_NE(r.out.find("check: 3 steps"), std::string::npos) << r.all();
+  // With the gradients clipped to the global norm over the 2 nodes' stages and shards.
+  EXPECT_NE(r.out.find("steps clipped to norm 1"), std::string::npos) << r.all();
   EXPECT_NE(r.out.find("): OK"), std::string::npos) << r.all();
 }
 

@@ -49,6 +49,13 @@ TEST(GptKjvExample, FourStagesOfTwoShardsPlannedPlacedAndEqualToTheUnsplitModel)
   ASSERT_EQ(r.exit_code, 0) << r.all();
   EXPECT_TRUE(contains(r.out, "4 pipeline stages (1f1b schedule), tensor-parallel 2, local mode")) << r.out;
   EXPECT_TRUE(contains(r.out, "check: 4 steps against the unsplit model in one process")) << r.out;
+  // The comparison ran with clipping on (the default norm 1) and the tiny
+  // model's early gradients were clipped: the clipped steps equal the
+  // unsplit model's clipped steps.
+  EXPECT_TRUE(contains(r.out, "clip norm 1, 1f1b")) << r.out;
+  const std::size_t clipped = r.out.find(" of 4 steps clipped to norm 1");
+  ASSERT_NE(clipped, std::string::npos) << r.out;
+  EXPECT_NE(r.out[clipped - 1], '0') << r.out;
   EXPECT_TRUE(contains(r.out, "): OK")) << r.out;
   EXPECT_TRUE(contains(r.out, "sample (prompt")) << r.out;
   EXPECT_TRUE(contains(r.out, "result: validation loss")) << r.out;
@@ -72,10 +79,12 @@ TEST(GptKjvExample, WithoutTensorParallelismItIsFourPlainStagesUnderGPipe) {
   REQUIRE_EXAMPLE_AND_TEXT();
   const RunResult r = run_process(kExample,
                                   with(kTiny, {"--tp", "1", "--schedule", "gpipe", "--steps", "3", "--eval-every", "3",
-                                               "--check-against-single", "3", "--model-json", ""}),
+                                               "--clip-norm", "0", "--check-against-single", "3", "--model-json", ""}),
                                   {{"TROUPE_ADDRESS", ""}, {"TROUPE_GPUS", "T4-16GB:8"}}, 120s);
   ASSERT_EQ(r.exit_code, 0) << r.all();
   EXPECT_TRUE(contains(r.out, "4 pipeline stages (gpipe schedule), tensor-parallel 1, local mode")) << r.out;
+  EXPECT_TRUE(contains(r.out, "clip norm 0 (off)")) << r.out;
+  EXPECT_FALSE(contains(r.out, "steps clipped")) << r.out;
   EXPECT_TRUE(contains(r.out, "): OK")) << r.out;
 }
 
@@ -84,6 +93,9 @@ TEST(GptKjvExample, RejectsBadFlagsAndAMissingText) {
   const RunResult bad = run_process(kExample, {"--schedule", "zb-h1"}, {{"TROUPE_ADDRESS", ""}}, 30s);
   EXPECT_EQ(bad.exit_code, 2) << bad.all();
   EXPECT_TRUE(contains(bad.err, "--schedule must be 1f1b or gpipe")) << bad.all();
+  const RunResult clip = run_process(kExample, {"--clip-norm", "-1"}, {{"TROUPE_ADDRESS", ""}}, 30s);
+  EXPECT_EQ(clip.exit_code, 2) << clip.all();
+  EXPECT_TRUE(contains(clip.err, "--clip-norm wants a number >= 0")) << clip.all();
   const RunResult heads = run_process(kExample, {"--channels", "10", "--heads", "4"}, {{"TROUPE_ADDRESS", ""}}, 30s);
   EXPECT_EQ(heads.exit_code, 2) << heads.all();
   const RunResult text = run_process(kExample, {"--text", "/nonexistent/kjv.txt"}, {{"TROUPE_ADDRESS", ""}}, 30s);

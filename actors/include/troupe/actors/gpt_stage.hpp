@@ -30,12 +30,20 @@
 // and shards computes the same model: the unsplit one is GptStage(spec, 0, 1,
 // 0, L-1) with no shards, used as a plain object (gpt_train_step).
 //
-// Optimizer: AdamW after each batch (step), weight decay on matrices only
-// (embedding tables, head weight, the blocks' projections), no gradient
-// clipping (a global norm would need every stage's gradients before any
-// step). Not thread-safe: an actor (max_concurrency 1) or one thread.
+// Optimizer: AdamW after each batch, weight decay on matrices only
+// (embedding tables, head weight, the blocks' projections). step(n) uses the
+// spec's lr and no clipping; gradient clipping by global norm needs every
+// stage's gradients before any stage steps, so the driver runs it
+// (gpt_pipeline_step): after the batch's backwards it asks each stage for
+// its sum of squared gradients (grad_sum_of_squares; a tensor-parallel stage
+// asks its shards, which count the replicated layer norms once), adds them,
+// takes the root and passes every stage the same factor
+// min(1, clip_norm / (norm + 1e-6)) with the step (adamw_step), as
+// torch.nn.utils.clip_grad_norm_ does in one process. Not thread-safe: an
+// actor (max_concurrency 1) or one thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -116,8 +124,16 @@ class GptShard {
   Tensor hold(Tensor value);
   std::int64_t stash(std::int64_t id);
   std::int64_t restore(std::int64_t id);
-  // AdamW on every block's shard, then zero_grad; `step` 1-based.
-  std::int64_t adamw_step(std::int64_t step);
+  // The sum of squares of every block's gradients, the replicated layer
+  // norms counted on shard 0 only, so the t shards' sums add up to the
+  // unsplit blocks'.
+  double grad_sum_of_squares();
+  // Gradients times grad_scale, AdamW at `lr` on every block's shard, then
+  // zero_grad; `step` 1-based.
+  std::int64_t adamw_step(std::int64_t step, float lr, float grad_scale);
+  // Parameters this shard holds, the replicated layer norms counted on
+  // shard 0 only (the t shards' counts add up to the unsplit blocks').
+  std::int64_t parameter_count() const;
   // Drops stashed activations and gradients (a batch that failed half-way).
   std::int64_t reset();
   // "node <id> gpus [..] math on <device>".
@@ -126,6 +142,7 @@ class GptShard {
  private:
   TransformerBlockShard& block(int b);
   GptStageSpec spec_;
+  int index_ = 0;
   Device device_;
   std::vector<std::unique_ptr<TransformerBlockShard>> blocks_;
   std::set<std::int64_t> stashed_;  // micro-batches whose activations the blocks hold
@@ -146,7 +163,21 @@ class GptStage {
   Tensor backward(std::int64_t micro_batch, Tensor dy);  // first stage: an undefined Tensor
   float forward_loss(std::int64_t micro_batch, Tensor x, Tensor targets, std::int64_t batch_size);
   Tensor backward_loss(std::int64_t micro_batch);
+  // adamw_step(micro_batches, spec.model.lr, 1): no clipping.
   std::int64_t step(std::int64_t micro_batches);
+
+  // For clipping by global norm: the sum of squares of every gradient the
+  // stage and its shards accumulated since the last step (each parameter
+  // once). Call after the batch's last backward.
+  double grad_sum_of_squares();
+  // The step with the driver's learning rate and gradient factor (the clip
+  // factor, 1 for none): gradients *= grad_scale, then AdamW at `lr` on the
+  // stage and its shards. Refuses (throws, gradients dropped, parameters
+  // untouched) as step does when micro_batches is not the number of
+  // backwards the stage saw. Returns the steps taken.
+  std::int64_t adamw_step(std::int64_t micro_batches, float lr, float grad_scale);
+  // The parameters the stage and its shards hold (each once).
+  std::int64_t parameter_count() const;
 
   // Evaluation passes: the stage's output for x (not the last stage), and
   // on the last stage the mean loss of x against targets (sum / batch_size
@@ -188,10 +219,44 @@ class GptStage {
 
 static_assert(PipelineStageClass<GptStage>);
 
+// One optimizer step's settings, the same on every stage.
+struct GptStepOptions {
+  float lr = 1e-3f;
+  float clip_norm = 0.0f;  // the largest global gradient norm (torch's max_norm); 0: no clipping
+};
+
+struct GptStepResult {
+  float loss = 0;        // the batch's mean loss per token
+  double grad_norm = 0;  // the global norm of the gradients before clipping (0 when not clipping)
+  float grad_scale = 1;  // the factor the gradients were scaled by (1: not clipped)
+};
+
+// torch.nn.utils.clip_grad_norm_'s factor: min(1, clip_norm / (norm + 1e-6)),
+// 1 when clip_norm is 0 (off).
+float gpt_clip_scale(double norm, double clip_norm);
+
+// The parameters of the model `spec` describes (embeddings, blocks, final
+// norm, head), counted from the tensors' shapes: L (4C^2 + 2CF + 9C + F) +
+// 2VC + TC + 2C + V.
+std::int64_t gpt_parameter_count(const GptSpec& spec);
+
 // One AdamW step of the unsplit model (a GptStage of stage 0 of 1 holding
 // every block) on the whole batch: tokens [B, T], targets [B*T]. Returns the
 // batch's mean loss per token. The reference the pipelined runs equal.
 float gpt_train_step(GptStage& model, const Tensor& tokens, const Tensor& targets);
+// The same with the options' learning rate and global-norm clipping.
+GptStepResult gpt_train_step(GptStage& model, const Tensor& tokens, const Tensor& targets,
+                             const GptStepOptions& options);
+
+// One training step of a GPT pipeline with global-norm clipping: the
+// batch's passes (StagePipeline::submit_passes), then, when clipping, every
+// stage's grad_sum_of_squares (the driver waits for them: the norm spans all
+// stages), then every stage's adamw_step with the options' lr and the clip
+// factor. Waits at most `wait` for each phase; throws what a stage threw.
+GptStepResult gpt_pipeline_step(StagePipeline<GptStage>& pipeline, const std::vector<Tensor>& inputs,
+                                const std::vector<Tensor>& targets, std::int64_t batch_size, Schedule schedule,
+                                const GptStepOptions& options,
+                                std::chrono::milliseconds wait = std::chrono::minutes(10));
 
 // The stages' blocks cut as evenly as possible: stage k of S gets blocks
 // first..last with the first L mod S stages one longer.
@@ -202,7 +267,8 @@ std::vector<GptStageSpec> gpt_even_stages(const GptSpec& spec, int stages);
 // Registered here (like PipelineStage), so a program that includes this
 // header creates the actors, in local and cluster mode alike.
 TROUPE_ACTOR(troupe::actors::GptShard, (troupe::actors::GptStageSpec, int, int), attention_partial, mlp_partial,
-             output, backward_mlp, backward_attention, backward_output, sum, hold, stash, restore, adamw_step, reset,
-             where);
+             output, backward_mlp, backward_attention, backward_output, sum, hold, stash, restore, grad_sum_of_squares,
+             adamw_step, parameter_count, reset, where);
 TROUPE_ACTOR(troupe::actors::GptStage, (troupe::actors::GptStageSpec, troupe::actors::GptShardHandles), forward,
-             backward, forward_loss, backward_loss, step, infer, eval_loss, logits, where, steps);
+             backward, forward_loss, backward_loss, step, grad_sum_of_squares, adamw_step, parameter_count, infer, eval_loss,
+             logits, where, steps);

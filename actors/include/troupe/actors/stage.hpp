@@ -283,12 +283,15 @@ void step_replicas(const std::vector<ActorHandle<Stage>>& replicas, const std::v
 // its unit the micro-batch id: a stage's measured time is then one
 // micro-batch's forward plus backward (over all its chunks) on a replica,
 // and its throughput time that over d_k (StageMeasure).
+// With `with_step` false no step is submitted (out.steps stays empty): the
+// caller steps each stage itself, e.g. after clipping the gradients by a
+// norm over all stages (gpt_stage.hpp's gpt_pipeline_step).
 template <PipelineStageClass Stage>
 StageBatchCalls submit_stage_calls(const StageReplicas<Stage>& replicas,
                                    const std::vector<typename stage_traits<Stage>::activation_type>& inputs,
                                    const std::vector<typename stage_traits<Stage>::target_type>& targets,
                                    std::int64_t batch_size, Schedule schedule, int virtual_stages,
-                                   std::int64_t first_id, StageClock* clock = nullptr) {
+                                   std::int64_t first_id, StageClock* clock = nullptr, bool with_step = true) {
   using Traits = stage_traits<Stage>;
   using A = typename Traits::activation_type;
   using Kind = PipelineOp::Kind;
@@ -405,7 +408,7 @@ StageBatchCalls submit_stage_calls(const StageReplicas<Stage>& replicas,
     }
   }
   // The step runs after each actor's last backward (its call order).
-  for (int k = 0; k < S; ++k) {
+  for (int k = 0; with_step && k < S; ++k) {
     if (replicas[k].size() == 1) {
       out.steps.push_back(replicas[k].front().template call<&Stage::step>(std::int64_t{m} * v));
       out.calls.push_back(out.steps.back());
@@ -422,11 +425,12 @@ StageBatchCalls submit_stage_calls(const std::vector<ActorHandle<Stage>>& stages
                                    const std::vector<typename stage_traits<Stage>::activation_type>& inputs,
                                    const std::vector<typename stage_traits<Stage>::target_type>& targets,
                                    std::int64_t batch_size, Schedule schedule, int virtual_stages,
-                                   std::int64_t first_id, StageClock* clock = nullptr) {
+                                   std::int64_t first_id, StageClock* clock = nullptr, bool with_step = true) {
   StageReplicas<Stage> replicas;
   replicas.reserve(stages.size());
   for (const auto& stage : stages) replicas.push_back({stage});
-  return submit_stage_calls(replicas, inputs, targets, batch_size, schedule, virtual_stages, first_id, clock);
+  return submit_stage_calls(replicas, inputs, targets, batch_size, schedule, virtual_stages, first_id, clock,
+                            with_step);
 }
 
 // The driver of a pipeline of the user's stage actors. The caller creates
@@ -509,6 +513,32 @@ class StagePipeline {
           for (const float loss : std::get<0>(done)) sum += loss;
           return static_cast<float>(sum);
         });
+  }
+  // The batch's forward and backward passes only, as submit_batch without
+  // the step: the ref completes with the sum of the micro-batch losses once
+  // every loss is computed (backwards may still run). The caller must then
+  // call every stage's step (or its own optimizer method) with
+  // inputs.size() * virtual_stages() micro-batches; calls it makes to a
+  // stage run after that stage's last backward (the actor's call order).
+  // Only for unreplicated stages (a replicated one needs the driver's
+  // gradient sum before its step): Error(invalid_argument) otherwise.
+  [[nodiscard]] ObjectRef<float> submit_passes(const std::vector<activation_type>& inputs,
+                                               const std::vector<target_type>& targets, std::int64_t batch_size,
+                                               Schedule schedule) {
+    for (std::size_t k = 0; k < replicas_.size(); ++k) {
+      if (replicas_[k].size() > 1) {
+        stage_detail::fail("submit_passes: stage " + std::to_string(k) + " is replicated; its step needs the "
+                           "replicas' gradient sum: use submit_batch");
+      }
+    }
+    StageBatchCalls calls = submit_stage_calls(stages_, inputs, targets, batch_size, schedule, virtual_stages_,
+                                               next_id_, clock_, false);
+    next_id_ += static_cast<std::int64_t>(inputs.size());
+    return when_all(calls.losses).then([](std::vector<float> losses) {
+      double sum = 0;
+      for (const float loss : losses) sum += loss;
+      return static_cast<float>(sum);
+    });
   }
   // submit_batch(...).get().
   float train_batch(const std::vector<activation_type>& inputs, const std::vector<target_type>& targets,

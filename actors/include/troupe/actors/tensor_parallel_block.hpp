@@ -120,6 +120,10 @@ class TransformerBlockShard {
   // the sums, takes the root and, when clipping, has every shard scale_grads.
   double grad_sum_of_squares() const;
   void scale_grads(float factor);
+  // The parameters this shard holds, the replicated layer norms counted on
+  // shard 0 only (as grad_sum_of_squares): the shards' counts add up to the
+  // unsplit block's 4C^2 + 2CF + 9C + F.
+  std::int64_t parameter_count() const;
 
   BlockSpec spec() const { return spec_; }
 
