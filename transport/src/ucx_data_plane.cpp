@@ -104,6 +104,11 @@ Clock::time_point DataPlane::Impl::tick() {
   if (!failed_endpoints_.empty()) handle_failed_endpoints();
   const auto now = Clock::now();
   auto next = Clock::time_point::max();
+  if (!pending_messages_.empty()) {
+    if (now - pending_messages_.begin()->first >= options_.message_send_timeout) fail_stuck_messages(now);
+    if (!pending_messages_.empty())
+      next = std::min(next, pending_messages_.begin()->first + options_.message_send_timeout);
+  }
 
   while (!fetch_deadlines_.empty() && fetch_deadlines_.begin()->first <= now) {
     const auto request_id = fetch_deadlines_.begin()->second;

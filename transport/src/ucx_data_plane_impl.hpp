@@ -412,7 +412,12 @@ class DataPlane::Impl {
     ObjectBuffer bytes;  // a hello's: the address it announces
     PushCallback done;
     EncodedHeader wire{};
+    Clock::time_point pending_since{};  // set (and in pending_messages_) while UCX holds it
   };
+  // Messages UCX has not sent yet, oldest first: one pending past
+  // message_send_timeout fails its endpoint (fail_stuck_messages).
+  std::set<std::pair<Clock::time_point, MessageOp*>> pending_messages_;
+  void fail_stuck_messages(Clock::time_point now);
   struct HeldMessage {
     std::uint8_t kind;
     std::string name;

@@ -84,7 +84,32 @@ void DataPlane::Impl::send_message_am(const std::shared_ptr<Endpoint>& ep, const
     on_message_sent(nullptr, UCS_PTR_STATUS(request), raw);
   } else {
     ++outstanding_;
+    raw->pending_since = Clock::now();
+    pending_messages_.emplace(raw->pending_since, raw);
   }
+}
+
+// A message still pending message_send_timeout after it was handed to UCX
+// will not leave: the peer stopped reading (a stopped process, one whose
+// shared-memory FIFO is stuck), or the endpoint never finished connecting
+// (its wire-up reply cannot reach this process). Its endpoint fails as if
+// UCX had reported an error: closed with force, so that what is pending on
+// it completes now, with `timeout`.
+void DataPlane::Impl::fail_stuck_messages(Clock::time_point now) {
+  std::vector<std::shared_ptr<Endpoint>> stuck;
+  for (auto it = pending_messages_.begin();
+       it != pending_messages_.end() && now - it->first >= options_.message_send_timeout; ++it) {
+    const auto& ep = it->second->ep;
+    if (!ep->failed && std::find(stuck.begin(), stuck.end(), ep) == stuck.end()) stuck.push_back(ep);
+  }
+  for (auto& ep : stuck) {
+    log()->warn("data plane: a message to a peer has been pending for {} ms; failing its endpoint",
+                options_.message_send_timeout.count());
+    on_ep_error(ep.get(), ep->ep, UCS_ERR_TIMED_OUT);
+    if (std::find(failed_endpoints_.begin(), failed_endpoints_.end(), ep) == failed_endpoints_.end())
+      failed_endpoints_.push_back(ep);  // an endpoint no longer in the cache
+  }
+  if (!stuck.empty()) handle_failed_endpoints();
 }
 
 void DataPlane::Impl::on_message_sent(void* request, ucs_status_t status, void* user_data) {
@@ -94,11 +119,15 @@ void DataPlane::Impl::on_message_sent(void* request, ucs_status_t status, void* 
     if (request != nullptr) {
       --self->outstanding_;
       ucp_request_free(request);
+      self->pending_messages_.erase({op->pending_since, op.get()});
     }
     std::exception_ptr error;
     if (status == UCS_OK) {
       ++self->stats_.messages_sent;
     } else {
+      // An endpoint failed for being stuck says so (UCX reports its forced
+      // close as a cancellation).
+      if (op->ep->failed && op->ep->failure == UCS_ERR_TIMED_OUT) status = UCS_ERR_TIMED_OUT;
       error = make_error_from_ucs(status, "sending a message to a peer worker");
       // The rest of this stream is lost with the endpoint: the next send
       // opens a new one (a new stream; endpoint() replaces a failed one)
