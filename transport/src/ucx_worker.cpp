@@ -115,6 +115,17 @@ void UcxWorker::exit_at_safe_points_on(int signal) {
 // How long the loop keeps polling after UCX last made progress while
 // operations are in flight (see UcxWorker::Tick).
 constexpr auto kInFlightSpin = std::chrono::milliseconds(5);
+// A yield that took longer than this ran another thread on this core: the
+// machine has more runnable threads than cores. Spinning then costs the
+// latency it is meant to save: a spinning thread is often waiting in the
+// run queue (where no event can wake it) behind threads the scheduler
+// favours over one that used its share, so a message that arrives waits a
+// time slice or more (5 ms round trips measured on the loaded 2-core
+// machine). Once a yield shows it, the loop stops spinning for
+// kContendedFor and sleeps on the event fd instead (a woken thread runs at
+// once), then tries a spin again.
+constexpr auto kContendedYield = std::chrono::microseconds(50);
+constexpr auto kContendedFor = std::chrono::milliseconds(200);
 // The longest the thread sleeps on the event fd without looking.
 constexpr auto kMaxSleep = std::chrono::milliseconds(100);
 
@@ -242,6 +253,7 @@ void UcxWorker::run(std::promise<void>& started) {
 
   const auto busy_poll = context_->options().busy_poll;
   auto last_activity = Clock::now();
+  auto contended_until = Clock::time_point::min();  // no spinning before (kContendedYield)
   for (;;) {
     exit_if_asked();
     bool active = loop.run_tasks();
@@ -269,8 +281,12 @@ void UcxWorker::run(std::promise<void>& started) {
     const auto now = Clock::now();
     if (active) last_activity = now;
     const bool in_flight = next == Clock::time_point::min();
-    if (in_flight && now - last_activity < kInFlightSpin) {
-      if (!active) std::this_thread::yield();  // let the peer (maybe on this core) run
+    if (in_flight && now - last_activity < kInFlightSpin && now >= contended_until) {
+      if (!active) {
+        std::this_thread::yield();  // let the peer (maybe on this core) run
+        const auto after = Clock::now();
+        if (after - now > kContendedYield) contended_until = after + kContendedFor;
+      }
       continue;
     }
     if (!in_flight && busy_poll.count() > 0 && now - last_activity < busy_poll && next > now) continue;

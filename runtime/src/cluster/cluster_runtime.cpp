@@ -123,6 +123,19 @@ void ClusterRuntime::start() {
   // ActorIsKilledEachEnd passes reliably over it (a first call to a new
   // actor occasionally stays unanswered after earlier actors were killed).
   if (auto data = transfer_->data_plane()) {
+    // Replies received over UCX complete their call's result on the
+    // progress thread: get() wakes from there, one thread hand-off fewer.
+    // Completion callbacks are short and never block (they post real work:
+    // ObjectState::set_value), so they may run there too.
+    calls_->set_ucx_fast_path([this](transport::ReceivedMessage& message) {
+      try {
+        if (message.reader().getRoot<wire::CallMessage>().which() != wire::CallMessage::REPLY) return false;
+      } catch (...) {
+        return false;  // malformed: the pool's path reports it
+      }
+      server_->on_call_message(message);
+      return true;
+    });
     const char* mode = std::getenv("TROUPE_CALL_PLANE");
     calls_->attach_ucx(data, mode != nullptr && std::string_view(mode) == "ucx");
   }
