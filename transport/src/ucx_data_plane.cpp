@@ -5,6 +5,8 @@
 
 #include <future>
 
+#include "ucx_tick.hpp"
+
 namespace troupe::transport {
 
 // --- setup and teardown ------------------------------------------------------
@@ -168,7 +170,7 @@ Clock::time_point DataPlane::Impl::tick() {
   // Messages (calls and replies) come in bursts: keep polling a little
   // after the last one, so that the answer to a call just sent, or the
   // next call of a busy caller, costs no wake-up.
-  if (now - last_message_ < options_.message_poll_window) return Clock::time_point::min();
+  if (now - last_message_ < options_.message_poll_window) return kPollWhileIdle;
   return next;
 }
 

@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include "troupe/transport/error.hpp"
+#include "ucx_tick.hpp"
 
 namespace troupe::transport {
 
@@ -121,9 +122,10 @@ constexpr auto kInFlightSpin = std::chrono::milliseconds(5);
 // run queue (where no event can wake it) behind threads the scheduler
 // favours over one that used its share, so a message that arrives waits a
 // time slice or more (5 ms round trips measured on the loaded 2-core
-// machine). Once a yield shows it, the loop stops spinning for
-// kContendedFor and sleeps on the event fd instead (a woken thread runs at
-// once), then tries a spin again.
+// machine). Once a yield shows it, the loop stops polling for messages
+// (kPollWhileIdle) for kContendedFor and sleeps on the event fd instead (a
+// woken thread runs at once), then tries a poll again. Operations in
+// flight are still polled for (no event says when they can move on).
 constexpr auto kContendedYield = std::chrono::microseconds(50);
 constexpr auto kContendedFor = std::chrono::milliseconds(200);
 // The longest the thread sleeps on the event fd without looking.
@@ -281,7 +283,8 @@ void UcxWorker::run(std::promise<void>& started) {
     const auto now = Clock::now();
     if (active) last_activity = now;
     const bool in_flight = next == Clock::time_point::min();
-    if (in_flight && now - last_activity < kInFlightSpin && now >= contended_until) {
+    const bool recent = next == kPollWhileIdle;  // messages lately: poll if the core is free
+    if ((in_flight || (recent && now >= contended_until)) && now - last_activity < kInFlightSpin) {
       if (!active) {
         std::this_thread::yield();  // let the peer (maybe on this core) run
         const auto after = Clock::now();
@@ -289,8 +292,8 @@ void UcxWorker::run(std::promise<void>& started) {
       }
       continue;
     }
-    if (!in_flight && busy_poll.count() > 0 && now - last_activity < busy_poll && next > now) continue;
-    if (!in_flight && next <= now) continue;
+    if (!in_flight && !recent && busy_poll.count() > 0 && now - last_activity < busy_poll && next > now) continue;
+    if (!in_flight && !recent && next <= now) continue;
     // Sleep only when UCX says nothing is pending (ucp_worker_arm == UCS_OK);
     // BUSY means events arrived since the last progress call.
     status = ucp_worker_arm(worker);
@@ -300,7 +303,7 @@ void UcxWorker::run(std::promise<void>& started) {
     // otherwise leave that peer's messages unread for good; looking every
     // kMaxSleep costs an idle process about ten wake-ups a second.
     int timeout_ms = static_cast<int>(kMaxSleep.count());
-    if (in_flight) {
+    if (in_flight || recent) {
       timeout_ms = 1;  // stalled in flight: look again soon
     } else if (next != Clock::time_point::max()) {
       const auto left = std::chrono::duration_cast<std::chrono::microseconds>(next - now).count();
