@@ -106,10 +106,12 @@ Clock::time_point DataPlane::Impl::tick() {
   if (!failed_endpoints_.empty()) handle_failed_endpoints();
   const auto now = Clock::now();
   auto next = Clock::time_point::max();
-  if (!pending_messages_.empty()) {
-    if (now - pending_messages_.begin()->first >= options_.message_send_timeout) fail_stuck_messages(now);
-    if (!pending_messages_.empty())
-      next = std::min(next, pending_messages_.begin()->first + options_.message_send_timeout);
+  if (messages_pending_ > 0) {
+    if (now >= next_stuck_scan_) {
+      fail_stuck_messages(now);
+      next_stuck_scan_ = now + kStuckScan;
+    }
+    next = std::min(next, next_stuck_scan_);
   }
 
   while (!fetch_deadlines_.empty() && fetch_deadlines_.begin()->first <= now) {

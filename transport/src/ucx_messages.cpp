@@ -84,23 +84,25 @@ void DataPlane::Impl::send_message_am(const std::shared_ptr<Endpoint>& ep, const
     on_message_sent(nullptr, UCS_PTR_STATUS(request), raw);
   } else {
     ++outstanding_;
-    raw->pending_since = Clock::now();
-    pending_messages_.emplace(raw->pending_since, raw);
+    ++messages_pending_;
+    if (ep->messages_pending++ == 0) ep->messages_progress = Clock::now();
   }
 }
 
-// A message still pending message_send_timeout after it was handed to UCX
-// will not leave: the peer stopped reading (a stopped process, one whose
-// shared-memory FIFO is stuck), or the endpoint never finished connecting
-// (its wire-up reply cannot reach this process). Its endpoint fails as if
-// UCX had reported an error: closed with force, so that what is pending on
-// it completes now, with `timeout`.
+// An endpoint whose pending messages saw no completion for
+// message_send_timeout will not send them: the peer stopped reading (a
+// stopped process, one whose shared-memory FIFO is stuck), or the endpoint
+// never finished connecting (its wire-up reply cannot reach this process).
+// A peer that is only slow completes some now and then, and keeps its
+// backlog (bounded by the call plane's queue per peer). A stuck endpoint
+// fails as if UCX had reported an error: closed with force, so that what
+// is pending on it completes now, with `timeout`.
 void DataPlane::Impl::fail_stuck_messages(Clock::time_point now) {
   std::vector<std::shared_ptr<Endpoint>> stuck;
-  for (auto it = pending_messages_.begin();
-       it != pending_messages_.end() && now - it->first >= options_.message_send_timeout; ++it) {
-    const auto& ep = it->second->ep;
-    if (!ep->failed && std::find(stuck.begin(), stuck.end(), ep) == stuck.end()) stuck.push_back(ep);
+  for (auto& [address, cached] : endpoints_) {
+    const auto& ep = cached.ep;
+    if (!ep->failed && ep->messages_pending > 0 && now - ep->messages_progress >= options_.message_send_timeout)
+      stuck.push_back(ep);
   }
   for (auto& ep : stuck) {
     log()->warn("data plane: a message to a peer has been pending for {} ms; failing its endpoint",
@@ -119,7 +121,9 @@ void DataPlane::Impl::on_message_sent(void* request, ucs_status_t status, void* 
     if (request != nullptr) {
       --self->outstanding_;
       ucp_request_free(request);
-      self->pending_messages_.erase({op->pending_since, op.get()});
+      --self->messages_pending_;
+      --op->ep->messages_pending;
+      op->ep->messages_progress = Clock::now();
     }
     std::exception_ptr error;
     if (status == UCS_OK) {

@@ -311,11 +311,11 @@ struct DataPlaneOptions {
   // missing (past it the stream is dropped: a gap UCX never fills).
   std::size_t max_message_streams = 65536;
   std::size_t max_held_messages = 4096;
-  // A message that UCX has not sent this long after send_message (the peer
-  // stopped reading, or its endpoint never finished connecting) fails its
-  // endpoint: everything pending on it completes with `timeout`, and the
-  // next message opens a new endpoint and stream. So every send ends, sent
-  // or failed, within about this bound.
+  // An endpoint whose pending messages see no completion for this long (the
+  // peer stopped reading, or the endpoint never finished connecting) fails:
+  // everything pending on it completes with `timeout`, and the next message
+  // opens a new endpoint and stream. A slow peer that still takes messages
+  // keeps its backlog. So no send waits longer than this without progress.
   std::chrono::milliseconds message_send_timeout{5000};
 };
 
@@ -419,8 +419,8 @@ class DataPlane {
   // (object_lost when the peer is unreachable or died, timeout when it was
   // not sent within DataPlaneOptions::message_send_timeout: the messages
   // queued for it are lost, and the next send opens a new stream; cancelled
-  // once shut down; invalid_argument for a bad address or size). It runs
-  // within about message_send_timeout, whatever the peer does.
+  // once shut down; invalid_argument for a bad address or size). A peer
+  // that takes nothing for message_send_timeout cannot hold it longer.
   void send_message(std::string_view peer, ObjectBuffer bytes, PushCallback done);
 
   // The transports of the lanes UCX chose for the endpoint to `peer`
