@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <future>
@@ -19,7 +20,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -136,9 +139,58 @@ ObjectId holder_key(int i) { return ObjectId{0x40, static_cast<std::uint64_t>(i)
   return false;
 }();
 
+// --- a sender in another process, killed in the middle of its stream -------------
+//
+// This binary re-executed with TROUPE_UCX_TEST_SENDER=<a receiver's worker
+// address, hex>: over shared memory it sends that receiver 4 KiB messages
+// starting "<its pid>:", at most 64 in flight, until it is killed. With
+// TROUPE_UCX_TEST_SAFE_EXIT set it takes SIGTERM as an actor host does
+// (UcxWorker::exit_at_safe_points_on). It writes its worker address on fd 3
+// once started, like a holder.
+
+[[noreturn]] void run_sender(const char* hex_address) {
+  int code = 0;
+  try {
+    if (std::getenv("TROUPE_UCX_TEST_SAFE_EXIT") != nullptr) UcxWorker::exit_at_safe_points_on(SIGTERM);
+    std::string peer;
+    for (std::size_t i = 0; hex_address[i] != 0 && hex_address[i + 1] != 0; i += 2)
+      peer.push_back(static_cast<char>(std::stoi(std::string(hex_address + i, 2), nullptr, 16)));
+    Node node(Tls{"sender", "posix,sysv,cma,self"});
+    node.plane->enable_messages("tcp://sender:" + std::to_string(::getpid()), {});
+    const std::string& address = node.plane->address();
+    const std::uint32_t length = static_cast<std::uint32_t>(address.size());
+    if (::write(3, &length, sizeof length) != sizeof length ||
+        ::write(3, address.data(), address.size()) != static_cast<ssize_t>(address.size()))
+      ::_exit(2);
+    std::string text = std::to_string(::getpid()) + ":";
+    text.resize(4 * KiB, 'm');
+    std::atomic<int> in_flight{0};
+    for (;;) {
+      if (in_flight.load() >= 64) {
+        std::this_thread::yield();
+        continue;
+      }
+      ++in_flight;
+      node.plane->send_message(peer, ObjectBuffer::copy_of(text), [&in_flight](std::exception_ptr) { --in_flight; });
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ucx test sender: %s\n", e.what());
+    code = 1;
+  }
+  ::_exit(code);
+}
+
+[[maybe_unused]] const bool kSenderRole = [] {
+  if (const char* address = std::getenv("TROUPE_UCX_TEST_SENDER")) run_sender(address);
+  return false;
+}();
+
 class HolderProcess {
  public:
-  explicit HolderProcess(const char* tls) {
+  // `role`: the environment variable that makes the child a holder (its
+  // value the UCX_TLS) or a sender (its value the receiver's address).
+  explicit HolderProcess(const char* tls, const char* role = "TROUPE_UCX_TEST_HOLDER",
+                         std::vector<std::string> extra_env = {}) {
     int to_parent[2], to_child[2];
     if (::pipe2(to_parent, O_CLOEXEC) != 0 || ::pipe2(to_child, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
     posix_spawn_file_actions_t actions;
@@ -147,8 +199,9 @@ class HolderProcess {
     posix_spawn_file_actions_adddup2(&actions, to_child[0], 4);
     std::vector<std::string> env_strings;
     for (char** e = environ; *e != nullptr; ++e)
-      if (std::strncmp(*e, "TROUPE_UCX_TEST_HOLDER=", 23) != 0) env_strings.emplace_back(*e);
-    env_strings.push_back(std::string("TROUPE_UCX_TEST_HOLDER=") + tls);
+      if (std::strncmp(*e, "TROUPE_UCX_TEST_", 16) != 0) env_strings.emplace_back(*e);
+    env_strings.push_back(std::string(role) + "=" + tls);
+    for (auto& extra : extra_env) env_strings.push_back(std::move(extra));
     std::vector<char*> env;
     for (auto& s : env_strings) env.push_back(s.data());
     env.push_back(nullptr);
@@ -179,10 +232,15 @@ class HolderProcess {
     if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
   }
   const std::string& address() const { return address_; }
-  void kill() {
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
+  pid_t pid() const { return pid_; }
+  void signal(int signal) const { ::kill(pid_, signal); }
+  // Sends `signal`, waits for the exit; returns the wait status.
+  int kill(int signal = SIGKILL) {
+    ::kill(pid_, signal);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
     pid_ = -1;
+    return status;
   }
 
  private:
@@ -667,6 +725,60 @@ TEST_P(UcxProcesses, AMessageToAPeerThatDiedFailsItsSendInsteadOfHanging) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 6s);
 }
 
+// A peer that stops reading (SIGSTOP) cannot leave a send pending for
+// good: what UCX still holds past message_send_timeout fails (timeout, or
+// object_lost when UCX's keepalive gave up on the peer first), and the
+// endpoint is replaced.
+TEST_P(UcxProcesses, EveryMessageToAStoppedPeerEndsWithinTheSendTimeout) {
+  HolderProcess holder(GetParam().tls);
+  DataPlaneOptions options;
+  options.message_send_timeout = 500ms;
+  Node sender(GetParam(), options);
+  sender.plane->enable_messages("tcp://sender:1", {});
+  std::mutex mutex;
+  std::condition_variable changed;
+  int done = 0, timeouts = 0, lost = 0, other = 0;
+  auto send = [&](std::size_t bytes) {
+    sender.plane->send_message(holder.address(), ObjectBuffer::copy_of(std::string(bytes, 's')),
+                               [&](std::exception_ptr error) {
+                                 std::lock_guard lock(mutex);
+                                 ++done;
+                                 if (!error) {
+                                 } else if (error_code(error) == Errc::timeout) {
+                                   ++timeouts;
+                                 } else if (error_code(error) == Errc::object_lost) {
+                                   ++lost;
+                                 } else {
+                                   ++other;
+                                 }
+                                 changed.notify_all();
+                               });
+  };
+  send(16);
+  {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(changed.wait_for(lock, 5s, [&] { return done == 1; })) << "the first message never left";
+  }
+  holder.signal(SIGSTOP);
+  // More than the peer's FIFO or socket buffers take: some stay in UCX.
+  constexpr int kMessages = 3000;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < kMessages; ++i) send(8000);
+  bool all_done;
+  {
+    std::unique_lock lock(mutex);
+    all_done = changed.wait_for(lock, 10s, [&] { return done == kMessages + 1; });
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  holder.signal(SIGCONT);
+  std::lock_guard lock(mutex);
+  std::fprintf(stderr, "  %d of %d ended in %.2f s: %d timeout, %d object_lost, %d other errors\n", done - 1,
+               kMessages, seconds, timeouts, lost, other);
+  EXPECT_TRUE(all_done) << "sends to a stopped peer stayed pending";
+  EXPECT_GT(timeouts + lost, 0) << "a stopped peer took every message";
+  EXPECT_EQ(other, 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, UcxProcesses, testing::Values(kShm, kTcp),
                          [](const testing::TestParamInfo<Tls>& info) { return std::string(info.param.name); });
 
@@ -757,6 +869,95 @@ TEST_P(UcxMessageOrder, ManyConcurrentSendersKeepEachSendersOrder) {
 
 INSTANTIATE_TEST_SUITE_P(Transports, UcxMessageOrder, testing::Values(kShm, kTcp),
                          [](const testing::TestParamInfo<Tls>& info) { return std::string(info.param.name); });
+
+// Why a UCX host must not be SIGKILLed in the middle of a send (the hang of
+// ClusterCalls.CallsMadeWhileTheActorIsKilledEachEnd over UCX): senders write
+// straight into the receiver's shared-memory FIFO (claim an element, fill it,
+// mark it written), and the receiver reads the elements in order, so one
+// sender killed between claim and mark leaves the receiver waiting on that
+// element for good, deaf over shared memory to every peer, new ones included
+// (their wire-up reply cannot come in, so their first send stays pending).
+// Each round starts a sender process that floods this receiver with 4 KiB
+// messages, waits until they flow, and kills it; the next round's sender
+// must be heard within 5 s. Returns the first round whose sender was not
+// heard, or -1.
+int first_deaf_round(int rounds, bool safe_exit) {
+  Node receiver(kShm);
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::map<long, long> heard;  // sender pid -> messages
+  DataPlane::MessageHandlers handlers;
+  handlers.on_message = [&](ObjectBuffer bytes) {
+    const long pid = std::atol(static_cast<const char*>(bytes.data));
+    std::lock_guard lock(mutex);
+    ++heard[pid];
+    changed.notify_all();
+  };
+  receiver.plane->enable_messages("tcp://receiver:1", std::move(handlers));
+  std::string hex;
+  for (unsigned char c : receiver.plane->address()) {
+    char pair[3];
+    std::snprintf(pair, sizeof pair, "%02x", c);
+    hex += pair;
+  }
+  std::mt19937 random(14);
+  for (int round = 0; round < rounds; ++round) {
+    std::vector<std::string> env;
+    if (safe_exit) env.emplace_back("TROUPE_UCX_TEST_SAFE_EXIT=1");
+    HolderProcess sender(hex.c_str(), "TROUPE_UCX_TEST_SENDER", env);
+    const long pid = sender.pid();
+    {
+      std::unique_lock lock(mutex);
+      if (!changed.wait_for(lock, 5s, [&] { return heard[pid] >= 200; })) {
+        std::fprintf(stderr, "  round %d: the new sender was not heard (%ld messages)\n", round, heard[pid]);
+        lock.unlock();
+        sender.kill();
+        return round;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(random() % 3000));
+    const int status = sender.kill(safe_exit ? SIGTERM : SIGKILL);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "round " << round << ": status " << status;
+  }
+  return -1;
+}
+
+// A probe for the hazard with plain SIGKILL (not run by default: it
+// depends on where the kill lands, and the window is a few hundred
+// nanoseconds per message: in 160 kills on the 2-core machine it never
+// hit, so it shows the hazard only when it fails).
+TEST(UcxMessages, DISABLED_ASenderSigkilledInTheMiddleOfASendCanLeaveItsReceiverDeaf) {
+  EXPECT_GE(first_deaf_round(40, false), 0) << "every round's sender was heard this time";
+}
+
+// The fix: killed through exit_at_safe_points (how the node manager kills
+// an actor host: SIGTERM, a SIGKILL at the progress thread's next safe
+// point), a sender never leaves a half-written message behind.
+TEST(UcxMessages, ASenderKilledAtASafePointNeverLeavesItsReceiverDeaf) {
+  EXPECT_EQ(first_deaf_round(40, true), -1);
+}
+
+// A receiver asleep on its event fd (past the poll window) is woken by an
+// arriving message: it does not wait for a timer (1 ms steps, or 100 ms).
+TEST_P(UcxMessageOrder, AnIdleReceiverIsWokenByAMessage) {
+  Node a(GetParam()), b(GetParam());
+  Inbox at_b;
+  a.plane->enable_messages("tcp://a:1", {});
+  b.plane->enable_messages("tcp://b:2", at_b.handlers());
+  a.plane->send_message(b.plane->address(), ObjectBuffer::copy_of("connect"), nullptr);
+  ASSERT_TRUE(at_b.wait_for(1, 5s));
+  std::vector<double> micros;
+  for (int i = 0; i < 15; ++i) {
+    std::this_thread::sleep_for(30ms);  // both threads past their poll windows, asleep
+    const auto start = std::chrono::steady_clock::now();
+    a.plane->send_message(b.plane->address(), ObjectBuffer::copy_of("wake"), nullptr);
+    ASSERT_TRUE(at_b.wait_for(static_cast<std::size_t>(i) + 2, 5s));
+    micros.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(micros.begin(), micros.end());
+  std::fprintf(stderr, "  idle receiver woken: median %.0f us, max %.0f us\n", micros[micros.size() / 2], micros.back());
+  EXPECT_LT(micros[micros.size() / 2], 900.0) << "the message waited for a timer, not a wake-up";
+}
 
 // The progress thread polls only briefly after the last message
 // (DataPlaneOptions::message_poll_window), then sleeps on the event fd:

@@ -266,6 +266,7 @@ struct CallPlane::Core {
   std::unordered_map<std::string, std::shared_ptr<UcxPeer>> ucx_peers;
   std::deque<ObjectBuffer> ucx_inbox;  // received, not yet dispatched
   bool ucx_draining = false;           // a drain_ucx is posted or running
+  FastPath ucx_fast_path;              // set before attach_ucx; progress thread
 
   void note_ucx_peer(const std::string& address, std::string worker_address);
   void on_ucx_message(const std::shared_ptr<Core>& self, ObjectBuffer bytes);
@@ -385,8 +386,32 @@ void CallPlane::Core::note_ucx_peer(const std::string& address, std::string work
   ucx_peers.emplace(address, std::make_shared<UcxPeer>(address, std::move(worker_address)));
 }
 
-// On the UCX progress thread: queue, and make sure one drain is on its way.
+// On the UCX progress thread: offer it to the fast path when nothing waits
+// before it (only this thread queues, so nothing can slip in meanwhile);
+// else queue, and make sure one drain is on its way.
 void CallPlane::Core::on_ucx_message(const std::shared_ptr<Core>& self, ObjectBuffer bytes) {
+  if (ucx_fast_path) {
+    bool idle;
+    {
+      std::lock_guard lock(ucx_mutex);
+      idle = ucx_inbox.empty() && !ucx_draining;
+    }
+    // `mutex` as a drain holds it (stop() waits for it); busy (a ZeroMQ
+    // drain runs): queue instead of blocking this thread.
+    std::unique_lock lock(mutex, std::try_to_lock);
+    if (idle && lock.owns_lock()) {
+      if (stopped) return;
+      try {
+        // The frame borrows `bytes`, which outlives it here.
+        zmq::message_t frame(bytes.data, bytes.size, nullptr, nullptr);
+        ReceivedMessage message(std::move(frame), limits);
+        if (ucx_fast_path(message)) return;
+      } catch (const std::exception& e) {
+        log()->warn("dropping a bad call-plane message (UCX): {}", e.what());
+        return;
+      }
+    }
+  }
   bool post;
   {
     std::lock_guard lock(ucx_mutex);
@@ -504,6 +529,11 @@ void CallPlane::attach_ucx(const std::shared_ptr<DataPlane>& data, bool send) {
   }
   core_->note_ucx_peer(address_, data->address());  // calls to this process's own actors
   core_->ucx_attached.store(true);
+}
+
+void CallPlane::set_ucx_fast_path(FastPath fast) {
+  if (core_->ucx_attached.load()) throw_error(Errc::invalid_argument, "set_ucx_fast_path after attach_ucx");
+  core_->ucx_fast_path = std::move(fast);
 }
 
 void CallPlane::note_ucx_peer(const std::string& address, std::string worker_address) {

@@ -5,6 +5,8 @@
 
 #include <future>
 
+#include "ucx_tick.hpp"
+
 namespace troupe::transport {
 
 // --- setup and teardown ------------------------------------------------------
@@ -104,6 +106,13 @@ Clock::time_point DataPlane::Impl::tick() {
   if (!failed_endpoints_.empty()) handle_failed_endpoints();
   const auto now = Clock::now();
   auto next = Clock::time_point::max();
+  if (messages_pending_ > 0) {
+    if (now >= next_stuck_scan_) {
+      fail_stuck_messages(now);
+      next_stuck_scan_ = now + kStuckScan;
+    }
+    next = std::min(next, next_stuck_scan_);
+  }
 
   while (!fetch_deadlines_.empty() && fetch_deadlines_.begin()->first <= now) {
     const auto request_id = fetch_deadlines_.begin()->second;
@@ -163,7 +172,7 @@ Clock::time_point DataPlane::Impl::tick() {
   // Messages (calls and replies) come in bursts: keep polling a little
   // after the last one, so that the answer to a call just sent, or the
   // next call of a busy caller, costs no wake-up.
-  if (now - last_message_ < options_.message_poll_window) return Clock::time_point::min();
+  if (now - last_message_ < options_.message_poll_window) return kPollWhileIdle;
   return next;
 }
 

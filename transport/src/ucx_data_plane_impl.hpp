@@ -171,6 +171,11 @@ struct Endpoint {
   // and the seq of its next message.
   std::uint64_t stream = 0;
   std::uint64_t next_seq = 1;
+  // Messages UCX holds for this endpoint, and when one last completed (or
+  // the first of them was handed over): no completion for
+  // message_send_timeout while some wait means the endpoint is stuck.
+  std::size_t messages_pending = 0;
+  std::chrono::steady_clock::time_point messages_progress{};
 };
 
 class DataPlane::Impl {
@@ -413,6 +418,12 @@ class DataPlane::Impl {
     PushCallback done;
     EncodedHeader wire{};
   };
+  // Endpoints whose messages made no progress for message_send_timeout
+  // fail (looked at every kStuckScan while messages are pending).
+  static constexpr std::chrono::milliseconds kStuckScan{100};
+  std::size_t messages_pending_ = 0;  // over all endpoints
+  Clock::time_point next_stuck_scan_{};
+  void fail_stuck_messages(Clock::time_point now);
   struct HeldMessage {
     std::uint8_t kind;
     std::string name;

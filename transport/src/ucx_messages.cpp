@@ -84,7 +84,34 @@ void DataPlane::Impl::send_message_am(const std::shared_ptr<Endpoint>& ep, const
     on_message_sent(nullptr, UCS_PTR_STATUS(request), raw);
   } else {
     ++outstanding_;
+    ++messages_pending_;
+    if (ep->messages_pending++ == 0) ep->messages_progress = Clock::now();
   }
+}
+
+// An endpoint whose pending messages saw no completion for
+// message_send_timeout will not send them: the peer stopped reading (a
+// stopped process, one whose shared-memory FIFO is stuck), or the endpoint
+// never finished connecting (its wire-up reply cannot reach this process).
+// A peer that is only slow completes some now and then, and keeps its
+// backlog (bounded by the call plane's queue per peer). A stuck endpoint
+// fails as if UCX had reported an error: closed with force, so that what
+// is pending on it completes now, with `timeout`.
+void DataPlane::Impl::fail_stuck_messages(Clock::time_point now) {
+  std::vector<std::shared_ptr<Endpoint>> stuck;
+  for (auto& [address, cached] : endpoints_) {
+    const auto& ep = cached.ep;
+    if (!ep->failed && ep->messages_pending > 0 && now - ep->messages_progress >= options_.message_send_timeout)
+      stuck.push_back(ep);
+  }
+  for (auto& ep : stuck) {
+    log()->warn("data plane: a message to a peer has been pending for {} ms; failing its endpoint",
+                options_.message_send_timeout.count());
+    on_ep_error(ep.get(), ep->ep, UCS_ERR_TIMED_OUT);
+    if (std::find(failed_endpoints_.begin(), failed_endpoints_.end(), ep) == failed_endpoints_.end())
+      failed_endpoints_.push_back(ep);  // an endpoint no longer in the cache
+  }
+  if (!stuck.empty()) handle_failed_endpoints();
 }
 
 void DataPlane::Impl::on_message_sent(void* request, ucs_status_t status, void* user_data) {
@@ -94,11 +121,17 @@ void DataPlane::Impl::on_message_sent(void* request, ucs_status_t status, void* 
     if (request != nullptr) {
       --self->outstanding_;
       ucp_request_free(request);
+      --self->messages_pending_;
+      --op->ep->messages_pending;
+      op->ep->messages_progress = Clock::now();
     }
     std::exception_ptr error;
     if (status == UCS_OK) {
       ++self->stats_.messages_sent;
     } else {
+      // An endpoint failed for being stuck says so (UCX reports its forced
+      // close as a cancellation).
+      if (op->ep->failed && op->ep->failure == UCS_ERR_TIMED_OUT) status = UCS_ERR_TIMED_OUT;
       error = make_error_from_ucs(status, "sending a message to a peer worker");
       // The rest of this stream is lost with the endpoint: the next send
       // opens a new one (a new stream; endpoint() replaces a failed one)

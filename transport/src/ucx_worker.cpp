@@ -2,6 +2,7 @@
 #include "troupe/transport/ucx.hpp"
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include "troupe/transport/error.hpp"
+#include "ucx_tick.hpp"
 
 namespace troupe::transport {
 
@@ -32,11 +34,100 @@ void log_failure(const char* what, const char* why) noexcept {
   } catch (...) {
   }
 }
+// exit_at_safe_points(): the wake fds of the running progress threads (fd
+// + 1; 0 = free), whether an exit was asked for, and how many threads run
+// and how many stopped for it. Plain atomics: a signal handler reads them.
+constexpr int kMaxExitSlots = 256;
+std::atomic<int> g_exit_wake_fds[kMaxExitSlots];
+std::atomic<bool> g_exit_requested{false};
+std::atomic<int> g_progress_threads{0};
+std::atomic<int> g_parked_threads{0};
+
+void kill_this_process() noexcept { ::kill(::getpid(), SIGKILL); }
+
+// On a progress thread, outside UCX: stop here for good; the last thread
+// to stop ends the process.
+[[noreturn]] void park_for_exit() noexcept {
+  if (g_parked_threads.fetch_add(1) + 1 >= g_progress_threads.load()) kill_this_process();
+  for (;;) ::pause();
+}
+
+inline void exit_if_asked() noexcept {
+  if (g_exit_requested.load(std::memory_order_relaxed)) [[unlikely]]
+    park_for_exit();
+}
+
+// Registers a progress thread (before its first UCX call) and its wake fd;
+// deregisters when it ends (after its last).
+class ExitSlot {
+ public:
+  explicit ExitSlot(int wake_fd) {
+    g_progress_threads.fetch_add(1);
+    for (int i = 0; i < kMaxExitSlots; ++i) {
+      int expected = 0;
+      if (g_exit_wake_fds[i].compare_exchange_strong(expected, wake_fd + 1)) {
+        slot_ = i;
+        break;
+      }
+    }
+    exit_if_asked();
+  }
+  ~ExitSlot() {
+    if (slot_ >= 0) g_exit_wake_fds[slot_].store(0);
+    g_progress_threads.fetch_sub(1);
+    exit_if_asked();  // the others may all be parked, waiting for this one
+  }
+  ExitSlot(const ExitSlot&) = delete;
+  ExitSlot& operator=(const ExitSlot&) = delete;
+
+ private:
+  int slot_ = -1;
+};
+
+extern "C" void exit_at_safe_points_handler(int) { UcxWorker::exit_at_safe_points(); }
 }  // namespace
+
+void UcxWorker::exit_at_safe_points() noexcept {
+  const int saved_errno = errno;
+  g_exit_requested.store(true);
+  if (g_progress_threads.load() == 0) kill_this_process();
+  for (auto& slot : g_exit_wake_fds) {
+    // A thread past its last UCX call may close its fd meanwhile: at worst
+    // this writes 8 bytes to a closed fd (EBADF), never reads one.
+    if (const int fd = slot.load(); fd > 0) {
+      const std::uint64_t one = 1;
+      [[maybe_unused]] auto written = ::write(fd - 1, &one, sizeof one);
+    }
+  }
+  // Every thread may have parked before the flag was seen by the last.
+  if (g_parked_threads.load() >= g_progress_threads.load()) kill_this_process();
+  errno = saved_errno;
+}
+
+void UcxWorker::exit_at_safe_points_on(int signal) {
+  struct sigaction action {};
+  action.sa_handler = &exit_at_safe_points_handler;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  if (::sigaction(signal, &action, nullptr) != 0)
+    throw_error(Errc::transport, "sigaction failed: " + std::string(std::strerror(errno)));
+}
 
 // How long the loop keeps polling after UCX last made progress while
 // operations are in flight (see UcxWorker::Tick).
 constexpr auto kInFlightSpin = std::chrono::milliseconds(5);
+// A yield that took longer than this ran another thread on this core: the
+// machine has more runnable threads than cores. Spinning then costs the
+// latency it is meant to save: a spinning thread is often waiting in the
+// run queue (where no event can wake it) behind threads the scheduler
+// favours over one that used its share, so a message that arrives waits a
+// time slice or more (5 ms round trips measured on the loaded 2-core
+// machine). Once a yield shows it, the loop stops polling for messages
+// (kPollWhileIdle) for kContendedFor and sleeps on the event fd instead (a
+// woken thread runs at once), then tries a poll again. Operations in
+// flight are still polled for (no event says when they can move on).
+constexpr auto kContendedYield = std::chrono::microseconds(50);
+constexpr auto kContendedFor = std::chrono::milliseconds(200);
 // The longest the thread sleeps on the event fd without looking.
 constexpr auto kMaxSleep = std::chrono::milliseconds(100);
 
@@ -137,6 +228,7 @@ void UcxWorker::set_tick(Tick tick) { loop_->tick = std::move(tick); }
 void UcxWorker::run(std::promise<void>& started) {
   Loop& loop = *loop_;
   loop.thread_id = std::this_thread::get_id();
+  ExitSlot exit_slot(loop.wake_fd);
   ucp_worker_params_t params{};
   params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
   params.thread_mode = UCS_THREAD_MODE_SINGLE;  // this thread is its only user
@@ -163,9 +255,14 @@ void UcxWorker::run(std::promise<void>& started) {
 
   const auto busy_poll = context_->options().busy_poll;
   auto last_activity = Clock::now();
+  auto contended_until = Clock::time_point::min();  // no spinning before (kContendedYield)
   for (;;) {
+    exit_if_asked();
     bool active = loop.run_tasks();
-    while (ucp_worker_progress(worker) != 0) active = true;
+    while (ucp_worker_progress(worker) != 0) {
+      active = true;
+      exit_if_asked();
+    }
     auto next = Clock::time_point::max();
     if (loop.tick) {
       try {
@@ -186,12 +283,17 @@ void UcxWorker::run(std::promise<void>& started) {
     const auto now = Clock::now();
     if (active) last_activity = now;
     const bool in_flight = next == Clock::time_point::min();
-    if (in_flight && now - last_activity < kInFlightSpin) {
-      if (!active) std::this_thread::yield();  // let the peer (maybe on this core) run
+    const bool recent = next == kPollWhileIdle;  // messages lately: poll if the core is free
+    if ((in_flight || (recent && now >= contended_until)) && now - last_activity < kInFlightSpin) {
+      if (!active) {
+        std::this_thread::yield();  // let the peer (maybe on this core) run
+        const auto after = Clock::now();
+        if (after - now > kContendedYield) contended_until = after + kContendedFor;
+      }
       continue;
     }
-    if (!in_flight && busy_poll.count() > 0 && now - last_activity < busy_poll && next > now) continue;
-    if (!in_flight && next <= now) continue;
+    if (!in_flight && !recent && busy_poll.count() > 0 && now - last_activity < busy_poll && next > now) continue;
+    if (!in_flight && !recent && next <= now) continue;
     // Sleep only when UCX says nothing is pending (ucp_worker_arm == UCS_OK);
     // BUSY means events arrived since the last progress call.
     status = ucp_worker_arm(worker);
@@ -201,7 +303,7 @@ void UcxWorker::run(std::promise<void>& started) {
     // otherwise leave that peer's messages unread for good; looking every
     // kMaxSleep costs an idle process about ten wake-ups a second.
     int timeout_ms = static_cast<int>(kMaxSleep.count());
-    if (in_flight) {
+    if (in_flight || recent) {
       timeout_ms = 1;  // stalled in flight: look again soon
     } else if (next != Clock::time_point::max()) {
       const auto left = std::chrono::duration_cast<std::chrono::microseconds>(next - now).count();

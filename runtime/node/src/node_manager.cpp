@@ -97,7 +97,15 @@ struct ActorHost {
   std::uint32_t incarnation = 0;
   pid_t pid = 0;
   std::string fenced;  // why this node killed it (fencing), for its exit report
+  // Set by stop_host: when a host that has not exited by then gets SIGKILL.
+  Clock::time_point kill_by = Clock::time_point::max();
+  bool sigkilled = false;
 };
+
+// How long a host asked to stop (SIGTERM) has to reach a safe point before
+// it is SIGKILLed (see NodeManager::stop_host). A running host takes
+// microseconds; this covers one that is stopped or still starting.
+constexpr std::chrono::milliseconds kStopGrace{200};
 
 struct Report {  // an actorUpdate DEAD the head has not acknowledged yet
   ActorId actor;
@@ -557,7 +565,7 @@ class NodeManager {
     bool found = false;
     for (auto& host : hosts_) {
       if (host.actor == actor && host.incarnation <= up_to) {
-        ::kill(host.pid, SIGKILL);
+        stop_host(host);
         found = true;
       }
     }
@@ -589,7 +597,7 @@ class NodeManager {
       if (host.actor == actor && host.incarnation >= incarnation) return;  // started already
     }
     for (auto& host : hosts_) {
-      if (host.actor == actor) ::kill(host.pid, SIGKILL);  // an older incarnation still running
+      if (host.actor == actor) stop_host(host);  // an older incarnation still running
     }
     try {
       capnp::MallocMessageBuilder spec;
@@ -639,7 +647,26 @@ class NodeManager {
     }
   }
 
+  // Kills an actor host without harming its peers: SIGTERM makes it stop at
+  // its UCX progress thread's next safe point and SIGKILL itself
+  // (transport::UcxWorker::exit_at_safe_points; a host SIGKILLed in the
+  // middle of a shared-memory send would leave each peer it was sending to
+  // deaf over shared memory for good); reap() SIGKILLs it kStopGrace later
+  // if it is still there. Its exit reads "killed by signal 9" either way.
+  void stop_host(ActorHost& host) {
+    if (host.kill_by != Clock::time_point::max()) return;  // asked already
+    ::kill(host.pid, SIGTERM);
+    host.kill_by = Clock::now() + kStopGrace;
+  }
+
   void reap() {
+    const auto now = Clock::now();
+    for (auto& host : hosts_) {
+      if (!host.sigkilled && now >= host.kill_by) {
+        ::kill(host.pid, SIGKILL);
+        host.sigkilled = true;
+      }
+    }
     for (auto it = hosts_.begin(); it != hosts_.end();) {
       auto status = try_reap(it->pid);
       if (!status) {
@@ -740,7 +767,7 @@ class NodeManager {
                     hosts_.size());
     for (auto& host : hosts_) {
       if (host.fenced.empty()) host.fenced = why;
-      ::kill(host.pid, SIGKILL);
+      stop_host(host);
     }
     for (auto& [id, fetch] : fetches_) fail_fetch(fetch, "fenced: " + why);
     fetches_.clear();

@@ -18,6 +18,7 @@
 #include "troupe/runtime/serialization.hpp"
 #include "troupe/transport/framing.hpp"
 #include "troupe/transport/schema/control.capnp.h"
+#include "troupe/transport/ucx.hpp"
 
 namespace troupe::detail {
 namespace {
@@ -66,6 +67,10 @@ void watch_node_manager() {
 ActorHost::ActorHost(const std::string& spec_path) {
   // Die with the node manager that started us (also set at static init).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // The node manager's kill: SIGTERM, answered at the UCX progress thread's
+  // next safe point by a SIGKILL of our own, so that no peer's shared-memory
+  // FIFO is left with a half-written message (node_manager.cpp, stop_host).
+  transport::UcxWorker::exit_at_safe_points_on(SIGTERM);
   watch_node_manager();
   spec_bytes_ = read_whole_file(spec_path);
   auto message = transport::ReceivedMessage::copy_of(spec_bytes_.data(), spec_bytes_.size());
@@ -184,9 +189,10 @@ void ActorHost::shutdown() {
 }
 
 void ActorHost::serve_forever() {
+  // SIGTERM has its handler (the constructor): it ends the process at a
+  // safe point, on whichever thread it lands.
   sigset_t signals;
   sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   int signal = 0;

@@ -45,7 +45,8 @@ class ActorHost {
   void start_actor(HeadClient& head, const std::string& call_address, const std::string& data_address);
   // Stops the actor executor.
   void shutdown();
-  // Blocks until SIGTERM/SIGINT, then exits the process; never returns.
+  // Blocks until SIGINT (SIGTERM: a safe-point SIGKILL, see the constructor),
+  // then exits the process; never returns.
   [[noreturn]] static void serve_forever();
 
  private:

@@ -114,17 +114,31 @@ void ClusterRuntime::start() {
     if (!outbound) throw_error(Errc::cancelled, "the runtime shut down");
     return outbound->fetch_by_call(id, location);
   });
-  // Calls over UCX active messages on the data plane's worker are opt-in
-  // for now (TROUPE_CALL_PLANE=ucx: this process sends its calls, replies
-  // and releases over UCX to peers with a data plane); by default it sends
-  // over ZeroMQ. Either way it takes the calls of peers that send over UCX
-  // (docs/architecture.md, "Planes").
-  // TODO(perf): make UCX the default once ClusterCalls.CallsMadeWhileThe-
-  // ActorIsKilledEachEnd passes reliably over it (a first call to a new
-  // actor occasionally stays unanswered after earlier actors were killed).
+  // Calls go over UCX active messages on the data plane's worker: this
+  // process sends its calls, replies and releases over UCX to peers with a
+  // data plane, unless TROUPE_CALL_PLANE=zmq (then over ZeroMQ, which CURVE
+  // encrypts in a secure cluster; UCX only authenticates). Either way it
+  // takes the calls of peers that send over UCX (docs/architecture.md,
+  // "Planes"; docs/security.md).
   if (auto data = transfer_->data_plane()) {
+    // Replies received over UCX complete their call's result on the
+    // progress thread: get() wakes from there, one thread hand-off fewer.
+    // Completion callbacks are short and never block (they post real work:
+    // ObjectState::set_value), so they may run there too.
+    calls_->set_ucx_fast_path([this](transport::ReceivedMessage& message) {
+      try {
+        if (message.reader().getRoot<wire::CallMessage>().which() != wire::CallMessage::REPLY) return false;
+      } catch (...) {
+        return false;  // malformed: the pool's path reports it
+      }
+      server_->on_call_message(message);
+      return true;
+    });
     const char* mode = std::getenv("TROUPE_CALL_PLANE");
-    calls_->attach_ucx(data, mode != nullptr && std::string_view(mode) == "ucx");
+    const std::string_view plane = mode != nullptr ? mode : "";
+    if (!plane.empty() && plane != "ucx" && plane != "zmq")
+      TROUPE_LOG_WARN("TROUPE_CALL_PLANE={} is neither ucx nor zmq: calls go over UCX", plane);
+    calls_->attach_ucx(data, plane != "zmq");
   }
   g_cluster = this;
   set_release_hook(&release_hook);

@@ -222,6 +222,26 @@ class UcxWorker : public std::enable_shared_from_this<UcxWorker> {
   using Tick = std::function<std::chrono::steady_clock::time_point()>;
   void set_tick(Tick tick);
 
+  // --- dying without harming peers ---------------------------------------
+  // UCX's shared-memory transports (posix, sysv) deliver through a FIFO in
+  // the receiver's memory that every sender writes: a sender claims an
+  // element, fills it, then marks it written, and the receiver reads the
+  // elements strictly in order. A sender killed between the claim and the
+  // mark leaves the receiver waiting on that element for good: it then
+  // hears nothing more over shared memory from anyone (wire-up replies
+  // included, so even a new peer's first send stays pending). So a process
+  // with a worker must not be SIGKILLed while its progress thread is inside
+  // UCX. exit_at_safe_points() (async-signal-safe) asks every progress
+  // thread of the process to stop at its next safe point (outside any UCX
+  // call); once all have, the process SIGKILLs itself (so its exit still
+  // reads "killed by signal 9"). Without a worker it SIGKILLs at once.
+  // Whoever kills a host this way still SIGKILLs it after a grace period
+  // (a stopped process never reaches a safe point).
+  static void exit_at_safe_points() noexcept;
+  // Installs a handler that calls exit_at_safe_points() on `signal` (the
+  // actor host's SIGTERM). Throws if sigaction fails.
+  static void exit_at_safe_points_on(int signal);
+
  private:
   struct Loop;
   explicit UcxWorker(std::shared_ptr<UcxContext> context);
@@ -291,6 +311,12 @@ struct DataPlaneOptions {
   // missing (past it the stream is dropped: a gap UCX never fills).
   std::size_t max_message_streams = 65536;
   std::size_t max_held_messages = 4096;
+  // An endpoint whose pending messages see no completion for this long (the
+  // peer stopped reading, or the endpoint never finished connecting) fails:
+  // everything pending on it completes with `timeout`, and the next message
+  // opens a new endpoint and stream. A slow peer that still takes messages
+  // keeps its backlog. So no send waits longer than this without progress.
+  std::chrono::milliseconds message_send_timeout{5000};
 };
 
 struct FetchOptions {
@@ -390,9 +416,11 @@ class DataPlane {
   // Sends `bytes` (host memory, kept referenced until sent) to the worker
   // at `peer`; messages to one peer arrive in the order of these calls.
   // `done` (progress thread): null once the message left, else the error
-  // (object_lost when the peer is unreachable or died: the messages queued
-  // for it are lost, and the next send opens a new stream; cancelled once
-  // shut down; invalid_argument for a bad address or size).
+  // (object_lost when the peer is unreachable or died, timeout when it was
+  // not sent within DataPlaneOptions::message_send_timeout: the messages
+  // queued for it are lost, and the next send opens a new stream; cancelled
+  // once shut down; invalid_argument for a bad address or size). A peer
+  // that takes nothing for message_send_timeout cannot hold it longer.
   void send_message(std::string_view peer, ObjectBuffer bytes, PushCallback done);
 
   // The transports of the lanes UCX chose for the endpoint to `peer`

@@ -27,8 +27,8 @@
 // head's actorUpdate (note_ucx_peer, before the first call to that actor)
 // or from the hello that opens every UCX stream, so a callee answers over
 // UCX whoever called it over UCX (when it may send over UCX: see
-// attach_ucx's `send`; the runtime's default is not to, unless
-// TROUPE_CALL_PLANE=ucx). Peers without one (no UCX, TROUPE_DATA_PLANE=zmq)
+// attach_ucx's `send`; the runtime's default is to, unless
+// TROUPE_CALL_PLANE=zmq). Peers without one (no UCX, TROUPE_DATA_PLANE=zmq)
 // keep ZeroMQ; the ROUTER stays bound either way. A peer is moved to UCX at most
 // once (when its address becomes known) and never back while the plane
 // runs, so the messages of one caller to one peer keep their order.
@@ -149,8 +149,16 @@ class CallPlane {
   // ROUTER's. Once; the plane keeps a weak reference (the data plane's
   // owner decides when it goes; after that, ZeroMQ again). `send` false:
   // receive over UCX (peers that chose it) but send over ZeroMQ only
-  // (the runtime's default; TROUPE_CALL_PLANE=ucx sends over UCX).
+  // (the runtime with TROUPE_CALL_PLANE=zmq; by default it sends over UCX).
   void attach_ucx(const std::shared_ptr<DataPlane>& data, bool send = true);
+  // Over UCX: the progress thread offers each message it receives to
+  // `fast` first, on its own thread, when no earlier message waits for the
+  // pool (so the order holds); `fast` returns whether it took the message
+  // (else it goes to `on_message` on the pool as usual). It must be quick
+  // and never block: the runtime takes call replies this way, one thread
+  // hand-off (a kernel wake-up) fewer per call. Set before attach_ucx.
+  using FastPath = std::function<bool(ReceivedMessage&)>;
+  void set_ucx_fast_path(FastPath fast);
   // The peer whose call-plane address is `address` has its UCX worker at
   // `worker_address` (from the head's actorUpdate). Any thread.
   void note_ucx_peer(const std::string& address, std::string worker_address);
