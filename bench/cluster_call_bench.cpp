@@ -2,8 +2,7 @@
 // measured in the same run:
 //
 //   troupe:   a no-op method on an actor in its own actor host process,
-//             called from this driver (Cap'n Proto frames over the UCX call plane,
-//             or ZeroMQ with TROUPE_CALL_PLANE=zmq)
+//             called from this driver (ZeroMQ call plane, Cap'n Proto frames)
 //   raw zmq:  DEALER -> ROUTER echo over tcp://127.0.0.1, a forked child as
 //             the echo server, frames of the same sizes as troupe's no-op
 //             CallRequest / CallReply

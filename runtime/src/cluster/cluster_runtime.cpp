@@ -114,12 +114,13 @@ void ClusterRuntime::start() {
     if (!outbound) throw_error(Errc::cancelled, "the runtime shut down");
     return outbound->fetch_by_call(id, location);
   });
-  // Calls go over UCX active messages on the data plane's worker: this
-  // process sends its calls, replies and releases over UCX to peers with a
-  // data plane, unless TROUPE_CALL_PLANE=zmq (then over ZeroMQ, which CURVE
-  // encrypts in a secure cluster; UCX only authenticates). Either way it
-  // takes the calls of peers that send over UCX (docs/architecture.md,
-  // "Planes"; docs/security.md).
+  // Calls over UCX active messages on the data plane's worker are opt-in
+  // for now (TROUPE_CALL_PLANE=ucx: this process sends its calls, replies
+  // and releases over UCX to peers with a data plane); by default it sends
+  // over ZeroMQ. Either way it takes the calls of peers that send over UCX
+  // (docs/architecture.md, "Planes").
+  // TODO(perf): make UCX the default once its async throughput is above
+  // ZeroMQ's and its calls are encrypted (docs/protocol.md, "Call plane").
   if (auto data = transfer_->data_plane()) {
     // Replies received over UCX complete their call's result on the
     // progress thread: get() wakes from there, one thread hand-off fewer.
@@ -137,8 +138,8 @@ void ClusterRuntime::start() {
     const char* mode = std::getenv("TROUPE_CALL_PLANE");
     const std::string_view plane = mode != nullptr ? mode : "";
     if (!plane.empty() && plane != "ucx" && plane != "zmq")
-      TROUPE_LOG_WARN("TROUPE_CALL_PLANE={} is neither ucx nor zmq: calls go over UCX", plane);
-    calls_->attach_ucx(data, plane != "zmq");
+      TROUPE_LOG_WARN("TROUPE_CALL_PLANE={} is neither ucx nor zmq: calls go over ZeroMQ", plane);
+    calls_->attach_ucx(data, plane == "ucx");
   }
   g_cluster = this;
   set_release_hook(&release_hook);

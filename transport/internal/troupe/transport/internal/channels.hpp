@@ -27,8 +27,8 @@
 // head's actorUpdate (note_ucx_peer, before the first call to that actor)
 // or from the hello that opens every UCX stream, so a callee answers over
 // UCX whoever called it over UCX (when it may send over UCX: see
-// attach_ucx's `send`; the runtime's default is to, unless
-// TROUPE_CALL_PLANE=zmq). Peers without one (no UCX, TROUPE_DATA_PLANE=zmq)
+// attach_ucx's `send`; the runtime's default is not to, unless
+// TROUPE_CALL_PLANE=ucx). Peers without one (no UCX, TROUPE_DATA_PLANE=zmq)
 // keep ZeroMQ; the ROUTER stays bound either way. A peer is moved to UCX at most
 // once (when its address becomes known) and never back while the plane
 // runs, so the messages of one caller to one peer keep their order.
@@ -149,7 +149,7 @@ class CallPlane {
   // ROUTER's. Once; the plane keeps a weak reference (the data plane's
   // owner decides when it goes; after that, ZeroMQ again). `send` false:
   // receive over UCX (peers that chose it) but send over ZeroMQ only
-  // (the runtime with TROUPE_CALL_PLANE=zmq; by default it sends over UCX).
+  // (the runtime's default; TROUPE_CALL_PLANE=ucx sends over UCX).
   void attach_ucx(const std::shared_ptr<DataPlane>& data, bool send = true);
   // Over UCX: the progress thread offers each message it receives to
   // `fast` first, on its own thread, when no earlier message waits for the
