@@ -75,6 +75,9 @@ if [[ -n $sanitize ]]; then
   export UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1 ${UBSAN_OPTIONS:-}"
   # UCX's memory hooks fight the sanitizers' allocators.
   export UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none
+  # OpenBLAS's thread pool synchronises in ways ThreadSanitizer cannot see,
+  # and it cannot be ignored as a library (tests/sanitizers/tsan.supp).
+  export OPENBLAS_NUM_THREADS=1
   CTEST_TIMEOUT=$((CTEST_TIMEOUT * 2))
   if ((${#ctest_args[@]} == 0)); then
     if [[ $sanitize == thread ]]; then

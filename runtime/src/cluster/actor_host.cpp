@@ -95,7 +95,8 @@ ActorHost::ActorHost(ActorId actor_id, std::uint32_t incarnation, std::shared_pt
     : actor_id_(actor_id),
       incarnation_(incarnation),
       host_runtime_(std::move(runtime)),
-      hosted_(std::move(actor)) {}
+      hosted_(std::move(actor)),
+      published_(hosted_ != nullptr) {}
 
 ActorHost::~ActorHost() = default;
 
@@ -145,6 +146,9 @@ void ActorHost::start_actor(HeadClient& head, const std::string& call_address, c
       while (actor->state() == ActorState::pending) std::this_thread::sleep_for(std::chrono::milliseconds(1));
       if (actor->state() == ActorState::dead) failure = actor->status_message();
       hosted_ = std::move(actor);
+      // Before the head hears ALIVE, so a caller that learns the address
+      // from the head finds the actor.
+      published_.store(true, std::memory_order_release);
     } catch (const std::exception& e) {
       failure = e.what();
     }

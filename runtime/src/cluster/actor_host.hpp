@@ -5,12 +5,15 @@
 // head, and then serves until a signal or its node manager's death.
 //
 // Contract: constructed, started and reported on the thread that calls
-// ClusterRuntime::start(); afterwards actor(), actor_id() and
-// incarnation() are read-only and may be read from any thread (the call
-// server reads them for every request). A host that failed to start its
+// ClusterRuntime::start(); actor_id() and incarnation() are read-only
+// from construction, and actor() from the moment start_actor() publishes
+// it (a release store that actor()'s acquire load pairs with), so the call
+// server may read them from any thread for every request, even one that
+// arrives while the actor is still being constructed (it then finds none). A host that failed to start its
 // actor reports DEAD and exits the process (code 3): it never serves.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -38,7 +41,9 @@ class ActorHost {
   const JobId& job_id() const noexcept { return job_id_; }
   std::uint32_t incarnation() const noexcept { return incarnation_; }
   // The hosted actor; null until start_actor() succeeded.
-  const std::shared_ptr<LocalActor>& actor() const noexcept { return hosted_; }
+  const std::shared_ptr<LocalActor>& actor() const noexcept {
+    return published_.load(std::memory_order_acquire) ? hosted_ : no_actor_;
+  }
 
   // Constructs the actor in a new actor executor, then reports the outcome
   // to the head; on failure exits the process.
@@ -61,7 +66,9 @@ class ActorHost {
   NodeId node_id_;
   std::uint32_t incarnation_ = 0;
   std::shared_ptr<LocalRuntime> host_runtime_;
-  std::shared_ptr<LocalActor> hosted_;
+  std::shared_ptr<LocalActor> hosted_;    // written once, before published_
+  std::atomic<bool> published_{false};
+  static inline const std::shared_ptr<LocalActor> no_actor_{};
 };
 
 }  // namespace troupe::detail

@@ -62,7 +62,7 @@ class CallServer final : public std::enable_shared_from_this<CallServer> {
   CallServer(ReplySender send, std::shared_ptr<ObjectTable> table, std::shared_ptr<ObjectTransfer> transfer,
              std::shared_ptr<OutboundCalls> outbound);
   // Actor hosts: the host whose actor serves the calls (null elsewhere).
-  // Set before the call plane's address is given to anyone.
+  // Set before the call plane starts (its threads then see it).
   void set_host(std::shared_ptr<const ActorHost> host) { host_ = std::move(host); }
 
   // The call plane's handler. Never throws: a malformed message is

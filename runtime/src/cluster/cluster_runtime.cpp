@@ -106,6 +106,13 @@ void ClusterRuntime::start() {
       },
       table_, transfer_, outbound_);
   calls_->set_periodic(std::chrono::milliseconds(20), [this] { tick(); });
+  if (config_.actor_host) {
+    // The call server knows its host before the plane takes any message
+    // (the plane's threads start after this write, so they see it).
+    host_ = std::make_shared<ActorHost>(config_.spec_path);
+    job_id_ = host_->job_id();
+    server_->set_host(host_);
+  }
   calls_->start();
   // Weak: outbound_ holds transfer_ already.
   std::weak_ptr<OutboundCalls> weak_outbound = outbound_;
@@ -145,11 +152,8 @@ void ClusterRuntime::start() {
   set_release_hook(&release_hook);
   auto on_push = [this](wire::ControlMessage::Reader m) { on_control_push(m); };
   if (config_.actor_host) {
-    host_ = std::make_shared<ActorHost>(config_.spec_path);
-    job_id_ = host_->job_id();
     head_ = std::make_unique<HeadClient>(config_.head_address, "act-" + host_->actor_id().hex(), request_timeout_,
                                          on_push);
-    server_->set_host(host_);
     host_->start_actor(*head_, calls_->address(), transfer_->own_data_address());
   } else {
     head_ = std::make_unique<HeadClient>(config_.head_address, "drv-" + worker_id_.hex(), request_timeout_, on_push);
